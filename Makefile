@@ -1,0 +1,75 @@
+# energyprof: the README's two commands are `make demo` and `make test`.
+# Both work on a fresh Debian machine as root: system packages, .venv, torch, the package.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_PIN := torch==2.13.0
+# System packages: build (pkg-config, libplist-dev, libsqlite3-dev), C checks (valgrind,
+# clang for libFuzzer), browser test of the report (chromium), terminal tests (tmux).
+DEB_PKGS := pkg-config libplist-dev libsqlite3-dev gcc g++ valgrind clang libclang-rt-14-dev chromium tmux
+CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*.cpp)
+
+.PHONY: all setup sysdeps venv build test demo ctest sanitize valgrind fuzz bench clean
+
+all: build
+
+sysdeps:
+	@bash scripts/install_sysdeps.sh $(DEB_PKGS)
+
+$(VENV)/.deps-ok: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	# The CPU build of torch on this disk, before anything that depends on torch.
+	$(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q numpy
+	$(PIP) install -q --no-build-isolation -e '.[test]'
+	touch $@
+
+venv: sysdeps $(VENV)/.deps-ok
+
+# Build the extension in place; flock serialises concurrent builds in one tree.
+build: venv
+	flock /tmp/energyprof-build.lock $(PY) setup.py -q build_ext --inplace
+
+setup: build
+
+test: setup ctest
+	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+demo: setup
+	$(PY) -m energyprof demo
+
+# C-level tests: the kernels without Python, as one test program.
+build/ctest/ep_ctest: $(CSRC) tests/c/*.c
+	@mkdir -p build/ctest
+	$(CC) -std=c11 -g -O1 -D_GNU_SOURCE $(CTEST_CFLAGS) -Icsrc $$(pkg-config --cflags libplist-2.0 sqlite3) \
+	  tests/c/*.c $$(ls csrc/ep_*.c | grep -v ep_module) -o $@ \
+	  $$(pkg-config --libs libplist-2.0 sqlite3) -lpthread -ldl -lm $(CTEST_LDFLAGS)
+
+ctest: sysdeps build/ctest/ep_ctest
+	build/ctest/ep_ctest
+
+sanitize: sysdeps
+	@mkdir -p build/asan
+	$(CC) -std=c11 -g -O1 -D_GNU_SOURCE -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all \
+	  -Icsrc $$(pkg-config --cflags libplist-2.0 sqlite3) tests/c/*.c $$(ls csrc/ep_*.c | grep -v ep_module) \
+	  -o build/asan/ep_ctest $$(pkg-config --libs libplist-2.0 sqlite3) -lpthread -ldl -lm
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build/asan/ep_ctest
+
+valgrind: sysdeps build/ctest/ep_ctest
+	valgrind --error-exitcode=3 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+	  --suppressions=tests/c/valgrind-python.supp build/ctest/ep_ctest
+
+fuzz: sysdeps
+	@mkdir -p build/fuzz
+	clang -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Icsrc $$(pkg-config --cflags libplist-2.0) \
+	  tests/fuzz/fuzz_plist.c csrc/ep_plist.c csrc/ep_errors.c csrc/ep_sample.c -o build/fuzz/fuzz_plist \
+	  $$(pkg-config --libs libplist-2.0)
+	build/fuzz/fuzz_plist -max_total_time=$${FUZZ_SECONDS:-60} -max_len=65536 tests/fuzz/corpus ../shared/fixtures/powermetrics
+
+bench: build
+	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build energyprof/_core*.so *.egg-info

@@ -1,0 +1,42 @@
+/* ep_sample.h: the one record every power source produces.
+ *
+ * A sample is either INSTANT (power at t_start_ns == t_end_ns; integrated with the
+ * trapezoid rule between samples) or INTERVAL (average power over
+ * [t_start_ns, t_end_ns); its energy is power_w * duration, spread uniformly).
+ * Counter sources (NVML energy, RAPL, powermetrics *_energy) difference their
+ * counters into INTERVAL samples.  Power is always W, times are ep_now_ns() ns.
+ * A domain the source does not know is NaN.
+ *
+ * The numpy dtype of energyprof (energyprof._core.SAMPLE_DTYPE) is built from the
+ * offsetof() values of this struct, so it matches byte for byte.
+ */
+#ifndef EP_SAMPLE_H
+#define EP_SAMPLE_H
+#include <stdint.h>
+
+enum { EP_DOM_CPU = 0, EP_DOM_GPU, EP_DOM_ANE, EP_DOM_DRAM, EP_DOM_PACKAGE, EP_NDOMAINS };
+
+/* Names of the domains, indexed by EP_DOM_*. */
+extern const char *const ep_domain_names[EP_NDOMAINS];
+
+enum { EP_KIND_INSTANT = 0, EP_KIND_INTERVAL = 1 };
+
+/* Sample flags (bit set). */
+enum {
+    EP_SFLAG_SIMULATED = 1u << 0,  /* synthetic source: ground truth, not a measurement */
+    EP_SFLAG_ESTIMATED = 1u << 1,  /* modelled (estimate source), not measured         */
+    EP_SFLAG_FINAL     = 1u << 2,  /* flushed at stop; may be shorter than the period  */
+    EP_SFLAG_SUSPECT   = 1u << 3,  /* source flagged the value (stuck / inflated counter) */
+    EP_SFLAG_WRAPPED   = 1u << 4,  /* a counter wrapped inside this interval           */
+    EP_SFLAG_NAN_FIELD = 1u << 5,  /* the raw document had a NaN field                 */
+};
+
+typedef struct {
+    int64_t t_start_ns;              /* interval start (== t_end_ns for INSTANT)     */
+    int64_t t_end_ns;                /* interval end / instant time                  */
+    int32_t kind;                    /* EP_KIND_*                                    */
+    uint32_t flags;                  /* EP_SFLAG_*                                   */
+    double power_w[EP_NDOMAINS];     /* W per domain, NaN where unknown              */
+} ep_sample;
+
+#endif

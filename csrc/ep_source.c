@@ -1,0 +1,71 @@
+/* ep_source.c: the registry of source kinds and parameter lookup. */
+#include "ep_source.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ep_errors.h"
+
+/* Constructors of each kind, defined in ep_src_<kind>.c.  A kind whose file has
+ * not landed is simply absent from the table. */
+typedef struct {
+    const char *kind;
+    ep_source_ctor ctor;
+} registry_entry;
+
+/* One X(name) per ep_src_<name>.c. */
+#define EP_SOURCE_KINDS(X) X(synthetic) X(plist) X(powermetrics) X(nvml) X(rapl) X(estimate)
+
+#define DECLARE(name) int ep_src_##name##_create(ep_source *, const char *const *, const char *const *, size_t);
+EP_SOURCE_KINDS(DECLARE)
+#define ENTRY(name) {#name, ep_src_##name##_create},
+static const registry_entry registry[] = {EP_SOURCE_KINDS(ENTRY){NULL, NULL}};
+
+const char *ep_source_param(const char *const *keys, const char *const *values, size_t n,
+                            const char *key)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(keys[i], key) == 0)
+            return values[i];
+    return NULL;
+}
+
+int ep_source_create(const char *kind, const char *const *keys, const char *const *values,
+                     size_t n, ep_source **out, char *err, size_t errlen)
+{
+    ep_source *src = NULL;
+    int rc = EP_ERR_ARG;
+    const registry_entry *e = registry;
+    while (e->kind && strcmp(e->kind, kind) != 0)
+        e++;
+    if (!e->kind) {
+        snprintf(err, errlen, "unknown source kind '%s'", kind);
+        goto error;
+    }
+    src = calloc(1, sizeof *src);
+    if (!src) {
+        rc = EP_ERR_NOMEM;
+        snprintf(err, errlen, "no memory for source");
+        goto error;
+    }
+    rc = e->ctor(src, keys, values, n);
+    if (rc != EP_OK) {
+        snprintf(err, errlen, "%s", src->message[0] ? src->message : ep_err_str(rc));
+        goto error;
+    }
+    *out = src;
+    return EP_OK;
+error:
+    ep_source_destroy(src);
+    return rc;
+}
+
+void ep_source_destroy(ep_source *src)
+{
+    if (!src)
+        return;
+    if (src->destroy)
+        src->destroy(src);
+    free(src);
+}

@@ -1,0 +1,79 @@
+/* ep_source.h: the interface every power source implements, and the registry.
+ *
+ * A source is polled by the sampler thread (ep_sampler.c).  It never touches
+ * Python or the GIL.  Parameters arrive as validated key=value strings (the Python
+ * side, energyprof/sources.py, checks them first so the C code can trust their
+ * shape; sources still reject values they cannot use with EP_ERR_ARG + message).
+ *
+ * Life cycle, all calls from one thread at a time:
+ *   ep_source_create(kind, keys, values, n, &src, err, errlen)   (caller thread)
+ *   src->start(src, t_now_ns)        (sampler thread, once, before the first poll)
+ *   src->poll(src, t_now_ns, out, cap, &n_out)   (sampler thread, every interval)
+ *   src->stop(src, t_now_ns, out, cap, &n_out)   (sampler thread, once: flush a final sample)
+ *   ep_source_destroy(src)           (caller thread, after the sampler joined)
+ */
+#ifndef EP_SOURCE_H
+#define EP_SOURCE_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ep_sample.h"
+
+/* Source-level flags (copied into every sample's flags where relevant). */
+enum {
+    EP_SRC_SIMULATED = 1u << 0,  /* synthetic: every figure is labelled simulated */
+    EP_SRC_ESTIMATED = 1u << 1,  /* estimate: every figure is labelled estimated  */
+    EP_SRC_PACED     = 1u << 2,  /* the source paces itself (replay, subprocess): poll is only a check */
+};
+
+#define EP_SOURCE_MSG_LEN 256
+#define EP_SOURCE_META_LEN 1024
+
+typedef struct ep_source ep_source;
+struct ep_source {
+    const char *kind;          /* static string: "synthetic", "plist", ...          */
+    uint32_t flags;            /* EP_SRC_*                                          */
+    int64_t period_ns;         /* preferred poll period; the sampler uses it when the
+                                  caller gives none                                  */
+    void *state;               /* owned by the source; freed by destroy              */
+
+    /* Return EP_OK or an EP_ERR_*; on error write a message to src->message. */
+    int (*start)(ep_source *src, int64_t t_now_ns);
+    /* Write up to cap samples to out; *n_out = how many.  Non-blocking.
+     * EP_ERR_EOF means the source has ended for good (replay done, child exited):
+     * the samples written in the same call are still valid. */
+    int (*poll)(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out);
+    /* Final flush: a last (possibly short) sample up to t_now_ns; release devices. */
+    int (*stop)(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out);
+    /* Free state (may be NULL). */
+    void (*destroy)(ep_source *src);
+
+    /* Faults the source recovered from (skipped malformed documents, read errors);
+     * written by the sampler thread only, read after join or under the sampler lock. */
+    int64_t faults;
+    char message[EP_SOURCE_MSG_LEN];   /* last fault or error, "" if none */
+    /* JSON object text with facts for the run metadata (device name, driver, model
+     * constants).  Filled by create or start; "" when the source has none. */
+    char meta_json[EP_SOURCE_META_LEN];
+};
+
+/* Create a source of the given kind.  keys/values: n parameter pairs (borrowed,
+ * copied as needed).  On success *out owns a new source (free with
+ * ep_source_destroy).  On failure returns EP_ERR_* and writes a message to err. */
+int ep_source_create(const char *kind, const char *const *keys, const char *const *values,
+                     size_t n, ep_source **out, char *err, size_t errlen);
+
+/* Free a source made by ep_source_create (NULL is fine). */
+void ep_source_destroy(ep_source *src);
+
+/* Per-kind constructors, called by ep_source_create.  Each fills a zeroed *src
+ * (already allocated by the registry) and returns EP_OK or an EP_ERR_* with the
+ * message written to src->message. */
+typedef int (*ep_source_ctor)(ep_source *src, const char *const *keys,
+                              const char *const *values, size_t n);
+
+/* Look up a parameter: value for key, or NULL when absent. */
+const char *ep_source_param(const char *const *keys, const char *const *values, size_t n,
+                            const char *key);
+
+#endif

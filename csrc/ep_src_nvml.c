@@ -1,0 +1,11 @@
+/* ep_src_nvml.c: the 'nvml' power source (placeholder until it lands). */
+#include <stdio.h>
+
+#include "ep_errors.h"
+#include "ep_source.h"
+
+int ep_src_nvml_create(ep_source *src, const char *const *keys, const char *const *values, size_t n)
+{
+    snprintf(src->message, sizeof src->message, "source 'nvml' is not built yet");
+    return EP_ERR_UNSUPPORTED;
+}

@@ -1,0 +1,12 @@
+"""energyprof: the energy of transformer inference, per run, phase, token, layer and domain.
+
+>>> import energyprof as ep
+>>> with ep.Sampler("synthetic:power_w=20,period_ms=5") as s:
+...     pass
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import _core  # noqa: F401  (the C core; ImportError here means the build failed)
+from ._core import now_ns  # noqa: F401
