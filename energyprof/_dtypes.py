@@ -1,0 +1,94 @@
+"""numpy structured dtypes of everything a run records.
+
+These are the shapes shared by the live session (energyprof.session), the store
+(energyprof.db and csrc/ep_sqlite.c: one table column per field), the analyses and
+the report.  Units are in the names: ``_ns`` monotonic nanoseconds (energyprof's one
+clock, ``_core.now_ns()``), ``_s`` seconds, ``_j`` joules, ``_w`` watts.
+
+Energy per hardware domain is one column per domain (``cpu_j`` ... ``package_j``,
+NaN where the source does not measure that domain); ``energy_j`` is the run's
+*total* figure: the package domain where the source reports one, else the sum of the
+measured domains (cpu + gpu + ane + dram).  energyprof.session decides it once per
+run and records the rule in ``summary()["total_rule"]``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+DOMAINS = ("cpu", "gpu", "ane", "dram", "package")
+
+_DOMAIN_J = [(f"{d}_j", "<f8") for d in DOMAINS]
+
+#: One row per window that energy was integrated over: the run, its phases
+#: (pre_inference, prefill, decode, post_inference, baseline) and user sections.
+SECTION_DTYPE = np.dtype(
+    [
+        ("section_id", "<i4"),       # 0 = the run itself
+        ("parent_id", "<i4"),        # -1 for the run
+        ("kind", "U8"),              # "run" | "phase" | "section" | "baseline"
+        ("name", "U64"),
+        ("t_start_ns", "<i8"),
+        ("t_end_ns", "<i8"),
+        ("duration_s", "<f8"),
+        ("energy_j", "<f8"),
+        *_DOMAIN_J,
+        ("net_energy_j", "<f8"),     # energy_j - baseline_power_w * duration_s
+        ("unattributed_j", "<f8"),   # energy_j - sum(children.energy_j)
+        ("tokens", "<i8"),           # tokens attributed to this window (input for prefill, output for decode)
+        ("samples_in_window", "<i4"),
+        ("resolved", "?"),           # the window spans at least one whole sample
+    ]
+)
+
+#: One row per decode step (one new token per sequence: ``n_tokens`` = batch size).
+#: Step k spans from its forward's start to step k+1's start (the last one to the
+#: end of its forward), so sum(tokens["energy_j"]) == decode phase energy exactly.
+#: The first generated token comes out of the prefill forward and is counted there.
+TOKEN_DTYPE = np.dtype(
+    [
+        ("step", "<i4"),             # 1 .. n_decode_steps (0 is the prefill forward)
+        ("n_tokens", "<i4"),
+        ("t_start_ns", "<i8"),
+        ("t_end_ns", "<i8"),
+        ("duration_s", "<f8"),
+        ("energy_j", "<f8"),
+        *_DOMAIN_J,
+        ("j_per_token", "<f8"),
+        ("samples_in_window", "<i4"),
+        ("resolved", "?"),
+    ]
+)
+
+#: One row per hooked module *call*: a decoder layer (component == "layer") or one
+#: of its components (q_proj, k_proj, v_proj, o_proj, qkv_proj, attn, gate_proj,
+#: up_proj, down_proj, mlp, input_norm, post_attn_norm, router, expert.N, ...) or a
+#: model-level module (layer == -1: embed, final_norm, lm_head).
+#: ``step`` is 0 for the prefill forward, k for decode step k.
+CALL_DTYPE = np.dtype(
+    [
+        ("layer", "<i4"),
+        ("component", "U32"),
+        ("step", "<i4"),
+        ("call", "<i4"),             # n-th call of this module within the step (usually 0)
+        ("t_start_ns", "<i8"),
+        ("t_end_ns", "<i8"),
+        ("duration_s", "<f8"),
+        ("energy_j", "<f8"),
+        *_DOMAIN_J,
+        ("samples_in_window", "<i4"),
+        ("resolved", "?"),
+        # mode="deep" only (NaN otherwise): statistics of the module's output tensor
+        ("act_mean", "<f8"),
+        ("act_std", "<f8"),
+        ("act_max", "<f8"),
+        ("act_sparsity", "<f8"),     # share of |x| < 1e-3
+    ]
+)
+
+LAYER_DTYPE = CALL_DTYPE
+COMPONENT_DTYPE = CALL_DTYPE
+
+#: Raw hook events from the C span buffer (csrc/ep_hooks.c).
+EVENT_DTYPE = np.dtype([("t_ns", "<i8"), ("span_id", "<i4"), ("kind", "<i4")])  # kind 0 begin, 1 end
+
+__all__ = ["DOMAINS", "SECTION_DTYPE", "TOKEN_DTYPE", "CALL_DTYPE", "LAYER_DTYPE", "COMPONENT_DTYPE", "EVENT_DTYPE"]
