@@ -66,6 +66,8 @@ TOKEN_DTYPE = np.dtype(
 #: ``step`` is 0 for the prefill forward, k for decode step k.
 CALL_DTYPE = np.dtype(
     [
+        ("call_id", "<i4"),          # unique within the run (layers and components share the numbering)
+        ("parent_id", "<i4"),        # call_id of the enclosing hooked call (attn for q_proj, the layer for attn), -1 = the phase
         ("layer", "<i4"),
         ("component", "U32"),
         ("step", "<i4"),
@@ -75,6 +77,7 @@ CALL_DTYPE = np.dtype(
         ("duration_s", "<f8"),
         ("energy_j", "<f8"),
         *_DOMAIN_J,
+        ("unattributed_j", "<f8"),   # energy_j - sum(children.energy_j)
         ("samples_in_window", "<i4"),
         ("resolved", "?"),
         # mode="deep" only (NaN otherwise): statistics of the module's output tensor
