@@ -1,0 +1,843 @@
+/* ep_sqlite.c: the run store's writer thread (see ep_sqlite.h). */
+#include "ep_sqlite.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ep_errors.h"
+
+enum { JOB_INSERT = 0, JOB_EXEC = 1, JOB_CLOSE = 2 };
+
+/* Statements are cached by their SQL text: an INSERT's text is a function of
+ * (table, columns, constant columns), so the key is exactly what the brief asks. */
+#define STMT_CACHE_MAX 64
+
+struct ep_store_job {
+    int kind;
+    ep_store_job *next;
+    char table[EP_STORE_NAME_MAX];
+    char *sql; /* owned */
+    /* INSERT */
+    ep_store_col *cols; /* owned */
+    int ncols;
+    unsigned char *rows; /* owned copy of the rows */
+    size_t nrows, itemsize;
+    /* INSERT constants or EXEC parameters; text/blob copied into one block */
+    ep_store_value *vals; /* owned */
+    int nvals;
+    char *valdata; /* owned: the bytes vals[i].data point into */
+    size_t bytes;  /* row bytes, counted against the queue's byte bound */
+};
+
+typedef struct {
+    char *sql; /* owned */
+    sqlite3_stmt *stmt;
+    uint64_t last_used;
+} stmt_slot;
+
+struct ep_store {
+    sqlite3 *db;
+    char path[1024];
+    int busy_timeout_ms;
+    int readonly;
+    pthread_t thread;
+    int thread_started;
+
+    /* Queue: a FIFO under mu.  Lock order: only mu; the writer never holds mu
+     * while it calls sqlite, so producers never wait on disk I/O except through
+     * the bound. */
+    pthread_mutex_t mu;
+    pthread_cond_t not_empty, not_full, done;
+    ep_store_job *head, *tail;
+    int n_jobs, cap_jobs;
+    size_t queued_bytes, cap_bytes;
+    int closing;
+    uint64_t submitted, completed;
+    int64_t rows_committed;
+
+    /* First error since the last flush (under mu). */
+    int err_code;
+    int err_sqlite;
+    int n_failed;
+    char err_msg[EP_STORE_MSG_MAX];
+
+    /* Writer-thread-only state. */
+    stmt_slot cache[STMT_CACHE_MAX];
+    uint64_t use_clock;
+    sqlite3_stmt *begin_stmt, *commit_stmt, *rollback_stmt;
+    /* Allocated at open so that close never needs memory (and never hangs). */
+    ep_store_job *close_job;
+};
+
+void ep_store_opts_default(ep_store_opts *opts)
+{
+    opts->busy_timeout_ms = 5000;
+    opts->queue_jobs = 64;
+    opts->queue_bytes = (size_t)256 << 20;
+    opts->readonly = 0;
+}
+
+int ep_store_map_sqlite(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_DONE:
+    case SQLITE_ROW: return EP_OK;
+    case SQLITE_NOMEM: return EP_ERR_NOMEM;
+    case SQLITE_FULL:
+    case SQLITE_IOERR:
+    case SQLITE_CANTOPEN: return EP_ERR_IO;
+    case SQLITE_READONLY:
+    case SQLITE_PERM:
+    case SQLITE_AUTH: return EP_ERR_PERM;
+    case SQLITE_NOTADB: return EP_ERR_PARSE;
+    case SQLITE_RANGE:
+    case SQLITE_MISMATCH:
+    case SQLITE_TOOBIG: return EP_ERR_ARG;
+    default: return EP_ERR_SQLITE;
+    }
+}
+
+/* Why: the writer thread's errors surface long after the call that caused them,
+ * so the message names the database and the job, and says plainly what the
+ * sqlite code means for the user (full disk, read-only, lock held elsewhere). */
+static void set_error(ep_store *s, int rc, const char *what)
+{
+    char buf[EP_STORE_MSG_MAX];
+    const char *plain;
+    switch (rc & 0xff) {
+    case SQLITE_FULL: plain = "database or disk is full"; break;
+    case SQLITE_READONLY: plain = "the database is read-only (attempt to write a readonly database)"; break;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED: plain = "database is locked by another process"; break;
+    case SQLITE_NOTADB: plain = "file is not an SQLite database"; break;
+    default: plain = NULL; break;
+    }
+    const char *detail = s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc);
+    if (plain && ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED))
+        snprintf(buf, sizeof buf, "%s (gave up after %d ms) while %s in %s", plain, s->busy_timeout_ms, what,
+                 s->path);
+    else if (plain)
+        snprintf(buf, sizeof buf, "%s while %s in %s (sqlite: %s)", plain, what, s->path, detail);
+    else
+        snprintf(buf, sizeof buf, "%s while %s in %s (sqlite code %d)", detail, what, s->path, rc);
+    pthread_mutex_lock(&s->mu);
+    s->n_failed++;
+    if (s->err_code == EP_OK) {
+        s->err_code = ep_store_map_sqlite(rc);
+        if (s->err_code == EP_OK)
+            s->err_code = EP_ERR_SQLITE;
+        s->err_sqlite = rc;
+        memcpy(s->err_msg, buf, sizeof buf);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+size_t ep_store_ucs4_to_utf8(const unsigned char *src, size_t nchars, char *dst)
+{
+    uint32_t cp;
+    size_t n = nchars;
+    /* numpy pads 'U<n>' fields with NUL code units; they are not part of the string. */
+    while (n > 0) {
+        memcpy(&cp, src + 4 * (n - 1), 4);
+        if (cp != 0)
+            break;
+        n--;
+    }
+    unsigned char *p = (unsigned char *)dst;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(&cp, src + 4 * i, 4);
+        if ((cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
+            cp = 0xFFFD; /* not a scalar value: UTF-8 cannot carry it */
+        if (cp < 0x80) {
+            *p++ = (unsigned char)cp;
+        } else if (cp < 0x800) {
+            *p++ = (unsigned char)(0xC0 | (cp >> 6));
+            *p++ = (unsigned char)(0x80 | (cp & 0x3F));
+        } else if (cp < 0x10000) {
+            *p++ = (unsigned char)(0xE0 | (cp >> 12));
+            *p++ = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+            *p++ = (unsigned char)(0x80 | (cp & 0x3F));
+        } else {
+            *p++ = (unsigned char)(0xF0 | (cp >> 18));
+            *p++ = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+            *p++ = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+            *p++ = (unsigned char)(0x80 | (cp & 0x3F));
+        }
+    }
+    return (size_t)(p - (unsigned char *)dst);
+}
+
+static int valid_ident(const char *name)
+{
+    if (!name || !name[0] || strlen(name) >= EP_STORE_NAME_MAX)
+        return 0;
+    for (const char *c = name; *c; c++) {
+        int ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || *c == '_' ||
+                 (c != name && *c >= '0' && *c <= '9');
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+/* Copy nvals values and their text/blob bytes into job-owned memory. */
+static int copy_values(ep_store_job *job, const ep_store_value *vals, int nvals)
+{
+    int rc = EP_ERR_NOMEM;
+    size_t total = 0;
+    if (nvals == 0)
+        return EP_OK;
+    for (int i = 0; i < nvals; i++)
+        if (vals[i].type == EP_VAL_TEXT || vals[i].type == EP_VAL_BLOB)
+            total += vals[i].len + 1;
+    job->vals = malloc(sizeof(ep_store_value) * (size_t)nvals);
+    job->valdata = malloc(total ? total : 1);
+    if (!job->vals || !job->valdata)
+        goto error;
+    size_t off = 0;
+    for (int i = 0; i < nvals; i++) {
+        job->vals[i] = vals[i];
+        if (vals[i].type == EP_VAL_TEXT || vals[i].type == EP_VAL_BLOB) {
+            if (vals[i].len)
+                memcpy(job->valdata + off, vals[i].data, vals[i].len);
+            job->valdata[off + vals[i].len] = '\0';
+            job->vals[i].data = job->valdata + off;
+            off += vals[i].len + 1;
+        } else {
+            job->vals[i].data = NULL;
+            job->vals[i].len = 0;
+        }
+    }
+    job->nvals = nvals;
+    rc = EP_OK;
+error:
+    return rc;
+}
+
+void ep_store_job_free(ep_store_job *job)
+{
+    if (!job)
+        return;
+    free(job->sql);
+    free(job->cols);
+    free(job->rows);
+    free(job->vals);
+    free(job->valdata);
+    free(job);
+}
+
+static int sql_append(char **buf, size_t *len, size_t *cap, const char *s)
+{
+    size_t n = strlen(s);
+    if (*len + n + 1 > *cap) {
+        size_t nc = (*cap ? *cap * 2 : 256);
+        while (nc < *len + n + 1)
+            nc *= 2;
+        char *nb = realloc(*buf, nc);
+        if (!nb)
+            return EP_ERR_NOMEM;
+        *buf = nb;
+        *cap = nc;
+    }
+    memcpy(*buf + *len, s, n + 1);
+    *len += n;
+    return EP_OK;
+}
+
+int ep_store_job_insert(const char *table, const ep_store_col *cols, int ncols, const ep_store_value *consts,
+                        int nconsts, const void *rows, size_t nrows, size_t itemsize, ep_store_job **out,
+                        char *msg, size_t msglen)
+{
+    int rc = EP_ERR_ARG;
+    ep_store_job *job = NULL;
+    char *sql = NULL;
+    size_t len = 0, cap = 0;
+    *out = NULL;
+    if (!valid_ident(table)) {
+        if (msg)
+            snprintf(msg, msglen, "table name %.80s is not a plain identifier", table ? table : "(null)");
+        goto error;
+    }
+    if (ncols + nconsts <= 0 || ncols < 0 || nconsts < 0) {
+        if (msg)
+            snprintf(msg, msglen, "an insert into %s needs at least one column", table);
+        goto error;
+    }
+    for (int i = 0; i < ncols + nconsts; i++) {
+        const char *name = i < ncols ? cols[i].name : consts[i - ncols].name;
+        if (!valid_ident(name)) {
+            if (msg)
+                snprintf(msg, msglen, "column name %.80s is not a plain identifier", name);
+            goto error;
+        }
+        if (i < ncols) {
+            size_t need = cols[i].type == EP_COL_UCS4 ? 4 : 1;
+            if (cols[i].offset + cols[i].size > itemsize || cols[i].size < need || cols[i].type < EP_COL_I64 ||
+                cols[i].type > EP_COL_UCS4) {
+                if (msg)
+                    snprintf(msg, msglen, "column %s does not fit a %zu-byte row", name, itemsize);
+                goto error;
+            }
+        }
+    }
+    rc = EP_ERR_NOMEM;
+    job = calloc(1, sizeof *job);
+    if (!job)
+        goto error;
+    job->kind = JOB_INSERT;
+    snprintf(job->table, sizeof job->table, "%s", table);
+    if (sql_append(&sql, &len, &cap, "INSERT INTO \"") || sql_append(&sql, &len, &cap, table) ||
+        sql_append(&sql, &len, &cap, "\" ("))
+        goto error;
+    for (int i = 0; i < ncols + nconsts; i++) {
+        const char *name = i < ncols ? cols[i].name : consts[i - ncols].name;
+        if ((i && sql_append(&sql, &len, &cap, ", ")) || sql_append(&sql, &len, &cap, "\"") ||
+            sql_append(&sql, &len, &cap, name) || sql_append(&sql, &len, &cap, "\""))
+            goto error;
+    }
+    if (sql_append(&sql, &len, &cap, ") VALUES ("))
+        goto error;
+    for (int i = 0; i < ncols + nconsts; i++)
+        if (sql_append(&sql, &len, &cap, i ? ", ?" : "?"))
+            goto error;
+    if (sql_append(&sql, &len, &cap, ")"))
+        goto error;
+    job->sql = sql;
+    sql = NULL;
+    if (ncols) {
+        job->cols = malloc(sizeof(ep_store_col) * (size_t)ncols);
+        if (!job->cols)
+            goto error;
+        memcpy(job->cols, cols, sizeof(ep_store_col) * (size_t)ncols);
+    }
+    job->ncols = ncols;
+    if (nrows && itemsize) {
+        if (nrows > SIZE_MAX / itemsize)
+            goto error;
+        job->rows = malloc(nrows * itemsize);
+        if (!job->rows)
+            goto error;
+        memcpy(job->rows, rows, nrows * itemsize);
+    }
+    job->nrows = nrows;
+    job->itemsize = itemsize;
+    job->bytes = nrows * itemsize;
+    if (copy_values(job, consts, nconsts))
+        goto error;
+    *out = job;
+    return EP_OK;
+error:
+    if (rc == EP_ERR_NOMEM && msg)
+        snprintf(msg, msglen, "out of memory building an insert of %zu rows", nrows);
+    free(sql);
+    ep_store_job_free(job);
+    return rc;
+}
+
+int ep_store_job_exec(const char *sql, const ep_store_value *params, int nparams, ep_store_job **out)
+{
+    int rc = EP_ERR_NOMEM;
+    ep_store_job *job = NULL;
+    *out = NULL;
+    if (!sql || nparams < 0) {
+        rc = EP_ERR_ARG;
+        goto error;
+    }
+    job = calloc(1, sizeof *job);
+    if (!job)
+        goto error;
+    job->kind = JOB_EXEC;
+    snprintf(job->table, sizeof job->table, "%s", "(statement)");
+    job->sql = strdup(sql);
+    if (!job->sql)
+        goto error;
+    if (copy_values(job, params, nparams))
+        goto error;
+    *out = job;
+    return EP_OK;
+error:
+    ep_store_job_free(job);
+    return rc;
+}
+
+/* ---- writer thread ---------------------------------------------------------------- */
+
+/* A cached prepared statement for sql (owned by the cache), or NULL with rc set. */
+static sqlite3_stmt *cache_get(ep_store *s, const char *sql, int *rc)
+{
+    int free_slot = -1, lru = 0;
+    for (int i = 0; i < STMT_CACHE_MAX; i++) {
+        if (s->cache[i].sql && strcmp(s->cache[i].sql, sql) == 0) {
+            s->cache[i].last_used = ++s->use_clock;
+            return s->cache[i].stmt;
+        }
+        if (!s->cache[i].sql && free_slot < 0)
+            free_slot = i;
+        if (s->cache[i].last_used < s->cache[lru].last_used)
+            lru = i;
+    }
+    sqlite3_stmt *stmt = NULL;
+    *rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, NULL);
+    if (*rc != SQLITE_OK) {
+        sqlite3_finalize(stmt);
+        return NULL;
+    }
+    char *copy = strdup(sql);
+    if (!copy) {
+        sqlite3_finalize(stmt);
+        *rc = SQLITE_NOMEM;
+        return NULL;
+    }
+    int slot = free_slot >= 0 ? free_slot : lru;
+    if (s->cache[slot].sql) { /* evict the least recently used statement */
+        sqlite3_finalize(s->cache[slot].stmt);
+        free(s->cache[slot].sql);
+    }
+    s->cache[slot].sql = copy;
+    s->cache[slot].stmt = stmt;
+    s->cache[slot].last_used = ++s->use_clock;
+    return stmt;
+}
+
+static int bind_value(sqlite3_stmt *st, int idx, const ep_store_value *v)
+{
+    switch (v->type) {
+    case EP_VAL_INT: return sqlite3_bind_int64(st, idx, v->i);
+    case EP_VAL_REAL: return sqlite3_bind_double(st, idx, v->d);
+    case EP_VAL_TEXT: return sqlite3_bind_text(st, idx, v->data, (int)v->len, SQLITE_STATIC);
+    case EP_VAL_BLOB: return sqlite3_bind_blob(st, idx, v->data, (int)v->len, SQLITE_STATIC);
+    default: return sqlite3_bind_null(st, idx);
+    }
+}
+
+/* Bind the fields of one row; text goes through utf8 (one buffer per column,
+ * sized 4 bytes per code unit, owned by the caller). */
+static int bind_row(sqlite3_stmt *st, const ep_store_job *job, const unsigned char *row, char **utf8)
+{
+    int rc = SQLITE_OK;
+    for (int c = 0; c < job->ncols && rc == SQLITE_OK; c++) {
+        const ep_store_col *col = &job->cols[c];
+        const unsigned char *p = row + col->offset;
+        int idx = c + 1;
+        switch (col->type) {
+        case EP_COL_I64: {
+            int64_t v;
+            memcpy(&v, p, 8);
+            rc = sqlite3_bind_int64(st, idx, v);
+            break;
+        }
+        case EP_COL_I32: {
+            int32_t v;
+            memcpy(&v, p, 4);
+            rc = sqlite3_bind_int64(st, idx, v);
+            break;
+        }
+        case EP_COL_U32: {
+            uint32_t v;
+            memcpy(&v, p, 4);
+            rc = sqlite3_bind_int64(st, idx, (int64_t)v);
+            break;
+        }
+        case EP_COL_I16: {
+            int16_t v;
+            memcpy(&v, p, 2);
+            rc = sqlite3_bind_int64(st, idx, v);
+            break;
+        }
+        case EP_COL_U16: {
+            uint16_t v;
+            memcpy(&v, p, 2);
+            rc = sqlite3_bind_int64(st, idx, v);
+            break;
+        }
+        case EP_COL_I8: rc = sqlite3_bind_int64(st, idx, (int8_t)p[0]); break;
+        case EP_COL_U8: rc = sqlite3_bind_int64(st, idx, p[0]); break;
+        case EP_COL_BOOL: rc = sqlite3_bind_int64(st, idx, p[0] != 0); break;
+        case EP_COL_F64: {
+            double v;
+            memcpy(&v, p, 8);
+            rc = sqlite3_bind_double(st, idx, v); /* NaN is stored as NULL by sqlite */
+            break;
+        }
+        case EP_COL_F32: {
+            float v;
+            memcpy(&v, p, 4);
+            rc = sqlite3_bind_double(st, idx, (double)v);
+            break;
+        }
+        case EP_COL_UCS4: {
+            size_t n = ep_store_ucs4_to_utf8(p, col->size / 4, utf8[c]);
+            rc = sqlite3_bind_text(st, idx, utf8[c], (int)n, SQLITE_STATIC);
+            break;
+        }
+        default: rc = SQLITE_MISUSE; break;
+        }
+    }
+    return rc;
+}
+
+static int step_done(sqlite3_stmt *st)
+{
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        ; /* a statement may return rows (e.g. a PRAGMA); the writer discards them */
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static void rollback_if_open(ep_store *s)
+{
+    if (!sqlite3_get_autocommit(s->db))
+        step_done(s->rollback_stmt);
+}
+
+static void run_insert(ep_store *s, ep_store_job *job)
+{
+    int rc = SQLITE_OK;
+    char what[160];
+    char **utf8 = NULL;
+    sqlite3_stmt *st = NULL;
+    snprintf(what, sizeof what, "inserting %zu rows into %s", job->nrows, job->table);
+    utf8 = calloc((size_t)(job->ncols ? job->ncols : 1), sizeof(char *));
+    if (!utf8) {
+        rc = SQLITE_NOMEM;
+        goto error;
+    }
+    for (int c = 0; c < job->ncols; c++) {
+        if (job->cols[c].type == EP_COL_UCS4) {
+            utf8[c] = malloc(job->cols[c].size + 1);
+            if (!utf8[c]) {
+                rc = SQLITE_NOMEM;
+                goto error;
+            }
+        }
+    }
+    st = cache_get(s, job->sql, &rc);
+    if (!st)
+        goto error;
+    if ((rc = step_done(s->begin_stmt)) != SQLITE_OK)
+        goto error;
+    /* Constants are bound once: sqlite3_reset keeps bindings between rows. */
+    for (int k = 0; k < job->nvals; k++)
+        if ((rc = bind_value(st, job->ncols + k + 1, &job->vals[k])) != SQLITE_OK)
+            goto error;
+    for (size_t r = 0; r < job->nrows; r++) {
+        if ((rc = bind_row(st, job, job->rows + r * job->itemsize, utf8)) != SQLITE_OK)
+            goto error;
+        if ((rc = step_done(st)) != SQLITE_OK)
+            goto error;
+    }
+    if ((rc = step_done(s->commit_stmt)) != SQLITE_OK)
+        goto error;
+    sqlite3_clear_bindings(st);
+    pthread_mutex_lock(&s->mu);
+    s->rows_committed += (int64_t)job->nrows;
+    pthread_mutex_unlock(&s->mu);
+    goto out;
+error:
+    set_error(s, rc, what); /* before the rollback, which would replace sqlite3_errmsg */
+    if (st) {
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+    }
+    rollback_if_open(s);
+out:
+    if (utf8)
+        for (int c = 0; c < job->ncols; c++)
+            free(utf8[c]);
+    free(utf8);
+}
+
+static void run_exec(ep_store *s, ep_store_job *job)
+{
+    int rc = SQLITE_OK;
+    char what[160];
+    sqlite3_stmt *st = NULL;
+    const char *tail = NULL;
+    snprintf(what, sizeof what, "running \"%.100s\"", job->sql);
+    if (job->nvals > 0) {
+        st = cache_get(s, job->sql, &rc);
+        if (!st)
+            goto error;
+        for (int k = 0; k < job->nvals; k++)
+            if ((rc = bind_value(st, k + 1, &job->vals[k])) != SQLITE_OK)
+                goto error;
+        rc = step_done(st);
+        sqlite3_clear_bindings(st);
+        if (rc != SQLITE_OK)
+            goto error;
+        return;
+    }
+    /* A parameterless script: run each statement in turn (not cached). */
+    const char *sql = job->sql;
+    while (sql && *sql) {
+        sqlite3_stmt *one = NULL;
+        rc = sqlite3_prepare_v2(s->db, sql, -1, &one, &tail);
+        if (rc != SQLITE_OK)
+            goto error;
+        if (one) {
+            rc = step_done(one);
+            sqlite3_finalize(one);
+            if (rc != SQLITE_OK)
+                goto error;
+        }
+        sql = tail;
+    }
+    return;
+error:
+    set_error(s, rc, what);
+    if (st)
+        sqlite3_clear_bindings(st);
+    rollback_if_open(s);
+}
+
+static void *writer_main(void *arg)
+{
+    ep_store *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->head)
+            pthread_cond_wait(&s->not_empty, &s->mu);
+        ep_store_job *job = s->head;
+        s->head = job->next;
+        if (!s->head)
+            s->tail = NULL;
+        s->n_jobs--;
+        s->queued_bytes -= job->bytes;
+        pthread_cond_broadcast(&s->not_full);
+        pthread_mutex_unlock(&s->mu);
+
+        int kind = job->kind;
+        if (kind == JOB_INSERT)
+            run_insert(s, job);
+        else if (kind == JOB_EXEC)
+            run_exec(s, job);
+        ep_store_job_free(job);
+
+        pthread_mutex_lock(&s->mu);
+        s->completed++;
+        pthread_cond_broadcast(&s->done);
+        pthread_mutex_unlock(&s->mu);
+        if (kind == JOB_CLOSE)
+            break;
+    }
+    return NULL;
+}
+
+/* ---- open / submit / flush / close ---------------------------------------------- */
+
+static int exec_simple(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL);
+}
+
+static void free_store(ep_store *s)
+{
+    for (int i = 0; i < STMT_CACHE_MAX; i++) {
+        if (s->cache[i].stmt)
+            sqlite3_finalize(s->cache[i].stmt);
+        free(s->cache[i].sql);
+    }
+    sqlite3_finalize(s->begin_stmt);
+    sqlite3_finalize(s->commit_stmt);
+    sqlite3_finalize(s->rollback_stmt);
+    if (s->db)
+        sqlite3_close_v2(s->db);
+    while (s->head) {
+        ep_store_job *j = s->head;
+        s->head = j->next;
+        ep_store_job_free(j);
+    }
+    ep_store_job_free(s->close_job);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->not_empty);
+    pthread_cond_destroy(&s->not_full);
+    pthread_cond_destroy(&s->done);
+    free(s);
+}
+
+int ep_store_open(const char *path, const ep_store_opts *opts, ep_store **out, char *msg, size_t msglen)
+{
+    int rc = EP_ERR_NOMEM, src = SQLITE_OK;
+    ep_store_opts o;
+    ep_store *s = NULL;
+    *out = NULL;
+    if (opts)
+        o = *opts;
+    else
+        ep_store_opts_default(&o);
+    if (!path || !path[0] || strlen(path) >= sizeof s->path) {
+        rc = EP_ERR_ARG;
+        if (msg)
+            snprintf(msg, msglen, "database path is empty or too long");
+        goto error;
+    }
+    s = calloc(1, sizeof *s);
+    if (!s)
+        goto error;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->not_empty, NULL);
+    pthread_cond_init(&s->not_full, NULL);
+    pthread_cond_init(&s->done, NULL);
+    snprintf(s->path, sizeof s->path, "%s", path);
+    s->busy_timeout_ms = o.busy_timeout_ms < 0 ? 0 : o.busy_timeout_ms;
+    s->cap_jobs = o.queue_jobs < 1 ? 1 : o.queue_jobs;
+    s->cap_bytes = o.queue_bytes ? o.queue_bytes : 1;
+    s->readonly = o.readonly;
+    s->close_job = calloc(1, sizeof *s->close_job);
+    if (!s->close_job)
+        goto error;
+    s->close_job->kind = JOB_CLOSE;
+    /* NOMUTEX: the connection is used by one thread at a time (this one to open,
+     * then only the writer thread, then this one again after the join). */
+    int flags = (o.readonly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) |
+                SQLITE_OPEN_NOMUTEX;
+    src = sqlite3_open_v2(path, &s->db, flags, NULL);
+    if (src != SQLITE_OK)
+        goto sqlerror;
+    sqlite3_extended_result_codes(s->db, 1);
+    sqlite3_busy_timeout(s->db, s->busy_timeout_ms);
+    /* The first statement reads the header: a non-database file fails here. */
+    if ((src = exec_simple(s->db, "PRAGMA schema_version")) != SQLITE_OK)
+        goto sqlerror;
+    if (!o.readonly) {
+        /* WAL: readers never block the writer and a killed writer leaves committed
+         * batches intact; NORMAL is durable across process death in WAL mode. */
+        if ((src = exec_simple(s->db, "PRAGMA journal_mode=WAL")) != SQLITE_OK)
+            goto sqlerror;
+        if ((src = exec_simple(s->db, "PRAGMA synchronous=NORMAL")) != SQLITE_OK)
+            goto sqlerror;
+    }
+    if ((src = exec_simple(s->db, "PRAGMA foreign_keys=ON")) != SQLITE_OK)
+        goto sqlerror;
+    /* IMMEDIATE takes the write lock at BEGIN, so a lock held elsewhere shows up
+     * (after the busy timeout) before any row is bound, never as a deadlock mid-batch. */
+    if ((src = sqlite3_prepare_v2(s->db, "BEGIN IMMEDIATE", -1, &s->begin_stmt, NULL)) != SQLITE_OK ||
+        (src = sqlite3_prepare_v2(s->db, "COMMIT", -1, &s->commit_stmt, NULL)) != SQLITE_OK ||
+        (src = sqlite3_prepare_v2(s->db, "ROLLBACK", -1, &s->rollback_stmt, NULL)) != SQLITE_OK)
+        goto sqlerror;
+    if (pthread_create(&s->thread, NULL, writer_main, s) != 0) {
+        rc = EP_ERR_THREAD;
+        if (msg)
+            snprintf(msg, msglen, "could not start the writer thread for %s", path);
+        goto error;
+    }
+    s->thread_started = 1;
+    *out = s;
+    return EP_OK;
+sqlerror:
+    rc = ep_store_map_sqlite(src);
+    if (rc == EP_OK)
+        rc = EP_ERR_SQLITE;
+    if (msg) {
+        const char *plain = (src & 0xff) == SQLITE_NOTADB   ? "file is not an SQLite database"
+                            : (src & 0xff) == SQLITE_BUSY    ? "database is locked by another process"
+                            : (src & 0xff) == SQLITE_CANTOPEN ? "cannot open the database file"
+                                                              : "cannot open the database";
+        snprintf(msg, msglen, "%s: %s (sqlite: %s)", plain, path,
+                 s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
+    }
+error:
+    if (s)
+        free_store(s);
+    return rc;
+}
+
+int ep_store_submit(ep_store *s, ep_store_job *job)
+{
+    int rc = EP_OK;
+    pthread_mutex_lock(&s->mu);
+    if (s->closing && job->kind != JOB_CLOSE) {
+        rc = EP_ERR_STATE;
+        goto error;
+    }
+    /* One oversized job may enter an empty queue; otherwise producers wait so the
+     * queue's memory stays bounded however far the disk falls behind. */
+    while (s->n_jobs >= s->cap_jobs || (s->n_jobs > 0 && s->queued_bytes + job->bytes > s->cap_bytes))
+        pthread_cond_wait(&s->not_full, &s->mu);
+    job->next = NULL;
+    if (s->tail)
+        s->tail->next = job;
+    else
+        s->head = job;
+    s->tail = job;
+    s->n_jobs++;
+    s->queued_bytes += job->bytes;
+    s->submitted++;
+    if (job->kind == JOB_CLOSE)
+        s->closing = 1;
+    pthread_cond_signal(&s->not_empty);
+    pthread_mutex_unlock(&s->mu);
+    return EP_OK;
+error:
+    pthread_mutex_unlock(&s->mu);
+    ep_store_job_free(job);
+    return rc;
+}
+
+/* Take the pending error (caller holds mu). */
+static int take_error(ep_store *s, char *msg, size_t msglen)
+{
+    int rc = s->err_code;
+    if (rc != EP_OK && msg) {
+        if (s->n_failed > 1)
+            snprintf(msg, msglen, "%s (%d jobs failed since the last flush)", s->err_msg, s->n_failed);
+        else
+            snprintf(msg, msglen, "%s", s->err_msg);
+    }
+    s->err_code = EP_OK;
+    s->err_sqlite = 0;
+    s->n_failed = 0;
+    s->err_msg[0] = '\0';
+    return rc;
+}
+
+int ep_store_flush(ep_store *s, char *msg, size_t msglen)
+{
+    pthread_mutex_lock(&s->mu);
+    uint64_t target = s->submitted;
+    while (s->completed < target)
+        pthread_cond_wait(&s->done, &s->mu);
+    int rc = take_error(s, msg, msglen);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int ep_store_close(ep_store *s, char *msg, size_t msglen)
+{
+    int rc = EP_OK;
+    if (!s)
+        return EP_OK;
+    if (s->thread_started) {
+        ep_store_job *job = s->close_job;
+        s->close_job = NULL; /* the writer thread frees it */
+        ep_store_submit(s, job);
+        pthread_join(s->thread, NULL);
+        s->thread_started = 0;
+    }
+    pthread_mutex_lock(&s->mu);
+    rc = take_error(s, msg, msglen);
+    pthread_mutex_unlock(&s->mu);
+    free_store(s);
+    return rc;
+}
+
+int64_t ep_store_rows_committed(ep_store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int64_t n = s->rows_committed;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+int64_t ep_store_jobs_pending(ep_store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int64_t n = (int64_t)(s->submitted - s->completed);
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
