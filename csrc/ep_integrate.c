@@ -1,0 +1,374 @@
+/* ep_integrate.c: cumulative energy F(t) over the samples, windows as F(b) - F(a).
+ *
+ * The samples are viewed as a sorted sequence of "knots": INTERVAL samples give
+ * s0, e0, s1, e1, ... (sorted because samples may not overlap), INSTANT samples
+ * give t0, t1, ...  Every question about a window endpoint t (which piece of F holds
+ * t, how many samples start/end before t) is answered by two counts on that one
+ * sequence: knots <= t and knots < t.  Those counts come from a galloping search
+ * that starts at the previous window's answer, so sorted windows walk the samples
+ * once (O(N + M)) and unsorted ones still cost only O(log N) per endpoint.
+ */
+#include "ep_integrate.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ep_errors.h"
+
+#define NS_PER_S 1e9
+#define MASK_GAP_AFTER 0x80u /* per-sample mask: a gap follows this INTERVAL sample */
+#define ALL_DOMAINS ((1u << EP_NDOMAINS) - 1u)
+
+typedef struct {
+    const ep_sample *s;
+    int64_t n;           /* samples */
+    int interval;        /* 1: INTERVAL knots s0,e0,s1,..; 0: INSTANT knots t0,t1,.. */
+    int64_t n_knots;
+    unsigned measured;   /* bit d set: domain d is non-NaN in at least one sample */
+    double *cum_wns;     /* (n + 1) x EP_NDOMAINS, F in W*ns at sample boundaries (owned) */
+    int64_t *nan_prefix; /* NaN-touched samples/segments before index i; NULL if none (owned) */
+    int64_t *gap_prefix; /* gaps after samples before index j; NULL if none (owned) */
+} integ;
+
+__attribute__((format(printf, 3, 4))) static void set_detail(char *detail, size_t len, const char *fmt, ...)
+{
+    if (!detail || !len)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, len, fmt, ap);
+    va_end(ap);
+}
+
+static inline int64_t knot_ns(const integ *g, int64_t k)
+{
+    if (!g->interval)
+        return g->s[k].t_start_ns;
+    const ep_sample *x = &g->s[k >> 1];
+    return (k & 1) ? x->t_end_ns : x->t_start_ns;
+}
+
+/* Number of knots <= t, searched by galloping out from hint (any value in
+ * [0, n_knots]); cost O(log |answer - hint|). */
+static int64_t count_le(const integ *g, int64_t t, int64_t hint)
+{
+    int64_t nk = g->n_knots, lo, hi, step = 1;
+    if (hint < 0)
+        hint = 0;
+    if (hint > nk)
+        hint = nk;
+    if (hint < nk && knot_ns(g, hint) <= t) {
+        /* answer > hint: double the step until a knot > t bounds it */
+        lo = hint + 1;
+        while (lo + step - 1 < nk && knot_ns(g, lo + step - 1) <= t) {
+            lo += step;
+            step <<= 1;
+        }
+        hi = lo + step - 1 < nk ? lo + step - 1 : nk;
+    } else {
+        /* answer <= hint: double the step backwards until a knot <= t bounds it */
+        hi = hint;
+        while (hi - step >= 0 && knot_ns(g, hi - step) > t) {
+            hi -= step;
+            step <<= 1;
+        }
+        lo = hi - step + 1 > 0 ? hi - step + 1 : 0;
+    }
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (knot_ns(g, mid) <= t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Number of knots < t (t - 1 is safe: integer times, INT64_MIN handled). */
+static int64_t count_lt(const integ *g, int64_t t, int64_t hint)
+{
+    return t == INT64_MIN ? 0 : count_le(g, t - 1, hint);
+}
+
+/* F(t) per domain in W*ns into f; le = count_le(t); t inside the covered range. */
+static void cum_at(const integ *g, int64_t t, int64_t le, double *f)
+{
+    const double *c;
+    if (g->interval) {
+        if (!(le & 1)) {
+            /* the last knot <= t is an end (or t sits in a gap): F is flat here */
+            memcpy(f, g->cum_wns + (le >> 1) * EP_NDOMAINS, sizeof(double) * EP_NDOMAINS);
+            return;
+        }
+        int64_t k = le >> 1;
+        const ep_sample *x = &g->s[k];
+        double dt_ns = (double)(t - x->t_start_ns); /* a difference: exact at 1e18 ns */
+        c = g->cum_wns + k * EP_NDOMAINS;
+        for (int d = 0; d < EP_NDOMAINS; d++) {
+            double p_w = isnan(x->power_w[d]) ? 0.0 : x->power_w[d];
+            f[d] = c[d] + p_w * dt_ns;
+        }
+        return;
+    }
+    int64_t k = le - 1;
+    c = g->cum_wns + k * EP_NDOMAINS;
+    if (k >= g->n - 1) {
+        memcpy(f, c, sizeof(double) * EP_NDOMAINS);
+        return;
+    }
+    const ep_sample *x0 = &g->s[k], *x1 = &g->s[k + 1];
+    /* k is the last point <= t, so t < t_{k+1} and the segment has length > 0 */
+    double dt_ns = (double)(t - x0->t_start_ns);
+    double len_ns = (double)(x1->t_start_ns - x0->t_start_ns);
+    for (int d = 0; d < EP_NDOMAINS; d++) {
+        double p0 = x0->power_w[d], p1 = x1->power_w[d];
+        if (isnan(p0) || isnan(p1))
+            f[d] = c[d];
+        else /* integral of the linear interpolation from t_k to t */
+            f[d] = c[d] + dt_ns * (p0 + (0.5 * (p1 - p0)) * (dt_ns / len_ns));
+    }
+}
+
+/* Validate the samples and build F, the NaN and gap prefix counts.
+ * On error g's arrays may be allocated: the caller frees them (integ_free). */
+static int integ_build(integ *g, const ep_sample *s, int64_t n, char *detail, size_t detail_len)
+{
+    int rc = EP_OK;
+    unsigned char *mask = NULL; /* per sample: NaN domains | MASK_GAP_AFTER (owned here) */
+    memset(g, 0, sizeof *g);
+    g->s = s;
+    g->n = n;
+    if (n == 0)
+        return EP_OK;
+    int32_t kind = s[0].kind;
+    if (kind != EP_KIND_INSTANT && kind != EP_KIND_INTERVAL) {
+        set_detail(detail, detail_len, "samples[0].kind=%d is neither INSTANT (0) nor INTERVAL (1)", (int)kind);
+        rc = EP_ERR_ARG;
+        goto error;
+    }
+    g->interval = kind == EP_KIND_INTERVAL;
+    g->n_knots = g->interval ? 2 * n : n;
+    g->cum_wns = malloc(sizeof(double) * (size_t)(n + 1) * EP_NDOMAINS);
+    mask = calloc((size_t)n, 1);
+    if (!g->cum_wns || !mask) {
+        rc = EP_ERR_NOMEM;
+        goto error;
+    }
+    unsigned all_nan = ALL_DOMAINS, any_gap = 0;
+    double *c = g->cum_wns;
+    for (int d = 0; d < EP_NDOMAINS; d++)
+        c[d] = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const ep_sample *x = &s[i];
+        if (x->kind != kind) {
+            set_detail(detail, detail_len,
+                       "samples[%lld].kind=%d differs from samples[0].kind=%d: integrate one kind per call",
+                       (long long)i, (int)x->kind, (int)kind);
+            rc = EP_ERR_ARG;
+            goto error;
+        }
+        unsigned nan_bits = 0;
+        for (int d = 0; d < EP_NDOMAINS; d++)
+            if (isnan(x->power_w[d]))
+                nan_bits |= 1u << d;
+        mask[i] = (unsigned char)nan_bits;
+        all_nan &= nan_bits;
+        double *prev = c + i * EP_NDOMAINS, *next = prev + EP_NDOMAINS;
+        if (g->interval) {
+            if (x->t_end_ns < x->t_start_ns) {
+                set_detail(detail, detail_len, "samples[%lld]: t_end_ns=%lld < t_start_ns=%lld", (long long)i,
+                           (long long)x->t_end_ns, (long long)x->t_start_ns);
+                rc = EP_ERR_ARG;
+                goto error;
+            }
+            if (i > 0 && x->t_start_ns < s[i - 1].t_end_ns) {
+                set_detail(detail, detail_len,
+                           "samples[%lld].t_start_ns=%lld < samples[%lld].t_end_ns: interval samples must be "
+                           "sorted and must not overlap",
+                           (long long)i, (long long)x->t_start_ns, (long long)(i - 1));
+                rc = EP_ERR_UNSORTED;
+                goto error;
+            }
+            if (i > 0 && x->t_start_ns > s[i - 1].t_end_ns) {
+                mask[i - 1] |= MASK_GAP_AFTER;
+                any_gap = 1;
+            }
+            double dur_ns = (double)(x->t_end_ns - x->t_start_ns);
+            for (int d = 0; d < EP_NDOMAINS; d++) {
+                double p_w = isnan(x->power_w[d]) ? 0.0 : x->power_w[d];
+                next[d] = prev[d] + p_w * dur_ns;
+            }
+        } else {
+            if (x->t_end_ns != x->t_start_ns) {
+                set_detail(detail, detail_len,
+                           "samples[%lld]: INSTANT sample with t_end_ns=%lld != t_start_ns=%lld", (long long)i,
+                           (long long)x->t_end_ns, (long long)x->t_start_ns);
+                rc = EP_ERR_ARG;
+                goto error;
+            }
+            if (i == 0)
+                continue;
+            const ep_sample *w = &s[i - 1];
+            if (x->t_start_ns < w->t_start_ns) {
+                set_detail(detail, detail_len,
+                           "samples[%lld].t_start_ns=%lld < samples[%lld].t_start_ns: instant samples must be sorted",
+                           (long long)i, (long long)x->t_start_ns, (long long)(i - 1));
+                rc = EP_ERR_UNSORTED;
+                goto error;
+            }
+            /* INSTANT: F has one entry per point; segment i-1 ends at point i */
+            prev = c + (i - 1) * EP_NDOMAINS;
+            next = prev + EP_NDOMAINS;
+            double len_ns = (double)(x->t_start_ns - w->t_start_ns);
+            for (int d = 0; d < EP_NDOMAINS; d++) {
+                double p0 = w->power_w[d], p1 = x->power_w[d];
+                next[d] = prev[d] + ((isnan(p0) || isnan(p1)) ? 0.0 : (0.5 * (p0 + p1)) * len_ns);
+            }
+        }
+    }
+    {
+        /* Every in-range endpoint is measured from a knot; the whole span must fit
+         * in int64 so those differences cannot overflow. */
+        int64_t first = knot_ns(g, 0), last = knot_ns(g, g->n_knots - 1);
+        if (first < 0 && last > INT64_MAX + first) {
+            set_detail(detail, detail_len, "samples span %lld .. %lld ns, wider than int64 allows",
+                       (long long)first, (long long)last);
+            rc = EP_ERR_ARG;
+            goto error;
+        }
+    }
+    g->measured = ALL_DOMAINS & ~all_nan;
+    /* NaN / gap prefix counts: only when needed (a clean stream allocates nothing). */
+    int64_t n_units = g->interval ? n : n - 1; /* samples, or segments between points */
+    int any_nan = 0;
+    for (int64_t i = 0; i < n && !any_nan; i++)
+        any_nan = (mask[i] & g->measured) != 0;
+    if (any_nan) {
+        g->nan_prefix = malloc(sizeof(int64_t) * (size_t)(n_units + 1));
+        if (!g->nan_prefix) {
+            rc = EP_ERR_NOMEM;
+            goto error;
+        }
+        g->nan_prefix[0] = 0;
+        for (int64_t j = 0; j < n_units; j++) {
+            unsigned bits = g->interval ? mask[j] : (unsigned)(mask[j] | mask[j + 1]);
+            g->nan_prefix[j + 1] = g->nan_prefix[j] + ((bits & g->measured) != 0);
+        }
+    }
+    if (any_gap) {
+        g->gap_prefix = malloc(sizeof(int64_t) * (size_t)n);
+        if (!g->gap_prefix) {
+            rc = EP_ERR_NOMEM;
+            goto error;
+        }
+        g->gap_prefix[0] = 0;
+        for (int64_t j = 0; j + 1 < n; j++)
+            g->gap_prefix[j + 1] = g->gap_prefix[j] + ((mask[j] & MASK_GAP_AFTER) != 0);
+    }
+error:
+    free(mask);
+    return rc;
+}
+
+static void integ_free(integ *g)
+{
+    free(g->cum_wns);
+    free(g->nan_prefix);
+    free(g->gap_prefix);
+    g->cum_wns = NULL;
+    g->nan_prefix = g->gap_prefix = NULL;
+}
+
+/* prefix[hi] - prefix[lo] > 0 for a clipped index range (prefix may be NULL). */
+static int any_in(const int64_t *prefix, int64_t lo, int64_t hi, int64_t n_prefix)
+{
+    if (!prefix)
+        return 0;
+    if (lo < 0)
+        lo = 0;
+    if (hi > n_prefix - 1)
+        hi = n_prefix - 1;
+    return hi > lo && prefix[hi] > prefix[lo];
+}
+
+int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *windows_ns,
+                 int64_t n_windows, double *energy_j, uint32_t *flags, int32_t *samples_in_window,
+                 char *detail, size_t detail_len)
+{
+    int rc = EP_OK;
+    integ g;
+    memset(&g, 0, sizeof g);
+    if (detail && detail_len)
+        detail[0] = '\0';
+    if (n_samples < 0 || n_windows < 0 || (n_samples > 0 && !samples) ||
+        (n_windows > 0 && (!windows_ns || !energy_j || !flags || !samples_in_window))) {
+        set_detail(detail, detail_len, "negative count or NULL buffer");
+        rc = EP_ERR_ARG;
+        goto error;
+    }
+    /* Validate every window before anything is written: all or nothing. */
+    for (int64_t w = 0; w < n_windows; w++) {
+        if (windows_ns[2 * w + 1] < windows_ns[2 * w]) {
+            set_detail(detail, detail_len, "windows[%lld]: end_ns=%lld < start_ns=%lld", (long long)w,
+                       (long long)windows_ns[2 * w + 1], (long long)windows_ns[2 * w]);
+            rc = EP_ERR_ARG;
+            goto error;
+        }
+    }
+    rc = integ_build(&g, samples, n_samples, detail, detail_len);
+    if (rc != EP_OK)
+        goto error;
+    int64_t first_ns = 0, last_ns = 0;
+    if (g.n_knots > 0) {
+        first_ns = knot_ns(&g, 0);
+        last_ns = knot_ns(&g, g.n_knots - 1);
+    }
+    int64_t n_units = g.interval ? g.n : g.n - 1;
+    int64_t hint_a = 0, hint_b = 0; /* the finger: previous window's positions */
+    for (int64_t w = 0; w < n_windows; w++) {
+        int64_t a = windows_ns[2 * w], b = windows_ns[2 * w + 1];
+        double *e_j = energy_j + w * EP_NDOMAINS;
+        if (g.n_knots == 0 || a < first_ns || b > last_ns) {
+            for (int d = 0; d < EP_NDOMAINS; d++)
+                e_j[d] = NAN;
+            flags[w] = EP_WIN_OUTSIDE;
+            samples_in_window[w] = 0;
+            continue;
+        }
+        int64_t le_a = count_le(&g, a, hint_a), lt_a = count_lt(&g, a, le_a);
+        int64_t le_b = count_le(&g, b, hint_b), lt_b = count_lt(&g, b, le_b);
+        hint_a = le_a;
+        hint_b = le_b;
+        double fa[EP_NDOMAINS], fb[EP_NDOMAINS];
+        cum_at(&g, a, le_a, fa);
+        cum_at(&g, b, le_b, fb);
+        for (int d = 0; d < EP_NDOMAINS; d++)
+            e_j[d] = (g.measured >> d & 1u) ? (fb[d] - fa[d]) / NS_PER_S : NAN;
+        uint32_t fl = 0;
+        int64_t count;
+        if (g.interval) {
+            /* knots <= t are s0,e0,..: (le+1)/2 starts and le/2 ends among them */
+            count = le_b / 2 - (lt_a + 1) / 2;              /* s_i >= a and e_i <= b */
+            if (any_in(g.nan_prefix, le_a / 2, (lt_b + 1) / 2, n_units + 1)) /* e_i > a, s_i < b */
+                fl |= EP_WIN_NAN;
+            if (any_in(g.gap_prefix, (le_a + 1) / 2 - 1, lt_b / 2, g.n)) /* s_j+1 > a, e_j < b */
+                fl |= EP_WIN_GAP;
+        } else {
+            count = (le_b - 1) - lt_a;                      /* t_i >= a and t_i+1 <= b */
+            if (any_in(g.nan_prefix, le_a - 1, lt_b, n_units + 1)) /* t_j+1 > a, t_j < b */
+                fl |= EP_WIN_NAN;
+        }
+        if (count <= 0) {
+            count = 0;
+            fl |= EP_WIN_UNRESOLVED;
+        }
+        flags[w] = fl;
+        samples_in_window[w] = count > INT32_MAX ? INT32_MAX : (int32_t)count;
+    }
+error:
+    integ_free(&g);
+    return rc;
+}
