@@ -59,7 +59,7 @@ def extension() -> Extension:
         sources=sources,
         include_dirs=["csrc", numpy.get_include()],
         extra_compile_args=extra,
-        extra_link_args=libs + ["-lpthread", "-ldl"],
+        extra_link_args=libs + ["-lpthread", "-ldl", "-lstdc++"],  # -lstdc++: the C++ libtorch shim (try/catch)
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_20_API_VERSION"), ("_GNU_SOURCE", "1")],
         language="c",
     )

@@ -164,3 +164,42 @@ def integrate(samples: np.ndarray, windows: np.ndarray) -> tuple[np.ndarray, np.
 # ---------------------------------------------------------------------------
 # end of integrate
 # ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# hooks: twin of the span buffer in csrc/ep_hooks.c (_core.SpanBuffer).  Owner: hooks part.
+# ---------------------------------------------------------------------------
+
+
+class SpanBufferRef:
+    """Pure-Python twin of ``_core.SpanBuffer``: a bounded FIFO of (t_ns, span_id, kind)
+    events that drops (and counts) appends past ``capacity``; ``drain`` empties it."""
+
+    def __init__(self, capacity: int = 1 << 22) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self.events: list = []
+        self.dropped = 0
+
+    def append(self, t_ns: int, span_id: int, kind: int) -> bool:
+        """True when stored, False when dropped because the buffer is full."""
+        if len(self.events) >= self.capacity:
+            self.dropped += 1
+            return False
+        self.events.append((t_ns, span_id, kind))
+        return True
+
+    def drain(self) -> np.ndarray:
+        from ._dtypes import EVENT_DTYPE
+
+        out = np.array(self.events, dtype=EVENT_DTYPE)
+        self.events = []
+        return out
+
+    def clear(self) -> None:
+        self.events = []
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self.events)
