@@ -144,7 +144,7 @@ def tiny_config(name: str, **overrides: Any) -> Any:
     cls = _config_class(spec)
     reference = cls()
     generic = dict(_DEFAULTS)
-    raw: dict[str, Any] = dict(spec.extra)
+    raw: dict[str, Any] = {}
     for key, value in overrides.items():
         if key in _ALIASES:
             gkey = _ALIASES[key]
@@ -155,7 +155,7 @@ def tiny_config(name: str, **overrides: Any) -> Any:
             raw[key] = value
         else:
             raise ValueError(f"{spec.config_class} has no field {key!r}")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(spec.extra)
     for gkey, value in generic.items():
         field_name = spec.fields.get(gkey)
         if field_name is not None:
