@@ -203,3 +203,76 @@ class SpanBufferRef:
 
     def __len__(self) -> int:
         return len(self.events)
+
+
+# ---------------------------------------------------------------------------
+# synthetic: twin of the power model in csrc/ep_src_synthetic.c.  Owner: sampler part.
+# ---------------------------------------------------------------------------
+
+def synthetic_average_power_w(t_start_ns, t_end_ns, t0_ns: int, *, power_w: float = 10.0,
+                              square_w: float = 0.0, square_period_ns: int = 10**9,
+                              ramp_w_per_s: float = 0.0, active_w: float = 0.0,
+                              active_ns=None) -> np.ndarray:
+    """Exact mean of the synthetic source's noiseless power over each [t_start_ns, t_end_ns).
+
+    P(t) = power_w + ramp_w_per_s * (t - t0) / 1e9
+           + square_w while (t - t0) mod square_period_ns < square_period_ns / 2
+           + active_w while the activity level is > 0,
+    with ``active_ns`` the active time inside each interval (A(end) - A(start)).
+    The square-wave high time is counted in integer ns (doubled, so odd periods
+    stay exact), the ramp mean is the value at the interval's midpoint.
+    """
+    a = np.asarray(t_start_ns, dtype=np.int64)
+    b = np.asarray(t_end_ns, dtype=np.int64)
+    dur_ns = (b - a).astype(np.float64)
+    mid_s = ((a - t0_ns) + (b - t0_ns)).astype(np.float64) * 0.5e-9
+    p = np.full(np.broadcast(a, b).shape, float(power_w))
+    p = p + ramp_w_per_s * mid_s
+    if square_w:
+        period = np.int64(square_period_ns)
+
+        def twice_high(t):
+            u = np.maximum(t - t0_ns, 0)
+            return (u // period) * period + np.minimum(2 * (u % period), period)
+
+        p = p + square_w * (twice_high(b) - twice_high(a)).astype(np.float64) / (2.0 * dur_ns)
+    if active_w:
+        p = p + active_w * np.asarray(active_ns, dtype=np.float64) / dur_ns
+    return p
+
+
+def synthetic_energy_j(t_start_ns, t_end_ns, t0_ns: int, **params) -> np.ndarray:
+    """Exact energy (J) of the noiseless synthetic power over each [t_start_ns, t_end_ns)."""
+    dur_s = (np.asarray(t_end_ns, dtype=np.int64) - np.asarray(t_start_ns, dtype=np.int64)) * 1e-9
+    return synthetic_average_power_w(t_start_ns, t_end_ns, t0_ns, **params) * dur_s
+
+
+def synthetic_noise(seed: int, n: int) -> np.ndarray:
+    """The first n standard-normal draws of the synthetic source's noise stream.
+
+    splitmix64 seeded with ``seed``; each draw takes two words x, y:
+    u1 = ((x >> 11) + 1) / 2**53, u2 = (y >> 11) / 2**53, z = sqrt(-2 ln u1) cos(2 pi u2).
+    """
+    import math
+
+    mask = (1 << 64) - 1
+    state = seed & mask
+
+    def word() -> int:
+        nonlocal state
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    out = np.empty(n)
+    for i in range(n):
+        u1 = ((word() >> 11) + 1) * 2.0**-53
+        u2 = (word() >> 11) * 2.0**-53
+        out[i] = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+    return out
+
+# ---------------------------------------------------------------------------
+# end of synthetic
+# ---------------------------------------------------------------------------
