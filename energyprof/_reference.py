@@ -276,3 +276,219 @@ def synthetic_noise(seed: int, n: int) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # end of synthetic
 # ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# plist: twin of csrc/ep_plist.c (_core.parse_plist, _core.split_frames).  Owner: plist part.
+# Written on Python's plistlib (expat), independently of libplist.
+# ---------------------------------------------------------------------------
+
+import math  # noqa: E402  (this section's own import)
+
+PLIST_MAX_FRAME_BYTES = 8 << 20
+_PLIST_MAC_EPOCH_S = 978307200.0
+_PLIST_MARKERS = (b"<?xml", b"<!DOCTYPE", b"<plist", b"bplist00")
+_PLIST_SPACE = b"\0 \t\n\r\x0b\x0c"
+_SFLAG_NAN_FIELD = 1 << 5
+
+
+def _plist_doc_start(data: bytes, i: int) -> bool:
+    return any(data.startswith(m, i) for m in _PLIST_MARKERS)
+
+
+def _plist_first(*positions: int) -> int:
+    found = [p for p in positions if p >= 0]
+    return min(found) if found else -1
+
+
+def split_frames(data: bytes, max_frame_bytes: int = 0) -> list[bytes]:
+    """Twin of ``_core.split_frames`` on a whole stream: the documents in ``data``.
+
+    Leading NUL/whitespace is dropped; an XML document ends after ``</plist>``, at a
+    NUL, or where the next ``<?xml`` starts; a binary one where the next document
+    starts (minus one separating NUL); other bytes up to a NUL or a document start
+    are skipped, and so are frames larger than ``max_frame_bytes`` (0 = 8 MiB).
+    """
+    limit = max_frame_bytes or PLIST_MAX_FRAME_BYTES
+    n, pos, frames = len(data), 0, []
+    while True:
+        while pos < n and data[pos] in _PLIST_SPACE:
+            pos += 1
+        if pos >= n:
+            return frames
+        if data[pos] != ord("<") and not _plist_doc_start(data, pos):
+            j = pos
+            while j < n and data[j] != 0 and not _plist_doc_start(data, j):
+                j += 1
+            pos = j
+            continue
+        if data.startswith(b"bplist00", pos):
+            hit = _plist_first(data.find(b"bplist00", pos + 8), data.find(b"<?xml", pos + 8))
+            if hit >= 0:
+                end, nxt = hit, hit
+                if end - pos > 8 and data[end - 1] == 0:
+                    end -= 1
+            else:
+                end = nxt = n
+            binary = True
+        else:
+            close = data.find(b"</plist>", pos + 1)
+            nul = data.find(b"\0", pos + 1)
+            xml = data.find(b"<?xml", pos + 1)
+            hit = _plist_first(close, nul, xml)
+            if hit < 0:
+                end = nxt = n
+            elif hit == close:
+                end = nxt = close + 8
+            elif hit == nul:
+                end, nxt = nul, nul + 1
+            else:
+                end = nxt = xml
+            binary = False
+        if hit < 0 and n - pos > limit:
+            # Too long and unterminated: skip to the next boundary.
+            s = pos + 1
+            cands = [data.find(b"<?xml", s), data.find(b"bplist00", s)]
+            ends = []
+            if not binary:
+                c, z = data.find(b"</plist>", s), data.find(b"\0", s)
+                ends = [c + 8 if c >= 0 else -1, z + 1 if z >= 0 else -1]
+                cands += [c, z]
+            first = _plist_first(*cands)
+            if first < 0:
+                return frames
+            pos = next((e for c, e in zip(cands[2:], ends) if c == first), first)
+            continue
+        if end - pos <= limit:
+            frames.append(data[pos:end])
+        pos = nxt
+
+
+def _plist_int64(v: int) -> int:
+    return ((v + (1 << 63)) % (1 << 64)) - (1 << 63)
+
+
+def _plist_nonfinite_text(s: str) -> bool:
+    try:
+        return not math.isfinite(float(s.strip()))
+    except ValueError:
+        return False
+
+
+def _plist_number(v: object, count: list) -> float:
+    if isinstance(v, bool) or v is None:
+        return math.nan
+    if isinstance(v, int):
+        return float(_plist_int64(v))
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            count[0] += 1
+        return v
+    if isinstance(v, str) and _plist_nonfinite_text(v):
+        count[0] += 1
+        return float(v.strip())
+    return math.nan
+
+
+def _plist_str(v: object, cap: int) -> "str | None":
+    if not isinstance(v, str):
+        return None
+    raw = v.encode("utf-8")[: cap - 1].split(b"\0")[0]
+    return raw.decode("utf-8", "replace") or None
+
+
+def _plist_power_w(energy_mj: float, power_mw: float, elapsed_ns: int) -> float:
+    if math.isfinite(energy_mj) and elapsed_ns > 0:
+        w = energy_mj * 1e6 / elapsed_ns
+    elif math.isfinite(power_mw):
+        w = power_mw / 1e3
+    else:
+        return math.nan
+    return w if math.isfinite(w) else math.nan
+
+
+def parse_plist(data: bytes) -> dict:
+    """Twin of ``_core.parse_plist``: the same dict, read with :mod:`plistlib`.
+
+    ``sample`` is a dict of the SAMPLE_DTYPE fields instead of a numpy row.
+    Raises ValueError (as plistlib does) on a malformed document.
+    """
+    import datetime
+    import plistlib
+
+    try:
+        root = plistlib.loads(data)
+    except Exception as e:  # plistlib raises several types on bad input
+        raise ValueError(f"not a well-formed plist document: {e}") from None
+    if not isinstance(root, dict):
+        raise ValueError("plist root is not a dict")
+    count = [0]
+    d = lambda obj, key: obj.get(key) if isinstance(obj, dict) else None  # noqa: E731
+    typed = lambda obj, key, t: (lambda v: v if isinstance(v, t) else None)(d(obj, key))  # noqa: E731
+
+    elapsed = d(root, "elapsed_ns")
+    elapsed_ns = _plist_int64(elapsed) if isinstance(elapsed, int) and not isinstance(elapsed, bool) else -1
+    ts = d(root, "timestamp")
+    timestamp_s = math.nan
+    if isinstance(ts, datetime.datetime):
+        timestamp_s = (ts.replace(tzinfo=None) - datetime.datetime(1970, 1, 1)).total_seconds()
+    is_delta = d(root, "is_delta")
+    out: dict = {
+        "elapsed_ns": elapsed_ns if elapsed_ns >= 0 else None,
+        "is_delta": is_delta if isinstance(is_delta, bool) else None,
+        "elapsed_s": elapsed_ns / 1e9 if elapsed_ns >= 0 else math.nan,
+        "timestamp_s": timestamp_s,
+    }
+    proc = typed(root, "processor", dict)
+    energy_mj = {k: _plist_number(d(proc, f"{k}_energy"), count) for k in _DOMAINS}
+    power_mw = {k: _plist_number(d(proc, f"{k}_power"), count) for k in _DOMAINS}
+    for k in _DOMAINS:
+        out[f"{k}_energy_j"] = energy_mj[k] / 1e3
+    gpu = typed(root, "gpu", dict)
+    combined_mw = _plist_number(d(proc, "combined_power"), count)
+    clusters = []
+    for c in typed(proc, "clusters", list) or []:
+        if len(clusters) == 16:
+            break
+        if not isinstance(c, dict):
+            continue
+        idle = _plist_number(c.get("idle_ratio"), count)
+        down = _plist_number(c.get("down_ratio"), count)
+        clusters.append({
+            "name": _plist_str(c.get("name"), 32),
+            "freq_hz": _plist_number(c.get("freq_hz"), count),
+            "idle_ratio": idle,
+            "down_ratio": down,
+            "active_ratio": 1.0 - idle - (0.0 if math.isnan(down) else down),
+        })
+    # gpu.freq_hz holds MHz despite its name.
+    gpu_freq_hz = _plist_number(d(gpu, "freq_hz"), count) * 1e6
+    gpu_idle = _plist_number(d(gpu, "idle_ratio"), count)
+    gpu_sampler_mj = _plist_number(d(gpu, "gpu_energy"), count)
+    out["gpu_sampler_energy_j"] = gpu_sampler_mj / 1e3
+    for k in _DOMAINS:
+        out[f"{k}_power_w"] = power_mw[k] / 1e3
+    out.update({
+        "combined_power_w": combined_mw / 1e3,
+        "gpu_freq_hz": gpu_freq_hz,
+        "gpu_idle_ratio": gpu_idle,
+        "thermal_pressure": _plist_str(d(root, "thermal_pressure"), 24),
+        "hw_model": _plist_str(d(root, "hw_model"), 64),
+        "kern_osversion": _plist_str(d(root, "kern_osversion"), 32),
+        "nan_fields": count[0],
+        "sanitized": False,
+        "clusters": clusters,
+    })
+    sample = {"t_start_ns": 0, "t_end_ns": max(elapsed_ns, 0), "kind": 1,
+              "flags": _SFLAG_NAN_FIELD if count[0] else 0}
+    for k in _DOMAINS:
+        sample[f"{k}_w"] = _plist_power_w(energy_mj[k], power_mw[k], elapsed_ns)
+    if math.isnan(sample["gpu_w"]):
+        sample["gpu_w"] = _plist_power_w(gpu_sampler_mj, math.nan, elapsed_ns)
+    out["sample"] = sample
+    return out
+
+
+# ---------------------------------------------------------------------------
+# end of plist
+# ---------------------------------------------------------------------------
