@@ -276,6 +276,10 @@ def _model_type(model: nn.Module) -> str:
 def _detect_arch(model: nn.Module, model_type: str) -> Optional[str]:
     if model_type in _MODEL_TYPES:
         return _MODEL_TYPES[model_type]
+    if isinstance(getattr(getattr(model, "config", None), "model_type", None), str):
+        # A config that names another type (qwen3_moe, olmo2, ...) is a different layout even
+        # when the class name starts like a known one: let the generic fallback look at it.
+        return None
     name = type(model).__name__
     best: Optional[str] = None
     best_len = 0
@@ -415,9 +419,12 @@ _NORM_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"pre_?(feed_?forward|ffn|mlp)", "pre_ffn_norm"),
     (r"post_?(feed_?forward|ffn|mlp)", "post_ffn_norm"),
     (r"^(input_layernorm|ln_1|ln1|norm1|attention_norm|attn_norm|ln_attn|pre_attn_norm|"
-     r"input_norm|norm_1|layer_norm1|sa_layer_norm)$", "input_norm"),
+     r"input_norm|norm_1|layer_norm1|sa_layer_norm|self_attn_layer_norm|attention_layernorm)$",
+     "input_norm"),
+    # OPT/BART call the pre-MLP norm inside a layer "final_layer_norm".
     (r"^(post_attention_layernorm|ln_2|ln2|norm2|ffn_norm|ln_mlp|post_attn_norm|norm_2|"
-     r"layer_norm2|output_layer_norm)$", "post_attn_norm"),
+     r"layer_norm2|output_layer_norm|final_layer_norm|ffn_layer_norm|mlp_layernorm)$",
+     "post_attn_norm"),
 )
 
 
@@ -518,10 +525,15 @@ def _generic_model_level(model: nn.Module, layers_qual: str) -> list[ModuleRef]:
     if embed is not None:
         refs.append(ModuleRef(embed[0], embed[1], -1, "embed"))
 
-    norms_after = [(n, m) for n, m in outside if _is_norm(m) and order[n] > layers_pos]
-    if norms_after:
-        n, m = norms_after[0]
-        refs.append(ModuleRef(n, m, -1, "final_norm"))
+    norms = [(n, m) for n, m in outside if _is_norm(m)]
+    # By name first: OPT registers its final norm before the layer list.
+    named = [(n, m) for n, m in norms
+             if re.search(r"^(final_layer_?norm|final_norm|ln_f|norm_f|norm|final_layernorm)$",
+                          n.rsplit(".", 1)[-1])]
+    after = [(n, m) for n, m in norms if order[n] > layers_pos]
+    final = named[-1] if named else (after[0] if after else None)
+    if final is not None:
+        refs.append(ModuleRef(final[0], final[1], -1, "final_norm"))
 
     vocab = embed[1].num_embeddings if embed is not None else None
     heads = [

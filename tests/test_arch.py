@@ -359,3 +359,52 @@ def test_left_padded_batch_generates_like_single_rows():
         one = tok(text, return_tensors="pt")
         ref = model.generate(**one, max_new_tokens=4, do_sample=False)
         assert torch.equal(out[row, -4:], ref[0, -4:])
+
+
+def _unknown_configs():
+    import transformers as T
+
+    common = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=320, pad_token_id=0,
+                  bos_token_id=1, eos_token_id=None)  # no EOS: always 3 forwards
+    out = {"opt": lambda: T.OPTConfig(ffn_dim=128, word_embed_proj_dim=64, **common)}
+    if hasattr(T, "Qwen3MoeConfig"):  # transformers >= 4.51
+        out["qwen3_moe"] = lambda: T.Qwen3MoeConfig(
+            num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
+            moe_intermediate_size=32, intermediate_size=128, **common)
+    return out
+
+
+# Real transformers architectures without a table: what the generic fallback must recover.
+UNKNOWN_EXPECTED = {
+    "opt": ({"attn", "q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj",
+             "input_norm", "post_attn_norm"}, "model.decoder.layers", 0),
+    "qwen3_moe": ({"attn", "q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "mlp",
+                   "router", "input_norm", "post_attn_norm"}, "model.layers", 4),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_unknown_configs()))
+def test_generic_fallback_on_real_untabled_architectures(kind):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_unknown_configs()[kind]()).eval()
+    with pytest.warns(UserWarning, match=rf"generic fallback for '{kind}': found 2 blocks"):
+        amap = describe(model)
+    comps, layers_at, n_experts = UNKNOWN_EXPECTED[kind]
+    if n_experts:
+        fused = not any(n.endswith("experts.0") for n, _ in model.named_modules())
+        comps = comps | ({"experts"} if fused else {f"expert.{i}" for i in range(n_experts)})
+    assert amap.arch == "generic" and [r.qualname for r in amap.layers] == [f"{layers_at}.{i}" for i in range(2)]
+    assert {r.component for r in amap.by_layer(0)} == comps
+    assert sorted(r.component for r in amap.model_level) == ["embed", "final_norm", "lm_head"]
+    assert amap.config["n_experts"] == n_experts
+    calls: Counter = Counter()
+    targets = hook_targets(amap, "standard")
+    hs = [r.module.register_forward_hook(lambda *_, q=r.qualname: calls.__setitem__(q, calls[q] + 1))
+          for r in targets]
+    model.generate(torch.tensor([[5, 6, 7]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
+                   max_new_tokens=3, do_sample=False)
+    for h in hs:
+        h.remove()
+    assert all(calls[r.qualname] >= 3 for r in targets if not r.component.startswith("expert."))
