@@ -646,17 +646,17 @@ static PyObject *shim_info(void)
 
 static PyObject *py_torchshim_load(PyObject *module, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"path", NULL};
+    static char *kwlist[] = {"path", "search", NULL};
     PyObject *path_obj = Py_None, *path_bytes = NULL, *res = NULL;
     char err[512];
-    int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:torchshim_load", kwlist, &path_obj))
+    int rc, search = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|Op:torchshim_load", kwlist, &path_obj, &search))
         goto error;
     if (path_obj != Py_None && !PyUnicode_FSConverter(path_obj, &path_bytes))
         goto error;
     const char *path = path_bytes ? PyBytes_AS_STRING(path_bytes) : NULL;
     Py_BEGIN_ALLOW_THREADS
-    rc = ep_torchshim_load(path, err, sizeof err);
+    rc = ep_torchshim_load(path, search, err, sizeof err);
     Py_END_ALLOW_THREADS
     if (rc != EP_OK) {
         ep_module_raise(rc, err);
@@ -700,9 +700,10 @@ static PyMethodDef hooks_methods[] = {
      "-> a C callable that records begin, calls forward(*args, **kwargs), records end (also when forward "
      "raises; the exception propagates).  Install it as module.forward (instance attribute)."},
     {"torchshim_load", (PyCFunction)(void (*)(void))py_torchshim_load, METH_VARARGS | METH_KEYWORDS,
-     "torchshim_load(path=None) -> dict {'cuda': origin|None, 'mps': origin|None}: resolve "
-     "torch::cuda::synchronize / torch::mps::synchronize (path first when given, then the process, then "
-     "loaded libtorch* libraries).  Replaces an earlier load."},
+     "torchshim_load(path=None, search=True) -> dict {'cuda': origin|None, 'mps': origin|None}: resolve "
+     "torch::cuda::synchronize / torch::mps::synchronize (path first when given, then -- when search -- the "
+     "process and the loaded libtorch* libraries).  origin is the defining file.  Replaces an earlier load; "
+     "torchshim_load(None, search=False) unloads."},
     {"torchshim_info", (PyCFunction)py_torchshim_info, METH_NOARGS,
      "torchshim_info() -> dict: what the last torchshim_load found (no loading)."},
     {"device_sync", (PyCFunction)(void (*)(void))py_device_sync, METH_VARARGS | METH_KEYWORDS,

@@ -139,7 +139,7 @@ void scan_loaded(Found *f)
 
 }  // namespace
 
-extern "C" int ep_torchshim_load(const char *path, char *err, size_t err_len)
+extern "C" int ep_torchshim_load(const char *path, int search_process, char *err, size_t err_len)
 {
     int rc = EP_OK;
     copy_msg(err, err_len, "");
@@ -156,9 +156,9 @@ extern "C" int ep_torchshim_load(const char *path, char *err, size_t err_len)
             if (!f.cuda && !f.mps)
                 dlclose(h);  // nothing from it: do not keep it mapped
         }
-        if (!f.complete())
+        if (search_process && !f.complete())
             f.look_in(RTLD_DEFAULT, "process");
-        if (!f.complete())
+        if (search_process && !f.complete())
             scan_loaded(&f);
         g_cuda_origin = f.cuda_origin;
         g_mps_origin = f.mps_origin;

@@ -25,12 +25,13 @@ extern "C" {
 /* Resolve the symbols.  path != NULL: that library is dlopen'ed and searched
  * first, then the process; path == NULL: the process (RTLD_DEFAULT), then every
  * loaded libtorch* image (torch loads its libraries RTLD_LOCAL, so RTLD_DEFAULT
- * alone usually misses them).  Replaces what an earlier load found.  EP_OK even
+ * alone usually misses them).  search_process == 0 searches path only (tests,
+ * or to force one library; with path == NULL it unloads both symbols).  Replaces what an earlier load found.  EP_OK even
  * when a symbol is missing (see ep_torchshim_origin); EP_ERR_NOTFOUND with the
  * dlerror() text in err (caller's buffer of err_len bytes) when path cannot be
  * opened, the previous state then kept.  Not thread-safe against itself: call it
  * with the GIL held. */
-int ep_torchshim_load(const char *path, char *err, size_t err_len);
+int ep_torchshim_load(const char *path, int search_process, char *err, size_t err_len);
 
 /* Where the symbol for device came from: "process", a library path, or NULL when
  * it is missing.  The string is owned by the shim, valid until the next load. */

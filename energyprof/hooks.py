@@ -33,15 +33,16 @@ METHODS = ("hooks", "wrap")
 _MISSING = object()
 
 
-def load_shim(path: Optional[str] = None) -> dict:
+def load_shim(path: Optional[str] = None, search: bool = True) -> dict:
     """Resolve ``torch::cuda::synchronize`` / ``torch::mps::synchronize`` for the C hooks.
 
     ``path``: a library to search first (e.g. ``.../torch/lib/libtorch_cuda.so``);
     without it the process and every loaded ``libtorch*`` library are searched.
     Returns ``{"cuda": origin or None, "mps": origin or None}`` where origin is the
-    file that defines the symbol.  Replaces what an earlier call found.
+    file that defines the symbol.  ``search=False`` looks in ``path`` only
+    (``load_shim(None, search=False)`` unloads).  Replaces what an earlier call found.
     """
-    return _core.torchshim_load(path)
+    return _core.torchshim_load(path, search=search)
 
 
 def _sync_plan(device: Any) -> Tuple[int, int, Optional[Callable[[], Any]]]:
