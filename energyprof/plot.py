@@ -573,7 +573,7 @@ def _components_plotly(run, s):
 def _sankey_plotly(run, d, s):
     go = _need("plotly")
     fig = go.Figure(go.Sankey(
-        node=dict(label=[_esc(v) for v in d["labels"]], pad=12, thickness=14),
+        node=dict(label=[_esc(v) for v in d["labels"]], pad=12, thickness=14, align="left"),
         link=dict(source=d["source"], target=d["target"], value=d["value"]),
         valueformat=".4g", valuesuffix=" J"))
     fig.update_layout(title=_title("Where the energy flowed: run → phases → layers → components", s),
