@@ -558,8 +558,7 @@ def _first_attr(obj: Any, names: tuple[str, ...]) -> Any:
     return None
 
 
-def _config_summary(model: nn.Module, n_layers: int, layer_refs: list[ModuleRef],
-                    model_level: list[ModuleRef]) -> dict[str, Any]:
+def _config_summary(model: nn.Module, n_layers: int, model_level: list[ModuleRef]) -> dict[str, Any]:
     cfg = getattr(model, "config", None)
     hidden = _first_attr(cfg, ("hidden_size", "n_embd", "d_model"))
     n_heads = _first_attr(cfg, ("num_attention_heads", "n_head", "num_heads"))
@@ -675,7 +674,7 @@ def describe(model: nn.Module, *, use_tables: bool = True) -> ArchMap:
         layers=layers,
         components=components,
         model_level=model_level,
-        config=_config_summary(model, len(layers), components, model_level),
+        config=_config_summary(model, len(layers), model_level),
         generic=generic,
         warnings=notes,
     )
