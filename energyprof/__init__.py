@@ -14,3 +14,4 @@ from . import sources  # noqa: F401,E402
 from .sampler import Sampler  # noqa: F401,E402
 from .session import Session, run  # noqa: F401,E402
 from .rundata import RunData  # noqa: F401,E402
+from .db import Store, cleanup, compare, delete, export, import_run, load, runs, stats  # noqa: F401,E402
