@@ -215,11 +215,11 @@ int ep_src_synthetic_create(ep_source *src, const char *const *keys, const char 
     }
     /* Periods in ns must be >= 1 ns and fit comfortably in int64 (< ~100 days). */
     if (!(period_ms > 0.0) || period_ms > 1e10) {
-        snprintf(src->message, sizeof src->message, "synthetic: 'period_ms' must be > 0, got %g", period_ms);
+        snprintf(src->message, sizeof src->message, "synthetic: 'period_ms' must be in (0, 1e10], got %g", period_ms);
         goto error;
     }
     if (!(square_period_ms > 0.0) || square_period_ms > 1e10) {
-        snprintf(src->message, sizeof src->message, "synthetic: 'square_period_ms' must be > 0, got %g",
+        snprintf(src->message, sizeof src->message, "synthetic: 'square_period_ms' must be in (0, 1e10], got %g",
                  square_period_ms);
         goto error;
     }

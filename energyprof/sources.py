@@ -66,6 +66,13 @@ def _positive(key: str, value: str) -> str:
     return value
 
 
+def _period_ms(key: str, value: str) -> str:
+    # Upper bound as in the C source: the period in ns must stay far inside int64.
+    if not 0 < _number(key, value) <= 1e10:
+        raise ValueError(f"{key!r} must be in (0, 1e10], got {value!r}")
+    return value
+
+
 def _non_negative(key: str, value: str) -> str:
     if _number(key, value) < 0:
         raise ValueError(f"{key!r} must be >= 0, got {value!r}")
@@ -160,11 +167,11 @@ KINDS: Dict[str, KindSpec] = {
     "synthetic": KindSpec(
         keys={
             "power_w": _num,
-            "period_ms": _positive,
+            "period_ms": _period_ms,
             "noise_w": _non_negative,
             "seed": _uint64,
             "square_w": _num,
-            "square_period_ms": _positive,
+            "square_period_ms": _period_ms,
             "ramp_w_per_s": _num,
             "active_w": _num,
             "domain": _domain,
