@@ -492,3 +492,48 @@ def parse_plist(data: bytes) -> dict:
 # ---------------------------------------------------------------------------
 # end of plist
 # ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# store: twin of the INSERT jobs of csrc/ep_sqlite.c (_core.Store.insert).  Owner: store part.
+# Python's sqlite3.executemany in one transaction: the same rows, the same columns.
+# ---------------------------------------------------------------------------
+
+def store_insert(conn, table: str, array: np.ndarray, constants: "dict | None" = None) -> None:
+    """Insert the rows of a structured array (one column per field, plus constant
+    columns) into ``table`` in one transaction with sqlite3.executemany.
+
+    Values map as the C writer maps them: ints/bools as INTEGER, floats as REAL
+    (NaN as NULL), fixed-width unicode as TEXT without the padding.
+    """
+    constants = dict(constants or {})
+    names = list(array.dtype.names) + list(constants)
+    sql = (f'INSERT INTO "{table}" (' + ", ".join(f'"{n}"' for n in names) + ") VALUES ("
+           + ", ".join("?" * len(names)) + ")")
+    tail = tuple(constants.values())
+    floats = [i for i, f in enumerate(array.dtype.names) if array.dtype.fields[f][0].kind == "f"]
+    bools = [i for i, f in enumerate(array.dtype.names) if array.dtype.fields[f][0].kind == "b"]
+
+    def rows():
+        for rec in array.tolist():
+            if floats or bools:
+                rec = list(rec)
+                for i in floats:
+                    if rec[i] != rec[i]:
+                        rec[i] = None
+                for i in bools:
+                    rec[i] = int(rec[i])
+            yield tuple(rec) + tail
+
+    conn.execute("BEGIN")
+    try:
+        conn.executemany(sql, rows())
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+# ---------------------------------------------------------------------------
+# end of store
+# ---------------------------------------------------------------------------
