@@ -144,9 +144,10 @@ static void synth_destroy(ep_source *src)
 static int parse_double(const char *text, double *out)
 {
     char *end = NULL;
-    errno = 0;
     double v = strtod(text, &end);
-    if (end == text || *end != '\0' || errno == ERANGE || !isfinite(v))
+    /* ERANGE on underflow still gives a usable (tiny or zero) finite value, and
+     * overflow gives HUGE_VAL, which isfinite rejects. */
+    if (end == text || *end != '\0' || !isfinite(v))
         return -1;
     *out = v;
     return 0;

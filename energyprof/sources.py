@@ -73,6 +73,14 @@ def _period_ms(key: str, value: str) -> str:
     return value
 
 
+def _sample_period_ms(key: str, value: str) -> str:
+    # The sample period is the poll interval: 10 us is the sampler's fastest poll.
+    _period_ms(key, value)
+    if _number(key, value) < 0.01:
+        raise ValueError(f"{key!r} must be >= 0.01 (the fastest poll interval), got {value!r}")
+    return value
+
+
 def _non_negative(key: str, value: str) -> str:
     if _number(key, value) < 0:
         raise ValueError(f"{key!r} must be >= 0, got {value!r}")
@@ -167,7 +175,7 @@ KINDS: Dict[str, KindSpec] = {
     "synthetic": KindSpec(
         keys={
             "power_w": _num,
-            "period_ms": _period_ms,
+            "period_ms": _sample_period_ms,
             "noise_w": _non_negative,
             "seed": _uint64,
             "square_w": _num,
@@ -292,10 +300,11 @@ def _resolve_auto(spec: str) -> Tuple[str, Dict[str, str]]:
     try:
         from . import doctor  # written separately; imported lazily so sources works without it
     except ImportError as e:
-        raise RuntimeError(f"source 'auto' needs energyprof.doctor (resolve_auto), which is not available: {e}") from e
+        raise RuntimeError(f"auto needs energyprof.doctor: source 'auto' is resolved by energyprof.doctor.resolve_auto(), "
+                           f"which is not available ({e})") from e
     resolve = getattr(doctor, "resolve_auto", None)
     if resolve is None:
-        raise RuntimeError("source 'auto' needs energyprof.doctor.resolve_auto(), which is missing")
+        raise RuntimeError("auto needs energyprof.doctor: energyprof.doctor.resolve_auto() is missing")
     got = resolve()
     # Accept the shapes a resolver may reasonably return: a spec, (kind, params), a Source.
     if isinstance(got, Source):
