@@ -157,7 +157,7 @@ static int integ_build(integ *g, const ep_sample *s, int64_t n, char *detail, si
         rc = EP_ERR_NOMEM;
         goto error;
     }
-    unsigned all_nan = ALL_DOMAINS, any_gap = 0;
+    unsigned all_nan = ALL_DOMAINS, any_nan = 0, any_gap = 0;
     double *c = g->cum_wns;
     for (int d = 0; d < EP_NDOMAINS; d++)
         c[d] = 0.0;
@@ -174,8 +174,10 @@ static int integ_build(integ *g, const ep_sample *s, int64_t n, char *detail, si
         for (int d = 0; d < EP_NDOMAINS; d++)
             if (isnan(x->power_w[d]))
                 nan_bits |= 1u << d;
-        mask[i] = (unsigned char)nan_bits;
+        if (nan_bits) /* mask stays untouched (zero pages) on a clean stream */
+            mask[i] = (unsigned char)nan_bits;
         all_nan &= nan_bits;
+        any_nan |= nan_bits;
         double *prev = c + i * EP_NDOMAINS, *next = prev + EP_NDOMAINS;
         if (g->interval) {
             if (x->t_end_ns < x->t_start_ns) {
@@ -243,10 +245,7 @@ static int integ_build(integ *g, const ep_sample *s, int64_t n, char *detail, si
     g->measured = ALL_DOMAINS & ~all_nan;
     /* NaN / gap prefix counts: only when needed (a clean stream allocates nothing). */
     int64_t n_units = g->interval ? n : n - 1; /* samples, or segments between points */
-    int any_nan = 0;
-    for (int64_t i = 0; i < n && !any_nan; i++)
-        any_nan = (mask[i] & g->measured) != 0;
-    if (any_nan) {
+    if (any_nan & g->measured) {
         g->nan_prefix = malloc(sizeof(int64_t) * (size_t)(n_units + 1));
         if (!g->nan_prefix) {
             rc = EP_ERR_NOMEM;
