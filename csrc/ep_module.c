@@ -176,7 +176,8 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "SFLAG_NAN_FIELD", EP_SFLAG_NAN_FIELD) < 0)
         goto error;
     if (ep_module_add_integrate(m) < 0 || ep_module_add_sampler(m) < 0 || ep_module_add_plist(m) < 0 ||
-        ep_module_add_hooks(m) < 0 || ep_module_add_store(m) < 0)
+        ep_module_add_hooks(m) < 0 || ep_module_add_store(m) < 0 ||
+        ep_module_add_ioreport(m) < 0)
         goto error;
     return m;
 error:

@@ -15,7 +15,7 @@ typedef struct {
 } registry_entry;
 
 /* One X(name) per ep_src_<name>.c. */
-#define EP_SOURCE_KINDS(X) X(synthetic) X(plist) X(powermetrics) X(nvml) X(rapl) X(estimate)
+#define EP_SOURCE_KINDS(X) X(synthetic) X(plist) X(powermetrics) X(nvml) X(rapl) X(estimate) X(ioreport)
 
 #define DECLARE(name) int ep_src_##name##_create(ep_source *, const char *const *, const char *const *, size_t);
 EP_SOURCE_KINDS(DECLARE)
