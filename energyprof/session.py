@@ -179,9 +179,9 @@ class Session(RunData):
             self._add_deep_hooks(targets, qual_to_span)
 
         if self.save:
-            from .db import open_store
+            from .db import Store
 
-            self._store = open_store(self.db)
+            self._store = self.db if isinstance(self.db, Store) else Store(self.db)
             self._meta = self._run_meta()
             self.run_id_ = self._store.create_run(self._meta)
             self._saver = threading.Thread(target=self._save_loop, name="energyprof-saver", daemon=True)
