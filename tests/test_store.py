@@ -1,0 +1,946 @@
+"""The run store: C writer vs its executemany twin, schema and migrations, the write API
+the session uses, the read API (filters, sort, pagination, stats, compare, cleanup,
+export/import) and the error paths (full disk, read-only, locked, foreign files)."""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import tempfile
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import energyprof as ep
+from energyprof import _core, _reference, schema
+from energyprof._dtypes import CALL_DTYPE, SECTION_DTYPE, TOKEN_DTYPE
+from energyprof.db import Store
+from energyprof.rundata import AGG_DTYPE, ARRAY_NAMES, RunData
+
+SAMPLE_DTYPE = np.dtype(_core.SAMPLE_DTYPE)
+NAN = float("nan")
+
+
+# ---------------------------------------------------------------------------------
+# realistic runs
+# ---------------------------------------------------------------------------------
+def make_summary(i: int = 0, **over):
+    s = {
+        "run_id": None, "name": f"run-{i}", "tags": ["bench", f"t{i % 3}"], "status": "completed",
+        "started_at": f"2025-03-{1 + i:02d}T10:00:00+00:00", "t_origin_ns": 123456789 + i,
+        "source": "synthetic:power_w=20", "source_kind": "synthetic", "source_label": "simulated",
+        "source_meta": {"power_w": 20.0, "period_ms": 5}, "method": "interval-exact", "sample_period_s": 0.005,
+        "mode": "standard", "sync": "none", "duration_s": 2.5 + i, "energy_j": 50.0 + 3 * i, "net_energy_j": 40.0 + i,
+        "baseline_power_w": 4.0, "peak_power_w": 31.5, "input_tokens": 16, "output_tokens": 32 + i, "batch_size": 1,
+        "j_per_token": (50.0 + 3 * i) / (48 + i), "j_per_output_token": (50.0 + 3 * i) / (32 + i),
+        "tokens_per_j": (32 + i) / (50.0 + 3 * i), "edp_js": (50.0 + 3 * i) * (2.5 + i),
+        "phases": {
+            "pre_inference": {"energy_j": 1.0, "net_energy_j": 0.5, "duration_s": 0.1, "tokens": 0,
+                              "j_per_token": NAN, "edp_js": 0.1},
+            "prefill": {"energy_j": 9.0, "net_energy_j": 8.0, "duration_s": 0.4, "tokens": 16,
+                        "j_per_token": 9.0 / 16, "edp_js": 3.6},
+            "decode": {"energy_j": 38.0 + i, "net_energy_j": 30.0, "duration_s": 1.9, "tokens": 31 + i,
+                       "j_per_token": (38.0 + i) / (31 + i), "edp_js": 72.2},
+            "post_inference": {"energy_j": 2.0, "net_energy_j": 1.5, "duration_s": 0.1, "tokens": 0,
+                               "j_per_token": NAN, "edp_js": 0.2},
+        },
+        "domains": {"cpu": 30.0 + i, "gpu": 20.0, "ane": NAN, "dram": NAN, "package": NAN},
+        "total_rule": "sum of measured domains", "unattributed_j": 0.25,
+        "model": {"name": "tiny-llama" if i % 2 == 0 else "tiny-gpt2", "arch": "llama" if i % 2 == 0 else "gpt2",
+                  "n_layers": 4, "hidden_size": 64, "n_heads": 4, "n_kv_heads": 2, "intermediate_size": 128,
+                  "vocab_size": 1000, "n_params": 123456, "n_experts": 0, "experts_per_token": 0, "dtype": "float32"},
+        "device": "cpu", "host": "testhost", "chip": "x86_64",
+        "versions": {"energyprof": "0.1.0", "torch": "2.13.0", "transformers": "5.0", "python": "3.11"},
+    }
+    s.update(over)
+    return s
+
+
+def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps: int = 5):
+    rng = np.random.default_rng(seed)
+    t0 = 10**12 + seed
+    samples = np.zeros(n_samples, SAMPLE_DTYPE)
+    samples["t_start_ns"] = t0 + np.arange(n_samples, dtype=np.int64) * 5_000_000
+    samples["t_end_ns"] = samples["t_start_ns"] + 5_000_000
+    samples["kind"] = _core.KIND_INTERVAL
+    samples["flags"] = rng.choice(np.array([0, 1, 4, 2**31 + 5, 2**32 - 1], dtype=np.uint32), n_samples)
+    samples["cpu_w"] = rng.uniform(1, 40, n_samples)
+    samples["gpu_w"] = np.where(rng.random(n_samples) < 0.2, np.nan, rng.uniform(0, 100, n_samples))
+    samples["ane_w"] = np.nan
+    samples["dram_w"] = rng.uniform(0, 1e-3, n_samples)
+    samples["package_w"] = np.where(rng.random(n_samples) < 0.05, np.inf, 0.0)  # +inf survives too
+
+    names = ["run", "pre_inference", "prefill", "decode", "post_inference", "baseline", "décodage ✓ 🚀 user"]
+    kinds = ["run", "phase", "phase", "phase", "phase", "baseline", "section"]
+    sections = np.zeros(len(names), SECTION_DTYPE)
+    sections["section_id"] = np.arange(len(names))
+    sections["parent_id"] = [-1, 0, 0, 0, 0, -1, 3]
+    sections["kind"] = kinds
+    sections["name"] = names
+    sections["t_start_ns"] = t0 + np.arange(len(names)) * 1000
+    sections["t_end_ns"] = sections["t_start_ns"] + 10**9
+    for f in ("duration_s", "energy_j", "cpu_j", "gpu_j", "net_energy_j", "unattributed_j"):
+        sections[f] = rng.uniform(0, 10, len(names))
+    sections["ane_j"] = np.nan
+    sections["dram_j"] = np.nan
+    sections["package_j"] = np.nan
+    sections["tokens"] = rng.integers(0, 2**40, len(names))
+    sections["samples_in_window"] = rng.integers(0, 1000, len(names))
+    sections["resolved"] = rng.random(len(names)) < 0.5
+
+    tokens = np.zeros(n_steps, TOKEN_DTYPE)
+    tokens["step"] = np.arange(1, n_steps + 1)
+    tokens["n_tokens"] = 2
+    tokens["t_start_ns"] = t0 + np.arange(n_steps) * 10**7
+    tokens["t_end_ns"] = tokens["t_start_ns"] + 10**7
+    tokens["duration_s"] = 0.01
+    tokens["energy_j"] = rng.uniform(0.1, 1, n_steps)
+    tokens["cpu_j"] = tokens["energy_j"]
+    tokens["gpu_j"] = np.nan
+    tokens["ane_j"] = np.nan
+    tokens["dram_j"] = np.nan
+    tokens["package_j"] = -1e-300
+    tokens["j_per_token"] = tokens["energy_j"] / 2
+    tokens["samples_in_window"] = 2
+    tokens["resolved"] = rng.random(n_steps) < 0.7
+
+    def calls(comps, layers):
+        rows = [(l, c, s) for s in range(n_steps + 1) for l in layers for c in comps]
+        a = np.zeros(len(rows), CALL_DTYPE)
+        a["call_id"] = np.arange(len(rows))
+        a["parent_id"] = rng.integers(-1, len(rows), len(rows))
+        a["layer"] = [r[0] for r in rows]
+        a["component"] = [r[1] for r in rows]
+        a["step"] = [r[2] for r in rows]
+        a["call"] = rng.integers(0, 2, len(rows))
+        a["t_start_ns"] = t0 + np.arange(len(rows)) * 1000
+        a["t_end_ns"] = a["t_start_ns"] + rng.integers(1, 10**6, len(rows))
+        a["duration_s"] = (a["t_end_ns"] - a["t_start_ns"]) / 1e9
+        a["energy_j"] = rng.uniform(0, 0.01, len(rows))
+        a["cpu_j"] = a["energy_j"]
+        for d in ("gpu_j", "ane_j", "dram_j", "package_j"):
+            a[d] = np.nan
+        a["unattributed_j"] = rng.uniform(0, 1e-4, len(rows))
+        a["samples_in_window"] = rng.integers(0, 3, len(rows))
+        a["resolved"] = rng.random(len(rows)) < 0.5
+        for f in ("act_mean", "act_std", "act_max", "act_sparsity"):
+            a[f] = np.where(rng.random(len(rows)) < 0.5, np.nan, rng.normal(size=len(rows)))
+        return a
+
+    layers = calls(["layer"], range(n_layers))
+    components = np.concatenate([
+        calls(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "input_norm"],
+              range(n_layers)),
+        calls(["embed", "final_norm", "lm_head"], [-1]),
+    ])
+    ops = calls(["aten::mm", "aten::softmax"], [0])
+    return dict(samples=samples, sections=sections, tokens=tokens, layers=layers, components=components, ops=ops)
+
+
+def make_run(i: int = 0, **kw) -> RunData:
+    return RunData(make_summary(i), **make_arrays(i, **kw))
+
+
+def assert_same_summary(a, b, path="summary"):
+    if isinstance(a, dict):
+        assert isinstance(b, dict), path
+        assert set(a) == set(b), (path, set(a) ^ set(b))
+        for k in a:
+            assert_same_summary(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert list(a) == list(b), path
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), (path, b)
+    else:
+        assert a == b, (path, a, b)
+
+
+def assert_same_arrays(a: RunData, b: RunData):
+    for name in ARRAY_NAMES:
+        x, y = a.array(name), b.array(name)
+        assert x.dtype == y.dtype, name
+        assert len(x) == len(y), name
+        for f in x.dtype.names:
+            np.testing.assert_array_equal(x[f], y[f], err_msg=f"{name}.{f}")
+
+
+def sha(path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+@pytest.fixture
+def dbpath(tmp_path):
+    return str(tmp_path / "runs.db")
+
+
+# ---------------------------------------------------------------------------------
+# the C writer against its twin
+# ---------------------------------------------------------------------------------
+_FIELD_KINDS = {"i8": "<i8", "i4": "<i4", "u4": "<u4", "f8": "<f8", "b": "?", "u": "U6", "i2": "<i2", "f4": "<f4"}
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(sorted(_FIELD_KINDS)), min_size=1, max_size=6),
+    n=st.integers(1, 40),
+    seed=st.integers(0, 2**32 - 1),
+    run_id=st.integers(-2**63, 2**63 - 1),
+)
+def test_writer_matches_executemany_twin(kinds, n, seed, run_id):
+    rng = np.random.default_rng(seed)
+    dt_ = np.dtype([(f"c{i}", _FIELD_KINDS[k]) for i, k in enumerate(kinds)])
+    a = np.zeros(n, dt_)
+    for i, k in enumerate(kinds):
+        f = f"c{i}"
+        if k in ("i8", "i4", "i2", "u4"):
+            info = np.iinfo(np.dtype(_FIELD_KINDS[k]))
+            a[f] = rng.integers(info.min, info.max, n, endpoint=True, dtype=np.dtype(_FIELD_KINDS[k]))
+        elif k in ("f8", "f4"):
+            v = rng.normal(scale=1e6, size=n)
+            v[rng.random(n) < 0.2] = np.nan
+            v[rng.random(n) < 0.05] = -np.inf
+            a[f] = v
+        elif k == "b":
+            a[f] = rng.random(n) < 0.5
+        else:
+            alphabet = ["a", "Z", "é", "✓", "🚀", "\u0000", " "]
+            a[f] = ["".join(rng.choice(alphabet, rng.integers(0, 7))) for _ in range(n)]
+    cols = ", ".join(f'"c{i}"' for i in range(len(kinds)))
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "w.db")
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute(f"CREATE TABLE c_side (run_id INTEGER, {cols})")
+        conn.execute(f"CREATE TABLE py_side (run_id INTEGER, {cols})")
+        w = _core.Store(path)
+        w.insert("c_side", a, {"run_id": run_id})
+        w.flush()
+        assert w.rows_committed == n
+        w.close()
+        _reference.store_insert(conn, "py_side", a, {"run_id": run_id})
+        c_rows = conn.execute(f"SELECT run_id, {cols} FROM c_side ORDER BY rowid").fetchall()
+        p_rows = conn.execute(f"SELECT run_id, {cols} FROM py_side ORDER BY rowid").fetchall()
+        types_c = conn.execute(f"SELECT {', '.join(f'typeof(c{i})' for i in range(len(kinds)))} FROM c_side").fetchall()
+        types_p = conn.execute(f"SELECT {', '.join(f'typeof(c{i})' for i in range(len(kinds)))} FROM py_side").fetchall()
+        conn.close()
+    assert c_rows == p_rows
+    assert types_c == types_p
+
+
+def test_writer_text_is_utf8_without_padding(tmp_path):
+    path = str(tmp_path / "t.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE t (s TEXT)")
+    a = np.array(["", "a", "é", "✓✓", "🚀x", "abcdefgh"], dtype="U8")
+    arr = np.zeros(len(a), [("s", "U8")])
+    arr["s"] = a
+    with _core.Store(path) as w:
+        w.insert("t", arr)
+    got = conn.execute("SELECT s, length(CAST(s AS BLOB)) FROM t ORDER BY rowid").fetchall()
+    assert [g[0] for g in got] == list(a)
+    assert [g[1] for g in got] == [len(x.encode("utf-8")) for x in a]
+
+
+def test_writer_orders_execute_after_insert_and_bounds_queue(tmp_path):
+    path = str(tmp_path / "q.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE t (run_id INTEGER, x INTEGER)")
+    conn.execute("CREATE TABLE total (n INTEGER)")
+    w = _core.Store(path, queue_jobs=1, queue_bytes=1)
+    a = np.zeros(100, [("x", "<i8")])
+    a["x"] = np.arange(100)
+    for k in range(30):
+        w.insert("t", a, {"run_id": k})
+    # an execute queued after the inserts sees all of them: the queue is FIFO
+    w.execute("INSERT INTO total SELECT COUNT(*) FROM t")
+    w.flush()
+    assert w.pending == 0
+    assert w.rows_committed == 3000
+    w.close()
+    assert conn.execute("SELECT n FROM total").fetchone()[0] == 3000
+    assert conn.execute("SELECT SUM(x), COUNT(DISTINCT run_id) FROM t").fetchone() == (30 * 4950, 30)
+
+
+def test_writer_argument_errors(tmp_path):
+    path = str(tmp_path / "e.db")
+    sqlite3.connect(path).execute("CREATE TABLE t (x INTEGER)").connection.close()
+    w = _core.Store(path)
+    with pytest.raises(TypeError, match="structured"):
+        w.insert("t", np.arange(3))
+    with pytest.raises(TypeError, match="field x"):
+        w.insert("t", np.zeros(2, [("x", "<u8")]))
+    with pytest.raises(TypeError, match="byte order"):
+        w.insert("t", np.zeros(2, [("x", ">i8")]))
+    with pytest.raises(TypeError, match="field x"):
+        w.insert("t", np.zeros(2, [("x", "O")]))
+    with pytest.raises(ValueError, match="identifier"):
+        w.insert("t; DROP TABLE t", np.zeros(2, [("x", "<i8")]))
+    with pytest.raises(ValueError, match="identifier"):
+        w.insert("t", np.zeros(2, [("x y", "<i8")]))
+    with pytest.raises(TypeError, match="constants"):
+        w.insert("t", np.zeros(2, [("x", "<i8")]), [1])
+    with pytest.raises(TypeError, match="parameter"):
+        w.execute("INSERT INTO t VALUES (?)", (object(),))
+    w.insert("t", np.zeros(0, [("x", "<i8")]))  # nothing to write: fine
+    # writer-side errors come back at flush, with the table and the sqlite message
+    w.insert("missing", np.zeros(2, [("x", "<i8")]))
+    w.insert("t", np.zeros(2, [("nope", "<i8")]))
+    with pytest.raises(RuntimeError, match=r"no such table: missing.*2 jobs failed"):
+        w.flush()
+    w.flush()  # the error was reported once
+    w.close()
+    w.close()  # idempotent
+    assert w.closed
+    with pytest.raises(ValueError, match="closed"):
+        w.insert("t", np.zeros(1, [("x", "<i8")]))
+    with pytest.raises(ValueError, match="not an SQLite database|malformed"):
+        bad = tmp_path / "junk.db"
+        bad.write_bytes(b"this is not a database at all" * 100)
+        _core.Store(str(bad))
+
+
+# ---------------------------------------------------------------------------------
+# schema and migrations
+# ---------------------------------------------------------------------------------
+def test_schema_has_a_column_for_every_dtype_field(dbpath):
+    with Store(dbpath) as s:
+        for name, table in schema.ARRAY_TABLES.items():
+            cols = set(schema.table_columns(s.conn, table))
+            dt_ = np.dtype(_core.SAMPLE_DTYPE) if name == "samples" else RunData().array(name).dtype
+            assert set(dt_.names) | {"run_id"} == cols, (table, set(dt_.names) ^ (cols - {"run_id"}))
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 2
+        idx = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        for table in schema.ARRAY_TABLES.values():
+            assert f"idx_{table}_run_t" in idx
+        assert {"idx_runs_started_at", "idx_runs_j_per_token", "idx_runs_energy_j"} <= idx
+        assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _fill_v1(path: str, n: int = 3) -> list:
+    """A version-1 database with n runs, written the way energyprof 1 wrote them."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    schema.create(conn, 1)
+    ids = []
+    for i in range(n):
+        s = make_summary(i)
+        cur = conn.execute(
+            "INSERT INTO runs (name, tags, status, started_at, source, source_kind, model_name, model_arch, "
+            "energy_j, j_per_token, tokens_per_j, input_tokens, output_tokens, summary) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (s["name"], json.dumps(s["tags"]), "running" if i == 0 else "completed", s["started_at"], s["source"],
+             s["source_kind"], s["model"]["name"], s["model"]["arch"], s["energy_j"], s["j_per_token"],
+             s["tokens_per_j"], s["input_tokens"], s["output_tokens"], ep.db._dumps(s)))
+        rid = cur.lastrowid
+        ids.append(rid)
+        arr = make_arrays(i, n_samples=20)
+        for name in ("samples", "sections", "tokens"):
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], arr[name], {"run_id": rid})
+        for name in ("layers", "components"):
+            a = arr[name]
+            v1 = [f for f in a.dtype.names if f not in ("call_id", "parent_id", "unattributed_j")]
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], a[v1], {"run_id": rid})
+    conn.close()
+    return ids
+
+
+def test_migration_from_v1(dbpath):
+    ids = _fill_v1(dbpath)
+    conn = sqlite3.connect(dbpath)
+    assert schema.user_version(conn) == 1
+    assert "op_metrics" not in schema.tables(conn)
+    conn.close()
+    with Store(dbpath) as s:
+        assert schema.user_version(s.conn) == 2
+        assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        for i, rid in enumerate(ids):
+            r = s.load(rid)
+            want = make_arrays(i, n_samples=20)
+            summ = make_summary(i)
+            # the new runs columns are backfilled from the summary kept by v1
+            row = s.conn.execute("SELECT edp_js, source_label, n_params, pid FROM runs WHERE id=?", (rid,)).fetchone()
+            assert tuple(row) == (summ["edp_js"], "simulated", 123456, None)
+            for name in ("samples", "sections", "tokens"):
+                for f in want[name].dtype.names:
+                    np.testing.assert_array_equal(r.array(name)[f], want[name][f])
+            for name in ("layers", "components"):
+                got = r.array(name)
+                assert (got["call_id"] == -1).all() and (got["parent_id"] == -1).all()
+                assert np.isnan(got["unattributed_j"]).all()
+                for f in want[name].dtype.names:
+                    if f not in ("call_id", "parent_id", "unattributed_j"):
+                        np.testing.assert_array_equal(got[f], want[name][f])
+            assert len(r.ops) == 0
+        # the v1 run left "running" has no owner pid: it was interrupted
+        assert s.load(ids[0]).summary()["status"] == "interrupted"
+        # and the migrated database takes new runs, ops included
+        rid = s.save(make_run(7))
+        assert_same_arrays(s.load(rid), make_run(7))
+
+
+def test_fresh_database_matches_migrated_one(tmp_path):
+    a, b = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    _fill_v1(a, n=0)
+    Store(a).close()
+    Store(b).close()
+
+    def shape(p):
+        c = sqlite3.connect(p)
+        out = {t: sorted(schema.table_columns(c, t)) for t in schema.tables(c)}
+        out["_idx"] = sorted(r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='index'"))
+        c.close()
+        return out
+
+    assert shape(a) == shape(b)
+
+
+def test_newer_database_is_refused_untouched(dbpath):
+    Store(dbpath).close()
+    conn = sqlite3.connect(dbpath)
+    conn.execute("PRAGMA user_version = 99")
+    conn.commit()
+    conn.close()
+    before = sha(dbpath)
+    with pytest.raises(schema.SchemaError, match=r"newer energyprof.*version 99.*not changed"):
+        Store(dbpath)
+    with pytest.raises(schema.SchemaError, match="newer"):
+        ep.runs(db=dbpath)
+    assert sha(dbpath) == before
+
+
+def test_non_sqlite_and_foreign_files_are_refused_untouched(tmp_path):
+    junk = tmp_path / "notes.db"
+    junk.write_bytes(b"hello, I am a text file\n" * 200)
+    before = sha(junk)
+    with pytest.raises(schema.SchemaError, match="not an energyprof database"):
+        Store(str(junk))
+    assert sha(junk) == before
+    foreign = str(tmp_path / "other.db")
+    c = sqlite3.connect(foreign)
+    c.execute("CREATE TABLE people (name TEXT)")
+    c.commit()
+    c.close()
+    before = sha(foreign)
+    with pytest.raises(schema.SchemaError, match="not an energyprof store.*people"):
+        Store(foreign)
+    assert sha(foreign) == before
+
+
+# ---------------------------------------------------------------------------------
+# the write API and the round trip
+# ---------------------------------------------------------------------------------
+def test_round_trip_every_array_field_by_field(dbpath):
+    run = make_run(3, n_samples=2000)
+    with Store(dbpath) as s:
+        rid = s.create_run({k: v for k, v in run.summary().items() if k not in ("phases", "domains")})
+        assert s.load(rid).summary()["status"] == "running"
+        # the session writes samples while the run goes on, in batches
+        for k in range(0, len(run.samples), 256):
+            s.write_samples(rid, run.samples[k:k + 256])
+        s.flush()
+        assert len(s.load(rid).samples) == len(run.samples)
+        s.finish_run(rid, run.summary(), run.sections, run.tokens, run.layers, run.components, "completed",
+                     ops=run.ops)
+    back = ep.load(rid, db=dbpath)
+    assert_same_arrays(back, run)
+    want = run.summary()
+    want["run_id"] = rid
+    got = back.summary()
+    want["started_at"] = got["started_at"]
+    assert got["started_at"] == "2025-03-04T10:00:00.000000+00:00"
+    assert_same_summary(got, want)
+    assert back.run_id == rid
+    # finishing twice replaces the arrays rather than doubling them
+    with Store(dbpath) as s:
+        s.finish_run(rid, run.summary(), run.sections, run.tokens, run.layers, run.components, "failed")
+    again = ep.load(rid, db=dbpath)
+    assert_same_arrays(again, run)
+    assert again.summary()["status"] == "failed"
+
+
+def test_save_accepts_an_open_store_and_to_pandas(dbpath):
+    with Store(dbpath) as s:
+        rid = s.save(make_run(1))
+        r = ep.load(rid, db=s)
+        df = r.to_pandas("components")
+        assert list(df.columns) == list(CALL_DTYPE.names)
+        assert len(df) == len(r.components)
+        lst = ep.runs(db=s)
+        assert lst.run_ids == [rid]
+        flat = lst.to_pandas()
+        assert flat.loc[0, "phases.decode.energy_j"] == make_summary(1)["phases"]["decode"]["energy_j"]
+    with pytest.raises(ValueError, match="samples, sections, tokens, layers, components, ops"):
+        r.to_pandas("nope")
+
+
+def test_summary_dict_is_a_copy():
+    r = RunData(make_summary(0))
+    r.summary()["phases"]["decode"]["energy_j"] = -1
+    assert r.summary()["phases"]["decode"]["energy_j"] == 38.0
+
+
+def test_layer_and_component_summaries_against_brute_force():
+    r = make_run(2)
+    e_run = r.summary()["energy_j"]
+    for agg, calls, key in ((r.layer_summary(), r.layers, ("layer",)),
+                            (r.component_summary(), r.components, ("layer", "component"))):
+        assert agg.dtype == AGG_DTYPE
+        groups = {}
+        for row in calls:
+            groups.setdefault(tuple(row[k] for k in key), []).append(row)
+        assert len(agg) == len(groups)
+        assert [tuple(a[k] for k in key) for a in agg] == sorted(groups)
+        for a in agg:
+            rows = groups[tuple(a[k] for k in key)]
+            e = [float(x["energy_j"]) for x in rows]
+            n = len(e)
+            mean = sum(e) / n
+            sd = math.sqrt(sum((x - mean) ** 2 for x in e) / (n - 1)) if n > 1 else float("nan")
+            assert a["n_calls"] == n
+            assert a["energy_j"] == pytest.approx(sum(e), rel=1e-12)
+            assert a["mean_energy_j"] == pytest.approx(mean, rel=1e-12)
+            if n > 1:
+                assert a["sem_energy_j"] == pytest.approx(sd / math.sqrt(n), rel=1e-9)
+            else:
+                assert math.isnan(a["sem_energy_j"])
+            assert a["duration_s"] == pytest.approx(sum(float(x["duration_s"]) for x in rows), rel=1e-12)
+            assert a["share"] == pytest.approx(sum(e) / e_run, rel=1e-12)
+            assert a["resolved_share"] == pytest.approx(sum(bool(x["resolved"]) for x in rows) / n)
+            assert a["cpu_j"] == pytest.approx(sum(float(x["cpu_j"]) for x in rows), rel=1e-12)
+            assert math.isnan(a["gpu_j"])
+    empty = RunData({})
+    assert len(empty.layer_summary()) == 0 and len(empty.component_summary()) == 0
+
+
+def test_stale_running_runs_are_marked_interrupted_only_when_their_process_is_gone(dbpath):
+    import subprocess
+    import sys
+
+    with Store(dbpath) as s:
+        mine = s.create_run(make_summary(0))
+        dead = s.create_run(make_summary(1))
+        alive = s.create_run(make_summary(2))
+        elsewhere = s.create_run(make_summary(3))
+        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        q = subprocess.Popen([sys.executable, "-c", "pass"])
+        q.wait()
+        s._write_sql("UPDATE runs SET pid=? WHERE id=?", (q.pid, dead))
+        s._write_sql("UPDATE runs SET pid=? WHERE id=?", (p.pid, alive))
+        s._write_sql("UPDATE runs SET pid=1, pid_host='some-other-host' WHERE id=?", (elsewhere,))
+    try:
+        with Store(dbpath) as s2:
+            st_ = {r["run_id"]: r["status"] for r in ep.runs(db=s2)}
+        assert st_ == {mine: "running", dead: "interrupted", alive: "running", elsewhere: "running"}
+    finally:
+        p.kill()
+        p.wait()
+
+
+# ---------------------------------------------------------------------------------
+# the read API
+# ---------------------------------------------------------------------------------
+@pytest.fixture
+def filled(dbpath):
+    """Eight runs with varied models, sources, statuses, tags, dates and figures."""
+    specs = []
+    with Store(dbpath) as s:
+        for i in range(8):
+            over = {}
+            if i == 2:
+                over["source"], over["source_kind"] = "rapl", "rapl"
+            if i == 5:
+                over["j_per_token"] = NAN  # a run without the figure sorts last
+                over["name"] = "special_100%"
+            if i == 6:
+                over["tags"] = ["nightly"]
+            summ = make_summary(i, **over)
+            rid = s.save(RunData(summ, **make_arrays(i, n_samples=10, n_layers=2, n_steps=2)),
+                         status="failed" if i == 4 else "completed")
+            summ["run_id"] = rid
+            summ["status"] = "failed" if i == 4 else "completed"
+            specs.append(summ)
+    return dbpath, specs
+
+
+def test_runs_filters_against_oracle(filled):
+    path, specs = filled
+
+    def ids(**kw):
+        return [r["run_id"] for r in ep.runs(db=path, limit=None, **kw)]
+
+    def oracle(pred):
+        return [s["run_id"] for s in sorted(specs, key=lambda s: s["started_at"], reverse=True) if pred(s)]
+
+    assert ids() == oracle(lambda s: True)
+    assert ids(model="tiny-gpt2") == oracle(lambda s: s["model"]["name"] == "tiny-gpt2")
+    assert ids(arch="llama") == oracle(lambda s: s["model"]["arch"] == "llama")
+    assert ids(source="rapl") == oracle(lambda s: s["source_kind"] == "rapl")
+    assert ids(source="synthetic:power_w=20") == oracle(lambda s: s["source"] == "synthetic:power_w=20")
+    assert ids(status="failed") == oracle(lambda s: s["status"] == "failed")
+    assert ids(status=["failed", "completed"]) == oracle(lambda s: True)
+    assert ids(tag="t1") == oracle(lambda s: "t1" in s["tags"])
+    assert ids(tag="nightly") == oracle(lambda s: "nightly" in s["tags"])
+    assert ids(since="2025-03-03") == oracle(lambda s: s["started_at"] >= "2025-03-03")
+    assert ids(until=dt.date(2025, 3, 3)) == oracle(lambda s: s["started_at"] < "2025-03-03")
+    assert ids(since=dt.datetime(2025, 3, 2, 11, 0, tzinfo=dt.timezone(dt.timedelta(hours=1))),
+               until="2025-03-05T10:00:00Z") == oracle(lambda s: "2025-03-02T10" <= s["started_at"] < "2025-03-05T10")
+    assert ids(search="100%") == oracle(lambda s: "100%" in s["name"])
+    assert ids(search="special_") == oracle(lambda s: "special_" in s["name"])
+    assert ids(search="pecial_1") == oracle(lambda s: "pecial_1" in s["name"])
+    assert ids(search="gpt") == oracle(lambda s: "gpt" in s["model"]["name"])
+    assert ids(search="1%") == oracle(lambda s: "1%" in s["name"])  # % is literal, not a wildcard
+    assert ids(search="nothing-like-this") == []
+    assert ids(model="tiny-llama", status="completed", tag="bench") == oracle(
+        lambda s: s["model"]["name"] == "tiny-llama" and s["status"] == "completed" and "bench" in s["tags"])
+
+
+def test_runs_sort_and_pagination(filled):
+    path, specs = filled
+    for key, get in (("j_per_token", lambda s: s["j_per_token"]), ("energy_j", lambda s: s["energy_j"]),
+                     ("edp_js", lambda s: s["edp_js"]), ("name", lambda s: s["name"]),
+                     ("run_id", lambda s: s["run_id"])):
+        for desc in (True, False):
+            got = [r["run_id"] for r in ep.runs(db=path, sort=key, descending=desc, limit=None)]
+            have = [s for s in specs if not (isinstance(get(s), float) and math.isnan(get(s)))]
+            missing = [s for s in specs if s not in have]
+            want = [s["run_id"] for s in sorted(have, key=lambda s: (get(s), s["run_id"]), reverse=desc)]
+            want += [s["run_id"] for s in sorted(missing, key=lambda s: s["run_id"], reverse=desc)]
+            assert got == want, (key, desc)
+    full = [r["run_id"] for r in ep.runs(db=path, sort="energy_j", limit=None)]
+    pages = []
+    for off in range(0, 8, 3):
+        pages += [r["run_id"] for r in ep.runs(db=path, sort="energy_j", limit=3, offset=off)]
+    assert pages == full
+    assert len(ep.runs(db=path)) == 8  # default limit 50
+    assert ep.runs(db=path, limit=0) == []
+
+
+def test_runs_bad_arguments(filled):
+    path, _ = filled
+    with pytest.raises(ValueError, match=r"unknown sort key 'joules'.*j_per_token"):
+        ep.runs(db=path, sort="joules")
+    with pytest.raises(ValueError, match=r"unknown status 'done'.*running, completed, interrupted, failed"):
+        ep.runs(db=path, status="done")
+    with pytest.raises(ValueError, match=r"unknown filter.*colour.*valid filters: model, arch"):
+        ep.runs(db=path, colour="red")
+    with pytest.raises(ValueError, match="ISO-8601"):
+        ep.runs(db=path, since="last tuesday")
+    with pytest.raises(ValueError, match="unknown filter"):
+        ep.stats(db=path, colour="red")
+
+
+def test_stats_against_numpy(filled):
+    path, specs = filled
+    got = ep.stats(db=path)
+    j = np.array([s["j_per_token"] for s in specs])
+    j = j[~np.isnan(j)]
+    assert got["count"] == 8
+    assert got["j_per_token"]["n"] == 7
+    assert got["j_per_token"]["mean"] == pytest.approx(j.mean())
+    assert got["j_per_token"]["median"] == pytest.approx(np.median(j))
+    assert got["j_per_token"]["min"] == pytest.approx(j.min())
+    assert got["j_per_token"]["max"] == pytest.approx(j.max())
+    assert got["energy_j"] == pytest.approx(sum(s["energy_j"] for s in specs))
+    assert got["output_tokens"] == sum(s["output_tokens"] for s in specs)
+    assert set(got["by_model"]) == {"tiny-llama", "tiny-gpt2"}
+    gpt = [s for s in specs if s["model"]["name"] == "tiny-gpt2"]
+    assert got["by_model"]["tiny-gpt2"]["count"] == len(gpt)
+    assert got["by_model"]["tiny-gpt2"]["energy_j"] == pytest.approx(sum(s["energy_j"] for s in gpt))
+    assert got["by_source"]["rapl"]["count"] == 1 and got["by_source"]["synthetic"]["count"] == 7
+    only = ep.stats(db=path, model="tiny-gpt2", status="completed")
+    assert only["count"] == len([s for s in gpt if s["status"] == "completed"])
+
+
+def test_compare_side_by_side(filled):
+    path, specs = filled
+    a, b = specs[0]["run_id"], specs[1]["run_id"]
+    c = ep.compare(a, b, db=path)
+    sa, sb = specs[0], specs[1]
+    e = c["figures"]["energy_j"]
+    assert (e["a"], e["b"]) == (sa["energy_j"], sb["energy_j"])
+    assert e["diff"] == pytest.approx(sb["energy_j"] - sa["energy_j"])
+    assert e["rel"] == pytest.approx((sb["energy_j"] - sa["energy_j"]) / sa["energy_j"])
+    assert list(c["phases"]) == ["pre_inference", "prefill", "decode", "post_inference"]
+    d = c["phases"]["decode"]["energy_j"]
+    assert d["rel"] == pytest.approx((39.0 - 38.0) / 38.0)
+    assert c["domains"]["cpu"]["diff"] == pytest.approx(1.0)
+    assert math.isnan(c["domains"]["ane"]["rel"])
+    ra, rb = ep.load(a, db=path), ep.load(b, db=path)
+    la, lb = ra.layer_summary(), rb.layer_summary()
+    assert [r["layer"] for r in c["layers"]] == list(la["layer"])
+    for row, x, y in zip(c["layers"], la, lb):
+        assert row["energy_j"]["a"] == x["energy_j"] and row["energy_j"]["b"] == y["energy_j"]
+        assert row["energy_j"]["rel"] == pytest.approx((y["energy_j"] - x["energy_j"]) / x["energy_j"])
+    assert {(r["layer"], r["component"]) for r in c["components"]} == {
+        (int(x["layer"]), str(x["component"])) for x in ra.component_summary()}
+    # RunData objects work too, and a component only one side has is NaN on the other
+    rb2 = RunData(rb.summary(), components=rb.components[rb.components["component"] != "lm_head"])
+    c2 = ep.compare(ra, rb2)
+    lm = [r for r in c2["components"] if r["component"] == "lm_head"][0]
+    assert math.isnan(lm["energy_j"]["b"]) and lm["energy_j"]["a"] > 0
+
+
+def test_unknown_run_ids(filled):
+    path, _ = filled
+    for fn in (lambda: ep.load(9999, db=path), lambda: ep.delete(9999, db=path),
+               lambda: ep.compare(1, 9999, db=path), lambda: ep.export(9999, "/tmp/x.json", db=path)):
+        with pytest.raises(KeyError, match="9999"):
+            fn()
+    with pytest.raises(KeyError, match="'abc'"):
+        ep.load("abc", db=path)
+
+
+def test_delete_cascades(filled):
+    path, specs = filled
+    rid = specs[3]["run_id"]
+    conn = sqlite3.connect(path)
+    before = {t: conn.execute(f"SELECT COUNT(*) FROM {t} WHERE run_id=?", (rid,)).fetchone()[0]
+              for t in schema.ARRAY_TABLES.values()}
+    assert all(v > 0 for v in before.values())
+    ep.delete(rid, db=path)
+    for t in schema.ARRAY_TABLES.values():
+        assert conn.execute(f"SELECT COUNT(*) FROM {t} WHERE run_id=?", (rid,)).fetchone()[0] == 0
+    conn.close()
+    with pytest.raises(KeyError):
+        ep.load(rid, db=path)
+    assert len(ep.runs(db=path)) == 7
+
+
+def test_cleanup_dry_run_then_real(filled):
+    path, specs = filled
+    with Store(path) as s:
+        live = s.create_run(make_summary(0, started_at="2000-01-01T00:00:00Z"))  # running: never cleaned
+    newest_first = [s["run_id"] for s in sorted(specs, key=lambda s: s["started_at"], reverse=True)]
+    before = _counts(path)
+    plan = ep.cleanup(max_runs=3, db=path)
+    assert plan["dry_run"] and plan["run_ids"] == newest_first[3:]
+    assert [r["run_id"] for r in plan["runs"]] == newest_first[3:]
+    assert plan["kept"] == 4  # three newest finished runs + the running one
+    assert _counts(path) == before  # a dry run deletes nothing
+    done = ep.cleanup(max_runs=3, dry_run=False, db=path)
+    assert done["run_ids"] == newest_first[3:] and done["vacuumed"]
+    assert done["bytes_after"] < done["bytes_before"]
+    left = {r["run_id"] for r in ep.runs(db=path, limit=None)}
+    assert left == set(newest_first[:3]) | {live}
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM power_samples WHERE run_id NOT IN (SELECT id FROM runs)").fetchone()[0] == 0
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    # age: every remaining finished run is from 2025-03, so 1 day keeps none of them
+    aged = ep.cleanup(max_age_days=1, dry_run=False, vacuum=False, db=path)
+    assert set(aged["run_ids"]) == set(newest_first[:3]) and not aged["vacuumed"]
+    assert [r["run_id"] for r in ep.runs(db=path)] == [live]
+    with pytest.raises(ValueError):
+        ep.cleanup(max_runs=-1, db=path)
+
+
+def test_export_import_json_round_trip(filled, tmp_path):
+    path, specs = filled
+    rid = specs[2]["run_id"]
+    out = ep.export(rid, tmp_path / "run.json", db=path)
+    doc = json.loads(open(out).read())  # strict JSON: no NaN tokens
+    assert doc["format"] == "energyprof-run"
+    assert "NaN" not in open(out).read()
+    new = ep.import_run(out, db=path)
+    assert new != rid
+    a, b = ep.load(rid, db=path), ep.load(new, db=path)
+    assert_same_arrays(a, b)
+    sa, sb = a.summary(), b.summary()
+    sa.pop("run_id")
+    sb.pop("run_id")
+    assert_same_summary(sa, sb)
+    # into another, fresh database, too
+    other = str(tmp_path / "other.db")
+    nid = ep.import_run(out, db=other)
+    assert_same_arrays(ep.load(nid, db=other), a)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hello": 1}')
+    with pytest.raises(ValueError, match="not an energyprof JSON export"):
+        ep.import_run(bad, db=path)
+
+
+def test_export_csv_one_file_per_table(filled, tmp_path):
+    path, specs = filled
+    rid = specs[1]["run_id"]
+    d = ep.export(rid, tmp_path / "csvdir", format="csv", db=path)
+    run = ep.load(rid, db=path)
+    assert sorted(os.listdir(d)) == sorted(["run.csv"] + [f"{n}.csv" for n in ARRAY_NAMES])
+    with open(os.path.join(d, "run.csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1 and float(rows[0]["phases.decode.energy_j"]) == run.summary()["phases"]["decode"]["energy_j"]
+    for name in ARRAY_NAMES:
+        arr = run.array(name)
+        with open(os.path.join(d, f"{name}.csv"), newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == len(arr)
+        for f in arr.dtype.names:
+            kind = arr.dtype.fields[f][0].kind
+            col = [r[f] for r in rows]
+            if kind == "f":
+                np.testing.assert_array_equal(np.array(col, dtype=float), arr[f])
+            elif kind == "U":
+                assert col == [str(x) for x in arr[f]]
+            else:
+                np.testing.assert_array_equal(np.array(col, dtype=np.int64), arr[f].astype(np.int64))
+
+
+def test_export_parquet_needs_pyarrow(filled, tmp_path):
+    path, specs = filled
+    rid = specs[0]["run_id"]
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        pq = None
+    if pq is None:
+        with pytest.raises(ImportError, match="pyarrow"):
+            ep.export(rid, tmp_path / "pq", format="parquet", db=path)
+    else:
+        d = ep.export(rid, tmp_path / "pq", format="parquet", db=path)
+        t = pq.read_table(os.path.join(d, "samples.parquet"))
+        np.testing.assert_array_equal(t.column("cpu_w").to_numpy(), ep.load(rid, db=path).samples["cpu_w"])
+    with pytest.raises(ValueError, match="json, csv, parquet"):
+        ep.export(rid, tmp_path / "x", format="xml", db=path)
+
+
+def test_default_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("ENERGYPROF_DB", str(tmp_path / "env.db"))
+    assert ep.db.default_path() == str(tmp_path / "env.db")
+    rid = Store().save(make_run(0))
+    assert ep.load(rid).run_id == rid  # db=None uses $ENERGYPROF_DB
+    monkeypatch.delenv("ENERGYPROF_DB")
+    monkeypatch.setattr(ep.db.sys, "platform", "linux")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert ep.db.default_path() == str(tmp_path / "xdg" / "energyprof" / "runs.db")
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert ep.db.default_path() == str(tmp_path / "home" / ".local" / "share" / "energyprof" / "runs.db")
+    monkeypatch.setattr(ep.db.sys, "platform", "darwin")
+    assert ep.db.default_path() == str(tmp_path / "home" / "Library" / "Application Support" / "energyprof" / "runs.db")
+
+
+# ---------------------------------------------------------------------------------
+# failures: full disk, read-only, locked
+# ---------------------------------------------------------------------------------
+def _counts(path):
+    c = sqlite3.connect(path)
+    out = {t: c.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ["runs"] + list(schema.ARRAY_TABLES.values())}
+    ok = c.execute("PRAGMA integrity_check").fetchone()[0]
+    c.close()
+    return out, ok
+
+
+def test_full_disk_gives_oserror_and_keeps_the_database(dbpath):
+    run = make_run(0, n_samples=200)
+    with Store(dbpath) as s:
+        rid = s.save(run)
+        pages = s.conn.execute("PRAGMA page_count").fetchone()[0]
+        # the writer's own connection may not grow the file beyond two more pages
+        s.writer.execute(f"PRAGMA max_page_count = {pages + 2}")
+        s.flush()
+        before, _ = _counts(dbpath)
+        big = make_arrays(1, n_samples=20000)["samples"]
+        keep = big.copy()
+        s.write_samples(rid, big)
+        with pytest.raises(OSError, match="database or disk is full"):
+            s.flush()
+        assert big.tobytes() == keep.tobytes()  # the caller's data is untouched
+        after, ok = _counts(dbpath)
+        assert ok == "ok" and after == before  # the failed batch was rolled back whole
+        with pytest.raises(OSError, match="database or disk is full"):
+            s.finish_run(rid, run.summary(), run.sections, run.tokens, make_arrays(2, n_layers=40)["layers"],
+                         run.components)
+        # a small write still fits, and the first run is intact
+        s.writer.execute("PRAGMA max_page_count = 1073741823")
+        s.write_samples(rid, big[:10])
+        s.flush()
+    assert len(ep.load(rid, db=dbpath).samples) == len(run.samples) + 10
+
+
+def test_read_only_file_reads_but_refuses_writes(dbpath):
+    with Store(dbpath) as s:
+        rid = s.save(make_run(0))
+    os.chmod(dbpath, 0o444)
+    try:
+        before = sha(dbpath)
+        s = Store(dbpath)
+        assert s.readonly
+        assert [r["run_id"] for r in ep.runs(db=s)] == [rid]
+        assert_same_arrays(s.load(rid), make_run(0))
+        with pytest.raises(PermissionError, match="read-only"):
+            s.create_run({"name": "x"})
+        with pytest.raises(PermissionError, match="read-only"):
+            s.write_samples(rid, make_run(0).samples)
+        with pytest.raises(PermissionError, match="read-only"):
+            ep.delete(rid, db=s)
+        s.close()
+        # the C writer maps sqlite's READONLY to PermissionError
+        w = _core.Store(dbpath, readonly=True)
+        w.insert("power_samples", make_run(0).samples[:5], {"run_id": rid})
+        with pytest.raises(PermissionError, match="read-only"):
+            w.flush()
+        w.close()
+        assert sha(dbpath) == before
+    finally:
+        os.chmod(dbpath, 0o644)
+
+
+def test_locked_database_gives_a_clear_error(dbpath):
+    with Store(dbpath) as s:
+        rid = s.save(make_run(0, n_samples=50))
+    other = sqlite3.connect(dbpath, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    other.execute("UPDATE runs SET name='held' WHERE id=?", (rid,))
+    try:
+        s = Store(dbpath, busy_timeout_ms=100)
+        samples = make_arrays(5, n_samples=30)["samples"]
+        s.write_samples(rid, samples)
+        with pytest.raises(RuntimeError, match="database is locked by another process"):
+            s.flush()
+        with pytest.raises(RuntimeError, match="database is locked by another process"):
+            s.create_run({"name": "y"})
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    # once the lock is gone, the same store writes again and nothing was half-written
+    s.write_samples(rid, samples)
+    s.flush()
+    s.close()
+    r = ep.load(rid, db=dbpath)
+    assert len(r.samples) == 80 and r.summary()["name"] == "run-0"
+    assert _counts(dbpath)[1] == "ok"
+
+
+def test_concurrent_reader_sees_monotonic_growth(dbpath):
+    with Store(dbpath) as s:
+        rid = s.create_run(make_summary(0))
+        batches = [make_arrays(k, n_samples=500)["samples"] for k in range(40)]
+        seen, errors = [], []
+        stop = threading.Event()
+
+        def reader():
+            try:
+                c = sqlite3.connect(dbpath, timeout=5)
+                while not stop.is_set():
+                    seen.append(c.execute("SELECT COUNT(*) FROM power_samples WHERE run_id=?", (rid,)).fetchone()[0])
+                c.close()
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        for b in batches:
+            s.write_samples(rid, b)
+            s.flush()
+        stop.set()
+        t.join()
+    assert not errors
+    assert len(seen) > 0
+    assert all(x % 500 == 0 for x in seen)  # a batch is never seen half-written
+    assert all(b >= a for a, b in zip(seen, seen[1:]))
+    assert len(ep.load(rid, db=dbpath).samples) == 20000
