@@ -8,6 +8,7 @@ A *spec* is one string, ``KIND[:PARAMS]``, where PARAMS are comma-separated
     powermetrics:interval_ms=100,samplers=cpu_power+gpu_power
     nvml:index=0                            NVIDIA GPU energy counter
     rapl:root=/sys/class/powercap           Linux powercap (Intel/AMD RAPL)
+    ioreport                                macOS IOReport energy counters, no sudo
     estimate:watts_per_core=4               CPU power modelled from CPU time (estimated)
     auto                                    the best source that works here (energyprof doctor)
 
@@ -37,6 +38,7 @@ LABELS: Dict[str, str] = {
     "powermetrics": "measured",
     "nvml": "measured",
     "rapl": "measured",
+    "ioreport": "measured",
 }
 
 # The same number syntax the C side accepts with strtod (no '_' separators, no
@@ -196,6 +198,7 @@ KINDS: Dict[str, KindSpec] = {
     "nvml": KindSpec(keys={"index": lambda k, v: _uint(k, v, 31), "lib": _existing_file},
                      doc="nvml[:index=N,lib=PATH]"),
     "rapl": KindSpec(keys={"root": _existing_dir}, doc="rapl[:root=PATH]"),
+    "ioreport": KindSpec(keys={}, doc="ioreport"),
     "estimate": KindSpec(
         keys={"watts_per_core": _positive, "tdp_w": _positive, "idle_w": _non_negative},
         doc="estimate[:watts_per_core=W,tdp_w=W,idle_w=W]",
@@ -311,6 +314,8 @@ def _resolve_auto(spec: str) -> Tuple[str, Dict[str, str]]:
         return got.kind, dict(got.params)
     if isinstance(got, str):
         kind, params = parse_spec(got)
+    elif isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], str) and isinstance(got[1], list):
+        kind, params = parse_spec(got[0])  # doctor.resolve_auto(): (spec, [why each other source was not used])
     elif isinstance(got, tuple) and len(got) == 2:
         kind, params = parse_spec(format_spec(got[0], dict(got[1])))
     elif hasattr(got, "spec"):

@@ -28,6 +28,7 @@ from energyprof.sources import parse_spec
         ("nvml:index=1", ("nvml", {"index": "1"})),
         ("estimate:watts_per_core=4.5,tdp_w=65", ("estimate", {"watts_per_core": "4.5", "tdp_w": "65"})),
         ("auto", ("auto", {})),
+        ("ioreport", ("ioreport", {})),
     ],
 )
 def test_valid_specs(spec, want):
@@ -69,8 +70,8 @@ def test_paths_are_checked_and_made_absolute(tmp_path, monkeypatch):
         ("synthetic:power_w", r"'power_w' is not key=value"),
         ("synthetic:power_w=1,,period_ms=2", r"empty parameter"),
         ("synthetic:power_w=1,power_w=2", r"'power_w' given twice"),
-        ("quantum:x=1", r"unknown source kind 'quantum'; valid kinds: auto, estimate, nvml, plist, powermetrics, "
-                        r"rapl, synthetic"),
+        ("quantum:x=1", r"unknown source kind 'quantum'; valid kinds: auto, estimate, ioreport, nvml, plist, "
+                        r"powermetrics, rapl, synthetic"),
         ("", r"unknown source kind ''"),
         ("plist", r"plist: needs a file"),
         ("plist:/no/such/capture.plist", r"file not found: '/no/such/capture.plist'"),
@@ -85,6 +86,7 @@ def test_paths_are_checked_and_made_absolute(tmp_path, monkeypatch):
         ("estimate:watts_per_core=0", r"'watts_per_core' must be > 0"),
         ("estimate:tdp_w=x", r"'tdp_w' must be a number"),
         ("auto:fast=1", r"unknown parameter 'fast' for auto \(known: no parameters\)"),
+        ("ioreport:x=1", r"unknown parameter 'x' for ioreport"),
     ],
 )
 def test_bad_specs_name_the_offending_part(spec, match):
