@@ -433,9 +433,10 @@ footer{color:#888;font-size:12px;margin:30px 0 10px}
 # Records script errors before anything else runs, so that a broken page says so.
 _ERROR_JS = """
 (function(){var root=document.documentElement;root.setAttribute("data-energyprof-status","loading");
-function fail(m){root.setAttribute("data-energyprof-status","error: "+m);}
+var errors=[];function fail(m){errors.push(m);root.setAttribute("data-energyprof-status","error: "+errors.join(" | "));}
 window.onerror=function(msg,src,line,col){fail(String(msg)+" at "+line+":"+col);};
 window.addEventListener("unhandledrejection",function(e){fail("unhandled rejection: "+String(e.reason));});
+document.addEventListener("securitypolicyviolation",function(e){fail("blocked "+e.violatedDirective+": "+e.blockedURI);});
 window.__energyprofFail=fail;})();
 """
 
@@ -457,7 +458,7 @@ Promise.all(figs.map(function(f){return Plotly.newPlot(f.id,f.fig.data,f.fig.lay
 """
 
 # Nothing may be fetched: scripts and styles are inline, images only data: URLs.
-_CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
+_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
         "img-src data: blob:; font-src data:; connect-src 'none'")
 
 
