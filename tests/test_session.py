@@ -114,9 +114,9 @@ def test_active_power_follows_the_hooked_modules(llama):
     assert np.all(slow["duration_s"] > 0.02)
     pre = s.sections[s.sections["name"] == "pre_inference"][0]
     assert abs(pre["energy_j"] - idle_w * pre["duration_s"]) <= bound_j
-    # layer 1 takes most of the run's active energy, layer 0 little
-    e0 = s.layers[s.layers["layer"] == 0]["energy_j"].sum()
-    assert slow["energy_j"].sum() > 5 * e0
+    # every layer's energy tracks its active time, within the same smearing bound
+    lay = s.layers
+    assert np.all(np.abs(lay["energy_j"] - (idle_w + active_w) * lay["duration_s"]) <= bound_j)
     assert_conservation(s)
 
 
