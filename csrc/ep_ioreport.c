@@ -76,8 +76,10 @@ int ep_ioreport_classify(const char *name)
     if (starts_with(s, "MCPU")) {
         if (all_digits(s + 4))
             return EP_IOREPORT_CPU_CLUSTER; /* M5: MCPU0 */
-        const char *u = strchr(s + 4, '_');
-        if (u && u > s + 4 && all_digits(u + 1))
+        const char *u = s + 4;
+        while (*u >= '0' && *u <= '9')
+            u++;
+        if (u > s + 4 && *u == '_' && all_digits(u + 1))
             return EP_IOREPORT_IGNORED; /* M5 core: MCPU0_1 */
         return EP_IOREPORT_UNKNOWN;
     }

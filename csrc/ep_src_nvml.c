@@ -1,8 +1,8 @@
 /* ep_src_nvml.c: the 'nvml' power source (NVIDIA GPUs through libnvidia-ml).
  *
- * Spec: nvml[:index=0]
+ * Spec: nvml[:index=0,lib=PATH]
  *
- * The library is dlopen'ed at run time ($ENERGYPROF_NVML_LIB, else
+ * The library is dlopen'ed at run time (lib=, else $ENERGYPROF_NVML_LIB, else
  * libnvidia-ml.so.1): no NVIDIA headers or link at build time, so the package
  * builds and imports on machines without a driver.  The few prototypes used are
  * declared here from NVML's documented C API.
@@ -94,9 +94,9 @@ static void *sym(void *lib, const char *name)
     return dlsym(lib, name);
 }
 
-static int load_library(ep_source *src, nvml_state *st)
+static int load_library(ep_source *src, nvml_state *st, const char *lib_param)
 {
-    const char *path = getenv("ENERGYPROF_NVML_LIB");
+    const char *path = lib_param && lib_param[0] ? lib_param : getenv("ENERGYPROF_NVML_LIB");
     if (!path || !path[0])
         path = "libnvidia-ml.so.1";
     st->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -305,8 +305,10 @@ int ep_src_nvml_create(ep_source *src, const char *const *keys, const char *cons
     src->state = st;
     src->destroy = nvml_destroy;
     for (size_t i = 0; i < n; i++) {
+        if (strcmp(keys[i], "lib") == 0)
+            continue;
         if (strcmp(keys[i], "index") != 0) {
-            snprintf(src->message, sizeof src->message, "nvml: unknown parameter '%s' (known: index)", keys[i]);
+            snprintf(src->message, sizeof src->message, "nvml: unknown parameter '%s' (known: index, lib)", keys[i]);
             rc = EP_ERR_ARG;
             goto error;
         }
@@ -326,7 +328,7 @@ int ep_src_nvml_create(ep_source *src, const char *const *keys, const char *cons
     src->start = nvml_start;
     src->poll = nvml_poll;
     src->stop = nvml_stop;
-    rc = load_library(src, st);
+    rc = load_library(src, st, ep_source_param(keys, values, n, "lib"));
     if (rc != EP_OK)
         goto error;
     rc = open_device(src, st);

@@ -537,3 +537,135 @@ def store_insert(conn, table: str, array: np.ndarray, constants: "dict | None" =
 # ---------------------------------------------------------------------------
 # end of store
 # ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# hardware sources: twins of csrc/ep_ioreport.c (ep_ioreport_classify,
+# ep_ioreport_delta), the rapl counter difference and the estimate model.
+# Owner: sources-hw part.
+# ---------------------------------------------------------------------------
+import math as _math
+import re as _re
+
+IOREPORT_FAULTS = ("backwards", "channels", "unit", "unknown", "stuck_zero", "alternating")
+IOREPORT_HISTORY = 4
+_SFLAG_SUSPECT = 1 << 3
+_IOR_UNIT_J = {"mJ": 1e-3, "uJ": 1e-6, "\u00b5J": 1e-6, "nJ": 1e-9}
+# Ordered rules (first match wins), written as regular expressions over the name
+# with any DIE_<n>_ prefix removed.
+_IOR_RULES = [
+    (r".*CPU Energy", "cpu"),
+    (r"GPU Energy", "gpu"),
+    (r".*(SRAM|DTL).*", "ignored"),
+    (r"ANE[0-9_]*", "ane"),
+    (r"ANE.*", "unknown"),
+    (r"DRAM.*", "dram"),
+    (r"GPU[0-9]+", "ignored"),
+    (r".*CPM.*", "ignored"),
+    (r"[EP].*CPU", "cpu_cluster"),
+    (r"MCPU[0-9]+", "cpu_cluster"),
+    (r"MCPU[0-9]+_[0-9]+", "ignored"),
+    (r"MCPU.*", "unknown"),
+    (r"[EP].*CPU[0-9]+", "ignored"),
+    (r"PACC_[0-9]+", "ignored"),
+    (r".*(CPU|GPU|ANE|DRAM).*", "unknown"),
+]
+
+
+def ioreport_classify(name: str) -> str:
+    """Domain of an IOReport channel name ('cpu', 'gpu', 'ane', 'dram'), or
+    'cpu_cluster', 'ignored', 'unknown': the twin of ``_core.ioreport_classify``."""
+    base = _re.sub(r"^DIE_[0-9]+_", "", name)
+    for pattern, cls in _IOR_RULES:
+        if _re.fullmatch(pattern, base, flags=_re.S):
+            return cls
+    return "ignored"
+
+
+class IOReportHistory:
+    """Twin of ``_core.IOReportHistory``: the last IOREPORT_HISTORY energies per domain."""
+
+    def __init__(self) -> None:
+        self.energy_j = {d: [] for d in _DOMAINS}  # most recent first
+
+
+def ioreport_delta(a, b, dt_ns: int, history: "IOReportHistory | None" = None) -> dict:
+    """Twin of ``_core.ioreport_delta``: power per domain between two cumulative
+    snapshots [(name, unit, value), ...] and the faults found (see ep_ioreport.h)."""
+    if dt_ns <= 0:
+        raise ValueError("dt_ns must be > 0")
+    cpu_total = any(ioreport_classify(n) == "cpu" for n, _, _ in list(a) + list(b))
+
+    def domain(name):
+        cls = ioreport_classify(name)
+        if cls == "cpu_cluster":
+            return None if cpu_total else "cpu"
+        return cls if cls in _DOMAINS else None
+
+    first_a = {}
+    for ch in a:
+        first_a.setdefault(ch[0], ch)
+    names_b = {ch[0] for ch in b}
+    faults = set()
+    energy = {d: 0.0 for d in _DOMAINS}
+    have, bad = set(), set()
+    for name, unit, value in b:
+        if ioreport_classify(name) == "unknown":
+            faults.add("unknown")
+    for name, unit, value in b:
+        d = domain(name)
+        if d is None:
+            continue
+        prev = first_a.get(name)
+        if prev is None:
+            faults.add("channels")
+            bad.add(d)
+        elif unit not in _IOR_UNIT_J or prev[1] != unit:
+            faults.add("unit")
+            bad.add(d)
+        elif value < prev[2]:
+            faults.add("backwards")
+            bad.add(d)
+        else:
+            energy[d] += float(value - prev[2]) * _IOR_UNIT_J[unit]
+            have.add(d)
+    for name, _, _ in a:
+        d = domain(name)
+        if d is not None and name not in names_b:
+            faults.add("channels")
+            bad.add(d)
+    good = {d for d in have if d not in bad}
+    if any(energy[d] > 0 for d in good):
+        if any(d in good and energy[d] == 0 for d in ("cpu", "dram")):
+            faults.add("stuck_zero")
+    dt_s = dt_ns * 1e-9
+    power = {d: (energy[d] / dt_s if d in good else _math.nan) for d in _DOMAINS}
+    if history is not None:
+        for d in _DOMAINS:
+            history.energy_j[d].insert(0, energy[d] if d in good else _math.nan)
+            del history.energy_j[d][IOREPORT_HISTORY:]
+        for d in _DOMAINS:
+            h = history.energy_j[d]
+            if len(h) == IOREPORT_HISTORY and not any(_math.isnan(x) for x in h) and \
+                    all((h[k] == 0) != (h[k + 1] == 0) for k in range(IOREPORT_HISTORY - 1)):
+                faults.add("alternating")
+    bits = sum(1 << IOREPORT_FAULTS.index(f) for f in faults)
+    return {"power_w": power, "flags": _SFLAG_SUSPECT if faults else 0, "faults": bits,
+            "fault_names": [f for f in IOREPORT_FAULTS if f in faults]}
+
+
+def counter_delta(prev: int, now: int, range_: int) -> "tuple[int, bool]":
+    """Twin of the rapl counter difference: (delta, wrapped) for a counter that
+    wraps to 0 at range_ (values 0 .. range_-1)."""
+    if now >= prev:
+        return now - prev, False
+    return now + range_ - prev, True
+
+
+def estimate_power_w(cpu_ns: float, wall_ns: float, n_cpu: int, watts_per_core: float,
+                     idle_w: float = 0.0, tdp_w: float = 0.0) -> float:
+    """Twin of the estimate source's model: idle_w + min(cpu/wall, n_cpu) * watts_per_core,
+    capped at tdp_w when tdp_w > 0."""
+    util = min(max(cpu_ns / wall_ns, 0.0), float(n_cpu))
+    power = idle_w + util * watts_per_core
+    return min(power, tdp_w) if tdp_w > 0 else power

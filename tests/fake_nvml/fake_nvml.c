@@ -10,7 +10,7 @@
  *                     (another cursor).  A field is a number (mJ / mW), NS for
  *                     NOT_SUPPORTED, or E<code> for an NVML error code (E15 = GPU
  *                     is lost).  After the last line, the last line repeats.
- *   FAKE_NVML_LOG     optional file: every call appends "energy VALUE" or
+ *   FAKE_NVML_LOG     optional file: nvmlInit_v2 appends "init 0", every read "energy VALUE" or
  *                     "power VALUE" (or the code) so a test driven by a real
  *                     sampler thread knows exactly which values were served.
  *   FAKE_NVML_INIT    optional NVML code returned by nvmlInit_v2 (e.g. 9).
@@ -96,6 +96,8 @@ int nvmlInit_v2(void)
         return atoi(c);
     load_script();
     inited = 1;
+    field marker = {0, 0};
+    log_call("init", marker);
     return 0;
 }
 
