@@ -437,3 +437,16 @@ def test_tiny_llama_every_decoder_layer_two_events_per_call(method):
     with torch.no_grad():
         assert torch.equal(model(ids).logits, want_logits)
     assert _core.activity() == 0
+
+
+def test_docs_example_runs(capsys):
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "hooks.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, "docs/hooks.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "[(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1), (0, 1)]" in out
