@@ -375,8 +375,9 @@ def cmd_demo(args) -> int:
         r = last[0]
         print(f"Source used: {r.get('source')} ({r.get('source_label')}).", end=" ")
         if r.get("source_label") in ("estimated", "simulated"):
-            print(f"These numbers are {r.get('source_label').upper()}: no power sensor was usable here "
-                  "(run `energyprof doctor` to see why).")
+            why = (": no power sensor was usable here (run `energyprof doctor` to see why)"
+                   if args.source == "auto" else "")
+            print(f"These numbers are {r.get('source_label').upper()}{why}.")
         else:
             print()
     return rc
