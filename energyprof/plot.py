@@ -408,7 +408,8 @@ def _timeline_mpl(run, d, s):
         ax.axhline(d["peak_w"], color="#b22222", ls="--", lw=1, label=f"peak {d['peak_w']:.3g} W")
     if math.isfinite(d["baseline_w"]):
         ax.axhline(d["baseline_w"], color="#666666", ls="-.", lw=1, label=f"idle baseline {d['baseline_w']:.3g} W")
-    ax.set_xlabel("time since run start (s)")
+    ax.set_ylim(bottom=0)  # power from zero: a flat trace must not fill the plot with noise
+    ax.set_xlabel("time (s from the run origin)")
     ax.set_ylabel("power (W)")
     ax.set_title(_title("Power by domain", s), pad=14)
     ax.legend(loc="upper left", fontsize=8, ncols=2)
@@ -434,8 +435,9 @@ def _timeline_plotly(run, d, s):
     if math.isfinite(d["baseline_w"]):
         fig.add_hline(y=d["baseline_w"], line_dash="dashdot", line_color="#666666",
                       annotation_text=f"idle baseline {d['baseline_w']:.3g} W", annotation_position="bottom right")
-    fig.update_layout(title=_title("Power by domain", s), xaxis_title="time since run start (s)",
-                      yaxis_title="power (W)", template="plotly_white", hovermode="x unified")
+    fig.update_layout(title=_title("Power by domain", s), xaxis_title="time (s from the run origin)",
+                      yaxis_title="power (W)", template="plotly_white", hovermode="x unified",
+                      yaxis_rangemode="tozero")
     return fig
 
 
