@@ -550,9 +550,11 @@ int ep_plist_framer_next(ep_plist_framer *f, ep_plist_frame *frame)
         }
 
         if (f->mode != MODE_GARBAGE) {
+            size_t was = f->start;
             while (f->start < f->len && (base[f->start] == '\0' || isspace((unsigned char)base[f->start])))
                 f->start++;
-            f->scan_off = 0;
+            if (f->start != was)
+                f->scan_off = 0; /* a new frame begins: its search starts afresh */
         }
         if (f->start >= f->len) {
             if (f->finished)
