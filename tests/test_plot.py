@@ -316,3 +316,18 @@ def test_plot_takes_any_object_with_the_run_attributes():
     fig = ep_plot.plot(Duck(), kind="phases", backend="plotly")
     np.testing.assert_allclose(fig.data[0].y, _phases(RUN)["energy_j"])
     assert not math.isnan(fig.data[0].y[0])
+
+
+def test_docs_examples_run(capsys):
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "plots.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 2
+    for code in blocks:
+        exec(compile(code, "docs/plots.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "'compare.png'" in out and "'sankey.html'" in out
+    assert all(f"'{k}.png'" in out for k in ep_plot.KINDS)
+    assert "Energy by phase [SIMULATED]" in out

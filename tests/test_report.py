@@ -251,3 +251,14 @@ def test_browser_status_reports_script_errors_and_blocked_requests(rendered, tmp
     status, _ = _status(_browse(tmp_path / "broken.html", tmp_path / "profile", "--dump-dom").stdout)
     assert status is not None and status.startswith("error:"), status
     assert "null" in status and "blocked img-src: http://example.invalid/x.png" in status, status
+
+
+def test_docs_examples_run(capsys):
+    text = (Path(__file__).resolve().parent.parent / "docs" / "report.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 2
+    for code in blocks:
+        exec(compile(code, "docs/report.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("KiB") and "report.html" in out[0]
+    assert out[1] == "400.0 0.15 argument"
