@@ -1,0 +1,253 @@
+"""The rapl source on fake powercap trees.
+
+The tree mirrors /sys/class/powercap: intel-rapl:N (package-N) with subzones
+intel-rapl:N:M (core, uncore, dram) and a top-level psys zone.  Expected energies
+come from what the tests wrote (energyprof._reference.counter_delta for wraps).
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import energyprof as ep
+from energyprof import _core
+from energyprof import _reference as ref
+
+SEC = 1_000_000_000
+RANGE_UJ = 262_143_328_850  # a real max_energy_range_uj value
+
+
+class Tree:
+    """A fake powercap tree; zone(...) paths are relative like 'intel-rapl:0/intel-rapl:0:0'."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.range = {}
+
+    def zone(self, rel, name, uj=0, range_uj=RANGE_UJ):
+        d = self.root / rel
+        d.mkdir(parents=True)
+        (d / "name").write_text(name + "\n")
+        (d / "max_energy_range_uj").write_text(f"{range_uj}\n")
+        self.range[rel] = range_uj
+        self.set(rel, uj)
+
+    def set(self, rel, uj):
+        # Atomic replace, as the kernel's read never sees a half-written value.
+        p = self.root / rel / "energy_uj"
+        tmp = p.with_name("energy_uj.tmp")
+        tmp.write_text(f"{uj}\n")
+        os.replace(tmp, p)
+
+
+def standard_tree(root: Path) -> Tree:
+    t = Tree(root)
+    t.zone("intel-rapl:0", "package-0", 1_000)
+    t.zone("intel-rapl:0/intel-rapl:0:0", "core", 500)
+    t.zone("intel-rapl:0/intel-rapl:0:1", "uncore", 0)
+    t.zone("intel-rapl:0/intel-rapl:0:2", "dram", 0)
+    t.zone("intel-rapl:1", "package-1", 0)
+    t.zone("intel-rapl:1/intel-rapl:1:0", "core", 0)
+    t.zone("intel-rapl:1/intel-rapl:1:1", "dram", 0)
+    t.zone("intel-rapl:2", "psys", 0)
+    return t
+
+
+def test_exact_domains_and_mapping(tmp_path):
+    t = standard_tree(tmp_path)
+    d = _core.SourceDriver("rapl", {"root": str(tmp_path)})
+    assert '"packages":2' in d.meta_json and "intel-rapl:0:0 core -> cpu" in d.meta_json
+    assert "uncore" not in d.meta_json and "psys" not in d.meta_json
+    d.start(SEC)
+    t.set("intel-rapl:0", 1_000 + 30_000_000)          # 30 J
+    t.set("intel-rapl:0/intel-rapl:0:0", 500 + 12_000_000)
+    t.set("intel-rapl:0/intel-rapl:0:1", 9_000_000)     # uncore: not counted anywhere
+    t.set("intel-rapl:0/intel-rapl:0:2", 2_000_000)
+    t.set("intel-rapl:1", 10_000_000)
+    t.set("intel-rapl:1/intel-rapl:1:0", 4_000_000)
+    t.set("intel-rapl:1/intel-rapl:1:1", 1_000_000)
+    t.set("intel-rapl:2", 99_000_000)                   # psys: not counted
+    s = d.poll(3 * SEC)
+    assert len(s) == 1 and s["kind"][0] == _core.KIND_INTERVAL
+    assert (s["t_start_ns"][0], s["t_end_ns"][0]) == (SEC, 3 * SEC)
+    assert s["package_w"][0] == pytest.approx(40 / 2, rel=1e-15)
+    assert s["cpu_w"][0] == pytest.approx(16 / 2, rel=1e-15)
+    assert s["dram_w"][0] == pytest.approx(3 / 2, rel=1e-15)
+    assert np.isnan(s["gpu_w"][0]) and np.isnan(s["ane_w"][0])
+    assert s["flags"][0] == 0
+
+
+def test_wraparound_at_max_energy_range(tmp_path):
+    t = Tree(tmp_path)
+    t.zone("intel-rapl:0", "package-0", RANGE_UJ - 2_000_000)
+    d = _core.SourceDriver("rapl", {"root": str(tmp_path)})
+    d.start(0 + SEC)
+    t.set("intel-rapl:0", 3_000_000)
+    s = d.poll(2 * SEC)
+    delta, wrapped = ref.counter_delta(RANGE_UJ - 2_000_000, 3_000_000, RANGE_UJ)
+    assert wrapped and delta == 5_000_000
+    assert s["package_w"][0] == pytest.approx(delta * 1e-6, rel=1e-15)
+    assert s["flags"][0] == _core.SFLAG_WRAPPED
+    assert np.isnan(s["cpu_w"][0])  # no core subzone: cpu unknown, not 0
+    t.set("intel-rapl:0", 4_000_000)
+    s = d.stop(3 * SEC)
+    assert s["flags"][0] == _core.SFLAG_FINAL and s["package_w"][0] == pytest.approx(1.0, rel=1e-15)
+
+
+def test_amd_style_package_only_tree(tmp_path):
+    t = Tree(tmp_path)
+    t.zone("intel-rapl:0", "package-0", 0, range_uj=65_532_610_987)
+    d = _core.SourceDriver("rapl", {"root": str(tmp_path)})
+    d.start(SEC)
+    t.set("intel-rapl:0", 7_500_000)
+    s = d.poll(4 * SEC)
+    assert s["package_w"][0] == pytest.approx(2.5) and np.isnan(s["cpu_w"][0]) and np.isnan(s["dram_w"][0])
+
+
+def test_writer_thread_with_wraps_through_the_sampler(tmp_path):
+    """Counters advanced by a thread (with wraps) while the C sampler polls: the
+    samples' energies add up exactly to what was written."""
+    rng_uj = 40_000_000
+    t = Tree(tmp_path)
+    t.zone("intel-rapl:0", "package-0", 0, range_uj=rng_uj)
+    t.zone("intel-rapl:0/intel-rapl:0:0", "core", 0, range_uj=rng_uj)
+    written = {"pkg": 0, "core": 0}
+    stop = threading.Event()
+    started = threading.Event()
+
+    def writer():
+        started.wait()
+        rng = np.random.default_rng(3)
+        while not stop.is_set():
+            # ~80 kJ/s-scale steps so the 40 J range wraps every ~500 steps
+            inc = int(rng.integers(50_000, 110_000))
+            written["pkg"] += inc
+            written["core"] += inc // 2
+            t.set("intel-rapl:0", written["pkg"] % rng_uj)
+            t.set("intel-rapl:0/intel-rapl:0:0", written["core"] % rng_uj)
+            time.sleep(0.0003)
+
+    th = threading.Thread(target=writer)
+    th.start()
+    s = ep.Sampler(f"rapl:root={tmp_path}", interval_ms=5)
+    s.start()
+    started.set()
+    while written["pkg"] < 2.5 * rng_uj:
+        time.sleep(0.01)
+    stop.set()
+    th.join()
+    samples = s.stop()
+    samples = s.samples
+    dt_s = (samples["t_end_ns"] - samples["t_start_ns"]) * 1e-9
+    assert samples["package_w"] @ dt_s == pytest.approx(written["pkg"] * 1e-6, rel=1e-12)
+    assert samples["cpu_w"] @ dt_s == pytest.approx(written["core"] * 1e-6, rel=1e-12)
+    assert (samples["flags"] & _core.SFLAG_WRAPPED).astype(bool).sum() >= 2
+    assert s.label == "measured" and s.faults == 0
+
+
+def test_ep_run_tiny_model_exact(tmp_path):
+    import torch
+    from energyprof.tiny import tiny_model
+    t = Tree(tmp_path)
+    t.zone("intel-rapl:0", "package-0", 0)
+    stop = threading.Event()
+    total = {"uj": 0}
+
+    def writer():
+        while not stop.is_set():
+            total["uj"] += 1234
+            t.set("intel-rapl:0", total["uj"])
+            time.sleep(0.0005)
+
+    model = tiny_model("tiny-llama")
+    th = threading.Thread(target=writer)
+    th.start()
+    try:
+        with ep.run(model, source=f"rapl:root={tmp_path}", baseline_s=0, save=False, interval_ms=5) as s:
+            model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
+    finally:
+        stop.set()
+        th.join()
+    samples = s.samples
+    # Each sample is one counter difference: energy is a whole number of uJ, the
+    # samples tile time, and the run's package energy is their overlap with the run.
+    e_uj = samples["package_w"] * (samples["t_end_ns"] - samples["t_start_ns"]) * 1e-3
+    np.testing.assert_allclose(e_uj, np.round(e_uj), atol=1e-6)
+    assert (samples["t_start_ns"][1:] == samples["t_end_ns"][:-1]).all()
+    run = s.sections[s.sections["kind"] == "run"][0]
+    lo = np.maximum(samples["t_start_ns"], run["t_start_ns"])
+    hi = np.minimum(samples["t_end_ns"], run["t_end_ns"])
+    want = float((samples["package_w"] * np.clip(hi - lo, 0, None) * 1e-9).sum())
+    assert run["package_j"] == pytest.approx(want, rel=1e-9)
+    assert s.summary()["energy_j"] > 0
+
+
+def test_missing_tree_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no powercap tree at /no/such/powercap"):
+        _core.SourceDriver("rapl", {"root": "/no/such/powercap"})
+    with pytest.raises(FileNotFoundError, match="package-N"):
+        _core.SourceDriver("rapl", {"root": str(tmp_path)})  # empty directory
+    with pytest.raises(ValueError, match="unknown parameter 'x'"):
+        _core.SourceDriver("rapl", {"x": "1"})
+
+
+def test_env_var_sets_the_default_root(tmp_path, monkeypatch):
+    standard_tree(tmp_path)
+    monkeypatch.setenv("ENERGYPROF_RAPL_ROOT", str(tmp_path))
+    assert str(tmp_path) in _core.SourceDriver("rapl").meta_json
+
+
+def test_unreadable_counter_file(tmp_path):
+    """A directory in place of energy_uj fails even for root (EISDIR): an I/O error naming the file."""
+    t = Tree(tmp_path)
+    t.zone("intel-rapl:0", "package-0", 0)
+    (tmp_path / "intel-rapl:0" / "energy_uj").unlink()
+    (tmp_path / "intel-rapl:0" / "energy_uj").mkdir()
+    with pytest.raises(OSError, match="intel-rapl:0/energy_uj"):
+        _core.SourceDriver("rapl", {"root": str(tmp_path)})
+
+
+PERM_CHECK = r"""
+import os, sys
+from energyprof import _core
+if os.geteuid() == 0:  # drop root after the imports (the interpreter lives under /root)
+    os.setgid(65534)
+    os.setuid(65534)
+try:
+    _core.SourceDriver("rapl", {"root": sys.argv[1]})
+except PermissionError as e:
+    print("PERMISSION:", e)
+"""
+
+
+def test_permission_denied_shows_the_fix():
+    """energy_uj mode 000 read by an unprivileged process.  Tests run as root here,
+    and root ignores file modes, so the check runs in a child that drops to
+    'nobody' (uid 65534) before creating the source: the real EACCES path, nothing injected."""
+    root = Path(tempfile.mkdtemp(prefix="ep_rapl_perm_"))
+    try:
+        os.chmod(root, 0o755)
+        t = Tree(root)
+        t.zone("intel-rapl:0", "package-0", 5)
+        for p in [root / "intel-rapl:0", *(root / "intel-rapl:0").iterdir()]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        os.chmod(root / "intel-rapl:0" / "energy_uj", 0o000)
+
+        repo = str(Path(__file__).resolve().parent.parent)
+        out = subprocess.run([sys.executable, "-c", PERM_CHECK, str(root)], capture_output=True, text=True,
+                             cwd=repo, env={**os.environ, "PYTHONPATH": repo},
+                             timeout=120)
+        assert "PERMISSION:" in out.stdout, out.stdout + out.stderr
+        msg = out.stdout
+        assert "permission denied" in msg and "root-only" in msg
+        assert "sudo chmod o+r /sys/class/powercap/intel-rapl:*/energy_uj" in msg
+        assert str(root / "intel-rapl:0" / "energy_uj") in msg
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
