@@ -19,18 +19,30 @@
 #include "ep_errors.h"
 
 #define NS_PER_S 1e9
-#define MASK_GAP_AFTER 0x80u /* per-sample mask: a gap follows this INTERVAL sample */
 #define ALL_DOMAINS ((1u << EP_NDOMAINS) - 1u)
+/* F is stored at every CHECKPOINT-th sample boundary only and rebuilt between them by
+ * re-adding the same pieces in the same order (bitwise the same doubles as a full
+ * cumulative sum): 1/16 of the memory, and the build pass mostly just reads samples. */
+#define CHECKPOINT 16
+
+/* A bit per unit (sample or segment) with a count every 64 bits: "any flagged unit in
+ * [lo, hi)" in O(1) at n/4 bytes. */
+typedef struct {
+    uint64_t *bits;   /* n_words (owned) */
+    int64_t *before;  /* set bits in the words before word w (owned) */
+    int64_t n_units;
+} bitrank;
 
 typedef struct {
     const ep_sample *s;
     int64_t n;           /* samples */
     int interval;        /* 1: INTERVAL knots s0,e0,s1,..; 0: INSTANT knots t0,t1,.. */
     int64_t n_knots;
+    int64_t n_units;     /* pieces of F: samples (INTERVAL) or segments between points (INSTANT) */
     unsigned measured;   /* bit d set: domain d is non-NaN in at least one sample */
-    double *cum_wns;     /* (n + 1) x EP_NDOMAINS, F in W*ns at sample boundaries (owned) */
-    int64_t *nan_prefix; /* NaN-touched samples/segments before index i; NULL if none (owned) */
-    int64_t *gap_prefix; /* gaps after samples before index j; NULL if none (owned) */
+    double *chk_wns;     /* F in W*ns at boundaries 0, CHECKPOINT, 2*CHECKPOINT, .. (owned) */
+    bitrank nan_units;   /* units touching a NaN of a measured domain; bits NULL if none */
+    bitrank gap_after;   /* INTERVAL: a gap follows sample j; bits NULL if none */
 } integ;
 
 __attribute__((format(printf, 3, 4))) static void set_detail(char *detail, size_t len, const char *fmt, ...)
@@ -43,12 +55,94 @@ __attribute__((format(printf, 3, 4))) static void set_detail(char *detail, size_
     va_end(ap);
 }
 
+/* Zeroed bit storage for n units (calloc: untouched pages cost nothing). */
+static int bitrank_alloc(bitrank *r, int64_t n_units)
+{
+    size_t n_words = (size_t)(n_units / 64 + 1); /* +1: rank(n_units) reads one word past */
+    r->n_units = n_units;
+    r->bits = calloc(n_words, sizeof(uint64_t));
+    r->before = malloc(n_words * sizeof(int64_t));
+    return (r->bits && r->before) ? EP_OK : EP_ERR_NOMEM;
+}
+
+static void bitrank_free(bitrank *r)
+{
+    free(r->bits);
+    free(r->before);
+    r->bits = NULL;
+    r->before = NULL;
+}
+
+static inline void bitrank_set(bitrank *r, int64_t j)
+{
+    r->bits[j >> 6] |= 1ull << (j & 63);
+}
+
+static void bitrank_finish(bitrank *r)
+{
+    int64_t acc = 0, n_words = r->n_units / 64 + 1;
+    for (int64_t w = 0; w < n_words; w++) {
+        r->before[w] = acc;
+        acc += __builtin_popcountll(r->bits[w]);
+    }
+}
+
+/* Set bits in [0, i), 0 <= i <= n_units. */
+static inline int64_t bitrank_rank(const bitrank *r, int64_t i)
+{
+    uint64_t below = (1ull << (i & 63)) - 1ull;
+    return r->before[i >> 6] + __builtin_popcountll(r->bits[i >> 6] & below);
+}
+
+/* Any set bit in [lo, hi) after clipping to [0, n_units]; 0 when nothing was set. */
+static int bitrank_any(const bitrank *r, int64_t lo, int64_t hi)
+{
+    if (!r->bits)
+        return 0;
+    if (lo < 0)
+        lo = 0;
+    if (hi > r->n_units)
+        hi = r->n_units;
+    return hi > lo && bitrank_rank(r, hi) > bitrank_rank(r, lo);
+}
+
 static inline int64_t knot_ns(const integ *g, int64_t k)
 {
     if (!g->interval)
         return g->s[k].t_start_ns;
     const ep_sample *x = &g->s[k >> 1];
     return (k & 1) ? x->t_end_ns : x->t_start_ns;
+}
+
+/* Add the energy (W*ns) of piece j to f: INTERVAL sample j, or the trapezoid of the
+ * INSTANT segment from point j to j+1.  The one definition both the build and every
+ * lookup use, so checkpoint + pieces reproduces the running sum exactly. */
+static inline void add_piece(const integ *g, int64_t j, double *f)
+{
+    if (g->interval) {
+        const ep_sample *x = &g->s[j];
+        double dur_ns = (double)(x->t_end_ns - x->t_start_ns);
+        for (int d = 0; d < EP_NDOMAINS; d++) {
+            double p_w = isnan(x->power_w[d]) ? 0.0 : x->power_w[d];
+            f[d] = f[d] + p_w * dur_ns;
+        }
+        return;
+    }
+    const ep_sample *x0 = &g->s[j], *x1 = &g->s[j + 1];
+    double len_ns = (double)(x1->t_start_ns - x0->t_start_ns);
+    for (int d = 0; d < EP_NDOMAINS; d++) {
+        double p0 = x0->power_w[d], p1 = x1->power_w[d];
+        f[d] = f[d] + ((isnan(p0) || isnan(p1)) ? 0.0 : (0.5 * (p0 + p1)) * len_ns);
+    }
+}
+
+/* F at boundary i (the energy of pieces 0 .. i-1) into f. */
+static void cum_boundary(const integ *g, int64_t i, double *f)
+{
+    int64_t c = i / CHECKPOINT;
+    memcpy(f, g->chk_wns + c * EP_NDOMAINS, sizeof(double) * EP_NDOMAINS);
+    for (int64_t j = c * CHECKPOINT; j < i; j++)
+        add_piece(g, j, f);
 }
 
 /* Number of knots <= t, searched by galloping out from hint (any value in
@@ -96,48 +190,79 @@ static int64_t count_lt(const integ *g, int64_t t, int64_t hint)
 /* F(t) per domain in W*ns into f; le = count_le(t); t inside the covered range. */
 static void cum_at(const integ *g, int64_t t, int64_t le, double *f)
 {
-    const double *c;
     if (g->interval) {
-        if (!(le & 1)) {
-            /* the last knot <= t is an end (or t sits in a gap): F is flat here */
-            memcpy(f, g->cum_wns + (le >> 1) * EP_NDOMAINS, sizeof(double) * EP_NDOMAINS);
+        /* le even: the last knot <= t is an end (or t sits in a gap), F is flat here */
+        cum_boundary(g, le >> 1, f);
+        if (!(le & 1))
             return;
-        }
-        int64_t k = le >> 1;
-        const ep_sample *x = &g->s[k];
+        const ep_sample *x = &g->s[le >> 1];
         double dt_ns = (double)(t - x->t_start_ns); /* a difference: exact at 1e18 ns */
-        c = g->cum_wns + k * EP_NDOMAINS;
         for (int d = 0; d < EP_NDOMAINS; d++) {
             double p_w = isnan(x->power_w[d]) ? 0.0 : x->power_w[d];
-            f[d] = c[d] + p_w * dt_ns;
+            f[d] = f[d] + p_w * dt_ns;
         }
         return;
     }
     int64_t k = le - 1;
-    c = g->cum_wns + k * EP_NDOMAINS;
-    if (k >= g->n - 1) {
-        memcpy(f, c, sizeof(double) * EP_NDOMAINS);
+    cum_boundary(g, k, f);
+    if (k >= g->n - 1)
         return;
-    }
     const ep_sample *x0 = &g->s[k], *x1 = &g->s[k + 1];
     /* k is the last point <= t, so t < t_{k+1} and the segment has length > 0 */
     double dt_ns = (double)(t - x0->t_start_ns);
     double len_ns = (double)(x1->t_start_ns - x0->t_start_ns);
     for (int d = 0; d < EP_NDOMAINS; d++) {
         double p0 = x0->power_w[d], p1 = x1->power_w[d];
-        if (isnan(p0) || isnan(p1))
-            f[d] = c[d];
-        else /* integral of the linear interpolation from t_k to t */
-            f[d] = c[d] + dt_ns * (p0 + (0.5 * (p1 - p0)) * (dt_ns / len_ns));
+        if (!(isnan(p0) || isnan(p1))) /* integral of the linear interpolation from t_k to t */
+            f[d] = f[d] + dt_ns * (p0 + (0.5 * (p1 - p0)) * (dt_ns / len_ns));
     }
 }
 
-/* Validate the samples and build F, the NaN and gap prefix counts.
- * On error g's arrays may be allocated: the caller frees them (integ_free). */
+/* Check sample i (kind, order, interval shape); EP_OK or an error with detail. */
+static int check_sample(const integ *g, int64_t i, int32_t kind, char *detail, size_t detail_len)
+{
+    const ep_sample *x = &g->s[i];
+    if (x->kind != kind) {
+        set_detail(detail, detail_len,
+                   "samples[%lld].kind=%d differs from samples[0].kind=%d: integrate one kind per call",
+                   (long long)i, (int)x->kind, (int)kind);
+        return EP_ERR_ARG;
+    }
+    if (g->interval) {
+        if (x->t_end_ns < x->t_start_ns) {
+            set_detail(detail, detail_len, "samples[%lld]: t_end_ns=%lld < t_start_ns=%lld", (long long)i,
+                       (long long)x->t_end_ns, (long long)x->t_start_ns);
+            return EP_ERR_ARG;
+        }
+        if (i > 0 && x->t_start_ns < x[-1].t_end_ns) {
+            set_detail(detail, detail_len,
+                       "samples[%lld].t_start_ns=%lld < samples[%lld].t_end_ns: interval samples must be "
+                       "sorted and must not overlap",
+                       (long long)i, (long long)x->t_start_ns, (long long)(i - 1));
+            return EP_ERR_UNSORTED;
+        }
+        return EP_OK;
+    }
+    if (x->t_end_ns != x->t_start_ns) {
+        set_detail(detail, detail_len, "samples[%lld]: INSTANT sample with t_end_ns=%lld != t_start_ns=%lld",
+                   (long long)i, (long long)x->t_end_ns, (long long)x->t_start_ns);
+        return EP_ERR_ARG;
+    }
+    if (i > 0 && x->t_start_ns < x[-1].t_start_ns) {
+        set_detail(detail, detail_len,
+                   "samples[%lld].t_start_ns=%lld < samples[%lld].t_start_ns: instant samples must be sorted",
+                   (long long)i, (long long)x->t_start_ns, (long long)(i - 1));
+        return EP_ERR_UNSORTED;
+    }
+    return EP_OK;
+}
+
+/* Validate the samples and build the F checkpoints and the NaN / gap bit ranks in one
+ * pass.  On error g's arrays may be allocated: the caller frees them (integ_free). */
 static int integ_build(integ *g, const ep_sample *s, int64_t n, char *detail, size_t detail_len)
 {
     int rc = EP_OK;
-    unsigned char *mask = NULL; /* per sample: NaN domains | MASK_GAP_AFTER (owned here) */
+    unsigned char *mask = NULL; /* per sample: its NaN domains (owned here) */
     memset(g, 0, sizeof *g);
     g->s = s;
     g->n = n;
@@ -151,85 +276,42 @@ static int integ_build(integ *g, const ep_sample *s, int64_t n, char *detail, si
     }
     g->interval = kind == EP_KIND_INTERVAL;
     g->n_knots = g->interval ? 2 * n : n;
-    g->cum_wns = malloc(sizeof(double) * (size_t)(n + 1) * EP_NDOMAINS);
+    g->n_units = g->interval ? n : n - 1;
+    /* boundaries 0 .. n_units, one checkpoint row per CHECKPOINT of them */
+    g->chk_wns = malloc(sizeof(double) * (size_t)(g->n_units / CHECKPOINT + 1) * EP_NDOMAINS);
     mask = calloc((size_t)n, 1);
-    if (!g->cum_wns || !mask) {
+    if (!g->chk_wns || !mask) {
         rc = EP_ERR_NOMEM;
         goto error;
     }
-    unsigned all_nan = ALL_DOMAINS, any_nan = 0, any_gap = 0;
-    double *c = g->cum_wns;
-    for (int d = 0; d < EP_NDOMAINS; d++)
-        c[d] = 0.0;
+    if (g->interval && (rc = bitrank_alloc(&g->gap_after, g->n_units)) != EP_OK)
+        goto error;
+    unsigned all_nan = ALL_DOMAINS, any_nan = 0;
+    int any_gap = 0;
+    double f[EP_NDOMAINS] = {0};
+    memcpy(g->chk_wns, f, sizeof f);
     for (int64_t i = 0; i < n; i++) {
         const ep_sample *x = &s[i];
-        if (x->kind != kind) {
-            set_detail(detail, detail_len,
-                       "samples[%lld].kind=%d differs from samples[0].kind=%d: integrate one kind per call",
-                       (long long)i, (int)x->kind, (int)kind);
-            rc = EP_ERR_ARG;
+        if ((rc = check_sample(g, i, kind, detail, detail_len)) != EP_OK)
             goto error;
-        }
         unsigned nan_bits = 0;
         for (int d = 0; d < EP_NDOMAINS; d++)
-            if (isnan(x->power_w[d]))
-                nan_bits |= 1u << d;
+            nan_bits |= (unsigned)(isnan(x->power_w[d]) != 0) << d;
         if (nan_bits) /* mask stays untouched (zero pages) on a clean stream */
             mask[i] = (unsigned char)nan_bits;
         all_nan &= nan_bits;
         any_nan |= nan_bits;
-        double *prev = c + i * EP_NDOMAINS, *next = prev + EP_NDOMAINS;
-        if (g->interval) {
-            if (x->t_end_ns < x->t_start_ns) {
-                set_detail(detail, detail_len, "samples[%lld]: t_end_ns=%lld < t_start_ns=%lld", (long long)i,
-                           (long long)x->t_end_ns, (long long)x->t_start_ns);
-                rc = EP_ERR_ARG;
-                goto error;
-            }
-            if (i > 0 && x->t_start_ns < s[i - 1].t_end_ns) {
-                set_detail(detail, detail_len,
-                           "samples[%lld].t_start_ns=%lld < samples[%lld].t_end_ns: interval samples must be "
-                           "sorted and must not overlap",
-                           (long long)i, (long long)x->t_start_ns, (long long)(i - 1));
-                rc = EP_ERR_UNSORTED;
-                goto error;
-            }
-            if (i > 0 && x->t_start_ns > s[i - 1].t_end_ns) {
-                mask[i - 1] |= MASK_GAP_AFTER;
-                any_gap = 1;
-            }
-            double dur_ns = (double)(x->t_end_ns - x->t_start_ns);
-            for (int d = 0; d < EP_NDOMAINS; d++) {
-                double p_w = isnan(x->power_w[d]) ? 0.0 : x->power_w[d];
-                next[d] = prev[d] + p_w * dur_ns;
-            }
-        } else {
-            if (x->t_end_ns != x->t_start_ns) {
-                set_detail(detail, detail_len,
-                           "samples[%lld]: INSTANT sample with t_end_ns=%lld != t_start_ns=%lld", (long long)i,
-                           (long long)x->t_end_ns, (long long)x->t_start_ns);
-                rc = EP_ERR_ARG;
-                goto error;
-            }
-            if (i == 0)
-                continue;
-            const ep_sample *w = &s[i - 1];
-            if (x->t_start_ns < w->t_start_ns) {
-                set_detail(detail, detail_len,
-                           "samples[%lld].t_start_ns=%lld < samples[%lld].t_start_ns: instant samples must be sorted",
-                           (long long)i, (long long)x->t_start_ns, (long long)(i - 1));
-                rc = EP_ERR_UNSORTED;
-                goto error;
-            }
-            /* INSTANT: F has one entry per point; segment i-1 ends at point i */
-            prev = c + (i - 1) * EP_NDOMAINS;
-            next = prev + EP_NDOMAINS;
-            double len_ns = (double)(x->t_start_ns - w->t_start_ns);
-            for (int d = 0; d < EP_NDOMAINS; d++) {
-                double p0 = w->power_w[d], p1 = x->power_w[d];
-                next[d] = prev[d] + ((isnan(p0) || isnan(p1)) ? 0.0 : (0.5 * (p0 + p1)) * len_ns);
-            }
+        if (g->interval && i > 0 && x->t_start_ns > x[-1].t_end_ns) {
+            bitrank_set(&g->gap_after, i - 1);
+            any_gap = 1;
         }
+        /* piece j ends at boundary j + 1: INTERVAL sample i, INSTANT segment i-1..i */
+        int64_t j = g->interval ? i : i - 1;
+        if (j < 0)
+            continue;
+        add_piece(g, j, f);
+        if ((j + 1) % CHECKPOINT == 0)
+            memcpy(g->chk_wns + ((j + 1) / CHECKPOINT) * EP_NDOMAINS, f, sizeof f);
     }
     {
         /* Every in-range endpoint is measured from a knot; the whole span must fit
@@ -243,29 +325,19 @@ static int integ_build(integ *g, const ep_sample *s, int64_t n, char *detail, si
         }
     }
     g->measured = ALL_DOMAINS & ~all_nan;
-    /* NaN / gap prefix counts: only when needed (a clean stream allocates nothing). */
-    int64_t n_units = g->interval ? n : n - 1; /* samples, or segments between points */
+    if (any_gap)
+        bitrank_finish(&g->gap_after);
+    else
+        bitrank_free(&g->gap_after);
     if (any_nan & g->measured) {
-        g->nan_prefix = malloc(sizeof(int64_t) * (size_t)(n_units + 1));
-        if (!g->nan_prefix) {
-            rc = EP_ERR_NOMEM;
+        if ((rc = bitrank_alloc(&g->nan_units, g->n_units)) != EP_OK)
             goto error;
-        }
-        g->nan_prefix[0] = 0;
-        for (int64_t j = 0; j < n_units; j++) {
+        for (int64_t j = 0; j < g->n_units; j++) {
             unsigned bits = g->interval ? mask[j] : (unsigned)(mask[j] | mask[j + 1]);
-            g->nan_prefix[j + 1] = g->nan_prefix[j] + ((bits & g->measured) != 0);
+            if (bits & g->measured)
+                bitrank_set(&g->nan_units, j);
         }
-    }
-    if (any_gap) {
-        g->gap_prefix = malloc(sizeof(int64_t) * (size_t)n);
-        if (!g->gap_prefix) {
-            rc = EP_ERR_NOMEM;
-            goto error;
-        }
-        g->gap_prefix[0] = 0;
-        for (int64_t j = 0; j + 1 < n; j++)
-            g->gap_prefix[j + 1] = g->gap_prefix[j] + ((mask[j] & MASK_GAP_AFTER) != 0);
+        bitrank_finish(&g->nan_units);
     }
 error:
     free(mask);
@@ -274,23 +346,10 @@ error:
 
 static void integ_free(integ *g)
 {
-    free(g->cum_wns);
-    free(g->nan_prefix);
-    free(g->gap_prefix);
-    g->cum_wns = NULL;
-    g->nan_prefix = g->gap_prefix = NULL;
-}
-
-/* prefix[hi] - prefix[lo] > 0 for a clipped index range (prefix may be NULL). */
-static int any_in(const int64_t *prefix, int64_t lo, int64_t hi, int64_t n_prefix)
-{
-    if (!prefix)
-        return 0;
-    if (lo < 0)
-        lo = 0;
-    if (hi > n_prefix - 1)
-        hi = n_prefix - 1;
-    return hi > lo && prefix[hi] > prefix[lo];
+    free(g->chk_wns);
+    g->chk_wns = NULL;
+    bitrank_free(&g->nan_units);
+    bitrank_free(&g->gap_after);
 }
 
 int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *windows_ns,
@@ -325,7 +384,6 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
         first_ns = knot_ns(&g, 0);
         last_ns = knot_ns(&g, g.n_knots - 1);
     }
-    int64_t n_units = g.interval ? g.n : g.n - 1;
     int64_t hint_a = 0, hint_b = 0; /* the finger: previous window's positions */
     for (int64_t w = 0; w < n_windows; w++) {
         int64_t a = windows_ns[2 * w], b = windows_ns[2 * w + 1];
@@ -351,13 +409,13 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
         if (g.interval) {
             /* knots <= t are s0,e0,..: (le+1)/2 starts and le/2 ends among them */
             count = le_b / 2 - (lt_a + 1) / 2;              /* s_i >= a and e_i <= b */
-            if (any_in(g.nan_prefix, le_a / 2, (lt_b + 1) / 2, n_units + 1)) /* e_i > a, s_i < b */
+            if (bitrank_any(&g.nan_units, le_a / 2, (lt_b + 1) / 2)) /* e_i > a, s_i < b */
                 fl |= EP_WIN_NAN;
-            if (any_in(g.gap_prefix, (le_a + 1) / 2 - 1, lt_b / 2, g.n)) /* s_j+1 > a, e_j < b */
+            if (bitrank_any(&g.gap_after, (le_a + 1) / 2 - 1, lt_b / 2)) /* s_j+1 > a, e_j < b */
                 fl |= EP_WIN_GAP;
         } else {
             count = (le_b - 1) - lt_a;                      /* t_i >= a and t_i+1 <= b */
-            if (any_in(g.nan_prefix, le_a - 1, lt_b, n_units + 1)) /* t_j+1 > a, t_j < b */
+            if (bitrank_any(&g.nan_units, le_a - 1, lt_b)) /* t_j+1 > a, t_j < b */
                 fl |= EP_WIN_NAN;
         }
         if (count <= 0) {
