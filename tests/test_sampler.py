@@ -323,3 +323,30 @@ def test_core_sampler_argument_errors():
     meta = json.loads(c.meta_json)
     assert meta["power_w"] == 4 and meta["domain"] == "dram" and meta["seed"] == 5
     assert not c.running and c.dropped == 0 and c.message == "" and c.drain().dtype == _core.SAMPLE_DTYPE
+
+
+def test_concurrent_drains_lose_and_duplicate_nothing():
+    """Several threads draining at once (the shrink path of drain): the union is the whole stream."""
+    core = _core.Sampler("synthetic", {"period_ms": "0.02"}, None, 1 << 16)
+    got = []
+    stop = threading.Event()
+
+    def drainer():
+        while not stop.is_set():
+            got.append(core.drain())
+            time.sleep(0.0001)
+
+    threads = [threading.Thread(target=drainer) for _ in range(3)]
+    core.start()
+    for t in threads:
+        t.start()
+    wait_for_samples(core, 1000)
+    core.stop()
+    stop.set()
+    for t in threads:
+        t.join()
+    got.append(core.drain())
+    x = np.concatenate(got)
+    x = x[np.argsort(x["t_start_ns"], kind="stable")]
+    assert len(x) == core.samples and core.dropped == 0
+    check_stream(x)
