@@ -155,8 +155,10 @@ def _fill_energy(arr: np.ndarray, samples: np.ndarray) -> None:
     for d in DOMAINS:
         arr[f"{d}_j"] = e[d]
     arr["energy_j"] = e["package"]  # the total rule of this run: the package domain
-    inside = (samples["t_start_ns"][None, :] >= t0[:, None]) & (samples["t_end_ns"][None, :] <= t1[:, None])
-    arr["samples_in_window"] = inside.sum(axis=1)
+    # Samples are sorted and contiguous: those wholly inside [t0, t1) are a slice.
+    i0 = np.searchsorted(samples["t_start_ns"], t0, side="left")
+    i1 = np.searchsorted(samples["t_end_ns"], t1, side="right")
+    arr["samples_in_window"] = np.maximum(i1 - i0, 0)
     arr["resolved"] = arr["samples_in_window"] > 0
 
 
@@ -277,9 +279,8 @@ def synthetic_run(n_layers: int = 4, n_steps: int = 16, seed: int = 0,
 
     # Calls: layers and components share the call_id numbering.
     calls = np.zeros(len(tl.calls), dtype=CALL_DTYPE)
-    for i, c in enumerate(tl.calls):
-        for k, v in c.items():
-            calls[i][k] = v
+    for k in ("call_id", "parent_id", "layer", "component", "step", "t_start_ns", "t_end_ns"):
+        calls[k] = [c[k] for c in tl.calls]
     _fill_energy(calls, samples)
     child_sum = np.zeros(len(calls))
     has_parent = calls["parent_id"] >= 0

@@ -110,20 +110,22 @@ def _timeline_data(run: Any) -> Dict[str, Any]:
     if smp is None or len(smp) == 0:
         raise NoDataError("the run has no power samples to draw a timeline from")
     t0 = _t0_ns(run, s)
-    a = (smp["t_start_ns"] - t0) / 1e9
-    b = (smp["t_end_ns"] - t0) / 1e9
-    interval = bool(np.any(smp["t_end_ns"] > smp["t_start_ns"]))
+    t_start, t_end = smp["t_start_ns"], smp["t_end_ns"]
+    interval = bool(np.any(t_end > t_start))
+    power = {d: np.asarray(smp[f"{d}_w"], dtype=np.float64) for d in DOMAINS}
+    power = {d: p for d, p in power.items() if not np.all(np.isnan(p))}
+    per_bucket = 1
+    if len(smp) > MAX_TIMELINE_SAMPLES:
+        t_start, t_end, power, per_bucket = _buckets(t_start, t_end, power, interval)
+        interval = True
+    a = (t_start - t0) / 1e9
+    b = (t_end - t0) / 1e9
     if interval:
         # Interval samples are averages over [start, end): draw them as flat steps.
         x = np.column_stack([a, b]).reshape(-1)
     else:
         x = a
-    lines = {}
-    for d in DOMAINS:
-        p = np.asarray(smp[f"{d}_w"], dtype=np.float64)
-        if np.all(np.isnan(p)):
-            continue
-        lines[d] = np.repeat(p, 2) if interval else p
+    lines = {d: (np.repeat(p, 2) if interval else p) for d, p in power.items()}
     bands, markers = [], []
     sec = _arr(run, "sections")
     if sec is not None:
@@ -134,8 +136,37 @@ def _timeline_data(run: Any) -> Dict[str, Any]:
                 bands.append((str(r["name"]), ra, rb))
             elif kind == "section":
                 markers.append((str(r["name"]), ra, rb))
-    return {"x": x, "lines": lines, "bands": bands, "markers": markers,
+    return {"x": x, "lines": lines, "bands": bands, "markers": markers, "per_bucket": per_bucket,
             "peak_w": _float(s.get("peak_power_w")), "baseline_w": _float(s.get("baseline_power_w"))}
+
+
+#: Above this many samples the timeline draws energy-preserving averages of buckets
+#: of consecutive samples (a browser or a PNG cannot show more detail anyway).
+MAX_TIMELINE_SAMPLES = 20_000
+_TIMELINE_BUCKETS = 10_000
+
+
+def _buckets(t_start: np.ndarray, t_end: np.ndarray, power: Dict[str, np.ndarray], interval: bool):
+    """Average power over buckets of consecutive samples, weighted by duration.
+
+    For interval samples the weights are the intervals, so each bucket keeps the
+    energy of its samples exactly; instantaneous samples get equal weights.
+    """
+    n = len(t_start)
+    k = -(-n // _TIMELINE_BUCKETS)
+    idx = np.arange(n) // k
+    nb = int(idx[-1]) + 1
+    w = (t_end - t_start).astype(np.float64) if interval else np.ones(n)
+    out = {}
+    for d, p in power.items():
+        ok = ~np.isnan(p)
+        num = np.bincount(idx, weights=np.where(ok, p * w, 0.0), minlength=nb)
+        den = np.bincount(idx, weights=np.where(ok, w, 0.0), minlength=nb)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[d] = np.where(den > 0, num / den, np.nan)
+    first = np.arange(nb) * k
+    last = np.minimum(first + k, n) - 1
+    return t_start[first], t_end[last], out, k
 
 
 def _phase_data(run: Any) -> Tuple[List[str], np.ndarray, np.ndarray]:
@@ -392,6 +423,11 @@ def _esc(text: str) -> str:
 
 
 # ---- timeline
+def _timeline_title(d: Dict[str, Any]) -> str:
+    k = d["per_bucket"]
+    return "Power by domain" + (f" (averages of {k} samples)" if k > 1 else "")
+
+
 def _timeline_mpl(run, d, s):
     fig = _mpl_fig(11, 4.5)
     ax = fig.add_subplot()
@@ -411,7 +447,7 @@ def _timeline_mpl(run, d, s):
     ax.set_ylim(bottom=0)  # power from zero: a flat trace must not fill the plot with noise
     ax.set_xlabel("time (s from the run origin)")
     ax.set_ylabel("power (W)")
-    ax.set_title(_title("Power by domain", s), pad=14)
+    ax.set_title(_title(_timeline_title(d), s), pad=14)
     ax.legend(loc="upper left", fontsize=8, ncols=2)
     return fig
 
@@ -435,7 +471,7 @@ def _timeline_plotly(run, d, s):
     if math.isfinite(d["baseline_w"]):
         fig.add_hline(y=d["baseline_w"], line_dash="dashdot", line_color="#666666",
                       annotation_text=f"idle baseline {d['baseline_w']:.3g} W", annotation_position="bottom right")
-    fig.update_layout(title=_title("Power by domain", s), xaxis_title="time (s from the run origin)",
+    fig.update_layout(title=_title(_timeline_title(d), s), xaxis_title="time (s from the run origin)",
                       yaxis_title="power (W)", template="plotly_white", hovermode="x unified",
                       yaxis_rangemode="tozero")
     return fig
@@ -783,4 +819,5 @@ def plot_compare(a: Any, b: Any, backend: str = "matplotlib", labels: Optional[T
     return fig
 
 
-__all__ = ["plot", "plot_compare", "KINDS", "BACKENDS", "PHASE_ORDER", "NoDataError", "label_tag"]
+__all__ = ["plot", "plot_compare", "KINDS", "BACKENDS", "PHASE_ORDER", "NoDataError", "label_tag",
+           "MAX_TIMELINE_SAMPLES"]

@@ -331,3 +331,41 @@ def test_docs_examples_run(capsys):
     assert "'compare.png'" in out and "'sankey.html'" in out
     assert all(f"'{k}.png'" in out for k in ep_plot.KINDS)
     assert "Energy by phase [SIMULATED]" in out
+
+
+@pytest.mark.parametrize("backend", ep_plot.BACKENDS)
+def test_long_timelines_are_averaged_keeping_the_energy(backend):
+    from energyprof import _core
+
+    n = ep_plot.MAX_TIMELINE_SAMPLES + 4321
+    rng = np.random.default_rng(7)
+    smp = np.zeros(n, dtype=_core.SAMPLE_DTYPE)
+    dur = rng.integers(500_000, 1_500_000, n)  # uneven intervals, 0.5-1.5 ms
+    ends = np.cumsum(dur)
+    smp["t_start_ns"], smp["t_end_ns"] = ends - dur, ends
+    smp["kind"] = _core.KIND_INTERVAL
+    for d in ("cpu", "gpu", "ane", "dram"):
+        smp[f"{d}_w"] = np.nan
+    smp["package_w"] = rng.uniform(5, 50, n)
+    smp["package_w"][::1000] = np.nan  # a missing value is left out, not counted as 0 W
+    run = RunData({"t_origin_ns": 0, "source_label": "measured"}, samples=smp)
+    fig = ep_plot.plot(run, kind="timeline", backend=backend)
+    if backend == "matplotlib":
+        ln = fig.axes[0].lines[0]
+        x, y = np.asarray(ln.get_xdata()), np.asarray(ln.get_ydata())
+        title = fig.axes[0].get_title()
+    else:
+        x, y = np.asarray(fig.data[0].x), np.asarray(fig.data[0].y)
+        title = fig.layout.title.text
+    k = -(-n // 10_000)
+    assert f"averages of {k} samples" in title
+    assert len(y) == 2 * (-(-n // k))
+    # oracle: for every bucket, energy / measured time of its samples
+    ok = ~np.isnan(smp["package_w"])
+    for b in (0, 1, len(y) // 2 - 1):
+        sl = slice(b * k, min((b + 1) * k, n))
+        m = ok[sl]
+        want = np.sum(smp["package_w"][sl][m] * dur[sl][m]) / np.sum(dur[sl][m])
+        assert y[2 * b] == pytest.approx(want, rel=1e-12) and y[2 * b + 1] == y[2 * b]
+        assert x[2 * b] == pytest.approx(smp["t_start_ns"][sl][0] / 1e9)
+        assert x[2 * b + 1] == pytest.approx(smp["t_end_ns"][sl][-1] / 1e9)
