@@ -62,11 +62,11 @@ valgrind: sysdeps build/ctest/ep_ctest
 	  --suppressions=tests/c/valgrind-python.supp build/ctest/ep_ctest
 
 fuzz: sysdeps
-	@mkdir -p build/fuzz
+	@mkdir -p build/fuzz/corpus
 	clang -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Icsrc $$(pkg-config --cflags libplist-2.0) \
 	  tests/fuzz/fuzz_plist.c csrc/ep_plist.c csrc/ep_errors.c csrc/ep_sample.c -o build/fuzz/fuzz_plist \
 	  $$(pkg-config --libs libplist-2.0)
-	build/fuzz/fuzz_plist -max_total_time=$${FUZZ_SECONDS:-60} -max_len=65536 tests/fuzz/corpus ../shared/fixtures/powermetrics
+	build/fuzz/fuzz_plist -max_total_time=$${FUZZ_SECONDS:-60} -max_len=65536 build/fuzz/corpus tests/fuzz/corpus ../shared/fixtures/powermetrics
 
 bench: build
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
