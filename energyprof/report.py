@@ -198,6 +198,11 @@ def _banner(s: Dict[str, Any]) -> str:
         big = ""
     cls = "banner " + (label if label in ("simulated", "estimated", "measured") else "unknown")
     big_html = f'<div class="big" id="label-warning">{_e(big)}</div>' if big else ""
+    status = str(s.get("status") or "")
+    if status in ("interrupted", "failed", "running"):
+        why = {"interrupted": "was interrupted", "failed": "failed", "running": "was still running"}[status]
+        line += (f'<div class="status-warning" id="status-warning">This run {why} when it was saved: '
+                 f"the numbers cover only what was recorded until then.</div>")
     return f'<section class="{cls}" id="banner">{big_html}<div>{line}</div></section>'
 
 
@@ -414,6 +419,7 @@ h3{font-size:15px;margin:16px 0 6px}
 .banner.simulated{background:#fff4e5;border-color:#f0a030}.banner.simulated .big{color:#b35c00}
 .banner.estimated{background:#fff8d6;border-color:#d8b600}.banner.estimated .big{color:#806b00}
 .banner.measured{background:#eef8ee;border-color:#7bbf7b}
+.status-warning{font-weight:700;color:#a00000;margin-top:6px;font-size:16px}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:10px}
 .card{border:1px solid #ddd;border-radius:6px;padding:10px 12px;background:#fafafa}
 .card .k{font-size:12px;color:#666;text-transform:uppercase;letter-spacing:.04em}

@@ -262,3 +262,16 @@ def test_docs_examples_run(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].endswith("KiB") and "report.html" in out[0]
     assert out[1] == "400.0 0.15 argument"
+
+
+def test_interrupted_and_nearly_empty_runs_still_get_a_report(tmp_path):
+    s = RUN.summary()
+    s["status"] = "interrupted"
+    _p, doc = _write(tmp_path, RunData(s, samples=RUN.samples, sections=RUN.sections), "int.html")
+    assert 'id="status-warning">This run was interrupted' in doc
+    _p, doc = _write(tmp_path, RunData({}), "empty.html")
+    assert "no power samples" in doc and "no phases" in doc and 'id="status-warning"' not in doc
+    assert "<td class=\"\">n/a</td>" in doc or "n/a" in _visible_text(doc)
+    _p, doc = _write(tmp_path, RunData({"energy_j": 2.0, "phases": {"prefill": {"energy_j": 1.5, "tokens": 3}}}),
+                     "phases_only.html")
+    assert 'id="plot-phases"' in doc and ">1.5<" in doc
