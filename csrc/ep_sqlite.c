@@ -118,12 +118,12 @@ static void set_error(ep_store *s, int rc, const char *what)
     }
     const char *detail = s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc);
     if (plain && ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED))
-        snprintf(buf, sizeof buf, "%s (gave up after %d ms) while %s in %s", plain, s->busy_timeout_ms, what,
-                 s->path);
+        snprintf(buf, sizeof buf, "%s (gave up after %d ms) while %.160s in %.300s", plain, s->busy_timeout_ms,
+                 what, s->path);
     else if (plain)
-        snprintf(buf, sizeof buf, "%s while %s in %s (sqlite: %s)", plain, what, s->path, detail);
+        snprintf(buf, sizeof buf, "%s while %.160s in %.300s (sqlite: %.200s)", plain, what, s->path, detail);
     else
-        snprintf(buf, sizeof buf, "%s while %s in %s (sqlite code %d)", detail, what, s->path, rc);
+        snprintf(buf, sizeof buf, "%.200s while %.160s in %.300s (sqlite code %d)", detail, what, s->path, rc);
     pthread_mutex_lock(&s->mu);
     s->n_failed++;
     if (s->err_code == EP_OK) {
@@ -189,7 +189,7 @@ static int copy_values(ep_store_job *job, const ep_store_value *vals, int nvals)
 {
     int rc = EP_ERR_NOMEM;
     size_t total = 0;
-    if (nvals == 0)
+    if (nvals <= 0)
         return EP_OK;
     for (int i = 0; i < nvals; i++)
         if (vals[i].type == EP_VAL_TEXT || vals[i].type == EP_VAL_BLOB)
@@ -738,7 +738,7 @@ sqlerror:
                             : (src & 0xff) == SQLITE_BUSY    ? "database is locked by another process"
                             : (src & 0xff) == SQLITE_CANTOPEN ? "cannot open the database file"
                                                               : "cannot open the database";
-        snprintf(msg, msglen, "%s: %s (sqlite: %s)", plain, path,
+        snprintf(msg, msglen, "%s: %.300s (sqlite: %.200s)", plain, path,
                  s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
     }
 error:
