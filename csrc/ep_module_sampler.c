@@ -260,7 +260,7 @@ static PyMethodDef Sampler_methods[] = {
     {"drain", (PyCFunction)Sampler_drain, METH_NOARGS,
      "drain() -> numpy array of SAMPLE_DTYPE: every sample waiting in the ring, oldest first,\n"
      "copied once under the ring's lock into a new array owned by numpy."},
-    {"stats", (PyCFunction)Sampler_stats, METH_NOARGS, "stats() -> dict: one consistent snapshot of the counters."},
+    {"stats", (PyCFunction)Sampler_stats, METH_NOARGS, "stats() -> dict: a snapshot of the counters (exact once stopped)."},
     {NULL, NULL, 0, NULL},
 };
 

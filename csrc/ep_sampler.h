@@ -66,7 +66,8 @@ size_t ep_sampler_drain(ep_sampler *s, ep_sample *out, size_t cap);
 /* Samples waiting in the ring (snapshot). */
 size_t ep_sampler_pending(ep_sampler *s);
 
-/* Consistent snapshot of the counters into *st (caller-owned). */
+/* Snapshot of the counters into *st (caller-owned).  The ring and thread counters
+ * are read under their own locks one after the other: exact once stopped. */
 void ep_sampler_get_stats(ep_sampler *s, ep_sampler_stats *st);
 
 /* Copy the most recent message (or "") into buf (caller-owned, len bytes). */

@@ -193,7 +193,7 @@ class Sampler:
         return int(self._core.thread_cpu_ns)
 
     def stats(self) -> dict:
-        """A consistent snapshot of the C counters (polls, samples, dropped, faults, ...)."""
+        """A snapshot of the C counters (polls, samples, dropped, faults, ...; exact once stopped)."""
         return dict(self._core.stats())
 
     def __repr__(self) -> str:
