@@ -273,7 +273,7 @@ def test_start_stop_1000_cycles_no_leak():
         if i % 2:
             c.stop()
         del c
-    assert _native_threads() == before_threads
+    assert _native_threads() <= before_threads  # threads of earlier tests may end meanwhile; none of ours remain
 
 
 def test_stop_interrupts_the_wait():
