@@ -63,6 +63,7 @@ typedef struct {
     size_t err_len;
     int64_t prev_end_ns;       /* end of the last sample (or the start time) */
     int64_t n_docs, n_samples, framer_faults, unplaced;
+    int64_t cut_bytes;         /* size of a document the output ended inside */
 } pm_state;
 
 static void close_fd(int *fd)
@@ -210,7 +211,7 @@ static int pm_start(ep_source *src, int64_t t_now_ns)
     st->exit_status = 0;
     st->err_len = 0;
     st->err_text[0] = '\0';
-    st->n_docs = st->n_samples = st->framer_faults = st->unplaced = 0;
+    st->n_docs = st->n_samples = st->framer_faults = st->unplaced = st->cut_bytes = 0;
     st->prev_end_ns = t_now_ns;
 
     if (st->use_sudo) {
@@ -309,6 +310,7 @@ static int take_frames(ep_source *src, pm_state *st, int64_t t_recv_ns, ep_sampl
              * (SIGINT mid-write) that is expected; otherwise it is damage. */
             if (!final) {
                 src->faults++;
+                st->cut_bytes = (int64_t)fr.len;
                 snprintf(src->message, sizeof src->message,
                          "powermetrics: output ended inside a document (%zu bytes of it discarded)", fr.len);
             }
@@ -406,9 +408,12 @@ static void describe_exit(ep_source *src, pm_state *st)
                  first[0] ? first : "must be invoked as the superuser");
         return;
     }
+    char cut[64] = "";
+    if (st->cut_bytes)
+        snprintf(cut, sizeof cut, " (output ended inside a document: %lld bytes lost)", (long long)st->cut_bytes);
     snprintf(src->message, sizeof src->message,
-             "powermetrics %s after %lld sample(s); %lld fault(s), %lld byte(s) of garbage%s%.80s%s", how,
-             (long long)st->n_samples, (long long)src->faults, (long long)fs.garbage_bytes,
+             "powermetrics %s after %lld sample(s); %lld fault(s)%s, %lld byte(s) of garbage%s%.60s%s", how,
+             (long long)st->n_samples, (long long)src->faults, cut, (long long)fs.garbage_bytes,
              first[0] ? "; stderr: '" : "", first, first[0] ? "'" : "");
 }
 
