@@ -5,8 +5,8 @@
  * give t0, t1, ...  Every question about a window endpoint t (which piece of F holds
  * t, how many samples start/end before t) is answered by two counts on that one
  * sequence: knots <= t and knots < t.  Those counts come from a galloping search
- * that starts at the previous window's answer, so sorted windows walk the samples
- * once (O(N + M)) and unsorted ones still cost only O(log N) per endpoint.
+ * that starts at the previous window's answer, so windows visited by start walk the
+ * samples once (O(N + M)); unsorted windows are visited in start order.
  */
 #include "ep_integrate.h"
 
@@ -352,12 +352,69 @@ static void integ_free(integ *g)
     bitrank_free(&g->gap_after);
 }
 
+/* One window [a, b) -> its energy row, flags and count.  hint_a / hint_b carry the
+ * finger from the previous window (they change speed, never results). */
+static void integ_window(const integ *g, int64_t a, int64_t b, int64_t *hint_a, int64_t *hint_b, double *e_j,
+                         uint32_t *flags, int32_t *samples_in_window)
+{
+    if (g->n_knots == 0 || a < knot_ns(g, 0) || b > knot_ns(g, g->n_knots - 1)) {
+        for (int d = 0; d < EP_NDOMAINS; d++)
+            e_j[d] = NAN;
+        *flags = EP_WIN_OUTSIDE;
+        *samples_in_window = 0;
+        return;
+    }
+    int64_t le_a = count_le(g, a, *hint_a), lt_a = count_lt(g, a, le_a);
+    int64_t le_b = count_le(g, b, *hint_b), lt_b = count_lt(g, b, le_b);
+    *hint_a = le_a;
+    *hint_b = le_b;
+    double fa[EP_NDOMAINS], fb[EP_NDOMAINS];
+    cum_at(g, a, le_a, fa);
+    cum_at(g, b, le_b, fb);
+    for (int d = 0; d < EP_NDOMAINS; d++)
+        e_j[d] = (g->measured >> d & 1u) ? (fb[d] - fa[d]) / NS_PER_S : NAN;
+    uint32_t fl = 0;
+    int64_t count;
+    if (g->interval) {
+        /* knots <= t are s0,e0,..: (le+1)/2 starts and le/2 ends among them */
+        count = le_b / 2 - (lt_a + 1) / 2;                         /* s_i >= a and e_i <= b */
+        if (bitrank_any(&g->nan_units, le_a / 2, (lt_b + 1) / 2))    /* e_i > a, s_i < b */
+            fl |= EP_WIN_NAN;
+        if (bitrank_any(&g->gap_after, (le_a + 1) / 2 - 1, lt_b / 2)) /* s_j+1 > a, e_j < b */
+            fl |= EP_WIN_GAP;
+    } else {
+        count = (le_b - 1) - lt_a;                     /* t_i >= a and t_i+1 <= b */
+        if (bitrank_any(&g->nan_units, le_a - 1, lt_b)) /* t_j+1 > a, t_j < b */
+            fl |= EP_WIN_NAN;
+    }
+    if (count <= 0) {
+        count = 0;
+        fl |= EP_WIN_UNRESOLVED;
+    }
+    *flags = fl;
+    *samples_in_window = count > INT32_MAX ? INT32_MAX : (int32_t)count;
+}
+
+typedef struct {
+    int64_t start_ns;
+    int64_t index;
+} win_key;
+
+static int win_key_cmp(const void *x, const void *y)
+{
+    const win_key *p = x, *q = y;
+    if (p->start_ns != q->start_ns)
+        return p->start_ns < q->start_ns ? -1 : 1;
+    return p->index < q->index ? -1 : p->index > q->index;
+}
+
 int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *windows_ns,
                  int64_t n_windows, double *energy_j, uint32_t *flags, int32_t *samples_in_window,
                  char *detail, size_t detail_len)
 {
     int rc = EP_OK;
     integ g;
+    win_key *order = NULL; /* visiting order for unsorted windows (owned here) */
     memset(&g, 0, sizeof g);
     if (detail && detail_len)
         detail[0] = '\0';
@@ -368,6 +425,7 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
         goto error;
     }
     /* Validate every window before anything is written: all or nothing. */
+    int sorted = 1;
     for (int64_t w = 0; w < n_windows; w++) {
         if (windows_ns[2 * w + 1] < windows_ns[2 * w]) {
             set_detail(detail, detail_len, "windows[%lld]: end_ns=%lld < start_ns=%lld", (long long)w,
@@ -375,57 +433,35 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
             rc = EP_ERR_ARG;
             goto error;
         }
+        if (w > 0 && windows_ns[2 * w] < windows_ns[2 * w - 2])
+            sorted = 0;
     }
     rc = integ_build(&g, samples, n_samples, detail, detail_len);
     if (rc != EP_OK)
         goto error;
-    int64_t first_ns = 0, last_ns = 0;
-    if (g.n_knots > 0) {
-        first_ns = knot_ns(&g, 0);
-        last_ns = knot_ns(&g, g.n_knots - 1);
+    /* Windows out of order would make the finger jump across the whole sample array
+     * (a cache miss per probe); visiting them by start keeps the walk local.  Each
+     * window's numbers do not depend on the order. */
+    if (!sorted && n_samples > 0) {
+        order = malloc(sizeof(win_key) * (size_t)n_windows);
+        if (!order) {
+            rc = EP_ERR_NOMEM;
+            goto error;
+        }
+        for (int64_t w = 0; w < n_windows; w++) {
+            order[w].start_ns = windows_ns[2 * w];
+            order[w].index = w;
+        }
+        qsort(order, (size_t)n_windows, sizeof(win_key), win_key_cmp);
     }
     int64_t hint_a = 0, hint_b = 0; /* the finger: previous window's positions */
-    for (int64_t w = 0; w < n_windows; w++) {
-        int64_t a = windows_ns[2 * w], b = windows_ns[2 * w + 1];
-        double *e_j = energy_j + w * EP_NDOMAINS;
-        if (g.n_knots == 0 || a < first_ns || b > last_ns) {
-            for (int d = 0; d < EP_NDOMAINS; d++)
-                e_j[d] = NAN;
-            flags[w] = EP_WIN_OUTSIDE;
-            samples_in_window[w] = 0;
-            continue;
-        }
-        int64_t le_a = count_le(&g, a, hint_a), lt_a = count_lt(&g, a, le_a);
-        int64_t le_b = count_le(&g, b, hint_b), lt_b = count_lt(&g, b, le_b);
-        hint_a = le_a;
-        hint_b = le_b;
-        double fa[EP_NDOMAINS], fb[EP_NDOMAINS];
-        cum_at(&g, a, le_a, fa);
-        cum_at(&g, b, le_b, fb);
-        for (int d = 0; d < EP_NDOMAINS; d++)
-            e_j[d] = (g.measured >> d & 1u) ? (fb[d] - fa[d]) / NS_PER_S : NAN;
-        uint32_t fl = 0;
-        int64_t count;
-        if (g.interval) {
-            /* knots <= t are s0,e0,..: (le+1)/2 starts and le/2 ends among them */
-            count = le_b / 2 - (lt_a + 1) / 2;              /* s_i >= a and e_i <= b */
-            if (bitrank_any(&g.nan_units, le_a / 2, (lt_b + 1) / 2)) /* e_i > a, s_i < b */
-                fl |= EP_WIN_NAN;
-            if (bitrank_any(&g.gap_after, (le_a + 1) / 2 - 1, lt_b / 2)) /* s_j+1 > a, e_j < b */
-                fl |= EP_WIN_GAP;
-        } else {
-            count = (le_b - 1) - lt_a;                      /* t_i >= a and t_i+1 <= b */
-            if (bitrank_any(&g.nan_units, le_a - 1, lt_b)) /* t_j+1 > a, t_j < b */
-                fl |= EP_WIN_NAN;
-        }
-        if (count <= 0) {
-            count = 0;
-            fl |= EP_WIN_UNRESOLVED;
-        }
-        flags[w] = fl;
-        samples_in_window[w] = count > INT32_MAX ? INT32_MAX : (int32_t)count;
+    for (int64_t i = 0; i < n_windows; i++) {
+        int64_t w = order ? order[i].index : i;
+        integ_window(&g, windows_ns[2 * w], windows_ns[2 * w + 1], &hint_a, &hint_b, energy_j + w * EP_NDOMAINS,
+                     &flags[w], &samples_in_window[w]);
     }
 error:
+    free(order);
     integ_free(&g);
     return rc;
 }

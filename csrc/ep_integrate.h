@@ -42,8 +42,8 @@
  * Cost: one pass over the samples builds F (kept at every 16th sample boundary,
  * about 2.5 bytes per sample, plus n/4 bytes of NaN/gap ranks when there are any),
  * then per window a galloping (finger) search from the previous window's position:
- * O(N + M) for windows sorted by start (a merge walk), O(log N) per endpoint for
- * windows in any order, with identical results.
+ * O(N + M) for windows sorted by start (a merge walk).  Windows in another order are
+ * visited by start (an O(M log M) sort of their indices), with identical results.
  */
 #ifndef EP_INTEGRATE_H
 #define EP_INTEGRATE_H
