@@ -260,6 +260,19 @@ class Session(RunData):
             self._section_stack.pop()
             self._user_sections[idx].t_end_ns = _core.now_ns()
 
+    def live_power_w(self) -> float:
+        """Power of the latest sample while the run goes on (total over measured domains), NaN if none yet."""
+        from .attribution import measured_domains, total_of
+
+        if self._sampler is None:
+            return float("nan")
+        samples = self._sampler.samples
+        if not len(samples):
+            return float("nan")
+        last = samples[-1:]
+        pw = np.array([[last[f"{d}_w"][0] for d in _core.DOMAINS]])
+        return float(total_of(pw, measured_domains(last))[0])
+
     # ------------------------------------------------------------------ saving
     def _save_loop(self) -> None:
         while not self._saver_stop.wait(SAVE_EVERY_S):
