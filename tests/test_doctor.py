@@ -189,3 +189,91 @@ def test_module_is_callable_and_auto_order():
     rows = ep.doctor()  # the module is callable: ep.doctor() is ep.doctor.doctor()
     assert [r["source"] for r in rows] == [r["source"] for r in doc.doctor()]
     assert doc.AUTO_ORDER == ("ioreport", "powermetrics", "nvml", "rapl", "estimate")
+
+
+# ---- scripts/setup_powermetrics.sh: the sudoers rule doctor's fix installs ------
+
+SETUP = ROOT / "scripts" / "setup_powermetrics.sh"
+RULE = "alice ALL = (root) NOPASSWD: /usr/bin/powermetrics"
+
+# A stand-in for `visudo -cf FILE` where sudo is not installed: logs its arguments
+# and accepts exactly one rule line of the expected shape (exit 1 otherwise).
+FAKE_VISUDO = r"""#!/usr/bin/env python3
+import re, sys
+open(sys.argv[0] + ".log", "a").write(" ".join(sys.argv[1:]) + "\n")
+assert sys.argv[1] == "-cf", sys.argv
+rules = [l for l in open(sys.argv[2]).read().splitlines() if l.strip() and not l.startswith("#")]
+ok = len(rules) == 1 and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]* ALL = \(root\) NOPASSWD: /usr/bin/powermetrics",
+                                      rules[0])
+sys.exit(0 if ok else 1)
+"""
+
+
+def run_setup(*args, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("SUDO_USER", "VISUDO", "ENERGYPROF_SUDOERS_DIR")}
+    env.update(env_extra or {})
+    return subprocess.run(["bash", str(SETUP), *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+@pytest.fixture
+def sudoers(tmp_path):
+    d = tmp_path / "sudoers.d"
+    d.mkdir()
+    visudo = tmp_path / "visudo"
+    visudo.write_text(FAKE_VISUDO)
+    visudo.chmod(0o755)
+    return {"SUDO_USER": "alice", "ENERGYPROF_SUDOERS_DIR": str(d), "VISUDO": str(visudo)}, d, visudo
+
+
+def test_setup_print_generates_exactly_one_narrow_rule():
+    r = run_setup("--print", env_extra={"SUDO_USER": "alice"})
+    assert r.returncode == 0, r.stderr
+    rules = [l for l in r.stdout.splitlines() if l.strip() and not l.startswith("#")]
+    assert rules == [RULE]
+    assert "--uninstall" in r.stdout
+    assert run_setup("--print", "--user", "bob").stdout.splitlines()[-1] == RULE.replace("alice", "bob")
+    real = shutil.which("visudo")
+    if real:  # where sudo is installed, the real parser checks it too
+        f = Path(tempfile.mkdtemp()) / "rule"
+        f.write_text(r.stdout)
+        assert subprocess.run([real, "-cf", str(f)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("env, args, message", [
+    ({}, ["--print"], "no user"),
+    ({"SUDO_USER": "root"}, ["--print"], "root needs no sudoers rule"),
+    ({"SUDO_USER": "eve ALL=(ALL) ALL"}, ["--print"], "refusing user name"),
+    ({}, ["--user", "a,b", "--print"], "refusing user name"),
+    ({"SUDO_USER": "alice"}, ["--bogus"], "unknown option"),
+])
+def test_setup_refuses_bad_users(env, args, message):
+    r = run_setup(*args, env_extra=env)
+    assert r.returncode == 1 and message in r.stderr and "NOPASSWD" not in r.stdout
+
+
+def test_setup_install_is_validated_idempotent_and_uninstalls(sudoers):
+    env, d, visudo = sudoers
+    printed = run_setup("--print", env_extra={"SUDO_USER": "alice"}).stdout
+    r = run_setup(env_extra=env)
+    assert r.returncode == 0, r.stderr
+    f = d / "energyprof-powermetrics"
+    assert f.read_text() == printed
+    assert (f.stat().st_mode & 0o777) == 0o440
+    log = Path(str(visudo) + ".log").read_text().splitlines()
+    assert len(log) == 1 and log[0].startswith(f"-cf {d}/.energyprof-powermetrics.")  # checked before the move
+    inode = f.stat().st_ino
+    r = run_setup(env_extra=env)
+    assert r.returncode == 0 and "already installed" in r.stdout and f.stat().st_ino == inode
+    assert sorted(p.name for p in d.iterdir()) == ["energyprof-powermetrics"]  # no temp file left
+    r = run_setup("--uninstall", env_extra=env)
+    assert r.returncode == 0 and not f.exists()
+    r = run_setup("--uninstall", env_extra=env)
+    assert r.returncode == 0 and "nothing to remove" in r.stdout
+
+
+def test_setup_never_installs_what_visudo_rejects(sudoers):
+    env, d, visudo = sudoers
+    visudo.write_text("#!/bin/sh\nexit 1\n")
+    r = run_setup(env_extra=env)
+    assert r.returncode == 1 and "visudo rejected" in r.stderr
+    assert list(d.iterdir()) == []
