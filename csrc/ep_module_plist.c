@@ -197,6 +197,15 @@ static PyObject *py_plist_strict_reals(PyObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_plist_prune(PyObject *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    ep_plist_set_prune(on);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef plist_methods[] = {
     {"parse_plist", py_parse_plist, METH_O,
      "parse_plist(data: bytes) -> dict\n\n"
@@ -212,6 +221,9 @@ static PyMethodDef plist_methods[] = {
      "skipped).  strict=True raises ValueError when anything was skipped."},
     {"_plist_strict_reals", py_plist_strict_reals, METH_O,
      "Tests only: make the first parse attempt reject non-finite reals (newer libplist)."},
+    {"_plist_prune", py_plist_prune, METH_O,
+     "Benchmarks/tests: False makes parse_plist hand libplist the whole document (default True:\n"
+     "sections no field comes from are cut out first; the result is the same)."},
     {NULL, NULL, 0, NULL},
 };
 

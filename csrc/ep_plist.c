@@ -118,6 +118,101 @@ static int is_binary(const char *doc, size_t len)
     return len >= 8 && memcmp(doc, "bplist00", 8) == 0;
 }
 
+static int prune_enabled = 1;
+
+void ep_plist_set_prune(int on)
+{
+    prune_enabled = on;
+}
+
+/* Sections no field of ours comes from.  They are most of a document (per-CPU and
+ * per-state residency, the per-task table: 90% of a 254 KiB capture) and libplist
+ * spends its time allocating one node per element, so they are cut out of the
+ * text before libplist sees it. */
+static const char *const prune_keys[] = {"tasks", "all_tasks", "disk", "network", "interrupts",
+                                         "dvfm_states", "cpus", "sw_requested_state", "sw_state", NULL};
+
+static int is_prune_key(const char *name, size_t n)
+{
+    for (const char *const *k = prune_keys; *k; k++)
+        if (strlen(*k) == n && memcmp(*k, name, n) == 0)
+            return 1;
+    return 0;
+}
+
+/* End of the balanced <array>/<dict> element that starts at p, or NULL. */
+static const char *element_end(const char *p, const char *end)
+{
+    const char *open, *close;
+    size_t open_len, close_len;
+    if ((size_t)(end - p) >= 7 && memcmp(p, "<array>", 7) == 0) {
+        open = "<array>", close = "</array>", open_len = 7, close_len = 8;
+    } else if ((size_t)(end - p) >= 6 && memcmp(p, "<dict>", 6) == 0) {
+        open = "<dict>", close = "</dict>", open_len = 6, close_len = 7;
+    } else {
+        return NULL;
+    }
+    int depth = 1;
+    const char *pos = p + open_len;
+    const char *next_open = memmem(pos, (size_t)(end - pos), open, open_len);
+    while (depth > 0) {
+        const char *next_close = memmem(pos, (size_t)(end - pos), close, close_len);
+        if (!next_close)
+            return NULL;
+        if (next_open && next_open < next_close) {
+            depth++;
+            pos = next_open + open_len;
+            next_open = memmem(pos, (size_t)(end - pos), open, open_len);
+        } else {
+            depth--;
+            pos = next_close + close_len;
+            if (next_open && next_open < pos)
+                next_open = memmem(pos, (size_t)(end - pos), open, open_len);
+        }
+    }
+    return pos;
+}
+
+/* Copy doc to out (len + 1 bytes) without the prune_keys entries whose value is an
+ * <array> or <dict>; returns the new length.  Anything unusual (a comment or CDATA
+ * that could hide tags, an unbalanced element) gives a plain copy instead. */
+static size_t copy_pruned(const char *doc, size_t len, char *out)
+{
+    const char *end = doc + len, *p = doc;
+    size_t o = 0;
+    if (!prune_enabled || memmem(doc, len, "<!--", 4) || memmem(doc, len, "<![CDATA[", 9))
+        goto plain;
+    for (;;) {
+        const char *key = memmem(p, (size_t)(end - p), "<key>", 5);
+        if (!key)
+            break;
+        const char *name = key + 5;
+        const char *key_end = memmem(name, (size_t)(end - name), "</key>", 6);
+        if (!key_end)
+            goto plain;
+        const char *after = key_end + 6;
+        const char *cut_end = NULL;
+        if (is_prune_key(name, (size_t)(key_end - name))) {
+            const char *v = after;
+            while (v < end && isspace((unsigned char)*v))
+                v++;
+            cut_end = element_end(v, end);
+        }
+        const char *upto = cut_end ? key : after;
+        memcpy(out + o, p, (size_t)(upto - p));
+        o += (size_t)(upto - p);
+        p = cut_end ? cut_end : after;
+    }
+    memcpy(out + o, p, (size_t)(end - p));
+    o += (size_t)(end - p);
+    out[o] = '\0';
+    return o;
+plain:
+    memcpy(out, doc, len);
+    out[len] = '\0';
+    return len;
+}
+
 /* Owner: on EP_OK *root is a new tree the caller frees with plist_free. */
 static int parse_tree(const char *doc, size_t len, int strict, plist_t *root)
 {
@@ -149,9 +244,14 @@ static int parse_tree(const char *doc, size_t len, int strict, plist_t *root)
             rc = EP_ERR_NOMEM;
             goto error;
         }
-        memcpy(copy, doc, len);
-        copy[len] = '\0';
-        plist_from_xml(copy, (uint32_t)len, root);
+        size_t n = copy_pruned(doc, len, copy);
+        plist_from_xml(copy, (uint32_t)n, root);
+        if (!*root && n != len) {
+            /* The cut went wrong somewhere: the whole document, as it came. */
+            memcpy(copy, doc, len);
+            copy[len] = '\0';
+            plist_from_xml(copy, (uint32_t)len, root);
+        }
     }
     if (!*root)
         goto error;

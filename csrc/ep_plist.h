@@ -81,6 +81,11 @@ int ep_plist_parse(const char *doc, size_t len, ep_sample *out, ep_plist_extras 
 int ep_plist_sanitize_nonfinite(const char *doc, size_t len, char **out, size_t *out_len,
                                 int *n_replaced);
 
+/* On by default: cut the sections no field comes from (per-task, per-CPU, residency
+ * tables) out of an XML document before libplist builds its tree.  0 parses the
+ * whole document (tests and benchmarks compare the two). */
+void ep_plist_set_prune(int on);
+
 /* Tests only: 1 makes the first parse attempt fail on any non-finite `<real>`, as
  * libplist after 2.7 does, so the sanitising retry runs with this libplist too. */
 void ep_plist_test_strict_reals(int on);

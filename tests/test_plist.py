@@ -179,6 +179,21 @@ def test_fields_are_plistlib_values_in_si_units(powermetrics_fixtures, name):
         assert got["thermal_pressure"] == raw.get("thermal_pressure")
 
 
+def test_pruned_parse_equals_whole_document_parse(powermetrics_fixtures):
+    """parse_plist cuts sections it never reads before libplist sees the text."""
+    for frame in all_frames(powermetrics_fixtures):
+        commented = frame.replace(b"<dict>", b"<dict><!-- comment -->", 1)  # comments switch the cut off
+        pruned = [_core.parse_plist(frame), _core.parse_plist(commented)]
+        _core._plist_prune(False)
+        try:
+            whole = _core.parse_plist(frame)
+        finally:
+            _core._plist_prune(True)
+        for got in pruned:
+            assert_matches_reference(got, {**whole, "sample": {k: whole["sample"][k][0].item()
+                                                               for k in whole["sample"].dtype.names}})
+
+
 def test_duplicate_keys_last_wins(powermetrics_fixtures):
     doc = (powermetrics_fixtures / "matiasinsaurralde-gpu_power-m4pro.plist").read_bytes()
     assert doc.count(b"<key>idle_ratio</key>") >= 2  # the M4 Pro duplicate-key quirk

@@ -314,6 +314,34 @@ EP_TEST(plist_parse_nan_fields)
     free(doc);
 }
 
+/* Cutting the unread sections out changes no extracted value. */
+EP_TEST(plist_parse_pruned_equals_whole)
+{
+    for (const char *const *name = xml_fixtures; *name; name++) {
+        size_t len = 0;
+        char *data = fixture(*name, &len);
+        if (!data) {
+            EP_CHECK(data != NULL);
+            continue;
+        }
+        char *z = memchr(data, 0, len);
+        size_t n = z ? (size_t)(z - data) : len;
+        ep_sample a, b;
+        ep_plist_extras xa, xb;
+        EP_CHECK(ep_plist_parse(data, n, &a, &xa, NULL, 0) == EP_OK);
+        ep_plist_set_prune(0);
+        EP_CHECK(ep_plist_parse(data, n, &b, &xb, NULL, 0) == EP_OK);
+        ep_plist_set_prune(1);
+        EP_CHECK(memcmp(&a, &b, sizeof a) == 0);
+        EP_CHECK(xa.n_clusters == xb.n_clusters && xa.elapsed_ns == xb.elapsed_ns);
+        for (int i = 0; i < xa.n_clusters; i++)
+            EP_CHECK(strcmp(xa.clusters[i].name, xb.clusters[i].name) == 0 &&
+                     xa.clusters[i].freq_hz == xb.clusters[i].freq_hz);
+        EP_CHECK((isnan(xa.gpu_idle_ratio) && isnan(xb.gpu_idle_ratio)) || xa.gpu_idle_ratio == xb.gpu_idle_ratio);
+        free(data);
+    }
+}
+
 EP_TEST(plist_parse_malformed_never_crashes)
 {
     size_t len = 0;

@@ -4,7 +4,7 @@
  * chunks whose sizes come from the input's first bytes (so boundaries fall
  * everywhere), each frame is parsed, and the whole input is also parsed as one
  * document, with the strict-reals switch on or off (so the sanitising retry runs
- * too).  A crash, a sanitizer report or a leak is a finding; any return code is fine.
+ * too) and the section pruning on or off.  A crash, a sanitizer report or a leak is a finding; any return code is fine.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -25,6 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* Small bounds make the oversize paths reachable with small inputs. */
     size_t max_frame = (data[1] & 0x80) ? 64 + (size_t)(data[1] & 0x7f) * 16 : 0;
     ep_plist_test_strict_reals(data[1] & 1);
+    ep_plist_set_prune(!(data[1] & 2));
     data += 2;
     size -= 2;
 
@@ -52,5 +53,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ep_plist_framer_stats_get(f, &st);
     ep_plist_framer_free(f);
     ep_plist_test_strict_reals(0);
+    ep_plist_set_prune(1);
     return 0;
 }
