@@ -68,6 +68,7 @@ struct ep_store {
     stmt_slot cache[STMT_CACHE_MAX];
     uint64_t use_clock;
     sqlite3_stmt *begin_stmt, *commit_stmt, *rollback_stmt;
+    const ep_store_job *cur_job; /* the INSERT job being run (writer thread only) */
     /* Allocated at open so that close never needs memory (and never hangs). */
     ep_store_job *close_job;
 };
@@ -262,6 +263,12 @@ int ep_store_job_insert(const char *table, const ep_store_col *cols, int ncols, 
             snprintf(msg, msglen, "table name %.80s is not a plain identifier", table ? table : "(null)");
         goto error;
     }
+    if (ncols > EP_STORE_MAX_COLS) {
+        if (msg)
+            snprintf(msg, msglen, "an insert into %s has %d columns; at most %d are supported", table, ncols,
+                     EP_STORE_MAX_COLS);
+        goto error;
+    }
     if (ncols + nconsts <= 0 || ncols < 0 || nconsts < 0) {
         if (msg)
             snprintf(msg, msglen, "an insert into %s needs at least one column", table);
@@ -299,12 +306,21 @@ int ep_store_job_insert(const char *table, const ep_store_col *cols, int ncols, 
             sql_append(&sql, &len, &cap, name) || sql_append(&sql, &len, &cap, "\""))
             goto error;
     }
-    if (sql_append(&sql, &len, &cap, ") VALUES ("))
+    /* Rows come from the ep_rows virtual table (the job's buffer), constants from
+     * parameters bound once: one INSERT ... SELECT statement per job instead of a
+     * bind/step/reset round per row, which is most of sqlite's per-row cost. */
+    if (sql_append(&sql, &len, &cap, ") SELECT "))
         goto error;
-    for (int i = 0; i < ncols + nconsts; i++)
-        if (sql_append(&sql, &len, &cap, i ? ", ?" : "?"))
+    for (int i = 0; i < ncols + nconsts; i++) {
+        char item[32];
+        if (i < ncols)
+            snprintf(item, sizeof item, "%sc%d", i ? ", " : "", i);
+        else
+            snprintf(item, sizeof item, "%s?%d", i ? ", " : "", i - ncols + 1);
+        if (sql_append(&sql, &len, &cap, item))
             goto error;
-    if (sql_append(&sql, &len, &cap, ")"))
+    }
+    if (sql_append(&sql, &len, &cap, " FROM ep_rows"))
         goto error;
     job->sql = sql;
     sql = NULL;
@@ -414,71 +430,194 @@ static int bind_value(sqlite3_stmt *st, int idx, const ep_store_value *v)
     }
 }
 
-/* Bind the fields of one row; text goes through utf8 (one buffer per column,
- * sized 4 bytes per code unit, owned by the caller). */
-static int bind_row(sqlite3_stmt *st, const ep_store_job *job, const unsigned char *row, char **utf8)
+/* ---- ep_rows: the current job's rows as an eponymous virtual table --------------
+ *
+ * Columns c0..c63 read field i of the row under the cursor from the job the writer
+ * thread is running (s->cur_job, set only by that thread around the INSERT).  Ints
+ * and bools come back as INTEGER, floats as REAL (NaN becomes NULL, as with
+ * binding), UCS4 text as UTF-8 TEXT without the NUL padding. */
+typedef struct {
+    sqlite3_vtab base;
+    ep_store *s;
+} rows_vtab;
+
+typedef struct {
+    sqlite3_vtab_cursor base;
+    ep_store *s;
+    size_t row;
+    char *utf8; /* scratch for one text value, owned by the cursor */
+    size_t utf8_cap;
+} rows_cursor;
+
+static int rows_connect(sqlite3 *db, void *aux, int argc, const char *const *argv, sqlite3_vtab **out, char **err)
 {
-    int rc = SQLITE_OK;
-    for (int c = 0; c < job->ncols && rc == SQLITE_OK; c++) {
-        const ep_store_col *col = &job->cols[c];
-        const unsigned char *p = row + col->offset;
-        int idx = c + 1;
-        switch (col->type) {
-        case EP_COL_I64: {
-            int64_t v;
-            memcpy(&v, p, 8);
-            rc = sqlite3_bind_int64(st, idx, v);
-            break;
-        }
-        case EP_COL_I32: {
-            int32_t v;
-            memcpy(&v, p, 4);
-            rc = sqlite3_bind_int64(st, idx, v);
-            break;
-        }
-        case EP_COL_U32: {
-            uint32_t v;
-            memcpy(&v, p, 4);
-            rc = sqlite3_bind_int64(st, idx, (int64_t)v);
-            break;
-        }
-        case EP_COL_I16: {
-            int16_t v;
-            memcpy(&v, p, 2);
-            rc = sqlite3_bind_int64(st, idx, v);
-            break;
-        }
-        case EP_COL_U16: {
-            uint16_t v;
-            memcpy(&v, p, 2);
-            rc = sqlite3_bind_int64(st, idx, v);
-            break;
-        }
-        case EP_COL_I8: rc = sqlite3_bind_int64(st, idx, (int8_t)p[0]); break;
-        case EP_COL_U8: rc = sqlite3_bind_int64(st, idx, p[0]); break;
-        case EP_COL_BOOL: rc = sqlite3_bind_int64(st, idx, p[0] != 0); break;
-        case EP_COL_F64: {
-            double v;
-            memcpy(&v, p, 8);
-            rc = sqlite3_bind_double(st, idx, v); /* NaN is stored as NULL by sqlite */
-            break;
-        }
-        case EP_COL_F32: {
-            float v;
-            memcpy(&v, p, 4);
-            rc = sqlite3_bind_double(st, idx, (double)v);
-            break;
-        }
-        case EP_COL_UCS4: {
-            size_t n = ep_store_ucs4_to_utf8(p, col->size / 4, utf8[c]);
-            rc = sqlite3_bind_text(st, idx, utf8[c], (int)n, SQLITE_STATIC);
-            break;
-        }
-        default: rc = SQLITE_MISUSE; break;
-        }
-    }
-    return rc;
+    char decl[16 + 6 * EP_STORE_MAX_COLS];
+    size_t n = (size_t)snprintf(decl, sizeof decl, "CREATE TABLE x(");
+    for (int i = 0; i < EP_STORE_MAX_COLS; i++)
+        n += (size_t)snprintf(decl + n, sizeof decl - n, "%sc%d", i ? "," : "", i);
+    snprintf(decl + n, sizeof decl - n, ")");
+    int rc = sqlite3_declare_vtab(db, decl);
+    if (rc != SQLITE_OK)
+        return rc;
+    rows_vtab *v = sqlite3_malloc(sizeof *v);
+    if (!v)
+        return SQLITE_NOMEM;
+    memset(v, 0, sizeof *v);
+    v->s = aux;
+    *out = &v->base;
+    return SQLITE_OK;
 }
+
+static int rows_disconnect(sqlite3_vtab *v)
+{
+    sqlite3_free(v);
+    return SQLITE_OK;
+}
+
+static int rows_best_index(sqlite3_vtab *v, sqlite3_index_info *info)
+{
+    info->estimatedCost = 1e6; /* always a full scan in row order */
+    info->estimatedRows = 1000000;
+    return SQLITE_OK;
+}
+
+static int rows_open(sqlite3_vtab *v, sqlite3_vtab_cursor **out)
+{
+    rows_cursor *c = sqlite3_malloc(sizeof *c);
+    if (!c)
+        return SQLITE_NOMEM;
+    memset(c, 0, sizeof *c);
+    c->s = ((rows_vtab *)v)->s;
+    *out = &c->base;
+    return SQLITE_OK;
+}
+
+static int rows_close(sqlite3_vtab_cursor *cur)
+{
+    rows_cursor *c = (rows_cursor *)cur;
+    free(c->utf8);
+    sqlite3_free(c);
+    return SQLITE_OK;
+}
+
+static int rows_filter(sqlite3_vtab_cursor *cur, int idx_num, const char *idx_str, int argc, sqlite3_value **argv)
+{
+    rows_cursor *c = (rows_cursor *)cur;
+    const ep_store_job *job = c->s->cur_job;
+    c->row = 0;
+    size_t need = 1;
+    for (int i = 0; job && i < job->ncols; i++)
+        if (job->cols[i].type == EP_COL_UCS4 && job->cols[i].size + 1 > need)
+            need = job->cols[i].size + 1; /* UTF-8 needs at most 4 bytes per UCS4 unit */
+    if (need > c->utf8_cap) {
+        char *b = realloc(c->utf8, need);
+        if (!b)
+            return SQLITE_NOMEM;
+        c->utf8 = b;
+        c->utf8_cap = need;
+    }
+    return SQLITE_OK;
+}
+
+static int rows_next(sqlite3_vtab_cursor *cur)
+{
+    ((rows_cursor *)cur)->row++;
+    return SQLITE_OK;
+}
+
+static int rows_eof(sqlite3_vtab_cursor *cur)
+{
+    rows_cursor *c = (rows_cursor *)cur;
+    return !c->s->cur_job || c->row >= c->s->cur_job->nrows;
+}
+
+static int rows_rowid(sqlite3_vtab_cursor *cur, sqlite3_int64 *rowid)
+{
+    *rowid = (sqlite3_int64)((rows_cursor *)cur)->row;
+    return SQLITE_OK;
+}
+
+static int rows_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int i)
+{
+    rows_cursor *c = (rows_cursor *)cur;
+    const ep_store_job *job = c->s->cur_job;
+    if (!job || i < 0 || i >= job->ncols || c->row >= job->nrows) {
+        sqlite3_result_null(ctx);
+        return SQLITE_OK;
+    }
+    const ep_store_col *col = &job->cols[i];
+    const unsigned char *p = job->rows + c->row * job->itemsize + col->offset;
+    switch (col->type) {
+    case EP_COL_I64: {
+        int64_t v;
+        memcpy(&v, p, 8);
+        sqlite3_result_int64(ctx, v);
+        break;
+    }
+    case EP_COL_I32: {
+        int32_t v;
+        memcpy(&v, p, 4);
+        sqlite3_result_int64(ctx, v);
+        break;
+    }
+    case EP_COL_U32: {
+        uint32_t v;
+        memcpy(&v, p, 4);
+        sqlite3_result_int64(ctx, (int64_t)v);
+        break;
+    }
+    case EP_COL_I16: {
+        int16_t v;
+        memcpy(&v, p, 2);
+        sqlite3_result_int64(ctx, v);
+        break;
+    }
+    case EP_COL_U16: {
+        uint16_t v;
+        memcpy(&v, p, 2);
+        sqlite3_result_int64(ctx, v);
+        break;
+    }
+    case EP_COL_I8: sqlite3_result_int64(ctx, (int8_t)p[0]); break;
+    case EP_COL_U8: sqlite3_result_int64(ctx, p[0]); break;
+    case EP_COL_BOOL: sqlite3_result_int64(ctx, p[0] != 0); break;
+    case EP_COL_F64: {
+        double v;
+        memcpy(&v, p, 8);
+        sqlite3_result_double(ctx, v); /* NaN is stored as NULL by sqlite */
+        break;
+    }
+    case EP_COL_F32: {
+        float v;
+        memcpy(&v, p, 4);
+        sqlite3_result_double(ctx, (double)v);
+        break;
+    }
+    case EP_COL_UCS4: {
+        size_t n = ep_store_ucs4_to_utf8(p, col->size / 4, c->utf8);
+        sqlite3_result_text(ctx, c->utf8, (int)n, SQLITE_TRANSIENT);
+        break;
+    }
+    default: sqlite3_result_null(ctx); break;
+    }
+    return SQLITE_OK;
+}
+
+static sqlite3_module rows_module = {
+    .iVersion = 0,
+    .xCreate = NULL, /* eponymous-only: "FROM ep_rows" works without CREATE VIRTUAL TABLE */
+    .xConnect = rows_connect,
+    .xBestIndex = rows_best_index,
+    .xDisconnect = rows_disconnect,
+    .xDestroy = NULL,
+    .xOpen = rows_open,
+    .xClose = rows_close,
+    .xFilter = rows_filter,
+    .xNext = rows_next,
+    .xEof = rows_eof,
+    .xColumn = rows_column,
+    .xRowid = rows_rowid,
+};
 
 static int step_done(sqlite3_stmt *st)
 {
@@ -499,57 +638,33 @@ static void run_insert(ep_store *s, ep_store_job *job)
 {
     int rc = SQLITE_OK;
     char what[160];
-    char **utf8 = NULL;
     sqlite3_stmt *st = NULL;
     snprintf(what, sizeof what, "inserting %zu rows into %s", job->nrows, job->table);
-    utf8 = calloc((size_t)(job->ncols ? job->ncols : 1), sizeof(char *));
-    if (!utf8) {
-        rc = SQLITE_NOMEM;
-        goto error;
-    }
-    for (int c = 0; c < job->ncols; c++) {
-        if (job->cols[c].type == EP_COL_UCS4) {
-            utf8[c] = malloc(job->cols[c].size + 1);
-            if (!utf8[c]) {
-                rc = SQLITE_NOMEM;
-                goto error;
-            }
-        }
-    }
     st = cache_get(s, job->sql, &rc);
     if (!st)
         goto error;
+    for (int k = 0; k < job->nvals; k++)
+        if ((rc = bind_value(st, k + 1, &job->vals[k])) != SQLITE_OK)
+            goto error;
     if ((rc = step_done(s->begin_stmt)) != SQLITE_OK)
         goto error;
-    /* Constants are bound once: sqlite3_reset keeps bindings between rows. */
-    for (int k = 0; k < job->nvals; k++)
-        if ((rc = bind_value(st, job->ncols + k + 1, &job->vals[k])) != SQLITE_OK)
-            goto error;
-    for (size_t r = 0; r < job->nrows; r++) {
-        if ((rc = bind_row(st, job, job->rows + r * job->itemsize, utf8)) != SQLITE_OK)
-            goto error;
-        if ((rc = step_done(st)) != SQLITE_OK)
-            goto error;
-    }
+    s->cur_job = job; /* what ep_rows reads while the statement runs */
+    rc = step_done(st);
+    s->cur_job = NULL;
+    if (rc != SQLITE_OK)
+        goto error;
     if ((rc = step_done(s->commit_stmt)) != SQLITE_OK)
         goto error;
     sqlite3_clear_bindings(st);
     pthread_mutex_lock(&s->mu);
     s->rows_committed += (int64_t)job->nrows;
     pthread_mutex_unlock(&s->mu);
-    goto out;
+    return;
 error:
     set_error(s, rc, what); /* before the rollback, which would replace sqlite3_errmsg */
-    if (st) {
-        sqlite3_reset(st);
+    if (st)
         sqlite3_clear_bindings(st);
-    }
     rollback_if_open(s);
-out:
-    if (utf8)
-        for (int c = 0; c < job->ncols; c++)
-            free(utf8[c]);
-    free(utf8);
 }
 
 static void run_exec(ep_store *s, ep_store_job *job)
@@ -713,6 +828,8 @@ int ep_store_open(const char *path, const ep_store_opts *opts, ep_store **out, c
             goto sqlerror;
     }
     if ((src = exec_simple(s->db, "PRAGMA foreign_keys=ON")) != SQLITE_OK)
+        goto sqlerror;
+    if ((src = sqlite3_create_module_v2(s->db, "ep_rows", &rows_module, s, NULL)) != SQLITE_OK)
         goto sqlerror;
     /* IMMEDIATE takes the write lock at BEGIN, so a lock held elsewhere shows up
      * (after the busy timeout) before any row is bound, never as a deadlock mid-batch. */
