@@ -248,6 +248,9 @@ def _print_table(rows: List[Dict[str, object]], auto_spec: str, auto_rows: List[
             table.add_row(str(r["source"]), status, str(r["label"]), str(r["reason"]), str(r["fix"]))
         console.print(table)
         console.print(f"auto uses: [bold]{auto_spec}[/bold]")
+        for r in auto_rows:
+            if not r["chosen"]:
+                console.print(f"  {r['source']}: {r['decision']}", markup=False, highlight=False)
         return
     print("energyprof doctor: power sources on this machine")
     width = max(len(str(r["source"])) for r in rows)

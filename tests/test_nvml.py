@@ -198,3 +198,26 @@ def test_ep_run_with_tiny_model_gets_exact_scripted_energy(fake):
     frac = np.clip(hi - lo, 0, None) / (samples["t_end_ns"] - samples["t_start_ns"])
     assert run["gpu_j"] == pytest.approx(float((e * frac).sum()), rel=1e-9, abs=1e-12)
     assert s.summary()["domains"]["gpu"] == pytest.approx(run["gpu_j"], rel=1e-12)
+
+
+def test_real_nvml_reads_or_fails_cleanly(monkeypatch):
+    """The system's own libnvidia-ml.so.1: on a machine with an NVIDIA GPU this reads
+    the real counter (energy must be non-negative and power under 1.5x the board's
+    limit); without one, the error names the library and the driver."""
+    for var in ("ENERGYPROF_NVML_LIB", "FAKE_NVML_SCRIPT", "FAKE_NVML_LOG"):
+        monkeypatch.delenv(var, raising=False)
+    try:
+        d = _core.SourceDriver("nvml", {"index": "0"})
+    except FileNotFoundError as e:
+        assert "libnvidia-ml.so.1" in str(e) and "NVIDIA driver" in str(e)
+        return
+    meta = json.loads(d.meta_json)
+    t0 = _core.now_ns()
+    d.start(t0)
+    x = np.zeros(2 * 10**6)
+    for _ in range(20):  # ~0.2 s of work between the readings
+        x = np.sqrt(x + 1.0)
+    s = d.stop(_core.now_ns() + 1)
+    assert len(s) == 1 and s["gpu_w"][0] >= 0
+    if meta.get("power_limit_w"):
+        assert s["gpu_w"][0] < 1.5 * meta["power_limit_w"]

@@ -1,7 +1,9 @@
 /* test_sources_hw.c: the hardware sources without Python: rapl on a fake powercap
  * tree, estimate's model and labels, nvml's missing-library error, ioreport's
  * delta math and its "macOS only" create. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
