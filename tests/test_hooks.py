@@ -474,3 +474,27 @@ def test_hooks_from_several_threads_lose_nothing():
         mine = ev[ev["span_id"] == t]
         assert mine["kind"].tolist() == [0, 1] * 2000
         assert np.all(np.diff(mine["t_ns"]) >= 0)
+
+
+def test_hot_path_allocates_no_python_memory():
+    import collections
+    import itertools
+    import tracemalloc
+
+    def peak_bytes(f, arg):
+        sink = collections.deque(maxlen=0)
+        calls = map(f, itertools.repeat(arg, 5000))  # called from C: no interpreter frames
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            sink.extend(calls)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    buf = _core.SpanBuffer()
+    assert peak_bytes(lambda x: [x] * 3, 1) > 0  # the probe sees Python allocations
+    assert peak_bytes(_core.Hook(buf, 1, 0), None) == 0
+    assert peak_bytes(_core.Hook(buf, 1, 1), None) == 0
+    assert peak_bytes(_core.wrap_forward(buf, 2, len), "abc") == 0
+    assert len(buf.drain()) == 4 * 5000
