@@ -312,7 +312,10 @@ class Store:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             if mark_stale and not self.readonly:
-                self.mark_stale_running()
+                try:
+                    self.mark_stale_running()
+                except (RuntimeError, PermissionError):
+                    pass  # best effort: a lock held elsewhere must not stop reading; next open retries
         except sqlite3.OperationalError as exc:
             conn.close()
             self._conn = None

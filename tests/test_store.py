@@ -944,3 +944,33 @@ def test_concurrent_reader_sees_monotonic_growth(dbpath):
     assert all(x % 500 == 0 for x in seen)  # a batch is never seen half-written
     assert all(b >= a for a, b in zip(seen, seen[1:]))
     assert len(ep.load(rid, db=dbpath).samples) == 20000
+
+
+def test_docs_store_examples_run(tmp_path, monkeypatch, capsys):
+    """The python blocks of docs/store.md run as written, in order, in one namespace."""
+    import re
+
+    monkeypatch.setenv("ENERGYPROF_DB", str(tmp_path / "never-used.db"))
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "store.md")).read()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(blocks) >= 3
+    ns: dict = {}
+    for b in blocks:
+        exec(compile(b, "docs/store.md", "exec"), ns)
+    out = capsys.readouterr().out
+    assert "completed 30" in out
+    assert "would delete" in out and "deleted" in out
+    assert not os.path.exists(tmp_path / "never-used.db")
+
+
+def test_docs_schema_names_every_column_and_its_example_runs(capsys):
+    import re
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "schema.md")).read()
+    for table, cols in schema.TABLE_COLUMNS.items():
+        assert f"## {table}" in doc or f", {table}" in doc or f"{table}," in doc, table
+        for c, _ in cols:
+            assert re.search(rf"(^\| |, ){c}[ ,|]", doc, re.M), (table, c)
+    for b in re.findall(r"```python\n(.*?)```", doc, re.S):
+        exec(compile(b, "docs/schema.md", "exec"), {})
+    assert capsys.readouterr().out.split() == ["(1,", "2)", "True"]
