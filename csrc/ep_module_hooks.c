@@ -684,8 +684,7 @@ static PyObject *py_device_sync(PyObject *module, PyObject *args, PyObject *kwds
         return NULL;
     int device = parse_device(kind);
     if (device == EP_SYNC_NONE)
-        return PyErr_Format(PyExc_ValueError, "device_sync: kind must be 'cuda' or 'mps', got %R",
-                            PyTuple_GET_ITEM(args, 0));
+        return PyErr_Format(PyExc_ValueError, "device_sync: kind must be 'cuda' or 'mps', got '%s'", kind);
     Py_BEGIN_ALLOW_THREADS
     rc = ep_torchshim_sync(device, (int64_t)index, err, sizeof err);
     Py_END_ALLOW_THREADS

@@ -88,6 +88,10 @@ def test_device_sync_calls_the_counted_functions(libs):
     assert mps.value == m0 + 1
     with pytest.raises(ValueError, match="kind"):
         _core.device_sync("tpu")
+    with pytest.raises(ValueError, match="tpu"):
+        _core.device_sync(kind="tpu", index=0)
+    _core.device_sync(kind="cuda", index=5)
+    assert last.value == 5
 
 
 @pytest.mark.parametrize("method", ["hooks", "wrap"])
