@@ -390,3 +390,19 @@ def test_bad_replay_specs():
         ep.sources.open("plist:/etc/hostname,speed=fast")
     with pytest.raises(ValueError, match="not found"):
         ep.sources.open("plist:/nonexistent/capture.plist")
+
+
+def test_docs_example_runs_and_prints_what_it_says(monkeypatch):
+    """The example in docs/powermetrics.md runs, and prints the lines its comments show."""
+    import contextlib
+    import io
+
+    root = Path(__file__).parents[1]
+    text = (root / "docs" / "powermetrics.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    expected = [line[2:] for line in code.splitlines() if line.startswith("# ")]
+    monkeypatch.chdir(root)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "docs/powermetrics.md", "exec"), {})
+    assert out.getvalue().splitlines() == expected
