@@ -102,18 +102,20 @@ int ep_spanbuf_append(ep_spanbuf *b, int64_t t_ns, int32_t span_id, int32_t kind
     pthread_mutex_lock(&b->lock);
     if (b->fault) {
         rc = b->fault;
-        goto done;
+        goto error;
     }
     if (b->len == b->allocated_n && grow_locked(b) != 0) {
         b->dropped++;
         rc = EP_ERR_FULL;
-        goto done;
+        goto error;
     }
     ep_event *e = &b->events[b->len++];
     e->t_ns = t_ns;
     e->span_id = span_id;
     e->kind = kind;
-done:
+    pthread_mutex_unlock(&b->lock);
+    return EP_OK;
+error:
     pthread_mutex_unlock(&b->lock);
     return rc;
 }
