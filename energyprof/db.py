@@ -111,7 +111,10 @@ def _jsonable(obj: Any) -> Any:
             return None
         if math.isinf(obj):
             return "Infinity" if obj > 0 else "-Infinity"
-    return obj
+        return obj
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)  # e.g. a torch.dtype in the model config: kept readable rather than failing the save
 
 
 def _dumps(obj: Any) -> str:
@@ -794,13 +797,13 @@ def _pair(a: Any, b: Any) -> Dict[str, float]:
     fa, fb = _fnum(a), _fnum(b)
     diff = fb - fa
     rel = diff / fa if (fa != 0 and not math.isnan(fa)) else float("nan")
-    return {"a": fa, "b": fb, "diff": diff, "rel": rel}
+    return {"a": fa, "b": fb, "diff": diff, "rel_diff": rel}
 
 
 def compare(a: Union[int, RunData], b: Union[int, RunData], db: DbArg = None) -> Dict[str, Any]:
     """Side by side figures of runs ``a`` and ``b`` (ids or RunData) and their differences.
 
-    Every entry is ``{"a", "b", "diff" (b - a), "rel" ((b - a) / a, NaN when a is 0)}``.
+    Every entry is ``{"a", "b", "diff" (b - a), "rel_diff" ((b - a) / a, NaN when a is 0)}``.
     Returns ``{"a_run_id", "b_run_id", "figures": {name: entry}, "phases": {phase: {figure:
     entry}}, "domains": {domain: entry}, "layers": [{"layer", "energy_j": entry,
     "mean_energy_j": entry, "duration_s": entry}], "components": [{"layer", "component", ...}]}``.

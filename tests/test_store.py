@@ -665,18 +665,18 @@ def test_compare_side_by_side(filled):
     e = c["figures"]["energy_j"]
     assert (e["a"], e["b"]) == (sa["energy_j"], sb["energy_j"])
     assert e["diff"] == pytest.approx(sb["energy_j"] - sa["energy_j"])
-    assert e["rel"] == pytest.approx((sb["energy_j"] - sa["energy_j"]) / sa["energy_j"])
+    assert e["rel_diff"] == pytest.approx((sb["energy_j"] - sa["energy_j"]) / sa["energy_j"])
     assert list(c["phases"]) == ["pre_inference", "prefill", "decode", "post_inference"]
     d = c["phases"]["decode"]["energy_j"]
-    assert d["rel"] == pytest.approx((39.0 - 38.0) / 38.0)
+    assert d["rel_diff"] == pytest.approx((39.0 - 38.0) / 38.0)
     assert c["domains"]["cpu"]["diff"] == pytest.approx(1.0)
-    assert math.isnan(c["domains"]["ane"]["rel"])
+    assert math.isnan(c["domains"]["ane"]["rel_diff"])
     ra, rb = ep.load(a, db=path), ep.load(b, db=path)
     la, lb = ra.layer_summary(), rb.layer_summary()
     assert [r["layer"] for r in c["layers"]] == list(la["layer"])
     for row, x, y in zip(c["layers"], la, lb):
         assert row["energy_j"]["a"] == x["energy_j"] and row["energy_j"]["b"] == y["energy_j"]
-        assert row["energy_j"]["rel"] == pytest.approx((y["energy_j"] - x["energy_j"]) / x["energy_j"])
+        assert row["energy_j"]["rel_diff"] == pytest.approx((y["energy_j"] - x["energy_j"]) / x["energy_j"])
     assert {(r["layer"], r["component"]) for r in c["components"]} == {
         (int(x["layer"]), str(x["component"])) for x in ra.component_summary()}
     # RunData objects work too, and a component only one side has is NaN on the other
