@@ -218,3 +218,87 @@ def test_matches_python_twin(pairs, dt_ns):
 @given(st.sampled_from(NAME_POOL) | st.text(alphabet="ACDEGMNPRSU_0123456789 ", max_size=14))
 def test_classify_matches_twin(name):
     assert _core.ioreport_classify(name) == ref.ioreport_classify(name)
+
+
+# ---- the macOS live reader, run on Linux against fake CoreFoundation/IOReport ----
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+FAKE_DIR = ROOT / "tests" / "fake_ioreport"
+
+
+@pytest.fixture(scope="module")
+def live_build(tmp_path_factory):
+    """The live code compiled with -DEP_IOREPORT_COMPILE_LIVE into a driver program,
+    plus the fake library pair (one .so exporting both APIs)."""
+    import subprocess
+    d = tmp_path_factory.mktemp("fake_ioreport")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(d / "libfakeioreport.so"),
+                    str(FAKE_DIR / "fake_ioreport.c")], check=True)
+    subprocess.run(["gcc", "-std=c11", "-O1", "-D_GNU_SOURCE", "-DEP_IOREPORT_COMPILE_LIVE", f"-I{ROOT / 'csrc'}",
+                    str(FAKE_DIR / "drive.c"), *(str(ROOT / "csrc" / f) for f in
+                                                 ("ep_ioreport.c", "ep_src_ioreport.c", "ep_errors.c",
+                                                  "ep_sample.c")),
+                    "-ldl", "-lm", "-o", str(d / "drive")], check=True)
+    return d
+
+
+def drive(build, script_lines, *args, **env_extra):
+    import os
+    import subprocess
+    script = build / "script.txt"
+    script.write_text("\n".join(snap if isinstance(snap, str) else ";".join(f"{n}|{u}|{v}" for n, u, v in snap)
+                                 for snap in script_lines) + "\n")
+    env = {**os.environ, "ENERGYPROF_IOREPORT_LIB": str(build / "libfakeioreport.so"),
+           "ENERGYPROF_COREFOUNDATION_LIB": str(build / "libfakeioreport.so"), "FAKE_IOREPORT_SCRIPT": str(script)}
+    env.update(env_extra)
+    r = subprocess.run([str(build / "drive"), *map(str, args)], capture_output=True, text=True, env=env, timeout=60)
+    lines = r.stdout.splitlines()
+    assert lines[-1] == "live_objects 0", r.stdout  # every CF object the reader created was released
+    return r.returncode, lines[:-1]
+
+
+SNAPS = [
+    [("CPU Energy", " mJ ", 100), ("GPU Energy", "nJ", 0), ("ANE0", "mJ", 4), ("DRAM0", "mJ", 10), ("ISP0", "mJ", 0)],
+    [("CPU Energy", " mJ ", 1100), ("GPU Energy", "nJ", 5 * 10**8), ("ANE0", "mJ", 4), ("DRAM0", "mJ", 60),
+     ("ISP0", "mJ", 9)],
+    [("CPU Energy", " mJ ", 2600), ("GPU Energy", "nJ", 9 * 10**8), ("ANE0", "mJ", 104), ("DRAM0", "mJ", 160),
+     ("ISP0", "mJ", 9)],
+]
+
+
+def test_live_snapshots_read_names_trimmed_units_and_values(live_build):
+    rc, lines = drive(live_build, SNAPS, "snapshot", 2)
+    assert rc == 0
+    assert lines == ["CPU Energy|mJ|100", "GPU Energy|nJ|0", "ANE0|mJ|4", "DRAM0|mJ|10", "ISP0|mJ|0", "--",
+                     "CPU Energy|mJ|1100", "GPU Energy|nJ|500000000", "ANE0|mJ|4", "DRAM0|mJ|60", "ISP0|mJ|9", "--"]
+
+
+def test_live_source_turns_snapshots_into_samples(live_build):
+    rc, lines = drive(live_build, SNAPS, "source", SEC, 3 * SEC, 4 * SEC)
+    assert rc == 0
+    rows = [l.split() for l in lines[:2]]
+    assert [r[:4] for r in rows] == [[str(SEC), str(3 * SEC), "1", "0"], [str(3 * SEC), str(4 * SEC), "1", "4"]]
+    # The same snapshots through the twin give the expected powers.
+    norm = [[(n, u.strip(), v) for n, u, v in s] for s in SNAPS]
+    for row, (a, b, dt) in zip(rows, [(norm[0], norm[1], 2 * SEC), (norm[1], norm[2], SEC)]):
+        want = ref.ioreport_delta(a, b, dt)["power_w"]
+        got = dict(zip(("cpu", "gpu", "ane", "dram", "package"), map(float, row[4:])))
+        for d in want:
+            assert same(got[d], want[d]), (d, got, want)
+    assert lines[2:] == ["faults 0", "message "]
+
+
+def test_live_source_errors(live_build, tmp_path):
+    rc, lines = drive(live_build, SNAPS, "source", SEC, 2 * SEC, FAKE_IOREPORT_GROUP="Something Else")
+    assert rc == 1 and lines[0].startswith("error 7 ioreport: no 'Energy Model' channels")
+    rc, lines = drive(live_build, SNAPS, "source", SEC, 2 * SEC,
+                      ENERGYPROF_COREFOUNDATION_LIB=str(tmp_path / "missing.so"))
+    assert rc == 1 and lines[0].startswith("error 6 ioreport: cannot load") and "missing.so" in lines[0]
+    rc, lines = drive(live_build, [], "source", SEC, 2 * SEC)  # a group without channels
+    assert rc == 1 and lines[0].startswith("error 7 ioreport: no 'Energy Model' channels")
+    # A failed sample call mid-run is a fault; the next snapshot covers the gap.
+    rc, lines = drive(live_build, [SNAPS[0], "NULL", SNAPS[1]], "source", SEC, 2 * SEC, 3 * SEC)
+    assert rc == 0
+    assert lines[0].split()[:4] == [str(SEC), str(3 * SEC), "1", "4"]
+    assert float(lines[0].split()[4]) == pytest.approx(1.0 / 2)
+    assert lines[1:] == ["faults 1", "message ioreport: IOReportCreateSamples failed"]
