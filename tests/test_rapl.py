@@ -128,15 +128,24 @@ def test_writer_thread_with_wraps_through_the_sampler(tmp_path):
         while not stop.is_set():
             # ~80 kJ/s-scale steps so the 40 J range wraps every ~500 steps
             inc = int(rng.integers(50_000, 110_000))
+            wrapped = (written["pkg"] + inc) // rng_uj > written["pkg"] // rng_uj or \
+                (written["core"] + inc // 2) // rng_uj > written["core"] // rng_uj
             written["pkg"] += inc
             written["core"] += inc // 2
             t.set("intel-rapl:0", written["pkg"] % rng_uj)
             t.set("intel-rapl:0/intel-rapl:0:0", written["core"] % rng_uj)
+            if wrapped:
+                # One wrap per poll interval at most (two would be invisible to any
+                # reader): let the sampler poll after this wrap before going on.
+                n0 = len(s.samples) + len(s.drain())
+                while len(s.samples) < n0 + 2 and not stop.is_set():
+                    s.drain()
+                    time.sleep(0.001)
             time.sleep(0.0003)
 
+    s = ep.Sampler(f"rapl:root={tmp_path}", interval_ms=5)
     th = threading.Thread(target=writer)
     th.start()
-    s = ep.Sampler(f"rapl:root={tmp_path}", interval_ms=5)
     s.start()
     started.set()
     while written["pkg"] < 2.5 * rng_uj:
