@@ -88,10 +88,25 @@ CALL_DTYPE = np.dtype(
     ]
 )
 
+#: mode="deep": one row per (attention call, head): statistics of the attention weights
+#: (energyprof.deep).  ``call_id`` is the call of the ``attn.softmax`` op row in ``s.ops``.
+HEAD_DTYPE = np.dtype(
+    [
+        ("call_id", "<i4"),
+        ("layer", "<i4"),
+        ("step", "<i4"),
+        ("head", "<i4"),
+        ("n_queries", "<i8"),        # query rows averaged over (batch x query positions)
+        ("entropy", "<f8"),          # nats, mean over query rows of -sum p log p
+        ("max_weight", "<f8"),       # mean over query rows of the largest weight
+        ("sparsity", "<f8"),         # share of the unmasked weights below 1e-3
+    ]
+)
+
 LAYER_DTYPE = CALL_DTYPE
 COMPONENT_DTYPE = CALL_DTYPE
 
 #: Raw hook events from the C span buffer (csrc/ep_hooks.c).
 EVENT_DTYPE = np.dtype([("t_ns", "<i8"), ("span_id", "<i4"), ("kind", "<i4")])  # kind 0 begin, 1 end
 
-__all__ = ["DOMAINS", "SECTION_DTYPE", "TOKEN_DTYPE", "CALL_DTYPE", "LAYER_DTYPE", "COMPONENT_DTYPE", "EVENT_DTYPE"]
+__all__ = ["DOMAINS", "SECTION_DTYPE", "TOKEN_DTYPE", "CALL_DTYPE", "LAYER_DTYPE", "COMPONENT_DTYPE", "EVENT_DTYPE", "HEAD_DTYPE"]
