@@ -87,12 +87,13 @@ def test_minimal_mode_hooks_only_the_model(llama):
 def test_active_power_follows_the_hooked_modules(llama):
     """power = 5 W idle + 20 W while any hooked module runs; layer 1 is slowed down by a sleep."""
     idle_w, active_w = 5.0, 20.0
-    layer1 = llama.model.layers[1]
+    # a child's pre-hook runs inside layer 1's window with either hook method
+    layer1_child = llama.model.layers[1].input_layernorm
     with ep.run(llama, source=f"synthetic:power_w={idle_w},active_w={active_w},period_ms=1", baseline_s=0,
                 save=False) as s:
         a0 = _core.active_ns_at(_core.now_ns())
         time.sleep(0.05)     # idle, inside pre_inference
-        h = layer1.register_forward_pre_hook(lambda m, a: time.sleep(0.02))   # runs after the C begin hook
+        h = layer1_child.register_forward_pre_hook(lambda m, a: time.sleep(0.02))
         try:
             gen(llama, n=3)
         finally:
