@@ -45,9 +45,11 @@ def assert_conservation(s, rel=1e-9):
         assert abs(s.tokens["energy_j"].sum() - decode["energy_j"]) <= tol
 
 
-def test_constant_power_is_exact_everywhere(llama):
+@pytest.mark.parametrize("method", ["wrap", "hooks"])
+def test_constant_power_is_exact_everywhere(llama, method):
     P = 13.5
-    with ep.run(llama, source=f"synthetic:power_w={P},period_ms=2", baseline_s=0.05, save=False) as s:
+    with ep.run(llama, source=f"synthetic:power_w={P},period_ms=2", baseline_s=0.05, save=False,
+                hook_method=method) as s:
         gen(llama, n=16)
     sm = s.summary()
     assert sm["energy_j"] == pytest.approx(P * sm["duration_s"], rel=1e-3)
