@@ -97,21 +97,25 @@ def _utc_iso(value: Any = None) -> str:
 # ---------------------------------------------------------------------------------
 # JSON with NaN/inf (strict JSON on disk: NaN -> null, inf -> "Infinity")
 # ---------------------------------------------------------------------------------
-def _jsonable(obj: Any) -> Any:
+def _jsonable(obj: Any, path: tuple = (), nonfinite: Optional[list] = None) -> Any:
+    """obj with numpy values made plain and non-finite floats made null; when
+    ``nonfinite`` is a list, the path and value of each of those floats go there."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return {str(k): _jsonable(v, path + (str(k),), nonfinite) for k, v in obj.items()}
     if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
+        obj = obj.tolist()
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v, path + (i,), nonfinite) for i, v in enumerate(obj)]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float):
-        if math.isnan(obj):
-            return None
-        if math.isinf(obj):
-            return "Infinity" if obj > 0 else "-Infinity"
-        return obj
+        if math.isfinite(obj):
+            return obj
+        text = "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+        if nonfinite is None:
+            return None if text == "NaN" else text
+        nonfinite.append([list(path), text])
+        return None
     if obj is None or isinstance(obj, (str, int, bool)):
         return obj
     return str(obj)  # e.g. a torch.dtype in the model config: kept readable rather than failing the save
@@ -119,6 +123,34 @@ def _jsonable(obj: Any) -> Any:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(_jsonable(obj), allow_nan=False, sort_keys=False)
+
+
+#: Key under which an encoded summary lists its non-finite floats (strict JSON has none).
+_NONFINITE_KEY = "__nonfinite__"
+
+
+def _encode_summary(summary: Dict[str, Any]) -> Dict[str, Any]:
+    """The summary as strict-JSON-able data: NaN/inf become null, and their paths and
+    values are listed under ``__nonfinite__`` so that decoding restores them exactly."""
+    nonfinite: list = []
+    body = _jsonable(dict(summary), (), nonfinite)
+    if nonfinite:
+        body[_NONFINITE_KEY] = nonfinite
+    return body
+
+
+def _decode_summary(body: Dict[str, Any]) -> Dict[str, Any]:
+    """Inverse of :func:`_encode_summary` (also revives summaries written without the list)."""
+    s = dict(body)
+    for path, text in s.pop(_NONFINITE_KEY, None) or []:
+        try:
+            node = s
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = _fnum(text)
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue  # a path that no longer fits: leave the null
+    return _revive_summary(s)
 
 
 def _fnum(v: Any) -> float:
@@ -213,7 +245,7 @@ def _run_columns(summary: Dict[str, Any]) -> Dict[str, Any]:
         "edp_js": _real(s.get("edp_js")),
         "unattributed_j": _real(s.get("unattributed_j")),
         "total_rule": s.get("total_rule"),
-        "summary": _dumps(body),
+        "summary": json.dumps(_encode_summary(body), allow_nan=False),
     }
 
 
@@ -223,11 +255,12 @@ def _summary_from_row(row: sqlite3.Row) -> Dict[str, Any]:
         s = json.loads(row["summary"] or "{}")
     except ValueError:
         s = {}
-    s = _revive_summary(s)
+    s = _decode_summary(s if isinstance(s, dict) else {})
     s["run_id"] = int(row["id"])
     s["name"] = row["name"]
     s["status"] = row["status"]
-    s["started_at"] = row["started_at"]
+    # started_at as the session wrote it (the column holds the normalised form for sorting)
+    s["started_at"] = s.get("started_at") or row["started_at"]
     try:
         s["tags"] = list(json.loads(row["tags"] or "[]"))
     except ValueError:
@@ -395,7 +428,9 @@ class Store:
         """
         meta = dict(meta or {})
         meta["status"] = "running"
-        meta["started_at"] = _utc_iso(meta.get("started_at"))
+        if meta.get("started_at") is None:
+            meta["started_at"] = _utc_iso()
+        _utc_iso(meta["started_at"])  # a malformed time fails here, before anything is written
         cols = _run_columns(meta)
         cols["pid"] = os.getpid()
         cols["pid_host"] = socket.gethostname()
@@ -914,7 +949,7 @@ def export(run_id: Union[int, RunData], path: PathLike, format: str = "json", db
             "format": EXPORT_FORMAT_TAG,
             "format_version": 1,
             "schema_version": _schema.SCHEMA_VERSION,
-            "summary": _jsonable(summary),
+            "summary": _encode_summary(summary),
             "arrays": {name: {"n": int(len(run.array(name))), "columns": _array_to_columns(run.array(name))}
                        for name in ARRAY_NAMES},
         }
@@ -966,7 +1001,7 @@ def import_run(path: PathLike, db: DbArg = None) -> int:
         raise ValueError(f"{path} is not an energyprof JSON export: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT_TAG:
         raise ValueError(f"{path} is not an energyprof JSON export (no \"format\": \"{EXPORT_FORMAT_TAG}\")")
-    summary = _revive_summary(dict(doc.get("summary") or {}))
+    summary = _decode_summary(dict(doc.get("summary") or {}))
     arrays = {}
     for name in ARRAY_NAMES:
         entry = (doc.get("arrays") or {}).get(name)
