@@ -108,3 +108,18 @@ def test_bad_parameters():
         _core.SourceDriver("estimate", {"cores": "2"})
     with pytest.raises(ValueError, match="watts_per_core"):
         ep.Sampler("estimate:watts_per_core=-1")
+
+
+def test_ep_run_labels_the_run_estimated_with_the_model_constants():
+    import torch
+    from energyprof.tiny import tiny_model
+    model = tiny_model("tiny-llama")
+    with ep.run(model, source="estimate:watts_per_core=4,idle_w=1", baseline_s=0, save=False) as s:
+        model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
+    sm = s.summary()
+    assert sm["source_label"] == "estimated"
+    assert sm["source_meta"]["watts_per_core"] == 4 and sm["source_meta"]["idle_w"] == 1
+    assert sm["source_meta"]["model"].startswith("idle_w + min(cpu_time/wall_time, n_cpu) * watts_per_core")
+    assert (s.samples["flags"] & _core.SFLAG_ESTIMATED).all()
+    # Every sample is at least idle_w and at most idle_w + n_cpu * watts_per_core.
+    assert ((s.samples["cpu_w"] >= 1) & (s.samples["cpu_w"] <= 1 + 4 * N_CPU)).all()
