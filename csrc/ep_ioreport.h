@@ -16,7 +16,8 @@
  *          Per-core channels (ECPU0, PACC0_CPU1, MCPU0_1, PACC_0) and the cluster
  *          managers (*CPM*) are never added: they are parts of the totals.
  *   gpu  : "GPU Energy"            (GPU SRAM* is not part of it and is ignored)
- *   ane  : every channel starting with "ANE" ("ANE", "ANE0", "ANE0_1") summed
+ *   ane  : "ANE" followed only by digits/underscores ("ANE", "ANE0", "ANE0_1"), summed
+ *          ("ANE0_SRAM" and other SRAM rails / DTL leaves are never added)
  *   dram : every channel starting with "DRAM" summed
  *   package: not reported (IOReport has no package total).
  * Channels of other blocks (ISP, AVE, DISP, SOC_AON, PCIe, ...) are ignored.  A
