@@ -15,3 +15,7 @@ from .sampler import Sampler  # noqa: F401,E402
 from .session import Session, run  # noqa: F401,E402
 from .rundata import RunData  # noqa: F401,E402
 from .db import Store, cleanup, compare, delete, export, import_run, load, runs, stats  # noqa: F401,E402
+from .analysis import architecture_scaling, compare_groups, efficiency, ols  # noqa: F401,E402
+from .sweep import SweepResult, load_sweep, sweep  # noqa: F401,E402  (ep.sweep is the function)
+from .predict import Predictor  # noqa: F401,E402
+from .carbon import footprint, footprint_runs  # noqa: F401,E402

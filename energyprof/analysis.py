@@ -327,7 +327,7 @@ def ols(X: Any, y: Any, names: Optional[Sequence[str]] = None, intercept: bool =
     next to layer counts) stay well conditioned.
 
     >>> fit = ols([1.0, 2.0, 3.0, 4.0], [3.0, 5.0, 7.0, 9.0], names=["x"])
-    >>> [round(c, 9) for c in fit.coef], fit.r2
+    >>> [round(float(c), 9) for c in fit.coef], fit.r2
     ([1.0, 2.0], 1.0)
     """
     X = np.asarray(X, dtype=np.float64)
