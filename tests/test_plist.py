@@ -136,6 +136,18 @@ def test_c_framer_agrees_with_python_twin(powermetrics_fixtures, parts):
     assert _core.split_frames(data, max_frame_bytes=small) == ref.split_frames(data, max_frame_bytes=small)
 
 
+_TOKENS = [b"<?xml", b"<!DOCTYPE", b"<plist", b"</plist>", b"bplist00", b"\0", b"\n", b" ", b"<", b"b",
+           b"x", b"bpl", b"<?x", b"</pl", b"abc"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(parts=st.lists(st.sampled_from(_TOKENS), max_size=40), bound=st.sampled_from([0, 5, 12, 30]))
+def test_c_framer_agrees_with_twin_on_boundary_tokens(parts, bound):
+    """Streams made of the framer's own markers and fragments of them, tiny bounds."""
+    data = b"".join(parts)
+    assert _core.split_frames(data, max_frame_bytes=bound) == ref.split_frames(data, max_frame_bytes=bound)
+
+
 # ----------------------------------------------------------------- parsing
 
 def test_every_document_parses_like_plistlib(powermetrics_fixtures):
