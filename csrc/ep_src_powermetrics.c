@@ -36,7 +36,14 @@
 #include "ep_plist.h"
 #include "ep_source.h"
 
+#ifdef __APPLE__
+/* A bundle (the Python extension) has no direct access to environ on macOS. */
+#include <crt_externs.h>
+#define ep_environ (*_NSGetEnviron())
+#else
 extern char **environ;
+#define ep_environ environ
+#endif
 
 #define PM_DEFAULT_BINARY "/usr/bin/powermetrics"
 #define PM_SUDO "/usr/bin/sudo"
@@ -260,7 +267,7 @@ static int pm_start(ep_source *src, int64_t t_now_ns)
         posix_spawnattr_setsigdefault(&attr, &defaults) != 0)
         goto error;
     pid_t pid = 0;
-    int err = posix_spawn(&pid, argv[0], &fa, &attr, (char *const *)argv, environ);
+    int err = posix_spawn(&pid, argv[0], &fa, &attr, (char *const *)argv, ep_environ);
     if (err != 0) {
         rc = err == ENOENT ? EP_ERR_NOTFOUND : (err == EACCES || err == EPERM) ? EP_ERR_PERM : EP_ERR_CHILD;
         snprintf(src->message, sizeof src->message, "powermetrics: cannot run '%.150s': %s", argv[0], strerror(err));
