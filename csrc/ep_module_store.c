@@ -275,7 +275,7 @@ static PyObject *store_insert(StoreObject *self, PyObject *args, PyObject *kwds)
     rc = ep_store_submit(self->s, job); /* takes the job, blocks while the queue is full */
     Py_END_ALLOW_THREADS
     if (rc != EP_OK) {
-        raise_msg(rc, "the store is closing");
+        raise_msg(rc, "the store is closing, or was opened by another process (after fork() open a new one)");
         goto error;
     }
     Py_INCREF(Py_None);
@@ -328,7 +328,7 @@ static PyObject *store_execute(StoreObject *self, PyObject *args, PyObject *kwds
     rc = ep_store_submit(self->s, job);
     Py_END_ALLOW_THREADS
     if (rc != EP_OK) {
-        raise_msg(rc, "the store is closing");
+        raise_msg(rc, "the store is closing, or was opened by another process (after fork() open a new one)");
         goto error;
     }
     Py_INCREF(Py_None);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ep_errors.h"
 
@@ -43,6 +44,7 @@ struct ep_store {
     char path[1024];
     int busy_timeout_ms;
     int readonly;
+    pid_t owner_pid; /* after fork() the child has the memory but not the thread */
     pthread_t thread;
     int thread_started;
 
@@ -803,6 +805,7 @@ int ep_store_open(const char *path, const ep_store_opts *opts, ep_store **out, c
     s->cap_jobs = o.queue_jobs < 1 ? 1 : o.queue_jobs;
     s->cap_bytes = o.queue_bytes ? o.queue_bytes : 1;
     s->readonly = o.readonly;
+    s->owner_pid = getpid();
     s->close_job = calloc(1, sizeof *s->close_job);
     if (!s->close_job)
         goto error;
@@ -867,6 +870,10 @@ error:
 int ep_store_submit(ep_store *s, ep_store_job *job)
 {
     int rc = EP_OK;
+    if (s->owner_pid != getpid()) { /* a forked child: no writer thread would ever run it */
+        ep_store_job_free(job);
+        return EP_ERR_STATE;
+    }
     pthread_mutex_lock(&s->mu);
     if (s->closing && job->kind != JOB_CLOSE) {
         rc = EP_ERR_STATE;
@@ -915,6 +922,11 @@ static int take_error(ep_store *s, char *msg, size_t msglen)
 
 int ep_store_flush(ep_store *s, char *msg, size_t msglen)
 {
+    if (s->owner_pid != getpid()) {
+        if (msg)
+            snprintf(msg, msglen, "this store was opened by process %d; after fork() open a new one", (int)s->owner_pid);
+        return EP_ERR_STATE;
+    }
     pthread_mutex_lock(&s->mu);
     uint64_t target = s->submitted;
     while (s->completed < target)
@@ -929,6 +941,11 @@ int ep_store_close(ep_store *s, char *msg, size_t msglen)
     int rc = EP_OK;
     if (!s)
         return EP_OK;
+    if (s->owner_pid != getpid()) {
+        /* A forked child must not touch the parent's connection or wait for a thread
+         * it does not have: it leaves everything as it is (a small leak in the child). */
+        return EP_OK;
+    }
     if (s->thread_started) {
         ep_store_job *job = s->close_job;
         s->close_job = NULL; /* the writer thread frees it */

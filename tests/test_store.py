@@ -982,3 +982,66 @@ def test_docs_schema_names_every_column_and_its_example_runs(capsys):
     for b in re.findall(r"```python\n(.*?)```", doc, re.S):
         exec(compile(b, "docs/schema.md", "exec"), {})
     assert capsys.readouterr().out.split() == ["(1,", "2)", "True"]
+
+
+def test_writer_releases_the_gil_while_blocked(tmp_path):
+    """insert() on a full queue and flush() wait with the GIL released: another Python
+    thread keeps running meanwhile, and it is that thread that ends the wait (if the
+    GIL were held the test would hang)."""
+    path = str(tmp_path / "g.db")
+    Store(path).close()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # the writer's BEGIN IMMEDIATE now waits (busy timeout)
+    w = _core.Store(path, busy_timeout_ms=60000, queue_jobs=1)
+    w.execute("CREATE TABLE t (x INTEGER)")  # blocked behind the lock, so the queue stays full
+    a = np.zeros(3, [("x", "<i8")])
+    entered = threading.Event()
+    spins = []
+
+    def release_later():
+        entered.wait()
+        n = 0
+        while n < 20000:  # pure Python work: needs the GIL the main thread is not holding
+            n += 1
+        spins.append(n)
+        holder.execute("ROLLBACK")
+
+    t = threading.Thread(target=release_later)
+    t.start()
+    entered.set()
+    w.insert("t", a)  # queue: [create, insert]: the first insert waits for room...
+    w.insert("t", a)  # ...this one certainly does, until the helper releases the lock
+    w.flush()
+    t.join()
+    assert spins == [20000]
+    assert w.rows_committed == 6
+    w.close()
+    holder.close()
+
+
+def test_store_used_after_fork_fails_clearly(tmp_path):
+    path = str(tmp_path / "f.db")
+    Store(path).close()
+    w = _core.Store(path)
+    w.execute("CREATE TABLE t (x INTEGER)")
+    w.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: the writer thread did not come along
+        code = 0
+        try:
+            w.insert("t", np.zeros(1, [("x", "<i8")]))
+            code = 1
+        except RuntimeError as exc:
+            code = 0 if "another process" in str(exc) else 2
+        try:
+            w.flush()
+            code = code or 3
+        except RuntimeError as exc:
+            code = code or (0 if "after fork() open a new one" in str(exc) else 4)
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    w.insert("t", np.zeros(2, [("x", "<i8")]))  # the parent's store is unaffected
+    w.flush()
+    assert w.rows_committed == 2
+    w.close()
