@@ -1045,3 +1045,44 @@ def test_store_used_after_fork_fails_clearly(tmp_path):
     w.flush()
     assert w.rows_committed == 2
     w.close()
+
+
+def test_full_disk_on_a_real_tiny_filesystem(tmp_path):
+    """ENOSPC from the file system itself: a 400 KiB tmpfs where this process may mount
+    one (root on Linux); elsewhere the same checks run with PRAGMA max_page_count."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    mounted = (sys_platform_linux() and os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True).returncode == 0)
+    try:
+        path = str(mnt / "runs.db")
+        run = make_run(0, n_samples=100)
+        s = Store(path)
+        rid = s.save(run)
+        if not mounted:
+            pages = s.conn.execute("PRAGMA page_count").fetchone()[0]
+            s.writer.execute(f"PRAGMA max_page_count = {pages + 2}")
+        big = make_arrays(1, n_samples=20000)["samples"]
+        s.write_samples(rid, big)
+        with pytest.raises(OSError, match="database or disk is full"):
+            s.flush()
+        s.write_samples(rid, big[:10])  # a small batch still fits
+        s.flush()
+        s.close()
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        conn.close()
+        back = ep.load(rid, db=path)
+        np.testing.assert_array_equal(back.samples["t_start_ns"],
+                                      np.concatenate([run.samples["t_start_ns"], big["t_start_ns"][:10]]))
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def sys_platform_linux() -> bool:
+    import sys
+
+    return sys.platform.startswith("linux")
