@@ -6,7 +6,7 @@
 ['ioreport', 'powermetrics', 'nvml', 'rapl', 'estimate', 'synthetic']
 >>> spec, why = doctor.resolve_auto()     # what source="auto" uses, and why not the others
 
-Each row is a dict: ``source``, ``spec`` (what ``auto`` would pass), ``available``,
+Each row is a dict: ``name`` (also as ``source``), ``spec`` (what ``auto`` would pass), ``available``,
 ``label`` (measured / estimated / simulated), ``reason`` (why it works or not),
 ``fix`` (a command or step that makes it work, "" when nothing can), ``detail``
 (the source's metadata when it opened).  Every probe opens the real C source
@@ -45,7 +45,7 @@ RAPL_PERSIST = ("persist across reboots: echo 'z /sys/class/powercap/intel-rapl:
 
 def _row(source: str, spec: str, available: bool, label: str, reason: str, fix: str = "",
          detail: Optional[dict] = None) -> Dict[str, object]:
-    return {"source": source, "spec": spec, "available": bool(available), "label": label, "reason": reason,
+    return {"name": source, "source": source, "spec": spec, "available": bool(available), "label": label, "reason": reason,
             "fix": fix, "detail": detail or {}}
 
 

@@ -64,7 +64,7 @@ def by_source(rows):
 def test_nothing_falls_back_to_estimate(nothing, capsys):
     rows = by_source(ep.doctor.doctor())
     assert list(rows) == ["ioreport", "powermetrics", "nvml", "rapl", "estimate", "synthetic"]
-    assert set(rows["nvml"]) == {"source", "spec", "available", "label", "reason", "fix", "detail"}
+    assert set(rows["nvml"]) == {"name", "source", "spec", "available", "label", "reason", "fix", "detail"}
     assert not rows["nvml"]["available"] and "libnvidia-ml.so.1" in rows["nvml"]["reason"]
     assert "NVIDIA driver" in rows["nvml"]["fix"]
     assert not rows["rapl"]["available"] and "missing-powercap" in rows["rapl"]["reason"]
