@@ -198,6 +198,10 @@ def create(conn: sqlite3.Connection, version: int = SCHEMA_VERSION) -> None:
     """Create schema ``version`` in an empty database, in one transaction."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if user_version(conn) != 0 or tables(conn):
+            # another process created it between our check and our write lock
+            conn.execute("COMMIT")
+            return
         for s in ddl(version):
             conn.execute(s)
         conn.execute(f"PRAGMA user_version = {int(version)}")

@@ -1086,3 +1086,22 @@ def sys_platform_linux() -> bool:
     import sys
 
     return sys.platform.startswith("linux")
+
+
+def test_many_processes_open_a_fresh_database_at_once(tmp_path):
+    """Creation and migration re-check the version under the write lock, so processes
+    racing to open a new (or old) store all succeed and the schema is made once."""
+    import subprocess
+    import sys
+
+    for kind in ("fresh", "v1"):
+        path = str(tmp_path / f"{kind}.db")
+        if kind == "v1":
+            _fill_v1(path, n=2)
+        code = ("import sys; from energyprof.db import Store; s = Store(sys.argv[1]); "
+                "s.create_run({'name': 'p'}); s.close()")
+        procs = [subprocess.Popen([sys.executable, "-c", code, path]) for _ in range(4)]
+        assert [p.wait() for p in procs] == [0] * 4
+        with Store(path) as s:
+            assert schema.user_version(s.conn) == 2
+            assert len(ep.runs(db=s, limit=None)) == 4 + (2 if kind == "v1" else 0)
