@@ -32,8 +32,10 @@ def test_runs_json_and_sort(db_with_runs):
     r = run_cli("runs", "--json", "--sort", "j_per_token", "--ascending", db=db_with_runs)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
-    assert [x["name"] for x in rows][:2] == ["a", "b"]
+    assert sorted(x["name"] for x in rows) == ["a", "b"]
     assert rows[0]["j_per_token"] <= rows[1]["j_per_token"]
+    rows = json.loads(run_cli("runs", "--json", "--sort", "j_per_token", db=db_with_runs).stdout)
+    assert rows[0]["j_per_token"] >= rows[1]["j_per_token"]
 
 
 def test_show_compare_export_report(db_with_runs, tmp_path):
