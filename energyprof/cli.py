@@ -226,7 +226,12 @@ def profile(args) -> int:
     if args.interval_ms:
         run_kw["interval_ms"] = args.interval_ms
     with ep.run(model, **run_kw) as s:
-        prog = _Progress(args.max_new_tokens, s, enabled=not args.json)
+        if getattr(args, "live", False):   # energyprof.live: power, phase, layer and the token stream
+            from .live import LiveProgress
+
+            prog = LiveProgress(args.max_new_tokens, s, tok)
+        else:
+            prog = _Progress(args.max_new_tokens, s, enabled=not args.json)
         h = model.register_forward_hook(prog.hook)
         try:
             with prog, torch.no_grad():
@@ -461,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_doctor)
 
+    from .live import add_monitor_parser  # `monitor` and `profile --live` (energyprof.live)
+
+    add_monitor_parser(sub)
+
     sp = sub.add_parser("demo", help="profile tiny-llama for 64 tokens, save it, write demo-report.html")
     sp.add_argument("--source", default="auto")
     sp.add_argument("--max-new-tokens", type=int, default=64)
@@ -468,6 +477,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--report", default="demo-report.html")
     add_db(sp)
     sp.set_defaults(func=cmd_demo)
+
+    # analyses (energyprof.sweep / .predict / .carbon own their options and handlers)
+    from . import carbon as _carbon, predict as _predict
+    from .sweep import add_arguments as _sweep_args, cli_main as _sweep_main
+
+    sp = sub.add_parser("sweep", help="run a batch × prompt × output grid, table with mean ± 95% CI")
+    _sweep_args(sp)
+    sp.set_defaults(func=_sweep_main)
+    sp = sub.add_parser("predict", help="fit/evaluate an energy predictor on stored runs, or predict a model's energy")
+    _predict.add_arguments(sp)
+    sp.set_defaults(func=_predict.cli_main)
+    sp = sub.add_parser("carbon", help="CO2 and cost of runs, per run and per 1M tokens")
+    _carbon.add_arguments(sp)
+    sp.set_defaults(func=_carbon.cli_main)
     return p
 
 
