@@ -19,3 +19,4 @@ from .analysis import architecture_scaling, compare_groups, efficiency, ols  # n
 from .sweep import SweepResult, load_sweep, sweep  # noqa: F401,E402  (ep.sweep is the function)
 from .predict import Predictor  # noqa: F401,E402
 from .carbon import footprint, footprint_runs  # noqa: F401,E402
+from .live import live  # noqa: F401,E402  (ep.live(s); the module is energyprof.live)
