@@ -1,0 +1,196 @@
+"""energyprof.predict: fits against constructed runs with known coefficients, the 95 %
+prediction interval's coverage on held-out runs, features of real models, JSON, CV, CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from energyprof import cli
+from energyprof.db import Store
+from energyprof.predict import (DEFAULT_TERMS, MIN_RUNS, TERMS, Predictor, cross_validate, estimate_params,
+                                model_features, plot_predictions)
+from energyprof.rundata import RunData
+
+# Known generating model: J = 0.3 + 800 J/(token·Gparam) decode + 150 prefill + 0.004 J per step·layer
+TRUE = {"const": 0.3, "decode_flops": 800.0, "prefill_flops": 150.0, "decode_steps_x_layers": 0.004}
+SIGMA_J = 0.05
+
+
+def _arch(rng):
+    L = int(rng.integers(2, 25))
+    h = int(rng.choice([128, 256, 512, 768]))
+    nh = h // 64
+    nkv = int(rng.choice([1, nh]))
+    m = {"n_layers": L, "hidden_size": h, "n_heads": nh, "n_kv_heads": nkv, "intermediate_size": 4 * h,
+         "vocab_size": 1000, "n_experts": 0, "experts_per_token": 0}
+    m["n_params"] = estimate_params(m)
+    return m
+
+
+def _truth(m, B, P, O):
+    f = model_features(m)
+    return sum(c * TERMS[t][0](f, B, P, O) for t, c in TRUE.items())
+
+
+def _runs(rng, n, sigma=SIGMA_J):
+    out = []
+    for _ in range(n):
+        m = _arch(rng)
+        B, P, O = int(rng.choice([1, 2, 4])), int(rng.integers(4, 256)), int(rng.integers(4, 128))
+        out.append({"model": m, "batch_size": B, "input_tokens": B * P, "output_tokens": B * O,
+                    "energy_j": _truth(m, B, P, O) + rng.normal(0, sigma), "status": "completed"})
+    return out
+
+
+def test_fit_recovers_known_coefficients():
+    rng = np.random.default_rng(0)
+    p = Predictor.fit(_runs(rng, 120), terms=list(TRUE))
+    co = p.coefficients()
+    for t, true in TRUE.items():
+        assert co[t]["ci95"][0] <= true <= co[t]["ci95"][1], t
+    assert p.resid_sd == pytest.approx(SIGMA_J, rel=0.2)
+    assert p.df == 120 - 4 and p.n == 120
+    # noise-free runs: exact coefficients
+    exact = Predictor.fit(_runs(rng, 12, sigma=0.0), terms=list(TRUE))
+    np.testing.assert_allclose(exact.coef, [TRUE[t] for t in exact.terms], rtol=1e-8)
+
+
+def test_prediction_interval_coverage_on_held_out_runs():
+    rng = np.random.default_rng(1)
+    p = Predictor.fit(_runs(rng, 150))  # all default terms: the extra ones have true coefficient 0
+    held = _runs(rng, 200)
+    inside = 0
+    for r in held:
+        B = r["batch_size"]
+        pr = p.predict(r["model"], r["input_tokens"] / B, r["output_tokens"] / B, batch_size=B)
+        lo, hi = pr["pi95"]
+        inside += lo <= r["energy_j"] <= hi
+        assert pr["unit"] == "J" and lo < pr["energy_j"] < hi
+    assert inside >= 0.85 * len(held)
+    assert inside <= len(held)
+
+
+def test_terms_that_cannot_be_told_apart_are_dropped():
+    rng = np.random.default_rng(2)
+    m = _arch(rng)
+    runs = []
+    for _ in range(20):  # one model, batch 1: decode_flops ∝ output_tokens ∝ decode_steps
+        P, O = int(rng.integers(4, 200)), int(rng.integers(4, 100))
+        runs.append({"model": m, "batch_size": 1, "input_tokens": P, "output_tokens": O,
+                     "energy_j": _truth(m, 1, P, O) + rng.normal(0, SIGMA_J), "status": "completed"})
+    p = Predictor.fit(runs)
+    assert {"decode_steps_x_layers", "decode_steps", "output_tokens", "prompt_tokens"} <= set(p.dropped_terms)
+    assert p.terms[:3] == ["const", "decode_flops", "prefill_flops"]
+    # still predicts that model well
+    r = p.predict(m, 100, 50)
+    assert abs(r["energy_j"] - _truth(m, 1, 100, 50)) < 4 * r["sd_pred"]
+
+
+def test_too_few_runs_and_bad_input():
+    rng = np.random.default_rng(3)
+    runs = _runs(rng, MIN_RUNS - 1)
+    with pytest.raises(ValueError, match=f"at least {MIN_RUNS} completed runs"):
+        Predictor.fit(runs)
+    failed = runs + [dict(runs[0], status="failed")]  # a failed run does not count
+    with pytest.raises(ValueError, match="1 skipped"):
+        Predictor.fit(failed)
+    with pytest.raises(ValueError, match="unknown term"):
+        Predictor.fit(_runs(rng, 10), terms=["const", "magic"])
+    p = Predictor.fit(_runs(rng, 10), terms=["const", "decode_flops"])
+    with pytest.raises(ValueError):
+        p.predict(_arch(rng), 10, 0)
+    with pytest.raises(ValueError, match="n_layers"):
+        p.predict({"n_heads": 4}, 10, 10)
+    # never more than n - 2 terms, so the residual scatter is estimable
+    p5 = Predictor.fit(_runs(rng, 5))
+    assert len(p5.terms) == 3 and p5.df == 2
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    rng = np.random.default_rng(4)
+    p = Predictor.fit(_runs(rng, 30))
+    path = p.save(tmp_path / "p.json")
+    q = Predictor.load(path)
+    m = _arch(rng)
+    assert q.predict(m, 64, 32, batch_size=2) == p.predict(m, 64, 32, batch_size=2)
+    assert q.terms == p.terms and q.dropped_terms == p.dropped_terms
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="not a saved energyprof Predictor"):
+        Predictor.load(tmp_path / "bad.json")
+    (tmp_path / "junk.json").write_text("not json")
+    with pytest.raises(ValueError, match="not JSON"):
+        Predictor.load(tmp_path / "junk.json")
+
+
+def test_features_of_real_models():
+    import torch
+    from energyprof.tiny import tiny_config, tiny_model
+
+    model = tiny_model("tiny-llama")
+    n = sum(p.numel() for p in model.parameters())
+    f_model = model_features(model)
+    assert f_model["n_params"] == n and f_model["n_layers"] == 2 and f_model["n_kv_heads"] == 2
+    # the shape formula gives the exact count for a llama (untied embeddings, gated MLP)
+    assert model_features(tiny_config("tiny-llama"))["n_params"] == n
+    assert model_features("tiny-llama")["n_params"] == n
+    moe = tiny_model("tiny-mixtral")
+    f = model_features(moe)
+    per_expert = 3 * 64 * 128 * 2  # gate/up/down of one expert, over 2 layers
+    assert f["active_params"] == f["n_params"] - 2 * per_expert  # 4 experts, 2 per token
+    with pytest.raises(ValueError):
+        model_features("no-such-model")
+    with pytest.raises(TypeError):
+        model_features(3.5)
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_cross_validate():
+    rng = np.random.default_rng(5)
+    runs = _runs(rng, 60)
+    cv = cross_validate(runs, k=5, terms=list(TRUE))
+    assert cv["n"] == 60 and cv["k"] == 5
+    err = cv["predicted"] - cv["actual"]
+    assert cv["rmse"] == pytest.approx(math.sqrt(np.mean(err ** 2)))
+    assert cv["mape"] == pytest.approx(100 * np.mean(np.abs(err) / np.abs(cv["actual"])))
+    assert cv["rmse"] < 2 * SIGMA_J
+    assert cv["coverage"] >= 0.85
+    with pytest.raises(ValueError, match="k must be"):
+        cross_validate(runs, k=1)
+    with pytest.raises(ValueError, match="training split"):
+        cross_validate(runs[:6], k=3)
+    assert "MAPE" in plot_predictions(cv).axes[0].get_title()
+
+
+def test_cli_fit_evaluate_predict(tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    db = str(tmp_path / "runs.db")
+    with Store(db) as st:
+        for r in _runs(rng, 30):
+            st.save(RunData(dict(r, started_at="2026-01-01T00:00:00Z", name="constructed")))
+    out = str(tmp_path / "model.json")
+    assert cli.main(["predict", "--fit", "--db", db, "-o", out, "--terms", ",".join(TRUE)]) == 0
+    assert "predictor written" in capsys.readouterr().out
+    assert Predictor.load(out).terms == list(TRUE)
+    assert cli.main(["predict", "--evaluate", "--db", db, "--k", "3", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["n"] == 30 and ev["k"] == 3 and ev["mape"] >= 0 and ev["rmse"] > 0
+    assert cli.main(["predict", "--model-json", out, "--model", "tiny-llama", "--prompt-tokens", "32",
+                     "--output-tokens", "64", "--json"]) == 0
+    pr = json.loads(capsys.readouterr().out)
+    p = Predictor.load(out)
+    assert pr["energy_j"] == pytest.approx(p.predict("tiny-llama", 32, 64)["energy_j"])
+    # user errors: exit status 2, one line
+    assert cli.main(["predict", "--db", db]) == 2
+    assert cli.main(["predict", "--model-json", out, "--model", "tiny-llama"]) == 2
+    assert cli.main(["predict", "--model-json", str(tmp_path / "missing.json"), "--model", "tiny-llama",
+                     "--prompt-tokens", "1", "--output-tokens", "1"]) == 2
+    empty = str(tmp_path / "empty.db")
+    assert cli.main(["predict", "--fit", "--db", empty]) == 2
+    assert "at least 5" in capsys.readouterr().err
+
+
+def test_default_terms_are_all_terms():
+    assert DEFAULT_TERMS == tuple(TERMS)
