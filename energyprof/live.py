@@ -86,8 +86,10 @@ class LiveFeed:
 
     Sample dict: ``index`` (0, 1, ... over the run), ``t_start_ns``, ``t_end_ns``,
     ``power_w`` (total), ``domains`` ({domain: W} for the measured domains),
-    ``phase`` and ``layer`` (at the sample's end, from the hook events seen so far;
-    layer -1 outside a decoder layer), ``tokens`` (generated so far) and ``tok_s``.
+    ``phase`` and ``layer`` (at the sample's end; layer -1 outside a decoder layer;
+    after the last forward so far a sample counts in that forward's phase, as the
+    gaps between decode steps do, until the run ends: the final pass calls it
+    ``post_inference``), ``tokens`` (generated so far) and ``tok_s``.
     Token dict: ``step`` (0 = the prefill forward), ``n_tokens``, ``t_ns`` (end of
     the forward), ``duration_s``, ``phase``, ``tokens`` (so far), ``tok_s``.
     Section dict: ``name``, ``kind`` (``"phase"`` or ``"section"``), ``event``
@@ -219,17 +221,19 @@ class LiveFeed:
             self._phase = "pre_inference"
             out.append((s._t_start_ns, 0, "section", {"name": "pre_inference", "kind": "phase", "event": "begin",
                                                       "t_ns": int(s._t_start_ns)}))
+        # Samples first, events second: every hook event up to the newest sample's end is
+        # then known, so its phase and layer are exact.  On the final pass the sampler has
+        # stopped: the last sample it flushed is delivered here.
+        self.sampler.drain()
+        samples = self.sampler.samples
+        new = samples[self._sample_cursor:]
+        self._sample_cursor = len(samples)
         if s is not None:
             ev = s._buffer.drain()
             if len(ev):
                 s._event_chunks.append(ev)
                 self._process_events(ev, out)
             self._process_user_sections(out, final)
-        # on the final pass the sampler has stopped: its flushed last sample is delivered here
-        self.sampler.drain()
-        samples = self.sampler.samples
-        new = samples[self._sample_cursor:]
-        self._sample_cursor = len(samples)
         for d in _sample_dicts(new, self._sample_cursor - len(new)):
             t = d["t_end_ns"]
             d["phase"] = self.phase_at(t, final)
