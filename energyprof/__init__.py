@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 from . import _core  # noqa: F401  (the C core; ImportError here means the build failed)
 from ._core import now_ns  # noqa: F401
-from . import sources  # noqa: F401,E402
+from . import doctor, sources  # noqa: F401,E402  (ep.doctor() is callable)
 from .sampler import Sampler  # noqa: F401,E402
 from .session import Session, run  # noqa: F401,E402
 from .rundata import RunData  # noqa: F401,E402

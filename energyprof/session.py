@@ -500,6 +500,8 @@ class Session(RunData):
             "source_kind": src.kind,
             "source_label": src.label,
             "source_meta": _json_or_empty(getattr(self._sampler, "meta_json", "")),
+            "source_requested": getattr(src, "requested", src.spec),
+            "source_auto": list(getattr(src, "extra", {}).get("auto", [])),
             "mode": self.mode,
             "sync": self._sync_used,
             "baseline_s": self.baseline_s,

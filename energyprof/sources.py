@@ -299,7 +299,7 @@ class Source:
         return f"{self.spec} ({self.label})"
 
 
-def _resolve_auto(spec: str) -> Tuple[str, Dict[str, str]]:
+def _resolve_auto(spec: str) -> Tuple[str, Dict[str, str], list]:
     try:
         from . import doctor  # written separately; imported lazily so sources works without it
     except ImportError as e:
@@ -309,6 +309,7 @@ def _resolve_auto(spec: str) -> Tuple[str, Dict[str, str]]:
     if resolve is None:
         raise RuntimeError("auto needs energyprof.doctor: energyprof.doctor.resolve_auto() is missing")
     got = resolve()
+    why: list = []
     # Accept the shapes a resolver may reasonably return: a spec, (kind, params), a Source.
     if isinstance(got, Source):
         return got.kind, dict(got.params)
@@ -316,6 +317,7 @@ def _resolve_auto(spec: str) -> Tuple[str, Dict[str, str]]:
         kind, params = parse_spec(got)
     elif isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], str) and isinstance(got[1], list):
         kind, params = parse_spec(got[0])  # doctor.resolve_auto(): (spec, [why each other source was not used])
+        why = list(got[1])
     elif isinstance(got, tuple) and len(got) == 2:
         kind, params = parse_spec(format_spec(got[0], dict(got[1])))
     elif hasattr(got, "spec"):
@@ -324,7 +326,7 @@ def _resolve_auto(spec: str) -> Tuple[str, Dict[str, str]]:
         raise RuntimeError(f"energyprof.doctor.resolve_auto() returned {got!r}, not a source spec")
     if kind == "auto":
         raise RuntimeError("energyprof.doctor.resolve_auto() resolved 'auto' to itself")
-    return kind, params
+    return kind, params, why
 
 
 def open(spec: "str | Source") -> Source:  # noqa: A001  (energyprof.sources.open reads well)
@@ -340,8 +342,9 @@ def open(spec: "str | Source") -> Source:  # noqa: A001  (energyprof.sources.ope
     kind, params = parse_spec(spec)
     requested = spec.strip()
     used = requested
+    auto_rows: list = []
     if kind == "auto":
-        kind, params = _resolve_auto(requested)
+        kind, params, auto_rows = _resolve_auto(requested)
         used = format_spec(kind, params)
     from . import _core
 
@@ -356,5 +359,9 @@ def open(spec: "str | Source") -> Source:  # noqa: A001  (energyprof.sources.ope
         label = LABELS.get(kind, "measured")
     src = Source(kind=kind, params=dict(params), label=label, spec=used, requested=requested,
                  period_ns=int(probe.period_ns), meta_json=probe.meta_json, flags=flags)
+    if auto_rows:
+        # why auto chose this source and not the others (recorded in the run's metadata)
+        src.extra["auto"] = [{k: r.get(k) for k in ("source", "spec", "available", "chosen", "decision", "reason")
+                              if k in r} for r in auto_rows if isinstance(r, dict)]
     del probe
     return src

@@ -256,3 +256,15 @@ def test_deep_mode_records_activation_statistics(llama):
     first = q[(q["layer"] == 0) & (q["step"] == 0)][0]
     assert first["act_mean"] == pytest.approx(float(outs[0].mean()), rel=1e-5)
     assert first["act_max"] == pytest.approx(float(outs[0].abs().max()), rel=1e-5)
+
+
+def test_auto_records_why_each_source_was_or_was_not_used(llama):
+    with ep.run(llama, source="auto", baseline_s=0, save=False) as s:
+        gen(llama, n=2)
+    sm = s.summary()
+    assert sm["source_requested"] == "auto"
+    rows = sm["source_auto"]
+    assert [r["source"] for r in rows][:1] == ["ioreport"]
+    chosen = [r for r in rows if r["chosen"]]
+    assert len(chosen) == 1 and sm["source_kind"] == chosen[0]["source"]
+    assert all(r["reason"] for r in rows)
