@@ -71,6 +71,7 @@ struct ep_store {
     uint64_t use_clock;
     sqlite3_stmt *begin_stmt, *commit_stmt, *rollback_stmt;
     const ep_store_job *cur_job; /* the INSERT job being run (writer thread only) */
+    int wal_frames;              /* frames in the WAL after the last commit (writer thread only) */
     /* Allocated at open so that close never needs memory (and never hangs). */
     ep_store_job *close_job;
 };
@@ -712,6 +713,29 @@ error:
     rollback_if_open(s);
 }
 
+/* Why the writer checkpoints itself: sqlite's automatic checkpoint runs inside the
+ * COMMIT that crosses the threshold, so one batch in a few would wait for pages to
+ * be copied into the main file.  The writer instead copies them when its queue is
+ * empty (a flush returns as soon as the batch is durable in the WAL), and also when
+ * the WAL grows large under a queue that never empties, so the WAL stays bounded. */
+#define WAL_IDLE_CHECKPOINT_FRAMES 1000
+#define WAL_BUSY_CHECKPOINT_FRAMES 16000
+
+static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    ((ep_store *)arg)->wal_frames = frames; /* writer thread: it runs every commit */
+    return SQLITE_OK;
+}
+
+static void maybe_checkpoint(ep_store *s, int idle)
+{
+    if (s->wal_frames < (idle ? WAL_IDLE_CHECKPOINT_FRAMES : WAL_BUSY_CHECKPOINT_FRAMES))
+        return;
+    /* PASSIVE: never waits for readers; what it cannot copy now is copied next time. */
+    sqlite3_wal_checkpoint_v2(s->db, "main", SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    s->wal_frames = 0;
+}
+
 static void *writer_main(void *arg)
 {
     ep_store *s = arg;
@@ -737,10 +761,13 @@ static void *writer_main(void *arg)
 
         pthread_mutex_lock(&s->mu);
         s->completed++;
+        int idle = s->head == NULL;
         pthread_cond_broadcast(&s->done);
         pthread_mutex_unlock(&s->mu);
         if (kind == JOB_CLOSE)
-            break;
+            break; /* closing the connection checkpoints the WAL */
+        if (!s->readonly)
+            maybe_checkpoint(s, idle);
     }
     return NULL;
 }
@@ -834,6 +861,8 @@ int ep_store_open(const char *path, const ep_store_opts *opts, ep_store **out, c
         goto sqlerror;
     if ((src = sqlite3_create_module_v2(s->db, "ep_rows", &rows_module, s, NULL)) != SQLITE_OK)
         goto sqlerror;
+    if (!o.readonly)
+        sqlite3_wal_hook(s->db, on_wal_commit, s); /* replaces the automatic checkpoint */
     /* IMMEDIATE takes the write lock at BEGIN, so a lock held elsewhere shows up
      * (after the busy timeout) before any row is bound, never as a deadlock mid-batch. */
     if ((src = sqlite3_prepare_v2(s->db, "BEGIN IMMEDIATE", -1, &s->begin_stmt, NULL)) != SQLITE_OK ||
