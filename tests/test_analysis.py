@@ -364,3 +364,23 @@ def test_analysis_plots():
     assert "difference" in fig2.axes[0].get_title()
     with pytest.raises(ValueError):
         plot_architecture_scaling(architecture_scaling(runs), "n_experts")
+
+
+# ----------------------------------------------------------------------------- docs
+def test_docs_examples_run(tmp_path, monkeypatch, capsys):
+    """The python blocks of docs/analysis.md run as written, in order, in one namespace."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "analysis.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 7
+    monkeypatch.setenv("ENERGYPROF_DB", str(tmp_path / "runs.db"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    for b in blocks:
+        exec(compile(b, "docs/analysis.md", "exec"), ns)
+    assert (tmp_path / "model.json").exists()
+    assert ns["cv"]["n"] >= 10 and ns["sc"]["features"]["n_layers"]["slope"]["unit"] == "J/token per n_layers"
+    assert "decode:" in capsys.readouterr().out
