@@ -16,6 +16,7 @@ typedef struct {
     PyObject_HEAD
     ep_store *s; /* owned; NULL once closed */
     PyObject *path;
+    int users;   /* calls now waiting inside the store with the GIL released (changed under the GIL) */
 } StoreObject;
 
 static PyObject *raise_msg(int code, const char *msg)
@@ -271,9 +272,11 @@ static PyObject *store_insert(StoreObject *self, PyObject *args, PyObject *kwds)
         raise_msg(rc, msg);
         goto error;
     }
+    self->users++; /* close() from another thread must wait for this call */
     Py_BEGIN_ALLOW_THREADS
     rc = ep_store_submit(self->s, job); /* takes the job, blocks while the queue is full */
     Py_END_ALLOW_THREADS
+    self->users--;
     if (rc != EP_OK) {
         raise_msg(rc, "the store is closing, or was opened by another process (after fork() open a new one)");
         goto error;
@@ -324,9 +327,11 @@ static PyObject *store_execute(StoreObject *self, PyObject *args, PyObject *kwds
         raise_msg(rc, "building a statement");
         goto error;
     }
+    self->users++;
     Py_BEGIN_ALLOW_THREADS
     rc = ep_store_submit(self->s, job);
     Py_END_ALLOW_THREADS
+    self->users--;
     if (rc != EP_OK) {
         raise_msg(rc, "the store is closing, or was opened by another process (after fork() open a new one)");
         goto error;
@@ -345,9 +350,11 @@ static PyObject *store_flush(StoreObject *self, PyObject *noargs)
     int rc;
     if (store_check_open(self) < 0)
         return NULL;
+    self->users++;
     Py_BEGIN_ALLOW_THREADS
     rc = ep_store_flush(self->s, msg, sizeof msg);
     Py_END_ALLOW_THREADS
+    self->users--;
     if (rc != EP_OK)
         return raise_msg(rc, msg);
     Py_RETURN_NONE;
@@ -360,6 +367,12 @@ static PyObject *store_close(StoreObject *self, PyObject *noargs)
     ep_store *s = self->s;
     if (!s)
         Py_RETURN_NONE;
+    if (self->users > 0) {
+        /* freeing the store under a thread blocked in it would be a use after free */
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the store is in use by another thread (insert/execute/flush); close it after that returns");
+        return NULL;
+    }
     self->s = NULL;
     Py_BEGIN_ALLOW_THREADS
     rc = ep_store_close(s, msg, sizeof msg);

@@ -1122,3 +1122,43 @@ def test_writer_checkpoints_the_wal_when_idle(dbpath):
         conn = sqlite3.connect(dbpath)
         assert conn.execute("SELECT COUNT(*) FROM power_samples").fetchone()[0] == 100_000
         conn.close()
+
+
+def test_close_refuses_while_another_thread_waits_in_the_store(tmp_path):
+    path = str(tmp_path / "c.db")
+    Store(path).close()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    w = _core.Store(path, busy_timeout_ms=60000)
+    w.execute("CREATE TABLE t (x INTEGER)")  # waits for the lock in the writer thread
+    started = threading.Event()
+    errors = []
+
+    def flusher():
+        started.set()
+        try:
+            w.flush()  # waits, GIL released, until the lock goes
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=flusher)
+    t.start()
+    started.wait()
+    while w.pending and t.is_alive() and not _in_flush(t):
+        pass
+    with pytest.raises(RuntimeError, match="in use by another thread"):
+        w.close()
+    holder.execute("ROLLBACK")
+    t.join()
+    w.close()
+    assert not errors and w.closed
+    holder.close()
+
+
+def _in_flush(t: threading.Thread) -> bool:
+    """True once thread t is inside a call to Store.flush (seen from its Python frame)."""
+    import sys
+
+    frame = sys._current_frames().get(t.ident)
+    return frame is not None and frame.f_code.co_name == "flusher" and frame.f_lasti > 0 and \
+        "flush" in frame.f_code.co_names and frame.f_lineno == frame.f_code.co_firstlineno + 3
