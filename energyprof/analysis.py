@@ -30,7 +30,7 @@ import numpy as np
 __all__ = [
     "t_cdf", "t_quantile", "normal_quantile", "mean_ci", "welch", "ols", "OLSResult", "figure",
     "efficiency", "summaries", "figure_value", "model_dict", "architecture_scaling", "ARCH_FEATURES",
-    "compare_groups", "plot_architecture_scaling", "plot_compare_groups", "FIGURE_UNITS",
+    "compare_groups", "plot_architecture_scaling", "plot_compare_groups", "plot_efficiency", "FIGURE_UNITS",
 ]
 
 NAN = float("nan")
@@ -730,6 +730,26 @@ def plot_architecture_scaling(result: Dict[str, Any], feature: str):
     ax.set_ylabel(f"{pre}{result['figure']} [{result['unit']}]")
     ax.set_title(f"{result['figure']} vs {feature}")
     ax.legend()
+    return fig
+
+
+def plot_efficiency(run: Any, net: bool = False):
+    """Energy per token of one run: prefill J per input token next to decode J per output token
+    (with its 95 % interval from the per-step rows) and the whole run's J per output token;
+    returns a matplotlib Figure."""
+    e = efficiency(run, net=net)
+    names = [("prefill_j_per_input_token", "prefill\nper input token"),
+             ("decode_j_per_output_token", "decode\nper output token"),
+             ("j_per_output_token", "whole run\nper output token")]
+    vals = [e[k]["value"] for k, _ in names]
+    err = [0.0 if math.isnan(e[k]["ci95"][1]) else e[k]["ci95"][1] - e[k]["value"] for k, _ in names]
+    fig = _mpl_fig(6.0, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(range(3), vals, yerr=err, capsize=6, color=["#a6d0f2", "#b9e3b0", "#cccccc"])
+    ax.set_xticks(range(3), labels=[lbl for _, lbl in names])
+    ax.set_ylabel("J/token" + (" (above idle)" if net else ""))
+    r = e["output_to_input_token_energy"]["value"]
+    ax.set_title(f"energy per token (output/input = {r:.3g}×)")
     return fig
 
 

@@ -364,6 +364,11 @@ def test_analysis_plots():
     assert "difference" in fig2.axes[0].get_title()
     with pytest.raises(ValueError):
         plot_architecture_scaling(architecture_scaling(runs), "n_experts")
+    from energyprof.analysis import plot_efficiency
+
+    fig3 = plot_efficiency(synthetic_run(n_steps=6))
+    assert fig3.axes[0].get_title().startswith("energy per token")
+    assert len(fig3.axes[0].patches) == 3
 
 
 # ----------------------------------------------------------------------------- docs
