@@ -1162,3 +1162,22 @@ def _in_flush(t: threading.Thread) -> bool:
     frame = sys._current_frames().get(t.ident)
     return frame is not None and frame.f_code.co_name == "flusher" and frame.f_lasti > 0 and \
         "flush" in frame.f_code.co_names and frame.f_lineno == frame.f_code.co_firstlineno + 3
+
+
+def test_writer_constant_columns_of_every_kind(tmp_path):
+    path = str(tmp_path / "k.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE t (x INTEGER, i INTEGER, f REAL, s TEXT, n TEXT, b BLOB, yes INTEGER)")
+    a = np.zeros(3, [("x", "<i4")])
+    a["x"] = [1, 2, 3]
+    consts = {"i": np.int64(-7), "f": 2.5, "s": "été 🚀", "n": None, "b": b"\x00\x01\xff", "yes": True}
+    with _core.Store(path) as w:
+        w.insert("t", a, consts)
+        w.execute("INSERT INTO t (x, s) VALUES (?, ?)", [np.int32(4), "tail"])
+    rows = conn.execute("SELECT x, i, f, s, n, b, yes FROM t ORDER BY rowid").fetchall()
+    assert rows == [(k, -7, 2.5, "été 🚀", None, b"\x00\x01\xff", 1) for k in (1, 2, 3)] + [
+        (4, None, None, "tail", None, None, None)]
+    # the same through the twin
+    conn.execute("DELETE FROM t")
+    _reference.store_insert(conn, "t", a, {k: (v.item() if isinstance(v, np.generic) else v) for k, v in consts.items()})
+    assert conn.execute("SELECT x, i, f, s, n, b, yes FROM t ORDER BY rowid").fetchall() == rows[:3]
