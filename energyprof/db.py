@@ -314,7 +314,7 @@ class Store:
 
     def __init__(self, path: Optional[PathLike] = None, *, busy_timeout_ms: int = 5000, mark_stale: bool = True,
                  queue_jobs: int = 64) -> None:
-        self.path = os.path.abspath(os.fspath(path)) if path is not None else default_path()
+        self.path = os.path.abspath(os.fspath(path) if path is not None else default_path())
         self.busy_timeout_ms = int(busy_timeout_ms)
         self._queue_jobs = int(queue_jobs)
         self._writer = None
