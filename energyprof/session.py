@@ -433,6 +433,15 @@ class Session(RunData):
                                        self._components, status, ops=self._ops)
             except Exception as e:
                 self._save_error = self._save_error or e
+            finally:
+                from .db import Store
+
+                if not isinstance(self.db, Store):   # we opened it: everything is committed, close it
+                    try:
+                        self._store.close()
+                    except Exception as e:
+                        self._save_error = self._save_error or e
+                    self._store = None
             if self._save_error is not None:
                 warnings.warn(
                     f"energyprof: the run could not be saved ({self._save_error}); its data is still available on "
