@@ -186,6 +186,8 @@ def model_features(obj: Any) -> Dict[str, float]:
             f[k] = 0.0
     if math.isnan(f["n_params"]):
         f["n_params"] = estimate_params(f)
+        if math.isnan(f["n_params"]):
+            raise ValueError("model features need n_params, or vocab_size to estimate it from the shapes")
     f["active_params"] = active_params(f)
     return f
 
@@ -239,7 +241,8 @@ class Predictor:
     """
 
     def __init__(self, terms: Sequence[str], coef: Sequence[float], cov: Any, resid_sd: float, df: int, n: int,
-                 r2: float = NAN, target: str = "energy_j", dropped_terms: Sequence[str] = ()) -> None:
+                 r2: float = NAN, target: str = "energy_j", dropped_terms: Sequence[str] = (),
+                 ranges: Optional[Dict[str, Sequence[float]]] = None) -> None:
         unknown = [t for t in terms if t not in TERMS]
         if unknown:
             raise ValueError(f"unknown term(s) {', '.join(unknown)}; valid: {', '.join(TERMS)}")
@@ -252,6 +255,8 @@ class Predictor:
         self.r2 = float(r2)
         self.target = target
         self.dropped_terms = list(dropped_terms)
+        #: term -> [min, max] of its column over the training runs (for the extrapolation check)
+        self.ranges = {k: [float(v[0]), float(v[1])] for k, v in (ranges or {}).items()}
 
     # -- fitting ---------------------------------------------------------------------
     @classmethod
@@ -298,8 +303,9 @@ class Predictor:
         res = ols(X[:, kept], y, names=names, intercept=False)
         tss = float(((y - y.mean()) ** 2).sum())
         r2 = 1.0 - float(res.residuals @ res.residuals) / tss if tss > 0 else NAN
+        ranges = {terms[j]: [float(X[:, j].min()), float(X[:, j].max())] for j in kept}
         return cls(names, res.coef, res.cov, res.resid_sd, res.df, res.n, r2=r2, target=target,
-                   dropped_terms=dropped)
+                   dropped_terms=dropped, ranges=ranges)
 
     # -- prediction ------------------------------------------------------------------
     def _x(self, model: Any, prompt_tokens: float, output_tokens: float, batch_size: float) -> np.ndarray:
@@ -314,7 +320,9 @@ class Predictor:
 
         ``model``: anything :func:`model_features` reads (a run's model dict, a torch model,
         a transformers config, a tiny model name).  Returns ``{"energy_j", "unit": "J",
-        "pi95": [lo, hi], "se_mean", "sd_pred", "j_per_output_token", "level", "terms"}``.
+        "pi95": [lo, hi], "se_mean", "sd_pred", "j_per_output_token", "level", "terms",
+        "extrapolation"}``; ``extrapolation`` lists the terms whose value lies outside the range
+        seen in the training runs (the interval assumes the linear model still holds there).
         """
         if prompt_tokens < 0 or output_tokens < 1 or batch_size < 1:
             raise ValueError("prompt_tokens must be >= 0, output_tokens and batch_size >= 1")
@@ -326,7 +334,9 @@ class Predictor:
         out_tok = output_tokens * batch_size
         return {"energy_j": yhat, "unit": "J", "pi95": [yhat - hw, yhat + hw], "se_mean": math.sqrt(max(var_mean, 0)),
                 "sd_pred": sd_pred, "j_per_output_token": yhat / out_tok, "level": level,
-                "terms": {t: float(c * xv) for t, c, xv in zip(self.terms, self.coef, x)}}
+                "terms": {t: float(c * xv) for t, c, xv in zip(self.terms, self.coef, x)},
+                "extrapolation": [t for t, xv in zip(self.terms, x) if t in self.ranges
+                                  and not (self.ranges[t][0] * (1 - 1e-9) <= xv <= self.ranges[t][1] * (1 + 1e-9))]}
 
     def coefficients(self) -> Dict[str, Dict[str, Any]]:
         """Each kept term's coefficient with its unit, standard error and 95 % interval."""
@@ -341,7 +351,7 @@ class Predictor:
         """JSON-friendly state (what :meth:`save` writes)."""
         return {"format": "energyprof.Predictor", "version": 1, "target": self.target, "terms": self.terms,
                 "coef": self.coef.tolist(), "cov": self.cov.tolist(), "resid_sd": self.resid_sd, "df": self.df,
-                "n": self.n, "r2": self.r2, "dropped_terms": self.dropped_terms}
+                "n": self.n, "r2": self.r2, "dropped_terms": self.dropped_terms, "ranges": self.ranges}
 
     def save(self, path: Union[str, os.PathLike]) -> str:
         """Write the predictor as JSON; returns the path."""
@@ -360,7 +370,8 @@ class Predictor:
         if not isinstance(d, dict) or d.get("format") != "energyprof.Predictor":
             raise ValueError(f"{os.fspath(path)} is not a saved energyprof Predictor")
         return cls(d["terms"], d["coef"], d["cov"], d["resid_sd"], d["df"], d["n"], r2=d.get("r2", NAN),
-                   target=d.get("target", "energy_j"), dropped_terms=d.get("dropped_terms", ()))
+                   target=d.get("target", "energy_j"), dropped_terms=d.get("dropped_terms", ()),
+                   ranges=d.get("ranges"))
 
     def __repr__(self) -> str:
         return f"<Predictor {self.target} ~ {' + '.join(self.terms)} (n={self.n}, resid_sd={self.resid_sd:.3g} J)>"
@@ -513,4 +524,7 @@ def cli_main(args) -> int:
         print(f"{args.model}: prompt {args.prompt_tokens} + {args.output_tokens} new tokens × batch "
               f"{args.batch_size}: {r['energy_j']:.4g} J (95% prediction interval {lo:.4g} .. {hi:.4g} J), "
               f"{r['j_per_output_token']:.4g} J per output token")
+        if r["extrapolation"]:
+            print("note: outside the range of the training runs in " + ", ".join(r["extrapolation"]) +
+                  "; the interval assumes the linear model holds there")
     return 0

@@ -163,7 +163,7 @@ def _ints(name: str, values: Any) -> List[int]:
     return vals
 
 
-def _prompt(batch: int, length: int, vocab: int, prompts: str, seed: int):
+def _prompt(batch: int, length: int, vocab: int, prompts: str, seed: int, device: Any = None):
     import torch
 
     if prompts == "random":
@@ -180,7 +180,7 @@ def _prompt(batch: int, length: int, vocab: int, prompts: str, seed: int):
         ids = np.array([one] * batch)
     else:
         raise ValueError(f"prompts must be 'random' or 'text', got {prompts!r}")
-    ids = torch.as_tensor(ids, dtype=torch.long)
+    ids = torch.as_tensor(ids, dtype=torch.long, device=device)
     return ids, torch.ones_like(ids)
 
 
@@ -216,7 +216,7 @@ def sweep(model_factory_or_model: Any, batch_sizes: Sequence[int] = (1,), prompt
           max_new_tokens: Sequence[int] = (32,), repeats: int = 3, source: str = "auto", db: Any = None,
           baseline_s: float = 0.0, progress: bool = True, tags: Optional[Iterable[str]] = None,
           save: bool = True, mode: str = "minimal", prompts: str = "random", seed: int = 0, warmup: bool = True,
-          sweep_id: Optional[str] = None, **run_kw: Any) -> SweepResult:
+          sweep_id: Optional[str] = None, interleave: bool = False, **run_kw: Any) -> SweepResult:
     """Run ``model.generate`` over a grid under :func:`energyprof.run` and tabulate the results.
 
     Parameters
@@ -231,13 +231,15 @@ def sweep(model_factory_or_model: Any, batch_sizes: Sequence[int] = (1,), prompt
     tags: extra tags for every run (the sweep adds ``sweep:<id>`` and the grid point).
     prompts: ``"random"`` token ids (seeded) or ``"text"`` (ByteTokenizer bytes of a fixed text).
     warmup: one untimed ``generate`` first, so the first grid point does not pay start-up costs.
+    interleave: run the whole grid once per repeat (repeat-major order) instead of all repeats
+        of a grid point back to back, so slow drifts (temperature, clocks) spread over every point.
     run_kw: other keywords for :func:`energyprof.run` (``interval_ms``, ``sync``...).
 
     Returns a :class:`SweepResult`.
     """
     import torch
 
-    from .session import run as ep_run
+    from .session import _model_device, run as ep_run
 
     bs = _ints("batch_sizes", batch_sizes)
     pls = _ints("prompt_lengths", prompt_lengths)
@@ -251,26 +253,32 @@ def sweep(model_factory_or_model: Any, batch_sizes: Sequence[int] = (1,), prompt
     gen_base = dict(do_sample=False)
     if pad is not None:
         gen_base["pad_token_id"] = pad
+    device = _model_device(model)
     grid = list(itertools.product(bs, pls, nts))
+    if interleave:
+        order = [(gi, rep) for rep in range(int(repeats)) for gi in range(len(grid))]
+    else:
+        order = [(gi, rep) for gi in range(len(grid)) for rep in range(int(repeats))]
     out: List[Dict[str, Any]] = []
     if warmup:
-        ids, mask = _prompt(bs[0], pls[0], vocab, prompts, seed)
+        ids, mask = _prompt(bs[0], pls[0], vocab, prompts, seed, device)
         with torch.no_grad():
             model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, min_new_tokens=2, **gen_base)
-    with _Bar(len(grid) * int(repeats), progress) as bar:
-        for gi, (b, p, n) in enumerate(grid):
-            ids, mask = _prompt(b, p, vocab, prompts, seed + gi)
+    with _Bar(len(order), progress) as bar:
+        for gi, rep in order:
+            b, p, n = grid[gi]
+            # the same prompt for every repeat of a grid point
+            ids, mask = _prompt(b, p, vocab, prompts, seed + gi, device)
             gen_kw = dict(gen_base, max_new_tokens=n, min_new_tokens=n)
-            for rep in range(int(repeats)):
-                run_tags = list(tags or []) + [f"sweep:{sid}", f"batch_size={b}", f"prompt_length={p}",
-                                               f"max_new_tokens={n}"]
-                with ep_run(model, source=source, mode=mode, baseline_s=baseline_s, db=db, save=save,
-                            name=f"sweep {sid} b{b} p{p} n{n} r{rep}", tags=run_tags, **run_kw) as s:
-                    with torch.no_grad():
-                        model.generate(input_ids=ids, attention_mask=mask, **gen_kw)
-                summ = s.summary()
-                out.append(summ)
-                bar.step(f"b={b} p={p} n={n}: {_f(summ.get('j_per_output_token')):.3g} J/token")
+            run_tags = list(tags or []) + [f"sweep:{sid}", f"batch_size={b}", f"prompt_length={p}",
+                                           f"max_new_tokens={n}"]
+            with ep_run(model, source=source, mode=mode, baseline_s=baseline_s, db=db, save=save,
+                        name=f"sweep {sid} b{b} p{p} n{n} r{rep}", tags=run_tags, **run_kw) as s:
+                with torch.no_grad():
+                    model.generate(input_ids=ids, attention_mask=mask, **gen_kw)
+            summ = s.summary()
+            out.append(summ)
+            bar.step(f"b={b} p={p} n={n}: {_f(summ.get('j_per_output_token')):.3g} J/token")
     return SweepResult(sid, out)
 
 
@@ -487,6 +495,7 @@ def add_arguments(sp) -> None:
     sp.add_argument("--baseline-s", type=float, default=0.0)
     sp.add_argument("--interval-ms", type=float, default=None)
     sp.add_argument("--prompts", choices=["random", "text"], default="random")
+    sp.add_argument("--interleave", action="store_true", help="run the whole grid once per repeat")
     sp.add_argument("--tag", action="append", help="extra tag for every run (repeatable)")
     sp.add_argument("--load", default=None, metavar="SWEEP_ID", help="show a stored sweep instead of running one")
     sp.add_argument("--csv", default=None, help="also write the table as CSV")
@@ -533,7 +542,7 @@ def cli_main(args) -> int:
         res = sweep(model, batch_sizes=bs, prompt_lengths=pls, max_new_tokens=nts, repeats=args.repeats,
                     source=args.source, db=args.db, baseline_s=args.baseline_s, mode=args.mode,
                     progress=not args.no_progress and sys.stderr.isatty(), tags=args.tag, save=not args.no_save,
-                    prompts=args.prompts, **kw)
+                    prompts=args.prompts, interleave=args.interleave, **kw)
     t = res.table
     if args.json:
         import json

@@ -116,13 +116,25 @@ def test_save_and_load_roundtrip(tmp_path):
     q = Predictor.load(path)
     m = _arch(rng)
     assert q.predict(m, 64, 32, batch_size=2) == p.predict(m, 64, 32, batch_size=2)
-    assert q.terms == p.terms and q.dropped_terms == p.dropped_terms
+    assert q.terms == p.terms and q.dropped_terms == p.dropped_terms and q.ranges == p.ranges
     (tmp_path / "bad.json").write_text('{"format": "something else"}')
     with pytest.raises(ValueError, match="not a saved energyprof Predictor"):
         Predictor.load(tmp_path / "bad.json")
     (tmp_path / "junk.json").write_text("not json")
     with pytest.raises(ValueError, match="not JSON"):
         Predictor.load(tmp_path / "junk.json")
+
+
+def test_extrapolation_is_flagged():
+    rng = np.random.default_rng(8)
+    p = Predictor.fit(_runs(rng, 30), terms=list(TRUE))
+    inside = p.predict({"n_layers": 8, "hidden_size": 256, "n_heads": 4, "n_kv_heads": 4, "vocab_size": 1000}, 64, 32)
+    assert inside["extrapolation"] == []
+    far = p.predict({"n_layers": 80, "hidden_size": 8192, "n_heads": 64, "n_kv_heads": 8, "vocab_size": 1000}, 64, 32)
+    assert far["energy_j"] > inside["energy_j"]
+    with pytest.raises(ValueError, match="vocab_size"):
+        p.predict({"n_layers": 8, "hidden_size": 256}, 64, 32)
+    assert "decode_flops" in far["extrapolation"] and "const" not in far["extrapolation"]
 
 
 def test_features_of_real_models():

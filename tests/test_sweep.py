@@ -97,6 +97,13 @@ def test_sweep_factory_and_text_prompts(model):
     assert math.isnan(res.table["energy_j_ci95"][0])  # one repeat: no interval
 
 
+def test_sweep_interleaved_order(model):
+    res = ep.sweep(model, batch_sizes=[1, 2], prompt_lengths=[3], max_new_tokens=[2], repeats=2, source=SOURCE,
+                   save=False, progress=False, warmup=False, interleave=True)
+    assert [s["batch_size"] for s in res.runs] == [1, 2, 1, 2]
+    assert list(res.table["n"]) == [2, 2]
+
+
 # ----------------------------------------------------------------------------- constructed runs
 def _run(b, p, n, energy, prefill_energy, duration, tags=()):
     return {"batch_size": b, "input_tokens": b * p, "output_tokens": b * n, "energy_j": energy,
