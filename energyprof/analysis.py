@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -526,22 +526,16 @@ def efficiency(run: Any, net: bool = False) -> Dict[str, Dict[str, Any]]:
     tokens = getattr(run, "tokens", None)
     dec_jpt, dec_se, k = _div(dec_e, dec_n), NAN, None
     dec_spt, dec_spt_se = _div(dec_d, dec_n), NAN
-    if tokens is not None and len(tokens) and not net:
+    if tokens is not None and len(tokens):
         en = np.asarray(tokens["energy_j"], dtype=np.float64)
+        du = np.asarray(tokens["duration_s"], dtype=np.float64)
+        if net:  # the same baseline power the run's net figures subtract
+            en = en - _f(s.get("baseline_power_w")) * du
         nt = np.asarray(tokens["n_tokens"], dtype=np.float64)
         ok = ~np.isnan(en) & (nt > 0)
         if ok.any():
             dec_jpt, dec_se = _ratio_se(en[ok], nt[ok])
-            dec_spt, dec_spt_se = _ratio_se(np.asarray(tokens["duration_s"], dtype=np.float64)[ok], nt[ok])
-            k = int(ok.sum())
-    elif tokens is not None and len(tokens) and net:
-        base_w = _f(s.get("baseline_power_w"))
-        en = np.asarray(tokens["energy_j"], dtype=np.float64) - base_w * np.asarray(tokens["duration_s"], dtype=np.float64)
-        nt = np.asarray(tokens["n_tokens"], dtype=np.float64)
-        ok = ~np.isnan(en) & (nt > 0)
-        if ok.any():
-            dec_jpt, dec_se = _ratio_se(en[ok], nt[ok])
-            dec_spt, dec_spt_se = _ratio_se(np.asarray(tokens["duration_s"], dtype=np.float64)[ok], nt[ok])
+            dec_spt, dec_spt_se = _ratio_se(du[ok], nt[ok])
             k = int(ok.sum())
     out["decode_j_per_output_token"] = figure(dec_jpt, "J/token", dec_se, n=k)
     out["decode_s_per_output_token"] = figure(dec_spt, "s/token", dec_spt_se, n=k)

@@ -26,11 +26,11 @@ import math
 import sys
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .analysis import FIGURE_UNITS, NAN, OLSResult, _f, figure, figure_value, mean_ci, ols, summaries
+from .analysis import FIGURE_UNITS, OLSResult, _f, figure, figure_value, mean_ci, ols, summaries
 
 __all__ = ["sweep", "SweepResult", "SWEEP_FIGURES", "SWEEP_DTYPE", "sweep_table", "load_sweep", "batch_scaling",
            "context_scaling", "pareto_frontier", "plot_batch_scaling", "plot_context_scaling", "plot_pareto",

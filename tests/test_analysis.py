@@ -136,7 +136,8 @@ def test_ols_exact_and_closed_form_se():
     hw = t_quantile(0.975, 3) * s * math.sqrt(1 + 1 / 5 + (x0 - x.mean()) ** 2 / sxx)
     assert band[0] == pytest.approx([yhat[0] - hw, yhat[0] + hw])
     _, cband = fit.predict([[1.0, x0]], interval="confidence")
-    assert cband[0, 1] - yhat[0] == pytest.approx(t_quantile(0.975, 3) * s * math.sqrt(1 / 5 + (x0 - x.mean()) ** 2 / sxx))
+    chw = t_quantile(0.975, 3) * s * math.sqrt(1 / 5 + (x0 - x.mean()) ** 2 / sxx)
+    assert cband[0, 1] - yhat[0] == pytest.approx(chw)
 
 
 def test_ols_recovers_known_coefficients_and_ci_coverage():
@@ -217,6 +218,9 @@ def test_efficiency_by_hand():
     assert ratio["value"] == pytest.approx(per.mean() / 0.05)
     assert ratio["se"] == pytest.approx(dec["se"] / 0.05)
     assert math.isnan(e["energy_j"]["se"])  # one measurement
+    net = efficiency(run, net=True)["decode_j_per_output_token"]  # baseline 2 W over 0.2 s steps
+    assert net["value"] == pytest.approx((e_steps - 2.0 * 0.2).sum() / 18)
+    assert net["se"] == pytest.approx(dec["se"])  # a constant shift per step leaves the spread alone
 
 
 def test_efficiency_net_and_phase_fallback():

@@ -11,7 +11,6 @@ import pytest
 
 import energyprof as ep
 from energyprof import cli
-from energyprof.analysis import mean_ci
 from energyprof.sweep import (SWEEP_DTYPE, SweepResult, batch_scaling, context_scaling, load_sweep, pareto_frontier,
                               plot_batch_scaling, plot_context_scaling, plot_pareto, sweep_table)
 from energyprof.tiny import tiny_model
