@@ -64,6 +64,9 @@ ATTN_IMPLEMENTATION = "energyprof"
 SPARSE_BELOW = 1e-3
 #: An activation whose magnitude is below this is counted as killed by the gate.
 KILL_BELOW = 1e-3
+#: Compute the head / kill-ratio / variance-ratio statistics (and their ``*.stats`` op
+#: spans).  False leaves only the op timings; read when a deep run starts.
+STATISTICS = True
 
 ATTN_OPS = ("qk", "scale", "softcap", "mask", "softmax", "av", "stats")
 MLP_OPS = ("act", "mul", "stats")
@@ -93,6 +96,10 @@ def _noop() -> None:
 
 
 _NOMARK = (_noop, _noop)
+
+
+def _skip_stats(*args: Any) -> None:
+    return None
 
 
 # --------------------------------------------------------------------------- attention
@@ -166,7 +173,7 @@ def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_m
     out = torch.matmul(w, value_states)
     out = out.transpose(1, 2).contiguous()
     e()
-    if marks is not None:
+    if marks is not None and "stats" in ops:
         b, e = ops["stats"]
         b()
         marks.recorder._attn_stats(marks, w, attention_mask)
@@ -240,8 +247,8 @@ def _norm_kind(mod: Any) -> Optional[str]:
 def _make_mlp_forward(mod: Any, kind: str, marks: _Marks) -> Callable:
     ops = marks.ops
     ab, ae = ops["act"]
-    sb, se = ops["stats"]
-    rec = marks.recorder
+    sb, se = ops.get("stats", _NOMARK)
+    kill = marks.recorder._kill_stats if "stats" in ops else _skip_stats
 
     if kind == "gated":
         mb, me = ops["mul"]
@@ -256,7 +263,7 @@ def _make_mlp_forward(mod: Any, kind: str, marks: _Marks) -> Callable:
             h = a * u
             me()
             sb()
-            rec._kill_stats(marks, a)
+            kill(marks, a)
             se()
             return mod.down_proj(h)
     elif kind == "gate_up":
@@ -272,7 +279,7 @@ def _make_mlp_forward(mod: Any, kind: str, marks: _Marks) -> Callable:
             up_states = up_states * a
             me()
             sb()
-            rec._kill_stats(marks, a)
+            kill(marks, a)
             se()
             return mod.down_proj(up_states)
     else:
@@ -288,7 +295,7 @@ def _make_mlp_forward(mod: Any, kind: str, marks: _Marks) -> Callable:
             h = getattr(mod, act)(h)
             ae()
             sb()
-            rec._kill_stats(marks, h)
+            kill(marks, h)
             se()
             h = getattr(mod, second)(h)
             if drop is not None:
@@ -304,8 +311,8 @@ def _make_norm_forward(mod: Any, kind: str, marks: _Marks) -> Callable:
     vb, ve = ops["variance"]
     nb, ne = ops["normalize"]
     cb, ce = ops["scale"]
-    sb, se = ops["stats"]
-    rec = marks.recorder
+    sb, se = ops.get("stats", _NOMARK)
+    var_stats = marks.recorder._variance_stats if "stats" in ops else _skip_stats
 
     if kind == "rms":
         def forward(hidden_states):
@@ -321,7 +328,7 @@ def _make_norm_forward(mod: Any, kind: str, marks: _Marks) -> Callable:
             out = mod.weight * h.to(input_dtype)
             ce()
             sb()
-            rec._variance_stats(marks, hidden_states, out)
+            var_stats(marks, hidden_states, out)
             se()
             return out
     elif kind == "gemma_rms":
@@ -338,7 +345,7 @@ def _make_norm_forward(mod: Any, kind: str, marks: _Marks) -> Callable:
             output = output.type_as(x)
             ce()
             sb()
-            rec._variance_stats(marks, x, output)
+            var_stats(marks, x, output)
             se()
             return output
     else:  # nn.LayerNorm, decomposed: not bit-identical to the fused kernel (see docs/deep.md)
@@ -357,7 +364,7 @@ def _make_norm_forward(mod: Any, kind: str, marks: _Marks) -> Callable:
                 h = h + mod.bias
             ce()
             sb()
-            rec._variance_stats(marks, x, h)
+            var_stats(marks, x, h)
             se()
             return h
     return forward
@@ -394,6 +401,7 @@ class DeepOps:
     op_components: set = field(default_factory=set)
     unsupported: List[str] = field(default_factory=list)
     attention: str = "none"
+    statistics: bool = field(default_factory=lambda: STATISTICS)
     _attn: List[Tuple[Any, _Marks]] = field(default_factory=list)
     _mlp: List[Tuple[Any, str, _Marks]] = field(default_factory=list)
     _norm: List[Tuple[Any, str, _Marks]] = field(default_factory=list)
@@ -407,6 +415,8 @@ class DeepOps:
     def _alloc(self, ref: Any, names: Sequence[str]) -> _Marks:
         from .attribution import SpanInfo
 
+        if not self.statistics:
+            names = [n for n in names if n != "stats"]
         parent = self.qual_to_span[ref.qualname]
         ops: Dict[str, Tuple[Any, Any]] = {}
         for op in names:
@@ -511,33 +521,44 @@ class DeepOps:
         import torch
 
         with torch.no_grad():
-            p = w.detach().float()                                  # (B, H, Q, K)
-            ent = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)      # (B, H, Q); 0·log 0 = 0
-            mx = p.amax(-1)
+            p = w.detach()
+            if p.dtype != torch.float32:
+                p = p.float()                                        # (B, H, Q, K)
+            ent = torch.special.entr(p).sum(-1)                      # -p log p, 0 at p = 0
+            row_max = p.amax(-1)                                     # (B, H, Q)
             small = p < SPARSE_BELOW
             if attention_mask is not None and attention_mask.is_floating_point():
                 allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
             elif attention_mask is not None:
                 allowed = attention_mask.bool()
             else:
-                allowed = torch.ones((), dtype=torch.bool, device=p.device)
-            allowed = allowed.expand_as(p)
-            n_allowed = allowed.sum(dim=(0, 2, 3)).clamp_min(1).float()
-            sparse = (small & allowed).sum(dim=(0, 2, 3)).float() / n_allowed
-            st = torch.stack([ent.mean(dim=(0, 2)), mx.mean(dim=(0, 2)), sparse,
+                allowed = None
+            if allowed is None:
+                n_allowed = float(p.shape[0] * p.shape[2] * p.shape[3])
+                sparse = small.sum(dim=(0, 2, 3)) / n_allowed
+            else:
+                # the mask is (B, 1 or H, Q, K): count it once, not once per head
+                allowed = allowed.expand(p.shape[0], allowed.shape[1], p.shape[2], p.shape[3])
+                n_allowed = allowed.sum(dim=(0, 2, 3)).clamp_min(1)
+                sparse = (small & allowed).sum(dim=(0, 2, 3)) / n_allowed
+            sparse = sparse.to(torch.float32).expand(p.shape[1])
+            st = torch.stack([ent.mean(dim=(0, 2)), row_max.mean(dim=(0, 2)), sparse,
                               torch.full_like(sparse, float(p.shape[0] * p.shape[2]))])
             self._head_raw.setdefault(marks.stats_key, []).append(st)
-            a = torch.stack([p.mean(), p.std() if p.numel() > 1 else p.new_zeros(()), p.abs().max(),
-                             small.float().mean()])
+            std, mean = torch.std_mean(p) if p.numel() > 1 else (p.new_zeros(()), p.mean())
+            a = torch.stack([mean, std, row_max.max(), small.sum() / float(p.numel())])
             self._act_raw.setdefault(marks.stats_key, []).append(a)
 
     def _kill_stats(self, marks: _Marks, a: Any) -> None:
         import torch
 
         with torch.no_grad():
-            x = a.detach().float()
-            st = torch.stack([x.mean(), x.std() if x.numel() > 1 else x.new_zeros(()), x.abs().max(),
-                              (x.abs() < KILL_BELOW).float().mean()])
+            x = a.detach()
+            if x.dtype != torch.float32:
+                x = x.float()
+            std, mean = torch.std_mean(x) if x.numel() > 1 else (x.new_zeros(()), x.mean())
+            ax = x.abs()
+            st = torch.stack([mean, std, ax.max(), (ax < KILL_BELOW).sum() / float(x.numel())])
             sid = marks.ops["act"][0].span_id
             self._act_raw.setdefault(sid, []).append(st)
             self._ratio_raw.setdefault(marks.stats_key, []).append(st[3])

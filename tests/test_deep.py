@@ -313,3 +313,19 @@ def test_standard_mode_has_no_ops():
     with ep.run(model, source="synthetic:power_w=5", baseline_s=0, save=False) as s:
         model(input_ids=IDS[:1])
     assert len(s.ops) == 0 and len(s.heads) == 0 and "deep" not in s.summary()
+
+
+def test_statistics_can_be_switched_off(monkeypatch):
+    monkeypatch.setattr(deep, "STATISTICS", False)
+    model = _quiet_model("tiny-phi3")
+    with torch.no_grad():
+        ref = model(input_ids=IDS, attention_mask=MASK).logits
+    with ep.run(model, source="synthetic:power_w=5", mode="deep", baseline_s=0, save=False) as s:
+        with torch.no_grad():
+            got = model(input_ids=IDS, attention_mask=MASK).logits
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+    comps = set(s.ops["component"].astype(str))
+    assert {"attn.softmax", "mlp.act", "mlp.mul", "input_norm.scale"} <= comps
+    assert not any(c.endswith(".stats") for c in comps)
+    assert len(s.heads) == 0
+    assert np.all(np.isnan(s.ops["act_sparsity"]))

@@ -1,0 +1,162 @@
+"""generate() slowdown of mode="deep" against mode="standard", side by side in one run.
+
+Variants, each timed in every round (order shuffled per round, medians over rounds):
+
+  none        model.generate() alone (sdpa attention, as the model was loaded)
+  standard    inside ep.run(mode="standard")
+  deep        inside ep.run(mode="deep"): energyprof's attention function through
+              transformers' AttentionInterface, MLP/norm op spans, head statistics
+  deep_nostats  mode="deep" with ``energyprof.deep.STATISTICS = False``: op spans only
+  deep_patch  mode="deep", but attention reached the monkey-patch way: the config set to
+              "eager" and the modeling module's ``eager_attention_forward`` global replaced
+              by the same function (docs/methodology.md compares the two approaches)
+
+Reported per model: median wall time and median CPU time of the calling thread (on a
+shared machine the thread's CPU time is the steadier measure of the Python work a
+variant adds; the sampler and live threads are not counted in it), and the slowdown of
+deep against standard as a ratio of medians.  Also the share of the op time that is
+energyprof's own statistics work (the ``*.stats`` op rows).
+
+Usage: python benchmarks/deep_overhead.py [--rounds R] [--tokens N] [--write]
+(--write puts the output into docs/benchmarks/deep_overhead.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import energyprof as ep  # noqa: E402
+from energyprof import deep  # noqa: E402
+from energyprof.tiny import tiny_model  # noqa: E402
+
+DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "deep_overhead.md")
+VARIANTS = ("none", "standard", "deep", "deep_nostats", "deep_patch")
+SOURCE = "synthetic:power_w=10,period_ms=10"
+
+MODELS = {
+    "tiny llama 2x64": dict(name="tiny-llama"),
+    "llama 8x512": dict(name="tiny-llama", n_layers=8, hidden_size=512, n_heads=8, n_kv_heads=4,
+                        intermediate_size=1408),
+}
+
+
+def _time_variant(model, variant: str, ids, n_new: int):
+    kw = dict(max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
+    t0w, t0c = time.perf_counter(), time.thread_time()
+    s = None
+    if variant == "none":
+        with torch.no_grad():
+            model.generate(ids, **kw)
+    elif variant in ("standard", "deep"):
+        with ep.run(model, source=SOURCE, mode=variant, baseline_s=0, save=False) as s:
+            with torch.no_grad():
+                model.generate(ids, **kw)
+    elif variant == "deep_nostats":
+        deep.STATISTICS = False
+        try:
+            with ep.run(model, source=SOURCE, mode="deep", baseline_s=0, save=False) as s:
+                with torch.no_grad():
+                    model.generate(ids, **kw)
+        finally:
+            deep.STATISTICS = True
+    else:
+        import transformers.models.llama.modeling_llama as ml
+
+        original = ml.eager_attention_forward
+        with ep.run(model, source=SOURCE, mode="deep", baseline_s=0, save=False) as s:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.set_attn_implementation("eager")
+            ml.eager_attention_forward = deep.attention_forward
+            try:
+                with torch.no_grad():
+                    model.generate(ids, **kw)
+            finally:
+                ml.eager_attention_forward = original
+    return time.perf_counter() - t0w, time.thread_time() - t0c, s
+
+
+def run(rounds: int, n_new: int, prompt_len: int) -> str:
+    torch.set_num_threads(1)
+    lines = [
+        "# generate() slowdown of mode=\"deep\" vs \"standard\"",
+        "",
+        f"`python benchmarks/deep_overhead.py --rounds {rounds} --tokens {n_new}`; torch threads = 1, "
+        f"prompt {prompt_len} tokens, {n_new} new tokens, source `{SOURCE}`, sync none, "
+        f"{platform.machine()} {platform.system()}, torch {torch.__version__}. Medians over {rounds} interleaved "
+        "rounds (order shuffled per round); slowdowns are ratios of medians measured in this one run. "
+        "CPU s = CPU time of the thread calling generate().",
+        "",
+        "| model | variant | wall s | CPU s | wall vs standard % | CPU vs standard % |",
+        "|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for label, spec in MODELS.items():
+        spec = dict(spec)
+        name = spec.pop("name")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = tiny_model(name, **spec)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(3, 300, (1, prompt_len), generator=g)
+        for v in VARIANTS:   # warm-up
+            _time_variant(model, v, ids, 2)
+        wall = {v: [] for v in VARIANTS}
+        cpu = {v: [] for v in VARIANTS}
+        last_deep = None
+        for _ in range(rounds):
+            order = list(VARIANTS)
+            random.shuffle(order)
+            for v in order:
+                w, c, s = _time_variant(model, v, ids, n_new)
+                wall[v].append(w)
+                cpu[v].append(c)
+                if v == "deep":
+                    last_deep = s
+        mw = {v: statistics.median(wall[v]) for v in VARIANTS}
+        mc = {v: statistics.median(cpu[v]) for v in VARIANTS}
+        for v in VARIANTS:
+            dw = "" if v == "none" else f"{(mw[v] / mw['standard'] - 1) * 100:+.1f}"
+            dc = "" if v == "none" else f"{(mc[v] / mc['standard'] - 1) * 100:+.1f}"
+            lines.append(f"| {label} | {v} | {mw[v]:.4f} | {mc[v]:.4f} | {dw} | {dc} |")
+        ops = last_deep.ops
+        stats = np.char.endswith(ops["component"].astype(str), ".stats")
+        share = ops["duration_s"][stats].sum() / ops["duration_s"].sum() if len(ops) else float("nan")
+        attn = last_deep.components[last_deep.components["component"] == "attn"]["duration_s"].sum()
+        attn_stats = ops["duration_s"][ops["component"] == "attn.stats"].sum()
+        notes.append(f"- {label}: deep/standard wall ratio {mw['deep'] / mw['standard']:.3f}, CPU ratio "
+                     f"{mc['deep'] / mc['standard']:.3f}; interface/patch wall ratio "
+                     f"{mw['deep'] / mw['deep_patch']:.3f}; without statistics deep/standard CPU ratio "
+                     f"{mc['deep_nostats'] / mc['standard']:.3f}. Statistics ops (`*.stats`) take "
+                     f"{share * 100:.1f}% of the op time; `attn.stats` is {attn_stats / attn * 100:.1f}% of the "
+                     f"attention time.")
+    lines += ["", *notes, ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--prompt", type=int, default=32)
+    ap.add_argument("--write", action="store_true", help="write docs/benchmarks/deep_overhead.md")
+    a = ap.parse_args()
+    out = run(a.rounds, a.tokens, a.prompt)
+    print(out)
+    if a.write:
+        with open(DOC, "w") as f:
+            f.write(out)
+
+
+if __name__ == "__main__":
+    main()
