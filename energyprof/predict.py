@@ -54,11 +54,13 @@ import numpy as np
 
 from .analysis import NAN, _collinear, _f, _tcrit, active_params, ols, summaries
 
-__all__ = ["Predictor", "TERMS", "DEFAULT_TERMS", "model_features", "estimate_params", "cross_validate",
+__all__ = ["Predictor", "TERMS", "DEFAULT_TERMS", "NOISE_MODELS", "model_features", "estimate_params", "cross_validate",
            "MIN_RUNS", "plot_predictions", "cli_main"]
 
 #: Fewest runs :meth:`Predictor.fit` accepts.
 MIN_RUNS = 5
+#: How the scatter of a run around the model is assumed to behave (see :meth:`Predictor.fit`).
+NOISE_MODELS = ("absolute", "relative")
 
 
 def _kv_dim(f: Dict[str, float]) -> float:
@@ -238,12 +240,15 @@ class Predictor:
 
     Build one with :meth:`fit` (or :meth:`load`); :meth:`predict` gives J with a 95 %
     prediction interval.  ``terms``, ``coef`` and ``cov`` describe the fit; ``resid_sd`` is
-    the residual standard deviation (J) and ``df`` its degrees of freedom.
+    the residual standard deviation (J, or a share of the energy when ``noise == "relative"``)
+    and ``df`` its degrees of freedom.
     """
 
     def __init__(self, terms: Sequence[str], coef: Sequence[float], cov: Any, resid_sd: float, df: int, n: int,
                  r2: float = NAN, target: str = "energy_j", dropped_terms: Sequence[str] = (),
-                 ranges: Optional[Dict[str, Sequence[float]]] = None) -> None:
+                 ranges: Optional[Dict[str, Sequence[float]]] = None, noise: str = "absolute") -> None:
+        if noise not in NOISE_MODELS:
+            raise ValueError(f"noise must be one of {', '.join(NOISE_MODELS)}, got {noise!r}")
         unknown = [t for t in terms if t not in TERMS]
         if unknown:
             raise ValueError(f"unknown term(s) {', '.join(unknown)}; valid: {', '.join(TERMS)}")
@@ -258,11 +263,13 @@ class Predictor:
         self.dropped_terms = list(dropped_terms)
         #: term -> [min, max] of its column over the training runs (for the extrapolation check)
         self.ranges = {k: [float(v[0]), float(v[1])] for k, v in (ranges or {}).items()}
+        #: "absolute": resid_sd in J; "relative": resid_sd is a share of the energy
+        self.noise = noise
 
     # -- fitting ---------------------------------------------------------------------
     @classmethod
     def fit(cls, runs: Any, terms: Optional[Sequence[str]] = None, target: str = "energy_j",
-            db: Any = None) -> "Predictor":
+            db: Any = None, noise: str = "absolute") -> "Predictor":
         """Fit on completed runs (RunData, summary dicts, run ids with ``db``, or a RunList).
 
         ``terms`` (default :data:`DEFAULT_TERMS`) are tried in order; a term whose column is a
@@ -270,7 +277,15 @@ class Predictor:
         and at most ``n - 2`` terms are kept so the residual scatter can be estimated.
         ``target`` is ``"energy_j"`` or ``"net_energy_j"``.  ValueError with fewer than
         :data:`MIN_RUNS` usable runs.
+
+        ``noise="absolute"`` (ordinary least squares) assumes the scatter of a run is the same
+        number of joules whatever its size; ``noise="relative"`` assumes it is the same *share*
+        of the energy (weighted least squares with weights 1/energy²), which suits runs that
+        span orders of magnitude (a tiny model next to a 7B one): the prediction interval then
+        grows with the predicted energy.
         """
+        if noise not in NOISE_MODELS:
+            raise ValueError(f"noise must be one of {', '.join(NOISE_MODELS)}, got {noise!r}")
         terms = list(terms) if terms is not None else list(DEFAULT_TERMS)
         unknown = [t for t in terms if t not in TERMS]
         if unknown:
@@ -284,6 +299,12 @@ class Predictor:
                              f"got {n}" + (f" ({skipped} skipped: not completed, no tokens or no model)"
                                            if skipped else ""))
         X = _design(terms, feats, B, P, O)
+        if noise == "relative":
+            if np.any(y <= 0):
+                raise ValueError(f"noise='relative' needs {target} > 0 in every run")
+            w = 1.0 / y  # each run's row divided by its energy: residuals become relative errors
+        else:
+            w = np.ones_like(y)
         kept: List[int] = []
         dropped: List[str] = []
         max_terms = n - 2
@@ -293,7 +314,8 @@ class Predictor:
                 dropped.append(t)
                 continue
             cand = kept + [j]
-            Xs = X[:, cand] / np.sqrt(np.mean(X[:, cand] ** 2, axis=0))
+            Xc = X[:, cand] * w[:, None]
+            Xs = Xc / np.sqrt(np.mean(Xc ** 2, axis=0))
             if _collinear(Xs, tol=1e-8):
                 dropped.append(t)
                 continue
@@ -301,12 +323,22 @@ class Predictor:
         if not kept:
             raise ValueError("no term has a non-zero column on these runs")
         names = [terms[j] for j in kept]
-        res = ols(X[:, kept], y, names=names, intercept=False)
+        res = ols(X[:, kept] * w[:, None], y * w, names=names, intercept=False)
+        if noise == "relative":
+            # Weights from the observed energies favour runs that came out low (biasing the
+            # coefficients down by about the variance); reweight by the fitted energies instead.
+            for _ in range(3):
+                fitted = X[:, kept] @ res.coef
+                if not np.all(fitted > 0):
+                    break
+                w = 1.0 / fitted
+                res = ols(X[:, kept] * w[:, None], y * w, names=names, intercept=False)
         tss = float(((y - y.mean()) ** 2).sum())
-        r2 = 1.0 - float(res.residuals @ res.residuals) / tss if tss > 0 else NAN
+        resid = y - X[:, kept] @ res.coef
+        r2 = 1.0 - float(resid @ resid) / tss if tss > 0 else NAN
         ranges = {terms[j]: [float(X[:, j].min()), float(X[:, j].max())] for j in kept}
         return cls(names, res.coef, res.cov, res.resid_sd, res.df, res.n, r2=r2, target=target,
-                   dropped_terms=dropped, ranges=ranges)
+                   dropped_terms=dropped, ranges=ranges, noise=noise)
 
     # -- prediction ------------------------------------------------------------------
     def _x(self, model: Any, prompt_tokens: float, output_tokens: float, batch_size: float) -> np.ndarray:
@@ -330,7 +362,8 @@ class Predictor:
         x = self._x(model, prompt_tokens, output_tokens, batch_size)
         yhat = float(x @ self.coef)
         var_mean = float(x @ self.cov @ x)
-        sd_pred = math.sqrt(max(var_mean, 0.0) + self.resid_sd ** 2)
+        scatter = self.resid_sd * (abs(yhat) if self.noise == "relative" else 1.0)
+        sd_pred = math.sqrt(max(var_mean, 0.0) + scatter ** 2)
         hw = _tcrit(self.df, level) * sd_pred
         out_tok = output_tokens * batch_size
         return {"energy_j": yhat, "unit": "J", "pi95": [yhat - hw, yhat + hw], "se_mean": math.sqrt(max(var_mean, 0)),
@@ -352,7 +385,8 @@ class Predictor:
         """JSON-friendly state (what :meth:`save` writes)."""
         return {"format": "energyprof.Predictor", "version": 1, "target": self.target, "terms": self.terms,
                 "coef": self.coef.tolist(), "cov": self.cov.tolist(), "resid_sd": self.resid_sd, "df": self.df,
-                "n": self.n, "r2": self.r2, "dropped_terms": self.dropped_terms, "ranges": self.ranges}
+                "n": self.n, "r2": self.r2, "dropped_terms": self.dropped_terms, "ranges": self.ranges,
+                "noise": self.noise}
 
     def save(self, path: Union[str, os.PathLike]) -> str:
         """Write the predictor as JSON; returns the path."""
@@ -372,18 +406,19 @@ class Predictor:
             raise ValueError(f"{os.fspath(path)} is not a saved energyprof Predictor")
         return cls(d["terms"], d["coef"], d["cov"], d["resid_sd"], d["df"], d["n"], r2=d.get("r2", NAN),
                    target=d.get("target", "energy_j"), dropped_terms=d.get("dropped_terms", ()),
-                   ranges=d.get("ranges"))
+                   ranges=d.get("ranges"), noise=d.get("noise", "absolute"))
 
     def __repr__(self) -> str:
-        return f"<Predictor {self.target} ~ {' + '.join(self.terms)} (n={self.n}, resid_sd={self.resid_sd:.3g} J)>"
+        sd = f"{self.resid_sd:.3g} J" if self.noise == "absolute" else f"{100 * self.resid_sd:.3g} %"
+        return f"<Predictor {self.target} ~ {' + '.join(self.terms)} (n={self.n}, resid_sd={sd})>"
 
 
 def cross_validate(runs: Any, k: int = 5, terms: Optional[Sequence[str]] = None, target: str = "energy_j",
-                   seed: int = 0, db: Any = None) -> Dict[str, Any]:
+                   seed: int = 0, db: Any = None, noise: str = "absolute") -> Dict[str, Any]:
     """k-fold cross-validated error of :meth:`Predictor.fit` on ``runs``.
 
     The runs are shuffled (``seed``) into ``k`` folds; each fold is predicted by a predictor
-    fitted on the others.  Returns ``{"k", "n", "mape" (mean absolute percentage error, %),
+    fitted on the others (``noise`` as in :meth:`Predictor.fit`).  Returns ``{"k", "n", "mape" (mean absolute percentage error, %),
     "rmse" (J), "mae" (J), "coverage" (share of held-out runs inside their 95 % prediction
     interval), "predicted", "actual"}``.
     """
@@ -404,7 +439,7 @@ def cross_validate(runs: Any, k: int = 5, terms: Optional[Sequence[str]] = None,
     hi = np.full(n, NAN)
     for fold in folds:
         test = set(fold.tolist())
-        p = Predictor.fit([rows[i] for i in range(n) if i not in test], terms=terms, target=target)
+        p = Predictor.fit([rows[i] for i in range(n) if i not in test], terms=terms, target=target, noise=noise)
         for i in fold:
             r = p.predict(feats[i], P[i], O[i], B[i])
             pred[i], (lo[i], hi[i]) = r["energy_j"], r["pi95"]
@@ -449,6 +484,8 @@ def add_arguments(sp) -> None:
     sp.add_argument("--batch-size", type=int, default=1)
     sp.add_argument("--k", type=int, default=5, help="folds for --evaluate")
     sp.add_argument("--target", choices=["energy_j", "net_energy_j"], default="energy_j")
+    sp.add_argument("--relative", action="store_true",
+                    help="assume a run's scatter is a share of its energy (runs of very different sizes)")
     sp.add_argument("--terms", default=None, help="comma-separated terms (default: all, in priority order)")
     sp.add_argument("--filter-model", default=None, help="only runs of this model name")
     sp.add_argument("--tag", default=None, help="only runs with this tag")
@@ -472,13 +509,14 @@ def cli_main(args) -> int:
         print(json.dumps(obj, indent=2, default=_json_default))
 
     terms = [t.strip() for t in args.terms.split(",") if t.strip()] if args.terms else None
+    noise = "relative" if args.relative else "absolute"
     if args.fit or args.evaluate:
         rows = _stored(args)
         try:
             if args.fit:
-                p = Predictor.fit(rows, terms=terms, target=args.target)
+                p = Predictor.fit(rows, terms=terms, target=args.target, noise=noise)
             else:
-                cv = cross_validate(rows, k=args.k, terms=terms, target=args.target)
+                cv = cross_validate(rows, k=args.k, terms=terms, target=args.target, noise=noise)
         except ValueError as e:
             raise UserError(str(e))
         if args.fit:
@@ -487,7 +525,8 @@ def cli_main(args) -> int:
             if args.json:
                 out(dict(p.to_dict(), coefficients=p.coefficients()))
             else:
-                _table(f"predictor: {p.target} on {p.n} runs (residual sd {p.resid_sd:.4g} J, R² {p.r2:.4f})",
+                sd = f"{p.resid_sd:.4g} J" if p.noise == "absolute" else f"{100 * p.resid_sd:.3g} %"
+                _table(f"predictor: {p.target} on {p.n} runs (residual sd {sd}, R² {p.r2:.4f})",
                        ["term", "coefficient", "unit", "95% CI"],
                        [(k, f"{v['value']:.4g}", v["unit"], f"{v['ci95'][0]:.4g} .. {v['ci95'][1]:.4g}")
                         for k, v in p.coefficients().items()])

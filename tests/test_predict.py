@@ -73,6 +73,43 @@ def test_prediction_interval_coverage_on_held_out_runs():
     assert inside <= len(held)
 
 
+def _relative_runs(rng, n, rel_sd=0.05):
+    out = []
+    for r in _runs(rng, n, sigma=0.0):
+        r["model"]["n_layers"] *= int(rng.choice([1, 10, 100]))  # energies over three orders of magnitude
+        B = r["batch_size"]
+        r["energy_j"] = _truth(r["model"], B, r["input_tokens"] / B, r["output_tokens"] / B) * (
+            1 + rng.normal(0, rel_sd))
+        out.append(r)
+    return out
+
+
+def test_relative_noise_model(tmp_path):
+    rng = np.random.default_rng(11)
+    train, held = _relative_runs(rng, 150), _relative_runs(rng, 200)
+    rel = Predictor.fit(train, terms=list(TRUE), noise="relative")
+    assert rel.resid_sd == pytest.approx(0.05, rel=0.2)  # a share of the energy
+    co = rel.coefficients()
+    for t, true in TRUE.items():
+        assert co[t]["ci95"][0] <= true <= co[t]["ci95"][1], t
+    inside = 0
+    for r in held:
+        B = r["batch_size"]
+        lo, hi = rel.predict(r["model"], r["input_tokens"] / B, r["output_tokens"] / B, B)["pi95"]
+        inside += lo <= r["energy_j"] <= hi
+    assert inside >= 0.85 * len(held)
+    # on such runs, relative errors are much smaller with the relative noise model
+    cv_rel = cross_validate(train, k=5, terms=list(TRUE), noise="relative")
+    cv_abs = cross_validate(train, k=5, terms=list(TRUE))
+    assert cv_rel["mape"] < cv_abs["mape"]
+    assert cv_rel["coverage"] >= 0.85
+    assert Predictor.load(rel.save(tmp_path / "rel.json")).noise == "relative"
+    with pytest.raises(ValueError, match="noise"):
+        Predictor.fit(train, noise="gaussian")
+    with pytest.raises(ValueError, match="> 0"):
+        Predictor.fit([dict(r, energy_j=-1.0) for r in train[:10]], noise="relative")
+
+
 def test_terms_that_cannot_be_told_apart_are_dropped():
     rng = np.random.default_rng(2)
     m = _arch(rng)
