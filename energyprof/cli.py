@@ -482,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import carbon as _carbon, predict as _predict
     from .sweep import add_arguments as _sweep_args, cli_main as _sweep_main
 
-    sp = sub.add_parser("sweep", help="run a batch × prompt × output grid, table with mean ± 95% CI")
+    sp = sub.add_parser("sweep", help="run a batch × prompt × output grid, table with mean ± 95%% CI")
     _sweep_args(sp)
     sp.set_defaults(func=_sweep_main)
     sp = sub.add_parser("predict", help="fit/evaluate an energy predictor on stored runs, or predict a model's energy")

@@ -210,3 +210,11 @@ def test_cli_sweep_user_errors(tmp_path, capsys):
     assert cli.main(["sweep", "--db", db]) == 2
     assert cli.main(["sweep", "--model", "tiny-llama", "--source", "nosuch:x=1", "--db", db]) == 2
     assert cli.main(["sweep", "--load", "missing", "--db", db]) == 2
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["sweep", "--help"], ["predict", "--help"], ["carbon", "--help"]])
+def test_cli_help_renders(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 0
+    assert "usage" in capsys.readouterr().out
