@@ -20,6 +20,7 @@ function.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -145,7 +146,9 @@ def t_quantile(p: float, df: float) -> float:
     return _bisect(lambda t: t_cdf(t, df), p, 0.0, 1.0)
 
 
+@functools.lru_cache(maxsize=4096)
 def _tcrit(df: float, level: float = 0.95) -> float:
+    # cached: a sweep table asks for the same few degrees of freedom thousands of times
     if not (df > 0) or math.isnan(df):
         return NAN
     return t_quantile(0.5 + level / 2.0, df)
