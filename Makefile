@@ -9,6 +9,10 @@ TORCH_PIN := torch==2.13.0
 # clang for libFuzzer), browser test of the report (chromium), terminal tests (tmux).
 DEB_PKGS := pkg-config libplist-dev libsqlite3-dev gcc g++ valgrind clang libclang-rt-14-dev chromium tmux
 CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*.cpp)
+# Python tests run against the sanitizer build of the extension (make sanitize).
+SANITIZE_TESTS := test_core_basics.py test_integrate.py test_sampler.py test_plist.py test_powermetrics.py \
+  test_store.py test_hooks.py test_torchshim.py test_attribution.py test_session.py test_nvml.py test_rapl.py \
+  test_estimate.py test_ioreport.py
 
 .PHONY: all setup sysdeps venv build test demo ctest sanitize valgrind fuzz bench clean
 
@@ -50,12 +54,21 @@ build/ctest/ep_ctest: $(CSRC) tests/c/*.c
 ctest: sysdeps build/ctest/ep_ctest
 	build/ctest/ep_ctest
 
-sanitize: sysdeps
+sanitize: venv
 	@mkdir -p build/asan
 	$(CC) -std=c11 -g -O1 -D_GNU_SOURCE -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all \
 	  -Icsrc $$(pkg-config --cflags libplist-2.0 sqlite3) tests/c/*.c $$(ls csrc/ep_*.c | grep -v ep_module) \
 	  -o build/asan/ep_ctest $$(pkg-config --libs libplist-2.0 sqlite3) -lpthread -ldl -lm
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build/asan/ep_ctest
+	# The extension itself, built with the sanitizers into build/asan-ext (beside, not over,
+	# the normal build), runs the Python tests of every C-backed part.  CPython is not
+	# instrumented, so the runtime is preloaded and leak checking is left to the C tests.
+	rm -rf build/asan-ext && mkdir -p build/asan-ext
+	EP_SANITIZE=1 $(PY) setup.py -q build_ext -b build/asan-ext -t build/asan-tmp
+	cp energyprof/*.py build/asan-ext/energyprof/
+	cd build/asan-ext && LD_PRELOAD="$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=$$PWD \
+	  $(abspath $(PY)) -m pytest -q -p no:cacheprovider $(addprefix $(CURDIR)/tests/,$(SANITIZE_TESTS))
 
 valgrind: sysdeps build/ctest/ep_ctest
 	valgrind --error-exitcode=3 --leak-check=full --errors-for-leak-kinds=definite,indirect \
