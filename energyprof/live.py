@@ -107,6 +107,10 @@ class LiveFeed:
         self.errors = 0
         self.delivered = {"sample": 0, "token": 0, "section": 0}
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._cond = threading.Condition()
+        self._started = 0                              # passes begun / finished (sync())
+        self._finished = 0
         self._thread: Optional[threading.Thread] = None
         self._sample_cursor = 0
         self._warned: set = set()
@@ -140,14 +144,41 @@ class LiveFeed:
     def stop(self) -> None:
         """Ask the thread for a final pass (everything left is delivered), then join it."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
 
+    def sync(self, timeout_s: float = 2.0) -> bool:
+        """Have the feed's thread make a pass now and wait for it (the callbacks still run
+        on that thread); True when a pass that began after this call has finished."""
+        if self._thread is None:
+            return False
+        with self._cond:
+            target = self._started + 1
+        self._wake.set()
+        with self._cond:
+            return self._cond.wait_for(lambda: self._finished >= target or self._thread is None, timeout_s)
+
+    def _pass(self, final: bool) -> None:
+        with self._cond:
+            self._started += 1
+            n = self._started
+        try:
+            self.tick(final=final)
+        finally:
+            with self._cond:
+                self._finished = n
+                self._cond.notify_all()
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.tick(final=False)
-        self.tick(final=True)
+        while True:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            self._pass(final=False)
+        self._pass(final=True)
 
     # ------------------------------------------------------------------ one pass
     def _emit(self, what: str, payload: dict) -> None:
@@ -584,8 +615,13 @@ class LiveProgress:
             pass
 
     def __exit__(self, *exc) -> bool:
+        feed = getattr(self.session, "_live", None)
+        if feed is not None:
+            feed.sync()       # the last forward's token and samples, before the view closes
         if self._live is not None:
+            self._live.refresh()
             self._live.__exit__(*exc)
+            self._live.console.print()
         return False
 
 

@@ -331,3 +331,17 @@ def test_statistics_can_be_switched_off(monkeypatch):
     assert not any(c.endswith(".stats") for c in comps)
     assert len(s.heads) == 0
     assert np.all(np.isnan(s.ops["act_sparsity"]))
+
+
+def test_docs_deep_example_runs():
+    """The ```python blocks of docs/deep.md run as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "deep.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    ns: dict = {}
+    for b in blocks:
+        exec(compile(b, "docs/deep.md", "exec"), ns)
+    assert ns["deep"]["attention"] == "energyprof"

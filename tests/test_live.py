@@ -274,3 +274,31 @@ def test_live_names_the_missing_widget_package(monkeypatch, model):
     s = ep.run(model, source="synthetic:power_w=3", baseline_s=0, save=False)
     with pytest.raises(ImportError, match="anywidget"):
         ep.live(s)
+
+
+def test_docs_live_examples_run():
+    """The ```python blocks of docs/live.md run as written, in order, in one namespace."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "live.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 3
+    ns: dict = {}
+    for b in blocks:
+        exec(compile(b, "docs/live.md", "exec"), ns)
+    assert ns["sparkline"]([10.0, 14.0, 20.0, 17.0]) == "▅▆█▇"
+    assert ns["tokens"] and [t[0] for t in ns["tokens"]] == [1, 2, 3, 4]
+
+
+def test_profile_live_shows_phase_layer_and_tokens(tmp_path):
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "energyprof", "profile", "--model", "tiny-llama", "--max-new-tokens",
+                        "3", "--source", "synthetic:power_w=5,period_ms=5", "--baseline-s", "0", "--no-save",
+                        "--live"], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "COLUMNS": "120"})
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "energyprof profile --live" in out and "tokens 3" in out and "phase" in out
+    assert "5.00 W" in out
