@@ -69,17 +69,22 @@ def _betacf(a: float, b: float, x: float) -> float:
     return h
 
 
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
+def _betainc(a: float, b: float, x: float, y: Optional[float] = None) -> float:
+    """Regularised incomplete beta I_x(a, b) for a, b > 0 and 0 <= x <= 1.
+
+    ``y`` is ``1 - x`` when the caller can compute it without cancellation (x near 1).
+    """
+    if y is None:
+        y = 1.0 - x
     if x <= 0.0:
         return 0.0
-    if x >= 1.0:
+    if y <= 0.0:
         return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(y)
     # The continued fraction converges fast only on one side of the mean; use the symmetry otherwise.
     if x < (a + 1.0) / (a + b + 2.0):
         return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+    return 1.0 - math.exp(log_front) * _betacf(b, a, y) / b
 
 
 def _normal_cdf(x: float) -> float:
@@ -94,8 +99,9 @@ def t_cdf(t: float, df: float) -> float:
         return NAN
     if math.isinf(df) or df > 1e7:
         return _normal_cdf(t)
-    x = df / (df + t * t)
-    tail = 0.5 * _betainc(df / 2.0, 0.5, x)
+    # x = df / (df + t²) and 1 - x = t² / (df + t²), each computed directly: near t = 0,
+    # 1 - x would lose every digit to cancellation.
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t), t * t / (df + t * t))
     return 1.0 - tail if t > 0 else tail
 
 
