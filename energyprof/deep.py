@@ -37,7 +37,7 @@ never mistaken for the model's.
 >>> model = tiny_model("tiny-llama")
 >>> with ep.run(model, source="synthetic:power_w=10", mode="deep", baseline_s=0, save=False) as s:
 ...     _ = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=2, do_sample=False)
->>> sorted(set(s.ops["component"][s.ops["layer"] == 0]))[:4]
+>>> sorted(set(s.ops["component"][s.ops["layer"] == 0].tolist()))[:4]
 ['attn.av', 'attn.mask', 'attn.qk', 'attn.scale']
 >>> model.config._attn_implementation
 'sdpa'

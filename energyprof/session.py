@@ -598,7 +598,8 @@ def run(
     source: a source spec (``"auto"``, ``"synthetic:power_w=20"``, ``"nvml"``, ``"rapl"``,
         ``"plist:capture.plist"``, ``"powermetrics"``, ``"estimate"``; see docs/sources.md).
     mode: ``"minimal"`` (phases and tokens), ``"standard"`` (+ layers and components),
-        ``"deep"`` (+ activation statistics of every hooked output).
+        ``"deep"`` (+ the ops inside attention, MLP and norms in ``s.ops``, per-head
+        statistics in ``s.heads``, activation statistics; see docs/deep.md).
     sync: ``"auto"`` (device sync on cuda/mps, none on cpu), ``"none"``, ``"device"``.
     baseline_s: seconds of idle power measured before the run (0 skips it).
     interval_ms: sampling period (default: the source's own).

@@ -345,3 +345,9 @@ def test_docs_deep_example_runs():
     for b in blocks:
         exec(compile(b, "docs/deep.md", "exec"), ns)
     assert ns["deep"]["attention"] == "energyprof"
+
+
+def test_module_doctest_runs():
+    import doctest
+
+    assert doctest.testmod(deep).failed == 0

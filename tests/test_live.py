@@ -302,3 +302,11 @@ def test_profile_live_shows_phase_layer_and_tokens(tmp_path):
     out = r.stdout
     assert "energyprof profile --live" in out and "tokens 3" in out and "phase" in out
     assert "5.00 W" in out
+
+
+def test_module_doctest_runs():
+    import doctest
+    import importlib
+
+    live_mod = importlib.import_module("energyprof.live")   # ep.live is the function
+    assert doctest.testmod(live_mod).failed == 0
