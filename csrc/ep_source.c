@@ -31,6 +31,24 @@ const char *ep_source_param(const char *const *keys, const char *const *values, 
     return NULL;
 }
 
+void ep_source_json_escape(char *dst, size_t cap, const char *s)
+{
+    size_t o = strlen(dst);
+    /* 7 bytes of room: the longest escape (a 6-byte u00XX one) plus the terminating NUL. */
+    for (; *s && o + 7 < cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            dst[o++] = '\\';
+            dst[o++] = (char)c;
+        } else if (c < 0x20) {
+            o += (size_t)snprintf(dst + o, cap - o, "\\u%04x", c);
+        } else {
+            dst[o++] = (char)c;
+        }
+    }
+    dst[o] = '\0';
+}
+
 int ep_source_create(const char *kind, const char *const *keys, const char *const *values,
                      size_t n, ep_source **out, char *err, size_t errlen)
 {

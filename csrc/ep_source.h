@@ -76,4 +76,10 @@ typedef int (*ep_source_ctor)(ep_source *src, const char *const *keys,
 const char *ep_source_param(const char *const *keys, const char *const *values, size_t n,
                             const char *key);
 
+/* Append s to the NUL-terminated string dst (cap bytes in all) as JSON string content:
+ * '"' and '\\' backslash-escaped, control characters as a 6-byte u00XX escape.  Stops early rather
+ * than cut an escape when dst fills.  dst is the caller's; s is borrowed.  Shared by
+ * the sources that put paths and names into meta_json (plist, powermetrics, rapl). */
+void ep_source_json_escape(char *dst, size_t cap, const char *s);
+
 #endif

@@ -205,24 +205,6 @@ static void plist_destroy(ep_source *src)
     src->state = NULL;
 }
 
-/* Append s to dst (cap bytes) as JSON string content. */
-static void json_escape(char *dst, size_t cap, const char *s)
-{
-    size_t o = strlen(dst);
-    for (; *s && o + 7 < cap; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            dst[o++] = '\\';
-            dst[o++] = (char)c;
-        } else if (c < 0x20) {
-            o += (size_t)snprintf(dst + o, cap - o, "\\u%04x", c);
-        } else {
-            dst[o++] = (char)c;
-        }
-    }
-    dst[o] = '\0';
-}
-
 /* Read the first parseable document (within PEEK_MAX bytes) for the metadata. */
 static void peek_first(plist_state *st, ep_plist_extras *x, int *found)
 {
@@ -312,7 +294,7 @@ int ep_src_plist_create(ep_source *src, const char *const *keys, const char *con
     int found = 0;
     peek_first(st, &x, &found);
     snprintf(src->meta_json, sizeof src->meta_json, "{\"source\": \"plist\", \"path\": \"");
-    json_escape(src->meta_json, sizeof src->meta_json, path);
+    ep_source_json_escape(src->meta_json, sizeof src->meta_json, path);
     size_t o = strlen(src->meta_json);
     if (st->speed > 0)
         snprintf(src->meta_json + o, sizeof src->meta_json - o, "\", \"speed\": %.17g", st->speed);
@@ -320,9 +302,9 @@ int ep_src_plist_create(ep_source *src, const char *const *keys, const char *con
         snprintf(src->meta_json + o, sizeof src->meta_json - o, "\", \"speed\": \"max\"");
     if (found) {
         strncat(src->meta_json, ", \"hw_model\": \"", sizeof src->meta_json - strlen(src->meta_json) - 1);
-        json_escape(src->meta_json, sizeof src->meta_json, x.hw_model);
+        ep_source_json_escape(src->meta_json, sizeof src->meta_json, x.hw_model);
         strncat(src->meta_json, "\", \"kern_osversion\": \"", sizeof src->meta_json - strlen(src->meta_json) - 1);
-        json_escape(src->meta_json, sizeof src->meta_json, x.kern_osversion);
+        ep_source_json_escape(src->meta_json, sizeof src->meta_json, x.kern_osversion);
         strncat(src->meta_json, "\"", sizeof src->meta_json - strlen(src->meta_json) - 1);
     }
     strncat(src->meta_json, "}", sizeof src->meta_json - strlen(src->meta_json) - 1);

@@ -495,23 +495,6 @@ static int is_executable(const char *path)
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && access(path, X_OK) == 0;
 }
 
-static void json_escape(char *dst, size_t cap, const char *s)
-{
-    size_t o = strlen(dst);
-    for (; *s && o + 7 < cap; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            dst[o++] = '\\';
-            dst[o++] = (char)c;
-        } else if (c < 0x20) {
-            o += (size_t)snprintf(dst + o, cap - o, "\\u%04x", c);
-        } else {
-            dst[o++] = (char)c;
-        }
-    }
-    dst[o] = '\0';
-}
-
 static int parse_positive_int(const char *s, long long max, long long *out)
 {
     char *end = NULL;
@@ -601,7 +584,7 @@ int ep_src_powermetrics_create(ep_source *src, const char *const *keys, const ch
         goto error;
     }
     snprintf(src->meta_json, sizeof src->meta_json, "{\"source\": \"powermetrics\", \"binary\": \"");
-    json_escape(src->meta_json, sizeof src->meta_json, st->binary);
+    ep_source_json_escape(src->meta_json, sizeof src->meta_json, st->binary);
     size_t o = strlen(src->meta_json);
     snprintf(src->meta_json + o, sizeof src->meta_json - o,
              "\", \"interval_ms\": %lld, \"samplers\": \"%s\", \"sudo\": %s}", interval_ms, st->samplers,

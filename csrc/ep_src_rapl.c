@@ -316,31 +316,13 @@ error:
     return rc;
 }
 
-/* Write s into a JSON string body, escaping what JSON requires. */
-static size_t json_escape(char *out, size_t cap, const char *s)
-{
-    size_t k = 0;
-    for (; *s && k + 7 < cap; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            out[k++] = '\\';
-            out[k++] = (char)c;
-        } else if (c < 0x20) {
-            k += (size_t)snprintf(out + k, cap - k, "\\u%04x", c);
-        } else {
-            out[k++] = (char)c;
-        }
-    }
-    out[k] = '\0';
-    return k;
-}
-
 static void write_meta(ep_source *src, rapl_state *st)
 {
     char esc[PATH_MAX * 2];
     size_t cap = sizeof src->meta_json, k = 0;
     char *m = src->meta_json;
-    json_escape(esc, sizeof esc, st->root);
+    esc[0] = '\0'; /* ep_source_json_escape appends */
+    ep_source_json_escape(esc, sizeof esc, st->root);
     k += (size_t)snprintf(m + k, cap - k, "{\"source\":\"rapl\",\"root\":\"%.400s\",\"packages\":%d,\"zones\":[", esc,
                           st->n_packages);
     for (size_t i = 0; i < st->n_zones && k + 80 < cap; i++)

@@ -313,3 +313,19 @@ EP_TEST(ioreport_classify_names)
     EP_CHECK(ep_ioreport_classify("MYSTERY_ACC_CPU") == EP_IOREPORT_UNKNOWN);
     EP_CHECK(ep_ioreport_classify("GPU Energy 2") == EP_IOREPORT_UNKNOWN);
 }
+
+/* The shared meta_json escaper: appends, escapes quote/backslash/controls, and stops
+ * before an escape that would not fit (never a cut escape, always terminated). */
+EP_TEST(source_json_escape_appends_and_bounds)
+{
+    char buf[32] = "{\"p\": \"";
+    ep_source_json_escape(buf, sizeof buf, "a\"b\\c\n");
+    EP_CHECK(strcmp(buf, "{\"p\": \"a\\\"b\\\\c\\u000a") == 0);
+    char small[10] = "";
+    ep_source_json_escape(small, sizeof small, "\x01xyz");
+    /* "\u0001" (6) fits with room to spare (0 + 7 < 10); after it 6 + 7 >= 10 stops. */
+    EP_CHECK(strcmp(small, "\\u0001") == 0);
+    char full[8] = "abcdefg";
+    ep_source_json_escape(full, sizeof full, "zz");
+    EP_CHECK(strcmp(full, "abcdefg") == 0);
+}
