@@ -67,6 +67,9 @@ KILL_BELOW = 1e-3
 #: Compute the head / kill-ratio / variance-ratio statistics (and their ``*.stats`` op
 #: spans).  False leaves only the op timings; read when a deep run starts.
 STATISTICS = True
+#: Time attention per key/value head group (``attn.g<k>.qk`` ... ``attn.g<k>.av``) instead of
+#: per layer.  Off by default: one span per op per group multiplies the hook calls.
+HEAD_GROUPS = False
 
 ATTN_OPS = ("qk", "scale", "softcap", "mask", "softmax", "av", "stats")
 MLP_OPS = ("act", "mul", "stats")
@@ -89,6 +92,7 @@ class _Marks:
     recorder: "DeepOps"
     parent_span: int
     stats_key: int = -1                 # span id whose calls the statistics belong to
+    groups: List[Dict[str, Tuple[Any, Any]]] = field(default_factory=list)   # HEAD_GROUPS: ops per group
 
 
 def _noop() -> None:
@@ -118,26 +122,12 @@ def _softmax_in_value_dtype(module: Any) -> bool:
     return type(module).__module__.endswith(".gpt2.modeling_gpt2")
 
 
-def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
-                      scaling: Optional[float] = None, dropout: float = 0.0, softcap: Optional[float] = None,
-                      **kwargs: Any) -> Tuple[Any, Any]:
-    """Eager attention, op for op, with a span around each op while a deep run is active.
-
-    The signature is transformers' attention-interface signature: ``query``
-    ``(batch, heads, q_len, head_dim)``, ``key``/``value`` ``(batch, kv_heads, k_len,
-    head_dim)``, an additive ``attention_mask`` broadcastable to the weights (or None);
-    returns ``(attn_output (batch, q_len, heads, head_dim), attn_weights)``.
-    """
+def _eager_ops(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float, dropout: float,
+               softcap: Optional[float], ops: Dict[str, Tuple[Any, Any]], n_rep: int) -> Tuple[Any, Any]:
+    """Eager attention's arithmetic with a span per op; returns (weights @ v, weights) before the transpose."""
     import torch
     from torch import nn
 
-    if kwargs.get("s_aux") is not None:
-        raise NotImplementedError("energyprof deep attention: attention sinks (s_aux) are not supported")
-    marks = _ATTN_MARKS.get(id(module))
-    ops = marks.ops if marks is not None else {}
-    n_rep = int(getattr(module, "num_key_value_groups", 1) or 1)
-    if scaling is None:
-        scaling = query.size(-1) ** -0.5
     b, e = ops.get("qk", _NOMARK)
     b()
     key_states = _repeat_kv(key, n_rep)
@@ -171,10 +161,51 @@ def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_m
     b, e = ops.get("av", _NOMARK)
     b()
     out = torch.matmul(w, value_states)
-    out = out.transpose(1, 2).contiguous()
     e()
-    if marks is not None and "stats" in ops:
-        b, e = ops["stats"]
+    return out, w
+
+
+def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                      scaling: Optional[float] = None, dropout: float = 0.0, softcap: Optional[float] = None,
+                      **kwargs: Any) -> Tuple[Any, Any]:
+    """Eager attention, op for op, with a span around each op while a deep run is active.
+
+    The signature is transformers' attention-interface signature: ``query``
+    ``(batch, heads, q_len, head_dim)``, ``key``/``value`` ``(batch, kv_heads, k_len,
+    head_dim)``, an additive ``attention_mask`` broadcastable to the weights (or None);
+    returns ``(attn_output (batch, q_len, heads, head_dim), attn_weights)``.  With
+    :data:`HEAD_GROUPS` on, the same arithmetic runs once per key/value head group
+    (the query heads that share one K/V head; each head under multi-head attention),
+    each group with its own spans.
+    """
+    import torch
+
+    if kwargs.get("s_aux") is not None:
+        raise NotImplementedError("energyprof deep attention: attention sinks (s_aux) are not supported")
+    marks = _ATTN_MARKS.get(id(module))
+    n_rep = int(getattr(module, "num_key_value_groups", 1) or 1)
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    if marks is not None and marks.groups:
+        n_groups = len(marks.groups)
+        hpg = query.shape[1] // n_groups            # query heads per group
+        kpg = key.shape[1] // n_groups              # key/value heads per group (1)
+        outs, ws = [], []
+        for g, ops_g in enumerate(marks.groups):
+            m = attention_mask
+            if m is not None and m.dim() == 4 and m.shape[1] == query.shape[1] and n_groups > 1:
+                m = m[:, g * hpg:(g + 1) * hpg]
+            o, w = _eager_ops(module, query[:, g * hpg:(g + 1) * hpg], key[:, g * kpg:(g + 1) * kpg],
+                              value[:, g * kpg:(g + 1) * kpg], m, scaling, dropout, softcap, ops_g, n_rep)
+            outs.append(o)
+            ws.append(w)
+        out, w = torch.cat(outs, 1), torch.cat(ws, 1)
+    else:
+        out, w = _eager_ops(module, query, key, value, attention_mask, scaling, dropout, softcap,
+                            marks.ops if marks is not None else {}, n_rep)
+    out = out.transpose(1, 2).contiguous()
+    if marks is not None and "stats" in marks.ops:
+        b, e = marks.ops["stats"]
         b()
         marks.recorder._attn_stats(marks, w, attention_mask)
         e()
@@ -402,6 +433,7 @@ class DeepOps:
     unsupported: List[str] = field(default_factory=list)
     attention: str = "none"
     statistics: bool = field(default_factory=lambda: STATISTICS)
+    head_groups: bool = field(default_factory=lambda: HEAD_GROUPS)
     _attn: List[Tuple[Any, _Marks]] = field(default_factory=list)
     _mlp: List[Tuple[Any, str, _Marks]] = field(default_factory=list)
     _norm: List[Tuple[Any, str, _Marks]] = field(default_factory=list)
@@ -441,8 +473,17 @@ class DeepOps:
                 continue
             comp = ref.component
             if comp == "attn" and self.attention != "none":
-                m = self._alloc(ref, ATTN_OPS)
-                m.stats_key = m.ops["softmax"][0].span_id
+                if self.head_groups:
+                    n_groups = self._n_groups(ref.module)
+                    names = [f"g{g}.{op}" for g in range(n_groups) for op in ATTN_OPS if op != "stats"] + ["stats"]
+                    m = self._alloc(ref, names)
+                    m.groups = [{op: m.ops[f"g{g}.{op}"] for op in ATTN_OPS if op != "stats"}
+                                for g in range(n_groups)]
+                    if "stats" in m.ops:
+                        m.stats_key = m.ops["stats"][0].span_id
+                else:
+                    m = self._alloc(ref, ATTN_OPS)
+                    m.stats_key = m.ops["softmax"][0].span_id
                 self._attn.append((ref.module, m))
             elif comp == "mlp":
                 kind = _mlp_kind(ref.module)
@@ -464,6 +505,12 @@ class DeepOps:
         seen = set()
         self.unsupported = [u for u in self.unsupported if not (u.split(" (")[0] in seen or seen.add(u.split(" (")[0]))]
         return self
+
+    def _n_groups(self, attn: Any) -> int:
+        cfg = getattr(self.amap.top, "config", None)
+        n_heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(attn, "num_heads", 0) or 1)
+        n_rep = int(getattr(attn, "num_key_value_groups", 1) or 1)
+        return max(1, n_heads // n_rep)
 
     # ------------------------------------------------------------------ install / remove
     def install(self) -> None:

@@ -351,3 +351,31 @@ def test_module_doctest_runs():
     import doctest
 
     assert doctest.testmod(deep).failed == 0
+
+
+@pytest.mark.parametrize("name,n_groups", [("tiny-llama", 2), ("tiny-gpt2", 4)])
+def test_head_groups_time_each_group(monkeypatch, name, n_groups):
+    """GQA llama: 4 query heads share 2 K/V heads -> 2 groups; gpt2 (MHA): each head a group."""
+    monkeypatch.setattr(deep, "HEAD_GROUPS", True)
+    model = _quiet_model(name)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        ref = model(input_ids=IDS, attention_mask=MASK).logits
+    model.set_attn_implementation("sdpa")
+    with ep.run(model, source="synthetic:power_w=7,period_ms=1", mode="deep", baseline_s=0, save=False) as s:
+        with torch.no_grad():
+            got = model(input_ids=IDS, attention_mask=MASK).logits
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+    ops = s.ops
+    comps = set(ops["component"].astype(str))
+    want = {f"attn.g{g}.{op}" for g in range(n_groups) for op in ("qk", "scale", "mask", "softmax", "av")}
+    assert want <= comps and "attn.qk" not in comps and f"attn.g{n_groups}.qk" not in comps
+    allc = np.concatenate([s.layers, s.components, s.ops])
+    for attn in s.components[s.components["component"] == "attn"]:
+        kids = allc[allc["parent_id"] == attn["call_id"]]
+        assert sum(str(c).startswith("attn.g") for c in kids["component"]) == 5 * n_groups
+        assert kids["energy_j"].sum() + attn["unattributed_j"] == pytest.approx(attn["energy_j"], rel=1e-12)
+    # head statistics are still per head, tied to the attn.stats row of each call
+    assert len(s.heads) == 2 * 4
+    stats_ids = set(ops["call_id"][ops["component"] == "attn.stats"].tolist())
+    assert set(s.heads["call_id"].tolist()) == stats_ids
