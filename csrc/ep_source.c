@@ -31,6 +31,12 @@ const char *ep_source_param(const char *const *keys, const char *const *values, 
     return NULL;
 }
 
+void ep_source_free_state(ep_source *src)
+{
+    free(src->state);
+    src->state = NULL;
+}
+
 void ep_source_json_escape(char *dst, size_t cap, const char *s)
 {
     size_t o = strlen(dst);

@@ -29,13 +29,12 @@
 #define EP_ESTIMATE_DEFAULT_W_PER_CORE 5.0
 
 typedef struct {
+    ep_source_counter counter; /* first: the shared poll/stop find it at src->state */
     double watts_per_core;
     double idle_w;
     double tdp_w;            /* 0 = no cap */
     int n_cpu;
-    int64_t t_last_ns;
     int64_t cpu_last_ns;
-    int started;
 } est_state;
 
 /* Process CPU time (user + system, all threads) in ns. */
@@ -67,17 +66,14 @@ static int est_emit(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, ep_s
 {
     est_state *st = src->state;
     int64_t cpu_ns;
-    *n_out = 0;
-    if (!st->started)
-        return EP_ERR_STATE;
-    if (cap == 0 || t_now_ns <= st->t_last_ns)
+    if (t_now_ns <= st->counter.t_last_ns)
         return EP_OK;
     if (cpu_time_ns(&cpu_ns) != EP_OK) {
         src->faults++;
         snprintf(src->message, sizeof src->message, "estimate: getrusage failed");
         return EP_OK;
     }
-    double util = (double)(cpu_ns - st->cpu_last_ns) / (double)(t_now_ns - st->t_last_ns);
+    double util = (double)(cpu_ns - st->cpu_last_ns) / (double)(t_now_ns - st->counter.t_last_ns);
     if (util < 0)
         util = 0;
     if (util > st->n_cpu)
@@ -86,14 +82,14 @@ static int est_emit(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, ep_s
     if (st->tdp_w > 0 && power_w > st->tdp_w)
         power_w = st->tdp_w;
     ep_sample *s = &out[0];
-    s->t_start_ns = st->t_last_ns;
+    s->t_start_ns = st->counter.t_last_ns;
     s->t_end_ns = t_now_ns;
     s->kind = EP_KIND_INTERVAL;
     s->flags = EP_SFLAG_ESTIMATED | extra_flags;
     for (int d = 0; d < EP_NDOMAINS; d++)
         s->power_w[d] = NAN;
     s->power_w[EP_DOM_CPU] = power_w;
-    st->t_last_ns = t_now_ns;
+    st->counter.t_last_ns = t_now_ns;
     st->cpu_last_ns = cpu_ns;
     *n_out = 1;
     return EP_OK;
@@ -106,27 +102,9 @@ static int est_start(ep_source *src, int64_t t_now_ns)
         snprintf(src->message, sizeof src->message, "estimate: getrusage failed");
         return EP_ERR_IO;
     }
-    st->t_last_ns = t_now_ns;
-    st->started = 1;
+    st->counter.t_last_ns = t_now_ns;
+    st->counter.started = 1;
     return EP_OK;
-}
-
-static int est_poll(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out)
-{
-    return est_emit(src, t_now_ns, 0, out, cap, n_out);
-}
-
-static int est_stop(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out)
-{
-    int rc = est_emit(src, t_now_ns, EP_SFLAG_FINAL, out, cap, n_out);
-    ((est_state *)src->state)->started = 0;
-    return rc;
-}
-
-static void est_destroy(ep_source *src)
-{
-    free(src->state);
-    src->state = NULL;
 }
 
 int ep_src_estimate_create(ep_source *src, const char *const *keys, const char *const *values, size_t n)
@@ -162,11 +140,12 @@ int ep_src_estimate_create(ep_source *src, const char *const *keys, const char *
     src->kind = "estimate";
     src->flags = EP_SRC_ESTIMATED;
     src->period_ns = 100 * 1000 * 1000; /* getrusage is per-tick accurate; 10 Hz is plenty */
+    st->counter.emit = est_emit;
     src->state = st;
     src->start = est_start;
-    src->poll = est_poll;
-    src->stop = est_stop;
-    src->destroy = est_destroy;
+    src->poll = ep_source_counter_poll;
+    src->stop = ep_source_counter_stop;
+    src->destroy = ep_source_free_state;
     char tdp_text[32] = "null"; /* no cap */
     if (st->tdp_w > 0)
         snprintf(tdp_text, sizeof tdp_text, "%.17g", st->tdp_w);

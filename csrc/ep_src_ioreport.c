@@ -18,12 +18,11 @@
 #include "ep_source.h"
 
 typedef struct {
+    ep_source_counter counter; /* first: the shared poll/stop find it at src->state */
     ep_ioreport_live *live;
     ep_ioreport_channel *prev, *cur; /* EP_IOREPORT_MAX_CHANNELS each, owned */
     size_t n_prev;
     ep_ioreport_state history;
-    int64_t t_last_ns;
-    int started;
 } ior_state;
 
 static int ior_start(ep_source *src, int64_t t_now_ns)
@@ -34,8 +33,8 @@ static int ior_start(ep_source *src, int64_t t_now_ns)
     if (rc != EP_OK)
         return rc;
     memset(&st->history, 0, sizeof st->history);
-    st->t_last_ns = t_now_ns;
-    st->started = 1;
+    st->counter.t_last_ns = t_now_ns;
+    st->counter.started = 1;
     return EP_OK;
 }
 
@@ -46,17 +45,14 @@ static int ior_emit(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, ep_s
     size_t n_cur = 0;
     uint32_t faults = 0;
     char msg[EP_IOREPORT_MSG_LEN];
-    *n_out = 0;
-    if (!st->started)
-        return EP_ERR_STATE;
-    if (cap == 0 || t_now_ns <= st->t_last_ns)
+    if (t_now_ns <= st->counter.t_last_ns)
         return EP_OK;
     if (ep_ioreport_live_snapshot(st->live, st->cur, EP_IOREPORT_MAX_CHANNELS, &n_cur, src->message,
                                   sizeof src->message) != EP_OK) {
         src->faults++; /* keep the previous snapshot: the next one covers the gap */
         return EP_OK;
     }
-    int rc = ep_ioreport_delta(&st->history, st->prev, st->n_prev, st->cur, n_cur, t_now_ns - st->t_last_ns, &out[0],
+    int rc = ep_ioreport_delta(&st->history, st->prev, st->n_prev, st->cur, n_cur, t_now_ns - st->counter.t_last_ns, &out[0],
                                &faults, msg, sizeof msg);
     if (rc != EP_OK)
         return rc;
@@ -64,28 +60,16 @@ static int ior_emit(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, ep_s
         src->faults++;
         snprintf(src->message, sizeof src->message, "%s", msg);
     }
-    out[0].t_start_ns = st->t_last_ns;
+    out[0].t_start_ns = st->counter.t_last_ns;
     out[0].t_end_ns = t_now_ns;
     out[0].flags |= extra_flags;
     ep_ioreport_channel *tmp = st->prev;
     st->prev = st->cur;
     st->cur = tmp;
     st->n_prev = n_cur;
-    st->t_last_ns = t_now_ns;
+    st->counter.t_last_ns = t_now_ns;
     *n_out = 1;
     return EP_OK;
-}
-
-static int ior_poll(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out)
-{
-    return ior_emit(src, t_now_ns, 0, out, cap, n_out);
-}
-
-static int ior_stop(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out)
-{
-    int rc = ior_emit(src, t_now_ns, EP_SFLAG_FINAL, out, cap, n_out);
-    ((ior_state *)src->state)->started = 0;
-    return rc;
 }
 
 static void ior_destroy(ep_source *src)
@@ -124,9 +108,10 @@ int ep_src_ioreport_create(ep_source *src, const char *const *keys, const char *
     src->kind = "ioreport";
     src->flags = 0;
     src->period_ns = 100 * 1000 * 1000; /* the Energy Model counters tick at ~1 ms; 10 Hz as powermetrics -i 100 */
+    st->counter.emit = ior_emit;
     src->start = ior_start;
-    src->poll = ior_poll;
-    src->stop = ior_stop;
+    src->poll = ep_source_counter_poll;
+    src->stop = ep_source_counter_stop;
     snprintf(src->meta_json, sizeof src->meta_json,
              "{\"source\":\"ioreport\",\"group\":\"Energy Model\",\"label\":\"measured (Apple's energy model "
              "estimates, as powermetrics)\"}");

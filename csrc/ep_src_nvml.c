@@ -50,6 +50,7 @@ typedef nvml_return (*fn_driver)(char *, unsigned int);
 typedef const char *(*fn_errstr)(nvml_return);
 
 typedef struct {
+    ep_source_counter counter; /* first: the shared poll/stop find it at src->state */
     void *lib;
     int initialised;
     fn_void init, shutdown;
@@ -64,8 +65,6 @@ typedef struct {
     unsigned int index;
     int use_counter;           /* decided at start */
     unsigned long long last_mj;
-    int64_t t_last_ns;
-    int started;
 } nvml_state;
 
 static const char *nvml_text(nvml_state *st, nvml_return r)
@@ -208,8 +207,8 @@ static int nvml_start(ep_source *src, int64_t t_now_ns)
     if (k > 0 && k + 40 < sizeof src->meta_json)
         snprintf(src->meta_json + k - 1, sizeof src->meta_json - (k - 1), ",\"mode\":\"%s\"}",
                  st->use_counter ? "energy_counter" : "power_usage");
-    st->t_last_ns = t_now_ns;
-    st->started = 1;
+    st->counter.t_last_ns = t_now_ns;
+    st->counter.started = 1;
     return EP_OK;
 }
 
@@ -217,15 +216,10 @@ static int nvml_emit(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, ep_
                      size_t *n_out)
 {
     nvml_state *st = src->state;
-    *n_out = 0;
-    if (!st->started)
-        return EP_ERR_STATE;
-    if (cap == 0)
-        return EP_OK;
     ep_sample *s = &out[0];
     if (st->use_counter) {
         unsigned long long mj = 0;
-        if (t_now_ns <= st->t_last_ns)
+        if (t_now_ns <= st->counter.t_last_ns)
             return EP_OK;
         nvml_return r = st->energy(st->dev, &mj);
         if (r != NVML_OK) {
@@ -240,15 +234,16 @@ static int nvml_emit(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, ep_
             snprintf(src->message, sizeof src->message,
                      "nvml: energy counter went backwards (%llu -> %llu mJ); interval dropped", st->last_mj, mj);
             st->last_mj = mj;
-            st->t_last_ns = t_now_ns;
+            st->counter.t_last_ns = t_now_ns;
             return EP_OK;
         }
         set_nan(s);
-        s->t_start_ns = st->t_last_ns;
+        s->t_start_ns = st->counter.t_last_ns;
         s->t_end_ns = t_now_ns;
         s->kind = EP_KIND_INTERVAL;
         s->flags = extra_flags;
-        s->power_w[EP_DOM_GPU] = (double)(mj - st->last_mj) * 1e-3 / ((double)(t_now_ns - st->t_last_ns) * 1e-9);
+        s->power_w[EP_DOM_GPU] =
+            (double)(mj - st->last_mj) * 1e-3 / ((double)(t_now_ns - st->counter.t_last_ns) * 1e-9);
         st->last_mj = mj;
     } else {
         unsigned int mw = 0;
@@ -264,21 +259,9 @@ static int nvml_emit(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, ep_
         s->flags = extra_flags;
         s->power_w[EP_DOM_GPU] = mw * 1e-3;
     }
-    st->t_last_ns = t_now_ns;
+    st->counter.t_last_ns = t_now_ns;
     *n_out = 1;
     return EP_OK;
-}
-
-static int nvml_poll(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out)
-{
-    return nvml_emit(src, t_now_ns, 0, out, cap, n_out);
-}
-
-static int nvml_stop(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out)
-{
-    int rc = nvml_emit(src, t_now_ns, EP_SFLAG_FINAL, out, cap, n_out);
-    ((nvml_state *)src->state)->started = 0;
-    return rc;
 }
 
 static void nvml_destroy(ep_source *src)
@@ -325,9 +308,10 @@ int ep_src_nvml_create(ep_source *src, const char *const *keys, const char *cons
     src->kind = "nvml";
     src->flags = 0;
     src->period_ns = 50 * 1000 * 1000; /* NVML refreshes power about every 20-100 ms */
+    st->counter.emit = nvml_emit;
     src->start = nvml_start;
-    src->poll = nvml_poll;
-    src->stop = nvml_stop;
+    src->poll = ep_source_counter_poll;
+    src->stop = ep_source_counter_stop;
     rc = load_library(src, st, ep_source_param(keys, values, n, "lib"));
     if (rc != EP_OK)
         goto error;

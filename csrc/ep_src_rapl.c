@@ -49,13 +49,12 @@ typedef struct {
 } rapl_zone;
 
 typedef struct {
+    ep_source_counter counter; /* first: the shared poll/stop find it at src->state */
     char root[PATH_MAX];
     rapl_zone zones[RAPL_MAX_ZONES];
     size_t n_zones;
     int n_packages;
     int n_per_domain[EP_NDOMAINS];
-    int64_t t_last_ns;
-    int started;
 } rapl_state;
 
 /* printf into src->message; truncation of long paths is acceptable there. */
@@ -332,7 +331,7 @@ static void write_meta(ep_source *src, rapl_state *st)
         snprintf(m + k, cap - k, "]}");
 }
 
-/* Difference every zone's counter into one sample over [t_last, t_now). */
+/* Difference every zone's counter into one sample over [t_last, t_now) (the counter's emit). */
 static int rapl_sample(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, ep_sample *out, size_t cap,
                        size_t *n_out)
 {
@@ -340,10 +339,7 @@ static int rapl_sample(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, e
     int64_t now_uj[RAPL_MAX_ZONES];
     double energy_j[EP_NDOMAINS] = {0};
     uint32_t flags = extra_flags;
-    *n_out = 0;
-    if (!st->started)
-        return EP_ERR_STATE;
-    if (cap == 0 || t_now_ns <= st->t_last_ns)
+    if (t_now_ns <= st->counter.t_last_ns)
         return EP_OK;
     for (size_t i = 0; i < st->n_zones; i++) {
         if (read_zone(src, &st->zones[i], &now_uj[i]) != EP_OK) {
@@ -363,9 +359,9 @@ static int rapl_sample(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, e
         energy_j[z->domain] += (double)d * 1e-6;
         z->last_uj = now_uj[i];
     }
-    double dt_s = (double)(t_now_ns - st->t_last_ns) * 1e-9;
+    double dt_s = (double)(t_now_ns - st->counter.t_last_ns) * 1e-9;
     ep_sample *s = &out[0];
-    s->t_start_ns = st->t_last_ns;
+    s->t_start_ns = st->counter.t_last_ns;
     s->t_end_ns = t_now_ns;
     s->kind = EP_KIND_INTERVAL;
     s->flags = flags;
@@ -374,7 +370,7 @@ static int rapl_sample(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, e
         int have = d == EP_DOM_PACKAGE ? st->n_per_domain[d] > 0 : st->n_per_domain[d] == st->n_packages;
         s->power_w[d] = have ? energy_j[d] / dt_s : NAN;
     }
-    st->t_last_ns = t_now_ns;
+    st->counter.t_last_ns = t_now_ns;
     *n_out = 1;
     return EP_OK;
 }
@@ -387,27 +383,9 @@ static int rapl_start(ep_source *src, int64_t t_now_ns)
         if (rc != EP_OK)
             return rc;
     }
-    st->t_last_ns = t_now_ns;
-    st->started = 1;
+    st->counter.t_last_ns = t_now_ns;
+    st->counter.started = 1;
     return EP_OK;
-}
-
-static int rapl_poll(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out)
-{
-    return rapl_sample(src, t_now_ns, 0, out, cap, n_out);
-}
-
-static int rapl_stop(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out)
-{
-    int rc = rapl_sample(src, t_now_ns, EP_SFLAG_FINAL, out, cap, n_out);
-    ((rapl_state *)src->state)->started = 0;
-    return rc;
-}
-
-static void rapl_destroy(ep_source *src)
-{
-    free(src->state);
-    src->state = NULL;
 }
 
 int ep_src_rapl_create(ep_source *src, const char *const *keys, const char *const *values, size_t n)
@@ -439,11 +417,12 @@ int ep_src_rapl_create(ep_source *src, const char *const *keys, const char *cons
     src->kind = "rapl";
     src->flags = 0;
     src->period_ns = 100 * 1000 * 1000; /* counters update every ~1 ms; 10 Hz keeps the overhead negligible */
+    st->counter.emit = rapl_sample;
     src->state = st;
     src->start = rapl_start;
-    src->poll = rapl_poll;
-    src->stop = rapl_stop;
-    src->destroy = rapl_destroy;
+    src->poll = ep_source_counter_poll;
+    src->stop = ep_source_counter_stop;
+    src->destroy = ep_source_free_state;
     rc = scan_tree(src, st);
     if (rc != EP_OK)
         goto error;

@@ -134,12 +134,6 @@ static int synth_stop(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t c
     return EP_OK;
 }
 
-static void synth_destroy(ep_source *src)
-{
-    free(src->state);
-    src->state = NULL;
-}
-
 /* Parse a whole string as a finite double; 0 on success. */
 static int parse_double(const char *text, double *out)
 {
@@ -240,7 +234,7 @@ int ep_src_synthetic_create(ep_source *src, const char *const *keys, const char 
     src->start = synth_start;
     src->poll = synth_poll;
     src->stop = synth_stop;
-    src->destroy = synth_destroy;
+    src->destroy = ep_source_free_state;
     snprintf(src->meta_json, sizeof src->meta_json,
              "{\"power_w\": %.17g, \"period_ns\": %lld, \"noise_w\": %.17g, \"seed\": %llu, "
              "\"square_w\": %.17g, \"square_period_ns\": %lld, \"ramp_w_per_s\": %.17g, "
