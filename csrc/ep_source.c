@@ -1,6 +1,7 @@
 /* ep_source.c: the registry of source kinds and parameter lookup. */
 #include "ep_source.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,18 @@ const char *ep_source_param(const char *const *keys, const char *const *values, 
         if (strcmp(keys[i], key) == 0)
             return values[i];
     return NULL;
+}
+
+int ep_source_parse_double(const char *text, double *out)
+{
+    char *end = NULL;
+    double v = strtod(text, &end);
+    /* ERANGE on underflow still gives a usable (tiny or zero) finite value, and
+     * overflow gives HUGE_VAL, which isfinite rejects. */
+    if (end == text || *end != '\0' || !isfinite(v))
+        return EP_ERR_ARG;
+    *out = v;
+    return EP_OK;
 }
 
 void ep_source_free_state(ep_source *src)

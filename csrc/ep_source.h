@@ -77,6 +77,11 @@ typedef int (*ep_source_ctor)(ep_source *src, const char *const *keys,
 const char *ep_source_param(const char *const *keys, const char *const *values, size_t n,
                             const char *key);
 
+/* Parse a whole parameter value as a finite double (no trailing text, no inf/nan):
+ * EP_OK and *out set, or EP_ERR_ARG and *out untouched.  text is borrowed.  Range
+ * and message stay with each source (synthetic, estimate), which differ there. */
+int ep_source_parse_double(const char *text, double *out);
+
 /* destroy for a source whose state is one calloc'ed block with nothing inside to
  * release (synthetic, estimate, rapl): frees src->state and clears it. */
 void ep_source_free_state(ep_source *src);

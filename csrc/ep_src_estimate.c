@@ -50,9 +50,8 @@ static int cpu_time_ns(int64_t *out)
 
 static int parse_watts(ep_source *src, const char *key, const char *text, double *out)
 {
-    char *end = NULL;
-    double v = strtod(text, &end);
-    if (end == text || *end != '\0' || !isfinite(v) || v < 0) {
+    double v = 0;
+    if (ep_source_parse_double(text, &v) != EP_OK || v < 0) {
         snprintf(src->message, sizeof src->message, "estimate: %s must be a number of watts >= 0, got '%s'", key,
                  text);
         return EP_ERR_ARG;

@@ -134,19 +134,6 @@ static int synth_stop(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t c
     return EP_OK;
 }
 
-/* Parse a whole string as a finite double; 0 on success. */
-static int parse_double(const char *text, double *out)
-{
-    char *end = NULL;
-    double v = strtod(text, &end);
-    /* ERANGE on underflow still gives a usable (tiny or zero) finite value, and
-     * overflow gives HUGE_VAL, which isfinite rejects. */
-    if (end == text || *end != '\0' || !isfinite(v))
-        return -1;
-    *out = v;
-    return 0;
-}
-
 int ep_src_synthetic_create(ep_source *src, const char *const *keys, const char *const *values, size_t n)
 {
     int rc = EP_ERR_ARG;
@@ -178,7 +165,7 @@ int ep_src_synthetic_create(ep_source *src, const char *const *keys, const char 
                 {"active_w", &st->active_w}};
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
         const char *v = ep_source_param(keys, values, n, nums[i].key);
-        if (v && parse_double(v, nums[i].dst) != 0) {
+        if (v && ep_source_parse_double(v, nums[i].dst) != EP_OK) {
             snprintf(src->message, sizeof src->message, "synthetic: '%s' must be a number, got '%s'",
                      nums[i].key, v);
             goto error;
