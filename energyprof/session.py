@@ -284,14 +284,13 @@ class Session(RunData):
 
         self._act_stats: Dict[int, list] = {}
 
+        from .deep import tensor_stats
+
         def make(sid):
             def hook(module, args, output):
                 out = output[0] if isinstance(output, (tuple, list)) else output
                 if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel():
-                    with torch.no_grad():
-                        x = out.detach().float()
-                        st = (float(x.mean()), float(x.std()) if x.numel() > 1 else 0.0, float(x.abs().max()),
-                              float((x.abs() < 1e-3).float().mean()))
+                    st = tensor_stats(out)   # a device tensor: no sync per call; converted in _finish
                 else:
                     st = (np.nan,) * 4
                 self._act_stats.setdefault(sid, []).append(st)
@@ -478,6 +477,14 @@ class Session(RunData):
         from .attribution import pair_events
 
         span_ids, begins, _ = pair_events(events, len(self._spans))
+        for sid, lst in self._act_stats.items():   # deep.tensor_stats tensors -> tuples, one transfer per span
+            if lst and not isinstance(lst[0], tuple):
+                import torch
+
+                nan4 = torch.full((4,), float("nan"), dtype=torch.float64)
+                rows = torch.stack([r if isinstance(r, torch.Tensor) else nan4 for r in
+                                    [x.cpu() if isinstance(x, torch.Tensor) else nan4 for x in lst]])
+                self._act_stats[sid] = [tuple(r) for r in rows.tolist()]
         cursor: Dict[int, int] = {}
         for i, sid in enumerate(span_ids.tolist()):
             stats = self._act_stats.get(sid, [])
