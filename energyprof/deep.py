@@ -551,9 +551,19 @@ class DeepOps:
                 self._previous_impl = getattr(top.config, "_attn_implementation", None)
                 for mod, marks in self._attn:
                     _ATTN_MARKS[id(mod)] = marks
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    top.set_attn_implementation(ATTN_IMPLEMENTATION)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        top.set_attn_implementation(ATTN_IMPLEMENTATION)
+                except Exception as e:  # the model refuses: keep its attention, say so, go on with the rest
+                    for mod, _ in self._attn:
+                        _ATTN_MARKS.pop(id(mod), None)
+                    self._previous_impl = None
+                    self.attention = "none"
+                    self.unsupported.append(f"attention of {type(top).__name__} (set_attn_implementation: {e})")
+                    warnings.warn(f"energyprof: deep mode cannot time the ops inside attention: {e}", RuntimeWarning)
+                    self._attn = []
+                    self.op_components = {c for c in self.op_components if not c.startswith("attn.")}
             for mod, kind, marks in self._mlp:
                 self._wrap(mod, _make_mlp_forward(mod, kind, marks))
             for mod, kind, marks in self._norm:

@@ -379,3 +379,21 @@ def test_head_groups_time_each_group(monkeypatch, name, n_groups):
     assert len(s.heads) == 2 * 4
     stats_ids = set(ops["call_id"][ops["component"] == "attn.stats"].tolist())
     assert set(s.heads["call_id"].tolist()) == stats_ids
+
+
+def test_a_model_that_refuses_the_attention_switch_still_runs(monkeypatch):
+    model = _quiet_model("tiny-llama")
+
+    def refuse(impl, *a, **k):
+        raise ValueError("not today")
+
+    monkeypatch.setattr(model, "set_attn_implementation", refuse)
+    with pytest.warns(RuntimeWarning, match="not today"):
+        with ep.run(model, source="synthetic:power_w=5", mode="deep", baseline_s=0, save=False) as s:
+            with torch.no_grad():
+                model(input_ids=IDS[:1])
+    d = s.summary()["deep"]
+    assert d["attention"] == "none" and "not today" in d["unsupported"][-1]
+    comps = set(s.ops["component"].astype(str))
+    assert "mlp.act" in comps and not any(c.startswith("attn.") for c in comps)
+    assert model.config._attn_implementation == "sdpa" and not deep._ATTN_MARKS
