@@ -550,52 +550,25 @@ static int rows_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int i)
     }
     const ep_store_col *col = &job->cols[i];
     const unsigned char *p = job->rows + c->row * job->itemsize + col->offset;
+    /* Fields of a packed record may be unaligned: copy the bytes out into a C value of
+     * the column's type, then hand it to sqlite as a 64-bit INTEGER or a REAL. */
+#define RESULT_AS(ctype, result_fn, as_type) \
+    do { \
+        ctype v_; \
+        memcpy(&v_, p, sizeof v_); \
+        result_fn(ctx, (as_type)v_); \
+    } while (0)
     switch (col->type) {
-    case EP_COL_I64: {
-        int64_t v;
-        memcpy(&v, p, 8);
-        sqlite3_result_int64(ctx, v);
-        break;
-    }
-    case EP_COL_I32: {
-        int32_t v;
-        memcpy(&v, p, 4);
-        sqlite3_result_int64(ctx, v);
-        break;
-    }
-    case EP_COL_U32: {
-        uint32_t v;
-        memcpy(&v, p, 4);
-        sqlite3_result_int64(ctx, (int64_t)v);
-        break;
-    }
-    case EP_COL_I16: {
-        int16_t v;
-        memcpy(&v, p, 2);
-        sqlite3_result_int64(ctx, v);
-        break;
-    }
-    case EP_COL_U16: {
-        uint16_t v;
-        memcpy(&v, p, 2);
-        sqlite3_result_int64(ctx, v);
-        break;
-    }
+    case EP_COL_I64: RESULT_AS(int64_t, sqlite3_result_int64, int64_t); break;
+    case EP_COL_I32: RESULT_AS(int32_t, sqlite3_result_int64, int64_t); break;
+    case EP_COL_U32: RESULT_AS(uint32_t, sqlite3_result_int64, int64_t); break;
+    case EP_COL_I16: RESULT_AS(int16_t, sqlite3_result_int64, int64_t); break;
+    case EP_COL_U16: RESULT_AS(uint16_t, sqlite3_result_int64, int64_t); break;
     case EP_COL_I8: sqlite3_result_int64(ctx, (int8_t)p[0]); break;
     case EP_COL_U8: sqlite3_result_int64(ctx, p[0]); break;
     case EP_COL_BOOL: sqlite3_result_int64(ctx, p[0] != 0); break;
-    case EP_COL_F64: {
-        double v;
-        memcpy(&v, p, 8);
-        sqlite3_result_double(ctx, v); /* NaN is stored as NULL by sqlite */
-        break;
-    }
-    case EP_COL_F32: {
-        float v;
-        memcpy(&v, p, 4);
-        sqlite3_result_double(ctx, (double)v);
-        break;
-    }
+    case EP_COL_F64: RESULT_AS(double, sqlite3_result_double, double); break; /* NaN is stored as NULL by sqlite */
+    case EP_COL_F32: RESULT_AS(float, sqlite3_result_double, double); break;
     case EP_COL_UCS4: {
         size_t n = ep_store_ucs4_to_utf8(p, col->size / 4, c->utf8);
         sqlite3_result_text(ctx, c->utf8, (int)n, SQLITE_TRANSIENT);
@@ -603,6 +576,7 @@ static int rows_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int i)
     }
     default: sqlite3_result_null(ctx); break;
     }
+#undef RESULT_AS
     return SQLITE_OK;
 }
 
@@ -637,18 +611,39 @@ static void rollback_if_open(ep_store *s)
         step_done(s->rollback_stmt);
 }
 
+/* The job's cached statement in *st (borrowed from the cache) with the job's values
+ * bound.  *st is set as soon as it exists, so after a failed bind the caller still
+ * clears its bindings in fail_job. */
+static int bind_job(ep_store *s, ep_store_job *job, sqlite3_stmt **st)
+{
+    int rc = SQLITE_OK;
+    *st = cache_get(s, job->sql, &rc);
+    if (!*st)
+        return rc;
+    for (int k = 0; k < job->nvals; k++)
+        if ((rc = bind_value(*st, k + 1, &job->vals[k])) != SQLITE_OK)
+            return rc;
+    return SQLITE_OK;
+}
+
+/* A job failed: keep the error, release st's bindings (st may be NULL), end the
+ * transaction if one is open. */
+static void fail_job(ep_store *s, sqlite3_stmt *st, int rc, const char *what)
+{
+    set_error(s, rc, what); /* before the rollback, which would replace sqlite3_errmsg */
+    if (st)
+        sqlite3_clear_bindings(st);
+    rollback_if_open(s);
+}
+
 static void run_insert(ep_store *s, ep_store_job *job)
 {
     int rc = SQLITE_OK;
     char what[160];
     sqlite3_stmt *st = NULL;
     snprintf(what, sizeof what, "inserting %zu rows into %s", job->nrows, job->table);
-    st = cache_get(s, job->sql, &rc);
-    if (!st)
+    if ((rc = bind_job(s, job, &st)) != SQLITE_OK)
         goto error;
-    for (int k = 0; k < job->nvals; k++)
-        if ((rc = bind_value(st, k + 1, &job->vals[k])) != SQLITE_OK)
-            goto error;
     if ((rc = step_done(s->begin_stmt)) != SQLITE_OK)
         goto error;
     s->cur_job = job; /* what ep_rows reads while the statement runs */
@@ -664,10 +659,7 @@ static void run_insert(ep_store *s, ep_store_job *job)
     pthread_mutex_unlock(&s->mu);
     return;
 error:
-    set_error(s, rc, what); /* before the rollback, which would replace sqlite3_errmsg */
-    if (st)
-        sqlite3_clear_bindings(st);
-    rollback_if_open(s);
+    fail_job(s, st, rc, what);
 }
 
 static void run_exec(ep_store *s, ep_store_job *job)
@@ -678,12 +670,8 @@ static void run_exec(ep_store *s, ep_store_job *job)
     const char *tail = NULL;
     snprintf(what, sizeof what, "running \"%.100s\"", job->sql);
     if (job->nvals > 0) {
-        st = cache_get(s, job->sql, &rc);
-        if (!st)
+        if ((rc = bind_job(s, job, &st)) != SQLITE_OK)
             goto error;
-        for (int k = 0; k < job->nvals; k++)
-            if ((rc = bind_value(st, k + 1, &job->vals[k])) != SQLITE_OK)
-                goto error;
         rc = step_done(st);
         sqlite3_clear_bindings(st);
         if (rc != SQLITE_OK)
@@ -707,10 +695,7 @@ static void run_exec(ep_store *s, ep_store_job *job)
     }
     return;
 error:
-    set_error(s, rc, what);
-    if (st)
-        sqlite3_clear_bindings(st);
-    rollback_if_open(s);
+    fail_job(s, st, rc, what);
 }
 
 /* Why the writer checkpoints itself: sqlite's automatic checkpoint runs inside the
