@@ -181,6 +181,23 @@ static void store_dealloc(StoreObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Queue job on the writer with the GIL released; takes ownership of job (the store
+ * frees it, also on failure).  0, or -1 with an exception set. */
+static int submit_job(StoreObject *self, ep_store_job *job)
+{
+    int rc;
+    self->users++; /* close() from another thread must wait for this call */
+    Py_BEGIN_ALLOW_THREADS
+    rc = ep_store_submit(self->s, job); /* takes the job, blocks while the queue is full */
+    Py_END_ALLOW_THREADS
+    self->users--;
+    if (rc != EP_OK) {
+        raise_msg(rc, "the store is closing, or was opened by another process (after fork() open a new one)");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *store_insert(StoreObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"table", "array", "constants", NULL};
@@ -263,7 +280,7 @@ static PyObject *store_insert(StoreObject *self, PyObject *args, PyObject *kwds)
     npy_intp nrows = PyArray_SIZE(arr);
     if (nrows == 0) {
         Py_INCREF(Py_None);
-    res = Py_None;
+        res = Py_None;
         goto error; /* nothing to write: no job, no transaction */
     }
     rc = ep_store_job_insert(table, cols, ncols, vals, nconsts, PyArray_DATA(arr), (size_t)nrows,
@@ -272,15 +289,8 @@ static PyObject *store_insert(StoreObject *self, PyObject *args, PyObject *kwds)
         raise_msg(rc, msg);
         goto error;
     }
-    self->users++; /* close() from another thread must wait for this call */
-    Py_BEGIN_ALLOW_THREADS
-    rc = ep_store_submit(self->s, job); /* takes the job, blocks while the queue is full */
-    Py_END_ALLOW_THREADS
-    self->users--;
-    if (rc != EP_OK) {
-        raise_msg(rc, "the store is closing, or was opened by another process (after fork() open a new one)");
+    if (submit_job(self, job) < 0)
         goto error;
-    }
     Py_INCREF(Py_None);
     res = Py_None;
 error:
@@ -327,15 +337,8 @@ static PyObject *store_execute(StoreObject *self, PyObject *args, PyObject *kwds
         raise_msg(rc, "building a statement");
         goto error;
     }
-    self->users++;
-    Py_BEGIN_ALLOW_THREADS
-    rc = ep_store_submit(self->s, job);
-    Py_END_ALLOW_THREADS
-    self->users--;
-    if (rc != EP_OK) {
-        raise_msg(rc, "the store is closing, or was opened by another process (after fork() open a new one)");
+    if (submit_job(self, job) < 0)
         goto error;
-    }
     Py_INCREF(Py_None);
     res = Py_None;
 error:
