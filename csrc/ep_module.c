@@ -40,6 +40,17 @@ int ep_module_add_functions(PyObject *m, PyMethodDef *defs)
     return PyModule_AddFunctions(m, defs);
 }
 
+int ep_module_add_ref(PyObject *m, const char *name, PyObject *obj)
+{
+    /* PyModule_AddObjectRef is 3.10+; the package supports 3.9. */
+    Py_INCREF(obj);
+    if (PyModule_AddObject(m, name, obj) < 0) {
+        Py_DECREF(obj);
+        return -1;
+    }
+    return 0;
+}
+
 PyObject *ep_module_sample_dtype(void)
 {
     /* Built from offsetof so the numpy view matches the C struct exactly. */

@@ -36,4 +36,8 @@ int ep_module_add_ioreport(PyObject *m);
 /* Helper: add a PyMethodDef table (terminated by {NULL}) to module m. */
 int ep_module_add_functions(PyObject *m, PyMethodDef *defs);
 
+/* Helper: m.name = obj; obj is borrowed (the module takes a new reference of its own,
+ * as for static types).  0, or -1 with an exception set and no reference taken. */
+int ep_module_add_ref(PyObject *m, const char *name, PyObject *obj);
+
 #endif

@@ -720,26 +720,14 @@ int ep_module_add_hooks(PyObject *m)
         if (!event_descr)
             return -1;
     }
-    Py_INCREF(event_descr);
-    if (PyModule_AddObject(m, "EVENT_DTYPE", (PyObject *)event_descr) < 0) {
-        Py_DECREF(event_descr);
+    if (ep_module_add_ref(m, "EVENT_DTYPE", (PyObject *)event_descr) < 0)
         return -1;
-    }
-    Py_INCREF(&SpanBufferType);
-    if (PyModule_AddObject(m, "SpanBuffer", (PyObject *)&SpanBufferType) < 0) {
-        Py_DECREF(&SpanBufferType);
+    if (ep_module_add_ref(m, "SpanBuffer", (PyObject *)&SpanBufferType) < 0)
         return -1;
-    }
-    Py_INCREF(&HookType);
-    if (PyModule_AddObject(m, "Hook", (PyObject *)&HookType) < 0) {
-        Py_DECREF(&HookType);
+    if (ep_module_add_ref(m, "Hook", (PyObject *)&HookType) < 0)
         return -1;
-    }
-    Py_INCREF(&WrapperType);
-    if (PyModule_AddObject(m, "ForwardWrapper", (PyObject *)&WrapperType) < 0) {
-        Py_DECREF(&WrapperType);
+    if (ep_module_add_ref(m, "ForwardWrapper", (PyObject *)&WrapperType) < 0)
         return -1;
-    }
     if (PyModule_AddIntConstant(m, "SYNC_NONE", EP_SYNC_NONE) < 0 ||
         PyModule_AddIntConstant(m, "SYNC_CUDA", EP_SYNC_CUDA) < 0 ||
         PyModule_AddIntConstant(m, "SYNC_MPS", EP_SYNC_MPS) < 0 ||

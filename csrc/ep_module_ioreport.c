@@ -362,19 +362,10 @@ int ep_module_add_ioreport(PyObject *m)
 {
     if (PyType_Ready(&HistoryType) < 0 || PyType_Ready(&DriverType) < 0)
         return -1;
-    Py_INCREF(&HistoryType);
-    if (PyModule_AddObject(m, "IOReportHistory", (PyObject *)&HistoryType) < 0) {
-        Py_DECREF(&HistoryType);
+    if (ep_module_add_ref(m, "IOReportHistory", (PyObject *)&HistoryType) < 0)
         return -1;
-    }
-    Py_INCREF(&DriverType);
-    if (PyModule_AddObject(m, "SourceDriver", (PyObject *)&DriverType) < 0) {
-        Py_DECREF(&DriverType);
+    if (ep_module_add_ref(m, "SourceDriver", (PyObject *)&DriverType) < 0)
         return -1;
-    }
-    if (PyModule_AddIntConstant(m, "SRC_SIMULATED", EP_SRC_SIMULATED) < 0 ||
-        PyModule_AddIntConstant(m, "SRC_ESTIMATED", EP_SRC_ESTIMATED) < 0 ||
-        PyModule_AddIntConstant(m, "SRC_PACED", EP_SRC_PACED) < 0)
-        return -1;
+    /* SourceDriver.flags uses the SRC_* constants: ep_module_add_sampler adds them. */
     return ep_module_add_functions(m, ioreport_methods);
 }

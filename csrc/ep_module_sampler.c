@@ -307,11 +307,8 @@ int ep_module_add_sampler(PyObject *m)
     }
     if (PyType_Ready(&SamplerType) < 0)
         return -1;
-    Py_INCREF(&SamplerType);
-    if (PyModule_AddObject(m, "Sampler", (PyObject *)&SamplerType) < 0) {
-        Py_DECREF(&SamplerType);
+    if (ep_module_add_ref(m, "Sampler", (PyObject *)&SamplerType) < 0)
         return -1;
-    }
     if (PyModule_AddIntConstant(m, "SRC_SIMULATED", EP_SRC_SIMULATED) < 0 ||
         PyModule_AddIntConstant(m, "SRC_ESTIMATED", EP_SRC_ESTIMATED) < 0 ||
         PyModule_AddIntConstant(m, "SRC_PACED", EP_SRC_PACED) < 0)

@@ -469,10 +469,7 @@ int ep_module_add_store(PyObject *m)
 {
     if (PyType_Ready(&StoreType) < 0)
         return -1;
-    Py_INCREF(&StoreType);
-    if (PyModule_AddObject(m, "Store", (PyObject *)&StoreType) < 0) {
-        Py_DECREF(&StoreType);
+    if (ep_module_add_ref(m, "Store", (PyObject *)&StoreType) < 0)
         return -1;
-    }
     return 0;
 }
