@@ -4,6 +4,8 @@ Variants, each timed in every round (order shuffled per round, medians over roun
 
   none        model.generate() alone (sdpa attention, as the model was loaded)
   standard    inside ep.run(mode="standard")
+  standard_eager  mode="standard" with the model switched to eager attention for the run:
+              the part of deep's cost that is op-by-op attention instead of sdpa
   deep        inside ep.run(mode="deep"): energyprof's attention function through
               transformers' AttentionInterface, MLP/norm op spans, head statistics
   deep_nostats  mode="deep" with ``energyprof.deep.STATISTICS = False``: op spans only
@@ -40,7 +42,7 @@ from energyprof import deep  # noqa: E402
 from energyprof.tiny import tiny_model  # noqa: E402
 
 DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "deep_overhead.md")
-VARIANTS = ("none", "standard", "deep", "deep_nostats", "deep_patch")
+VARIANTS = ("none", "standard", "standard_eager", "deep", "deep_nostats", "deep_patch")
 SOURCE = "synthetic:power_w=10,period_ms=10"
 
 MODELS = {
@@ -61,6 +63,18 @@ def _time_variant(model, variant: str, ids, n_new: int):
         with ep.run(model, source=SOURCE, mode=variant, baseline_s=0, save=False) as s:
             with torch.no_grad():
                 model.generate(ids, **kw)
+    elif variant == "standard_eager":
+        with ep.run(model, source=SOURCE, mode="standard", baseline_s=0, save=False) as s:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.set_attn_implementation("eager")
+            try:
+                with torch.no_grad():
+                    model.generate(ids, **kw)
+            finally:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model.set_attn_implementation("sdpa")
     elif variant == "deep_nostats":
         deep.STATISTICS = False
         try:
