@@ -607,6 +607,21 @@ static int no_children_left(void)
     return child_count() == children_before;
 }
 
+/* Every powermetrics test's opening: note the children already there (for
+ * no_children_left), create the source on a fake binary and start it at t_start_ns.
+ * The source is the caller's to destroy; NULL when create failed (a failed check). */
+static ep_source *start_fake_pm(int *ep_failed_, const char **keys, const char **values, size_t n,
+                                int64_t t_start_ns)
+{
+    ep_source *src = NULL;
+    children_before = child_count();
+    EP_CHECK(make_source("powermetrics", keys, values, n, &src) == EP_OK);
+    if (!src)
+        return NULL;
+    EP_CHECK(src->start(src, t_start_ns) == EP_OK);
+    return src;
+}
+
 EP_TEST(powermetrics_streams_and_stops_cleanly)
 {
     char argv_file[] = "/tmp/ep_test_pm_argv_XXXXXX";
@@ -614,15 +629,12 @@ EP_TEST(powermetrics_streams_and_stops_cleanly)
     close(afd);
     setenv("FAKE_POWERMETRICS_ARGV_FILE", argv_file, 1);
     int fds_before = count_open_fds();
-    children_before = child_count();
     const char *keys[] = {"binary", "interval_ms"};
     const char *values[] = {FAKEDIR "powermetrics", "30"};
-    ep_source *src = NULL;
-    EP_CHECK(make_source("powermetrics", keys, values, 2, &src) == EP_OK);
+    int64_t t0 = ep_now_ns();
+    ep_source *src = start_fake_pm(ep_failed_, keys, values, 2, t0);
     if (!src)
         return;
-    int64_t t0 = ep_now_ns();
-    EP_CHECK(src->start(src, t0) == EP_OK);
     ep_sample all[16];
     size_t total = 0;
     int rc = run_until(src, 3, all, 16, &total);
@@ -657,14 +669,11 @@ EP_TEST(powermetrics_streams_and_stops_cleanly)
 
 EP_TEST(powermetrics_killed_mid_document_keeps_samples)
 {
-    children_before = child_count();
     const char *keys[] = {"binary", "interval_ms"};
     const char *values[] = {FAKEDIR "powermetrics-dies-mid-document", "20"};
-    ep_source *src = NULL;
-    EP_CHECK(make_source("powermetrics", keys, values, 2, &src) == EP_OK);
+    ep_source *src = start_fake_pm(ep_failed_, keys, values, 2, ep_now_ns());
     if (!src)
         return;
-    EP_CHECK(src->start(src, ep_now_ns()) == EP_OK);
     ep_sample all[16];
     size_t total = 0;
     int rc = run_until(src, 16, all, 16, &total);
@@ -683,14 +692,11 @@ EP_TEST(powermetrics_killed_mid_document_keeps_samples)
 
 EP_TEST(powermetrics_garbage_and_exit_status)
 {
-    children_before = child_count();
     const char *keys[] = {"binary", "interval_ms"};
     const char *values[] = {FAKEDIR "powermetrics-garbage", "20"};
-    ep_source *src = NULL;
-    EP_CHECK(make_source("powermetrics", keys, values, 2, &src) == EP_OK);
+    ep_source *src = start_fake_pm(ep_failed_, keys, values, 2, ep_now_ns());
     if (!src)
         return;
-    EP_CHECK(src->start(src, ep_now_ns()) == EP_OK);
     ep_sample all[16];
     size_t total = 0;
     int rc = run_until(src, 16, all, 16, &total);
@@ -705,14 +711,11 @@ EP_TEST(powermetrics_garbage_and_exit_status)
 
 EP_TEST(powermetrics_not_root_says_sudo)
 {
-    children_before = child_count();
     const char *keys[] = {"binary"};
     const char *values[] = {FAKEDIR "powermetrics-not-root"};
-    ep_source *src = NULL;
-    EP_CHECK(make_source("powermetrics", keys, values, 1, &src) == EP_OK);
+    ep_source *src = start_fake_pm(ep_failed_, keys, values, 1, ep_now_ns());
     if (!src)
         return;
-    EP_CHECK(src->start(src, ep_now_ns()) == EP_OK);
     ep_sample all[4];
     size_t total = 0;
     EP_CHECK(run_until(src, 4, all, 4, &total) == EP_ERR_EOF);
@@ -725,14 +728,11 @@ EP_TEST(powermetrics_not_root_says_sudo)
 
 EP_TEST(powermetrics_ignoring_sigint_gets_sigkill)
 {
-    children_before = child_count();
     const char *keys[] = {"binary", "interval_ms", "stop_timeout_ms"};
     const char *values[] = {FAKEDIR "powermetrics-ignores-sigint", "20", "200"};
-    ep_source *src = NULL;
-    EP_CHECK(make_source("powermetrics", keys, values, 3, &src) == EP_OK);
+    ep_source *src = start_fake_pm(ep_failed_, keys, values, 3, ep_now_ns());
     if (!src)
         return;
-    EP_CHECK(src->start(src, ep_now_ns()) == EP_OK);
     ep_sample all[4];
     size_t total = 0;
     EP_CHECK(run_until(src, 1, all, 4, &total) == EP_OK);
