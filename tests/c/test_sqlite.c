@@ -27,21 +27,37 @@ static void tmp_db(char *buf, size_t n)
     snprintf(buf, n, "%s/t.db", d ? d : "/tmp");
 }
 
+static void set_col(ep_store_col *c, const char *name, int type, size_t offset, size_t size)
+{
+    snprintf(c->name, sizeof c->name, "%s", name);
+    c->type = type, c->offset = offset, c->size = size;
+}
+
 static void cols_of_row(ep_store_col *c)
 {
     memset(c, 0, sizeof(ep_store_col) * 6);
-    snprintf(c[0].name, sizeof c[0].name, "t_ns");
-    c[0].type = EP_COL_I64, c[0].offset = offsetof(row_t, t_ns), c[0].size = 8;
-    snprintf(c[1].name, sizeof c[1].name, "layer");
-    c[1].type = EP_COL_I32, c[1].offset = offsetof(row_t, layer), c[1].size = 4;
-    snprintf(c[2].name, sizeof c[2].name, "flags");
-    c[2].type = EP_COL_U32, c[2].offset = offsetof(row_t, flags), c[2].size = 4;
-    snprintf(c[3].name, sizeof c[3].name, "energy_j");
-    c[3].type = EP_COL_F64, c[3].offset = offsetof(row_t, energy_j), c[3].size = 8;
-    snprintf(c[4].name, sizeof c[4].name, "resolved");
-    c[4].type = EP_COL_BOOL, c[4].offset = offsetof(row_t, resolved), c[4].size = 1;
-    snprintf(c[5].name, sizeof c[5].name, "name");
-    c[5].type = EP_COL_UCS4, c[5].offset = offsetof(row_t, name), c[5].size = 16;
+    set_col(&c[0], "t_ns", EP_COL_I64, offsetof(row_t, t_ns), 8);
+    set_col(&c[1], "layer", EP_COL_I32, offsetof(row_t, layer), 4);
+    set_col(&c[2], "flags", EP_COL_U32, offsetof(row_t, flags), 4);
+    set_col(&c[3], "energy_j", EP_COL_F64, offsetof(row_t, energy_j), 8);
+    set_col(&c[4], "resolved", EP_COL_BOOL, offsetof(row_t, resolved), 1);
+    set_col(&c[5], "name", EP_COL_UCS4, offsetof(row_t, name), 16);
+}
+
+/* The first column of the first row of sql, read through a fresh connection to the
+ * file at path; INT64_MIN when there is no row (the checks compare with real counts). */
+static int64_t query_int(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int64_t v = INT64_MIN;
+    sqlite3_open(path, &db);
+    sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (st && sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
 }
 
 static int exec_sql(ep_store *s, const char *sql)
@@ -162,13 +178,7 @@ EP_TEST(sqlite_order_and_bounded_queue)
     text[0] = '9'; /* changing the caller's buffer after building the job changes nothing */
     EP_CHECK(ep_store_submit(s, job) == EP_OK);
     EP_CHECK(ep_store_close(s, msg, sizeof msg) == EP_OK);
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    sqlite3_open(path, &db);
-    sqlite3_prepare_v2(db, "SELECT n FROM total", -1, &st, NULL);
-    EP_CHECK(st && sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 0) == 2007);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    EP_CHECK(query_int(path, "SELECT n FROM total") == 2007);
 }
 
 EP_TEST(sqlite_errors_are_kept_until_flush)
@@ -200,13 +210,7 @@ EP_TEST(sqlite_errors_are_kept_until_flush)
     EP_CHECK(ep_store_close(s, msg, sizeof msg) == EP_OK);
 
     /* the full batch was rolled back whole */
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    sqlite3_open(path, &db);
-    sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM m", -1, &st, NULL);
-    EP_CHECK(st && sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int64(st, 0) == 2);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    EP_CHECK(query_int(path, "SELECT COUNT(*) FROM m") == 2);
 
     /* read-only connection: writes fail with EP_ERR_PERM */
     ep_store_opts o;
