@@ -344,7 +344,8 @@ def test_docs_deep_example_runs():
     ns: dict = {}
     for b in blocks:
         exec(compile(b, "docs/deep.md", "exec"), ns)
-    assert ns["deep"]["attention"] == "energyprof"
+    assert ns["info"]["attention"] == "energyprof"
+    assert ns["deep"].HEAD_GROUPS is False
 
 
 def test_module_doctest_runs():
