@@ -89,8 +89,9 @@ void ep_source_free_state(ep_source *src);
 /* Counter sources (estimate, rapl, nvml, ioreport) turn each reading and the one
  * before it into one sample over [t_last_ns, t_now_ns); poll and stop differ only
  * in the EP_SFLAG_FINAL flag and in stop ending the run.  Such a source puts an
- * ep_source_counter FIRST in its state (so src->state points at it), sets emit, and
- * uses ep_source_counter_poll / ep_source_counter_stop as src->poll / src->stop. */
+ * ep_source_counter FIRST in its state (so src->state points at it), sets emit, ends
+ * its start with ep_source_counter_begin, and uses ep_source_counter_poll /
+ * ep_source_counter_stop as src->poll / src->stop. */
 typedef int (*ep_source_emit_fn)(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, ep_sample *out,
                                  size_t cap, size_t *n_out);
 typedef struct {
@@ -98,7 +99,7 @@ typedef struct {
      * writes at most out[0].  extra_flags go into the sample's flags. */
     ep_source_emit_fn emit;
     int64_t t_last_ns; /* end of the last emitted interval (start time before the first) */
-    int started;       /* set by the source's start, cleared by ep_source_counter_stop */
+    int started;       /* set by ep_source_counter_begin, cleared by ep_source_counter_stop */
 } ep_source_counter;
 
 /* The poll and stop below live here, static inline, rather than in ep_source.c so a
@@ -114,6 +115,14 @@ static inline int ep_source_counter_step(ep_source *src, int64_t t_now_ns, uint3
     if (cap == 0)
         return EP_OK;
     return c->emit(src, t_now_ns, extra_flags, out, cap, n_out);
+}
+
+/* The end of a counter source's start, once its first reading is taken: the first
+ * interval begins at t_now_ns. */
+static inline void ep_source_counter_begin(ep_source_counter *c, int64_t t_now_ns)
+{
+    c->t_last_ns = t_now_ns;
+    c->started = 1;
 }
 
 /* src->poll of a counter source: EP_ERR_STATE before start, else emit with no extra flags. */

@@ -101,8 +101,7 @@ static int est_start(ep_source *src, int64_t t_now_ns)
         snprintf(src->message, sizeof src->message, "estimate: getrusage failed");
         return EP_ERR_IO;
     }
-    st->counter.t_last_ns = t_now_ns;
-    st->counter.started = 1;
+    ep_source_counter_begin(&st->counter, t_now_ns);
     return EP_OK;
 }
 

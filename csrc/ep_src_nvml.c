@@ -207,8 +207,7 @@ static int nvml_start(ep_source *src, int64_t t_now_ns)
     if (k > 0 && k + 40 < sizeof src->meta_json)
         snprintf(src->meta_json + k - 1, sizeof src->meta_json - (k - 1), ",\"mode\":\"%s\"}",
                  st->use_counter ? "energy_counter" : "power_usage");
-    st->counter.t_last_ns = t_now_ns;
-    st->counter.started = 1;
+    ep_source_counter_begin(&st->counter, t_now_ns);
     return EP_OK;
 }
 

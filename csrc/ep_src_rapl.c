@@ -383,8 +383,7 @@ static int rapl_start(ep_source *src, int64_t t_now_ns)
         if (rc != EP_OK)
             return rc;
     }
-    st->counter.t_last_ns = t_now_ns;
-    st->counter.started = 1;
+    ep_source_counter_begin(&st->counter, t_now_ns);
     return EP_OK;
 }
 
