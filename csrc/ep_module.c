@@ -5,6 +5,7 @@
 #include "ep_module.h"
 
 #include <stddef.h>
+#include <string.h>
 
 #include "ep_activity.h"
 #include "ep_clock.h"
@@ -49,6 +50,21 @@ int ep_module_add_ref(PyObject *m, const char *name, PyObject *obj)
         return -1;
     }
     return 0;
+}
+
+PyObject *ep_module_sample_array(const ep_sample *s, size_t n)
+{
+    PyObject *dt = ep_module_sample_dtype();
+    if (!dt)
+        return NULL;
+    npy_intp dims[1] = {(npy_intp)n};
+    /* PyArray_NewFromDescr steals the dtype reference. */
+    PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, (PyArray_Descr *)dt, 1, dims, NULL, NULL, 0, NULL);
+    if (!arr)
+        return NULL;
+    if (n)
+        memcpy(PyArray_DATA((PyArrayObject *)arr), s, n * sizeof *s);
+    return arr;
 }
 
 PyObject *ep_module_sample_dtype(void)

@@ -17,12 +17,18 @@
 #endif
 #include <numpy/arrayobject.h>
 
+#include "ep_sample.h"
+
 /* Map an EP_ERR_* code to a Python exception with detail (may be NULL or "").
  * Never overwrites an exception that is already set.  Always returns NULL. */
 PyObject *ep_module_raise(int code, const char *detail);
 
 /* New reference to the numpy dtype matching ep_sample byte for byte. */
 PyObject *ep_module_sample_dtype(void);
+
+/* New reference: a SAMPLE_DTYPE array of n samples holding a copy of s[0..n)
+ * (s borrowed; s may be NULL when n is 0). */
+PyObject *ep_module_sample_array(const ep_sample *s, size_t n);
 
 /* Each part adds its functions/types to the module; 0 on success, -1 with an
  * exception set. */

@@ -229,21 +229,6 @@ static int driver_ready(DriverObject *self)
     return 1;
 }
 
-/* New array of n samples (numpy owns the copy). */
-static PyObject *samples_array(const ep_sample *s, size_t n)
-{
-    PyObject *dt = ep_module_sample_dtype();
-    if (!dt)
-        return NULL;
-    npy_intp dims[1] = {(npy_intp)n};
-    PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, (PyArray_Descr *)dt, 1, dims, NULL, NULL, 0, NULL);
-    if (!arr)
-        return NULL;
-    if (n)
-        memcpy(PyArray_DATA((PyArrayObject *)arr), s, n * sizeof *s);
-    return arr;
-}
-
 static PyObject *driver_start(DriverObject *self, PyObject *args)
 {
     long long t_ns;
@@ -285,7 +270,7 @@ static PyObject *driver_step(DriverObject *self, PyObject *args, int is_stop)
     if (rc != EP_OK && rc != EP_ERR_EOF)
         ep_module_raise(rc, self->src->message);
     else
-        res = samples_array(buf, n_out);
+        res = ep_module_sample_array(buf, n_out);
     PyMem_Free(buf);
     return res;
 }

@@ -8,21 +8,6 @@
 #include "ep_plist.h"
 #include "ep_sample.h"
 
-/* New reference: a 1-element SAMPLE_DTYPE array holding a copy of *s. */
-static PyObject *sample_array(const ep_sample *s)
-{
-    PyObject *dt = ep_module_sample_dtype();
-    if (!dt)
-        return NULL;
-    npy_intp dims[1] = {1};
-    /* PyArray_NewFromDescr steals the dtype reference. */
-    PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, (PyArray_Descr *)dt, 1, dims, NULL, NULL, 0, NULL);
-    if (!arr)
-        return NULL;
-    memcpy(PyArray_DATA((PyArrayObject *)arr), s, sizeof *s);
-    return arr;
-}
-
 /* Set d[key] = v, stealing v; -1 with an exception on failure. */
 static int put(PyObject *d, const char *key, PyObject *v)
 {
@@ -104,7 +89,7 @@ static PyObject *extras_dict(const ep_plist_extras *x, const ep_sample *s)
         goto error;
     }
     clusters = NULL;
-    if (put(d, "sample", sample_array(s)) < 0)
+    if (put(d, "sample", ep_module_sample_array(s, 1)) < 0)
         goto error;
     return d;
 error:
