@@ -39,4 +39,8 @@ typedef struct {
     double power_w[EP_NDOMAINS];     /* W per domain, NaN where unknown              */
 } ep_sample;
 
+/* Fill s's times, kind and flags and set every domain's power to NaN (unknown), for
+ * the source to write the domains it measures.  s is the caller's. */
+void ep_sample_init(ep_sample *s, int64_t t_start_ns, int64_t t_end_ns, int32_t kind, uint32_t flags);
+
 #endif

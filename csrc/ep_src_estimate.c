@@ -13,7 +13,6 @@
  * CPU time comes from getrusage(RUSAGE_SELF), which covers every thread of the
  * process (the sampler thread's own few microseconds included).
  */
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,12 +80,7 @@ static int est_emit(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, ep_s
     if (st->tdp_w > 0 && power_w > st->tdp_w)
         power_w = st->tdp_w;
     ep_sample *s = &out[0];
-    s->t_start_ns = st->counter.t_last_ns;
-    s->t_end_ns = t_now_ns;
-    s->kind = EP_KIND_INTERVAL;
-    s->flags = EP_SFLAG_ESTIMATED | extra_flags;
-    for (int d = 0; d < EP_NDOMAINS; d++)
-        s->power_w[d] = NAN;
+    ep_sample_init(s, st->counter.t_last_ns, t_now_ns, EP_KIND_INTERVAL, EP_SFLAG_ESTIMATED | extra_flags);
     s->power_w[EP_DOM_CPU] = power_w;
     st->counter.t_last_ns = t_now_ns;
     st->cpu_last_ns = cpu_ns;

@@ -17,7 +17,6 @@
  * Device name, driver version and power limit go to meta_json.
  */
 #include <dlfcn.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -178,12 +177,6 @@ static int open_device(ep_source *src, nvml_state *st)
     return EP_OK;
 }
 
-static void set_nan(ep_sample *s)
-{
-    for (int d = 0; d < EP_NDOMAINS; d++)
-        s->power_w[d] = NAN;
-}
-
 static int nvml_start(ep_source *src, int64_t t_now_ns)
 {
     nvml_state *st = src->state;
@@ -236,11 +229,7 @@ static int nvml_emit(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, ep_
             st->counter.t_last_ns = t_now_ns;
             return EP_OK;
         }
-        set_nan(s);
-        s->t_start_ns = st->counter.t_last_ns;
-        s->t_end_ns = t_now_ns;
-        s->kind = EP_KIND_INTERVAL;
-        s->flags = extra_flags;
+        ep_sample_init(s, st->counter.t_last_ns, t_now_ns, EP_KIND_INTERVAL, extra_flags);
         s->power_w[EP_DOM_GPU] =
             (double)(mj - st->last_mj) * 1e-3 / ((double)(t_now_ns - st->counter.t_last_ns) * 1e-9);
         st->last_mj = mj;
@@ -252,10 +241,7 @@ static int nvml_emit(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, ep_
             nvml_fail(src, st, "nvmlDeviceGetPowerUsage", r);
             return EP_OK;
         }
-        set_nan(s);
-        s->t_start_ns = s->t_end_ns = t_now_ns;
-        s->kind = EP_KIND_INSTANT;
-        s->flags = extra_flags;
+        ep_sample_init(s, t_now_ns, t_now_ns, EP_KIND_INSTANT, extra_flags);
         s->power_w[EP_DOM_GPU] = mw * 1e-3;
     }
     st->counter.t_last_ns = t_now_ns;

@@ -361,10 +361,7 @@ static int rapl_sample(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, e
     }
     double dt_s = (double)(t_now_ns - st->counter.t_last_ns) * 1e-9;
     ep_sample *s = &out[0];
-    s->t_start_ns = st->counter.t_last_ns;
-    s->t_end_ns = t_now_ns;
-    s->kind = EP_KIND_INTERVAL;
-    s->flags = flags;
+    ep_sample_init(s, st->counter.t_last_ns, t_now_ns, EP_KIND_INTERVAL, flags);
     for (int d = 0; d < EP_NDOMAINS; d++) {
         /* A domain counts only when every package reports it, else the sum is partial. */
         int have = d == EP_DOM_PACKAGE ? st->n_per_domain[d] > 0 : st->n_per_domain[d] == st->n_packages;

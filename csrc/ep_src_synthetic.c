@@ -96,12 +96,7 @@ static size_t emit(synth_state *st, int64_t t_ns, ep_sample *out, uint32_t extra
         return 0; /* a frozen (test) clock or a repeated poll: no interval yet */
     int64_t active_now = ep_activity_active_ns_at(t_ns);
     ep_sample *s = &out[0];
-    s->t_start_ns = st->t_prev_ns;
-    s->t_end_ns = t_ns;
-    s->kind = EP_KIND_INTERVAL;
-    s->flags = EP_SFLAG_SIMULATED | extra_flags;
-    for (int d = 0; d < EP_NDOMAINS; d++)
-        s->power_w[d] = NAN;
+    ep_sample_init(s, st->t_prev_ns, t_ns, EP_KIND_INTERVAL, EP_SFLAG_SIMULATED | extra_flags);
     double p = average_power_w(st, st->t_prev_ns, t_ns, active_now - st->active_prev_ns);
     if (st->noise_w != 0.0)
         p += st->noise_w * gaussian(&st->prng);
