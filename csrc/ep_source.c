@@ -32,6 +32,18 @@ const char *ep_source_param(const char *const *keys, const char *const *values, 
     return NULL;
 }
 
+const char *ep_source_unknown_key(const char *const *keys, size_t n, const char *const *known)
+{
+    for (size_t i = 0; i < n; i++) {
+        const char *const *k = known;
+        while (*k && strcmp(*k, keys[i]) != 0)
+            k++;
+        if (!*k)
+            return keys[i];
+    }
+    return NULL;
+}
+
 int ep_source_parse_double(const char *text, double *out)
 {
     char *end = NULL;

@@ -77,6 +77,11 @@ typedef int (*ep_source_ctor)(ep_source *src, const char *const *keys,
 const char *ep_source_param(const char *const *keys, const char *const *values, size_t n,
                             const char *key);
 
+/* The first of the n keys that is not in known (a NULL-terminated list), or NULL when
+ * every key is known.  Borrowed from keys.  The message naming it stays with each
+ * source (synthetic, powermetrics, rapl). */
+const char *ep_source_unknown_key(const char *const *keys, size_t n, const char *const *known);
+
 /* Parse a whole parameter value as a finite double (no trailing text, no inf/nan):
  * EP_OK and *out set, or EP_ERR_ARG and *out untouched.  text is borrowed.  Range
  * and message stay with each source (synthetic, estimate), which differ there. */

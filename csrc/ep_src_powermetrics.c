@@ -511,15 +511,11 @@ int ep_src_powermetrics_create(ep_source *src, const char *const *keys, const ch
     int rc = EP_ERR_ARG;
     pm_state *st = NULL;
     static const char *const known[] = {"interval_ms", "samplers", "binary", "stop_timeout_ms", NULL};
-    for (size_t i = 0; i < n; i++) {
-        const char *const *k = known;
-        while (*k && strcmp(*k, keys[i]) != 0)
-            k++;
-        if (!*k) {
-            snprintf(src->message, sizeof src->message,
-                     "powermetrics: unknown parameter '%.60s' (known: interval_ms, samplers, binary)", keys[i]);
-            goto error;
-        }
+    const char *unknown = ep_source_unknown_key(keys, n, known);
+    if (unknown) {
+        snprintf(src->message, sizeof src->message,
+                 "powermetrics: unknown parameter '%.60s' (known: interval_ms, samplers, binary)", unknown);
+        goto error;
     }
     const char *interval = ep_source_param(keys, values, n, "interval_ms");
     const char *samplers = ep_source_param(keys, values, n, "samplers");

@@ -392,12 +392,12 @@ int ep_src_rapl_create(ep_source *src, const char *const *keys, const char *cons
         set_msg(src, "rapl: no memory");
         goto error;
     }
-    for (size_t i = 0; i < n; i++) {
-        if (strcmp(keys[i], "root") != 0) {
-            set_msg(src, "rapl: unknown parameter '%s' (known: root)", keys[i]);
-            rc = EP_ERR_ARG;
-            goto error;
-        }
+    static const char *const known[] = {"root", NULL};
+    const char *unknown = ep_source_unknown_key(keys, n, known);
+    if (unknown) {
+        set_msg(src, "rapl: unknown parameter '%s' (known: root)", unknown);
+        rc = EP_ERR_ARG;
+        goto error;
     }
     const char *root = ep_source_param(keys, values, n, "root");
     if (!root || !root[0])

@@ -134,14 +134,10 @@ int ep_src_synthetic_create(ep_source *src, const char *const *keys, const char 
     int rc = EP_ERR_ARG;
     synth_state *st = NULL;
     double period_ms = 10.0, square_period_ms = 1000.0;
-    for (size_t i = 0; i < n; i++) {
-        const char *const *k = known_keys;
-        while (*k && strcmp(*k, keys[i]) != 0)
-            k++;
-        if (!*k) {
-            snprintf(src->message, sizeof src->message, "synthetic: unknown key '%s'", keys[i]);
-            goto error;
-        }
+    const char *unknown = ep_source_unknown_key(keys, n, known_keys);
+    if (unknown) {
+        snprintf(src->message, sizeof src->message, "synthetic: unknown key '%s'", unknown);
+        goto error;
     }
     rc = EP_ERR_NOMEM;
     st = calloc(1, sizeof *st);
