@@ -129,6 +129,7 @@ class LiveFeed:
         self._phase = None
         self._user_seen = 0
         self._user_open: List[int] = []
+        self._held: List[tuple] = []                   # section events after the last forward (see tick)
         if session is not None:
             for sid, info in enumerate(session._spans):
                 if info.component == "layer":
@@ -277,6 +278,15 @@ class LiveFeed:
             out.append((t, 1, "section", {"name": self._phase, "kind": "phase", "event": "end", "t_ns": int(t)}))
             out.append((t, 1, "section", {"name": "post_inference", "kind": "phase", "event": "begin",
                                           "t_ns": int(t)}))
+        # Section events after the end of the last forward wait: whether a phase ends there
+        # is known only when the next forward begins or the run ends, and section events
+        # are delivered in time order.  Samples are never held (their phase is provisional).
+        out += self._held
+        self._held = []
+        if s is not None and not final and self._fwd_open is None and self._fwd:
+            last_end = self._fwd[-1][1]
+            self._held = [x for x in out if x[2] == "section" and x[0] > last_end]
+            out = [x for x in out if not (x[2] == "section" and x[0] > last_end)]
         # samples keep their own order; sort the rest around them by time
         out.sort(key=lambda x: (x[0], x[1]))
         for _, _, kind, payload in out:
