@@ -1,6 +1,19 @@
 /* ep_errors.c: descriptions of the EP_ERR_* codes. */
 #include "ep_errors.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
+void ep_err_format(char *msg, size_t msglen, const char *fmt, ...)
+{
+    if (!msg || !msglen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, msglen, fmt, ap);
+    va_end(ap);
+}
+
 const char *ep_err_str(int code)
 {
     switch (code) {

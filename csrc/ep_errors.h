@@ -5,6 +5,7 @@
  */
 #ifndef EP_ERRORS_H
 #define EP_ERRORS_H
+#include <stddef.h>
 
 typedef enum {
     EP_OK = 0,
@@ -27,5 +28,9 @@ typedef enum {
 
 /* A static, human-readable description of an error code (never NULL). */
 const char *ep_err_str(int code);
+
+/* printf into the caller's message buffer msg (msglen bytes, truncated to fit);
+ * nothing when msg is NULL or msglen is 0, for callers that may not want one. */
+__attribute__((format(printf, 3, 4))) void ep_err_format(char *msg, size_t msglen, const char *fmt, ...);
 
 #endif

@@ -11,7 +11,6 @@
 #include "ep_integrate.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,16 +43,6 @@ typedef struct {
     bitrank nan_units;   /* units touching a NaN of a measured domain; bits NULL if none */
     bitrank gap_after;   /* INTERVAL: a gap follows sample j; bits NULL if none */
 } integ;
-
-__attribute__((format(printf, 3, 4))) static void set_detail(char *detail, size_t len, const char *fmt, ...)
-{
-    if (!detail || !len)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(detail, len, fmt, ap);
-    va_end(ap);
-}
 
 /* Zeroed bit storage for n units (calloc: untouched pages cost nothing). */
 static int bitrank_alloc(bitrank *r, int64_t n_units)
@@ -223,19 +212,19 @@ static int check_sample(const integ *g, int64_t i, int32_t kind, char *detail, s
 {
     const ep_sample *x = &g->s[i];
     if (x->kind != kind) {
-        set_detail(detail, detail_len,
+        ep_err_format(detail, detail_len,
                    "samples[%lld].kind=%d differs from samples[0].kind=%d: integrate one kind per call",
                    (long long)i, (int)x->kind, (int)kind);
         return EP_ERR_ARG;
     }
     if (g->interval) {
         if (x->t_end_ns < x->t_start_ns) {
-            set_detail(detail, detail_len, "samples[%lld]: t_end_ns=%lld < t_start_ns=%lld", (long long)i,
+            ep_err_format(detail, detail_len, "samples[%lld]: t_end_ns=%lld < t_start_ns=%lld", (long long)i,
                        (long long)x->t_end_ns, (long long)x->t_start_ns);
             return EP_ERR_ARG;
         }
         if (i > 0 && x->t_start_ns < x[-1].t_end_ns) {
-            set_detail(detail, detail_len,
+            ep_err_format(detail, detail_len,
                        "samples[%lld].t_start_ns=%lld < samples[%lld].t_end_ns: interval samples must be "
                        "sorted and must not overlap",
                        (long long)i, (long long)x->t_start_ns, (long long)(i - 1));
@@ -244,12 +233,12 @@ static int check_sample(const integ *g, int64_t i, int32_t kind, char *detail, s
         return EP_OK;
     }
     if (x->t_end_ns != x->t_start_ns) {
-        set_detail(detail, detail_len, "samples[%lld]: INSTANT sample with t_end_ns=%lld != t_start_ns=%lld",
+        ep_err_format(detail, detail_len, "samples[%lld]: INSTANT sample with t_end_ns=%lld != t_start_ns=%lld",
                    (long long)i, (long long)x->t_end_ns, (long long)x->t_start_ns);
         return EP_ERR_ARG;
     }
     if (i > 0 && x->t_start_ns < x[-1].t_start_ns) {
-        set_detail(detail, detail_len,
+        ep_err_format(detail, detail_len,
                    "samples[%lld].t_start_ns=%lld < samples[%lld].t_start_ns: instant samples must be sorted",
                    (long long)i, (long long)x->t_start_ns, (long long)(i - 1));
         return EP_ERR_UNSORTED;
@@ -270,7 +259,7 @@ static int integ_build(integ *g, const ep_sample *s, int64_t n, char *detail, si
         return EP_OK;
     int32_t kind = s[0].kind;
     if (kind != EP_KIND_INSTANT && kind != EP_KIND_INTERVAL) {
-        set_detail(detail, detail_len, "samples[0].kind=%d is neither INSTANT (0) nor INTERVAL (1)", (int)kind);
+        ep_err_format(detail, detail_len, "samples[0].kind=%d is neither INSTANT (0) nor INTERVAL (1)", (int)kind);
         rc = EP_ERR_ARG;
         goto error;
     }
@@ -318,7 +307,7 @@ static int integ_build(integ *g, const ep_sample *s, int64_t n, char *detail, si
          * in int64 so those differences cannot overflow. */
         int64_t first = knot_ns(g, 0), last = knot_ns(g, g->n_knots - 1);
         if (first < 0 && last > INT64_MAX + first) {
-            set_detail(detail, detail_len, "samples span %lld .. %lld ns, wider than int64 allows",
+            ep_err_format(detail, detail_len, "samples span %lld .. %lld ns, wider than int64 allows",
                        (long long)first, (long long)last);
             rc = EP_ERR_ARG;
             goto error;
@@ -420,7 +409,7 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
         detail[0] = '\0';
     if (n_samples < 0 || n_windows < 0 || (n_samples > 0 && !samples) ||
         (n_windows > 0 && (!windows_ns || !energy_j || !flags || !samples_in_window))) {
-        set_detail(detail, detail_len, "negative count or NULL buffer");
+        ep_err_format(detail, detail_len, "negative count or NULL buffer");
         rc = EP_ERR_ARG;
         goto error;
     }
@@ -428,7 +417,7 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
     int sorted = 1;
     for (int64_t w = 0; w < n_windows; w++) {
         if (windows_ns[2 * w + 1] < windows_ns[2 * w]) {
-            set_detail(detail, detail_len, "windows[%lld]: end_ns=%lld < start_ns=%lld", (long long)w,
+            ep_err_format(detail, detail_len, "windows[%lld]: end_ns=%lld < start_ns=%lld", (long long)w,
                        (long long)windows_ns[2 * w + 1], (long long)windows_ns[2 * w]);
             rc = EP_ERR_ARG;
             goto error;

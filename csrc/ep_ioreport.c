@@ -3,7 +3,6 @@
 #include "ep_ioreport.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -292,16 +291,6 @@ struct ep_ioreport_live {
     cf_string key_channels;
 };
 
-static void live_msg(char *msg, size_t msglen, const char *fmt, ...)
-{
-    if (!msg || !msglen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, msglen, fmt, ap);
-    va_end(ap);
-}
-
 void ep_ioreport_live_close(ep_ioreport_live *live)
 {
     if (!live)
@@ -342,7 +331,7 @@ int ep_ioreport_live_open(ep_ioreport_live **out, char *msg, size_t msglen)
     l->cf_lib = dlopen(cf_path, RTLD_NOW | RTLD_LOCAL);
     l->ior_lib = dlopen(ior_path, RTLD_NOW | RTLD_LOCAL);
     if (!l->cf_lib || !l->ior_lib) {
-        live_msg(msg, msglen, "ioreport: cannot load %s", !l->cf_lib ? cf_path : ior_path);
+        ep_err_format(msg, msglen, "ioreport: cannot load %s", !l->cf_lib ? cf_path : ior_path);
         goto error;
     }
     struct {
@@ -368,7 +357,7 @@ int ep_ioreport_live_open(ep_ioreport_live **out, char *msg, size_t msglen)
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
         *table[i].slot = dlsym(table[i].lib, table[i].name);
         if (!*table[i].slot) {
-            live_msg(msg, msglen, "ioreport: symbol %s not found (macOS too old or too new?)", table[i].name);
+            ep_err_format(msg, msglen, "ioreport: symbol %s not found (macOS too old or too new?)", table[i].name);
             goto error;
         }
     }
@@ -376,12 +365,12 @@ int ep_ioreport_live_open(ep_ioreport_live **out, char *msg, size_t msglen)
     group = l->str_create(NULL, "Energy Model", CF_UTF8);
     l->key_channels = l->str_create(NULL, "IOReportChannels", CF_UTF8);
     if (!group || !l->key_channels) {
-        live_msg(msg, msglen, "ioreport: CFStringCreateWithCString failed");
+        ep_err_format(msg, msglen, "ioreport: CFStringCreateWithCString failed");
         goto error;
     }
     chans = l->copy_group(group, NULL, 0, 0, 0);
     if (!chans || l->dict_count(chans) == 0) {
-        live_msg(msg, msglen, "ioreport: no 'Energy Model' channels (Intel Mac, or a virtual machine)");
+        ep_err_format(msg, msglen, "ioreport: no 'Energy Model' channels (Intel Mac, or a virtual machine)");
         goto error;
     }
     l->channels = l->dict_mcopy(NULL, l->dict_count(chans), chans);
@@ -394,7 +383,7 @@ int ep_ioreport_live_open(ep_ioreport_live **out, char *msg, size_t msglen)
     l->sub = l->subscribe(NULL, l->channels, &subbed, 0, NULL);
     if (!l->sub) {
         rc = EP_ERR_DEVICE;
-        live_msg(msg, msglen, "ioreport: IOReportCreateSubscription failed");
+        ep_err_format(msg, msglen, "ioreport: IOReportCreateSubscription failed");
         goto error;
     }
     l->release(group);
@@ -425,7 +414,7 @@ int ep_ioreport_live_snapshot(ep_ioreport_live *l, ep_ioreport_channel *out, siz
     *n = 0;
     cf_dict s = l->samples(l->sub, l->channels, NULL);
     if (!s) {
-        live_msg(msg, msglen, "ioreport: IOReportCreateSamples failed");
+        ep_err_format(msg, msglen, "ioreport: IOReportCreateSamples failed");
         return EP_ERR_DEVICE;
     }
     cf_array arr = l->dict_get(s, l->key_channels);
