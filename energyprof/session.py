@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import numpy as np
 
@@ -223,22 +223,22 @@ class Session(RunData):
             self._live = LiveFeed(self, interval_ms=self.live_interval_ms)
             self._live.start()
 
-    def _on(self, what: str, callback) -> None:
+    def _on(self, what: str, callback: "Callable[[dict], Any]") -> None:
         if not callable(callback):
             raise TypeError(f"on_{what}: callback must be callable, got {type(callback).__name__}")
         self._live_callbacks[what].append(callback)
         if self._sampler is not None and not self._finished:
             self._start_live()
 
-    def on_sample(self, callback) -> None:
+    def on_sample(self, callback: "Callable[[dict], Any]") -> None:
         """Call ``callback(dict)`` for every power sample while the run goes on (see docs/live.md)."""
         self._on("sample", callback)
 
-    def on_token(self, callback) -> None:
+    def on_token(self, callback: "Callable[[dict], Any]") -> None:
         """Call ``callback(dict)`` after every top-level forward (one new token per sequence)."""
         self._on("token", callback)
 
-    def on_section(self, callback) -> None:
+    def on_section(self, callback: "Callable[[dict], Any]") -> None:
         """Call ``callback(dict)`` when a phase or a user section begins or ends."""
         self._on("section", callback)
 

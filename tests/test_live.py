@@ -312,3 +312,29 @@ def test_module_doctest_runs():
 
     live_mod = importlib.import_module("energyprof.live")   # ep.live is the function
     assert doctest.testmod(live_mod).failed == 0
+
+
+def test_live_wires_a_figure_and_refreshes_it_until_the_run_ends(monkeypatch, model):
+    """ep.live with the widget replaced by a plain figure: callbacks registered, the
+    refresher thread flushes while the run goes on and once more after it ends."""
+    import importlib
+
+    import plotly.graph_objects as go
+
+    live_mod = importlib.import_module("energyprof.live")   # ep.live is the function
+    monkeypatch.setattr(live_mod, "_require_widgets", lambda: None)
+    monkeypatch.setattr(go, "FigureWidget", go.Figure)
+    s = ep.run(model, source="synthetic:power_w=6,period_ms=1", baseline_s=0, save=False)
+    s.live_interval_ms = 10
+    fig = live_mod.live(s, refresh_ms=20)
+    assert [len(s._live_callbacks[k]) for k in ("sample", "token", "section")] == [1, 1, 1]
+    with s:
+        model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)
+        time.sleep(0.06)
+        mid = len(fig.data[0].y)
+    assert mid > 0                                  # refreshed while running
+    deadline = time.monotonic() + 5
+    while len(fig.data[0].y) != len(s.samples) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(fig.data[0].y) == list(s.samples["cpu_w"])
+    assert [sh.name for sh in fig.layout.shapes][-1] == "post_inference"
