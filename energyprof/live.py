@@ -662,6 +662,8 @@ def cmd_monitor(args: Any) -> int:
         state = monitor(args.source, interval_ms=args.interval_ms, duration_s=args.duration_s)
     except ValueError as e:
         raise UserError(f"bad --source: {e}")
+    except OSError as e:   # missing library, permission denied, no such device
+        raise UserError(f"cannot use --source {args.source}: {e}")
     snap = state.snapshot()
     print()
     print(f"{snap['n_samples']} samples over {snap['elapsed_s']:.1f} s, {snap['energy_j']:.3f} J "

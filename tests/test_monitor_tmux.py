@@ -125,3 +125,10 @@ def test_monitor_bad_source_exits_2(tmux_factory):
     text = t.wait_for(r"EXIT_STATUS=\d+")
     assert "EXIT_STATUS=2" in text
     assert "bad --source" in text and "power_w" in text
+
+
+def test_monitor_unusable_source_exits_2_without_a_traceback():
+    r = subprocess.run([sys.executable, "-m", "energyprof", "monitor", "--source", "nvml:lib=/nonexistent/libnvml.so",
+                        "--duration-s", "1"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2
+    assert "energyprof: error:" in r.stderr and "Traceback" not in r.stderr
