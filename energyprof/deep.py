@@ -54,7 +54,8 @@ import numpy as np
 from . import _core
 from ._dtypes import HEAD_DTYPE
 
-__all__ = ["ATTN_IMPLEMENTATION", "SPARSE_BELOW", "KILL_BELOW", "DeepOps", "attention_forward",
+__all__ = ["ATTN_IMPLEMENTATION", "SPARSE_BELOW", "KILL_BELOW", "DeepOps", "attention_forward", "op_summary",
+           "tensor_stats", "OP_SUMMARY_DTYPE",
            "register_attention", "supports_attention", "head_summary"]
 
 #: Name under which energyprof's attention function and mask are registered with transformers.
@@ -725,4 +726,42 @@ def head_summary(heads: np.ndarray) -> List[dict]:
             "max_weight": float(np.average(sel["max_weight"], weights=w)),
             "sparsity": float(np.average(sel["sparsity"], weights=w)),
         })
+    return out
+
+
+#: One row per (layer, op) of :func:`op_summary`.
+OP_SUMMARY_DTYPE = np.dtype(
+    [
+        ("layer", "<i4"),
+        ("parent", "U32"),            # the component the op is inside (attn, mlp, input_norm, ...)
+        ("op", "U32"),                # the op row's component (attn.softmax, mlp.act, ...)
+        ("n_calls", "<i8"),
+        ("energy_j", "<f8"),          # total over calls
+        ("duration_s", "<f8"),
+        ("share_of_parent", "<f8"),   # energy_j / the parent component's energy over the same calls
+    ]
+)
+
+
+def op_summary(run: Any) -> np.ndarray:
+    """Energy per (layer, op) of a deep run (a live session or ``ep.load(run_id)``), with its
+    share of the enclosing component's energy; rows sorted by layer, parent and op.
+
+    The parent's energy is summed over the parent calls that contain at least one of the
+    op's calls, so a share is "of the attention / MLP / norm calls this op ran in".
+    """
+    ops = run.ops
+    out = np.zeros(0, OP_SUMMARY_DTYPE)
+    if len(ops) == 0:
+        return out
+    parents = np.concatenate([run.layers, run.components])
+    e_by_id = dict(zip(parents["call_id"].tolist(), parents["energy_j"].tolist()))
+    keys = sorted(set(zip(ops["layer"].tolist(), ops["component"].tolist())),
+                  key=lambda k: (k[0], k[1].split(".")[0], k[1]))
+    out = np.zeros(len(keys), OP_SUMMARY_DTYPE)
+    for i, (layer, comp) in enumerate(keys):
+        sel = ops[(ops["layer"] == layer) & (ops["component"] == comp)]
+        pe = sum(e_by_id.get(p, np.nan) for p in set(sel["parent_id"].tolist()))
+        out[i] = (layer, comp.split(".")[0], comp, len(sel), sel["energy_j"].sum(), sel["duration_s"].sum(),
+                  sel["energy_j"].sum() / pe if pe else np.nan)
     return out

@@ -398,3 +398,22 @@ def test_a_model_that_refuses_the_attention_switch_still_runs(monkeypatch):
     comps = set(s.ops["component"].astype(str))
     assert "mlp.act" in comps and not any(c.startswith("attn.") for c in comps)
     assert model.config._attn_implementation == "sdpa" and not deep._ATTN_MARKS
+
+
+def test_op_summary_aggregates_ops_and_shares_of_parents(deep_run):
+    _, s = deep_run
+    table = deep.op_summary(s)
+    ops = s.ops
+    assert len(table) == len(set(zip(ops["layer"].tolist(), ops["component"].tolist())))
+    row = table[(table["layer"] == 1) & (table["op"] == "attn.softmax")][0]
+    sel = ops[(ops["layer"] == 1) & (ops["component"] == "attn.softmax")]
+    assert row["parent"] == "attn" and row["n_calls"] == len(sel) == 3
+    assert row["energy_j"] == pytest.approx(sel["energy_j"].sum(), rel=1e-12)
+    attn = s.components[(s.components["layer"] == 1) & (s.components["component"] == "attn")]
+    assert row["share_of_parent"] == pytest.approx(sel["energy_j"].sum() / attn["energy_j"].sum(), rel=1e-12)
+    # within one parent the op shares add up to at most 1 (the rest: projections and unattributed)
+    for layer in (0, 1):
+        attn_ops = table[(table["layer"] == layer) & (table["parent"] == "attn")]
+        assert 0 < attn_ops["share_of_parent"].sum() < 1
+    assert table["layer"].tolist() == sorted(table["layer"].tolist())
+    assert len(deep.op_summary(ep.RunData())) == 0
