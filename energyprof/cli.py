@@ -292,6 +292,16 @@ def cmd_show(args) -> int:
         _print_json(run.summary())
     else:
         print_summary(run.summary())
+        from .analysis import efficiency
+
+        eff = efficiency(run)
+        rows = []
+        for key, f in eff.items():
+            se = f.get("se")
+            unc = f"± {_fmt(se)}" if isinstance(se, float) and not math.isnan(se) else ""
+            unit = f.get("unit", "")
+            rows.append((key, _fmt(f.get("value"), "" if unit == "1" else unit), unc))
+        _table("efficiency (± standard error where the tokens give one)", ["figure", "value", "uncertainty"], rows)
         ls = run.layer_summary()
         if len(ls):
             _table("layers (over all calls)", ["layer", "calls", "energy J", "mean J/call", "± SE", "share"],

@@ -43,7 +43,7 @@ def test_show_compare_export_report(db_with_runs, tmp_path):
     r = run_cli("show", str(ids[0]), "--json", db=db_with_runs)
     assert r.returncode == 0 and json.loads(r.stdout)["run_id"] == ids[0]
     r = run_cli("show", str(ids[0]), db=db_with_runs)
-    assert r.returncode == 0 and "energy" in r.stdout
+    assert r.returncode == 0 and "energy" in r.stdout and "decode_j_per_output_token" in r.stdout
     r = run_cli("compare", str(ids[0]), str(ids[1]), "--json", db=db_with_runs)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "run.json"
