@@ -32,11 +32,10 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
+from typing import Any, Deque, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import _core
 from ._dtypes import DOMAINS
 
 __all__ = ["LiveFeed", "MonitorState", "sparkline", "render_monitor", "monitor", "LiveProgress", "LivePlot", "live",
@@ -45,7 +44,6 @@ __all__ = ["LiveFeed", "MonitorState", "sparkline", "render_monitor", "monitor",
 #: Characters of the sparklines, lowest to highest.
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 
-_W_COLS = [f"{d}_w" for d in DOMAINS]
 
 
 def _sample_total_w(row_w: Sequence[float]) -> float:

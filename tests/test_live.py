@@ -5,7 +5,6 @@ sections, layers), computed by the attribution code from the same hook events.
 """
 from __future__ import annotations
 
-import math
 import sys
 import threading
 import time
@@ -18,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import energyprof as ep
-from energyprof import _core
 from energyprof.live import SPARK_CHARS, LiveFeed, LivePlot, MonitorState, render_monitor, sparkline
 from energyprof.sampler import Sampler
 from energyprof.tiny import tiny_model
