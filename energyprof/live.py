@@ -45,7 +45,6 @@ __all__ = ["LiveFeed", "MonitorState", "sparkline", "render_monitor", "monitor",
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 
 
-
 def _sample_total_w(row_w: Sequence[float]) -> float:
     """Total power of one sample under the run's total rule (package [+ dram], else the sum)."""
     from .attribution import total_of
