@@ -835,7 +835,8 @@ def _pair(a: Any, b: Any) -> Dict[str, float]:
     return {"a": fa, "b": fb, "diff": diff, "rel_diff": rel}
 
 
-def compare(a: Union[int, RunData], b: Union[int, RunData], db: DbArg = None) -> Dict[str, Any]:
+def compare(a: Union[int, RunData, Sequence[Any]], b: Union[int, RunData, Sequence[Any]], db: DbArg = None,
+            figure: str = "j_per_output_token") -> Dict[str, Any]:
     """Side by side figures of runs ``a`` and ``b`` (ids or RunData) and their differences.
 
     Every entry is ``{"a", "b", "diff" (b - a), "rel_diff" ((b - a) / a, NaN when a is 0)}``.
@@ -843,7 +844,17 @@ def compare(a: Union[int, RunData], b: Union[int, RunData], db: DbArg = None) ->
     entry}}, "domains": {domain: entry}, "layers": [{"layer", "energy_j": entry,
     "mean_energy_j": entry, "duration_s": entry}], "components": [{"layer", "component", ...}]}``.
     Layers/components present in only one run have NaN on the other side.
+
+    Given two *lists* of runs (e.g. float32 runs vs bfloat16 runs), it compares the
+    groups instead: :func:`energyprof.analysis.compare_groups` (difference of
+    ``figure``, default J per output token, with its Welch 95% interval).
     """
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        from .analysis import compare_groups
+
+        if not isinstance(a, (list, tuple)) or not isinstance(b, (list, tuple)):
+            raise ValueError("compare(a, b): give two runs, or two lists of runs to compare as groups")
+        return compare_groups(list(a), list(b), figure=figure, db=db)
     if not isinstance(a, RunData) or not isinstance(b, RunData):
         with _opened(db) as st:
             ra = a if isinstance(a, RunData) else st.load(a)

@@ -395,3 +395,20 @@ def test_docs_examples_run(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "model.json").exists()
     assert ns["cv"]["n"] >= 10 and ns["sc"]["features"]["n_layers"]["slope"]["unit"] == "J/token per n_layers"
     assert "decode:" in capsys.readouterr().out
+
+
+def test_ep_compare_of_two_lists_compares_the_groups(tmp_path):
+    """ep.compare([runs], [runs]) gives the group difference (Welch) instead of a pair."""
+    import energyprof as ep
+    from energyprof._testdata import synthetic_run
+
+    db = tmp_path / "g.db"
+    st = ep.Store(db)
+    ids_a = [st.save(synthetic_run(seed=i)) for i in range(3)]
+    ids_b = [st.save(synthetic_run(seed=10 + i, n_steps=24)) for i in range(3)]
+    st.close()
+    res = ep.compare(ids_a, ids_b, db=db)
+    direct = ep.compare_groups(ids_a, ids_b, db=db)
+    assert res["diff"] == direct["diff"] and res["figure"] == "j_per_output_token"
+    with pytest.raises(ValueError, match="two lists"):
+        ep.compare(ids_a, ids_b[0], db=db)
