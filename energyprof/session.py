@@ -478,7 +478,7 @@ class Session(RunData):
 
         span_ids, begins, _ = pair_events(events, len(self._spans))
         for sid, lst in self._act_stats.items():   # deep.tensor_stats tensors -> tuples, one transfer per span
-            if lst and not isinstance(lst[0], tuple):
+            if any(not isinstance(x, tuple) for x in lst):
                 import torch
 
                 nan4 = torch.full((4,), float("nan"), dtype=torch.float64)
