@@ -254,9 +254,8 @@ class LiveFeed:
         # then known, so its phase and layer are exact.  On the final pass the sampler has
         # stopped: the last sample it flushed is delivered here.
         self.sampler.drain()
-        samples = self.sampler.samples
-        new = samples[self._sample_cursor:]
-        self._sample_cursor = len(samples)
+        new = self.sampler.samples_since(self._sample_cursor)
+        self._sample_cursor += len(new)
         if s is not None:
             ev = s._buffer.drain()
             if len(ev):

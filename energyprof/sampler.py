@@ -51,9 +51,10 @@ class Sampler:
                  capacity: int = 262144) -> None:
         self.source: _sources.Source = _sources.open(spec)
         self._core = _core.Sampler(self.source.kind, dict(self.source.params), interval_ms, int(capacity))
-        self._lock = threading.Lock()          # guards _chunks / _all: drains may come from several threads
-        self._chunks: List[np.ndarray] = []
+        self._lock = threading.Lock()          # guards _chunks / _all / _n: drains may come from several threads
+        self._chunks: List[np.ndarray] = []    # drained since the last compaction into _all
         self._all: np.ndarray = np.zeros(0, _core.SAMPLE_DTYPE)
+        self._n = 0                            # len(_all) + sum of len(_chunks)
         self._drainer: Optional[threading.Thread] = None
         self._drainer_stop = threading.Event()
         self._warned_faults = 0
@@ -89,6 +90,10 @@ class Sampler:
             chunk = self._core.drain()
             if len(chunk):
                 self._chunks.append(chunk)
+                self._n += len(chunk)
+                if len(self._chunks) >= 256:   # keep samples_since's walk short on long runs
+                    self._all = np.concatenate([self._all, *self._chunks])
+                    self._chunks = []
             return chunk
 
     def _drain_loop(self) -> None:
@@ -119,12 +124,42 @@ class Sampler:
     # ------------------------------------------------------------------ data
     @property
     def samples(self) -> np.ndarray:
-        """All samples drained so far, oldest first (numpy array of ``_core.SAMPLE_DTYPE``)."""
+        """All samples drained so far, oldest first (numpy array of ``_core.SAMPLE_DTYPE``).
+
+        This joins every chunk drained so far (O(all samples)); code that polls a
+        running sampler should use :meth:`samples_since` with a cursor instead.
+        """
         with self._lock:
             if self._chunks:
                 self._all = np.concatenate([self._all, *self._chunks])
                 self._chunks = []
             return self._all
+
+    @property
+    def n_samples(self) -> int:
+        """How many samples have been drained so far (no copy)."""
+        with self._lock:
+            return self._n
+
+    def samples_since(self, index: int) -> np.ndarray:
+        """Samples ``index`` onwards (a cursor kept by the caller), copying only those.
+
+        Costs O(new samples), not O(all samples), so a thread polling a long run
+        every 100 ms stays cheap: ``new = s.samples_since(cursor); cursor += len(new)``.
+        """
+        if index < 0:
+            raise ValueError(f"index must be >= 0, got {index}")
+        with self._lock:
+            parts: List[np.ndarray] = []
+            start = 0
+            for part in [self._all, *self._chunks]:
+                end = start + len(part)
+                if end > index:
+                    parts.append(part[max(index - start, 0):])
+                start = end
+            if not parts:
+                return np.zeros(0, _core.SAMPLE_DTYPE)
+            return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
 
     # ------------------------------------------------------------------ state
     @property

@@ -323,10 +323,10 @@ class Session(RunData):
 
         if self._sampler is None:
             return float("nan")
-        samples = self._sampler.samples
-        if not len(samples):
+        n = self._sampler.n_samples
+        if not n:
             return float("nan")
-        last = samples[-1:]
+        last = self._sampler.samples_since(n - 1)[-1:]
         pw = np.array([[last[f"{d}_w"][0] for d in _core.DOMAINS]])
         return float(total_of(pw, measured_domains(last))[0])
 
@@ -340,8 +340,7 @@ class Session(RunData):
             return
         try:
             self._sampler.drain()
-            samples = self._sampler.samples
-            new = samples[self._samples_written:]
+            new = self._sampler.samples_since(self._samples_written)
             if len(new):
                 self._store.write_samples(self.run_id_, new)
                 self._samples_written += len(new)

@@ -350,3 +350,26 @@ def test_concurrent_drains_lose_and_duplicate_nothing():
     x = x[np.argsort(x["t_start_ns"], kind="stable")]
     assert len(x) == core.samples and core.dropped == 0
     check_stream(x)
+
+
+def test_samples_since_returns_exactly_the_new_samples():
+    """A cursor over a running sampler sees every sample once, in order, equal to .samples at the end."""
+    import energyprof as ep
+
+    got = []
+    cursor = 0
+    with ep.Sampler("synthetic:power_w=3,period_ms=1") as s:
+        for _ in range(30):
+            time.sleep(0.01)
+            s.drain()
+            new = s.samples_since(cursor)
+            cursor += len(new)
+            got.append(new)
+            assert s.n_samples >= cursor
+    got.append(s.samples_since(cursor))
+    allnew = np.concatenate(got)
+    assert len(allnew) == len(s.samples) == s.n_samples
+    assert np.array_equal(allnew["t_start_ns"], s.samples["t_start_ns"])
+    assert len(s.samples_since(len(s.samples))) == 0
+    with pytest.raises(ValueError):
+        s.samples_since(-1)
