@@ -1,0 +1,65 @@
+"""Assemble docs/benchmarks.md from the summary below and the latest output of each
+benchmark (docs/benchmarks/<name>.md, written by each script's --write / default run).
+
+    python benchmarks/collect.py
+"""
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+PARTS = ["sampler", "plist_parse", "integrate", "hook_overhead", "run_overhead", "deep_overhead", "sqlite_writer"]
+
+HEADER = """# Benchmarks
+
+Every figure here is a **ratio measured side by side in one run** of a script in
+`benchmarks/` (this machine is shared and noisy; absolute times are not comparable
+between runs). Each section below is the latest output of its script, kept in
+`docs/benchmarks/<name>.md`; `python benchmarks/collect.py` rebuilds this page.
+All numbers were taken on the development machine: x86_64 Linux, 2 shared CPU cores,
+Python 3.11.7, torch 2.13.0+cpu, no GPU.
+
+| what | script | goal | result |
+|---|---|---|---|
+{rows}
+
+**Real hardware.** No session so far has been lent a GPU machine (the `device` tool's
+status said so for this task), there is no RAPL powercap tree in this container and no
+Mac. So NVML, RAPL, powermetrics and IOReport have run only against their fakes (a fake
+`libnvidia-ml.so.1` built by the tests, fake sysfs trees, fake powermetrics executables
+streaming real captures, fake CoreFoundation/IOReport libraries). `tests/test_nvml.py::
+test_real_nvml_reads_or_fails_cleanly` reads a real GPU when one is present; its result
+goes here the first time a session runs it on one.
+"""
+
+SUMMARY = [
+    ("sampler thread at 1 kHz for 10 s: dropped samples, CPU", "sampler.py", "0 dropped",
+     "0 dropped; 2.1 % of one core; 2.1x less CPU than a Python thread doing the same"),
+    ("powermetrics plist parse vs plistlib", "plist_parse.py", ">= 5x", "33.8x (4.4x if libplist builds the whole tree)"),
+    ("integrator: 10M samples x 1M windows", "integrate.py", "< 1 s", "0.77 s wall; 12x faster than the numpy twin"),
+    ("hooked module call: energyprof added cost / empty Python hook pair", "hook_overhead.py", "<= 0.2",
+     "0.08 with the C forward wrapper (ep.run's default); 1.08 with torch hooks (torch's own dispatch dominates)"),
+    ("generate() slowdown inside ep.run, 12-layer 768 Llama", "run_overhead.py", "minimal < 1 %, standard < 3 %",
+     "see the run_overhead section"),
+    ("deep vs standard mode", "deep_overhead.py", "measured and stated", "see the deep_overhead section"),
+    ("C SQLite writer vs executemany, 1M samples", "sqlite_writer.py", ">= 500K rows/s and >= 3x",
+     "1.68M rows/s, 3.48x"),
+]
+
+
+def main() -> None:
+    rows = "\n".join(f"| {w} | `benchmarks/{s}` | {g} | {r} |" for w, s, g, r in SUMMARY)
+    out = [HEADER.format(rows=rows)]
+    for name in PARTS:
+        p = ROOT / "docs" / "benchmarks" / f"{name}.md"
+        if not p.exists():
+            continue
+        text = p.read_text().strip()
+        lines = text.splitlines()
+        if lines and lines[0].startswith("# "):
+            lines[0] = "## " + lines[0][2:]       # one level down inside this page
+        out.append("\n".join(l.replace("\n# ", "\n## ") for l in lines))
+    (ROOT / "docs" / "benchmarks.md").write_text("\n\n".join(out) + "\n")
+    print("wrote", ROOT / "docs" / "benchmarks.md")
+
+
+if __name__ == "__main__":
+    main()
