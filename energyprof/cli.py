@@ -158,11 +158,12 @@ def load_model(name: str, dtype: Optional[str] = None):
 class _Progress:
     """A progress bar over tokens with live W and tok/s, driven by a forward hook."""
 
-    def __init__(self, total_steps: int, session, enabled: bool = True):
+    def __init__(self, total_steps: int, session, enabled: bool = True, batch_size: int = 1):
         self.total = total_steps
         self.session = session
         self.enabled = enabled and sys.stderr.isatty()
-        self.steps = 0
+        self.batch_size = batch_size
+        self.steps = 0           # forwards so far = new tokens per sequence
         self.t0 = time.perf_counter()
         self._bar = None
 
@@ -171,7 +172,7 @@ class _Progress:
             try:
                 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-                self._bar = Progress(TextColumn("generating"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                self._bar = Progress(TextColumn("generating"), BarColumn(), TextColumn("{task.completed}/{task.total} tokens"),
                                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=True)
                 self._bar.__enter__()
                 self._task = self._bar.add_task("gen", total=self.total, info="")
@@ -183,7 +184,7 @@ class _Progress:
         self.steps += 1
         if self._bar is not None:
             dt = time.perf_counter() - self.t0
-            info = f"{self.steps / dt:.1f} steps/s"
+            info = f"{self.steps * self.batch_size / dt:.1f} tok/s"
             w = self.session.live_power_w() if hasattr(self.session, "live_power_w") else None
             if w is not None and not math.isnan(w):
                 info += f"  {w:.1f} W"
@@ -231,7 +232,7 @@ def profile(args) -> int:
 
             prog = LiveProgress(args.max_new_tokens, s, tok)
         else:
-            prog = _Progress(args.max_new_tokens, s, enabled=not args.json)
+            prog = _Progress(args.max_new_tokens, s, enabled=not args.json, batch_size=args.batch_size)
         h = model.register_forward_hook(prog.hook)
         try:
             with prog, torch.no_grad():
