@@ -465,10 +465,12 @@ class Store:
     def finish_run(self, run_id: int, summary: Dict[str, Any], sections: Optional[np.ndarray] = None,
                    tokens: Optional[np.ndarray] = None, layers: Optional[np.ndarray] = None,
                    components: Optional[np.ndarray] = None, status: str = "completed", *,
-                   ops: Optional[np.ndarray] = None, samples: Optional[np.ndarray] = None) -> None:
+                   ops: Optional[np.ndarray] = None, samples: Optional[np.ndarray] = None,
+                   heads: Optional[np.ndarray] = None) -> None:
         """Write the run's arrays and final summary, then set ``status``; waits until committed.
 
-        Rows written earlier for sections/tokens/layers/components/ops of this run are
+        ``heads`` are mode="deep" attention statistics (``HEAD_DTYPE``, table head_metrics).
+        Rows written earlier for sections/tokens/layers/components/ops/heads of this run are
         replaced (finishing twice is harmless); ``samples`` (optional) are *appended*
         to those written with :meth:`write_samples`.  The runs row is updated last,
         so a run marked completed always has its arrays.  Raises the writer's error
@@ -479,7 +481,8 @@ class Store:
             raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
         rid = int(run_id)
         w = self.writer
-        arrays = {"sections": sections, "tokens": tokens, "layers": layers, "components": components, "ops": ops}
+        arrays = {"sections": sections, "tokens": tokens, "layers": layers, "components": components, "ops": ops,
+                  "heads": heads}
         for name, arr in arrays.items():
             if arr is not None:
                 w.execute(f"DELETE FROM {ARRAY_TABLES[name]} WHERE run_id = ?", (rid,))
@@ -511,7 +514,8 @@ class Store:
         s.pop("run_id", None)
         rid = self.create_run(s)
         self.finish_run(rid, s, run.sections, run.tokens, run.layers, run.components,
-                        status=status or s.get("status") or "completed", ops=run.ops, samples=run.samples)
+                        status=status or s.get("status") or "completed", ops=run.ops, samples=run.samples,
+                        heads=run.heads)
         return rid
 
     def mark_stale_running(self) -> List[int]:
@@ -939,7 +943,7 @@ def export(run_id: Union[int, RunData], path: PathLike, format: str = "json", db
     - ``json``: one file with the whole nested run (summary + every array as columns;
       NaN as null), which :func:`import_run` reads back to an identical run.
     - ``csv``: a directory with ``run.csv`` (the flattened summary, one row) and one
-      ``<array>.csv`` per array (samples, sections, tokens, layers, components, ops).
+      ``<array>.csv`` per array (samples, sections, tokens, layers, components, ops, heads).
     - ``parquet``: a directory with one ``<array>.parquet`` per array plus ``run.json``;
       needs pyarrow.
     """

@@ -23,10 +23,10 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ._dtypes import CALL_DTYPE, DOMAINS, SECTION_DTYPE, TOKEN_DTYPE
+from ._dtypes import CALL_DTYPE, DOMAINS, HEAD_DTYPE, SECTION_DTYPE, TOKEN_DTYPE
 
 #: Names accepted by :meth:`RunData.to_pandas` and the store's array tables.
-ARRAY_NAMES = ("samples", "sections", "tokens", "layers", "components", "ops")
+ARRAY_NAMES = ("samples", "sections", "tokens", "layers", "components", "ops", "heads")
 
 _DOMAIN_J = [(f"{d}_j", "<f8") for d in DOMAINS]
 
@@ -60,6 +60,8 @@ def _default_dtype(name: str) -> np.dtype:
         return SECTION_DTYPE
     if name == "tokens":
         return TOKEN_DTYPE
+    if name == "heads":
+        return HEAD_DTYPE
     return CALL_DTYPE  # layers, components, ops
 
 
@@ -125,9 +127,9 @@ class RunData:
     ----------
     summary:
         The run summary dict (see the shared summary contract).  Copied.
-    samples, sections, tokens, layers, components, ops:
+    samples, sections, tokens, layers, components, ops, heads:
         numpy structured arrays (``SAMPLE_DTYPE``, ``SECTION_DTYPE``, ``TOKEN_DTYPE``,
-        ``CALL_DTYPE`` x 3).  ``None`` gives an empty array of the right dtype.
+        ``CALL_DTYPE`` x 3, ``HEAD_DTYPE``).  ``None`` gives an empty array of the right dtype.
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class RunData:
         layers: Optional[np.ndarray] = None,
         components: Optional[np.ndarray] = None,
         ops: Optional[np.ndarray] = None,
+        heads: Optional[np.ndarray] = None,
     ) -> None:
         self._summary: Dict[str, Any] = copy.deepcopy(dict(summary or {}))
         self._samples = _as_array("samples", samples)
@@ -147,6 +150,7 @@ class RunData:
         self._layers = _as_array("layers", layers)
         self._components = _as_array("components", components)
         self._ops = _as_array("ops", ops)
+        self._heads = _as_array("heads", heads)
 
     # -- accessors -------------------------------------------------------------------
     def summary(self) -> Dict[str, Any]:
@@ -188,6 +192,12 @@ class RunData:
     def ops(self) -> np.ndarray:
         """Operator-level calls (``CALL_DTYPE``; empty unless the run was recorded deep)."""
         return self._ops
+
+    @property
+    def heads(self) -> np.ndarray:
+        """Per (attention call, head) statistics of the attention weights (``HEAD_DTYPE``;
+        empty unless the run was recorded deep)."""
+        return self._heads
 
     def array(self, name: str) -> np.ndarray:
         """The array called ``name`` (one of :data:`ARRAY_NAMES`)."""

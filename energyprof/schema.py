@@ -10,8 +10,9 @@ Versions
    unattributed_j, total_rule, ended_at, pid, pid_host), power_samples, sections,
    tokens, layer_metrics and component_metrics (without call_id, parent_id,
    unattributed_j).
-2. (current) adds those runs columns, the call-tree columns of the metric tables
-   and the op_metrics table.
+2. adds those runs columns, the call-tree columns of the metric tables and the
+   op_metrics table.
+3. (current) adds the head_metrics table (mode="deep": per attention call and head).
 
 Array tables hold one column per field of the shared numpy dtypes
 (:mod:`energyprof._dtypes`, ``_core.SAMPLE_DTYPE``) plus ``run_id``; NaN is stored
@@ -23,7 +24,7 @@ import json
 import sqlite3
 from typing import Dict, List, Sequence, Tuple
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Store table per RunData array name.
 ARRAY_TABLES: Dict[str, str] = {
@@ -33,6 +34,7 @@ ARRAY_TABLES: Dict[str, str] = {
     "layers": "layer_metrics",
     "components": "component_metrics",
     "ops": "op_metrics",
+    "heads": "head_metrics",
 }
 
 STATUSES = ("running", "completed", "interrupted", "failed")
@@ -80,6 +82,10 @@ _CALL_COLS = (
     + [("unattributed_j", "REAL")]
     + _CALL_COLS_V1[13:]
 )
+
+# v3: mode="deep" attention statistics, one row per (attention call, head) (HEAD_DTYPE).
+_HEAD_COLS = [("call_id", "INTEGER"), ("layer", "INTEGER"), ("step", "INTEGER"), ("head", "INTEGER"),
+              ("n_queries", "INTEGER"), ("entropy", "REAL"), ("max_weight", "REAL"), ("sparsity", "REAL")]
 
 _RUN_COLS_V1 = [
     ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"),  # AUTOINCREMENT: a deleted run's id is never reused
@@ -138,6 +144,7 @@ TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
     "layer_metrics": _CALL_COLS,
     "component_metrics": _CALL_COLS,
     "op_metrics": _CALL_COLS,
+    "head_metrics": _HEAD_COLS,
 }
 
 #: Sort keys accepted by energyprof.db.runs (name -> runs column).
@@ -170,6 +177,18 @@ def _array_table_ddl(table: str, cols: Sequence[Tuple[str, str]]) -> List[str]:
     ]
 
 
+def _head_table_ddl() -> List[str]:
+    body = ",\n  ".join(
+        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in _HEAD_COLS]
+    )
+    return [
+        f"CREATE TABLE head_metrics (\n  {body}\n)",
+        # Head rows have no time of their own; they are read per run and per layer
+        # (heat maps of one layer's heads), and run_id first serves the cascade delete.
+        "CREATE INDEX idx_head_metrics_run_layer ON head_metrics(run_id, layer)",
+    ]
+
+
 def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[str]:
     body = ",\n  ".join(f"{_q(c)} {t}" for c, t in cols)
     stmts = [f"CREATE TABLE runs (\n  {body}\n)"]
@@ -179,17 +198,19 @@ def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[s
 
 
 def ddl(version: int = SCHEMA_VERSION) -> List[str]:
-    """The CREATE statements of schema ``version`` (1 or 2), in order."""
+    """The CREATE statements of schema ``version`` (1, 2 or 3), in order."""
     if version == 1:
         stmts = _runs_ddl(_RUN_COLS_V1, ("started_at", "energy_j", "j_per_token", "model_name", "status"))
         for t, cols in (("power_samples", _SAMPLE_COLS), ("sections", _SECTION_COLS), ("tokens", _TOKEN_COLS),
                         ("layer_metrics", _CALL_COLS_V1), ("component_metrics", _CALL_COLS_V1)):
             stmts += _array_table_ddl(t, cols)
         return stmts
-    if version == 2:
+    if version in (2, 3):
         stmts = _runs_ddl(TABLE_COLUMNS["runs"], _INDEXED_RUN_COLS)
         for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
             stmts += _array_table_ddl(t, TABLE_COLUMNS[t])
+        if version == 3:
+            stmts += _head_table_ddl()
         return stmts
     raise ValueError(f"no schema version {version}; known versions: 1..{SCHEMA_VERSION}")
 
@@ -239,12 +260,19 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
         )
 
 
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    # A new table only: v2 runs simply have no head rows (their per-(layer, head)
+    # averages stay where v2 kept them, in summary["deep"]["heads"]).
+    for s in _head_table_ddl():
+        conn.execute(s)
+
+
 def _num(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 #: MIGRATIONS[v] turns a version-v database into version v+1.
-MIGRATIONS = {1: _migrate_1_to_2}
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def user_version(conn: sqlite3.Connection) -> int:

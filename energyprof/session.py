@@ -428,7 +428,7 @@ class Session(RunData):
                     if len(new):
                         self._store.write_samples(self.run_id_, new)
                 self._store.finish_run(self.run_id_, summary, att.sections, att.tokens, self._layers,
-                                       self._components, status, ops=self._ops)
+                                       self._components, status, ops=self._ops, heads=self._heads)
             except Exception as e:
                 self._save_error = self._save_error or e
             finally:

@@ -417,3 +417,38 @@ def test_op_summary_aggregates_ops_and_shares_of_parents(deep_run):
         assert 0 < attn_ops["share_of_parent"].sum() < 1
     assert table["layer"].tolist() == sorted(table["layer"].tolist())
     assert len(deep.op_summary(ep.RunData())) == 0
+
+
+def test_heads_are_stored_and_loaded_field_by_field(tmp_path):
+    """Schema v3: the per-(attention call, head) rows go to head_metrics and come back
+    from ep.load exactly as the session holds them (same order, NaN where NaN)."""
+    import sqlite3
+
+    model = _quiet_model("tiny-llama")
+    db = str(tmp_path / "heads.db")
+    with ep.run(model, source="synthetic:power_w=2", mode="deep", baseline_s=0, db=db) as s:
+        with torch.no_grad():
+            model.generate(IDS, attention_mask=MASK, max_new_tokens=3, do_sample=False)
+    n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    assert len(s.heads) == 3 * n_layers * n_heads  # prefill + 2 decode forwards, every layer and head
+    r = ep.load(s.run_id, db=db)
+    assert r.heads.dtype == s.heads.dtype == HEAD_DTYPE
+    assert len(r.heads) == len(s.heads)
+    for f in HEAD_DTYPE.names:
+        np.testing.assert_array_equal(r.heads[f], s.heads[f], err_msg=f)  # NaN == NaN here
+    # the rows point at the attn.softmax op rows that were stored beside them
+    soft = r.ops[r.ops["component"] == "attn.softmax"]
+    assert set(r.heads["call_id"].tolist()) == set(soft["call_id"].tolist())
+    # and the run's per-(layer, head) summary is the average of exactly these rows
+    assert deep.head_summary(r.heads) == r.summary()["deep"]["heads"]
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM head_metrics WHERE run_id=?", (s.run_id,)).fetchone()[0] == len(s.heads)
+    finally:
+        conn.close()
+    ep.delete(s.run_id, db=db)
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM head_metrics").fetchone()[0] == 0  # ON DELETE CASCADE
+    finally:
+        conn.close()

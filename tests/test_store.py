@@ -19,7 +19,7 @@ from hypothesis import given, settings, strategies as st
 
 import energyprof as ep
 from energyprof import _core, _reference, schema
-from energyprof._dtypes import CALL_DTYPE, SECTION_DTYPE, TOKEN_DTYPE
+from energyprof._dtypes import CALL_DTYPE, HEAD_DTYPE, SECTION_DTYPE, TOKEN_DTYPE
 from energyprof.db import Store
 from energyprof.rundata import AGG_DTYPE, ARRAY_NAMES, RunData
 
@@ -143,7 +143,20 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
         calls(["embed", "final_norm", "lm_head"], [-1]),
     ])
     ops = calls(["aten::mm", "aten::softmax"], [0])
-    return dict(samples=samples, sections=sections, tokens=tokens, layers=layers, components=components, ops=ops)
+    # mode="deep" head rows: one per (softmax op call, head); NaN where a statistic is undefined
+    n_heads = 4
+    soft = ops[ops["component"] == "aten::softmax"]
+    heads = np.zeros(len(soft) * n_heads, HEAD_DTYPE)
+    heads["call_id"] = np.repeat(soft["call_id"], n_heads)
+    heads["layer"] = np.repeat(soft["layer"], n_heads)
+    heads["step"] = np.repeat(soft["step"], n_heads)
+    heads["head"] = np.tile(np.arange(n_heads), len(soft))
+    heads["n_queries"] = rng.integers(1, 2**40, len(heads))
+    heads["entropy"] = np.where(rng.random(len(heads)) < 0.2, np.nan, rng.uniform(0, 3, len(heads)))
+    heads["max_weight"] = rng.uniform(0, 1, len(heads))
+    heads["sparsity"] = np.where(rng.random(len(heads)) < 0.2, np.nan, rng.uniform(0, 1, len(heads)))
+    return dict(samples=samples, sections=sections, tokens=tokens, layers=layers, components=components, ops=ops,
+                heads=heads)
 
 
 def make_run(i: int = 0, **kw) -> RunData:
@@ -319,10 +332,15 @@ def test_schema_has_a_column_for_every_dtype_field(dbpath):
             cols = set(schema.table_columns(s.conn, table))
             dt_ = np.dtype(_core.SAMPLE_DTYPE) if name == "samples" else RunData().array(name).dtype
             assert set(dt_.names) | {"run_id"} == cols, (table, set(dt_.names) ^ (cols - {"run_id"}))
-        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 2
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 3
         idx = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         for table in schema.ARRAY_TABLES.values():
-            assert f"idx_{table}_run_t" in idx
+            if table != "head_metrics":
+                assert f"idx_{table}_run_t" in idx
+        # head rows have no time: indexed by (run_id, layer)
+        assert [r[2] for r in s.conn.execute("PRAGMA index_info(idx_head_metrics_run_layer)")] == ["run_id", "layer"]
+        fks = s.conn.execute("PRAGMA foreign_key_list(head_metrics)").fetchall()
+        assert [(r[2], r[3], r[4], r[6]) for r in fks] == [("runs", "run_id", "id", "CASCADE")]
         assert {"idx_runs_started_at", "idx_runs_j_per_token", "idx_runs_energy_j"} <= idx
         assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -361,7 +379,7 @@ def test_migration_from_v1(dbpath):
     assert "op_metrics" not in schema.tables(conn)
     conn.close()
     with Store(dbpath) as s:
-        assert schema.user_version(s.conn) == 2
+        assert schema.user_version(s.conn) == 3
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
         for i, rid in enumerate(ids):
@@ -381,7 +399,7 @@ def test_migration_from_v1(dbpath):
                 for f in want[name].dtype.names:
                     if f not in ("call_id", "parent_id", "unattributed_j"):
                         np.testing.assert_array_equal(got[f], want[name][f])
-            assert len(r.ops) == 0
+            assert len(r.ops) == 0 and len(r.heads) == 0 and r.heads.dtype == HEAD_DTYPE
         # the v1 run left "running" has no owner pid: it was interrupted
         assert s.load(ids[0]).summary()["status"] == "interrupted"
         # and the migrated database takes new runs, ops included
@@ -389,20 +407,88 @@ def test_migration_from_v1(dbpath):
         assert_same_arrays(s.load(rid), make_run(7))
 
 
+_V2_ARRAYS = ("samples", "sections", "tokens", "layers", "components", "ops")
+
+
+def _fill_v2(path: str, n: int = 3) -> list:
+    """A version-2 database (built with the v2 DDL) with n runs, written the way energyprof 2
+    wrote them: every runs column and every v2 array, no head rows (v2 had no table for them)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    schema.create(conn, 2)
+    assert schema.user_version(conn) == 2 and "head_metrics" not in schema.tables(conn)
+    ids = []
+    for i in range(n):
+        cols = ep.db._run_columns(make_summary(i))
+        cols["pid"], cols["pid_host"] = os.getpid(), "elsewhere"  # another host: left as written
+        cols["ended_at"] = "2025-03-01T10:00:05.000000+00:00"
+        names = list(cols)
+        cur = conn.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                           [cols[k] for k in names])
+        rid = cur.lastrowid
+        ids.append(rid)
+        arr = make_arrays(i, n_samples=20)
+        for name in _V2_ARRAYS:
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], arr[name], {"run_id": rid})
+    conn.close()
+    return ids
+
+
+def test_migration_from_v2(dbpath):
+    ids = _fill_v2(dbpath)
+    with Store(dbpath) as s:
+        assert schema.user_version(s.conn) == 3
+        assert "head_metrics" in schema.tables(s.conn)
+        assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        for i, rid in enumerate(ids):
+            r = s.load(rid)
+            want = make_arrays(i, n_samples=20)
+            for name in _V2_ARRAYS:  # every v2 row is kept, field by field
+                assert r.array(name).dtype == want[name].dtype
+                for f in want[name].dtype.names:
+                    np.testing.assert_array_equal(r.array(name)[f], want[name][f], err_msg=f"{name}.{f}")
+            assert len(r.heads) == 0 and r.heads.dtype == HEAD_DTYPE
+            summ = make_summary(i)
+            summ["run_id"] = rid
+            assert_same_summary(r.summary(), summ)
+        # the migrated database takes new runs, heads included, and deletes cascade into head_metrics
+        rid = s.save(make_run(7))
+        assert_same_arrays(s.load(rid), make_run(7))
+        assert s.conn.execute("SELECT COUNT(*) FROM head_metrics WHERE run_id=?", (rid,)).fetchone()[0] \
+            == len(make_run(7).heads) > 0
+        ep.delete(rid, db=s)
+        assert s.conn.execute("SELECT COUNT(*) FROM head_metrics").fetchone()[0] == 0
+    # migrating is a one-time step: a second open finds version 3 and changes nothing
+    before = sha(dbpath)
+    with Store(dbpath, mark_stale=False) as s:
+        assert schema.migrate(s.conn, dbpath) == (3, 3)
+    assert sha(dbpath) == before
+
+
 def test_fresh_database_matches_migrated_one(tmp_path):
-    a, b = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    a, b, c2 = str(tmp_path / "a.db"), str(tmp_path / "b.db"), str(tmp_path / "c.db")
     _fill_v1(a, n=0)
+    _fill_v2(c2, n=0)
     Store(a).close()
     Store(b).close()
+    Store(c2).close()
 
     def shape(p):
         c = sqlite3.connect(p)
-        out = {t: sorted(schema.table_columns(c, t)) for t in schema.tables(c)}
-        out["_idx"] = sorted(r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='index'"))
+        out = {t: sorted(tuple(r)[1:] for r in c.execute(f"PRAGMA table_info({t})")) for t in schema.tables(c)}
+        out["_idx"] = sorted(
+            (r[0], r[1], tuple(x[2] for x in c.execute(f"PRAGMA index_info({r[0]})")))
+            for r in c.execute("SELECT name, tbl_name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL"))
+        out["_fk"] = {t: sorted(tuple(r)[2:] for r in c.execute(f"PRAGMA foreign_key_list({t})"))
+                      for t in schema.tables(c)}
+        out["_version"] = schema.user_version(c)
         c.close()
         return out
 
-    assert shape(a) == shape(b)
+    fresh = shape(b)
+    assert "head_metrics" in fresh and fresh["_version"] == 3
+    assert shape(a) == fresh
+    assert shape(c2) == fresh
 
 
 def test_newer_database_is_refused_untouched(dbpath):
@@ -451,7 +537,7 @@ def test_round_trip_every_array_field_by_field(dbpath):
         s.flush()
         assert len(s.load(rid).samples) == len(run.samples)
         s.finish_run(rid, run.summary(), run.sections, run.tokens, run.layers, run.components, "completed",
-                     ops=run.ops)
+                     ops=run.ops, heads=run.heads)
     back = ep.load(rid, db=dbpath)
     assert_same_arrays(back, run)
     want = run.summary()
@@ -477,6 +563,9 @@ def test_save_accepts_an_open_store_and_to_pandas(dbpath):
         df = r.to_pandas("components")
         assert list(df.columns) == list(CALL_DTYPE.names)
         assert len(df) == len(r.components)
+        dh = r.to_pandas("heads")
+        assert list(dh.columns) == list(HEAD_DTYPE.names) and len(dh) == len(r.heads) > 0
+        np.testing.assert_array_equal(dh["entropy"].to_numpy(), r.heads["entropy"])
         lst = ep.runs(db=s)
         assert lst.run_ids == [rid]
         flat = lst.to_pandas()
@@ -754,11 +843,21 @@ def test_export_import_json_round_trip(filled, tmp_path):
         raise AssertionError(f"non-strict JSON token {c}")
 
     doc = json.loads(open(out).read(), parse_constant=no_constants)  # strict JSON: no NaN/Infinity tokens
-    assert doc["format"] == "energyprof-run"
+    assert doc["format"] == "energyprof-run" and doc["schema_version"] == 3
     new = ep.import_run(out, db=path)
     assert new != rid
     a, b = ep.load(rid, db=path), ep.load(new, db=path)
+    assert len(a.heads) > 0 and np.isnan(a.heads["entropy"]).any()  # NaN survives the JSON round trip
+    assert doc["arrays"]["heads"]["n"] == len(a.heads)
     assert_same_arrays(a, b)
+    # an export written before schema 3 has no heads: it imports with none
+    del doc["arrays"]["heads"]
+    old = tmp_path / "v2-export.json"
+    old.write_text(json.dumps(doc))
+    o = ep.load(ep.import_run(old, db=path), db=path)
+    assert len(o.heads) == 0 and o.heads.dtype == HEAD_DTYPE
+    for name in ARRAY_NAMES[:-1]:
+        assert o.array(name).tobytes() == a.array(name).tobytes(), name
     sa, sb = a.summary(), b.summary()
     sa.pop("run_id")
     sb.pop("run_id")
@@ -779,6 +878,7 @@ def test_export_csv_one_file_per_table(filled, tmp_path):
     d = ep.export(rid, tmp_path / "csvdir", format="csv", db=path)
     run = ep.load(rid, db=path)
     assert sorted(os.listdir(d)) == sorted(["run.csv"] + [f"{n}.csv" for n in ARRAY_NAMES])
+    assert "heads.csv" in os.listdir(d) and len(run.heads) > 0
     with open(os.path.join(d, "run.csv"), newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 1 and float(rows[0]["phases.decode.energy_j"]) == run.summary()["phases"]["decode"]["energy_j"]
@@ -812,6 +912,8 @@ def test_export_parquet_needs_pyarrow(filled, tmp_path):
         d = ep.export(rid, tmp_path / "pq", format="parquet", db=path)
         t = pq.read_table(os.path.join(d, "samples.parquet"))
         np.testing.assert_array_equal(t.column("cpu_w").to_numpy(), ep.load(rid, db=path).samples["cpu_w"])
+        h = pq.read_table(os.path.join(d, "heads.parquet"))
+        np.testing.assert_array_equal(h.column("entropy").to_numpy(), ep.load(rid, db=path).heads["entropy"])
     with pytest.raises(ValueError, match="json, csv, parquet"):
         ep.export(rid, tmp_path / "x", format="xml", db=path)
 
@@ -981,7 +1083,7 @@ def test_docs_schema_names_every_column_and_its_example_runs(capsys):
             assert re.search(rf"(^\| |, ){c}[ ,|]", doc, re.M), (table, c)
     for b in re.findall(r"```python\n(.*?)```", doc, re.S):
         exec(compile(b, "docs/schema.md", "exec"), {})
-    assert capsys.readouterr().out.split() == ["(1,", "2)", "True"]
+    assert capsys.readouterr().out.split() == ["(1,", "3)", "True", "(2,", "3)", "True"]
 
 
 def test_writer_releases_the_gil_while_blocked(tmp_path):
@@ -1094,17 +1196,20 @@ def test_many_processes_open_a_fresh_database_at_once(tmp_path):
     import subprocess
     import sys
 
-    for kind in ("fresh", "v1"):
+    for kind in ("fresh", "v1", "v2"):
         path = str(tmp_path / f"{kind}.db")
         if kind == "v1":
             _fill_v1(path, n=2)
+        if kind == "v2":
+            _fill_v2(path, n=2)
         code = ("import sys; from energyprof.db import Store; s = Store(sys.argv[1]); "
                 "s.create_run({'name': 'p'}); s.close()")
         procs = [subprocess.Popen([sys.executable, "-c", code, path]) for _ in range(4)]
         assert [p.wait() for p in procs] == [0] * 4
         with Store(path) as s:
-            assert schema.user_version(s.conn) == 2
-            assert len(ep.runs(db=s, limit=None)) == 4 + (2 if kind == "v1" else 0)
+            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 3
+            assert "head_metrics" in schema.tables(s.conn)
+            assert len(ep.runs(db=s, limit=None)) == 4 + (0 if kind == "fresh" else 2)
 
 
 def test_writer_checkpoints_the_wal_when_idle(dbpath):
