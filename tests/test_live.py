@@ -50,7 +50,13 @@ def live_run(model):
         s.on_token(cb("token"))        # and while it goes on
         s.on_section(cb("section"))
         with s.section("generate"):
-            model.generate(torch.tensor([[5, 6, 7], [8, 9, 10]]), max_new_tokens=4, do_sample=False)
+            # 10 ms inside every forward: each phase then spans several 2 ms sample periods even
+            # when a loaded machine wakes the sampler late
+            slow = model.model.layers[0].input_layernorm.register_forward_pre_hook(lambda m, a: time.sleep(0.01))
+            try:
+                model.generate(torch.tensor([[5, 6, 7], [8, 9, 10]]), max_new_tokens=4, do_sample=False)
+            finally:
+                slow.remove()
             time.sleep(0.08)   # several live passes after the last forward, inside the section
     return s, rec
 
