@@ -194,12 +194,9 @@ class LiveFeed:
     def _is_prefill(self, i: int) -> bool:
         metas = self.session._forward_meta if self.session is not None else []
         if i < len(metas):
-            m = metas[i]
-            if m.get("cp0") is not None:
-                return m["cp0"] == 0
-            if m.get("past_len", 0) > 0:
-                return False
-            return i == 0 or m.get("seq", 1) > 1
+            from .session import forward_is_prefill
+
+            return forward_is_prefill(metas[i], i, metas[i - 1].get("seq") if i > 0 else None)
         return i == 0
 
     def _batch(self, i: int) -> int:

@@ -147,9 +147,7 @@ class Session(RunData):
         if sync == "auto":
             sync = "device" if self._device.type in ("cuda", "mps") else "none"
         self._sync_used = sync
-        self._amap = arch_mod.describe(self.model)
-        for w in self._amap.warnings:
-            pass  # describe() already warned
+        self._amap = arch_mod.describe(self.model)   # warns itself when it falls back
         self._sampler = Sampler(self._source, interval_ms=self.interval_ms)
         self._sampler.start()
         self._wall_start_ns = _core.wall_ns()
@@ -250,6 +248,9 @@ class Session(RunData):
         return self._heads if self._heads is not None else np.zeros(0, HEAD_DTYPE)
 
     def _shape_hook(self, module, args, kwargs):
+        """Record each top-level forward's input shape.  Reads shapes only, never tensor
+        values, so it forces no device synchronisation (the value reads are deferred to
+        the end of the run, and done only for forwards that start a generation)."""
         try:
             ids = kwargs.get("input_ids")
             if ids is None and args:
@@ -259,22 +260,22 @@ class Session(RunData):
             shape = tuple(ids.shape) if ids is not None and hasattr(ids, "shape") else (1, 1)
             batch = int(shape[0]) if len(shape) >= 1 else 1
             seq = int(shape[1]) if len(shape) >= 2 else 1
-            cache_pos = kwargs.get("cache_position")
-            cp0 = int(cache_pos.reshape(-1)[0]) if cache_pos is not None and cache_pos.numel() else None
             past = kwargs.get("past_key_values")
-            past_len = 0
+            past_len = None             # None: no cache object passed
             if past is not None:
                 try:
-                    past_len = int(past.get_seq_length())
+                    past_len = int(past.get_seq_length())   # from the cache's tensor shapes
                 except Exception:
                     past_len = 1
-            mask = kwargs.get("attention_mask")
-            real = batch * seq
-            if mask is not None and hasattr(mask, "shape") and tuple(mask.shape[:2]) == (batch, seq):
-                real = int(mask.sum())
-            self._forward_meta.append({"batch": batch, "seq": seq, "cp0": cp0, "past_len": past_len, "real": real})
+            meta = {"batch": batch, "seq": seq, "past_len": past_len, "cache_position": None, "mask": None}
+            if not past_len:            # may start a generation: keep what _forwards reads later
+                meta["cache_position"] = kwargs.get("cache_position")
+                mask = kwargs.get("attention_mask")
+                if mask is not None and hasattr(mask, "shape") and tuple(mask.shape[:2]) == (batch, seq):
+                    meta["mask"] = mask
+            self._forward_meta.append(meta)
         except Exception as e:  # never break the model
-            self._forward_meta.append({"batch": 1, "seq": 1, "cp0": None, "past_len": 0, "real": 1})
+            self._forward_meta.append({"batch": 1, "seq": 1, "past_len": None, "cache_position": None, "mask": None})
             warnings.warn(f"energyprof: could not read the forward's input shape ({e})", RuntimeWarning)
         return None
 
@@ -457,17 +458,17 @@ class Session(RunData):
             metas = metas[: len(begins)]
         out: List[Forward] = []
         prev_seq = None
+        blank = {"batch": 1, "seq": 1, "past_len": None, "cache_position": None, "mask": None}
         for i, (b, e) in enumerate(zip(begins.tolist(), ends.tolist())):
-            m = metas[i] if i < len(metas) else {"batch": 1, "seq": 1, "cp0": None, "past_len": 0, "real": 1}
-            if m["cp0"] is not None:
-                prefill = m["cp0"] == 0
-            elif m["past_len"] > 0:
-                prefill = False
-            else:
-                prefill = i == 0 or (m["seq"] > 1 and (prev_seq is None or m["seq"] != prev_seq + 1))
+            m = metas[i] if i < len(metas) else blank
+            prefill = forward_is_prefill(m, i, prev_seq)
             prev_seq = m["seq"]
+            real = m["batch"] * m["seq"]
+            if prefill and m["mask"] is not None:
+                real = int(m["mask"].sum())       # unpadded input tokens
             out.append(Forward(t_start_ns=b, t_end_ns=e, batch=m["batch"], new_positions=m["seq"],
-                               input_tokens=m["real"] if prefill else 0, prefill=prefill))
+                               input_tokens=real if prefill else 0, prefill=prefill))
+        self._forward_meta = []                    # drop the kept tensors
         return out
 
     def _fill_act_stats(self, calls: np.ndarray, events: np.ndarray) -> None:
@@ -560,6 +561,24 @@ class Session(RunData):
         from .report import write_report
 
         return write_report(self, path, **kw)
+
+
+def forward_is_prefill(meta: Dict[str, Any], index: int, prev_seq: Optional[int]) -> bool:
+    """Whether a top-level forward starts a generation (prefill) rather than decoding a step.
+
+    ``meta`` is what the session's shape hook recorded for forward number ``index``;
+    ``prev_seq`` the previous forward's sequence length.  A cache object tells it
+    directly (empty = prefill); else ``cache_position`` starting at 0; else, with no
+    cache at all (``use_cache=False``), the first forward, or one whose input is not
+    the previous one grown by a token.
+    """
+    if meta.get("past_len") is not None:
+        return meta["past_len"] == 0
+    cp = meta.get("cache_position")
+    if cp is not None and cp.numel():
+        return int(cp.reshape(-1)[0]) == 0
+    seq = meta.get("seq", 1)
+    return index == 0 or (seq > 1 and (prev_seq is None or seq != prev_seq + 1))
 
 
 def _json_or_empty(text: str) -> dict:

@@ -268,3 +268,26 @@ def test_auto_records_why_each_source_was_or_was_not_used(llama):
     chosen = [r for r in rows if r["chosen"]]
     assert len(chosen) == 1 and sm["source_kind"] == chosen[0]["source"]
     assert all(r["reason"] for r in rows)
+
+
+def test_use_cache_false_still_one_prefill(llama):
+    with ep.run(llama, source="synthetic:power_w=4", baseline_s=0, save=False) as s:
+        gen(llama, n=4, use_cache=False)
+    sm = s.summary()
+    assert sm["n_forwards"] == 4 and sm["n_decode_steps"] == 3
+    assert sm["phases"]["prefill"]["tokens"] == 5
+    assert_conservation(s)
+
+
+def test_two_generations_in_one_run(llama):
+    with ep.run(llama, source="synthetic:power_w=4", baseline_s=0, save=False) as s:
+        gen(llama, n=3)
+        time.sleep(0.01)
+        gen(llama, n=2)
+    sm = s.summary()
+    assert sm["n_forwards"] == 5 and sm["n_decode_steps"] == 3
+    assert sm["input_tokens"] == 10 and sm["output_tokens"] == 5
+    names = [str(n) for n in s.sections[s.sections["kind"] == "phase"]["name"]]
+    assert names == ["pre_inference", "prefill", "decode", "between", "prefill", "decode", "post_inference"]
+    assert sm["phases"]["between"]["duration_s"] >= 0.01
+    assert_conservation(s)
