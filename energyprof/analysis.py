@@ -28,6 +28,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .rundata import _float as _f
+
 __all__ = [
     "t_cdf", "t_quantile", "normal_quantile", "mean_ci", "welch", "ols", "OLSResult", "figure",
     "efficiency", "summaries", "figure_value", "model_dict", "architecture_scaling", "ARCH_FEATURES",
@@ -180,13 +182,6 @@ def figure(value: float, unit: str, se: float = NAN, n: Optional[int] = None, df
     if level != 0.95:
         out["level"] = level
     return out
-
-
-def _f(v: Any) -> float:
-    try:
-        return float(v) if v is not None else NAN
-    except (TypeError, ValueError):
-        return NAN
 
 
 def mean_ci(values: Iterable[float], level: float = 0.95) -> Dict[str, float]:

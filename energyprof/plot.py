@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ._dtypes import DOMAINS
+from .rundata import _float
 
 #: The kinds :func:`plot` draws.
 KINDS = ("timeline", "phases", "tokens", "layers", "layer_steps", "components", "sankey", "waterfall")
@@ -62,13 +63,6 @@ def _arr(run: Any, name: str) -> Optional[np.ndarray]:
         return None
     a = np.asarray(a)
     return a if a.dtype.names else None
-
-
-def _float(v: Any, default: float = float("nan")) -> float:
-    try:
-        return float(v) if v is not None else default
-    except (TypeError, ValueError):
-        return default
 
 
 def label_tag(summary: Dict[str, Any]) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import plot as _plot
 from ._dtypes import DOMAINS
+from .rundata import _float
 
 #: Grid carbon intensity used when neither the argument nor the environment sets one.
 DEFAULT_CO2_G_PER_KWH = 400.0
@@ -96,19 +97,12 @@ def _e(v: Any) -> str:
     return html.escape(str(v), quote=True)
 
 
-def _num(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
 _SI = ((1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"))
 
 
 def fmt_si(v: Any, unit: str, digits: int = 4) -> str:
     """``0.00123, "J"`` -> ``"1.23 mJ"``; NaN / None -> ``"n/a"``."""
-    x = _num(v)
+    x = _float(v)
     if not math.isfinite(x):
         return "n/a"
     if x == 0:
@@ -186,7 +180,7 @@ def _banner(s: Dict[str, Any]) -> str:
     label = str(s.get("source_label") or "unknown").lower()
     source = s.get("source") or "unknown"
     method = s.get("method") or "unknown"
-    period = _num(s.get("sample_period_s"))
+    period = _float(s.get("sample_period_s"))
     period_txt = f"{period * 1e3:.4g} ms" if math.isfinite(period) else "n/a"
     line = (f"Source <b>{_e(source)}</b> ({_e(s.get('source_kind') or '?')}, {_e(label)}); integration "
             f"<b>{_e(method)}</b>; sample period {_e(period_txt)}; total = {_e(s.get('total_rule') or 'n/a')}; "
@@ -209,7 +203,7 @@ def _banner(s: Dict[str, Any]) -> str:
 
 
 def _cards(s: Dict[str, Any], cc: Dict[str, Any]) -> str:
-    out_tokens = _num(s.get("output_tokens"))
+    out_tokens = _float(s.get("output_tokens"))
     tag = _plot.label_tag(s).strip()
     cards = [
         ("Energy", fmt_si(s.get("energy_j"), "J"), f"over {fmt_si(s.get('duration_s'), 's')}"),
@@ -218,7 +212,7 @@ def _cards(s: Dict[str, Any], cc: Dict[str, Any]) -> str:
         ("J / token", fmt_si(s.get("j_per_token"), "J"),
          f"{_cell(s.get('input_tokens'))} in + {_cell(s.get('output_tokens'))} out; "
          f"{fmt_si(s.get('j_per_output_token'), 'J')} per output token"),
-        ("Tokens / J", f"{_num(s.get('tokens_per_j')):.4g}" if math.isfinite(_num(s.get("tokens_per_j"))) else "n/a",
+        ("Tokens / J", f"{_float(s.get('tokens_per_j')):.4g}" if math.isfinite(_float(s.get("tokens_per_j"))) else "n/a",
          "output tokens per joule"),
         ("EDP", fmt_si(s.get("edp_js"), "J·s"), "energy × delay"),
         ("Peak power", fmt_si(s.get("peak_power_w"), "W"), f"idle {fmt_si(s.get('baseline_power_w'), 'W')}"),
@@ -239,7 +233,7 @@ def _cards(s: Dict[str, Any], cc: Dict[str, Any]) -> str:
 
 def _phase_tables(run: Any, s: Dict[str, Any]) -> str:
     sec = _plot._arr(run, "sections")
-    energy = _num(s.get("energy_j"))
+    energy = _float(s.get("energy_j"))
     t0 = _plot._t0_ns(run, s)
     parts = []
     if sec is not None and len(sec):
@@ -264,13 +258,13 @@ def _phase_tables(run: Any, s: Dict[str, Any]) -> str:
             parts.append("<h3>Run, baseline and user sections</h3>" + _table(h, rows))
     else:
         phases = s.get("phases") or {}
-        rows = [[p, _num(v.get("duration_s")), _num(v.get("energy_j")), _num(v.get("net_energy_j")),
-                 v.get("tokens"), _num(v.get("j_per_token")), _num(v.get("edp_js"))] for p, v in phases.items()]
+        rows = [[p, _float(v.get("duration_s")), _float(v.get("energy_j")), _float(v.get("net_energy_j")),
+                 v.get("tokens"), _float(v.get("j_per_token")), _float(v.get("edp_js"))] for p, v in phases.items()]
         parts.append("<h3>Phases</h3>" + _table(["name", "duration (s)", "energy (J)", "net (J)", "tokens",
                                                  "J/token", "EDP (J·s)"], rows))
     dom = s.get("domains") or {}
     if dom:
-        rows = [[d, _num(v), 100.0 * _num(v) / energy if energy else float("nan")] for d, v in dom.items()]
+        rows = [[d, _float(v), 100.0 * _float(v) / energy if energy else float("nan")] for d, v in dom.items()]
         parts.append(f"<h3>Hardware domains</h3><p class=note>The run total follows the rule "
                      f"<b>{_e(s.get('total_rule') or 'n/a')}</b>; n/a = not measured by this source.</p>"
                      + _table(["domain", "energy (J)", "% of run total"], rows))
@@ -328,7 +322,7 @@ def _summary_table(run: Any, method: str, array: str, by_component: bool, energy
     if "share" in headers:  # a fraction in the data, a percentage on the page
         j = headers.index("share")
         headers[j] = "% of run"
-        rows = [r[:j] + [100.0 * _num(r[j])] + r[j + 1:] for r in rows]
+        rows = [r[:j] + [100.0 * _float(r[j])] + r[j + 1:] for r in rows]
     if not by_component and "component" in headers:
         j = headers.index("component")
         headers = headers[:j] + headers[j + 1:]
@@ -337,7 +331,7 @@ def _summary_table(run: Any, method: str, array: str, by_component: bool, energy
 
 
 def _module_tables(run: Any, s: Dict[str, Any]) -> str:
-    energy = _num(s.get("energy_j"))
+    energy = _float(s.get("energy_j"))
     parts = []
     lt = _summary_table(run, "layer_summary", "layers", False, energy)
     parts.append("<h3>Layers</h3>" + (lt or "<p class=note>No decoder-layer calls in this run "
@@ -480,7 +474,7 @@ def render_report(run: Any, *, co2_g_per_kwh: Optional[float] = None,
         raise ImportError("the HTML report needs plotly: pip install plotly (or pip install 'energyprof[plot]')") \
             from exc
     s = _plot._summary(run)
-    cc = carbon_and_cost(_num(s.get("energy_j")), co2_g_per_kwh, price_per_kwh)
+    cc = carbon_and_cost(_float(s.get("energy_j")), co2_g_per_kwh, price_per_kwh)
     from . import __version__
 
     name = s.get("name") or (f"run {s['run_id']}" if s.get("run_id") is not None else "unsaved run")

@@ -47,6 +47,14 @@ AGG_DTYPE = np.dtype(
 )
 
 
+def _float(v: Any, default: float = float("nan")) -> float:
+    """A summary value as a float; ``default`` (NaN) when it is missing or not a number."""
+    try:
+        return float(v) if v is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
 def _sample_dtype() -> np.dtype:
     from . import _core
 
@@ -218,11 +226,7 @@ class RunData:
 
     # -- aggregates ------------------------------------------------------------------
     def _run_energy_j(self) -> float:
-        v = self._summary.get("energy_j")
-        try:
-            return float(v) if v is not None else float("nan")
-        except (TypeError, ValueError):
-            return float("nan")
+        return _float(self._summary.get("energy_j"))
 
     def layer_summary(self) -> np.ndarray:
         """Aggregate of :attr:`layers` per layer (``AGG_DTYPE``, sorted by layer).
