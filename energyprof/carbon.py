@@ -100,9 +100,7 @@ def add_arguments(sp) -> None:
 
 def cli_main(args) -> int:
     """``energyprof carbon RUN [RUN...]``: CO2 and cost per run and per 1M tokens."""
-    import json
-
-    from .cli import UserError, _json_default, _table
+    from .cli import UserError, _print_json, _table
     from .db import _opened
 
     try:
@@ -118,7 +116,7 @@ def cli_main(args) -> int:
     except ValueError as e:
         raise UserError(str(e))
     if args.json:
-        print(json.dumps(res, indent=2, default=_json_default))
+        _print_json(res)
         return 0
     st = res["settings"]
 

@@ -503,10 +503,7 @@ def _stored(args) -> List[Dict[str, Any]]:
 
 def cli_main(args) -> int:
     """``energyprof predict``: ``--fit -o model.json``, ``--evaluate``, or a prediction with ``--model-json``."""
-    from .cli import UserError, _json_default, _table
-
-    def out(obj):
-        print(json.dumps(obj, indent=2, default=_json_default))
+    from .cli import UserError, _print_json, _table
 
     terms = [t.strip() for t in args.terms.split(",") if t.strip()] if args.terms else None
     noise = "relative" if args.relative else "absolute"
@@ -523,7 +520,7 @@ def cli_main(args) -> int:
             if args.output:
                 p.save(args.output)
             if args.json:
-                out(dict(p.to_dict(), coefficients=p.coefficients()))
+                _print_json(dict(p.to_dict(), coefficients=p.coefficients()))
             else:
                 sd = f"{p.resid_sd:.4g} J" if p.noise == "absolute" else f"{100 * p.resid_sd:.3g} %"
                 _table(f"predictor: {p.target} on {p.n} runs (residual sd {sd}, R² {p.r2:.4f})",
@@ -537,7 +534,7 @@ def cli_main(args) -> int:
             return 0
         summary = {k: v for k, v in cv.items() if k not in ("predicted", "actual")}
         if args.json:
-            out(summary)
+            _print_json(summary)
         else:
             print(f"{cv['k']}-fold cross-validation on {cv['n']} runs: MAPE {cv['mape']:.2f} %, "
                   f"RMSE {cv['rmse']:.4g} J, MAE {cv['mae']:.4g} J, 95% interval coverage {100 * cv['coverage']:.0f} %")
@@ -558,7 +555,7 @@ def cli_main(args) -> int:
     except (ValueError, TypeError) as e:
         raise UserError(str(e))
     if args.json:
-        out(r)
+        _print_json(r)
     else:
         lo, hi = r["pi95"]
         print(f"{args.model}: prompt {args.prompt_tokens} + {args.output_tokens} new tokens × batch "

@@ -516,7 +516,7 @@ def _fmt(v: float, hw: float) -> str:
 def cli_main(args) -> int:
     """``energyprof sweep``: run (or ``--load``) a sweep, print the table with 95 % intervals."""
     from . import sources
-    from .cli import UserError, _json_default, _table, load_model
+    from .cli import UserError, _print_json, _table, load_model
 
     if args.load:
         try:
@@ -545,11 +545,8 @@ def cli_main(args) -> int:
                     prompts=args.prompts, interleave=args.interleave, **kw)
     t = res.table
     if args.json:
-        import json
-
-        print(json.dumps({"sweep_id": res.sweep_id, "run_ids": res.run_ids,
-                          "table": [{f: r[f].item() for f in t.dtype.names} for r in t]},
-                         indent=2, default=_json_default))
+        _print_json({"sweep_id": res.sweep_id, "run_ids": res.run_ids,
+                     "table": [{f: r[f].item() for f in t.dtype.names} for r in t]})
     else:
         _table(f"sweep {res.sweep_id} (mean ± 95% CI half-width)",
                ["batch", "prompt", "new", "n", "energy J", "J/out token", "prefill J/in token",
