@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .analysis import FIGURE_UNITS, OLSResult, _f, figure, figure_value, mean_ci, ols, summaries
+from .analysis import FIGURE_UNITS, OLSResult, _f, _mpl_fig, figure, figure_value, mean_ci, ols, summaries
 
 __all__ = ["sweep", "SweepResult", "SWEEP_FIGURES", "SWEEP_DTYPE", "sweep_table", "load_sweep", "batch_scaling",
            "context_scaling", "pareto_frontier", "plot_batch_scaling", "plot_context_scaling", "plot_pareto",
@@ -398,16 +398,10 @@ def pareto_frontier(table: Any, x: str = "tokens_per_s", y: str = "j_per_output_
 # ----------------------------------------------------------------------------- plots
 
 
-def _fig(w: float = 7.0, h: float = 4.5):
-    from .plot import _mpl_fig
-
-    return _mpl_fig(w, h)
-
-
 def plot_batch_scaling(result_or_runs: Any, figure_name: str = "j_per_output_token"):
     """J/token against batch size, mean ± 95 % CI per grid setting; a matplotlib Figure."""
     bsc = batch_scaling(result_or_runs, figure_name)
-    fig = _fig()
+    fig = _mpl_fig()
     ax = fig.add_subplot(1, 1, 1)
     settings = sorted({(r["prompt_length"], r["max_new_tokens"]) for r in bsc["rows"]})
     for st in settings:
@@ -432,7 +426,7 @@ def plot_context_scaling(result_or_runs: Any, quadratic: bool = True):
     """Prefill energy against prompt length with the fitted curve and its 95 % band."""
     cs = context_scaling(result_or_runs, quadratic=quadratic)
     fit: OLSResult = cs["fit"]
-    fig = _fig()
+    fig = _mpl_fig()
     ax = fig.add_subplot(1, 1, 1)
     for b in np.unique(cs["batch_size"]):
         m = cs["batch_size"] == b
@@ -453,7 +447,7 @@ def plot_pareto(result_or_table: Any, x: str = "tokens_per_s", y: str = "j_per_o
     """Throughput against J/token per grid point, with the Pareto frontier drawn."""
     table = result_or_table.table if isinstance(result_or_table, SweepResult) else result_or_table
     front = pareto_frontier(table, x, y)
-    fig = _fig()
+    fig = _mpl_fig()
     ax = fig.add_subplot(1, 1, 1)
     ax.errorbar(table[x], table[y], xerr=np.nan_to_num(table[x + "_ci95"]), yerr=np.nan_to_num(table[y + "_ci95"]),
                 fmt="o", color="#1f77b4", capsize=3, label="grid points (mean ± 95 % CI)")
