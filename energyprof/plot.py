@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -204,6 +204,18 @@ def _calls(run: Any) -> np.ndarray:
     return np.concatenate(parts) if len(parts) == 2 else parts[0]
 
 
+def _energy_matrix(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any], col_field: str,
+                   col_type: Callable[[Any], Any]) -> np.ndarray:
+    """Energy (J) of ``calls`` summed per (layer, ``col_field``) cell; NaN where no call fell."""
+    z = np.full((len(layers), len(cols)), np.nan)
+    li = {v: i for i, v in enumerate(layers)}
+    ci = {v: i for i, v in enumerate(cols)}
+    for r in calls:
+        i, j = li[int(r["layer"])], ci[col_type(r[col_field])]
+        z[i, j] = (0.0 if math.isnan(z[i, j]) else z[i, j]) + float(r["energy_j"])
+    return z
+
+
 def _layer_component_matrix(run: Any) -> Tuple[List[int], List[str], np.ndarray]:
     """Energy (J, summed over steps) of every (decoder layer, component) pair."""
     comp = _arr(run, "components")
@@ -212,13 +224,7 @@ def _layer_component_matrix(run: Any) -> Tuple[List[int], List[str], np.ndarray]
     comp = comp[comp["layer"] >= 0]
     layers = sorted(int(v) for v in np.unique(comp["layer"]))
     names = _ordered_components(np.unique(comp["component"]))
-    z = np.full((len(layers), len(names)), np.nan)
-    li = {v: i for i, v in enumerate(layers)}
-    ci = {v: i for i, v in enumerate(names)}
-    for r in comp:
-        i, j = li[int(r["layer"])], ci[str(r["component"])]
-        z[i, j] = (0.0 if math.isnan(z[i, j]) else z[i, j]) + float(r["energy_j"])
-    return layers, names, z
+    return layers, names, _energy_matrix(comp, layers, names, "component", str)
 
 
 _COMPONENT_ORDER = ("input_norm", "attn", "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj",
@@ -239,13 +245,7 @@ def _layer_step_matrix(run: Any) -> Tuple[List[int], List[int], np.ndarray]:
         raise NoDataError("the run has no decoder-layer calls (recorded with mode='minimal'?)")
     layers = sorted(int(v) for v in np.unique(lay["layer"]))
     steps = sorted(int(v) for v in np.unique(lay["step"]))
-    z = np.full((len(layers), len(steps)), np.nan)
-    li = {v: i for i, v in enumerate(layers)}
-    si = {v: i for i, v in enumerate(steps)}
-    for r in lay:
-        i, j = li[int(r["layer"])], si[int(r["step"])]
-        z[i, j] = (0.0 if math.isnan(z[i, j]) else z[i, j]) + float(r["energy_j"])
-    return layers, steps, z
+    return layers, steps, _energy_matrix(lay, layers, steps, "step", int)
 
 
 def _call_tree(run: Any) -> Dict[str, np.ndarray]:
