@@ -88,6 +88,8 @@ def footprint_runs(runs: Any, co2_g_per_kwh: Optional[float] = None, price_per_k
 
 def add_arguments(sp) -> None:
     """The ``energyprof carbon`` options (called by energyprof.cli)."""
+    from .cli import add_db
+
     sp.add_argument("runs", nargs="+", help="run ids (several: mean ± 95%% CI over them)")
     sp.add_argument("--co2-g-per-kwh", type=float, default=None,
                     help=f"grid carbon intensity (default ${CO2_ENV} or {DEFAULT_CO2_G_PER_KWH:g})")
@@ -95,7 +97,7 @@ def add_arguments(sp) -> None:
                     help=f"electricity price (default ${PRICE_ENV} or {DEFAULT_PRICE_PER_KWH:g})")
     sp.add_argument("--net", action="store_true", help="energy above the idle baseline only")
     sp.add_argument("--json", action="store_true")
-    sp.add_argument("--db", default=None, help="database path (default $ENERGYPROF_DB or the user data dir)")
+    add_db(sp)
 
 
 def cli_main(args) -> int:

@@ -400,12 +400,14 @@ def cmd_demo(args) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+def add_db(sp) -> None:
+    """The ``--db`` option every command that reads or writes the store takes."""
+    sp.add_argument("--db", default=None, help="database path (default $ENERGYPROF_DB or the user data dir)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="energyprof", description="Energy of transformer inference, per token and layer.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    def add_db(sp):
-        sp.add_argument("--db", default=None, help="database path (default $ENERGYPROF_DB or the user data dir)")
 
     sp = sub.add_parser("profile", help="profile model.generate() and save the run")
     sp.add_argument("--model", required=True, help="a built-in tiny model (tiny-llama, ...) or a local HF directory")

@@ -473,6 +473,8 @@ def plot_predictions(cv: Dict[str, Any]):
 
 def add_arguments(sp) -> None:
     """The ``energyprof predict`` options (called by energyprof.cli)."""
+    from .cli import add_db
+
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--fit", action="store_true", help="fit a predictor on stored runs (write it with -o)")
     g.add_argument("--evaluate", action="store_true", help="k-fold cross-validated error on stored runs")
@@ -491,7 +493,7 @@ def add_arguments(sp) -> None:
     sp.add_argument("--tag", default=None, help="only runs with this tag")
     sp.add_argument("--source", default=None, help="only runs of this source kind")
     sp.add_argument("--json", action="store_true")
-    sp.add_argument("--db", default=None, help="database path (default $ENERGYPROF_DB or the user data dir)")
+    add_db(sp)
 
 
 def _stored(args) -> List[Dict[str, Any]]:

@@ -479,6 +479,8 @@ def _int_list(text: str, opt: str) -> List[int]:
 
 def add_arguments(sp) -> None:
     """The ``energyprof sweep`` options (called by energyprof.cli)."""
+    from .cli import add_db
+
     sp.add_argument("--model", default=None, help="a built-in tiny model (tiny-llama, ...) or a local HF directory")
     sp.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,2,4")
     sp.add_argument("--prompt-lengths", default="32", help="comma-separated prompt lengths in tokens")
@@ -498,7 +500,7 @@ def add_arguments(sp) -> None:
     sp.add_argument("--no-save", action="store_true", help="keep the runs in memory only")
     sp.add_argument("--no-progress", action="store_true")
     sp.add_argument("--json", action="store_true")
-    sp.add_argument("--db", default=None, help="database path (default $ENERGYPROF_DB or the user data dir)")
+    add_db(sp)
 
 
 def _fmt(v: float, hw: float) -> str:
