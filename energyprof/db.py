@@ -51,6 +51,8 @@ EXPORT_FORMAT_TAG = "energyprof-run"
 _FLOAT_KEYS = ("sample_period_s", "duration_s", "energy_j", "net_energy_j", "baseline_power_w", "peak_power_w",
                "j_per_token", "j_per_output_token", "tokens_per_j", "edp_js", "unattributed_j")
 _PHASE_FLOAT_KEYS = ("energy_j", "net_energy_j", "duration_s", "j_per_token", "edp_js")
+# Phases in run order: compare lists these first, any others after, by name.
+_PHASE_ORDER = ("pre_inference", "prefill", "decode", "post_inference")
 
 
 # ---------------------------------------------------------------------------------
@@ -870,8 +872,7 @@ def compare(a: Union[int, RunData, Sequence[Any]], b: Union[int, RunData, Sequen
     out["figures"] = {k: _pair(sa.get(k), sb.get(k)) for k in _COMPARE_FIGURES}
     pa, pb = sa.get("phases") or {}, sb.get("phases") or {}
     out["phases"] = {}
-    for ph in [p for p in ("pre_inference", "prefill", "decode", "post_inference") if p in pa or p in pb] + sorted(
-            set(pa) | set(pb) - {"pre_inference", "prefill", "decode", "post_inference"}):
+    for ph in [p for p in _PHASE_ORDER if p in pa or p in pb] + sorted((set(pa) | set(pb)) - set(_PHASE_ORDER)):
         xa, xb = pa.get(ph) or {}, pb.get(ph) or {}
         out["phases"][ph] = {k: _pair(xa.get(k), xb.get(k)) for k in _PHASE_FLOAT_KEYS + ("tokens",)}
     da, dbm = sa.get("domains") or {}, sb.get("domains") or {}
