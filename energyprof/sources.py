@@ -111,20 +111,20 @@ def _domain(key: str, value: str) -> str:
     return value
 
 
-def _existing_file(key: str, value: str) -> str:
+def _existing(key: str, value: str, exists: Callable[[str], bool], what: str) -> str:
     if not value:
         raise ValueError(f"{key!r} needs a path")
-    if not os.path.isfile(value):
-        raise ValueError(f"{key!r}: file not found: {value!r}")
+    if not exists(value):
+        raise ValueError(f"{key!r}: {what} not found: {value!r}")
     return os.path.abspath(value)
+
+
+def _existing_file(key: str, value: str) -> str:
+    return _existing(key, value, os.path.isfile, "file")
 
 
 def _existing_dir(key: str, value: str) -> str:
-    if not value:
-        raise ValueError(f"{key!r} needs a path")
-    if not os.path.isdir(value):
-        raise ValueError(f"{key!r}: directory not found: {value!r}")
-    return os.path.abspath(value)
+    return _existing(key, value, os.path.isdir, "directory")
 
 
 def _executable(key: str, value: str) -> str:
