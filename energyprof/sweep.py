@@ -113,7 +113,7 @@ def sweep_table(runs: Any, db: Any = None) -> np.ndarray:
     Returns a :data:`SWEEP_DTYPE` array sorted by the keys; ``F_ci95`` is the half-width of
     the t-based 95 % interval of the mean (NaN for a single run).
     """
-    ss = summaries(runs, db=db) if not (isinstance(runs, list) and all(isinstance(r, dict) for r in runs)) else runs
+    ss = summaries(runs, db=db)
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for s in ss:
         groups.setdefault(_grid_key(s), []).append(s)
