@@ -600,7 +600,7 @@ def architecture_scaling(runs: Any, figure_name: str = "j_per_output_token",
     ``{"slope": {value, unit, se, ci95}, "intercept": ..., "r2", "n", "fit": OLSResult, "x", "y"}``;
     the joint fit is ``{"coefficients": {...}, "r2", "n", "fit"}``.
     """
-    ss = [s for s in summaries(runs, db=db)]
+    ss = summaries(runs, db=db)
     y_all = np.array([figure_value(s, figure_name) for s in ss], dtype=np.float64)
     models = [model_dict(s) for s in ss]
     feats_avail = {f: np.array([_f(m.get(f)) for m in models], dtype=np.float64) for f in ARCH_FEATURES}
@@ -614,10 +614,11 @@ def architecture_scaling(runs: Any, figure_name: str = "j_per_output_token",
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.log(v) if log else v
 
+    y = tx(y_all)
     for f in features:
         if f not in feats_avail:
             raise ValueError(f"unknown feature {f!r}; valid: {', '.join(ARCH_FEATURES)}")
-        x, y = tx(feats_avail[f]), tx(y_all)
+        x = tx(feats_avail[f])
         ok = np.isfinite(x) & np.isfinite(y)
         if ok.sum() < 3 or len(np.unique(x[ok])) < 2:
             out["features"][f] = {"error": f"needs at least 3 runs with 2 or more distinct {f} values"}
@@ -636,7 +637,6 @@ def architecture_scaling(runs: Any, figure_name: str = "j_per_output_token",
                 raise ValueError(f"unknown feature {f!r}; valid: {', '.join(ARCH_FEATURES)}")
             cols.append(tx(feats_avail[f]))
         X = np.column_stack(cols)
-        y = tx(y_all)
         ok = np.all(np.isfinite(X), axis=1) & np.isfinite(y)
         fit = ols(X[ok], y[ok], names=list(joint))
         out["joint"] = {
