@@ -314,9 +314,8 @@ def cmd_show(args) -> int:
 def cmd_compare(args) -> int:
     from . import db as dbm
 
-    for r in (args.a, args.b):
-        _load(r, _db(args))
-    res = dbm.compare(int(args.a), int(args.b), db=_db(args))
+    ra, rb = (_load(r, _db(args)) for r in (args.a, args.b))
+    res = dbm.compare(ra, rb, db=_db(args))
     if args.json:
         _print_json(res)
         return 0
@@ -332,9 +331,9 @@ def cmd_compare(args) -> int:
 def cmd_export(args) -> int:
     from . import db as dbm
 
-    _load(args.run, _db(args))
+    run = _load(args.run, _db(args))
     try:
-        path = dbm.export(int(args.run), args.output, format=args.format, db=_db(args))
+        path = dbm.export(run, args.output, format=args.format, db=_db(args))
     except (ValueError, ImportError) as e:
         raise UserError(str(e))
     print(f"exported run {args.run} to {path}")
