@@ -358,7 +358,7 @@ def cmd_clean(args) -> int:
     if args.json:
         _print_json(res)
     else:
-        ids = res.get("run_ids", res.get("deleted", [])) if isinstance(res, dict) else res
+        ids = res["run_ids"]
         verb = "would delete" if args.dry_run else "deleted"
         print(f"{verb} {len(ids)} run(s): {', '.join(str(i) for i in ids) or '-'}")
     return 0
@@ -376,8 +376,6 @@ def cmd_demo(args) -> int:
         model="tiny-llama", prompt="The energy of one token is", prompt_file=None, max_new_tokens=args.max_new_tokens,
         batch_size=1, source=args.source, mode="standard", sync="auto", baseline_s=args.baseline_s, db=args.db,
         name="demo", tag=["demo"], report=args.report, json=False, no_save=False, show_output=False, interval_ms=None)
-    import energyprof as ep
-
     rc = profile(ns)
     from . import db as dbm
 
