@@ -25,6 +25,7 @@
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import math
 import os
@@ -114,6 +115,8 @@ class LiveFeed:
         # state from the hook events
         self._fwd_open: Optional[int] = None          # start of the forward under way
         self._fwd: List[tuple] = []                    # (start, end, prefill, batch) of ended forwards
+        self._fwd_starts: List[int] = []               # their starts, for phase_at's search per sample
+        self._n_decode = 0                             # how many of them are decode steps
         self._fwd_started = 0
         self._tokens = 0
         self._t_first_ns: Optional[int] = None
@@ -219,8 +222,7 @@ class LiveFeed:
             return "prefill" if self._is_prefill(len(self._fwd)) else "decode"
         if not self._fwd:
             return "pre_inference"
-        starts = [f[0] for f in self._fwd]
-        i = int(np.searchsorted(starts, t_ns, side="right")) - 1
+        i = bisect.bisect_right(self._fwd_starts, t_ns) - 1
         if i < 0:
             return "pre_inference"
         if final and i == len(self._fwd) - 1 and t_ns > self._fwd[-1][1]:
@@ -234,7 +236,7 @@ class LiveFeed:
                 return self._layer_spans[sid]
         if not self._layer_starts:
             return -1
-        i = int(np.searchsorted(self._layer_starts, t_ns, side="right")) - 1
+        i = bisect.bisect_right(self._layer_starts, t_ns) - 1
         if i >= 0 and self._layer_ends[i] >= t_ns:
             return self._layer_ids[i]
         return -1
@@ -307,10 +309,12 @@ class LiveFeed:
                     prefill = self._is_prefill(i)
                     batch = self._batch(i)
                     self._fwd.append((self._fwd_open, t, prefill, batch))
+                    self._fwd_starts.append(self._fwd_open)
+                    self._n_decode += 0 if prefill else 1
                     self._fwd_open = None
                     self._tokens += batch
                     self._t_last_ns = t
-                    step = 0 if prefill else sum(1 for f in self._fwd if not f[2])
+                    step = 0 if prefill else self._n_decode
                     out.append((t, 1, "token", {"step": step, "n_tokens": batch, "t_ns": int(t),
                                                 "duration_s": (t - self._fwd[-1][0]) * 1e-9,
                                                 "phase": "prefill" if prefill else "decode",
@@ -321,7 +325,7 @@ class LiveFeed:
                 else:
                     t0 = self._layer_open.pop(sid, None)
                     if t0 is not None:
-                        k = int(np.searchsorted(self._layer_starts, t0))
+                        k = bisect.bisect_left(self._layer_starts, t0)
                         self._layer_starts.insert(k, t0)
                         self._layer_ends.insert(k, t)
                         self._layer_ids.insert(k, self._layer_spans[sid])
