@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import math
 import os
 import sys
@@ -766,7 +767,7 @@ class LivePlot:
                        else x_end, "y0": 0.45, "y1": 1.0, "fillcolor": self.PHASE_COLORS.get(b[0], "rgba(0,0,0,0.05)"),
                        "line": {"width": 0}, "layer": "below", "name": b[0]} for b in self.bands]
         fig = self.figure
-        ctx = fig.batch_update() if hasattr(fig, "batch_update") else _nullcontext()
+        ctx = fig.batch_update() if hasattr(fig, "batch_update") else contextlib.nullcontext()
         with ctx:
             fig.data[0].x, fig.data[0].y = x, y
             fig.data[1].z = z.tolist() if z.size else [[]]
@@ -774,14 +775,6 @@ class LivePlot:
             ymax = max([v for v in y if not math.isnan(v)], default=0.0)
             fig.data[2].x, fig.data[2].y = tx, [ymax] * len(tx)
             fig.layout.shapes = shapes
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _require_widgets() -> None:
