@@ -252,7 +252,8 @@ def _call_tree(run: Any) -> Dict[str, np.ndarray]:
     """Every hooked call with its own ("self") energy and its top-level ancestor.
 
     ``self_j`` is the call's energy minus its direct children's, so the self energies
-    under one top-level call add up to that call's energy exactly.
+    under one top-level call add up to that call's energy exactly; ``has_child`` marks
+    the calls that contain a hooked call.
     """
     calls = _calls(run)
     n = len(calls)
@@ -282,13 +283,20 @@ def _call_tree(run: Any) -> Dict[str, np.ndarray]:
             path.append(_node_name(calls[j]))
             j, guard = int(parent[j]), guard + 1
         depth_path.append(tuple(reversed(path)))
+    has_child = np.zeros(n, dtype=bool)
+    has_child[parent[has]] = True
     return {"calls": calls, "energy_j": e, "self_j": self_j, "parent": parent, "root": root,
-            "path": np.array(depth_path, dtype=object)}
+            "path": np.array(depth_path, dtype=object), "has_child": has_child}
 
 
 def _node_name(r: np.void) -> str:
     c = str(r["component"])
     return f"layer {int(r['layer'])}" if c == "layer" else c
+
+
+def _own_name(component: str, has_child: bool) -> str:
+    """A call's row in the own-energy views: a container's or a layer's own energy is "<name> (self)"."""
+    return component + " (self)" if (has_child or component == "layer") else component
 
 
 def _component_self(run: Any) -> Tuple[List[str], np.ndarray]:
@@ -298,13 +306,10 @@ def _component_self(run: Any) -> Tuple[List[str], np.ndarray]:
     e.g. the attention kernel) is ``"attn (self)"``; the layer's own is ``"layer (self)"``.
     """
     tree = _call_tree(run)
-    calls = tree["calls"]
-    has_child = np.zeros(len(calls), dtype=bool)
-    has_child[tree["parent"][tree["parent"] >= 0]] = True
+    calls, has_child = tree["calls"], tree["has_child"]
     agg: Dict[str, float] = {}
     for i, r in enumerate(calls):
-        c = str(r["component"])
-        key = c + " (self)" if (has_child[i] or c == "layer") else c
+        key = _own_name(str(r["component"]), has_child[i])
         agg[key] = agg.get(key, 0.0) + float(tree["self_j"][i])
     names = sorted(agg, key=lambda k: -agg[k])
     return names, np.array([agg[k] for k in names])
@@ -350,14 +355,12 @@ def _sankey_data(run: Any) -> Dict[str, Any]:
             in_phase[p] = in_phase.get(p, 0.0) + float(tree["energy_j"][i])
         for p, used in in_phase.items():
             add(("phase", p), ("other", f"{p}: outside hooked modules"), float(phase_e[p]) - used)
-        has_child = np.zeros(len(calls), dtype=bool)
-        has_child[tree["parent"][tree["parent"] >= 0]] = True
+        has_child = tree["has_child"]
         for i in range(len(calls)):
             r = int(tree["root"][i])
             if not has_child[r]:
                 continue  # a top-level leaf (embed, lm_head): its node is the end of the flow
-            c = str(calls["component"][i])
-            name = c + " (self)" if (has_child[i] or c == "layer") else c
+            name = _own_name(str(calls["component"][i]), has_child[i])
             add(("top", _node_name(calls[r])), ("component", name), float(tree["self_j"][i]))
     labels = [k[1] for k in node_order]
     index = {k: i for i, k in enumerate(node_order)}
