@@ -477,7 +477,7 @@ def render_report(run: Any, *, co2_g_per_kwh: Optional[float] = None,
     cc = carbon_and_cost(_float(s.get("energy_j")), co2_g_per_kwh, price_per_kwh)
     from . import __version__
 
-    name = s.get("name") or (f"run {s['run_id']}" if s.get("run_id") is not None else "unsaved run")
+    name = _plot._run_name(run, "unsaved run")
     model = (s.get("model") or {}).get("name") or "model n/a"
     label = str(s.get("source_label") or "")
     title = f"energyprof: {name}" + (f" [{label.upper()}]" if label in ("simulated", "estimated") else "")
