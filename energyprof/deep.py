@@ -53,6 +53,7 @@ import numpy as np
 
 from . import _core
 from ._dtypes import HEAD_DTYPE
+from .hooks import _restore_forward, _set_forward
 
 __all__ = ["ATTN_IMPLEMENTATION", "SPARSE_BELOW", "KILL_BELOW", "DeepOps", "attention_forward", "op_summary",
            "tensor_stats", "OP_SUMMARY_DTYPE",
@@ -437,10 +438,7 @@ def _make_norm_forward(mod: Any, kind: str, marks: _Marks) -> Callable:
 @dataclass
 class _Installed:
     module: Any
-    previous: Any                       # the instance's own forward attribute, or _MISSING
-
-
-_MISSING = object()
+    previous: Any                       # what hooks._set_forward returned
 
 
 @dataclass
@@ -574,9 +572,8 @@ class DeepOps:
             raise
 
     def _wrap(self, mod: Any, fwd: Callable) -> None:
-        previous = mod.__dict__.get("forward", _MISSING)
-        mod.forward = fwd              # instance attribute: this module only, removed on uninstall
-        self._installed.append(_Installed(mod, previous))
+        # instance attribute: this module only, removed on uninstall
+        self._installed.append(_Installed(mod, _set_forward(mod, fwd)))
 
     def uninstall(self) -> None:
         """Restore every forward and the original attention implementation (idempotent)."""
@@ -584,10 +581,7 @@ class DeepOps:
         while self._installed:
             inst = self._installed.pop()
             try:
-                if inst.previous is _MISSING:
-                    inst.module.__dict__.pop("forward", None)
-                else:
-                    inst.module.__dict__["forward"] = inst.previous
+                _restore_forward(inst.module, inst.previous)
             except Exception as e:
                 errors.append(e)
         for mod, _ in self._attn:

@@ -33,6 +33,21 @@ METHODS = ("hooks", "wrap")
 _MISSING = object()
 
 
+def _set_forward(module: Any, forward: Any) -> Any:
+    """Shadow ``module``'s forward with an instance attribute; returns what :func:`_restore_forward` needs."""
+    previous = module.__dict__.get("forward", _MISSING)
+    module.forward = forward
+    return previous
+
+
+def _restore_forward(module: Any, previous: Any) -> None:
+    """Undo :func:`_set_forward`: the instance's own forward back, or none (the class's again)."""
+    if previous is _MISSING:
+        module.__dict__.pop("forward", None)
+    else:
+        module.__dict__["forward"] = previous
+
+
 def load_shim(path: Optional[str] = None, search: bool = True) -> dict:
     """Resolve ``torch::cuda::synchronize`` / ``torch::mps::synchronize`` for the C hooks.
 
@@ -164,11 +179,9 @@ class HookSet:
             self._handles += [h1, h2]
             self._callables += [pre, post]
         else:
-            previous = module.__dict__.get("forward", _MISSING)
             wrapper = _core.wrap_forward(self.buffer, span_id, module.forward, **common)
             # Instance attribute: shadows the class's forward for this module only.
-            module.forward = wrapper
-            self._wrapped.append((module, previous))
+            self._wrapped.append((module, _set_forward(module, wrapper)))
             self._callables.append(wrapper)
 
     # ------------------------------------------------------------------ tear-down
@@ -185,10 +198,7 @@ class HookSet:
         while self._wrapped:
             module, previous = self._wrapped.pop()
             try:
-                if previous is _MISSING:
-                    module.__dict__.pop("forward", None)
-                else:
-                    module.__dict__["forward"] = previous
+                _restore_forward(module, previous)
             except Exception as e:
                 errors.append(e)
         if errors:
