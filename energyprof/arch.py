@@ -24,6 +24,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ._hfconfig import config_value, single_kv_head
+
 __all__ = [
     "ModuleRef",
     "ArchMap",
@@ -550,29 +552,21 @@ def _generic_model_level(model: nn.Module, layers_qual: str) -> list[ModuleRef]:
 # --------------------------------------------------------------------------- config summary
 
 
-def _first_attr(obj: Any, names: tuple[str, ...]) -> Any:
-    for name in names:
-        val = getattr(obj, name, None)
-        if val is not None:
-            return val
-    return None
-
-
 def _config_summary(model: nn.Module, n_layers: int, model_level: list[ModuleRef]) -> dict[str, Any]:
     cfg = getattr(model, "config", None)
-    hidden = _first_attr(cfg, ("hidden_size", "n_embd", "d_model"))
-    n_heads = _first_attr(cfg, ("num_attention_heads", "n_head", "num_heads"))
-    n_kv = _first_attr(cfg, ("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num"))
-    if getattr(cfg, "multi_query", False) and not getattr(cfg, "new_decoder_architecture", False):
-        n_kv = 1  # classic falcon: one shared K/V head whatever num_kv_heads says
+    hidden = config_value(cfg, "hidden_size")
+    n_heads = config_value(cfg, "n_heads")
+    n_kv = config_value(cfg, "n_kv_heads")
+    if single_kv_head(cfg):
+        n_kv = 1
     if n_kv is None:
         n_kv = n_heads
-    inter = _first_attr(cfg, ("intermediate_size", "n_inner", "ffn_hidden_size", "ffn_dim"))
+    inter = config_value(cfg, "intermediate_size")
     if inter is None and hidden is not None and cfg is not None:
         inter = 4 * int(hidden)  # gpt2 and falcon document 4 * hidden as the default
-    vocab = _first_attr(cfg, ("vocab_size",))
-    n_experts = _first_attr(cfg, ("num_local_experts", "num_experts", "n_routed_experts")) or 0
-    per_token = (_first_attr(cfg, ("num_experts_per_tok", "moe_top_k")) or 0) if n_experts else 0
+    vocab = config_value(cfg, "vocab_size")
+    n_experts = config_value(cfg, "n_experts") or 0
+    per_token = (config_value(cfg, "experts_per_token") or 0) if n_experts else 0
 
     embed = next((r.module for r in model_level if r.component == "embed"), None)
     if hidden is None and isinstance(embed, nn.Embedding):

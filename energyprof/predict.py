@@ -52,6 +52,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ._hfconfig import config_value, single_kv_head
 from .analysis import NAN, _collinear, _f, _tcrit, active_params, ols, summaries
 
 __all__ = ["Predictor", "TERMS", "DEFAULT_TERMS", "NOISE_MODELS", "model_features", "estimate_params", "cross_validate",
@@ -117,24 +118,17 @@ def estimate_params(f: Dict[str, Any], tied_embeddings: bool = False, gated_mlp:
 
 
 def _from_hf_config(cfg: Any) -> Dict[str, Any]:
-    def first(*names):
-        for n in names:
-            v = getattr(cfg, n, None)
-            if v is not None:
-                return v
-        return None
-
-    d = first("hidden_size", "n_embd", "d_model")
-    nh = first("num_attention_heads", "n_head", "num_heads")
-    nkv = first("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num") or nh
-    if getattr(cfg, "multi_query", False) and not getattr(cfg, "new_decoder_architecture", False):
+    d = config_value(cfg, "hidden_size")
+    nh = config_value(cfg, "n_heads")
+    nkv = config_value(cfg, "n_kv_heads") or nh
+    if single_kv_head(cfg):
         nkv = 1
-    inter = first("intermediate_size", "n_inner", "ffn_hidden_size", "ffn_dim")
-    ne = first("num_local_experts", "num_experts", "n_routed_experts") or 0
-    f = {"n_layers": first("num_hidden_layers", "n_layer", "num_layers"), "hidden_size": d, "n_heads": nh,
+    inter = config_value(cfg, "intermediate_size")
+    ne = config_value(cfg, "n_experts") or 0
+    f = {"n_layers": config_value(cfg, "n_layers"), "hidden_size": d, "n_heads": nh,
          "n_kv_heads": nkv, "intermediate_size": inter if inter is not None else (4 * d if d else None),
-         "vocab_size": first("vocab_size"), "n_experts": ne,
-         "experts_per_token": (first("num_experts_per_tok", "moe_top_k") or 0) if ne else 0}
+         "vocab_size": config_value(cfg, "vocab_size"), "n_experts": ne,
+         "experts_per_token": (config_value(cfg, "experts_per_token") or 0) if ne else 0}
     f["n_params"] = estimate_params(f, tied_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)))
     return f
 
