@@ -180,6 +180,11 @@ def _revive_summary(s: Dict[str, Any]) -> Dict[str, Any]:
     return s
 
 
+def _check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
+
+
 def _real(v: Any) -> Optional[float]:
     if v is None or isinstance(v, bool):
         return None
@@ -479,8 +484,7 @@ class Store:
         (full disk, read-only, locked) if any write failed; the caller's in-memory
         data is untouched either way.
         """
-        if status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
+        _check_status(status)
         rid = int(run_id)
         w = self.writer
         arrays = {"sections": sections, "tokens": tokens, "layers": layers, "components": components, "ops": ops,
@@ -505,8 +509,7 @@ class Store:
 
     def set_status(self, run_id: int, status: str) -> None:
         """Set a run's status (e.g. ``interrupted`` after Ctrl-C), through the writer, and wait."""
-        if status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
+        _check_status(status)
         self.writer.execute("UPDATE runs SET status = ? WHERE id = ?", (status, int(run_id)))
         self.writer.flush()
 
