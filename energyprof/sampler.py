@@ -92,9 +92,13 @@ class Sampler:
                 self._chunks.append(chunk)
                 self._n += len(chunk)
                 if len(self._chunks) >= 256:   # keep samples_since's walk short on long runs
-                    self._all = np.concatenate([self._all, *self._chunks])
-                    self._chunks = []
+                    self._join_chunks()
             return chunk
+
+    def _join_chunks(self) -> None:
+        """Fold the drained chunks into ``_all`` (the caller holds ``_lock``)."""
+        self._all = np.concatenate([self._all, *self._chunks])
+        self._chunks = []
 
     def _drain_loop(self) -> None:
         while not self._drainer_stop.wait(DRAIN_EVERY_S):
@@ -131,8 +135,7 @@ class Sampler:
         """
         with self._lock:
             if self._chunks:
-                self._all = np.concatenate([self._all, *self._chunks])
-                self._chunks = []
+                self._join_chunks()
             return self._all
 
     @property
