@@ -103,16 +103,13 @@ def add_arguments(sp) -> None:
 def cli_main(args) -> int:
     """``energyprof carbon RUN [RUN...]``: CO2 and cost per run and per 1M tokens."""
     from .cli import UserError, _print_json, _table
-    from .db import _opened
 
     try:
         ids = [int(r) for r in args.runs]
     except ValueError:
         raise UserError(f"run ids must be integers, got {' '.join(args.runs)}") from None
     try:
-        with _opened(args.db) as st:
-            loaded = [st.load(i).summary() for i in ids]
-        res = footprint_runs(loaded, args.co2_g_per_kwh, args.price_per_kwh, net=args.net)
+        res = footprint_runs(ids, args.co2_g_per_kwh, args.price_per_kwh, net=args.net, db=args.db)
     except KeyError as e:
         raise UserError(str(e.args[0]) if e.args else "unknown run")
     except ValueError as e:
