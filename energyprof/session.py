@@ -593,13 +593,10 @@ def _json_or_empty(text: str) -> dict:
 
 
 def _model_device(model):
-    import torch
+    """The device of the model's first parameter or buffer (cpu when it has none)."""
+    from .hooks import _module_device
 
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
+    return _module_device(model)
 
 
 def run(
