@@ -8,7 +8,10 @@ TORCH_PIN := torch==2.13.0
 # System packages: build (pkg-config, libplist-dev, libsqlite3-dev), C checks (valgrind,
 # clang for libFuzzer), browser test of the report (chromium), terminal tests (tmux).
 DEB_PKGS := pkg-config libplist-dev libsqlite3-dev gcc g++ valgrind clang libclang-rt-14-dev chromium tmux
-CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*.cpp)
+CSRC := $(wildcard csrc/*/*.c csrc/*/*.h csrc/*/*.cpp)
+# The C rooms (see docs/architecture.md); the C tests link every part except the CPython face.
+C_INC := -Icsrc/kernels -Icsrc/sources -Icsrc/threads -Icsrc/module
+C_PARTS = $(wildcard csrc/kernels/*.c csrc/sources/*.c csrc/threads/*.c)
 # Python tests run against the sanitizer build of the extension (make sanitize).
 SANITIZE_TESTS := test_core_basics.py test_integrate.py test_sampler.py test_plist.py test_powermetrics.py \
   test_store.py test_hooks.py test_torchshim.py test_attribution.py test_session.py test_nvml.py test_rapl.py \
@@ -47,8 +50,8 @@ demo: setup
 # C-level tests: the kernels without Python, as one test program.
 build/ctest/ep_ctest: $(CSRC) tests/c/*.c
 	@mkdir -p build/ctest
-	$(CC) -std=c11 -g -O1 -D_GNU_SOURCE $(CTEST_CFLAGS) -Icsrc $$(pkg-config --cflags libplist-2.0 sqlite3) \
-	  tests/c/*.c $$(ls csrc/ep_*.c | grep -v ep_module) -o $@ \
+	$(CC) -std=c11 -g -O1 -D_GNU_SOURCE $(CTEST_CFLAGS) $(C_INC) $$(pkg-config --cflags libplist-2.0 sqlite3) \
+	  tests/c/*.c $(C_PARTS) -o $@ \
 	  $$(pkg-config --libs libplist-2.0 sqlite3) -lpthread -ldl -lm $(CTEST_LDFLAGS)
 
 ctest: sysdeps build/ctest/ep_ctest
@@ -57,7 +60,7 @@ ctest: sysdeps build/ctest/ep_ctest
 sanitize: venv
 	@mkdir -p build/asan
 	$(CC) -std=c11 -g -O1 -D_GNU_SOURCE -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all \
-	  -Icsrc $$(pkg-config --cflags libplist-2.0 sqlite3) tests/c/*.c $$(ls csrc/ep_*.c | grep -v ep_module) \
+	  $(C_INC) $$(pkg-config --cflags libplist-2.0 sqlite3) tests/c/*.c $(C_PARTS) \
 	  -o build/asan/ep_ctest $$(pkg-config --libs libplist-2.0 sqlite3) -lpthread -ldl -lm
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build/asan/ep_ctest
 	# The extension itself, built with the sanitizers into build/asan-ext (beside, not over,
@@ -65,7 +68,7 @@ sanitize: venv
 	# instrumented, so the runtime is preloaded and leak checking is left to the C tests.
 	rm -rf build/asan-ext && mkdir -p build/asan-ext
 	EP_SANITIZE=1 $(PY) setup.py -q build_ext -b build/asan-ext -t build/asan-tmp
-	cp energyprof/*.py build/asan-ext/energyprof/
+	cd energyprof && cp --parents $$(find . -name "*.py") ../build/asan-ext/energyprof/
 	cd build/asan-ext && LD_PRELOAD="$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=$$PWD \
 	  $(abspath $(PY)) -m pytest -q -p no:cacheprovider $(addprefix $(CURDIR)/tests/,$(SANITIZE_TESTS))
@@ -76,10 +79,10 @@ valgrind: sysdeps build/ctest/ep_ctest
 
 fuzz: sysdeps
 	@mkdir -p build/fuzz/corpus
-	clang -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Icsrc $$(pkg-config --cflags libplist-2.0) \
-	  tests/fuzz/fuzz_plist.c csrc/ep_plist.c csrc/ep_errors.c csrc/ep_sample.c -o build/fuzz/fuzz_plist \
+	clang -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Icsrc/kernels $$(pkg-config --cflags libplist-2.0) \
+	  tests/fuzz/fuzz_plist.c csrc/kernels/ep_plist.c csrc/kernels/ep_errors.c csrc/kernels/ep_sample.c -o build/fuzz/fuzz_plist \
 	  $$(pkg-config --libs libplist-2.0)
-	build/fuzz/fuzz_plist -max_total_time=$${FUZZ_SECONDS:-60} -max_len=65536 build/fuzz/corpus tests/fuzz/corpus ../shared/fixtures/powermetrics
+	build/fuzz/fuzz_plist -max_total_time=$${FUZZ_SECONDS:-60} -max_len=65536 build/fuzz/corpus tests/fuzz/corpus tests/data/powermetrics
 
 bench: build
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -12,6 +12,10 @@ import sys
 import numpy
 from setuptools import Extension, setup
 
+# csrc/ is grouped by the data flow (kernels, sources, threads, module); headers are
+# included by bare name, so every room is on the include path.
+C_ROOMS = ["csrc/kernels", "csrc/sources", "csrc/threads", "csrc/module"]
+
 REQUIRED = {
     # pkg-config name: (what it is, Debian package, Homebrew formula)
     "libplist-2.0": ("libplist", "libplist-dev", "libplist"),
@@ -46,8 +50,7 @@ def extension() -> Extension:
         c, l = _pkg_config(name, what, deb, brew)
         cflags += c
         libs += l
-    sources = sorted(glob.glob("csrc/ep_*.c")) + sorted(glob.glob("csrc/ep_*.cpp"))
-    sources = [s for s in sources if not os.path.basename(s).startswith("ep_test_")]
+    sources = sorted(glob.glob("csrc/*/ep_*.c")) + sorted(glob.glob("csrc/*/ep_*.cpp"))
     extra = ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
     if os.environ.get("EP_SANITIZE"):
         extra += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g", "-O1"]
@@ -57,7 +60,7 @@ def extension() -> Extension:
     return Extension(
         "energyprof._core",
         sources=sources,
-        include_dirs=["csrc", numpy.get_include()],
+        include_dirs=[*C_ROOMS, numpy.get_include()],
         extra_compile_args=extra,
         extra_link_args=libs + ["-lpthread", "-ldl", "-lstdc++"],  # -lstdc++: the C++ libtorch shim (try/catch)
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_20_API_VERSION"), ("_GNU_SOURCE", "1")],

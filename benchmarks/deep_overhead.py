@@ -8,7 +8,7 @@ Variants, each timed in every round (order shuffled per round, medians over roun
               the part of deep's cost that is op-by-op attention instead of sdpa
   deep        inside ep.run(mode="deep"): energyprof's attention function through
               transformers' AttentionInterface, MLP/norm op spans, head statistics
-  deep_nostats  mode="deep" with ``energyprof.deep.STATISTICS = False``: op spans only
+  deep_nostats  mode="deep" with ``energyprof.measure.deep.STATISTICS = False``: op spans only
   deep_patch  mode="deep", but attention reached the monkey-patch way: the config set to
               "eager" and the modeling module's ``eager_attention_forward`` global replaced
               by the same function (docs/methodology.md compares the two approaches)
@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import energyprof as ep  # noqa: E402
-from energyprof import deep  # noqa: E402
+from energyprof.measure import deep  # noqa: E402
 from energyprof.tiny import tiny_model  # noqa: E402
 
 DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "deep_overhead.md")

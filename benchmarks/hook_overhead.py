@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from energyprof import _core  # noqa: E402
-from energyprof.hooks import HookSet  # noqa: E402
+from energyprof.measure.hooks import HookSet  # noqa: E402
 
 VARIANTS = ("none", "py_pair", "c_hooks", "c_wrap")
 
@@ -178,7 +178,7 @@ def generate_slowdown(rounds_small: int = 31, rounds_large: int = 7, new_tokens:
     sampler's cost is included."""
     from transformers import LlamaForCausalLM
 
-    from energyprof import arch
+    from energyprof.measure import arch
 
     rows = []
     for label, layers, hidden, rounds in (("tiny llama 2x64", 2, 64, rounds_small),

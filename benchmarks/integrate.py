@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 
-from energyprof import _core, _reference
+from energyprof import _core
+from energyprof import _reference
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT_MD = os.path.join(HERE, "..", "docs", "benchmarks", "integrate.md")

@@ -3,7 +3,7 @@
 Both sides do the same job on the same bytes: one document in, the dict of fields
 in SI units (powers, energies, per-cluster data, the interval sample) out.
 
-  libplist   ``_core.parse_plist`` (csrc/ep_plist.c: libplist + C field extraction),
+  libplist   ``_core.parse_plist`` (csrc/kernels/ep_plist.c: libplist + C field extraction),
              as shipped: sections no field comes from (per-task, per-CPU and
              residency tables) are cut from the text before libplist builds its tree
   whole      the same with that cut switched off (``_core._plist_prune(False)``):
@@ -11,7 +11,7 @@ in SI units (powers, energies, per-cluster data, the interval sample) out.
   plistlib   ``plistlib.loads`` + the same extraction in Python
              (``energyprof._reference.parse_plist``, the test oracle)
 
-Documents are every frame of the XML captures in ../shared/fixtures/powermetrics.
+Documents are every frame of the XML captures in tests/data/powermetrics.
 The variants alternate within each round (order rotated every round) so drift of
 the shared machine hits all alike; reported are the best round's documents/s per
 capture and overall, and the ratios libplist / plistlib (goal >= 5x) and
@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from energyprof import _core  # noqa: E402
 from energyprof import _reference  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "powermetrics"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "data" / "powermetrics"
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "plist_parse.md"
 
 

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from energyprof import _core  # noqa: E402
-from energyprof.db import Store  # noqa: E402
+from energyprof.store.db import Store  # noqa: E402
 
 
 def make_samples(n: int) -> np.ndarray:

@@ -1,14 +1,14 @@
 """numpy structured dtypes of everything a run records.
 
-These are the shapes shared by the live session (energyprof.session), the store
-(energyprof.db and csrc/ep_sqlite.c: one table column per field), the analyses and
+These are the shapes shared by the live session (energyprof.measure.session), the store
+(energyprof.store.db and csrc/threads/ep_sqlite.c: one table column per field), the analyses and
 the report.  Units are in the names: ``_ns`` monotonic nanoseconds (energyprof's one
 clock, ``_core.now_ns()``), ``_s`` seconds, ``_j`` joules, ``_w`` watts.
 
 Energy per hardware domain is one column per domain (``cpu_j`` ... ``package_j``,
 NaN where the source does not measure that domain); ``energy_j`` is the run's
 *total* figure: the package domain where the source reports one, else the sum of the
-measured domains (cpu + gpu + ane + dram).  energyprof.session decides it once per
+measured domains (cpu + gpu + ane + dram).  energyprof.measure.session decides it once per
 run and records the rule in ``summary()["total_rule"]``.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ CALL_DTYPE = np.dtype(
 )
 
 #: mode="deep": one row per (attention call, head): statistics of the attention weights
-#: (energyprof.deep).  ``call_id`` is the call of the ``attn.softmax`` op row in ``s.ops``.
+#: (energyprof.measure.deep).  ``call_id`` is the call of the ``attn.softmax`` op row in ``s.ops``.
 HEAD_DTYPE = np.dtype(
     [
         ("call_id", "<i4"),
@@ -106,7 +106,7 @@ HEAD_DTYPE = np.dtype(
 LAYER_DTYPE = CALL_DTYPE
 COMPONENT_DTYPE = CALL_DTYPE
 
-#: Raw hook events from the C span buffer (csrc/ep_hooks.c).
+#: Raw hook events from the C span buffer (csrc/threads/ep_hooks.c).
 EVENT_DTYPE = np.dtype([("t_ns", "<i8"), ("span_id", "<i4"), ("kind", "<i4")])  # kind 0 begin, 1 end
 
 __all__ = ["DOMAINS", "SECTION_DTYPE", "TOKEN_DTYPE", "CALL_DTYPE", "LAYER_DTYPE", "COMPONENT_DTYPE", "EVENT_DTYPE", "HEAD_DTYPE"]

@@ -1,7 +1,7 @@
 """Where a Hugging Face config keeps each shape figure, across architectures.
 
-One table for :mod:`energyprof.arch` (a model's ``config`` summary) and
-:mod:`energyprof.predict` (features from a bare config), so both read the same fields.
+One table for :mod:`energyprof.measure.arch` (a model's ``config`` summary) and
+:mod:`energyprof.analysis.predict` (features from a bare config), so both read the same fields.
 No torch here: predict reads configs without loading a model.
 """
 from __future__ import annotations

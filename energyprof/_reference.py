@@ -12,10 +12,10 @@ import numpy as np
 _DOMAINS = ("cpu", "gpu", "ane", "dram", "package")
 
 # ---------------------------------------------------------------------------
-# integrate: twin of csrc/ep_integrate.c (_core.integrate).  Owner: integrate part.
+# integrate: twin of csrc/kernels/ep_integrate.c (_core.integrate).  Owner: integrate part.
 # ---------------------------------------------------------------------------
 
-#: Window flag bits, equal to _core.WIN_* / EP_WIN_* in csrc/ep_integrate.h.
+#: Window flag bits, equal to _core.WIN_* / EP_WIN_* in csrc/kernels/ep_integrate.h.
 WIN_OUTSIDE = 1 << 0
 WIN_GAP = 1 << 1
 WIN_NAN = 1 << 2
@@ -167,7 +167,7 @@ def integrate(samples: np.ndarray, windows: np.ndarray) -> tuple[np.ndarray, np.
 
 
 # ---------------------------------------------------------------------------
-# hooks: twin of the span buffer in csrc/ep_hooks.c (_core.SpanBuffer).  Owner: hooks part.
+# hooks: twin of the span buffer in csrc/threads/ep_hooks.c (_core.SpanBuffer).  Owner: hooks part.
 # ---------------------------------------------------------------------------
 
 
@@ -206,7 +206,7 @@ class SpanBufferRef:
 
 
 # ---------------------------------------------------------------------------
-# synthetic: twin of the power model in csrc/ep_src_synthetic.c.  Owner: sampler part.
+# synthetic: twin of the power model in csrc/sources/ep_src_synthetic.c.  Owner: sampler part.
 # ---------------------------------------------------------------------------
 
 def synthetic_average_power_w(t_start_ns, t_end_ns, t0_ns: int, *, power_w: float = 10.0,
@@ -279,7 +279,7 @@ def synthetic_noise(seed: int, n: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# plist: twin of csrc/ep_plist.c (_core.parse_plist, _core.split_frames).  Owner: plist part.
+# plist: twin of csrc/kernels/ep_plist.c (_core.parse_plist, _core.split_frames).  Owner: plist part.
 # Written on Python's plistlib (expat), independently of libplist.
 # ---------------------------------------------------------------------------
 
@@ -495,7 +495,7 @@ def parse_plist(data: bytes) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# store: twin of the INSERT jobs of csrc/ep_sqlite.c (_core.Store.insert).  Owner: store part.
+# store: twin of the INSERT jobs of csrc/threads/ep_sqlite.c (_core.Store.insert).  Owner: store part.
 # Python's sqlite3.executemany in one transaction: the same rows, the same columns.
 # ---------------------------------------------------------------------------
 
@@ -540,7 +540,7 @@ def store_insert(conn, table: str, array: np.ndarray, constants: "dict | None" =
 
 
 # ---------------------------------------------------------------------------
-# hardware sources: twins of csrc/ep_ioreport.c (ep_ioreport_classify,
+# hardware sources: twins of csrc/kernels/ep_ioreport.c (ep_ioreport_classify,
 # ep_ioreport_delta), the rapl counter difference and the estimate model.
 # Owner: sources-hw part.
 # ---------------------------------------------------------------------------

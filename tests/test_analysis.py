@@ -14,11 +14,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from energyprof._dtypes import TOKEN_DTYPE
-from energyprof._testdata import synthetic_run
+from energyprof.testing import synthetic_run
 from energyprof.analysis import (OLSResult, architecture_scaling, compare_groups, efficiency, figure, figure_value,
-                                 mean_ci, model_dict, normal_quantile, ols, plot_architecture_scaling,
-                                 plot_compare_groups, summaries, t_cdf, t_quantile, welch)
-from energyprof.rundata import RunData
+                                 mean_ci, model_dict, normal_quantile, ols, summaries, t_cdf, t_quantile, welch)
+from energyprof.views.analysis_plots import plot_architecture_scaling, plot_compare_groups
+from energyprof.store.rundata import RunData
 
 # Two-sided 95 % (p = 0.975) and 99 % (p = 0.995) critical values from printed t tables.
 T_TABLE_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 10: 2.228, 20: 2.086, 30: 2.042,
@@ -348,7 +348,7 @@ def test_compare_groups_warns_about_other_differences():
 
 
 def test_runs_by_id_from_store(tmp_path):
-    from energyprof.db import Store
+    from energyprof.store.db import Store
 
     rng = np.random.default_rng(5)
     db = str(tmp_path / "runs.db")
@@ -370,7 +370,7 @@ def test_analysis_plots():
     assert "difference" in fig2.axes[0].get_title()
     with pytest.raises(ValueError):
         plot_architecture_scaling(architecture_scaling(runs), "n_experts")
-    from energyprof.analysis import plot_efficiency
+    from energyprof.views.analysis_plots import plot_efficiency
 
     fig3 = plot_efficiency(synthetic_run(n_steps=6))
     assert fig3.axes[0].get_title().startswith("energy per token")
@@ -400,7 +400,7 @@ def test_docs_examples_run(tmp_path, monkeypatch, capsys):
 def test_ep_compare_of_two_lists_compares_the_groups(tmp_path):
     """ep.compare([runs], [runs]) gives the group difference (Welch) instead of a pair."""
     import energyprof as ep
-    from energyprof._testdata import synthetic_run
+    from energyprof.testing import synthetic_run
 
     db = tmp_path / "g.db"
     st = ep.Store(db)

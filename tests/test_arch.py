@@ -1,4 +1,4 @@
-"""energyprof.arch (module map) and energyprof.tiny (tiny random models, byte tokenizer)."""
+"""energyprof.measure.arch (module map) and energyprof.tiny (tiny random models, byte tokenizer)."""
 from __future__ import annotations
 
 import warnings
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from energyprof.arch import ArchMap, describe, hook_targets
+from energyprof.measure.arch import ArchMap, describe, hook_targets
 from energyprof.tiny import TINY_MODELS, ByteTokenizer, tiny_config, tiny_model
 
 NAMES = sorted(TINY_MODELS)

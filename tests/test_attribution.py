@@ -5,7 +5,7 @@ import pytest
 
 from energyprof import _core
 from energyprof._dtypes import EVENT_DTYPE
-from energyprof.attribution import Forward, SpanInfo, UserSection, attribute, total_of, total_rule
+from energyprof.measure.attribution import Forward, SpanInfo, UserSection, attribute, total_of, total_rule
 
 MS = 1_000_000
 

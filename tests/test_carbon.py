@@ -1,4 +1,4 @@
-"""energyprof.carbon: CO2 and cost per run and per 1M tokens, settings from arguments,
+"""energyprof.analysis.carbon: CO2 and cost per run and per 1M tokens, settings from arguments,
 environment or the stated defaults; hand-computed values."""
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 from energyprof import cli
-from energyprof.carbon import (CO2_ENV, DEFAULT_CO2_G_PER_KWH, DEFAULT_PRICE_PER_KWH, PRICE_ENV, footprint,
-                               footprint_runs)
-from energyprof.db import Store
-from energyprof.report import carbon_and_cost
-from energyprof.rundata import RunData
+from energyprof.analysis.carbon import (CO2_ENV, DEFAULT_CO2_G_PER_KWH, DEFAULT_PRICE_PER_KWH, PRICE_ENV, footprint,
+                               footprint_runs, carbon_and_cost)
+from energyprof.store.db import Store
+from energyprof.store.rundata import RunData
 
 KWH_J = 3.6e6
 

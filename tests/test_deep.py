@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import energyprof as ep
-from energyprof import deep
+from energyprof.measure import deep
 from energyprof._dtypes import HEAD_DTYPE
 from energyprof.tiny import TINY_MODELS, tiny_model
 
@@ -27,7 +27,7 @@ def _quiet_model(name):
 
 
 def _attn_modules(model):
-    from energyprof import arch
+    from energyprof.measure import arch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,4 +1,4 @@
-"""energyprof.doctor: rows, auto's choice and exit codes for each machine set-up,
+"""energyprof.measure.doctor: rows, auto's choice and exit codes for each machine set-up,
 made with the fake NVML library (ENERGYPROF_NVML_LIB) and fake RAPL trees
 (ENERGYPROF_RAPL_ROOT)."""
 import json
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import energyprof as ep
-from energyprof import doctor as doc
+from energyprof.cli.doctor import main as doctor_main
+from energyprof.measure import doctor as doc
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_SRC = ROOT / "tests" / "fake_nvml" / "fake_nvml.c"
@@ -79,7 +80,7 @@ def test_nothing_falls_back_to_estimate(nothing, capsys):
     assert [c["source"] for c in cands] == list(doc.AUTO_ORDER)
     assert [c["chosen"] for c in cands] == [False, False, False, False, True]
     assert cands[2]["decision"].startswith("unavailable: cannot load")
-    assert doc.main(["--plain"]) == 1
+    assert doctor_main(["--plain"]) == 1
     out = capsys.readouterr().out
     assert "auto uses: estimate" in out and "fix: sudo modprobe intel_rapl_msr" in out
 
@@ -101,7 +102,7 @@ def test_fake_nvml_present(fake_nvml, monkeypatch, capsys):
     spec, cands = doc.resolve_auto()
     assert spec == "estimate"
     assert by_source(cands)["nvml"]["decision"] == "skipped: torch.cuda.is_available() is False"
-    assert doc.main(["--plain"]) == 0  # a measured source works, even if auto would not pick it
+    assert doctor_main(["--plain"]) == 0  # a measured source works, even if auto would not pick it
     capsys.readouterr()
 
 
@@ -118,13 +119,13 @@ def test_fake_rapl_present(fake_rapl, capsys):
     assert rows["rapl"]["reason"] == f"1 package(s) under {fake_rapl}: intel-rapl:0 package-0 -> package"
     spec, _ = doc.resolve_auto()
     assert spec == "rapl"
-    assert doc.main([]) == 0  # the rich table
+    assert doctor_main([]) == 0  # the rich table
     out = capsys.readouterr().out
     assert "rapl" in out and "auto uses: rapl" in out
 
 
 def test_json_output(fake_rapl, capsys):
-    assert doc.main(["--json"]) == 0
+    assert doctor_main(["--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["auto"]["spec"] == "rapl"
     assert [r["source"] for r in data["sources"]] == ["ioreport", "powermetrics", "nvml", "rapl", "estimate",
@@ -142,7 +143,7 @@ def test_cli_entry_point(nothing):
 
 DOCTOR_AS_NOBODY = r"""
 import json, os, sys
-from energyprof import doctor
+from energyprof.measure import doctor
 if os.geteuid() == 0:  # drop root after the imports (the interpreter lives under /root)
     os.setgid(65534)
     os.setuid(65534)

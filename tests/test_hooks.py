@@ -1,4 +1,4 @@
-"""The C span buffer, _core.Hook, _core.wrap_forward and energyprof.hooks.HookSet."""
+"""The C span buffer, _core.Hook, _core.wrap_forward and energyprof.measure.hooks.HookSet."""
 from __future__ import annotations
 
 import inspect
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from energyprof import _core
 from energyprof._dtypes import EVENT_DTYPE
 from energyprof._reference import SpanBufferRef
-from energyprof.hooks import HookSet
+from energyprof.measure.hooks import HookSet
 
 METHODS = ["hooks", "wrap"]
 

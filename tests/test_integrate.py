@@ -1,4 +1,4 @@
-"""The exact energy integrator (_core.integrate, csrc/ep_integrate.c).
+"""The exact energy integrator (_core.integrate, csrc/kernels/ep_integrate.c).
 
 Three oracles hold it: closed-form integrals (constant, ramp, square wave), a
 brute-force exact-arithmetic oracle written here (per sample overlap, Fractions),
@@ -14,9 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import energyprof.integrate as integ_mod
-from energyprof import _core, _reference
-from energyprof.integrate import Integrated, integrate
+import energyprof.measure.integrate as integ_mod
+from energyprof import _core
+from energyprof import _reference
+from energyprof.measure.integrate import Integrated, integrate
 
 ND = len(_core.DOMAINS)
 NS = 10**9

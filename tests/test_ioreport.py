@@ -1,4 +1,4 @@
-"""The ioreport source's snapshot-delta math (csrc/ep_ioreport.c), on Linux.
+"""The ioreport source's snapshot-delta math (csrc/kernels/ep_ioreport.c), on Linux.
 
 The live IOReport reader is macOS-only; here the platform-independent part is
 held to its pure-Python twin (energyprof._reference.ioreport_delta) on random
@@ -234,10 +234,10 @@ def live_build(tmp_path_factory):
     d = tmp_path_factory.mktemp("fake_ioreport")
     subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(d / "libfakeioreport.so"),
                     str(FAKE_DIR / "fake_ioreport.c")], check=True)
-    subprocess.run(["gcc", "-std=c11", "-O1", "-D_GNU_SOURCE", "-DEP_IOREPORT_COMPILE_LIVE", f"-I{ROOT / 'csrc'}",
-                    str(FAKE_DIR / "drive.c"), *(str(ROOT / "csrc" / f) for f in
-                                                 ("ep_ioreport.c", "ep_src_ioreport.c", "ep_errors.c",
-                                                  "ep_sample.c")),
+    subprocess.run(["gcc", "-std=c11", "-O1", "-D_GNU_SOURCE", "-DEP_IOREPORT_COMPILE_LIVE", f"-I{ROOT / 'csrc/kernels'}",
+                    f"-I{ROOT / 'csrc/sources'}", str(FAKE_DIR / "drive.c"),
+                    *(str(ROOT / "csrc" / f) for f in ("kernels/ep_ioreport.c", "sources/ep_src_ioreport.c",
+                                                       "kernels/ep_errors.c", "kernels/ep_sample.c")),
                     "-ldl", "-lm", "-o", str(d / "drive")], check=True)
     return d
 

@@ -17,8 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import energyprof as ep
-from energyprof.live import SPARK_CHARS, LiveFeed, LivePlot, MonitorState, render_monitor, sparkline
-from energyprof.sampler import Sampler
+from energyprof.measure.live import LiveFeed
+from energyprof.views.live import LivePlot
+from energyprof.views.terminal import SPARK_CHARS, MonitorState, render_monitor, sparkline
+from energyprof.measure.sampler import Sampler
 from energyprof.tiny import tiny_model
 
 
@@ -314,7 +316,7 @@ def test_module_doctest_runs():
     import doctest
     import importlib
 
-    live_mod = importlib.import_module("energyprof.live")   # ep.live is the function
+    live_mod = importlib.import_module("energyprof.measure.live")   # the feed's doctest
     assert doctest.testmod(live_mod).failed == 0
 
 
@@ -325,7 +327,7 @@ def test_live_wires_a_figure_and_refreshes_it_until_the_run_ends(monkeypatch, mo
 
     import plotly.graph_objects as go
 
-    live_mod = importlib.import_module("energyprof.live")   # ep.live is the function
+    live_mod = importlib.import_module("energyprof.views.live")   # ep.live is the function
     monkeypatch.setattr(live_mod, "_require_widgets", lambda: None)
     monkeypatch.setattr(go, "FigureWidget", go.Figure)
     s = ep.run(model, source="synthetic:power_w=6,period_ms=1", baseline_s=0, save=False)

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from energyprof.live import SPARK_CHARS
+from energyprof.views.terminal import SPARK_CHARS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""The plist parser and framer (csrc/ep_plist.c) against Python's plistlib, and the
+"""The plist parser and framer (csrc/kernels/ep_plist.c) against Python's plistlib, and the
 plist replay source through energyprof.Sampler.
 
 Oracles: ``energyprof._reference.parse_plist`` / ``split_frames`` (plistlib and plain

@@ -1,6 +1,6 @@
-"""energyprof.plot: every kind with both backends draws, and the figures show the run's numbers.
+"""energyprof.views.plot: every kind with both backends draws, and the figures show the run's numbers.
 
-The run is energyprof._testdata.synthetic_run; its own consistency is checked first
+The run is energyprof.testing.synthetic_run; its own consistency is checked first
 against a direct (loop) integration of its samples, so the figure checks below compare
 against numbers known to be right.
 """
@@ -19,9 +19,9 @@ matplotlib.use("Agg")
 
 from PIL import Image  # noqa: E402  (a matplotlib dependency)
 
-from energyprof import plot as ep_plot  # noqa: E402
-from energyprof._testdata import synthetic_run  # noqa: E402
-from energyprof.rundata import RunData  # noqa: E402
+from energyprof.views import plot as ep_plot  # noqa: E402
+from energyprof.testing import synthetic_run  # noqa: E402
+from energyprof.store.rundata import RunData  # noqa: E402
 
 RUN = synthetic_run(n_layers=4, n_steps=12, seed=3)
 
@@ -303,7 +303,7 @@ def test_missing_data_is_a_clear_no_data_error():
 @pytest.mark.parametrize("backend,module", [("matplotlib", "matplotlib.figure"), ("plotly", "plotly.graph_objects")])
 def test_missing_plot_library_names_the_package(monkeypatch, backend, module):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
-    with pytest.raises(ImportError, match=f"pip install {backend}"):
+    with pytest.raises(ImportError, match=f"needs {backend}.*pip install 'energyprof\\[plot\\]'"):
         ep_plot.plot(RUN, kind="phases", backend=backend)
 
 

@@ -1,4 +1,4 @@
-"""The live powermetrics source (csrc/ep_src_powermetrics.c) through energyprof.Sampler,
+"""The live powermetrics source (csrc/sources/ep_src_powermetrics.c) through energyprof.Sampler,
 driven by the fake executables in tests/fake_powermetrics (they stream real captures
 and misbehave on purpose).  No Mac here: see docs/powermetrics.md for what this
 does and does not verify."""

@@ -1,4 +1,4 @@
-"""energyprof.predict: fits against constructed runs with known coefficients, the 95 %
+"""energyprof.analysis.predict: fits against constructed runs with known coefficients, the 95 %
 prediction interval's coverage on held-out runs, features of real models, JSON, CV, CLI."""
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from energyprof import cli
-from energyprof.db import Store
-from energyprof.predict import (DEFAULT_TERMS, MIN_RUNS, TERMS, Predictor, cross_validate, estimate_params,
-                                model_features, plot_predictions)
-from energyprof.rundata import RunData
+from energyprof.store.db import Store
+from energyprof.analysis.predict import (DEFAULT_TERMS, MIN_RUNS, TERMS, Predictor, cross_validate, estimate_params,
+                                         model_features)
+from energyprof.views.analysis_plots import plot_predictions
+from energyprof.store.rundata import RunData
 
 # Known generating model: J = 0.3 + 800 J/(token·Gparam) decode + 150 prefill + 0.004 J per step·layer
 TRUE = {"const": 0.3, "decode_flops": 800.0, "prefill_flops": 150.0, "decode_steps_x_layers": 0.004}

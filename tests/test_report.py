@@ -1,4 +1,4 @@
-"""energyprof.report: the self-contained HTML report, its numbers, and a real browser rendering it."""
+"""energyprof.views.report: the self-contained HTML report, its numbers, and a real browser rendering it."""
 import html
 import json
 import re
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from energyprof import report as ep_report
-from energyprof._testdata import synthetic_run
-from energyprof.rundata import RunData
+from energyprof.views import report as ep_report
+from energyprof.testing import synthetic_run
+from energyprof.store.rundata import RunData
 
 RUN = synthetic_run(n_layers=3, n_steps=10, seed=5)
 

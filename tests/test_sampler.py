@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import energyprof as ep
-from energyprof import _core, _reference as ref
+from energyprof import _core
+from energyprof import _reference as ref
 
 DOMAINS = _core.DOMAINS
 HANG_GUARD_S = 20.0  # only to turn a hang into a failure; nothing asserts on time

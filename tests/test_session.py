@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import energyprof as ep
-from energyprof import _core, arch
+from energyprof import _core
+from energyprof.measure import arch
 from energyprof.tiny import TINY_MODELS, tiny_model
 
 PROMPT = torch.tensor([[5, 6, 7, 8, 9]])

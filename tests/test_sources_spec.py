@@ -8,8 +8,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import energyprof
-from energyprof import _core, sources
-from energyprof.sources import parse_spec
+from energyprof import _core
+from energyprof.measure import sources
+from energyprof.measure.sources import parse_spec
 
 
 @pytest.mark.parametrize(
@@ -146,18 +147,18 @@ def test_open_synthetic_builds_the_source():
 
 
 def test_open_auto_without_doctor(monkeypatch):
-    monkeypatch.delattr(energyprof, "doctor", raising=False)
-    monkeypatch.setitem(sys.modules, "energyprof.doctor", None)  # makes the import fail
-    with pytest.raises(RuntimeError, match="auto needs energyprof.doctor"):
+    monkeypatch.delattr(energyprof.measure, "doctor", raising=False)
+    monkeypatch.setitem(sys.modules, "energyprof.measure.doctor", None)  # makes the import fail
+    with pytest.raises(RuntimeError, match="auto needs energyprof.measure.doctor"):
         sources.open("auto")
 
 
 @pytest.mark.parametrize("resolved", ["synthetic:power_w=7", ("synthetic", {"power_w": "7"})])
 def test_open_auto_uses_doctor(monkeypatch, resolved):
-    fake = types.ModuleType("energyprof.doctor")
+    fake = types.ModuleType("energyprof.measure.doctor")
     fake.resolve_auto = lambda: resolved
-    monkeypatch.setattr(energyprof, "doctor", fake, raising=False)
-    monkeypatch.setitem(sys.modules, "energyprof.doctor", fake)
+    monkeypatch.setattr(energyprof.measure, "doctor", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "energyprof.measure.doctor", fake)
     src = sources.open("auto")
     assert (src.kind, src.params, src.label, src.requested, src.spec) == (
         "synthetic", {"power_w": "7"}, "simulated", "auto", "synthetic:power_w=7")

@@ -18,10 +18,12 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import energyprof as ep
-from energyprof import _core, _reference, schema
+from energyprof import _core
+from energyprof import _reference
+from energyprof.store import schema
 from energyprof._dtypes import CALL_DTYPE, HEAD_DTYPE, SECTION_DTYPE, TOKEN_DTYPE
-from energyprof.db import Store
-from energyprof.rundata import AGG_DTYPE, ARRAY_NAMES, RunData
+from energyprof.store.db import Store
+from energyprof.store.rundata import AGG_DTYPE, ARRAY_NAMES, RunData
 
 SAMPLE_DTYPE = np.dtype(_core.SAMPLE_DTYPE)
 NAN = float("nan")
@@ -1202,7 +1204,7 @@ def test_many_processes_open_a_fresh_database_at_once(tmp_path):
             _fill_v1(path, n=2)
         if kind == "v2":
             _fill_v2(path, n=2)
-        code = ("import sys; from energyprof.db import Store; s = Store(sys.argv[1]); "
+        code = ("import sys; from energyprof.store.db import Store; s = Store(sys.argv[1]); "
                 "s.create_run({'name': 'p'}); s.close()")
         procs = [subprocess.Popen([sys.executable, "-c", code, path]) for _ in range(4)]
         assert [p.wait() for p in procs] == [0] * 4

@@ -15,13 +15,13 @@ import time
 import numpy as np
 
 import energyprof as ep
-from energyprof.db import Store
+from energyprof.store.db import Store
 
 CHILD = r"""
 import sys, time
 import numpy as np
 from energyprof import _core
-from energyprof.db import Store
+from energyprof.store.db import Store
 
 path, seed = sys.argv[1], int(sys.argv[2])
 rng = np.random.default_rng(seed)

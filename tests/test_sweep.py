@@ -1,4 +1,4 @@
-"""energyprof.sweep: a real sweep on tiny-llama with the synthetic source, the table's CI math,
+"""energyprof.measure.sweep / energyprof.analysis.sweep: a real sweep on tiny-llama with the synthetic source, the table's CI math,
 and the analyses (batch scaling, context scaling, Pareto frontier) on constructed runs with
 known coefficients."""
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pytest
 
 import energyprof as ep
 from energyprof import cli
-from energyprof.sweep import (SWEEP_DTYPE, SweepResult, batch_scaling, context_scaling, load_sweep, pareto_frontier,
-                              plot_batch_scaling, plot_context_scaling, plot_pareto, sweep_table)
+from energyprof.analysis.sweep import (SWEEP_DTYPE, SweepResult, batch_scaling, context_scaling, load_sweep,
+                                       pareto_frontier, sweep_table)
+from energyprof.views.analysis_plots import plot_batch_scaling, plot_context_scaling, plot_pareto
 from energyprof.tiny import tiny_model
 
 SOURCE = "synthetic:power_w=10,period_ms=1"

@@ -1,4 +1,4 @@
-"""The libtorch C++ ABI shim (csrc/ep_torchshim.cpp) against fake libtorch libraries.
+"""The libtorch C++ ABI shim (csrc/threads/ep_torchshim.cpp) against fake libtorch libraries.
 
 The fakes (tests/shim/*.cpp) are real C++ functions in namespaces torch::cuda and
 torch::mps, built here with g++, so the compiler gives them libtorch's mangled names.
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from energyprof import _core
-from energyprof.hooks import HookSet, load_shim
+from energyprof.measure.hooks import HookSet, load_shim
 
 SHIM_SRC = Path(__file__).parent / "shim"
 

@@ -1,6 +1,6 @@
 /* test_plist.c: the framer, the parser, the plist replay source and the
  * powermetrics source (driven with the fake executables in tests/fake_powermetrics).
- * Run from the repository root (make ctest), with ../shared/fixtures beside it. */
+ * Run from the repository root (make ctest), which holds the captures in tests/data/powermetrics. */
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
@@ -18,7 +18,7 @@
 #include "ep_plist.h"
 #include "ep_source.h"
 
-#define FIXDIR "../shared/fixtures/powermetrics/"
+#define FIXDIR "tests/data/powermetrics/"
 #define FAKEDIR "tests/fake_powermetrics/"
 
 static const char *const xml_fixtures[] = {

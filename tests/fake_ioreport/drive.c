@@ -1,7 +1,8 @@
 /* drive.c: runs the ioreport source's macOS code path on Linux against
  * fake_ioreport.c.  Built by tests/test_ioreport.py with
- *   gcc -DEP_IOREPORT_COMPILE_LIVE -Icsrc tests/fake_ioreport/drive.c csrc/ep_ioreport.c
- *       csrc/ep_src_ioreport.c csrc/ep_errors.c csrc/ep_sample.c -ldl -lm
+ *   gcc -DEP_IOREPORT_COMPILE_LIVE -Icsrc/kernels -Icsrc/sources tests/fake_ioreport/drive.c
+ *       csrc/kernels/ep_ioreport.c csrc/sources/ep_src_ioreport.c csrc/kernels/ep_errors.c
+ *       csrc/kernels/ep_sample.c -ldl -lm
  *
  *   drive snapshot N      N live snapshots, one channel per line "name|unit|value", "--" between
  *   drive source T0 T1..  create/start at T0, poll at each T (the last one is stop); one line per

@@ -1,5 +1,5 @@
 /* fake_ioreport.c: a stand-in for CoreFoundation + libIOReport, so the macOS live
- * reader of csrc/ep_ioreport.c (compiled on Linux with -DEP_IOREPORT_COMPILE_LIVE)
+ * reader of csrc/kernels/ep_ioreport.c (compiled on Linux with -DEP_IOREPORT_COMPILE_LIVE)
  * can run in tests.  Built by tests/test_ioreport.py:
  *   gcc -shared -fPIC -o DIR/libfakeioreport.so tests/fake_ioreport/fake_ioreport.c
  * and selected with ENERGYPROF_COREFOUNDATION_LIB and ENERGYPROF_IOREPORT_LIB.

@@ -6,7 +6,7 @@ wrapper scripts next to this file)::
     fake_powermetrics.py MODE [-f plist] [-i MS] [--samplers a,b] [-n COUNT] [-b N]
 
 It streams the documents of a real capture (``$FAKE_POWERMETRICS_FIXTURE``, default
-the M1 capture ``pumas-m1.plist`` in ../shared/fixtures/powermetrics), one per
+the M1 capture ``pumas-m1.plist`` in tests/data/powermetrics), one per
 interval, the way powermetrics does: each document after the first is preceded by
 a NUL byte.  Each document's ``elapsed_ns`` is rewritten to the ``-i`` interval, as
 the real tool reports the window it actually measured.  MODE:
@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "powermetrics"
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "powermetrics"
 
 
 def parse_args(argv: list) -> dict:

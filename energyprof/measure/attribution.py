@@ -1,0 +1,380 @@
+"""Attribution: from samples, hook events and forward records to energy per run,
+phase, token, layer and component.
+
+Pure numpy on top of the C integrator (``_core.integrate``); no torch here, so it is
+tested on constructed inputs.  Every window is integrated in one call, so all
+figures of a run come from the same cumulative-energy function F and conservation
+(children + unattributed = parent) holds to floating-point rounding.
+
+Windows (monotonic ns, energyprof's one clock):
+
+* run: ``[t_start_ns, t_end_ns)`` (after the baseline, to the exit of ``with``);
+* phases: ``pre_inference`` up to the first forward, then one slot per top-level
+  forward: a *prefill* forward's slot and a *decode* step's slot run from the
+  forward's start to the next forward's start (the last one to the end of its
+  forward); when the next forward starts a new generation, the slot ends at the end
+  of its forward and the gap is the ``between`` phase; ``post_inference`` from the
+  end of the last forward to the end of the run.  The phases tile the run exactly.
+* tokens: one row per decode slot (``n_tokens`` = batch size), so
+  ``sum(tokens.energy_j) == decode energy``.
+* calls: one row per hooked module call; its parent is the enclosing hooked call
+  of its nearest hooked ancestor module, or the phase (``parent_id == -1``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .. import _core
+from .._dtypes import CALL_DTYPE, DOMAINS, SECTION_DTYPE, TOKEN_DTYPE
+
+_DOMAIN_COLS = [f"{d}_j" for d in DOMAINS]
+_SAMPLE_COLS = [f"{d}_w" for d in DOMAINS]
+_PKG = DOMAINS.index("package")
+_DRAM = DOMAINS.index("dram")
+
+
+@dataclass
+class Forward:
+    """One call of the top-level model's forward."""
+
+    t_start_ns: int
+    t_end_ns: int
+    batch: int
+    new_positions: int          # sequence length of this forward's input
+    input_tokens: int           # real (unpadded) tokens in the input
+    prefill: bool
+
+
+@dataclass
+class SpanInfo:
+    """What a hook span id stands for."""
+
+    layer: int
+    component: str
+    parent_span: int = -1       # span id of the nearest hooked ancestor module, -1 none
+
+
+@dataclass
+class UserSection:
+    name: str
+    t_start_ns: int
+    t_end_ns: int
+    parent: int                 # index into the user section list, -1 = the run
+
+
+@dataclass
+class Attribution:
+    sections: np.ndarray
+    tokens: np.ndarray
+    calls: np.ndarray
+    summary: dict = field(default_factory=dict)
+
+
+def measured_domains(samples: np.ndarray) -> list[bool]:
+    """Which domains the source measured (not NaN in every sample)."""
+    if len(samples) == 0:
+        return [False] * len(DOMAINS)
+    return [bool(np.any(~np.isnan(samples[c]))) for c in _SAMPLE_COLS]
+
+
+def total_rule(measured: Sequence[bool]) -> str:
+    """The rule that turns per-domain energy into one total, decided once per run.
+
+    RAPL-style sources report a package domain that already contains its cores
+    (``cpu``); DRAM is outside the package.  Sources without a package domain
+    (powermetrics, NVML, synthetic) report disjoint domains that add up.
+    """
+    if measured[_PKG]:
+        return "package + dram" if measured[_DRAM] else "package"
+    names = [d for d, m in zip(DOMAINS, measured) if m]
+    return " + ".join(names) if names else "none"
+
+
+def total_of(domain_j: np.ndarray, measured: Sequence[bool]) -> np.ndarray:
+    """Total energy per row of an (M, 5) domain array under ``total_rule``."""
+    domain_j = np.asarray(domain_j, dtype=np.float64)
+    if domain_j.ndim == 1:
+        domain_j = domain_j[None, :]
+    if measured[_PKG]:
+        cols = [_PKG] + ([_DRAM] if measured[_DRAM] else [])
+    else:
+        cols = [i for i, m in enumerate(measured) if m]
+    if not cols:
+        return np.full(domain_j.shape[0], np.nan)
+    return np.nansum(domain_j[:, cols], axis=1) if len(cols) > 1 else domain_j[:, cols[0]].copy()
+
+
+def sample_period_s(samples: np.ndarray) -> float:
+    """Median sample period in seconds (interval length, or spacing of instants)."""
+    if len(samples) == 0:
+        return float("nan")
+    if samples["kind"][0] == _core.KIND_INTERVAL:
+        d = samples["t_end_ns"] - samples["t_start_ns"]
+    else:
+        if len(samples) < 2:
+            return float("nan")
+        d = np.diff(samples["t_start_ns"])
+    return float(np.median(d)) * 1e-9
+
+
+def pair_events(events: np.ndarray, n_spans: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pair begin/end events per span id -> (span_id, t_begin_ns, t_end_ns), sorted by begin.
+
+    A span entered again before it ended (recursion) nests like a stack.  A begin
+    without an end (the forward raised) is dropped: its window is unknown.
+    """
+    spans, begins, ends = [], [], []
+    open_stack: dict[int, list[int]] = {}
+    for t, sid, kind in zip(events["t_ns"].tolist(), events["span_id"].tolist(), events["kind"].tolist()):
+        if kind == 0:
+            open_stack.setdefault(sid, []).append(t)
+        else:
+            st = open_stack.get(sid)
+            if st:
+                spans.append(sid)
+                begins.append(st.pop())
+                ends.append(t)
+    order = np.lexsort((-np.asarray(ends, dtype=np.int64), np.asarray(begins, dtype=np.int64)))
+    return (np.asarray(spans, dtype=np.int32)[order], np.asarray(begins, dtype=np.int64)[order],
+            np.asarray(ends, dtype=np.int64)[order])
+
+
+def _phase_windows(forwards: list[Forward], t_start_ns: int, t_end_ns: int):
+    """Phase segments tiling [t_start_ns, t_end_ns) and the decode slots."""
+    segs: list[tuple[str, int, int, int]] = []   # (phase, start, end, tokens)
+    slots: list[tuple[int, int, int, int, bool]] = []  # per forward: (start, end, step, n_tokens, prefill)
+    if not forwards:
+        segs.append(("pre_inference", t_start_ns, t_end_ns, 0))
+        return segs, slots
+    segs.append(("pre_inference", t_start_ns, forwards[0].t_start_ns, 0))
+    step = 0
+    for i, f in enumerate(forwards):
+        nxt = forwards[i + 1] if i + 1 < len(forwards) else None
+        end = nxt.t_start_ns if (nxt is not None and not nxt.prefill) else f.t_end_ns
+        if f.prefill:
+            slots.append((f.t_start_ns, end, 0, f.batch, True))
+            seg = ("prefill", f.t_start_ns, end, f.input_tokens)
+        else:
+            step += 1
+            slots.append((f.t_start_ns, end, step, f.batch, False))
+            seg = ("decode", f.t_start_ns, end, f.batch)
+        if segs and segs[-1][0] == seg[0] and segs[-1][2] == seg[1]:
+            p = segs[-1]
+            segs[-1] = (p[0], p[1], seg[2], p[3] + seg[3])   # merge consecutive slots of one phase
+        else:
+            segs.append(seg)
+        if nxt is not None and end < nxt.t_start_ns:
+            segs.append(("between", end, nxt.t_start_ns, 0))
+    segs.append(("post_inference", forwards[-1].t_end_ns, t_end_ns, 0))
+    return segs, slots
+
+
+def attribute(
+    samples: np.ndarray,
+    t_start_ns: int,
+    t_end_ns: int,
+    forwards: list[Forward],
+    events: np.ndarray,
+    spans: Sequence[SpanInfo],
+    user_sections: Sequence[UserSection] = (),
+    baseline: Optional[tuple[int, int]] = None,
+) -> Attribution:
+    """Integrate every window of a run and build its sections, tokens and calls.
+
+    ``spans[i]`` describes hook span id ``i`` (span ids whose ``layer``/``component``
+    are for the top-level forward are excluded by the caller).  ``baseline`` is the
+    idle window measured before the run, or None.
+    """
+    measured = measured_domains(samples)
+    segs, slots = _phase_windows(forwards, t_start_ns, t_end_ns)
+    span_ids, c_begin, c_end = pair_events(events, len(spans)) if len(events) else (
+        np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    # One integrate call for every window: run, baseline, phases, user sections, tokens, calls.
+    wins = [(t_start_ns, t_end_ns)]
+    i_base = len(wins)
+    if baseline is not None:
+        wins.append(baseline)
+    i_seg = len(wins)
+    wins += [(s, e) for _, s, e, _ in segs]
+    i_user = len(wins)
+    wins += [(u.t_start_ns, u.t_end_ns) for u in user_sections]
+    decode_slots = [s for s in slots if not s[4]]
+    i_tok = len(wins)
+    wins += [(s, e) for s, e, _, _, _ in decode_slots]
+    i_call = len(wins)
+    windows = np.empty((len(wins) + len(span_ids), 2), dtype=np.int64)
+    windows[:i_call] = np.asarray(wins, dtype=np.int64).reshape(-1, 2)
+    windows[i_call:, 0] = c_begin
+    windows[i_call:, 1] = c_end
+    if len(samples):
+        dom_j, win_flags, n_in = _core.integrate(samples, windows)
+    else:
+        dom_j = np.full((len(windows), len(DOMAINS)), np.nan)
+        n_in = np.zeros(len(windows), np.int32)
+    tot_j = total_of(dom_j, measured)
+    dur_s = (windows[:, 1] - windows[:, 0]) * 1e-9
+
+    base_power_w = 0.0
+    base_dom_w = np.zeros(len(DOMAINS))
+    if baseline is not None and baseline[1] > baseline[0]:
+        bdur = (baseline[1] - baseline[0]) * 1e-9
+        base_power_w = float(tot_j[i_base] / bdur)
+        base_dom_w = dom_j[i_base] / bdur
+    net_j = tot_j - base_power_w * dur_s
+
+    def fill(rows: np.ndarray, idx: np.ndarray) -> None:
+        rows["t_start_ns"] = windows[idx, 0]
+        rows["t_end_ns"] = windows[idx, 1]
+        rows["duration_s"] = dur_s[idx]
+        rows["energy_j"] = tot_j[idx]
+        for k, c in enumerate(_DOMAIN_COLS):
+            rows[c] = dom_j[idx, k]
+        rows["samples_in_window"] = n_in[idx]
+        rows["resolved"] = n_in[idx] > 0
+
+    # ---- sections: run (0), phases, baseline, user sections
+    n_user = len(user_sections)
+    sections = np.zeros(1 + len(segs) + n_user + (1 if baseline is not None else 0), SECTION_DTYPE)
+    sections["section_id"] = np.arange(len(sections))
+    sec_idx = [0] + list(range(i_seg, i_seg + len(segs))) + list(range(i_user, i_user + n_user))
+    if baseline is not None:
+        sec_idx.append(i_base)
+    fill(sections, np.asarray(sec_idx))
+    sections["net_energy_j"] = net_j[sec_idx]
+    sections[0]["kind"], sections[0]["name"], sections[0]["parent_id"] = "run", "run", -1
+    for k, (name, _, _, toks) in enumerate(segs):
+        r = sections[1 + k]
+        r["kind"], r["name"], r["parent_id"], r["tokens"] = "phase", name, 0, toks
+    first_user = 1 + len(segs)
+    for k, u in enumerate(user_sections):
+        r = sections[first_user + k]
+        r["kind"], r["name"] = "section", u.name
+        r["parent_id"] = 0 if u.parent < 0 else first_user + u.parent
+    if baseline is not None:
+        r = sections[-1]
+        r["kind"], r["name"], r["parent_id"] = "baseline", "baseline", -1
+        r["net_energy_j"] = 0.0
+
+    # ---- tokens
+    tokens = np.zeros(len(decode_slots), TOKEN_DTYPE)
+    if len(tokens):
+        fill(tokens, np.arange(i_tok, i_tok + len(tokens)))
+        tokens["step"] = [s[2] for s in decode_slots]
+        tokens["n_tokens"] = [s[3] for s in decode_slots]
+        tokens["j_per_token"] = tokens["energy_j"] / np.maximum(tokens["n_tokens"], 1)
+
+    # ---- calls
+    calls = np.zeros(len(span_ids), CALL_DTYPE)
+    if len(calls):
+        fill(calls, np.arange(i_call, i_call + len(calls)))
+        calls["call_id"] = np.arange(len(calls))
+        calls["layer"] = [spans[s].layer for s in span_ids.tolist()]
+        calls["component"] = [spans[s].component for s in span_ids.tolist()]
+        for c in ("act_mean", "act_std", "act_max", "act_sparsity"):
+            calls[c] = np.nan
+        # step: the forward slot containing the call's begin
+        slot_starts = np.asarray([s[0] for s in slots], dtype=np.int64)
+        slot_steps = np.asarray([s[2] for s in slots], dtype=np.int32)
+        pos = np.searchsorted(slot_starts, c_begin, side="right") - 1 if len(slots) else np.full(len(calls), -1)
+        calls["step"] = np.where(pos >= 0, slot_steps[np.maximum(pos, 0)] if len(slots) else -1, -1)
+        # call index within (span, step)
+        seen: dict[tuple[int, int], int] = {}
+        call_no = np.zeros(len(calls), np.int32)
+        for i, key in enumerate(zip(span_ids.tolist(), calls["step"].tolist())):
+            call_no[i] = seen.get(key, 0)
+            seen[key] = call_no[i] + 1
+        calls["call"] = call_no
+        calls["parent_id"] = _parents(span_ids, c_begin, c_end, spans)
+
+    # ---- unattributed: parent energy minus its direct children
+    calls_unattr = calls["energy_j"].copy()
+    if len(calls):
+        has_parent = calls["parent_id"] >= 0
+        np.subtract.at(calls_unattr, calls["parent_id"][has_parent], calls["energy_j"][has_parent])
+    calls["unattributed_j"] = calls_unattr
+    phase_rows = np.arange(1, 1 + len(segs))
+    sections["unattributed_j"] = sections["energy_j"]
+    sections["unattributed_j"][0] -= sections["energy_j"][phase_rows].sum()
+    if len(calls):
+        top = calls[calls["parent_id"] < 0]
+        seg_starts = np.asarray([s for _, s, _, _ in segs], dtype=np.int64)
+        seg_of = np.searchsorted(seg_starts, top["t_start_ns"], side="right") - 1
+        np.subtract.at(sections["unattributed_j"], 1 + seg_of, top["energy_j"])
+    for k, u in enumerate(user_sections):
+        parent_row = 0 if u.parent < 0 else first_user + u.parent
+        if parent_row != 0:
+            sections["unattributed_j"][parent_row] -= sections["energy_j"][first_user + k]
+    if baseline is not None:
+        sections["unattributed_j"][-1] = 0.0
+
+    # ---- summary figures
+    run_j = float(tot_j[0])
+    run_s = float(dur_s[0])
+    phases: dict[str, dict] = {}
+    for k, (name, _, _, toks) in enumerate(segs):
+        r = sections[1 + k]
+        p = phases.setdefault(name, {"energy_j": 0.0, "net_energy_j": 0.0, "duration_s": 0.0, "tokens": 0})
+        p["energy_j"] += float(r["energy_j"])
+        p["net_energy_j"] += float(r["net_energy_j"])
+        p["duration_s"] += float(r["duration_s"])
+        p["tokens"] += int(toks)
+    for p in phases.values():
+        p["j_per_token"] = p["energy_j"] / p["tokens"] if p["tokens"] else float("nan")
+        p["edp_js"] = p["energy_j"] * p["duration_s"]
+    in_tokens = int(sum(f.input_tokens for f in forwards if f.prefill))
+    out_tokens = int(sum(f.batch for f in forwards))
+    peak_w = float("nan")
+    if len(samples):
+        in_run = (samples["t_end_ns"] > t_start_ns) & (samples["t_start_ns"] < t_end_ns)
+        if np.any(in_run):
+            pw = np.stack([samples[c][in_run] for c in _SAMPLE_COLS], axis=1)
+            peak_w = float(np.nanmax(total_of(pw, measured)))
+    summary = {
+        "method": ("interval-exact" if len(samples) and samples["kind"][0] == _core.KIND_INTERVAL else "trapezoid"),
+        "sample_period_s": sample_period_s(samples),
+        "duration_s": run_s,
+        "energy_j": run_j,
+        "net_energy_j": float(net_j[0]),
+        "baseline_power_w": base_power_w,
+        "baseline_domains_w": {d: float(w) for d, w in zip(DOMAINS, base_dom_w)},
+        "peak_power_w": peak_w,
+        "input_tokens": in_tokens,
+        "output_tokens": out_tokens,
+        "batch_size": int(forwards[0].batch) if forwards else 0,
+        "j_per_token": run_j / (in_tokens + out_tokens) if (in_tokens + out_tokens) else float("nan"),
+        "j_per_output_token": run_j / out_tokens if out_tokens else float("nan"),
+        "tokens_per_j": out_tokens / run_j if run_j > 0 else float("nan"),
+        "edp_js": run_j * run_s,
+        "phases": phases,
+        "domains": {d: float(dom_j[0, k]) for k, d in enumerate(DOMAINS)},
+        "total_rule": total_rule(measured),
+        "unattributed_j": float(sections["unattributed_j"][0]),
+        "n_forwards": len(forwards),
+        "n_decode_steps": len(decode_slots),
+    }
+    return Attribution(sections=sections, tokens=tokens, calls=calls, summary=summary)
+
+
+def _parents(span_ids: np.ndarray, begins: np.ndarray, ends: np.ndarray, spans: Sequence[SpanInfo]) -> np.ndarray:
+    """call index of each call's enclosing call of its parent span (-1 when none)."""
+    parent = np.full(len(span_ids), -1, dtype=np.int32)
+    by_span: dict[int, np.ndarray] = {}
+    for sid in np.unique(span_ids).tolist():
+        by_span[sid] = np.flatnonzero(span_ids == sid)  # already in begin order
+    for sid, idx in by_span.items():
+        psid = spans[sid].parent_span
+        while psid >= 0 and psid not in by_span:
+            psid = spans[psid].parent_span   # ancestor never called: look further up
+        if psid < 0:
+            continue
+        pidx = by_span[psid]
+        pos = np.searchsorted(begins[pidx], begins[idx], side="right") - 1
+        ok = pos >= 0
+        cand = pidx[np.maximum(pos, 0)]
+        ok &= ends[cand] >= ends[idx]
+        parent[idx[ok]] = cand[ok]
+    return parent

@@ -1,0 +1,225 @@
+"""C forward hooks on torch modules: :class:`HookSet` puts energyprof's C callables
+(``_core.Hook`` or ``_core.wrap_forward``) on modules and takes them off again.
+
+Each hooked module call appends two events to a :class:`energyprof._core.SpanBuffer`:
+``(t_ns, span_id, 0)`` when the module's forward starts and ``(t_ns, span_id, 1)``
+when it ends, with ``t_ns`` from :func:`energyprof._core.now_ns`.  The C callables
+create no Python objects per call; see docs/hooks.md for the costs and the sync modes.
+
+>>> import torch
+>>> from energyprof import _core
+>>> from energyprof.measure.hooks import HookSet
+>>> lin = torch.nn.Linear(4, 4)
+>>> buf = _core.SpanBuffer()
+>>> with HookSet(buf) as hs:
+...     hs.add(lin, span_id=7)
+...     _ = lin(torch.ones(1, 4))
+>>> buf.drain()[["span_id", "kind"]].tolist()
+[(7, 0), (7, 1)]
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, List, Optional, Tuple
+
+from .. import _core
+
+__all__ = ["HookSet", "load_shim", "SYNC_MODES", "METHODS"]
+
+SYNC_MODES = ("none", "device")
+METHODS = ("hooks", "wrap")
+
+_MISSING = object()
+
+
+def _set_forward(module: Any, forward: Any) -> Any:
+    """Shadow ``module``'s forward with an instance attribute; returns what :func:`_restore_forward` needs."""
+    previous = module.__dict__.get("forward", _MISSING)
+    module.forward = forward
+    return previous
+
+
+def _restore_forward(module: Any, previous: Any) -> None:
+    """Undo :func:`_set_forward`: the instance's own forward back, or none (the class's again)."""
+    if previous is _MISSING:
+        module.__dict__.pop("forward", None)
+    else:
+        module.__dict__["forward"] = previous
+
+
+def load_shim(path: Optional[str] = None, search: bool = True) -> dict:
+    """Resolve ``torch::cuda::synchronize`` / ``torch::mps::synchronize`` for the C hooks.
+
+    ``path``: a library to search first (e.g. ``.../torch/lib/libtorch_cuda.so``);
+    without it the process and every loaded ``libtorch*`` library are searched.
+    Returns ``{"cuda": origin or None, "mps": origin or None}`` where origin is the
+    file that defines the symbol.  ``search=False`` looks in ``path`` only
+    (``load_shim(None, search=False)`` unloads).  Replaces what an earlier call found.
+    """
+    return _core.torchshim_load(path, search=search)
+
+
+def _sync_plan(device: Any) -> Tuple[int, int, Optional[Callable[[], Any]]]:
+    """(SYNC_* kind, device index, Python fallback) for a torch.device."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        # -1 = the current device, as libtorch's torch::cuda::synchronize(-1) means.
+        index = -1 if dev.index is None else int(dev.index)
+        return _core.SYNC_CUDA, index, functools.partial(torch.cuda.synchronize, dev)
+    if dev.type == "mps":
+        return _core.SYNC_MPS, 0, torch.mps.synchronize
+    return _core.SYNC_NONE, 0, None
+
+
+def _module_device(module: Any) -> Any:
+    """The device of the module's first parameter or buffer (cpu when it has none)."""
+    import torch
+
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _supports_always_call() -> bool:
+    import torch
+
+    return "always_call" in inspect.signature(torch.nn.Module.register_forward_hook).parameters
+
+
+class HookSet:
+    """energyprof's C hooks on a set of torch modules, removed together.
+
+    Parameters
+    ----------
+    buffer:
+        The :class:`energyprof._core.SpanBuffer` the events go to.
+    sync:
+        ``"none"``: timestamps as the hooks run (GPU work may still be queued);
+        ``"device"``: the device's synchronize runs before every timestamp
+        (libtorch shim, else ``torch.cuda.synchronize`` / ``torch.mps.synchronize``);
+        no-op for a cpu device.
+    device:
+        The ``torch.device`` to synchronize; ``None`` takes the device of the first
+        module added.
+    activity:
+        Raise the process-wide activity level while a hooked module runs (the
+        synthetic source's ``active_w`` follows it).
+    method:
+        ``"hooks"``: ``register_forward_pre_hook`` + ``register_forward_hook``
+        (``always_call=True``, so the end is recorded when forward raises);
+        ``"wrap"``: ``module.forward`` replaced by a C wrapper (instance attribute,
+        restored by :meth:`remove`), which skips torch's hook dispatch.
+    """
+
+    def __init__(
+        self,
+        buffer: "_core.SpanBuffer",
+        sync: str = "none",
+        device: Any = None,
+        activity: bool = True,
+        method: str = "hooks",
+    ) -> None:
+        if not isinstance(buffer, _core.SpanBuffer):
+            raise TypeError(f"HookSet: buffer must be an energyprof._core.SpanBuffer, not {type(buffer).__name__}")
+        if sync not in SYNC_MODES:
+            raise ValueError(f"HookSet: sync must be one of {SYNC_MODES}, got {sync!r}")
+        if method not in METHODS:
+            raise ValueError(f"HookSet: method must be one of {METHODS}, got {method!r}")
+        self.buffer = buffer
+        self.sync = sync
+        self.device = device
+        self.activity = bool(activity)
+        self.method = method
+        self._plan: Optional[Tuple[int, int, Optional[Callable[[], Any]]]] = None
+        self._handles: List[Any] = []                 # torch RemovableHandles (method="hooks")
+        self._wrapped: List[Tuple[Any, Any]] = []     # (module, previous instance forward or _MISSING)
+        self._callables: List[Any] = []               # the C Hook / ForwardWrapper objects
+        self._always_call: Optional[bool] = None
+
+    # ------------------------------------------------------------------ set-up
+    def _sync_args(self, module: Any) -> Tuple[int, int, Optional[Callable[[], Any]]]:
+        if self._plan is None:
+            if self.sync == "none":
+                self._plan = (_core.SYNC_NONE, 0, None)
+            else:
+                device = self.device if self.device is not None else _module_device(module)
+                self._plan = _sync_plan(device)
+                kind = {_core.SYNC_CUDA: "cuda", _core.SYNC_MPS: "mps"}.get(self._plan[0])
+                if kind is not None and _core.torchshim_info()[kind] is None:
+                    # Never loaded (or not found before): look in the process and in
+                    # torch's loaded libraries; the Python fallback covers a miss.
+                    load_shim()
+        return self._plan
+
+    def add(self, module: Any, span_id: int) -> None:
+        """Record ``span_id`` begin/end events around every call of ``module``."""
+        import torch
+
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"HookSet.add: expected a torch.nn.Module, got {type(module).__name__}")
+        kind, index, fallback = self._sync_args(module)
+        common = dict(activity=self.activity, sync=kind, sync_index=index, sync_fallback=fallback)
+        if self.method == "hooks":
+            if self._always_call is None:
+                self._always_call = _supports_always_call()
+            pre = _core.Hook(self.buffer, span_id, _core.SPAN_BEGIN, **common)
+            post = _core.Hook(self.buffer, span_id, _core.SPAN_END, **common)
+            extra = {"always_call": True} if self._always_call else {}
+            h1 = module.register_forward_pre_hook(pre, prepend=False)
+            try:
+                h2 = module.register_forward_hook(post, prepend=False, **extra)
+            except BaseException:
+                h1.remove()
+                raise
+            self._handles += [h1, h2]
+            self._callables += [pre, post]
+        else:
+            wrapper = _core.wrap_forward(self.buffer, span_id, module.forward, **common)
+            # Instance attribute: shadows the class's forward for this module only.
+            self._wrapped.append((module, _set_forward(module, wrapper)))
+            self._callables.append(wrapper)
+
+    # ------------------------------------------------------------------ tear-down
+    def remove(self) -> None:
+        """Take every hook / wrapper off (idempotent; safe after a partial add)."""
+        errors: List[BaseException] = []
+        while self._handles:
+            h = self._handles.pop()
+            try:
+                h.remove()
+            except Exception as e:  # keep removing the others
+                errors.append(e)
+        # Reverse order, so a module wrapped twice gets its original forward back.
+        while self._wrapped:
+            module, previous = self._wrapped.pop()
+            try:
+                _restore_forward(module, previous)
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    @property
+    def callables(self) -> Tuple[Any, ...]:
+        """The C hook / wrapper objects added so far (``enabled``, ``calls``, ``syncing``)."""
+        return tuple(self._callables)
+
+    @property
+    def active(self) -> bool:
+        """True while something is installed."""
+        return bool(self._handles or self._wrapped)
+
+    def __len__(self) -> int:
+        return len(self._handles) // 2 + len(self._wrapped)
+
+    def __enter__(self) -> "HookSet":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.remove()
+        return False

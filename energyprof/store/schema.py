@@ -1,0 +1,343 @@
+"""The run store's SQLite schema: DDL per version and the migrations between them.
+
+The version lives in ``PRAGMA user_version``.  A fresh database is created at
+:data:`SCHEMA_VERSION`; an older one is migrated forward in one transaction; a
+newer one (written by a later energyprof) is refused without touching the file.
+
+Versions
+--------
+1. runs (without source_label, source_meta, n_params, j_per_output_token, edp_js,
+   unattributed_j, total_rule, ended_at, pid, pid_host), power_samples, sections,
+   tokens, layer_metrics and component_metrics (without call_id, parent_id,
+   unattributed_j).
+2. adds those runs columns, the call-tree columns of the metric tables and the
+   op_metrics table.
+3. (current) adds the head_metrics table (mode="deep": per attention call and head).
+
+Array tables hold one column per field of the shared numpy dtypes
+(:mod:`energyprof._dtypes`, ``_core.SAMPLE_DTYPE``) plus ``run_id``; NaN is stored
+as NULL (SQLite has no NaN) and read back as NaN.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Dict, List, Sequence, Tuple
+
+from ..errors import SchemaError
+
+SCHEMA_VERSION = 3
+
+#: Store table per RunData array name.
+ARRAY_TABLES: Dict[str, str] = {
+    "samples": "power_samples",
+    "sections": "sections",
+    "tokens": "tokens",
+    "layers": "layer_metrics",
+    "components": "component_metrics",
+    "ops": "op_metrics",
+    "heads": "head_metrics",
+}
+
+STATUSES = ("running", "completed", "interrupted", "failed")
+
+
+
+
+_DOM = ("cpu", "gpu", "ane", "dram", "package")
+
+# (column, SQL type) lists, written out per version: a version is a fixed thing, and
+# tests check that the current one has a column for every field of the current dtypes.
+_SAMPLE_COLS = [("t_start_ns", "INTEGER"), ("t_end_ns", "INTEGER"), ("kind", "INTEGER"), ("flags", "INTEGER")] + [
+    (f"{d}_w", "REAL") for d in _DOM
+]
+_DOM_J = [(f"{d}_j", "REAL") for d in _DOM]
+_SECTION_COLS = (
+    [("section_id", "INTEGER"), ("parent_id", "INTEGER"), ("kind", "TEXT"), ("name", "TEXT"),
+     ("t_start_ns", "INTEGER"), ("t_end_ns", "INTEGER"), ("duration_s", "REAL"), ("energy_j", "REAL")]
+    + _DOM_J
+    + [("net_energy_j", "REAL"), ("unattributed_j", "REAL"), ("tokens", "INTEGER"),
+       ("samples_in_window", "INTEGER"), ("resolved", "INTEGER")]
+)
+_TOKEN_COLS = (
+    [("step", "INTEGER"), ("n_tokens", "INTEGER"), ("t_start_ns", "INTEGER"), ("t_end_ns", "INTEGER"),
+     ("duration_s", "REAL"), ("energy_j", "REAL")]
+    + _DOM_J
+    + [("j_per_token", "REAL"), ("samples_in_window", "INTEGER"), ("resolved", "INTEGER")]
+)
+_CALL_COLS_V1 = (
+    [("layer", "INTEGER"), ("component", "TEXT"), ("step", "INTEGER"), ("call", "INTEGER"),
+     ("t_start_ns", "INTEGER"), ("t_end_ns", "INTEGER"), ("duration_s", "REAL"), ("energy_j", "REAL")]
+    + _DOM_J
+    + [("samples_in_window", "INTEGER"), ("resolved", "INTEGER"), ("act_mean", "REAL"), ("act_std", "REAL"),
+       ("act_max", "REAL"), ("act_sparsity", "REAL")]
+)
+# v2: the call tree (call_id/parent_id; -1 = none) and the energy not covered by children.
+_CALL_COLS_V2_ADDED = [("call_id", "INTEGER NOT NULL DEFAULT -1"), ("parent_id", "INTEGER NOT NULL DEFAULT -1"),
+                       ("unattributed_j", "REAL")]
+_CALL_COLS = (
+    [("call_id", "INTEGER NOT NULL DEFAULT -1"), ("parent_id", "INTEGER NOT NULL DEFAULT -1")]
+    + _CALL_COLS_V1[:8]
+    + _DOM_J
+    + [("unattributed_j", "REAL")]
+    + _CALL_COLS_V1[13:]
+)
+
+# v3: mode="deep" attention statistics, one row per (attention call, head) (HEAD_DTYPE).
+_HEAD_COLS = [("call_id", "INTEGER"), ("layer", "INTEGER"), ("step", "INTEGER"), ("head", "INTEGER"),
+              ("n_queries", "INTEGER"), ("entropy", "REAL"), ("max_weight", "REAL"), ("sparsity", "REAL")]
+
+_RUN_COLS_V1 = [
+    ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"),  # AUTOINCREMENT: a deleted run's id is never reused
+    ("name", "TEXT"),
+    ("tags", "TEXT NOT NULL DEFAULT '[]'"),       # JSON list of str
+    ("status", "TEXT NOT NULL DEFAULT 'running'"),
+    ("started_at", "TEXT NOT NULL"),              # ISO-8601 UTC, microseconds: sorts as text
+    ("t_origin_ns", "INTEGER"),
+    ("source", "TEXT"),
+    ("source_kind", "TEXT"),
+    ("method", "TEXT"),
+    ("sample_period_s", "REAL"),
+    ("mode", "TEXT"),
+    ("sync", "TEXT"),
+    ("model_name", "TEXT"),
+    ("model_arch", "TEXT"),
+    ("model_config", "TEXT"),                     # JSON of summary["model"]
+    ("device", "TEXT"),
+    ("host", "TEXT"),
+    ("chip", "TEXT"),
+    ("energyprof_version", "TEXT"),
+    ("torch_version", "TEXT"),
+    ("transformers_version", "TEXT"),
+    ("python_version", "TEXT"),
+    ("input_tokens", "INTEGER"),
+    ("output_tokens", "INTEGER"),
+    ("batch_size", "INTEGER"),
+    ("duration_s", "REAL"),
+    ("energy_j", "REAL"),
+    ("net_energy_j", "REAL"),
+    ("baseline_power_w", "REAL"),
+    ("peak_power_w", "REAL"),
+    ("j_per_token", "REAL"),
+    ("tokens_per_j", "REAL"),
+    ("summary", "TEXT NOT NULL DEFAULT '{}'"),    # the whole summary dict, JSON (NaN as null)
+]
+_RUN_COLS_V2_ADDED = [
+    ("source_label", "TEXT"),
+    ("source_meta", "TEXT"),
+    ("n_params", "INTEGER"),
+    ("j_per_output_token", "REAL"),
+    ("edp_js", "REAL"),
+    ("unattributed_j", "REAL"),
+    ("total_rule", "TEXT"),
+    ("ended_at", "TEXT"),
+    ("pid", "INTEGER"),        # writer process: a "running" run whose process is gone was interrupted
+    ("pid_host", "TEXT"),
+]
+
+#: Columns of each table in the current version (excluding run_id / id where noted).
+TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
+    "runs": _RUN_COLS_V1 + _RUN_COLS_V2_ADDED,
+    "power_samples": _SAMPLE_COLS,
+    "sections": _SECTION_COLS,
+    "tokens": _TOKEN_COLS,
+    "layer_metrics": _CALL_COLS,
+    "component_metrics": _CALL_COLS,
+    "op_metrics": _CALL_COLS,
+    "head_metrics": _HEAD_COLS,
+}
+
+#: Sort keys accepted by energyprof.store.db.runs (name -> runs column).
+SORT_KEYS: Dict[str, str] = {
+    "run_id": "id", "id": "id", "name": "name", "status": "status", "started_at": "started_at",
+    "model": "model_name", "arch": "model_arch", "source": "source", "device": "device",
+    "sample_period_s": "sample_period_s", "input_tokens": "input_tokens", "output_tokens": "output_tokens",
+    "batch_size": "batch_size", "duration_s": "duration_s", "energy_j": "energy_j", "net_energy_j": "net_energy_j",
+    "baseline_power_w": "baseline_power_w", "peak_power_w": "peak_power_w", "j_per_token": "j_per_token",
+    "j_per_output_token": "j_per_output_token", "tokens_per_j": "tokens_per_j", "edp_js": "edp_js",
+    "n_params": "n_params",
+}
+
+_INDEXED_RUN_COLS = ("started_at", "energy_j", "j_per_token", "tokens_per_j", "duration_s", "model_name", "status")
+
+
+def _q(name: str) -> str:
+    return '"' + name + '"'
+
+
+def _array_table_ddl(table: str, cols: Sequence[Tuple[str, str]]) -> List[str]:
+    body = ",\n  ".join(
+        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in cols]
+    )
+    return [
+        f"CREATE TABLE {table} (\n  {body}\n)",
+        # (run_id, t_start_ns): every read is "this run's rows in time order"; it also
+        # serves the cascade delete, which looks rows up by run_id.
+        f"CREATE INDEX idx_{table}_run_t ON {table}(run_id, t_start_ns)",
+    ]
+
+
+def _head_table_ddl() -> List[str]:
+    body = ",\n  ".join(
+        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in _HEAD_COLS]
+    )
+    return [
+        f"CREATE TABLE head_metrics (\n  {body}\n)",
+        # Head rows have no time of their own; they are read per run and per layer
+        # (heat maps of one layer's heads), and run_id first serves the cascade delete.
+        "CREATE INDEX idx_head_metrics_run_layer ON head_metrics(run_id, layer)",
+    ]
+
+
+def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[str]:
+    body = ",\n  ".join(f"{_q(c)} {t}" for c, t in cols)
+    stmts = [f"CREATE TABLE runs (\n  {body}\n)"]
+    for c in indexed:
+        stmts.append(f"CREATE INDEX idx_runs_{c} ON runs({_q(c)})")
+    return stmts
+
+
+def ddl(version: int = SCHEMA_VERSION) -> List[str]:
+    """The CREATE statements of schema ``version`` (1, 2 or 3), in order."""
+    if version == 1:
+        stmts = _runs_ddl(_RUN_COLS_V1, ("started_at", "energy_j", "j_per_token", "model_name", "status"))
+        for t, cols in (("power_samples", _SAMPLE_COLS), ("sections", _SECTION_COLS), ("tokens", _TOKEN_COLS),
+                        ("layer_metrics", _CALL_COLS_V1), ("component_metrics", _CALL_COLS_V1)):
+            stmts += _array_table_ddl(t, cols)
+        return stmts
+    if version in (2, 3):
+        stmts = _runs_ddl(TABLE_COLUMNS["runs"], _INDEXED_RUN_COLS)
+        for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
+            stmts += _array_table_ddl(t, TABLE_COLUMNS[t])
+        if version == 3:
+            stmts += _head_table_ddl()
+        return stmts
+    raise ValueError(f"no schema version {version}; known versions: 1..{SCHEMA_VERSION}")
+
+
+def create(conn: sqlite3.Connection, version: int = SCHEMA_VERSION) -> None:
+    """Create schema ``version`` in an empty database, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if user_version(conn) != 0 or tables(conn):
+            # another process created it between our check and our write lock
+            conn.execute("COMMIT")
+            return
+        for s in ddl(version):
+            conn.execute(s)
+        conn.execute(f"PRAGMA user_version = {int(version)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    for c, t in _RUN_COLS_V2_ADDED:
+        conn.execute(f"ALTER TABLE runs ADD COLUMN {_q(c)} {t}")
+    for c in ("tokens_per_j", "duration_s"):
+        conn.execute(f"CREATE INDEX IF NOT EXISTS idx_runs_{c} ON runs({_q(c)})")
+    for table in ("layer_metrics", "component_metrics"):
+        for c, t in _CALL_COLS_V2_ADDED:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {_q(c)} {t}")
+    for s in _array_table_ddl("op_metrics", _CALL_COLS):
+        conn.execute(s)
+    # Backfill the new run columns from the summary JSON that v1 already kept whole.
+    rows = conn.execute("SELECT id, summary FROM runs").fetchall()
+    for rid, text in rows:
+        try:
+            s = json.loads(text or "{}")
+        except ValueError:
+            s = {}
+        model = s.get("model") or {}
+        meta = s.get("source_meta")
+        conn.execute(
+            "UPDATE runs SET source_label=?, source_meta=?, n_params=?, j_per_output_token=?, edp_js=?, "
+            "unattributed_j=?, total_rule=? WHERE id=?",
+            (s.get("source_label"), None if meta is None else json.dumps(meta), model.get("n_params"),
+             _num(s.get("j_per_output_token")), _num(s.get("edp_js")), _num(s.get("unattributed_j")),
+             s.get("total_rule"), rid),
+        )
+
+
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    # A new table only: v2 runs simply have no head rows (their per-(layer, head)
+    # averages stay where v2 kept them, in summary["deep"]["heads"]).
+    for s in _head_table_ddl():
+        conn.execute(s)
+
+
+def _num(v):
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+#: MIGRATIONS[v] turns a version-v database into version v+1.
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    """PRAGMA user_version (reading it validates the file header)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def tables(conn: sqlite3.Connection) -> List[str]:
+    """Names of the user tables."""
+    return [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+
+
+def table_columns(conn: sqlite3.Connection, table: str) -> List[str]:
+    """Column names of ``table`` in the database, in order."""
+    return [r[1] for r in conn.execute(f"PRAGMA table_info({_q(table)})")]
+
+
+def check(conn: sqlite3.Connection, path: str) -> int:
+    """Validate without writing: returns the version, 0 for an empty database.
+
+    Raises SchemaError for a non-SQLite file, a foreign SQLite database or one
+    written by a newer energyprof.
+    """
+    try:
+        v = user_version(conn)
+        names = tables(conn)
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(f"{path} is not an energyprof database: {exc} (the file was not changed)") from exc
+    if v > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path} was written by a newer energyprof (schema version {v}; this energyprof reads versions up to "
+            f"{SCHEMA_VERSION}). Upgrade energyprof to use it; the file was not changed."
+        )
+    if v == 0 and names:
+        raise SchemaError(
+            f"{path} is an SQLite database but not an energyprof store (it has tables {', '.join(names[:8])} and "
+            f"no schema version); the file was not changed."
+        )
+    if v > 0 and "runs" not in names:
+        raise SchemaError(f"{path} has schema version {v} but no runs table: not an energyprof store")
+    return v
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> Tuple[int, int]:
+    """Bring the database to SCHEMA_VERSION (create if empty); returns (old, new)."""
+    old = check(conn, path)
+    if old == SCHEMA_VERSION:
+        return old, old
+    if old == 0:
+        create(conn, SCHEMA_VERSION)
+        return 0, SCHEMA_VERSION
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        v = user_version(conn)  # re-read under the write lock: another process may have migrated it
+        while v < SCHEMA_VERSION:
+            MIGRATIONS[v](conn)
+            v += 1
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return old, SCHEMA_VERSION
+
+
+__all__ = ["SCHEMA_VERSION", "ARRAY_TABLES", "TABLE_COLUMNS", "SORT_KEYS", "STATUSES", "SchemaError", "ddl",
+           "create", "migrate", "check", "MIGRATIONS", "user_version", "tables", "table_columns"]

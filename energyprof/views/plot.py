@@ -1,0 +1,817 @@
+"""Figures of a run: power timeline, energy by phase, per token, per layer and component.
+
+One entry point, :func:`plot`, draws any kind with either backend and returns the
+figure (a ``matplotlib.figure.Figure`` or a ``plotly.graph_objects.Figure``), so a
+session's ``s.plot(kind=...)`` and the HTML report share the code.
+:func:`plot_compare` puts two runs side by side.
+
+The run is anything with the :class:`energyprof.store.rundata.RunData` interface:
+``summary()`` (the shared summary dict), ``samples``, ``sections``, ``tokens``,
+``layers`` and ``components`` (numpy structured arrays).
+
+>>> from energyprof.testing import synthetic_run
+>>> from energyprof.views.plot import plot
+>>> fig = plot(synthetic_run(), kind="phases", backend="matplotlib")
+>>> fig.axes[0].get_title()
+'Energy by phase [SIMULATED]'
+
+Titles of runs whose source is not a measurement say so (``[ESTIMATED]`` or
+``[SIMULATED]``).  A kind the run has no data for (``layers`` on a ``mode="minimal"``
+run, ``tokens`` without a decode) raises :class:`NoDataError`, a ``ValueError``.
+"""
+from __future__ import annotations
+
+import html
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .._dtypes import DOMAINS
+from ..errors import MissingExtraError, NoDataError
+from ..store.rundata import _float
+
+#: The kinds :func:`plot` draws.
+KINDS = ("timeline", "phases", "tokens", "layers", "layer_steps", "components", "sankey", "waterfall")
+#: The plotting libraries :func:`plot` can use.
+BACKENDS = ("matplotlib", "plotly")
+
+#: Phases in the order a run goes through them.
+PHASE_ORDER = ("pre_inference", "prefill", "decode", "post_inference")
+
+_DOMAIN_COLOR = {"cpu": "#1f77b4", "gpu": "#d62728", "ane": "#9467bd", "dram": "#2ca02c", "package": "#222222"}
+_PHASE_COLOR = {"pre_inference": "#f2d7a6", "prefill": "#a6d0f2", "decode": "#b9e3b0",
+                "post_inference": "#e3c4e8", "baseline": "#dddddd"}
+_OTHER_COLOR = "#f0e0c0"
+_A_COLOR, _B_COLOR = "#1f77b4", "#ff7f0e"
+
+
+
+
+# --------------------------------------------------------------------------- helpers
+def _summary(run: Any) -> Dict[str, Any]:
+    s = getattr(run, "summary", None)
+    if callable(s):
+        s = s()
+    return dict(s or {})
+
+
+def _arr(run: Any, name: str) -> Optional[np.ndarray]:
+    a = getattr(run, name, None)
+    if a is None:
+        return None
+    a = np.asarray(a)
+    return a if a.dtype.names else None
+
+
+def label_tag(summary: Dict[str, Any]) -> str:
+    """``" [ESTIMATED]"`` / ``" [SIMULATED]"`` for such sources, ``""`` for a measurement."""
+    lab = str(summary.get("source_label") or "").lower()
+    return f" [{lab.upper()}]" if lab in ("estimated", "simulated") else ""
+
+
+def _title(base: str, summary: Dict[str, Any]) -> str:
+    return base + label_tag(summary)
+
+
+def _run_name(run: Any, default: str) -> str:
+    s = _summary(run)
+    if s.get("name"):
+        return str(s["name"])
+    if s.get("run_id") is not None:
+        return f"run {s['run_id']}"
+    return default
+
+
+def _t0_ns(run: Any, summary: Dict[str, Any]) -> int:
+    """Time zero of the figures: the run's origin, else its first section or sample."""
+    if summary.get("t_origin_ns") is not None:
+        return int(summary["t_origin_ns"])
+    sec = _arr(run, "sections")
+    if sec is not None and len(sec):
+        return int(sec["t_start_ns"].min())
+    smp = _arr(run, "samples")
+    if smp is not None and len(smp):
+        return int(smp["t_start_ns"].min())
+    return 0
+
+
+# --------------------------------------------------------------------------- data
+def _timeline_data(run: Any) -> Dict[str, Any]:
+    s = _summary(run)
+    smp = _arr(run, "samples")
+    if smp is None or len(smp) == 0:
+        raise NoDataError("the run has no power samples to draw a timeline from")
+    t0 = _t0_ns(run, s)
+    t_start, t_end = smp["t_start_ns"], smp["t_end_ns"]
+    interval = bool(np.any(t_end > t_start))
+    power = {d: np.asarray(smp[f"{d}_w"], dtype=np.float64) for d in DOMAINS}
+    power = {d: p for d, p in power.items() if not np.all(np.isnan(p))}
+    per_bucket = 1
+    if len(smp) > MAX_TIMELINE_SAMPLES:
+        t_start, t_end, power, per_bucket = _buckets(t_start, t_end, power, interval)
+        interval = True
+    a = (t_start - t0) / 1e9
+    b = (t_end - t0) / 1e9
+    if interval:
+        # Interval samples are averages over [start, end): draw them as flat steps.
+        x = np.column_stack([a, b]).reshape(-1)
+    else:
+        x = a
+    lines = {d: (np.repeat(p, 2) if interval else p) for d, p in power.items()}
+    bands, markers = [], []
+    sec = _arr(run, "sections")
+    if sec is not None:
+        for r in sec:
+            kind = str(r["kind"])
+            ra, rb = (int(r["t_start_ns"]) - t0) / 1e9, (int(r["t_end_ns"]) - t0) / 1e9
+            if kind in ("phase", "baseline"):
+                bands.append((str(r["name"]), ra, rb))
+            elif kind == "section":
+                markers.append((str(r["name"]), ra, rb))
+    return {"x": x, "lines": lines, "bands": bands, "markers": markers, "per_bucket": per_bucket,
+            "peak_w": _float(s.get("peak_power_w")), "baseline_w": _float(s.get("baseline_power_w"))}
+
+
+#: Above this many samples the timeline draws energy-preserving averages of buckets
+#: of consecutive samples (a browser or a PNG cannot show more detail anyway).
+MAX_TIMELINE_SAMPLES = 20_000
+_TIMELINE_BUCKETS = 10_000
+
+
+def _buckets(t_start: np.ndarray, t_end: np.ndarray, power: Dict[str, np.ndarray], interval: bool):
+    """Average power over buckets of consecutive samples, weighted by duration.
+
+    For interval samples the weights are the intervals, so each bucket keeps the
+    energy of its samples exactly; instantaneous samples get equal weights.
+    """
+    n = len(t_start)
+    k = -(-n // _TIMELINE_BUCKETS)
+    idx = np.arange(n) // k
+    nb = int(idx[-1]) + 1
+    w = (t_end - t_start).astype(np.float64) if interval else np.ones(n)
+    out = {}
+    for d, p in power.items():
+        ok = ~np.isnan(p)
+        num = np.bincount(idx, weights=np.where(ok, p * w, 0.0), minlength=nb)
+        den = np.bincount(idx, weights=np.where(ok, w, 0.0), minlength=nb)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[d] = np.where(den > 0, num / den, np.nan)
+    first = np.arange(nb) * k
+    last = np.minimum(first + k, n) - 1
+    return t_start[first], t_end[last], out, k
+
+
+def _phase_data(run: Any) -> Tuple[List[str], np.ndarray, np.ndarray]:
+    """Phase names in run order with their gross and net energy (J)."""
+    sec = _arr(run, "sections")
+    names: List[str] = []
+    e: List[float] = []
+    net: List[float] = []
+    if sec is not None and len(sec):
+        ph = sec[sec["kind"] == "phase"]
+        ph = ph[np.argsort(ph["t_start_ns"], kind="stable")]
+        names = [str(n) for n in ph["name"]]
+        e = [float(v) for v in ph["energy_j"]]
+        net = [float(v) for v in ph["net_energy_j"]]
+    else:
+        phases = _summary(run).get("phases") or {}
+        order = [p for p in PHASE_ORDER if p in phases] + [p for p in phases if p not in PHASE_ORDER]
+        for p in order:
+            names.append(p)
+            e.append(_float(phases[p].get("energy_j")))
+            net.append(_float(phases[p].get("net_energy_j")))
+    if not names:
+        raise NoDataError("the run has no phases (no sections of kind 'phase' and no summary['phases'])")
+    return names, np.asarray(e), np.asarray(net)
+
+
+def _token_data(run: Any) -> Tuple[np.ndarray, np.ndarray]:
+    tok = _arr(run, "tokens")
+    if tok is None or len(tok) == 0:
+        raise NoDataError("the run has no decode steps (tokens is empty): nothing to draw per token")
+    order = np.argsort(tok["step"], kind="stable")
+    return np.asarray(tok["step"][order]), np.asarray(tok["j_per_token"][order], dtype=np.float64)
+
+
+def _calls(run: Any) -> np.ndarray:
+    parts = [a for a in (_arr(run, "layers"), _arr(run, "components")) if a is not None and len(a)]
+    if not parts:
+        return np.zeros(0)
+    if len(parts) == 2 and parts[0].dtype != parts[1].dtype:
+        parts = [parts[0], parts[1].astype(parts[0].dtype)]
+    return np.concatenate(parts) if len(parts) == 2 else parts[0]
+
+
+def _energy_matrix(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any], col_field: str,
+                   col_type: Callable[[Any], Any]) -> np.ndarray:
+    """Energy (J) of ``calls`` summed per (layer, ``col_field``) cell; NaN where no call fell."""
+    z = np.full((len(layers), len(cols)), np.nan)
+    li = {v: i for i, v in enumerate(layers)}
+    ci = {v: i for i, v in enumerate(cols)}
+    for r in calls:
+        i, j = li[int(r["layer"])], ci[col_type(r[col_field])]
+        z[i, j] = (0.0 if math.isnan(z[i, j]) else z[i, j]) + float(r["energy_j"])
+    return z
+
+
+def _layer_component_matrix(run: Any) -> Tuple[List[int], List[str], np.ndarray]:
+    """Energy (J, summed over steps) of every (decoder layer, component) pair."""
+    comp = _arr(run, "components")
+    if comp is None or len(comp) == 0 or not np.any(comp["layer"] >= 0):
+        raise NoDataError("the run has no per-layer component calls (recorded with mode='minimal'?)")
+    comp = comp[comp["layer"] >= 0]
+    layers = sorted(int(v) for v in np.unique(comp["layer"]))
+    names = _ordered_components(np.unique(comp["component"]))
+    return layers, names, _energy_matrix(comp, layers, names, "component", str)
+
+
+_COMPONENT_ORDER = ("input_norm", "attn", "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj",
+                    "post_attn_norm", "mlp", "router", "gate_proj", "up_proj", "gate_up_proj", "down_proj")
+
+
+def _ordered_components(names: Sequence[str]) -> List[str]:
+    """Components in the order a layer runs them, unknown ones after, alphabetically."""
+    names = [str(n) for n in names]
+    known = [n for n in _COMPONENT_ORDER if n in names]
+    return known + sorted(n for n in names if n not in _COMPONENT_ORDER)
+
+
+def _layer_step_matrix(run: Any) -> Tuple[List[int], List[int], np.ndarray]:
+    """Energy (J) of every (decoder layer, forward step) pair; step 0 is the prefill."""
+    lay = _arr(run, "layers")
+    if lay is None or len(lay) == 0:
+        raise NoDataError("the run has no decoder-layer calls (recorded with mode='minimal'?)")
+    layers = sorted(int(v) for v in np.unique(lay["layer"]))
+    steps = sorted(int(v) for v in np.unique(lay["step"]))
+    return layers, steps, _energy_matrix(lay, layers, steps, "step", int)
+
+
+def _call_tree(run: Any) -> Dict[str, np.ndarray]:
+    """Every hooked call with its own ("self") energy and its top-level ancestor.
+
+    ``self_j`` is the call's energy minus its direct children's, so the self energies
+    under one top-level call add up to that call's energy exactly; ``has_child`` marks
+    the calls that contain a hooked call.
+    """
+    calls = _calls(run)
+    n = len(calls)
+    if n == 0:
+        raise NoDataError("the run has no layer or component calls (recorded with mode='minimal'?)")
+    e = np.asarray(calls["energy_j"], dtype=np.float64)
+    names = calls.dtype.names
+    if "call_id" in names and "parent_id" in names:
+        ids = np.asarray(calls["call_id"], dtype=np.int64)
+        pos = {int(c): i for i, c in enumerate(ids)}
+        parent = np.array([pos.get(int(p), -1) for p in calls["parent_id"]], dtype=np.int64)
+    else:  # no tree recorded: every call is its own top level
+        parent = np.full(n, -1, dtype=np.int64)
+    self_j = e.copy()
+    has = parent >= 0
+    np.subtract.at(self_j, parent[has], e[has])
+    root = np.where(has, parent, np.arange(n))
+    for _ in range(64):  # module trees are a few levels deep; 64 bounds a cyclic bad input
+        nxt = np.where(parent[root] >= 0, parent[root], root)
+        if np.array_equal(nxt, root):
+            break
+        root = nxt
+    depth_path = []
+    for i in range(n):  # the component names from the top-level call down, for the sunburst
+        path, j, guard = [], i, 0
+        while j >= 0 and guard < 64:
+            path.append(_node_name(calls[j]))
+            j, guard = int(parent[j]), guard + 1
+        depth_path.append(tuple(reversed(path)))
+    has_child = np.zeros(n, dtype=bool)
+    has_child[parent[has]] = True
+    return {"calls": calls, "energy_j": e, "self_j": self_j, "parent": parent, "root": root,
+            "path": np.array(depth_path, dtype=object), "has_child": has_child}
+
+
+def _node_name(r: np.void) -> str:
+    c = str(r["component"])
+    return f"layer {int(r['layer'])}" if c == "layer" else c
+
+
+def _own_name(component: str, has_child: bool) -> str:
+    """A call's row in the own-energy views: a container's or a layer's own energy is "<name> (self)"."""
+    return component + " (self)" if (has_child or component == "layer") else component
+
+
+def _component_self(run: Any) -> Tuple[List[str], np.ndarray]:
+    """Self energy (J) per component name over all layers and steps, largest first.
+
+    A container's (attn, mlp) own energy (work inside it that no child hook sees,
+    e.g. the attention kernel) is ``"attn (self)"``; the layer's own is ``"layer (self)"``.
+    """
+    tree = _call_tree(run)
+    calls, has_child = tree["calls"], tree["has_child"]
+    agg: Dict[str, float] = {}
+    for i, r in enumerate(calls):
+        key = _own_name(str(r["component"]), has_child[i])
+        agg[key] = agg.get(key, 0.0) + float(tree["self_j"][i])
+    names = sorted(agg, key=lambda k: -agg[k])
+    return names, np.array([agg[k] for k in names])
+
+
+def _phase_of_step(step: int) -> str:
+    return "prefill" if step == 0 else "decode"
+
+
+def _sankey_data(run: Any) -> Dict[str, Any]:
+    """Nodes and links of run -> phases -> top-level calls -> components (J)."""
+    s = _summary(run)
+    names, e, _net = _phase_data(run)
+    run_e = _float(s.get("energy_j"), float(np.nansum(e)))
+    links: Dict[Tuple[Tuple[str, str], Tuple[str, str]], float] = {}
+    node_order: List[Tuple[str, str]] = [("run", "run")]
+
+    def add(src: Tuple[str, str], dst: Tuple[str, str], v: float) -> None:
+        if not (v > 0.0) or not math.isfinite(v):
+            return
+        for k in (src, dst):
+            if k not in node_order:
+                node_order.append(k)
+        links[(src, dst)] = links.get((src, dst), 0.0) + v
+
+    phase_e = dict(zip(names, e))
+    for p in names:
+        add(("run", "run"), ("phase", p), float(phase_e[p]))
+    add(("run", "run"), ("other", "outside phases"), run_e - float(np.nansum(e)))
+    try:
+        tree = _call_tree(run)
+    except NoDataError:
+        tree = None
+    if tree is not None:
+        calls = tree["calls"]
+        top = tree["parent"] < 0
+        in_phase: Dict[str, float] = {}
+        for i in np.flatnonzero(top):
+            p = _phase_of_step(int(calls["step"][i]))
+            if p not in phase_e:
+                continue
+            add(("phase", p), ("top", _node_name(calls[i])), float(tree["energy_j"][i]))
+            in_phase[p] = in_phase.get(p, 0.0) + float(tree["energy_j"][i])
+        for p, used in in_phase.items():
+            add(("phase", p), ("other", f"{p}: outside hooked modules"), float(phase_e[p]) - used)
+        has_child = tree["has_child"]
+        for i in range(len(calls)):
+            r = int(tree["root"][i])
+            if not has_child[r]:
+                continue  # a top-level leaf (embed, lm_head): its node is the end of the flow
+            name = _own_name(str(calls["component"][i]), has_child[i])
+            add(("top", _node_name(calls[r])), ("component", name), float(tree["self_j"][i]))
+    labels = [k[1] for k in node_order]
+    index = {k: i for i, k in enumerate(node_order)}
+    src = [index[a] for (a, _b) in links]
+    dst = [index[b] for (_a, b) in links]
+    return {"nodes": node_order, "labels": labels, "source": src, "target": dst,
+            "value": [links[k] for k in links], "run_energy_j": run_e}
+
+
+def _waterfall_data(run: Any) -> Tuple[List[str], List[float], float]:
+    """Steps from the idle baseline, through each phase's net energy, to the run total."""
+    s = _summary(run)
+    names, e, net = _phase_data(run)
+    total = _float(s.get("energy_j"), float(np.nansum(e)))
+    base_w = _float(s.get("baseline_power_w"), 0.0)
+    dur = _float(s.get("duration_s"), 0.0)
+    labels = ["idle baseline"]
+    steps = [base_w * dur if math.isfinite(base_w) else 0.0]
+    for n, v in zip(names, net):
+        labels.append(f"{n} (above idle)")
+        steps.append(float(v) if math.isfinite(v) else 0.0)
+    rest = total - sum(steps)
+    if abs(rest) > 1e-9 * max(abs(total), 1.0):
+        labels.append("outside phases")
+        steps.append(rest)
+    return labels, steps, total
+
+
+# --------------------------------------------------------------------------- backends
+def _need(backend: str):
+    if backend == "matplotlib":
+        try:
+            from matplotlib.figure import Figure
+        except ImportError as exc:
+            raise MissingExtraError("matplotlib", "backend='matplotlib'") from exc
+        return Figure
+    if backend == "plotly":
+        try:
+            import plotly.graph_objects as go
+        except ImportError as exc:
+            raise MissingExtraError("plotly", "backend='plotly'") from exc
+        return go
+    raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+
+
+def _mpl_fig(w: float = 10.0, h: float = 4.5):
+    Figure = _need("matplotlib")
+    fig = Figure(figsize=(w, h), layout="constrained")
+    return fig
+
+
+def _esc(text: str) -> str:
+    """Plotly renders a subset of HTML in labels: escape text that came from the user."""
+    return html.escape(str(text), quote=False)
+
+
+# ---- timeline
+def _timeline_title(d: Dict[str, Any]) -> str:
+    k = d["per_bucket"]
+    return "Power by domain" + (f" (averages of {k} samples)" if k > 1 else "")
+
+
+def _timeline_mpl(run, d, s):
+    fig = _mpl_fig(11, 4.5)
+    ax = fig.add_subplot()
+    for name, a, b in d["bands"]:
+        ax.axvspan(a, b, color=_PHASE_COLOR.get(name, _OTHER_COLOR), alpha=0.45, lw=0)
+        ax.text((a + b) / 2, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                fontsize=8)
+    for dom, y in d["lines"].items():
+        ax.plot(d["x"], y, label=f"{dom} W", color=_DOMAIN_COLOR.get(dom), lw=1.6 if dom == "package" else 1.0)
+    for name, a, _b in d["markers"]:
+        ax.axvline(a, color="#555555", ls=":", lw=1)
+        ax.text(a, 0.02, " " + name, transform=ax.get_xaxis_transform(), rotation=90, fontsize=8, va="bottom")
+    if math.isfinite(d["peak_w"]):
+        ax.axhline(d["peak_w"], color="#b22222", ls="--", lw=1, label=f"peak {d['peak_w']:.3g} W")
+    if math.isfinite(d["baseline_w"]):
+        ax.axhline(d["baseline_w"], color="#666666", ls="-.", lw=1, label=f"idle baseline {d['baseline_w']:.3g} W")
+    ax.set_ylim(bottom=0)  # power from zero: a flat trace must not fill the plot with noise
+    ax.set_xlabel("time (s from the run origin)")
+    ax.set_ylabel("power (W)")
+    ax.set_title(_title(_timeline_title(d), s), pad=14)
+    ax.legend(loc="upper left", fontsize=8, ncols=2)
+    return fig
+
+
+def _timeline_plotly(run, d, s):
+    go = _need("plotly")
+    fig = go.Figure()
+    for name, a, b in d["bands"]:
+        fig.add_vrect(x0=a, x1=b, fillcolor=_PHASE_COLOR.get(name, _OTHER_COLOR), opacity=0.45, line_width=0,
+                      layer="below", annotation_text=_esc(name), annotation_position="top left",
+                      annotation_font_size=10)
+    for dom, y in d["lines"].items():
+        fig.add_trace(go.Scatter(x=d["x"], y=y, mode="lines", name=f"{dom} W",
+                                 line=dict(color=_DOMAIN_COLOR.get(dom), width=2 if dom == "package" else 1)))
+    for name, a, _b in d["markers"]:
+        fig.add_vline(x=a, line_dash="dot", line_color="#555555", annotation_text=_esc(name),
+                      annotation_position="bottom right", annotation_font_size=10)
+    if math.isfinite(d["peak_w"]):
+        fig.add_hline(y=d["peak_w"], line_dash="dash", line_color="#b22222",
+                      annotation_text=f"peak {d['peak_w']:.3g} W", annotation_position="top right")
+    if math.isfinite(d["baseline_w"]):
+        fig.add_hline(y=d["baseline_w"], line_dash="dashdot", line_color="#666666",
+                      annotation_text=f"idle baseline {d['baseline_w']:.3g} W", annotation_position="bottom right")
+    fig.update_layout(title=_title(_timeline_title(d), s), xaxis_title="time (s from the run origin)",
+                      yaxis_title="power (W)", template="plotly_white", hovermode="x unified",
+                      yaxis_rangemode="tozero")
+    return fig
+
+
+# ---- phases
+def _phases_mpl(run, d, s):
+    names, e, net = d
+    fig = _mpl_fig(8, 4.2)
+    ax = fig.add_subplot()
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, e, 0.4, label="energy (J)", color=[_PHASE_COLOR.get(n, _OTHER_COLOR) for n in names],
+           edgecolor="#333333")
+    ax.bar(x + 0.2, net, 0.4, label="above idle (J)", color="#888888", edgecolor="#333333")
+    ax.set_xticks(x, names)
+    ax.set_ylabel("energy (J)")
+    ax.set_title(_title("Energy by phase", s))
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _phases_plotly(run, d, s):
+    go = _need("plotly")
+    names, e, net = d
+    fig = go.Figure([
+        go.Bar(x=names, y=e, name="energy (J)", marker_color=[_PHASE_COLOR.get(n, _OTHER_COLOR) for n in names],
+               marker_line_color="#333333", marker_line_width=1),
+        go.Bar(x=names, y=net, name="above idle (J)", marker_color="#888888"),
+    ])
+    fig.update_layout(title=_title("Energy by phase", s), yaxis_title="energy (J)", barmode="group",
+                      template="plotly_white")
+    return fig
+
+
+# ---- tokens
+def _tokens_mpl(run, d, s):
+    steps, jpt = d
+    fig = _mpl_fig(9, 4)
+    ax = fig.add_subplot()
+    ax.plot(steps, jpt, marker="o", ms=3, color=_DOMAIN_COLOR["gpu"], label="J per token")
+    mean = float(np.nanmean(jpt))
+    ax.axhline(mean, color="#555555", ls="--", lw=1, label=f"mean {mean:.3g} J")
+    ax.set_xlabel("decode step")
+    ax.set_ylabel("energy per token (J)")
+    ax.set_title(_title("Energy per token across the decode", s))
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _tokens_plotly(run, d, s):
+    go = _need("plotly")
+    steps, jpt = d
+    fig = go.Figure(go.Scatter(x=steps, y=jpt, mode="lines+markers", name="J per token",
+                               line=dict(color=_DOMAIN_COLOR["gpu"])))
+    mean = float(np.nanmean(jpt))
+    fig.add_hline(y=mean, line_dash="dash", line_color="#555555", annotation_text=f"mean {mean:.3g} J")
+    fig.update_layout(title=_title("Energy per token across the decode", s), xaxis_title="decode step",
+                      yaxis_title="energy per token (J)", template="plotly_white")
+    return fig
+
+
+# ---- heatmaps
+def _heat_mpl(z, xlabels, ylabels, title, xlabel, cbar):
+    fig = _mpl_fig(max(6.0, 0.45 * len(xlabels) + 3), max(3.0, 0.35 * len(ylabels) + 2))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(z), aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xticks(np.arange(len(xlabels)), [str(v) for v in xlabels], rotation=60 if len(xlabels) > 8 else 0,
+                  ha="right" if len(xlabels) > 8 else "center", fontsize=8)
+    step = max(1, len(ylabels) // 24)
+    ax.set_yticks(np.arange(0, len(ylabels), step), [str(v) for v in ylabels[::step]], fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label=cbar)
+    return fig
+
+
+def _heat_plotly(z, xlabels, ylabels, title, xlabel, cbar):
+    go = _need("plotly")
+    fig = go.Figure(go.Heatmap(z=z, x=[_esc(v) for v in xlabels], y=[f"layer {v}" for v in ylabels],
+                               colorscale="Viridis", colorbar=dict(title=cbar),
+                               hovertemplate="%{y}, %{x}: %{z:.4g} J<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title=xlabel, template="plotly_white",
+                      yaxis=dict(autorange="reversed", type="category"), xaxis=dict(type="category"))
+    return fig
+
+
+def _layers_fig(run, backend, s):
+    layers, names, z = _layer_component_matrix(run)
+    f = _heat_mpl if backend == "matplotlib" else _heat_plotly
+    return f(z, names, layers, _title("Energy per layer and component (all steps)", s), "component", "energy (J)")
+
+
+def _layer_steps_fig(run, backend, s):
+    layers, steps, z = _layer_step_matrix(run)
+    f = _heat_mpl if backend == "matplotlib" else _heat_plotly
+    return f(z, steps, layers, _title("Energy per layer and forward step (0 = prefill)", s), "step", "energy (J)")
+
+
+# ---- components
+def _components_mpl(run, d, s):
+    names, self_j = d
+    total = float(np.sum(self_j))
+    fig = _mpl_fig(8, max(3.0, 0.3 * len(names) + 1.5))
+    ax = fig.add_subplot()
+    y = np.arange(len(names))
+    share = 100.0 * self_j / total if total else np.zeros_like(self_j)
+    ax.barh(y, share, color="#4c72b0")
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("share of the energy in hooked modules (%)")
+    ax.set_title(_title("Where the hooked modules' energy went", s))
+    return fig
+
+
+def _components_plotly(run, s):
+    go = _need("plotly")
+    tree = _call_tree(run)
+    agg: Dict[Tuple[str, ...], float] = {}
+    for path, v in zip(tree["path"], tree["self_j"]):
+        agg[path] = agg.get(path, 0.0) + max(float(v), 0.0)
+    # Every prefix of a path is a node too (its own energy is the remainder).
+    for path in list(agg):
+        for k in range(1, len(path)):
+            agg.setdefault(path[:k], 0.0)
+    ids = ["/".join(p) for p in agg]
+    parents = ["/".join(p[:-1]) for p in agg]
+    labels = [_esc(p[-1]) for p in agg]
+    fig = go.Figure(go.Sunburst(ids=ids, parents=parents, labels=labels, values=list(agg.values()),
+                                branchvalues="remainder", maxdepth=3,
+                                hovertemplate="%{label}: %{value:.4g} J<extra></extra>"))
+    fig.update_layout(title=_title("Energy by module (click to zoom)", s), margin=dict(t=50, l=10, r=10, b=10))
+    return fig
+
+
+# ---- sankey
+def _sankey_plotly(run, d, s):
+    go = _need("plotly")
+    fig = go.Figure(go.Sankey(
+        node=dict(label=[_esc(v) for v in d["labels"]], pad=12, thickness=14, align="left"),
+        link=dict(source=d["source"], target=d["target"], value=d["value"]),
+        valueformat=".4g", valuesuffix=" J"))
+    fig.update_layout(title=_title("Where the energy flowed: run → phases → layers → components", s),
+                      font_size=11)
+    return fig
+
+
+def _sankey_mpl(run, d, s):
+    """The same flows as an alluvial chart: one column of stacked nodes per level."""
+    n = len(d["labels"])
+    col = [0] * n
+    for a, b in zip(d["source"], d["target"]):  # links are added level by level
+        col[b] = max(col[b], col[a] + 1)
+    inflow, outflow = np.zeros(n), np.zeros(n)
+    for a, b, v in zip(d["source"], d["target"], d["value"]):
+        outflow[a] += v
+        inflow[b] += v
+    size = np.maximum(inflow, outflow)
+    total = float(size[0]) or 1.0
+    gap = 0.02 * total
+    ybase = np.zeros(n)
+    for c in range(max(col) + 1):
+        y = 0.0
+        for i in range(n):
+            if col[i] == c:
+                ybase[i] = y
+                y += size[i] + gap
+    fig = _mpl_fig(12, 6)
+    ax = fig.add_subplot()
+    w = 0.12
+    cmap = {"run": "#555555", "phase": "#1f77b4", "top": "#2ca02c", "component": "#9467bd", "other": "#bbbbbb"}
+    for i, (kind, name) in enumerate(d["nodes"]):
+        ax.add_patch(_rect(col[i] - w / 2, ybase[i], w, size[i], cmap.get(kind, "#999999")))
+        if size[i] > 0.012 * total:
+            ax.text(col[i] + w / 2 + 0.02, ybase[i] + size[i] / 2, name, va="center", fontsize=7)
+    out_cur, in_cur = ybase.copy(), ybase.copy()
+    t = np.linspace(0.0, 1.0, 24)
+    ease = t * t * (3 - 2 * t)  # smoothstep: bands leave and enter the nodes horizontally
+    for a, b, v in zip(d["source"], d["target"], d["value"]):
+        x = col[a] + w / 2 + (col[b] - col[a] - w) * t
+        lo = out_cur[a] + (in_cur[b] - out_cur[a]) * ease
+        ax.fill_between(x, lo, lo + v, color=cmap.get(d["nodes"][a][0], "#999999"), alpha=0.3, lw=0)
+        out_cur[a] += v
+        in_cur[b] += v
+    ax.set_xlim(-0.3, max(col) + 0.9)
+    ax.set_ylim(float((ybase + size).max()) * 1.02, -0.02 * total)
+    ax.set_xticks(range(max(col) + 1), ["run", "phases", "layers / modules", "components"][: max(col) + 1])
+    ax.set_yticks([])
+    ax.set_ylabel("energy (stacked, J)")
+    ax.set_title(_title("Where the energy flowed: run → phases → layers → components", s))
+    return fig
+
+
+def _rect(x, y, w, h, color):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), w, h, color=color, lw=0)
+
+
+# ---- waterfall
+def _waterfall_mpl(run, d, s):
+    labels, steps, total = d
+    fig = _mpl_fig(9, 4.2)
+    ax = fig.add_subplot()
+    bottoms = np.concatenate([[0.0], np.cumsum(steps)[:-1]])
+    x = np.arange(len(steps) + 1)
+    colors = ["#bbbbbb"] + ["#2ca02c" if v >= 0 else "#d62728" for v in steps[1:]]
+    ax.bar(x[:-1], steps, bottom=bottoms, color=colors, edgecolor="#333333")
+    ax.bar(x[-1], total, color="#1f77b4", edgecolor="#333333")
+    ax.set_xticks(x, labels + ["run total"], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("energy (J)")
+    ax.set_title(_title("Where the run's energy went", s))
+    return fig
+
+
+def _waterfall_plotly(run, d, s):
+    go = _need("plotly")
+    labels, steps, total = d
+    fig = go.Figure(go.Waterfall(x=labels + ["run total"], y=list(steps) + [total],
+                                 measure=["relative"] * len(steps) + ["total"],
+                                 texttemplate="%{y:.3g} J", textposition="outside"))
+    fig.update_layout(title=_title("Where the run's energy went", s), yaxis_title="energy (J)",
+                      template="plotly_white", showlegend=False)
+    return fig
+
+
+# --------------------------------------------------------------------------- public
+def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib"):
+    """Draw one figure of ``run`` and return it.
+
+    Parameters
+    ----------
+    run:
+        A session or loaded run (``summary()``, ``samples``, ``sections``, ``tokens``,
+        ``layers``, ``components``).
+    kind:
+        ``"timeline"`` power per domain with phase bands, section markers, peak and
+        idle-baseline lines; ``"phases"`` energy by phase (gross and above idle);
+        ``"tokens"`` energy per token across the decode; ``"layers"`` layer x component
+        heatmap; ``"layer_steps"`` layer x forward-step heatmap; ``"components"`` share
+        per component (bars in matplotlib, a sunburst of the module tree in plotly);
+        ``"sankey"`` run -> phases -> layers -> components (plotly only);
+        ``"waterfall"`` idle baseline plus each phase's energy above idle, to the total.
+    backend:
+        ``"matplotlib"`` (a ``matplotlib.figure.Figure``, for PNG/SVG) or ``"plotly"``
+        (a ``plotly.graph_objects.Figure``, interactive).
+
+    Raises
+    ------
+    ValueError
+        for an unknown kind or backend (the message lists the valid ones).
+    NoDataError
+        (a ValueError) when the run has no data for that kind.
+    ImportError
+        naming the plotting package that is missing.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown plot kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    _need(backend)
+    s = _summary(run)
+    mpl = backend == "matplotlib"
+    if kind == "timeline":
+        d = _timeline_data(run)
+        return _timeline_mpl(run, d, s) if mpl else _timeline_plotly(run, d, s)
+    if kind == "phases":
+        d = _phase_data(run)
+        return _phases_mpl(run, d, s) if mpl else _phases_plotly(run, d, s)
+    if kind == "tokens":
+        d = _token_data(run)
+        return _tokens_mpl(run, d, s) if mpl else _tokens_plotly(run, d, s)
+    if kind == "layers":
+        return _layers_fig(run, backend, s)
+    if kind == "layer_steps":
+        return _layer_steps_fig(run, backend, s)
+    if kind == "components":
+        return _components_mpl(run, _component_self(run), s) if mpl else _components_plotly(run, s)
+    if kind == "sankey":
+        d = _sankey_data(run)
+        return _sankey_mpl(run, d, s) if mpl else _sankey_plotly(run, d, s)
+    d = _waterfall_data(run)
+    return _waterfall_mpl(run, d, s) if mpl else _waterfall_plotly(run, d, s)
+
+
+def plot_compare(a: Any, b: Any, backend: str = "matplotlib", labels: Optional[Tuple[str, str]] = None):
+    """Two runs side by side: energy per phase (grouped bars) and energy per token.
+
+    ``labels`` names the runs in the legend (default: their names or ids, else "A"/"B").
+    Returns a matplotlib or plotly figure; raises like :func:`plot`.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    _need(backend)
+    la, lb = labels if labels else (_run_name(a, "A"), _run_name(b, "B"))
+    if la == lb:
+        la, lb = f"A: {la}", f"B: {lb}"
+    sa, sb = _summary(a), _summary(b)
+    tag = label_tag(sa) or label_tag(sb)
+    na, ea, _ = _phase_data(a)
+    nb, eb, _ = _phase_data(b)
+    names = [p for p in PHASE_ORDER if p in na or p in nb] + \
+        [p for p in dict.fromkeys(na + nb) if p not in PHASE_ORDER]
+    va = np.array([ea[na.index(p)] if p in na else 0.0 for p in names])
+    vb = np.array([eb[nb.index(p)] if p in nb else 0.0 for p in names])
+    toks = []
+    for r in (a, b):
+        try:
+            toks.append(_token_data(r))
+        except NoDataError:
+            toks.append((np.zeros(0), np.zeros(0)))
+    ja, jb = _float(sa.get("j_per_token")), _float(sb.get("j_per_token"))
+    title = f"{la} vs {lb}: J/token {ja:.3g} vs {jb:.3g}" + tag
+    if backend == "matplotlib":
+        fig = _mpl_fig(12, 4.2)
+        ax1, ax2 = fig.subplots(1, 2)
+        x = np.arange(len(names))
+        ax1.bar(x - 0.2, va, 0.4, label=la, color=_A_COLOR)
+        ax1.bar(x + 0.2, vb, 0.4, label=lb, color=_B_COLOR)
+        ax1.set_xticks(x, names, fontsize=8)
+        ax1.set_ylabel("energy (J)")
+        ax1.set_title("Energy by phase")
+        ax1.legend(fontsize=8)
+        for (st, j), lab, c in zip(toks, (la, lb), (_A_COLOR, _B_COLOR)):
+            ax2.plot(st, j, marker="o", ms=3, label=lab, color=c)
+        ax2.set_xlabel("decode step")
+        ax2.set_ylabel("energy per token (J)")
+        ax2.set_title("Energy per token across the decode")
+        ax2.legend(fontsize=8)
+        fig.suptitle(title)
+        return fig
+    go = _need("plotly")
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Energy by phase", "Energy per token across the decode"))
+    fig.add_trace(go.Bar(x=names, y=va, name=_esc(la), marker_color=_A_COLOR, legendgroup="a"), 1, 1)
+    fig.add_trace(go.Bar(x=names, y=vb, name=_esc(lb), marker_color=_B_COLOR, legendgroup="b"), 1, 1)
+    for (st, j), lab, c, g in zip(toks, (la, lb), (_A_COLOR, _B_COLOR), ("a", "b")):
+        fig.add_trace(go.Scatter(x=st, y=j, mode="lines+markers", name=_esc(lab), line=dict(color=c),
+                                 legendgroup=g, showlegend=False), 1, 2)
+    fig.update_yaxes(title_text="energy (J)", row=1, col=1)
+    fig.update_yaxes(title_text="energy per token (J)", row=1, col=2)
+    fig.update_xaxes(title_text="decode step", row=1, col=2)
+    fig.update_layout(title=_esc(title), barmode="group", template="plotly_white")
+    return fig
+
+
+__all__ = ["plot", "plot_compare", "KINDS", "BACKENDS", "PHASE_ORDER", "NoDataError", "label_tag",
+           "MAX_TIMELINE_SAMPLES"]
