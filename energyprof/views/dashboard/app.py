@@ -200,6 +200,13 @@ def create_app(db: Optional[str] = None, *, read_only: bool = False, token: Opti
     async def _forbidden(request: Request, exc: PermissionError):
         return failure(request, 403, str(exc))
 
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        what = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ())[1:])}: {e.get('msg')}" for e in exc.errors())
+        return failure(request, 400, f"bad request: {what[:300]}")
+
     @app.exception_handler(404)
     async def _not_found(request: Request, exc: Exception):
         return failure(request, 404, f"no page at {request.url.path}")
@@ -328,7 +335,7 @@ def create_app(db: Optional[str] = None, *, read_only: bool = False, token: Opti
     def api_runs(request: Request, model: Optional[str] = None, label: Optional[str] = None,
                  tag: Optional[str] = None, status: Optional[str] = None, since: Optional[str] = None,
                  until: Optional[str] = None, q: Optional[str] = None, sort: str = "started_at",
-                 order: Optional[str] = None, limit: int = 50, offset: int = 0):
+                 order: Optional[str] = None, limit: str = "50", offset: str = "0"):
         return _data.list_runs(store(), params_of(request))
 
     @app.get("/api/runs/{run_id}", summary="One run: its summary and its figures with their uncertainty",
@@ -348,7 +355,7 @@ def create_app(db: Optional[str] = None, *, read_only: bool = False, token: Opti
              description="At most max_points buckets (2-50000, default 2000), each with the mean (energy-preserving), "
                          "min and max power per measured domain and of the total; a one-hour 1 kHz run is read from "
                          "the store's precomputed levels, not from its 3.6 M rows.")
-    def api_samples(run_id: str, max_points: int = 2000):
+    def api_samples(run_id: str, max_points: str = "2000"):
         rid = _data.parse_run_id(run_id)
         return JSONResponse(_data.samples_json(store(), rid, max_points))
 
