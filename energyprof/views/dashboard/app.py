@@ -249,6 +249,10 @@ def create_app(db: Optional[str] = None, *, read_only: bool = False, token: Opti
             return RedirectResponse(f"/runs/{rid}", status_code=303)
         return html(_pages.render_live, s=s)
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return Response(status_code=204)  # no icon: and no 404 in the browser's console
+
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs_page():
         return html(_pages.render_docs, spec=app.openapi())

@@ -388,7 +388,9 @@ function load(el,k,m,status){var url="/api/runs/"+rid+"/figure?kind="+encodeURIC
  if(status){status.textContent="loading…";}
  fetch(url,{credentials:"same-origin"}).then(function(r){return r.json().then(function(j){return [r.ok,j];});})
  .then(function(x){if(!x[0]){if(status){status.textContent=x[1].detail||"no data";}return;}
-  return Plotly.react(el,x[1].data,x[1].layout,{responsive:true,displaylogo:false}).then(function(){
+  var node=document.getElementById(el),lay=x[1].layout||{};lay.height=(node.layout&&node.layout.height)||480;
+  lay.autosize=true;lay.margin={l:60,r:30,t:60,b:60};
+  return Plotly.react(el,x[1].data,lay,{responsive:true,displaylogo:false}).then(function(){
    if(status){status.textContent="";}document.documentElement.setAttribute("data-deep-shown",k+":"+m);});})
  .catch(function(e){window.__energyprofFail("figure fetch failed: "+e);});}
 kind.addEventListener("change",function(){load("plot-deep",kind.value,metric.value,st);});
@@ -494,8 +496,9 @@ var colors={cpu:"#1f77b4",gpu:"#d62728",ane:"#9467bd",dram:"#2ca02c",package:"#2
 function set(id,v){var e=document.getElementById(id);if(e){e.textContent=v;}}
 function si(v,u){if(v===null||v===undefined||!isFinite(v)){return "n/a";}var a=Math.abs(v),p=[[1e6,"M"],[1e3,"k"],[1,""],[1e-3,"m"],[1e-6,"µ"]];
  for(var i=0;i<p.length;i++){if(a>=p[i][0]){return (v/p[i][0]).toPrecision(4)+" "+p[i][1]+u;}}return v.toPrecision(4)+" "+u;}
-Plotly.newPlot("plot-live",[],{title:"Power by domain (live)",xaxis:{title:"time (s from the run's start)"},
- yaxis:{title:"power (W)",rangemode:"tozero"},template:"plotly_white",height:430,margin:{l:60,r:30,t:60,b:60}},cfg)
+Plotly.newPlot("plot-live",[],{title:{text:el.getAttribute("data-title")},
+ xaxis:{title:{text:"time (s since sampling began; the idle baseline comes first)"}},
+ yaxis:{title:{text:"power (W)"},rangemode:"tozero"},height:430,margin:{l:60,r:30,t:60,b:60}},cfg)
 .then(function(){root.setAttribute("data-energyprof-status","ok");});
 var es=new EventSource("/api/runs/"+rid+"/stream");
 es.addEventListener("samples",function(ev){var d=JSON.parse(ev.data);var names=Object.keys(d.domains).concat(["total"]);
@@ -523,17 +526,19 @@ def render_live(s: Dict[str, Any], *, nonce: str, read_only: bool) -> str:
     """``/live/{id}``: a running run's power by domain, phase, tokens, tokens/s and energy
     so far, following ``/api/runs/{id}/stream``; it opens the run's page when the run ends."""
     rid = s.get("run_id")
+    name = s.get("name") or f"run {rid}"
+    title = "Power by domain (live)" + _plot.label_tag(s)
     cards = "".join(
         f'<div class="card"><div class="k">{_e(k)}</div><div class="v" id="{i}">{_e(v)}</div></div>'
         for k, i, v in (("phase", "live-phase", "waiting…"), ("tokens", "live-tokens", "0"),
                         ("tokens / s", "live-toks", "n/a"), ("energy so far", "live-energy", "n/a"),
                         ("power now", "live-power", "n/a"), ("elapsed", "live-elapsed", "n/a"),
                         ("samples received", "live-samples", "0")))
-    body = (f'<h1><span class="live-dot"></span>Live: {_e(_plot._run_name(s, "run"))}</h1>'
+    body = (f'<h1><span class="live-dot"></span>Live: {_e(name)}</h1>'
             f'<div class=sub>run id {_e(rid)} · {_e((s.get("model") or {}).get("name") or "model n/a")} · '
             f'{label_badge(s.get("source_label"))} · <span id="live-state">following the run as its samples are '
-            f"committed</span></div>{_report._banner(s)}"
-            f'<section id="live" data-run-id="{_e(rid)}"><section class="cards">{cards}</section>'
+            f"committed</span></div>{_report._banner({k: v for k, v in s.items() if k != 'status'})}"
+            f'<section id="live" data-run-id="{_e(rid)}" data-title="{_e(title)}"><section class="cards">{cards}</section>'
             '<div class="plotbox wide"><div class="plot" id="plot-live"></div></div></section>'
             '<p class="note">Phase, tokens and tokens/s are provisional while the run goes on; energy so far is '
             "the integral of the committed samples since the run's start (after the idle baseline). The final "
