@@ -153,14 +153,14 @@ def test_list_detail_compare_in_a_browser(driver, site):
 
 
 _WRITER = textwrap.dedent("""
-    import sys, time, torch, energyprof as ep
+    import os, sys, time, torch, energyprof as ep
     from energyprof.tiny import tiny_model
     model = tiny_model("tiny-llama")
     with ep.run(model, source="synthetic:power_w=15,period_ms=5", baseline_s=0.5, db=sys.argv[1],
                 name="live-run") as s:
-        t_end = time.monotonic() + float(sys.argv[2])
+        t_end = time.monotonic() + 60  # bounded: generates until the test says stop, at most a minute
         with torch.no_grad():
-            while time.monotonic() < t_end:
+            while time.monotonic() < t_end and not os.path.exists(sys.argv[2]):
                 model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=6, do_sample=False)
                 time.sleep(0.05)
     print(s.run_id)
@@ -171,7 +171,8 @@ def test_live_page_follows_a_run_in_another_process(driver, site, tmp_path):
     url, _ids, path = site
     script = tmp_path / "writer.py"
     script.write_text(_WRITER)
-    proc = subprocess.Popen([sys.executable, str(script), path, "4"], stdout=subprocess.PIPE,
+    stop = tmp_path / "stop"
+    proc = subprocess.Popen([sys.executable, str(script), path, str(stop)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
     try:
         rid = None
@@ -203,6 +204,7 @@ def test_live_page_follows_a_run_in_another_process(driver, site, tmp_path):
         assert driver.find_element("id", "plot-live").find_elements("css selector", ".scatterlayer .trace")
         driver.save_screenshot(str(IMG / "serve-live.png"))
         # when the run ends, the page opens the run's own page
+        stop.write_text("")
         assert proc.wait(60) == 0, proc.stderr.read()
         deadline = time.monotonic() + 30
         while not driver.current_url.endswith(f"/runs/{rid}") and time.monotonic() < deadline:
