@@ -179,16 +179,11 @@ def test_stream_of_a_finished_run_sends_its_samples_then_ends(client, store):
 # ----------------------------------------------------------------- live energy
 @pytest.mark.parametrize("interval", [True, False])
 def test_live_energy_equals_one_integration_of_every_sample(interval):
+    from test_levels import _samples
+
     rng = np.random.default_rng(5)
     n = 997
-    s = np.zeros(n, _core.SAMPLE_DTYPE)
-    t = np.cumsum(rng.integers(100_000, 900_000, n + 1))
-    s["t_start_ns"] = t[:-1]
-    s["t_end_ns"] = t[1:] if interval else t[:-1]
-    s["kind"] = _core.KIND_INTERVAL if interval else _core.KIND_INSTANT
-    for d in DOMAINS:
-        s[f"{d}_w"] = rng.uniform(1, 20, n)
-    s["ane_w"] = np.nan
+    s = _samples(n, seed=5, interval=interval, nan_gaps=False)
     t_start = int(s["t_start_ns"][150]) + 12345  # the run starts inside a sample, after the baseline
     live = LiveEnergy()
     cuts = sorted(rng.choice(np.arange(1, n), 25, replace=False).tolist())

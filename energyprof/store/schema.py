@@ -187,27 +187,23 @@ def _array_table_ddl(table: str, cols: Sequence[Tuple[str, str]]) -> List[str]:
     ]
 
 
-def _head_table_ddl() -> List[str]:
+def _run_table_ddl(table: str, cols: Sequence[Tuple[str, str]], index: str, index_cols: str) -> List[str]:
+    """A table of per-run rows (run_id with cascade delete) and its one index."""
     body = ",\n  ".join(
-        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in _HEAD_COLS]
+        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in cols]
     )
-    return [
-        f"CREATE TABLE head_metrics (\n  {body}\n)",
-        # Head rows have no time of their own; they are read per run and per layer
-        # (heat maps of one layer's heads), and run_id first serves the cascade delete.
-        "CREATE INDEX idx_head_metrics_run_layer ON head_metrics(run_id, layer)",
-    ]
+    return [f"CREATE TABLE {table} (\n  {body}\n)", f"CREATE INDEX {index} ON {table}({index_cols})"]
+
+
+def _head_table_ddl() -> List[str]:
+    # Head rows have no time of their own; they are read per run and per layer
+    # (heat maps of one layer's heads), and run_id first serves the cascade delete.
+    return _run_table_ddl("head_metrics", _HEAD_COLS, "idx_head_metrics_run_layer", "run_id, layer")
 
 
 def _levels_table_ddl() -> List[str]:
-    body = ",\n  ".join(
-        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in _LEVEL_COLS]
-    )
-    return [
-        f"CREATE TABLE sample_levels (\n  {body}\n)",
-        # Read one level of one run in time order; run_id first serves the cascade delete.
-        "CREATE INDEX idx_sample_levels_run_level ON sample_levels(run_id, level, bucket)",
-    ]
+    # Read one level of one run in time order; run_id first serves the cascade delete.
+    return _run_table_ddl("sample_levels", _LEVEL_COLS, "idx_sample_levels_run_level", "run_id, level, bucket")
 
 
 def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[str]:

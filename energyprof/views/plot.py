@@ -246,32 +246,30 @@ def _no_metric(metric: str) -> NoDataError:
                        f"with mode='deep')")
 
 
-def _layer_component_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[int], List[str], np.ndarray]:
-    """``metric`` (energy in J by default, summed over steps) of every (decoder layer, component) pair."""
-    comp = _arr(run, "components")
-    if comp is None or len(comp) == 0 or not np.any(comp["layer"] >= 0):
-        raise NoDataError("the run has no per-layer component calls (recorded with mode='minimal'?)")
-    comp = comp[comp["layer"] >= 0]
-    layers = sorted(int(v) for v in np.unique(comp["layer"]))
-    names = _ordered_components(np.unique(comp["component"]))
-    z = _energy_matrix(comp, layers, names, "component", str, metric)
+def _named_matrix(calls: Optional[np.ndarray], missing: str, order: Callable[[Sequence[str]], List[str]],
+                  metric: str) -> Tuple[List[int], List[str], np.ndarray]:
+    """``metric`` of every (decoder layer, component name) pair of ``calls`` (rows with layer >= 0)."""
+    if calls is None or len(calls) == 0 or not np.any(calls["layer"] >= 0):
+        raise NoDataError(missing)
+    calls = calls[calls["layer"] >= 0]
+    layers = sorted(int(v) for v in np.unique(calls["layer"]))
+    names = order(np.unique(calls["component"]))
+    z = _energy_matrix(calls, layers, names, "component", str, metric)
     if np.all(np.isnan(z)):
         raise _no_metric(metric)
     return layers, names, z
+
+
+def _layer_component_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[int], List[str], np.ndarray]:
+    """``metric`` (energy in J by default, summed over steps) of every (decoder layer, component) pair."""
+    return _named_matrix(_arr(run, "components"), "the run has no per-layer component calls (recorded with "
+                         "mode='minimal'?)", _ordered_components, metric)
 
 
 def _op_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[int], List[str], np.ndarray]:
     """``metric`` of every (decoder layer, op) pair of a mode="deep" run (``run.ops``)."""
-    ops = _arr(run, "ops")
-    if ops is None or len(ops) == 0 or not np.any(ops["layer"] >= 0):
-        raise NoDataError("the run has no op rows (ops are recorded with mode='deep')")
-    ops = ops[ops["layer"] >= 0]
-    layers = sorted(int(v) for v in np.unique(ops["layer"]))
-    names = sorted(str(v) for v in np.unique(ops["component"]))
-    z = _energy_matrix(ops, layers, names, "component", str, metric)
-    if np.all(np.isnan(z)):
-        raise _no_metric(metric)
-    return layers, names, z
+    return _named_matrix(_arr(run, "ops"), "the run has no op rows (ops are recorded with mode='deep')",
+                         lambda names: sorted(str(v) for v in names), metric)
 
 
 def _head_matrix(run: Any, metric: str = "entropy") -> Tuple[List[int], List[int], np.ndarray]:

@@ -169,6 +169,10 @@ _LIST_COLUMNS = (("run_id", "id", "run_id"), ("started_at", "started (UTC)", "st
                  ("resolution", "resolution", None), ("uncertainty", "uncertainty", None))
 
 
+_NUM_CELLS = {"energy_j": lambda v: fmt_si(v, "J"), "j_per_output_token": lambda v: fmt_si(v, "J"),
+              "duration_s": lambda v: fmt_si(v, "s"), "tokens_per_j": lambda v: _num(v)}
+
+
 def _list_cell(key: str, r: Dict[str, Any]) -> str:
     v = r.get(key)
     rid = r.get("run_id")
@@ -183,14 +187,8 @@ def _list_cell(key: str, r: Dict[str, Any]) -> str:
         return f"<td>{_e(v)}{live}</td>"
     if key == "tags":
         return f"<td>{_e(', '.join(v or []))}</td>"
-    if key == "energy_j":
-        return f'<td class="num">{_e(fmt_si(v, "J"))}</td>'
-    if key == "j_per_output_token":
-        return f'<td class="num">{_e(fmt_si(v, "J"))}</td>'
-    if key == "duration_s":
-        return f'<td class="num">{_e(fmt_si(v, "s"))}</td>'
-    if key == "tokens_per_j":
-        return f'<td class="num">{_e(_num(v))}</td>'
+    if key in _NUM_CELLS:
+        return f'<td class="num">{_e(_NUM_CELLS[key](v))}</td>'
     if key == "resolution":
         return f'<td>{_e(_resolution_text(v) if v else "n/a")}</td>'
     if key == "uncertainty":
