@@ -1,7 +1,9 @@
 """energyprof serve in a real browser: headless Chromium driven by Selenium (Debian's
 chromium-driver), going list -> detail -> compare -> live against the dashboard served by
 uvicorn on loopback, checking the DOM, that the console has no errors, and saving the
-screenshots of docs/serve.md to docs/img/.  The live test runs ``ep.run`` in another
+screenshots of docs/serve.md (docs/img/serve-*.png: written when missing or with
+ENERGYPROF_UPDATE_DOCS_IMG=1, so that a test run leaves the tree clean; always written
+to the test's temporary directory and checked there).  The live test runs ``ep.run`` in another
 process and checks that the page's stream shows the samples that process commits."""
 import os
 import shutil
@@ -26,6 +28,20 @@ from _dashboard import NAMES, make_store, serving  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img"
+
+
+def _shot(driver, tmp_dir: Path, name: str) -> None:
+    """Screenshot to the test's directory (checked: a full-size PNG), and to docs/img when asked."""
+    from PIL import Image
+
+    p = tmp_dir / name
+    driver.save_screenshot(str(p))
+    with Image.open(p) as im:
+        assert im.size[0] == 1400 and im.size[1] >= 1000, im.size
+    docs = IMG / name
+    if os.environ.get("ENERGYPROF_UPDATE_DOCS_IMG") == "1" or not docs.exists():
+        IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, docs)
 
 
 def _exe(*names):
@@ -87,9 +103,8 @@ def _drawn_plots(driver):
         ".map(function(e){return e.id;});")
 
 
-def test_list_detail_compare_in_a_browser(driver, site):
+def test_list_detail_compare_in_a_browser(driver, site, tmp_path):
     url, ids, _path = site
-    IMG.mkdir(parents=True, exist_ok=True)
     # the runs list: every run's name and label, and a plot
     assert _open(driver, url + "/") == "ok"
     body = driver.find_element("tag name", "body").text
@@ -98,7 +113,7 @@ def test_list_detail_compare_in_a_browser(driver, site):
     labels = [e.text.lower() for e in driver.find_elements("css selector", "#runs span.label")]
     assert sorted(labels) == sorted(["simulated", "measured", "estimated", "simulated"])
     assert "plot-history" in _drawn_plots(driver)
-    driver.save_screenshot(str(IMG / "serve-list.png"))
+    _shot(driver, tmp_path, "serve-list.png")
     assert _console_errors(driver) == []
 
     # run detail, reached by clicking the run's name
@@ -111,7 +126,7 @@ def test_list_detail_compare_in_a_browser(driver, site):
     drawn = _drawn_plots(driver)
     assert {"plot-timeline", "plot-phases", "plot-tokens", "plot-sankey"} <= set(drawn), drawn
     assert "figure" in driver.find_element("id", "uncertainty").text
-    driver.save_screenshot(str(IMG / "serve-run.png"))
+    _shot(driver, tmp_path, "serve-run.png")
     assert _console_errors(driver) == []
 
     # a deep run: the metric selector redraws the heatmap with the chosen metric
@@ -131,7 +146,7 @@ def test_list_detail_compare_in_a_browser(driver, site):
     title = driver.execute_script("return document.getElementById('plot-deep').layout.title.text")
     assert title.startswith("Activation sparsity per layer and operation")
     driver.execute_script("document.getElementById('deep').scrollIntoView()")
-    driver.save_screenshot(str(IMG / "serve-deep.png"))
+    _shot(driver, tmp_path, "serve-deep.png")
     assert _console_errors(driver) == []
 
     # compare, by ticking three runs in the list
@@ -148,7 +163,7 @@ def test_list_detail_compare_in_a_browser(driver, site):
     assert {"plot-jpt", "plot-power"} <= set(_drawn_plots(driver))
     assert "different labels" in driver.find_element("id", "label-warning").text
     assert len(driver.find_elements("css selector", "td.best")) > 5
-    driver.save_screenshot(str(IMG / "serve-compare.png"))
+    _shot(driver, tmp_path, "serve-compare.png")
     assert _console_errors(driver) == []
 
 
@@ -202,7 +217,7 @@ def test_live_page_follows_a_run_in_another_process(driver, site, tmp_path):
         assert float(live.get_attribute("data-last-total-w")) == pytest.approx(
             float(total_of(pw, measured_domains(got))[0]), rel=1e-12)
         assert driver.find_element("id", "plot-live").find_elements("css selector", ".scatterlayer .trace")
-        driver.save_screenshot(str(IMG / "serve-live.png"))
+        _shot(driver, tmp_path, "serve-live.png")
         # when the run ends, the page opens the run's own page
         stop.write_text("")
         assert proc.wait(60) == 0, proc.stderr.read()
