@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_PIN := torch==2.13.0
 # System packages: build (pkg-config, libplist-dev, libsqlite3-dev), C checks (valgrind,
-# clang for libFuzzer), browser test of the report (chromium), terminal tests (tmux).
-DEB_PKGS := pkg-config libplist-dev libsqlite3-dev gcc g++ valgrind clang libclang-rt-14-dev chromium tmux
+# clang for libFuzzer), browser tests of the report and the dashboard (chromium, chromium-driver for
+# Selenium), terminal tests (tmux).
+DEB_PKGS := pkg-config libplist-dev libsqlite3-dev gcc g++ valgrind clang libclang-rt-14-dev chromium chromium-driver tmux
 CSRC := $(wildcard csrc/*/*.c csrc/*/*.h csrc/*/*.cpp)
 # The C rooms (see docs/architecture.md); the C tests link every part except the CPython face.
 C_INC := -Icsrc/kernels -Icsrc/sources -Icsrc/threads -Icsrc/module

@@ -13,6 +13,8 @@ run and records the rule in ``summary()["total_rule"]``.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 DOMAINS = ("cpu", "gpu", "ane", "dram", "package")
@@ -103,10 +105,54 @@ HEAD_DTYPE = np.dtype(
     ]
 )
 
+# --------------------------------------------------------------------------- the total rule
+_SAMPLE_W = [f"{d}_w" for d in DOMAINS]
+_PKG = DOMAINS.index("package")
+_DRAM = DOMAINS.index("dram")
+
+
+def measured_domains(samples: np.ndarray) -> list[bool]:
+    """Which domains the source measured (not NaN in every sample)."""
+    if len(samples) == 0:
+        return [False] * len(DOMAINS)
+    return [bool(np.any(~np.isnan(samples[c]))) for c in _SAMPLE_W]
+
+
+def total_rule(measured: Sequence[bool]) -> str:
+    """The rule that turns per-domain energy into one total, decided once per run.
+
+    RAPL-style sources report a package domain that already contains its cores
+    (``cpu``); DRAM is outside the package.  Sources without a package domain
+    (powermetrics, NVML, synthetic) report disjoint domains that add up.
+    """
+    if measured[_PKG]:
+        return "package + dram" if measured[_DRAM] else "package"
+    names = [d for d, m in zip(DOMAINS, measured) if m]
+    return " + ".join(names) if names else "none"
+
+
+def total_columns(measured: Sequence[bool]) -> list[int]:
+    """Indices (into DOMAINS) of the domains that add up to the total under ``total_rule``."""
+    if measured[_PKG]:
+        return [_PKG] + ([_DRAM] if measured[_DRAM] else [])
+    return [i for i, m in enumerate(measured) if m]
+
+
+def total_of(domain_j: np.ndarray, measured: Sequence[bool]) -> np.ndarray:
+    """Total energy per row of an (M, 5) domain array under ``total_rule``."""
+    domain_j = np.asarray(domain_j, dtype=np.float64)
+    if domain_j.ndim == 1:
+        domain_j = domain_j[None, :]
+    cols = total_columns(measured)
+    if not cols:
+        return np.full(domain_j.shape[0], np.nan)
+    return np.nansum(domain_j[:, cols], axis=1) if len(cols) > 1 else domain_j[:, cols[0]].copy()
+
 LAYER_DTYPE = CALL_DTYPE
 COMPONENT_DTYPE = CALL_DTYPE
 
 #: Raw hook events from the C span buffer (csrc/threads/ep_hooks.c).
 EVENT_DTYPE = np.dtype([("t_ns", "<i8"), ("span_id", "<i4"), ("kind", "<i4")])  # kind 0 begin, 1 end
 
-__all__ = ["DOMAINS", "SECTION_DTYPE", "TOKEN_DTYPE", "CALL_DTYPE", "LAYER_DTYPE", "COMPONENT_DTYPE", "EVENT_DTYPE", "HEAD_DTYPE"]
+__all__ = ["DOMAINS", "SECTION_DTYPE", "TOKEN_DTYPE", "CALL_DTYPE", "LAYER_DTYPE", "COMPONENT_DTYPE", "EVENT_DTYPE", "HEAD_DTYPE",
+           "measured_domains", "total_rule", "total_columns", "total_of"]

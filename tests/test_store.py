@@ -334,7 +334,7 @@ def test_schema_has_a_column_for_every_dtype_field(dbpath):
             cols = set(schema.table_columns(s.conn, table))
             dt_ = np.dtype(_core.SAMPLE_DTYPE) if name == "samples" else RunData().array(name).dtype
             assert set(dt_.names) | {"run_id"} == cols, (table, set(dt_.names) ^ (cols - {"run_id"}))
-        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 3
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 4
         idx = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         for table in schema.ARRAY_TABLES.values():
             if table != "head_metrics":
@@ -381,7 +381,7 @@ def test_migration_from_v1(dbpath):
     assert "op_metrics" not in schema.tables(conn)
     conn.close()
     with Store(dbpath) as s:
-        assert schema.user_version(s.conn) == 3
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
         for i, rid in enumerate(ids):
@@ -438,8 +438,8 @@ def _fill_v2(path: str, n: int = 3) -> list:
 def test_migration_from_v2(dbpath):
     ids = _fill_v2(dbpath)
     with Store(dbpath) as s:
-        assert schema.user_version(s.conn) == 3
-        assert "head_metrics" in schema.tables(s.conn)
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION
+        assert "head_metrics" in schema.tables(s.conn) and "sample_levels" in schema.tables(s.conn)
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
         for i, rid in enumerate(ids):
@@ -460,20 +460,24 @@ def test_migration_from_v2(dbpath):
             == len(make_run(7).heads) > 0
         ep.delete(rid, db=s)
         assert s.conn.execute("SELECT COUNT(*) FROM head_metrics").fetchone()[0] == 0
-    # migrating is a one-time step: a second open finds version 3 and changes nothing
+    # migrating is a one-time step: a second open finds the current version and changes nothing
     before = sha(dbpath)
+    v = schema.SCHEMA_VERSION
     with Store(dbpath, mark_stale=False) as s:
-        assert schema.migrate(s.conn, dbpath) == (3, 3)
+        assert schema.migrate(s.conn, dbpath) == (v, v)
     assert sha(dbpath) == before
 
 
 def test_fresh_database_matches_migrated_one(tmp_path):
     a, b, c2 = str(tmp_path / "a.db"), str(tmp_path / "b.db"), str(tmp_path / "c.db")
+    c3 = str(tmp_path / "c3.db")
     _fill_v1(a, n=0)
     _fill_v2(c2, n=0)
-    Store(a).close()
-    Store(b).close()
-    Store(c2).close()
+    conn3 = sqlite3.connect(c3, isolation_level=None)
+    schema.create(conn3, 3)  # a version-3 store (schema 4 added sample_levels)
+    conn3.close()
+    for p in (a, b, c2, c3):
+        Store(p).close()
 
     def shape(p):
         c = sqlite3.connect(p)
@@ -488,9 +492,10 @@ def test_fresh_database_matches_migrated_one(tmp_path):
         return out
 
     fresh = shape(b)
-    assert "head_metrics" in fresh and fresh["_version"] == 3
+    assert "head_metrics" in fresh and "sample_levels" in fresh and fresh["_version"] == 4
     assert shape(a) == fresh
     assert shape(c2) == fresh
+    assert shape(c3) == fresh
 
 
 def test_newer_database_is_refused_untouched(dbpath):
@@ -845,7 +850,7 @@ def test_export_import_json_round_trip(filled, tmp_path):
         raise AssertionError(f"non-strict JSON token {c}")
 
     doc = json.loads(open(out).read(), parse_constant=no_constants)  # strict JSON: no NaN/Infinity tokens
-    assert doc["format"] == "energyprof-run" and doc["schema_version"] == 3
+    assert doc["format"] == "energyprof-run" and doc["schema_version"] == 4
     new = ep.import_run(out, db=path)
     assert new != rid
     a, b = ep.load(rid, db=path), ep.load(new, db=path)
@@ -1085,7 +1090,7 @@ def test_docs_schema_names_every_column_and_its_example_runs(capsys):
             assert re.search(rf"(^\| |, ){c}[ ,|]", doc, re.M), (table, c)
     for b in re.findall(r"```python\n(.*?)```", doc, re.S):
         exec(compile(b, "docs/schema.md", "exec"), {})
-    assert capsys.readouterr().out.split() == ["(1,", "3)", "True", "(2,", "3)", "True"]
+    assert capsys.readouterr().out.split() == ["(1,", "4)", "True", "(2,", "4)", "True"]
 
 
 def test_writer_releases_the_gil_while_blocked(tmp_path):
@@ -1209,7 +1214,7 @@ def test_many_processes_open_a_fresh_database_at_once(tmp_path):
         procs = [subprocess.Popen([sys.executable, "-c", code, path]) for _ in range(4)]
         assert [p.wait() for p in procs] == [0] * 4
         with Store(path) as s:
-            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 3
+            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 4
             assert "head_metrics" in schema.tables(s.conn)
             assert len(ep.runs(db=s, limit=None)) == 4 + (0 if kind == "fresh" else 2)
 

@@ -28,12 +28,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import _core
-from .._dtypes import CALL_DTYPE, DOMAINS, SECTION_DTYPE, TOKEN_DTYPE
+from .._dtypes import CALL_DTYPE, DOMAINS, SECTION_DTYPE, TOKEN_DTYPE, measured_domains, total_of, total_rule
 
 _DOMAIN_COLS = [f"{d}_j" for d in DOMAINS]
 _SAMPLE_COLS = [f"{d}_w" for d in DOMAINS]
-_PKG = DOMAINS.index("package")
-_DRAM = DOMAINS.index("dram")
 
 
 @dataclass
@@ -71,40 +69,6 @@ class Attribution:
     tokens: np.ndarray
     calls: np.ndarray
     summary: dict = field(default_factory=dict)
-
-
-def measured_domains(samples: np.ndarray) -> list[bool]:
-    """Which domains the source measured (not NaN in every sample)."""
-    if len(samples) == 0:
-        return [False] * len(DOMAINS)
-    return [bool(np.any(~np.isnan(samples[c]))) for c in _SAMPLE_COLS]
-
-
-def total_rule(measured: Sequence[bool]) -> str:
-    """The rule that turns per-domain energy into one total, decided once per run.
-
-    RAPL-style sources report a package domain that already contains its cores
-    (``cpu``); DRAM is outside the package.  Sources without a package domain
-    (powermetrics, NVML, synthetic) report disjoint domains that add up.
-    """
-    if measured[_PKG]:
-        return "package + dram" if measured[_DRAM] else "package"
-    names = [d for d, m in zip(DOMAINS, measured) if m]
-    return " + ".join(names) if names else "none"
-
-
-def total_of(domain_j: np.ndarray, measured: Sequence[bool]) -> np.ndarray:
-    """Total energy per row of an (M, 5) domain array under ``total_rule``."""
-    domain_j = np.asarray(domain_j, dtype=np.float64)
-    if domain_j.ndim == 1:
-        domain_j = domain_j[None, :]
-    if measured[_PKG]:
-        cols = [_PKG] + ([_DRAM] if measured[_DRAM] else [])
-    else:
-        cols = [i for i, m in enumerate(measured) if m]
-    if not cols:
-        return np.full(domain_j.shape[0], np.nan)
-    return np.nansum(domain_j[:, cols], axis=1) if len(cols) > 1 else domain_j[:, cols[0]].copy()
 
 
 def sample_period_s(samples: np.ndarray) -> float:

@@ -106,6 +106,7 @@ class Session(RunData):
         self._saver: Optional[threading.Thread] = None
         self._saver_stop = threading.Event()
         self._samples_written = 0
+        self._progress_written: Optional[Dict[str, Any]] = None
         self._save_error: Optional[BaseException] = None
         self._handles: list = []
         # mode="deep" ops (energyprof.measure.deep) and live callbacks (energyprof.live)
@@ -269,7 +270,8 @@ class Session(RunData):
                     past_len = int(past.get_seq_length())   # from the cache's tensor shapes
                 except Exception:
                     past_len = 1
-            meta = {"batch": batch, "seq": seq, "past_len": past_len, "cache_position": None, "mask": None}
+            meta = {"batch": batch, "seq": seq, "past_len": past_len, "cache_position": None, "mask": None,
+                    "t_ns": _core.now_ns()}
             if not past_len:            # may start a generation: keep what _forwards reads later
                 meta["cache_position"] = kwargs.get("cache_position")
                 mask = kwargs.get("attention_mask")
@@ -277,7 +279,8 @@ class Session(RunData):
                     meta["mask"] = mask
             self._forward_meta.append(meta)
         except Exception as e:  # never break the model
-            self._forward_meta.append({"batch": 1, "seq": 1, "past_len": None, "cache_position": None, "mask": None})
+            self._forward_meta.append({"batch": 1, "seq": 1, "past_len": None, "cache_position": None, "mask": None,
+                                       "t_ns": _core.now_ns()})
             warnings.warn(f"energyprof: could not read the forward's input shape ({e})", RuntimeWarning)
         return None
 
@@ -347,8 +350,38 @@ class Session(RunData):
             if len(new):
                 self._store.write_samples(self.run_id_, new)
                 self._samples_written += len(new)
+            progress = self.progress()
+            if progress != self._progress_written:
+                self._store.write_progress(self.run_id_, progress)
+                self._progress_written = progress
         except Exception as e:  # keep the run in memory; report on exit
             self._save_error = e
+
+    def progress(self) -> Dict[str, Any]:
+        """How far the run has got, from the top-level forwards seen so far (provisional:
+        the figures of the finished run come from the integration at its end).
+
+        ``{"t_start_ns"`` (start of the run after the idle baseline; None during it),
+        ``"phase"`` (baseline, pre_inference, prefill or decode), ``"forwards"`` (top-level
+        forwards started), ``"tokens"`` (one per sequence per forward started),
+        ``"tok_s"`` (tokens per second between the first and the latest forward's start),
+        ``"t_last_forward_ns"``}.  The saver writes it to the store with the samples
+        (``summary["progress"]`` while the run is ``running``)."""
+        t_start = getattr(self, "_t_start_ns", None)
+        metas = list(self._forward_meta)
+        out: Dict[str, Any] = {"t_start_ns": t_start, "phase": "baseline" if t_start is None else "pre_inference",
+                               "forwards": len(metas), "tokens": 0, "tok_s": None, "t_last_forward_ns": None}
+        if not metas:
+            return out
+        prev_seq = metas[-2].get("seq") if len(metas) > 1 else None
+        out["phase"] = "prefill" if forward_is_prefill(metas[-1], len(metas) - 1, prev_seq) else "decode"
+        out["tokens"] = int(sum(int(m.get("batch", 1)) for m in metas))
+        t0, t1 = metas[0].get("t_ns"), metas[-1].get("t_ns")
+        out["t_last_forward_ns"] = t1
+        if t0 is not None and t1 is not None and t1 > t0:
+            # the tokens of every forward before the latest one, over the time they took
+            out["tok_s"] = (out["tokens"] - int(metas[-1].get("batch", 1))) / ((t1 - t0) * 1e-9)
+        return out
 
     # ------------------------------------------------------------------ exit
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -431,7 +464,8 @@ class Session(RunData):
                     if len(new):
                         self._store.write_samples(self.run_id_, new)
                 self._store.finish_run(self.run_id_, summary, att.sections, att.tokens, self._layers,
-                                       self._components, status, ops=self._ops, heads=self._heads)
+                                       self._components, status, ops=self._ops, heads=self._heads,
+                                       all_samples=samples)
             except Exception as e:
                 self._save_error = self._save_error or e
             finally:

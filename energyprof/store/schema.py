@@ -12,7 +12,10 @@ Versions
    unattributed_j).
 2. adds those runs columns, the call-tree columns of the metric tables and the
    op_metrics table.
-3. (current) adds the head_metrics table (mode="deep": per attention call and head).
+3. adds the head_metrics table (mode="deep": per attention call and head).
+4. (current) adds the sample_levels table: per run, min / max / mean power over buckets
+   of 16, 256, 4096, ... consecutive samples (energyprof.store.levels), so a plot of a
+   long run reads thousands of rows instead of millions.
 
 Array tables hold one column per field of the shared numpy dtypes
 (:mod:`energyprof._dtypes`, ``_core.SAMPLE_DTYPE``) plus ``run_id``; NaN is stored
@@ -26,7 +29,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from ..errors import SchemaError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Store table per RunData array name.
 ARRAY_TABLES: Dict[str, str] = {
@@ -87,6 +90,12 @@ _CALL_COLS = (
 _HEAD_COLS = [("call_id", "INTEGER"), ("layer", "INTEGER"), ("step", "INTEGER"), ("head", "INTEGER"),
               ("n_queries", "INTEGER"), ("entropy", "REAL"), ("max_weight", "REAL"), ("sparsity", "REAL")]
 
+# v4: downsampling levels of the power samples (energyprof.store.levels.LEVEL_DTYPE).
+_LEVEL_STATS = ("mean_w", "min_w", "max_w", "wt")
+_LEVEL_COLS = ([("level", "INTEGER"), ("bucket", "INTEGER"), ("t_start_ns", "INTEGER"), ("t_end_ns", "INTEGER"),
+                ("n", "INTEGER")]
+               + [(f"{d}_{k}", "REAL") for d in _DOM + ("total",) for k in _LEVEL_STATS])
+
 _RUN_COLS_V1 = [
     ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"),  # AUTOINCREMENT: a deleted run's id is never reused
     ("name", "TEXT"),
@@ -145,6 +154,7 @@ TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
     "component_metrics": _CALL_COLS,
     "op_metrics": _CALL_COLS,
     "head_metrics": _HEAD_COLS,
+    "sample_levels": _LEVEL_COLS,
 }
 
 #: Sort keys accepted by energyprof.store.db.runs (name -> runs column).
@@ -177,16 +187,23 @@ def _array_table_ddl(table: str, cols: Sequence[Tuple[str, str]]) -> List[str]:
     ]
 
 
-def _head_table_ddl() -> List[str]:
+def _run_table_ddl(table: str, cols: Sequence[Tuple[str, str]], index: str, index_cols: str) -> List[str]:
+    """A table of per-run rows (run_id with cascade delete) and its one index."""
     body = ",\n  ".join(
-        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in _HEAD_COLS]
+        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in cols]
     )
-    return [
-        f"CREATE TABLE head_metrics (\n  {body}\n)",
-        # Head rows have no time of their own; they are read per run and per layer
-        # (heat maps of one layer's heads), and run_id first serves the cascade delete.
-        "CREATE INDEX idx_head_metrics_run_layer ON head_metrics(run_id, layer)",
-    ]
+    return [f"CREATE TABLE {table} (\n  {body}\n)", f"CREATE INDEX {index} ON {table}({index_cols})"]
+
+
+def _head_table_ddl() -> List[str]:
+    # Head rows have no time of their own; they are read per run and per layer
+    # (heat maps of one layer's heads), and run_id first serves the cascade delete.
+    return _run_table_ddl("head_metrics", _HEAD_COLS, "idx_head_metrics_run_layer", "run_id, layer")
+
+
+def _levels_table_ddl() -> List[str]:
+    # Read one level of one run in time order; run_id first serves the cascade delete.
+    return _run_table_ddl("sample_levels", _LEVEL_COLS, "idx_sample_levels_run_level", "run_id, level, bucket")
 
 
 def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[str]:
@@ -198,19 +215,21 @@ def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[s
 
 
 def ddl(version: int = SCHEMA_VERSION) -> List[str]:
-    """The CREATE statements of schema ``version`` (1, 2 or 3), in order."""
+    """The CREATE statements of schema ``version`` (1 to 4), in order."""
     if version == 1:
         stmts = _runs_ddl(_RUN_COLS_V1, ("started_at", "energy_j", "j_per_token", "model_name", "status"))
         for t, cols in (("power_samples", _SAMPLE_COLS), ("sections", _SECTION_COLS), ("tokens", _TOKEN_COLS),
                         ("layer_metrics", _CALL_COLS_V1), ("component_metrics", _CALL_COLS_V1)):
             stmts += _array_table_ddl(t, cols)
         return stmts
-    if version in (2, 3):
+    if version in (2, 3, 4):
         stmts = _runs_ddl(TABLE_COLUMNS["runs"], _INDEXED_RUN_COLS)
         for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
             stmts += _array_table_ddl(t, TABLE_COLUMNS[t])
-        if version == 3:
+        if version >= 3:
             stmts += _head_table_ddl()
+        if version >= 4:
+            stmts += _levels_table_ddl()
         return stmts
     raise ValueError(f"no schema version {version}; known versions: 1..{SCHEMA_VERSION}")
 
@@ -267,12 +286,19 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
         conn.execute(s)
 
 
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    # A new table only: runs saved before have no levels, and their samples are
+    # downsampled from the raw rows when read (energyprof.store.levels.read_downsampled).
+    for s in _levels_table_ddl():
+        conn.execute(s)
+
+
 def _num(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 #: MIGRATIONS[v] turns a version-v database into version v+1.
-MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 
 def user_version(conn: sqlite3.Connection) -> int:

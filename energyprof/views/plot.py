@@ -31,8 +31,20 @@ from .._dtypes import DOMAINS
 from ..errors import MissingExtraError, NoDataError
 from ..store.rundata import _float
 
-#: The kinds :func:`plot` draws.
+#: The kinds :func:`plot` draws for every run recorded with mode="standard".
 KINDS = ("timeline", "phases", "tokens", "layers", "layer_steps", "components", "sankey", "waterfall")
+#: The kinds only a mode="deep" run has data for.
+DEEP_KINDS = ("ops", "heads")
+#: What the layer heatmaps (``layers``, ``layer_steps``, ``ops``) can show per cell:
+#: name -> (colour bar title, how calls combine: summed, energy over time, or averaged).
+METRICS = {
+    "energy_j": ("energy (J)", "sum"), "duration_s": ("time (s)", "sum"), "power_w": ("mean power (W)", "power"),
+    "act_mean": ("activation mean", "mean"), "act_std": ("activation std", "mean"),
+    "act_max": ("activation max", "mean"), "act_sparsity": ("activation sparsity (|x| < 1e-3)", "mean"),
+}
+#: What the ``heads`` heatmap can show (mode="deep" attention statistics, mean over calls).
+HEAD_METRICS = {"entropy": "attention entropy (nats)", "max_weight": "largest attention weight",
+                "sparsity": "share of weights < 1e-3"}
 #: The plotting libraries :func:`plot` can use.
 BACKENDS = ("matplotlib", "plotly")
 
@@ -204,26 +216,82 @@ def _calls(run: Any) -> np.ndarray:
 
 
 def _energy_matrix(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any], col_field: str,
-                   col_type: Callable[[Any], Any]) -> np.ndarray:
-    """Energy (J) of ``calls`` summed per (layer, ``col_field``) cell; NaN where no call fell."""
-    z = np.full((len(layers), len(cols)), np.nan)
+                   col_type: Callable[[Any], Any], metric: str = "energy_j") -> np.ndarray:
+    """``metric`` (:data:`METRICS`) of ``calls`` per (layer, ``col_field``) cell: energy
+    or time summed, power as summed energy over summed time, activation statistics
+    averaged over the calls that have them; NaN where no call fell."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+    how = METRICS[metric][1]
+    num = np.zeros((len(layers), len(cols)))
+    den = np.zeros((len(layers), len(cols)))
     li = {v: i for i, v in enumerate(layers)}
     ci = {v: i for i, v in enumerate(cols)}
+    field = "energy_j" if how == "power" else metric
     for r in calls:
         i, j = li[int(r["layer"])], ci[col_type(r[col_field])]
-        z[i, j] = (0.0 if math.isnan(z[i, j]) else z[i, j]) + float(r["energy_j"])
-    return z
+        v = float(r[field])
+        if math.isnan(v):
+            continue
+        num[i, j] += v
+        den[i, j] += float(r["duration_s"]) if how == "power" else 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if how == "sum":
+            return np.where(den > 0, num, np.nan)
+        return np.where(den > 0, num / den, np.nan)
 
 
-def _layer_component_matrix(run: Any) -> Tuple[List[int], List[str], np.ndarray]:
-    """Energy (J, summed over steps) of every (decoder layer, component) pair."""
-    comp = _arr(run, "components")
-    if comp is None or len(comp) == 0 or not np.any(comp["layer"] >= 0):
-        raise NoDataError("the run has no per-layer component calls (recorded with mode='minimal'?)")
-    comp = comp[comp["layer"] >= 0]
-    layers = sorted(int(v) for v in np.unique(comp["layer"]))
-    names = _ordered_components(np.unique(comp["component"]))
-    return layers, names, _energy_matrix(comp, layers, names, "component", str)
+def _no_metric(metric: str) -> NoDataError:
+    return NoDataError(f"the run's calls have no {METRICS[metric][0]} (activation statistics are recorded "
+                       f"with mode='deep')")
+
+
+def _named_matrix(calls: Optional[np.ndarray], missing: str, order: Callable[[Sequence[str]], List[str]],
+                  metric: str) -> Tuple[List[int], List[str], np.ndarray]:
+    """``metric`` of every (decoder layer, component name) pair of ``calls`` (rows with layer >= 0)."""
+    if calls is None or len(calls) == 0 or not np.any(calls["layer"] >= 0):
+        raise NoDataError(missing)
+    calls = calls[calls["layer"] >= 0]
+    layers = sorted(int(v) for v in np.unique(calls["layer"]))
+    names = order(np.unique(calls["component"]))
+    z = _energy_matrix(calls, layers, names, "component", str, metric)
+    if np.all(np.isnan(z)):
+        raise _no_metric(metric)
+    return layers, names, z
+
+
+def _layer_component_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[int], List[str], np.ndarray]:
+    """``metric`` (energy in J by default, summed over steps) of every (decoder layer, component) pair."""
+    return _named_matrix(_arr(run, "components"), "the run has no per-layer component calls (recorded with "
+                         "mode='minimal'?)", _ordered_components, metric)
+
+
+def _op_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[int], List[str], np.ndarray]:
+    """``metric`` of every (decoder layer, op) pair of a mode="deep" run (``run.ops``)."""
+    return _named_matrix(_arr(run, "ops"), "the run has no op rows (ops are recorded with mode='deep')",
+                         lambda names: sorted(str(v) for v in names), metric)
+
+
+def _head_matrix(run: Any, metric: str = "entropy") -> Tuple[List[int], List[int], np.ndarray]:
+    """Mean of a head statistic (:data:`HEAD_METRICS`) per (layer, head) over a deep run's attention calls."""
+    if metric not in HEAD_METRICS:
+        raise ValueError(f"unknown head metric {metric!r}; valid: {', '.join(HEAD_METRICS)}")
+    heads = _arr(run, "heads")
+    if heads is None or len(heads) == 0:
+        raise NoDataError("the run has no per-head statistics (recorded with mode='deep')")
+    layers = sorted(int(v) for v in np.unique(heads["layer"]))
+    hs = sorted(int(v) for v in np.unique(heads["head"]))
+    num = np.zeros((len(layers), len(hs)))
+    den = np.zeros((len(layers), len(hs)))
+    li = {v: i for i, v in enumerate(layers)}
+    hi = {v: i for i, v in enumerate(hs)}
+    for r in heads:
+        v = float(r[metric])
+        if not math.isnan(v):
+            num[li[int(r["layer"])], hi[int(r["head"])]] += v
+            den[li[int(r["layer"])], hi[int(r["head"])]] += 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return layers, hs, np.where(den > 0, num / den, np.nan)
 
 
 _COMPONENT_ORDER = ("input_norm", "attn", "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj",
@@ -237,14 +305,17 @@ def _ordered_components(names: Sequence[str]) -> List[str]:
     return known + sorted(n for n in names if n not in _COMPONENT_ORDER)
 
 
-def _layer_step_matrix(run: Any) -> Tuple[List[int], List[int], np.ndarray]:
-    """Energy (J) of every (decoder layer, forward step) pair; step 0 is the prefill."""
+def _layer_step_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[int], List[int], np.ndarray]:
+    """``metric`` (energy in J by default) of every (decoder layer, forward step) pair; step 0 is the prefill."""
     lay = _arr(run, "layers")
     if lay is None or len(lay) == 0:
         raise NoDataError("the run has no decoder-layer calls (recorded with mode='minimal'?)")
     layers = sorted(int(v) for v in np.unique(lay["layer"]))
     steps = sorted(int(v) for v in np.unique(lay["step"]))
-    return layers, steps, _energy_matrix(lay, layers, steps, "step", int)
+    z = _energy_matrix(lay, layers, steps, "step", int, metric)
+    if np.all(np.isnan(z)):
+        raise _no_metric(metric)
+    return layers, steps, z
 
 
 def _call_tree(run: Any) -> Dict[str, np.ndarray]:
@@ -545,24 +616,48 @@ def _heat_mpl(z, xlabels, ylabels, title, xlabel, cbar):
 
 def _heat_plotly(z, xlabels, ylabels, title, xlabel, cbar):
     go = _need("plotly")
+    unit = cbar[cbar.rfind("(") + 1:-1] if cbar.endswith(")") and "(" in cbar else ""
     fig = go.Figure(go.Heatmap(z=z, x=[_esc(v) for v in xlabels], y=[f"layer {v}" for v in ylabels],
-                               colorscale="Viridis", colorbar=dict(title=cbar),
-                               hovertemplate="%{y}, %{x}: %{z:.4g} J<extra></extra>"))
+                               colorscale="Viridis", colorbar=dict(title=_esc(cbar)),
+                               hovertemplate="%{y}, %{x}: %{z:.4g} " + _esc(unit) + "<extra></extra>"))
     fig.update_layout(title=title, xaxis_title=xlabel, template="plotly_white",
                       yaxis=dict(autorange="reversed", type="category"), xaxis=dict(type="category"))
     return fig
 
 
-def _layers_fig(run, backend, s):
-    layers, names, z = _layer_component_matrix(run)
-    f = _heat_mpl if backend == "matplotlib" else _heat_plotly
-    return f(z, names, layers, _title("Energy per layer and component (all steps)", s), "component", "energy (J)")
+def _metric_title(metric: str) -> str:
+    name = METRICS[metric][0]
+    name = name[:name.find(" (")] if " (" in name else name
+    return name[0].upper() + name[1:]
 
 
-def _layer_steps_fig(run, backend, s):
-    layers, steps, z = _layer_step_matrix(run)
+def _layers_fig(run, backend, s, metric="energy_j"):
+    layers, names, z = _layer_component_matrix(run, metric)
     f = _heat_mpl if backend == "matplotlib" else _heat_plotly
-    return f(z, steps, layers, _title("Energy per layer and forward step (0 = prefill)", s), "step", "energy (J)")
+    over = " (all steps)" if METRICS[metric][1] == "sum" else " (over all steps)"
+    return f(z, names, layers, _title(f"{_metric_title(metric)} per layer and component{over}", s), "component",
+             METRICS[metric][0])
+
+
+def _layer_steps_fig(run, backend, s, metric="energy_j"):
+    layers, steps, z = _layer_step_matrix(run, metric)
+    f = _heat_mpl if backend == "matplotlib" else _heat_plotly
+    return f(z, steps, layers, _title(f"{_metric_title(metric)} per layer and forward step (0 = prefill)", s),
+             "step", METRICS[metric][0])
+
+
+def _ops_fig(run, backend, s, metric="energy_j"):
+    layers, names, z = _op_matrix(run, metric)
+    f = _heat_mpl if backend == "matplotlib" else _heat_plotly
+    return f(z, names, layers, _title(f"{_metric_title(metric)} per layer and operation (mode='deep')", s), "op",
+             METRICS[metric][0])
+
+
+def _heads_fig(run, backend, s, metric="entropy"):
+    layers, hs, z = _head_matrix(run, metric)
+    f = _heat_mpl if backend == "matplotlib" else _heat_plotly
+    return f(z, hs, layers, _title(f"Per-head {HEAD_METRICS[metric]} (mean over attention calls)", s), "head",
+             HEAD_METRICS[metric])
 
 
 # ---- components
@@ -693,7 +788,7 @@ def _waterfall_plotly(run, d, s):
 
 
 # --------------------------------------------------------------------------- public
-def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib"):
+def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib", metric: Optional[str] = None):
     """Draw one figure of ``run`` and return it.
 
     Parameters
@@ -708,10 +803,17 @@ def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib"):
         heatmap; ``"layer_steps"`` layer x forward-step heatmap; ``"components"`` share
         per component (bars in matplotlib, a sunburst of the module tree in plotly);
         ``"sankey"`` run -> phases -> layers -> components (plotly only);
-        ``"waterfall"`` idle baseline plus each phase's energy above idle, to the total.
+        ``"waterfall"`` idle baseline plus each phase's energy above idle, to the total;
+        ``"ops"`` layer x operation heatmap and ``"heads"`` layer x head heatmap of a
+        ``mode="deep"`` run.
     backend:
         ``"matplotlib"`` (a ``matplotlib.figure.Figure``, for PNG/SVG) or ``"plotly"``
         (a ``plotly.graph_objects.Figure``, interactive).
+    metric:
+        What the heatmaps show per cell: for ``layers``, ``layer_steps`` and ``ops`` one
+        of :data:`METRICS` (default ``"energy_j"``; ``"duration_s"``, ``"power_w"``,
+        ``"act_mean"``, ``"act_std"``, ``"act_max"``, ``"act_sparsity"``), for ``heads``
+        one of :data:`HEAD_METRICS` (default ``"entropy"``).  Other kinds take none.
 
     Raises
     ------
@@ -722,13 +824,21 @@ def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib"):
     ImportError
         naming the plotting package that is missing.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown plot kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    if kind not in KINDS + DEEP_KINDS:
+        raise ValueError(f"unknown plot kind {kind!r}; valid kinds: {', '.join(KINDS + DEEP_KINDS)}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if metric is not None and kind not in ("layers", "layer_steps", "ops", "heads"):
+        raise ValueError(f"plot kind {kind!r} takes no metric (only layers, layer_steps, ops and heads do)")
+    if metric is not None and kind != "heads" and metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
     _need(backend)
     s = _summary(run)
     mpl = backend == "matplotlib"
+    if kind == "ops":
+        return _ops_fig(run, backend, s, metric or "energy_j")
+    if kind == "heads":
+        return _heads_fig(run, backend, s, metric or "entropy")
     if kind == "timeline":
         d = _timeline_data(run)
         return _timeline_mpl(run, d, s) if mpl else _timeline_plotly(run, d, s)
@@ -739,9 +849,9 @@ def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib"):
         d = _token_data(run)
         return _tokens_mpl(run, d, s) if mpl else _tokens_plotly(run, d, s)
     if kind == "layers":
-        return _layers_fig(run, backend, s)
+        return _layers_fig(run, backend, s, metric or "energy_j")
     if kind == "layer_steps":
-        return _layer_steps_fig(run, backend, s)
+        return _layer_steps_fig(run, backend, s, metric or "energy_j")
     if kind == "components":
         return _components_mpl(run, _component_self(run), s) if mpl else _components_plotly(run, s)
     if kind == "sankey":
@@ -813,5 +923,156 @@ def plot_compare(a: Any, b: Any, backend: str = "matplotlib", labels: Optional[T
     return fig
 
 
-__all__ = ["plot", "plot_compare", "KINDS", "BACKENDS", "PHASE_ORDER", "NoDataError", "label_tag",
+# --------------------------------------------------------------------------- many runs
+_LABEL_COLOR = {"measured": "#2ca02c", "estimated": "#d8a000", "simulated": "#e0701a", "unknown": "#888888"}
+_RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+               "#17becf")
+
+
+def _label_of(s: Dict[str, Any]) -> str:
+    lab = str(s.get("source_label") or "unknown").lower()
+    return lab if lab in _LABEL_COLOR else "unknown"
+
+
+def _names(runs: Sequence[Any]) -> List[str]:
+    """Legend names of runs: their names (or ids), made unique with the run id where two agree."""
+    names = [_run_name(r, f"run #{i + 1}") for i, r in enumerate(runs)]
+    out = []
+    for i, (n, r) in enumerate(zip(names, runs)):
+        rid = _summary(r).get("run_id")
+        out.append(f"{n} (#{rid if rid is not None else i + 1})" if names.count(n) > 1 else n)
+    return out
+
+
+def plot_history(runs: Sequence[Any], figure: str = "j_per_output_token", backend: str = "plotly"):
+    """One marker per run: ``figure`` (any name :func:`energyprof.analysis.efficiency.figure_value`
+    knows) against the run's start time, one colour per label (measured / estimated /
+    simulated).  ``runs`` are runs or summary dicts.  Returns a plotly or matplotlib figure."""
+    import datetime as _dt
+
+    from ..analysis.efficiency import FIGURE_UNITS, figure_value
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    _need(backend)
+    groups: Dict[str, List[Tuple[Any, float, str]]] = {}
+    for r in runs:
+        s = r if isinstance(r, dict) else _summary(r)
+        try:
+            t = _dt.datetime.fromisoformat(str(s.get("started_at")).replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        v = figure_value(s, figure)
+        if not math.isfinite(v):
+            continue
+        groups.setdefault(_label_of(s), []).append((t, v, _run_name(s, "run")))
+    if not groups:
+        raise NoDataError(f"none of the runs has a value of {figure!r} and a start time")
+    unit = FIGURE_UNITS.get(figure, "")
+    ytitle = f"{figure} ({unit})" if unit else figure
+    title = f"{figure} of each run over time"
+    if backend == "matplotlib":
+        fig = _mpl_fig(9, 4)
+        ax = fig.add_subplot()
+        for lab, pts in groups.items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color=_LABEL_COLOR[lab], label=lab)
+        ax.set_ylabel(ytitle)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        return fig
+    go = _need("plotly")
+    fig = go.Figure()
+    for lab, pts in groups.items():
+        fig.add_trace(go.Scatter(x=[p[0].isoformat() for p in pts], y=[p[1] for p in pts], mode="markers",
+                                 name=lab, marker=dict(color=_LABEL_COLOR[lab], size=9),
+                                 text=[_esc(p[2]) for p in pts],
+                                 hovertemplate="%{text}<br>%{x}<br>%{y:.4g}<extra>" + lab + "</extra>"))
+    fig.update_layout(title=_esc(title), yaxis_title=_esc(ytitle), xaxis_title="started (UTC)",
+                      template="plotly_white", legend_title="label")
+    return fig
+
+
+def plot_compare_many(runs: Sequence[Any], kind: str = "bars", backend: str = "plotly",
+                      figure: str = "j_per_output_token"):
+    """Two to ten runs together.
+
+    ``kind="bars"``: ``figure`` (default J per output token) of each run as a bar,
+    coloured by the run's label, with the label in the bar's text.  ``kind="timeline"``:
+    each run's total power (the rule of :func:`energyprof._dtypes.total_of`) against the
+    seconds from that run's start, overlaid on one axis.  Returns a plotly or
+    matplotlib figure; raises like :func:`plot`.
+    """
+    from .._dtypes import measured_domains, total_of
+    from ..analysis.efficiency import FIGURE_UNITS, figure_value
+
+    if kind not in ("bars", "timeline"):
+        raise ValueError(f"unknown kind {kind!r}; valid kinds: bars, timeline")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    _need(backend)
+    runs = list(runs)
+    names = _names(runs)
+    sums = [_summary(r) for r in runs]
+    tags = sorted({label_tag(s).strip() for s in sums if label_tag(s)})
+    tag = (" " + " ".join(tags)) if tags else ""
+    if kind == "bars":
+        vals = [figure_value(s, figure) for s in sums]
+        labs = [_label_of(s) for s in sums]
+        unit = FIGURE_UNITS.get(figure, "")
+        title = f"{figure} per run" + tag
+        if backend == "matplotlib":
+            fig = _mpl_fig(max(6.0, 1.0 * len(runs) + 3), 4)
+            ax = fig.add_subplot()
+            x = np.arange(len(runs))
+            ax.bar(x, vals, color=[_LABEL_COLOR[lab] for lab in labs], edgecolor="#333333")
+            ax.set_xticks(x, [f"{n}\n[{lab}]" for n, lab in zip(names, labs)], fontsize=8)
+            ax.set_ylabel(f"{figure} ({unit})" if unit else figure)
+            ax.set_title(title)
+            return fig
+        go = _need("plotly")
+        fig = go.Figure(go.Bar(x=[_esc(n) for n in names], y=vals, marker_color=[_LABEL_COLOR[lab] for lab in labs],
+                               text=[f"{v:.4g} [{lab}]" if math.isfinite(v) else f"n/a [{lab}]"
+                                     for v, lab in zip(vals, labs)], textposition="outside"))
+        fig.update_layout(title=_esc(title), yaxis_title=_esc(f"{figure} ({unit})" if unit else figure),
+                          template="plotly_white", showlegend=False)
+        return fig
+    lines = []
+    for r, s, n in zip(runs, sums, names):
+        smp = _arr(r, "samples")
+        if smp is None or len(smp) == 0:
+            continue
+        t0 = _t0_ns(r, s)
+        pw = np.column_stack([np.asarray(smp[f"{d}_w"], dtype=np.float64) for d in DOMAINS])
+        total = total_of(pw, measured_domains(smp))
+        a, b = (smp["t_start_ns"] - t0) / 1e9, (smp["t_end_ns"] - t0) / 1e9
+        if np.any(smp["t_end_ns"] > smp["t_start_ns"]):  # interval averages: flat steps
+            x, y = np.column_stack([a, b]).reshape(-1), np.repeat(total, 2)
+        else:
+            x, y = a, total
+        lines.append((n, x, y, _label_of(s)))
+    if not lines:
+        raise NoDataError("none of the runs has power samples")
+    title = "Total power of each run from its start" + tag
+    if backend == "matplotlib":
+        fig = _mpl_fig(11, 4.5)
+        ax = fig.add_subplot()
+        for i, (n, x, y, lab) in enumerate(lines):
+            ax.plot(x, y, lw=1.0, color=_RUN_COLORS[i % len(_RUN_COLORS)], label=f"{n} [{lab}]")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("time (s from each run's start)")
+        ax.set_ylabel("total power (W)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        return fig
+    go = _need("plotly")
+    fig = go.Figure()
+    for i, (n, x, y, lab) in enumerate(lines):
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=_esc(f"{n} [{lab}]"),
+                                 line=dict(width=1.5, color=_RUN_COLORS[i % len(_RUN_COLORS)])))
+    fig.update_layout(title=_esc(title), xaxis_title="time (s from each run's start)", yaxis_title="total power (W)",
+                      template="plotly_white", yaxis_rangemode="tozero", hovermode="x unified")
+    return fig
+
+
+__all__ = ["plot", "plot_compare", "plot_history", "plot_compare_many", "KINDS", "DEEP_KINDS", "METRICS", "HEAD_METRICS", "BACKENDS", "PHASE_ORDER", "NoDataError", "label_tag",
            "MAX_TIMELINE_SAMPLES"]
