@@ -18,9 +18,9 @@ import pytest
 import energyprof as ep
 from energyprof import _core
 from energyprof import _reference as ref
+from fakeclock import HANG_GUARD_S, FakeClock, wait_for_samples
 
 DOMAINS = _core.DOMAINS
-HANG_GUARD_S = 20.0  # only to turn a hang into a failure; nothing asserts on time
 
 
 def run_for(spec, seconds, **kw):
@@ -118,31 +118,6 @@ def test_noise_reproducible_and_matches_twin():
 
 
 # ---------------------------------------------------------------------- fake clock
-
-class FakeClock:
-    """Freeze energyprof's clock and step it; restore the real clock on exit."""
-
-    def __enter__(self):
-        self.t = _core.now_ns()
-        _core._set_fake_clock(self.t)
-        return self
-
-    def set(self, t):
-        self.t = t
-        _core._set_fake_clock(t)
-
-    def __exit__(self, *exc):
-        _core._set_fake_clock(0)
-        return False
-
-
-def wait_for_samples(core, n):
-    """Block until the C sampler has produced n samples (its polls run on the real clock)."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while core.stats()["samples"] < n:
-        assert time.monotonic() < deadline, "sampler thread did not poll"
-        time.sleep(0.0002)
-
 
 def stepped_run(spec, steps_ns, on_step=None):
     """Start at the frozen time, then step the clock through steps_ns waiting for one sample each."""
