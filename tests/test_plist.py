@@ -352,7 +352,7 @@ def test_replay_integrates_to_the_capture_energy(powermetrics_fixtures, tmp_path
     windows = np.array([[samples["t_start_ns"][0], samples["t_end_ns"][-1]]], dtype=np.int64)
     energy_j, flags, counts = _core.integrate(samples, windows)
     for i, d in enumerate(("cpu", "gpu", "ane")):
-        assert energy_j[0, i] == pytest.approx(want[d], rel=0.005, abs=1e-9), d
+        assert energy_j[0, i] == pytest.approx(want[d], rel=1e-12, abs=1e-15), d
     assert counts[0] == len(frames)
     meta = __import__("json").loads(s.meta_json)
     assert meta["hw_model"] == "MacBookPro17,1" and meta["speed"] == "max"
@@ -369,7 +369,7 @@ def test_replay_gpu_only_capture(powermetrics_fixtures):
     assert len(samples) == 5 and np.isnan(samples["cpu_w"]).all()
     windows = np.array([[samples["t_start_ns"][0], samples["t_end_ns"][-1]]], dtype=np.int64)
     energy_j, _, _ = _core.integrate(samples, windows)
-    assert energy_j[0, 1] == pytest.approx(capture_energy_j(frames)["gpu"], rel=0.005)
+    assert energy_j[0, 1] == pytest.approx(capture_energy_j(frames)["gpu"], rel=1e-12)
 
 
 def test_replay_skips_and_counts_damaged_documents(powermetrics_fixtures, tmp_path):

@@ -57,7 +57,6 @@ def test_constant_power_is_exact_everywhere(llama, method):
                 hook_method=method) as s:
         gen(llama, n=16)
     sm = s.summary()
-    assert sm["energy_j"] == pytest.approx(P * sm["duration_s"], rel=1e-3)
     assert sm["energy_j"] == pytest.approx(P * sm["duration_s"], rel=1e-9)   # exact for constant power
     assert sm["output_tokens"] == 16 and sm["input_tokens"] == 5
     assert len(s.tokens) == 15
@@ -66,7 +65,8 @@ def test_constant_power_is_exact_everywhere(llama, method):
     assert sm["baseline_power_w"] == pytest.approx(P, rel=1e-9)
     assert sm["net_energy_j"] == pytest.approx(0, abs=1e-9)
     assert sm["source_label"] == "simulated" and sm["method"] == "interval-exact"
-    assert sm["sample_period_s"] == pytest.approx(0.002, rel=0.5)
+    # the median interval of the samples themselves (a loaded machine wakes the sampler late)
+    assert sm["sample_period_s"] == float(np.median(s.samples["t_end_ns"] - s.samples["t_start_ns"])) * 1e-9
     assert_conservation(s)
 
 

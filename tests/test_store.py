@@ -24,6 +24,7 @@ from energyprof.store import schema
 from energyprof._dtypes import CALL_DTYPE, HEAD_DTYPE, SECTION_DTYPE, TOKEN_DTYPE
 from energyprof.store.db import Store
 from energyprof.store.rundata import AGG_DTYPE, ARRAY_NAMES, RunData
+from fakeclock import wait_until
 
 SAMPLE_DTYPE = np.dtype(_core.SAMPLE_DTYPE)
 NAN = float("nan")
@@ -1251,8 +1252,10 @@ def test_close_refuses_while_another_thread_waits_in_the_store(tmp_path):
     t = threading.Thread(target=flusher)
     t.start()
     started.wait()
-    while w.pending and t.is_alive() and not _in_flush(t):
-        pass
+    # the flusher is inside flush() once the store counts a caller waiting in it (the
+    # execute() above only queued its job and has returned)
+    wait_until(lambda: w.users >= 1 or not t.is_alive(), "the flusher thread to enter flush()")
+    assert t.is_alive()
     with pytest.raises(RuntimeError, match="in use by another thread"):
         w.close()
     holder.execute("ROLLBACK")
@@ -1260,15 +1263,6 @@ def test_close_refuses_while_another_thread_waits_in_the_store(tmp_path):
     w.close()
     assert not errors and w.closed
     holder.close()
-
-
-def _in_flush(t: threading.Thread) -> bool:
-    """True once thread t is inside a call to Store.flush (seen from its Python frame)."""
-    import sys
-
-    frame = sys._current_frames().get(t.ident)
-    return frame is not None and frame.f_code.co_name == "flusher" and frame.f_lasti > 0 and \
-        "flush" in frame.f_code.co_names and frame.f_lineno == frame.f_code.co_firstlineno + 3
 
 
 def test_writer_constant_columns_of_every_kind(tmp_path):
