@@ -15,7 +15,9 @@ which gives an HTML comment (invisible on the rendered page, one line, JSON insi
 
 ``collect.py`` reads every such line of every ``docs/benchmarks/<name>.md`` it knows
 (``PARTS`` there), in order, and builds the table from them; a page without one gets a
-row saying so.  ``met`` is true, false, or null (no goal, "measured and stated").
+row saying so.  ``met`` is true, false, ``"unclear"`` (the point estimate meets the goal
+but its interval reaches past it: :func:`verdict`), or null (no goal, "measured and
+stated").
 Nothing is typed into the table by hand.
 
 The spread
@@ -71,17 +73,34 @@ def bootstrap_ci(stat: Callable[[np.ndarray], float], n_rounds: int, n_boot: int
 
 def ratio_of_medians(num: Sequence[float], den: Sequence[float], base: Optional[Sequence[float]] = None,
                      **kw) -> Tuple[float, float, float]:
-    """median(num) / median(den) with its bootstrap interval; with ``base`` the ratio of
-    what each adds over it: (median(num) - median(base)) / (median(den) - median(base))."""
+    """median(num) / median(den) with its bootstrap interval.  With ``base`` (measured in
+    the same rounds) the ratio of what each adds over it, differenced round by round:
+    median(num - base) / median(den - base), which cancels the drift between rounds."""
     x, y = np.asarray(num, float), np.asarray(den, float)
-    b = np.asarray(base, float) if base is not None else None
+    if base is not None:
+        b = np.asarray(base, float)
+        x, y = x - b, y - b
 
     def stat(idx: np.ndarray) -> float:
-        mb = float(np.median(b[idx])) if b is not None else 0.0
-        d = float(np.median(y[idx])) - mb
-        return (float(np.median(x[idx])) - mb) / d if d != 0 else float("nan")
+        d = float(np.median(y[idx]))
+        return float(np.median(x[idx])) / d if d != 0 else float("nan")
 
     return bootstrap_ci(stat, len(x), **kw)
+
+
+def verdict(r: Tuple[float, float, float], goal: float, higher_is_better: bool):
+    """True when the whole 95 % interval meets the goal, False when the point estimate
+    misses it, "unclear" when the point meets it but the interval reaches past it."""
+    v, lo, hi = r
+    good = (lambda x: x >= goal) if higher_is_better else (lambda x: x <= goal)
+    if not good(v):
+        return False
+    return True if good(lo if higher_is_better else hi) else "unclear"
+
+
+def verdict_text(m) -> str:
+    return {True: "met", False: "NOT met", "unclear": "met on the point estimate only (the interval reaches "
+            "past the goal)", None: "n/a"}[m]
 
 
 def fmt_ci(r: Tuple[float, float, float], digits: int = 2, unit: str = "") -> str:

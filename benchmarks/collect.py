@@ -15,7 +15,7 @@ without a headline line gets a row that says so; a goal missed on fair terms sho
 """
 from pathlib import Path
 
-from _report import parse_headlines, strip_headlines
+from _report import parse_headlines, strip_headlines, verdict_text
 
 ROOT = Path(__file__).parents[1]
 PARTS = ["sampler", "plist_parse", "integrate", "hook_overhead", "run_overhead", "deep_overhead", "sqlite_writer"]
@@ -36,6 +36,8 @@ Python 3.11.7, torch 2.13.0+cpu, no GPU.
 |---|---|---|---|---|
 {rows}
 
+{missed}
+
 **Real hardware.** No session so far has been lent a GPU machine, there is no RAPL
 powercap tree in this container and no Mac. So NVML, RAPL, powermetrics and IOReport have
 run only against their fakes (a fake `libnvidia-ml.so.1` built by the tests, fake sysfs
@@ -49,11 +51,12 @@ time a session runs them on a GPU.
 
 
 def _met(m) -> str:
-    return {True: "met", False: "**NOT met**", None: "n/a"}.get(m, str(m))
+    t = verdict_text(m) if m in (True, False, None, "unclear") else str(m)
+    return f"**{t}**" if m is False else t
 
 
 def main() -> None:
-    rows, sections = [], []
+    rows, sections, missed, unclear = [], [], [], []
     for name in PARTS:
         p = ROOT / "docs" / "benchmarks" / f"{name}.md"
         script = f"`benchmarks/{name}.py`"
@@ -66,12 +69,22 @@ def main() -> None:
             rows.append(f"| {name} | {script} | | no headline line in docs/benchmarks/{name}.md "
                         "(see benchmarks/_report.py); its page is below | |")
         for h in heads:
+            if h["met"] is False:
+                missed.append(f"{h['what']} ({h['result']}; goal {h['goal']})")
+            elif h["met"] == "unclear":
+                unclear.append(f"{h['what']} ({h['result']}; goal {h['goal']})")
             rows.append(f"| {h['what']} | {script} | {h['goal']} | {h['result']} | {_met(h['met'])} |")
         lines = strip_headlines(text).strip().splitlines()
         if lines and lines[0].startswith("# "):
             lines[0] = "## " + lines[0][2:]       # one level down inside this page
         sections.append("\n".join(l if not l.startswith("# ") else "#" + l for l in lines))
-    out = [HEADER.format(rows="\n".join(rows))] + sections
+    notes = []
+    if missed:
+        notes.append("**Goals missed on fair terms:** " + "; ".join(missed) + ".")
+    if unclear:
+        notes.append("**Met on the point estimate only** (the 95 % interval reaches past the goal): "
+                     + "; ".join(unclear) + ".")
+    out = [HEADER.format(rows="\n".join(rows), missed="\n\n".join(notes) or "Every goal is met.")] + sections
     (ROOT / "docs" / "benchmarks.md").write_text("\n\n".join(out) + "\n")
     print("wrote", ROOT / "docs" / "benchmarks.md")
 

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from energyprof import _core  # noqa: E402
 from energyprof.store.db import Store  # noqa: E402
-from _report import fmt_ci, headline, ratio_of_medians  # noqa: E402
+from _report import fmt_ci, headline, ratio_of_medians, verdict  # noqa: E402
 
 
 def make_samples(n: int) -> np.ndarray:
@@ -141,7 +141,7 @@ def main() -> None:
     head = headline(f"C SQLite writer vs sqlite3.executemany, {args.rows:,} samples", ">= 500K rows/s and >= 3x",
                     f"{c_rate / 1e6:.2f}M rows/s (best round); {fmt_ci(one, 2, 'x')} one transaction, "
                     f"{fmt_ci(stream, 2, 'x')} streaming in {args.rows // args.batch} batches",
-                    bool(c_rate >= 500_000 and one[0] >= 3))
+                    verdict(one, 3.0, True) if c_rate >= 500_000 else False)
     print("\n".join(lines))
     print(head)
     if args.md:
