@@ -346,7 +346,8 @@ def main(argv=None) -> int:
     # own ~5 µs swamp a difference of ~100 ns, so its ratio is shown but not resolved.
     main_w = "chain of 64 Identity"
     ok_wrap = verdict(wrap_r[main_w], GOAL, False)
-    spread = "; ".join(f"{n}: {fmt_ci(r)}" for n, r in wrap_r.items())
+    spread = f"{main_w} (judged): {fmt_ci(wrap_r[main_w])}; " + "; ".join(
+        f"{n}: {fmt_ci(r)}" for n, r in wrap_r.items() if n != main_w)
     lines += ["",
               f"Goal ≤ {GOAL} for C wrap ÷ Python wrapper, judged on the {main_w}: "
               f"**{verdict_text(ok_wrap)}** ({fmt_ci(wrap_r[main_w])}).  C hooks ÷ Python hook pair "
