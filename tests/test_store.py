@@ -24,6 +24,7 @@ from energyprof.store import schema
 from energyprof._dtypes import CALL_DTYPE, HEAD_DTYPE, SECTION_DTYPE, TOKEN_DTYPE
 from energyprof.store.db import Store
 from energyprof.store.rundata import AGG_DTYPE, ARRAY_NAMES, RunData
+from fakeclock import wait_until
 
 SAMPLE_DTYPE = np.dtype(_core.SAMPLE_DTYPE)
 NAN = float("nan")
@@ -1256,8 +1257,10 @@ def test_close_refuses_while_another_thread_waits_in_the_store(tmp_path):
     t = threading.Thread(target=flusher)
     t.start()
     started.wait()
-    while w.pending and t.is_alive() and not _in_flush(t):
-        pass
+    # the flusher is inside flush() once the store counts a caller waiting in it (the
+    # execute() above only queued its job and has returned)
+    wait_until(lambda: w.users >= 1 or not t.is_alive(), "the flusher thread to enter flush()")
+    assert t.is_alive()
     with pytest.raises(RuntimeError, match="in use by another thread"):
         w.close()
     holder.execute("ROLLBACK")
@@ -1265,15 +1268,6 @@ def test_close_refuses_while_another_thread_waits_in_the_store(tmp_path):
     w.close()
     assert not errors and w.closed
     holder.close()
-
-
-def _in_flush(t: threading.Thread) -> bool:
-    """True once thread t is inside a call to Store.flush (seen from its Python frame)."""
-    import sys
-
-    frame = sys._current_frames().get(t.ident)
-    return frame is not None and frame.f_code.co_name == "flusher" and frame.f_lasti > 0 and \
-        "flush" in frame.f_code.co_names and frame.f_lineno == frame.f_code.co_firstlineno + 3
 
 
 def test_writer_constant_columns_of_every_kind(tmp_path):
@@ -1293,3 +1287,27 @@ def test_writer_constant_columns_of_every_kind(tmp_path):
     conn.execute("DELETE FROM t")
     _reference.store_insert(conn, "t", a, {k: (v.item() if isinstance(v, np.generic) else v) for k, v in consts.items()})
     assert conn.execute("SELECT x, i, f, s, n, b, yes FROM t ORDER BY rowid").fetchall() == rows[:3]
+
+
+# ---------------------------------------------------------------------------- saved runs against the oracle
+
+@pytest.mark.parametrize("shape, mode", [("square", "standard"), ("ramp", "deep"), ("noise", "minimal"),
+                                         ("active", "standard")])
+def test_saved_and_loaded_rows_equal_the_oracle(tmp_path, shape, mode):
+    """A run saved by ep.run (samples written in batches while it goes on) and loaded
+    back: every row recomputed by the brute-force oracle from the *loaded* samples."""
+    import torch
+
+    from energy_oracle import WAVEFORMS, check_run
+    from energyprof.tiny import tiny_model
+
+    model = tiny_model("tiny-llama")
+    db = str(tmp_path / "runs.db")
+    with ep.run(model, source=WAVEFORMS[shape], mode=mode, baseline_s=0.01, db=db) as s:
+        with s.section("generate"):
+            model.generate(torch.tensor([[5, 6, 7, 8]]), max_new_tokens=5, do_sample=False)
+    back = ep.load(s.run_id, db=db)
+    assert len(back.samples) == len(s.samples)
+    n = check_run(back)
+    assert n["tokens"] == 4 and n["sections"] == len(s.sections)
+    assert n["calls"] == len(s.layers) + len(s.components) + len(s.ops)
