@@ -61,7 +61,7 @@ def test_constant_power_is_exact_everywhere(llama, method):
         np.testing.assert_allclose(arr["energy_j"], P * arr["duration_s"], rtol=1e-9)
     assert sm["baseline_power_w"] == pytest.approx(P, rel=1e-9)
     assert sm["net_energy_j"] == pytest.approx(0, abs=1e-9)
-    assert sm["source_label"] == "simulated" and sm["method"] == "interval-exact"
+    assert sm["source_label"] == "simulated" and sm["method"] == "time-split within sample"
     assert sm["sample_period_s"] == pytest.approx(0.002, rel=0.5)
     assert_conservation(s)
 

@@ -37,7 +37,7 @@ def make_summary(i: int = 0, **over):
         "run_id": None, "name": f"run-{i}", "tags": ["bench", f"t{i % 3}"], "status": "completed",
         "started_at": f"2025-03-{1 + i:02d}T10:00:00+00:00", "t_origin_ns": 123456789 + i,
         "source": "synthetic:power_w=20", "source_kind": "synthetic", "source_label": "simulated",
-        "source_meta": {"power_w": 20.0, "period_ms": 5}, "method": "interval-exact", "sample_period_s": 0.005,
+        "source_meta": {"power_w": 20.0, "period_ms": 5}, "method": "time-split within sample", "sample_period_s": 0.005,
         "mode": "standard", "sync": "none", "duration_s": 2.5 + i, "energy_j": 50.0 + 3 * i, "net_energy_j": 40.0 + i,
         "baseline_power_w": 4.0, "peak_power_w": 31.5, "input_tokens": 16, "output_tokens": 32 + i, "batch_size": 1,
         "j_per_token": (50.0 + 3 * i) / (48 + i), "j_per_output_token": (50.0 + 3 * i) / (32 + i),
@@ -98,6 +98,7 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
     sections["tokens"] = rng.integers(0, 2**40, len(names))
     sections["samples_in_window"] = rng.integers(0, 1000, len(names))
     sections["resolved"] = rng.random(len(names)) < 0.5
+    sections["flags"] = rng.choice(np.array([0, 2, 8, 256 | 2, 2**32 - 1], dtype=np.uint32), len(names))
 
     tokens = np.zeros(n_steps, TOKEN_DTYPE)
     tokens["step"] = np.arange(1, n_steps + 1)
@@ -114,6 +115,7 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
     tokens["j_per_token"] = tokens["energy_j"] / 2
     tokens["samples_in_window"] = 2
     tokens["resolved"] = rng.random(n_steps) < 0.7
+    tokens["flags"] = np.where(tokens["resolved"], 0, 8) | rng.choice(np.array([0, 256, 4], np.uint32), n_steps)
 
     def calls(comps, layers):
         rows = [(l, c, s) for s in range(n_steps + 1) for l in layers for c in comps]
@@ -134,6 +136,7 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
         a["unattributed_j"] = rng.uniform(0, 1e-4, len(rows))
         a["samples_in_window"] = rng.integers(0, 3, len(rows))
         a["resolved"] = rng.random(len(rows)) < 0.5
+        a["flags"] = np.where(a["resolved"], 0, 8) | rng.choice(np.array([0, 2, 256], np.uint32), len(rows))
         for f in ("act_mean", "act_std", "act_max", "act_sparsity"):
             a[f] = np.where(rng.random(len(rows)) < 0.5, np.nan, rng.normal(size=len(rows)))
         return a
@@ -163,6 +166,23 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
 
 def make_run(i: int = 0, **kw) -> RunData:
     return RunData(make_summary(i), **make_arrays(i, **kw))
+
+
+def _no_flags(name: str, a: np.ndarray) -> np.ndarray:
+    """The rows as a database before version 4 held them: no flags column."""
+    if name == "samples" or "flags" not in (a.dtype.names or ()):
+        return a  # the samples' flags are the source's sample flags, kept since version 1
+    return a[[f for f in a.dtype.names if f != "flags"]]
+
+
+def _pre_v4(arrays: dict) -> dict:
+    """What rows written before version 4 read back as: the one flag they kept is 'unresolved'."""
+    out = dict(arrays)
+    for name in ("sections", "tokens", "layers", "components", "ops"):
+        a = arrays[name].copy()
+        a["flags"] = np.where(a["resolved"], 0, 8)
+        out[name] = a
+    return out
 
 
 def assert_same_summary(a, b, path="summary"):
@@ -334,7 +354,7 @@ def test_schema_has_a_column_for_every_dtype_field(dbpath):
             cols = set(schema.table_columns(s.conn, table))
             dt_ = np.dtype(_core.SAMPLE_DTYPE) if name == "samples" else RunData().array(name).dtype
             assert set(dt_.names) | {"run_id"} == cols, (table, set(dt_.names) ^ (cols - {"run_id"}))
-        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 3
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 4
         idx = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         for table in schema.ARRAY_TABLES.values():
             if table != "head_metrics":
@@ -365,10 +385,10 @@ def _fill_v1(path: str, n: int = 3) -> list:
         ids.append(rid)
         arr = make_arrays(i, n_samples=20)
         for name in ("samples", "sections", "tokens"):
-            _reference.store_insert(conn, schema.ARRAY_TABLES[name], arr[name], {"run_id": rid})
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _no_flags(name, arr[name]), {"run_id": rid})
         for name in ("layers", "components"):
             a = arr[name]
-            v1 = [f for f in a.dtype.names if f not in ("call_id", "parent_id", "unattributed_j")]
+            v1 = [f for f in a.dtype.names if f not in ("call_id", "parent_id", "unattributed_j", "flags")]
             _reference.store_insert(conn, schema.ARRAY_TABLES[name], a[v1], {"run_id": rid})
     conn.close()
     return ids
@@ -381,12 +401,12 @@ def test_migration_from_v1(dbpath):
     assert "op_metrics" not in schema.tables(conn)
     conn.close()
     with Store(dbpath) as s:
-        assert schema.user_version(s.conn) == 3
+        assert schema.user_version(s.conn) == 4
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
         for i, rid in enumerate(ids):
             r = s.load(rid)
-            want = make_arrays(i, n_samples=20)
+            want = _pre_v4(make_arrays(i, n_samples=20))
             summ = make_summary(i)
             # the new runs columns are backfilled from the summary kept by v1
             row = s.conn.execute("SELECT edp_js, source_label, n_params, pid FROM runs WHERE id=?", (rid,)).fetchone()
@@ -430,7 +450,7 @@ def _fill_v2(path: str, n: int = 3) -> list:
         ids.append(rid)
         arr = make_arrays(i, n_samples=20)
         for name in _V2_ARRAYS:
-            _reference.store_insert(conn, schema.ARRAY_TABLES[name], arr[name], {"run_id": rid})
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _no_flags(name, arr[name]), {"run_id": rid})
     conn.close()
     return ids
 
@@ -438,13 +458,13 @@ def _fill_v2(path: str, n: int = 3) -> list:
 def test_migration_from_v2(dbpath):
     ids = _fill_v2(dbpath)
     with Store(dbpath) as s:
-        assert schema.user_version(s.conn) == 3
+        assert schema.user_version(s.conn) == 4
         assert "head_metrics" in schema.tables(s.conn)
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
         for i, rid in enumerate(ids):
             r = s.load(rid)
-            want = make_arrays(i, n_samples=20)
+            want = _pre_v4(make_arrays(i, n_samples=20))
             for name in _V2_ARRAYS:  # every v2 row is kept, field by field
                 assert r.array(name).dtype == want[name].dtype
                 for f in want[name].dtype.names:
@@ -460,20 +480,70 @@ def test_migration_from_v2(dbpath):
             == len(make_run(7).heads) > 0
         ep.delete(rid, db=s)
         assert s.conn.execute("SELECT COUNT(*) FROM head_metrics").fetchone()[0] == 0
-    # migrating is a one-time step: a second open finds version 3 and changes nothing
+    # migrating is a one-time step: a second open finds version 4 and changes nothing
     before = sha(dbpath)
     with Store(dbpath, mark_stale=False) as s:
-        assert schema.migrate(s.conn, dbpath) == (3, 3)
+        assert schema.migrate(s.conn, dbpath) == (4, 4)
     assert sha(dbpath) == before
 
 
+_V3_ARRAYS = _V2_ARRAYS + ("heads",)
+
+
+def _fill_v3(path: str, n: int = 3) -> list:
+    """A version-3 database (the v3 DDL) with n runs as energyprof 3 wrote them: every array,
+    heads included, and rows without flags."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    schema.create(conn, 3)
+    assert schema.user_version(conn) == 3
+    assert "flags" not in schema.table_columns(conn, "tokens")
+    ids = []
+    for i in range(n):
+        cols = ep.db._run_columns(make_summary(i))
+        names = list(cols)
+        cur = conn.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                           [cols[k] for k in names])
+        ids.append(cur.lastrowid)
+        arr = make_arrays(i, n_samples=20)
+        for name in _V3_ARRAYS:
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _no_flags(name, arr[name]),
+                                    {"run_id": cur.lastrowid})
+    conn.close()
+    return ids
+
+
+def test_migration_from_v3_gives_rows_their_unresolved_flag(dbpath):
+    ids = _fill_v3(dbpath)
+    with Store(dbpath) as s:
+        assert schema.user_version(s.conn) == 4
+        assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        for table in ("sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
+            assert "flags" in schema.table_columns(s.conn, table), table
+        for i, rid in enumerate(ids):
+            r = s.load(rid)
+            raw = make_arrays(i, n_samples=20)
+            for name in _V3_ARRAYS:
+                got = r.array(name)
+                for f in raw[name].dtype.names:
+                    if f == "flags" and name not in ("samples", "heads"):
+                        # hand-worked: a v3 row kept only `resolved`; unresolved rows get bit 3 (8), others 0
+                        assert got["flags"].tolist() == [0 if ok else 8 for ok in raw[name]["resolved"].tolist()]
+                    else:
+                        np.testing.assert_array_equal(got[f], raw[name][f], err_msg=f"{name}.{f}")
+        # new runs keep every flag bit, Python's (1 << 8) and the C kernel's alike
+        rid = s.save(make_run(9))
+        assert_same_arrays(s.load(rid), make_run(9))
+    with Store(dbpath, mark_stale=False) as s:
+        assert schema.migrate(s.conn, dbpath) == (4, 4)
+
+
 def test_fresh_database_matches_migrated_one(tmp_path):
-    a, b, c2 = str(tmp_path / "a.db"), str(tmp_path / "b.db"), str(tmp_path / "c.db")
+    a, b, c2, c3 = (str(tmp_path / f"{x}.db") for x in ("a", "b", "c", "d"))
     _fill_v1(a, n=0)
     _fill_v2(c2, n=0)
-    Store(a).close()
-    Store(b).close()
-    Store(c2).close()
+    _fill_v3(c3, n=0)
+    for p in (a, b, c2, c3):
+        Store(p).close()
 
     def shape(p):
         c = sqlite3.connect(p)
@@ -488,9 +558,10 @@ def test_fresh_database_matches_migrated_one(tmp_path):
         return out
 
     fresh = shape(b)
-    assert "head_metrics" in fresh and fresh["_version"] == 3
+    assert "head_metrics" in fresh and fresh["_version"] == 4
     assert shape(a) == fresh
     assert shape(c2) == fresh
+    assert shape(c3) == fresh
 
 
 def test_newer_database_is_refused_untouched(dbpath):
@@ -845,7 +916,7 @@ def test_export_import_json_round_trip(filled, tmp_path):
         raise AssertionError(f"non-strict JSON token {c}")
 
     doc = json.loads(open(out).read(), parse_constant=no_constants)  # strict JSON: no NaN/Infinity tokens
-    assert doc["format"] == "energyprof-run" and doc["schema_version"] == 3
+    assert doc["format"] == "energyprof-run" and doc["schema_version"] == 4
     new = ep.import_run(out, db=path)
     assert new != rid
     a, b = ep.load(rid, db=path), ep.load(new, db=path)
@@ -1085,7 +1156,7 @@ def test_docs_schema_names_every_column_and_its_example_runs(capsys):
             assert re.search(rf"(^\| |, ){c}[ ,|]", doc, re.M), (table, c)
     for b in re.findall(r"```python\n(.*?)```", doc, re.S):
         exec(compile(b, "docs/schema.md", "exec"), {})
-    assert capsys.readouterr().out.split() == ["(1,", "3)", "True", "(2,", "3)", "True"]
+    assert capsys.readouterr().out.split() == ["(1,", "4)", "True", "(2,", "4)", "True"]
 
 
 def test_writer_releases_the_gil_while_blocked(tmp_path):
@@ -1209,7 +1280,7 @@ def test_many_processes_open_a_fresh_database_at_once(tmp_path):
         procs = [subprocess.Popen([sys.executable, "-c", code, path]) for _ in range(4)]
         assert [p.wait() for p in procs] == [0] * 4
         with Store(path) as s:
-            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 3
+            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 4
             assert "head_metrics" in schema.tables(s.conn)
             assert len(ep.runs(db=s, limit=None)) == 4 + (0 if kind == "fresh" else 2)
 

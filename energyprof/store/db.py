@@ -856,6 +856,9 @@ def _array_from_columns(name: str, cols: Dict[str, list]) -> np.ndarray:
             out[f] = np.array([_fnum(x) for x in v], dtype=np.float64)
         else:
             out[f] = v
+    if "flags" in dt.names and "flags" not in cols and "resolved" in cols:
+        # an export from before rows kept their flags: unresolved is the one flag it knew
+        out["flags"] = np.where(out["resolved"], 0, _schema._FLAG_UNRESOLVED)
     return out
 
 
