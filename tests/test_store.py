@@ -117,11 +117,14 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
     tokens["resolved"] = rng.random(n_steps) < 0.7
     tokens["flags"] = np.where(tokens["resolved"], 0, 8) | rng.choice(np.array([0, 256, 4], np.uint32), n_steps)
 
+    next_id = [0]  # call ids are unique across layers, components and ops, as in a real run
+
     def calls(comps, layers):
         rows = [(l, c, s) for s in range(n_steps + 1) for l in layers for c in comps]
         a = np.zeros(len(rows), CALL_DTYPE)
-        a["call_id"] = np.arange(len(rows))
-        a["parent_id"] = rng.integers(-1, len(rows), len(rows))
+        a["call_id"] = next_id[0] + np.arange(len(rows))
+        a["parent_id"] = rng.integers(-1, next_id[0] + len(rows), len(rows))
+        next_id[0] += len(rows)
         a["layer"] = [r[0] for r in rows]
         a["component"] = [r[1] for r in rows]
         a["step"] = [r[2] for r in rows]
@@ -653,37 +656,80 @@ def test_summary_dict_is_a_copy():
     assert r.summary()["phases"]["decode"]["energy_j"] == 38.0
 
 
+def _block_se_oracle(rows, samples):
+    """Brute force: group calls by the sample their window's midpoint falls in (last sample
+    starting at or before it), sum energy and count per group, then the ratio estimator's
+    standard error over the k groups: sqrt(sum (e_b - m n_b)^2 / (k (k - 1))) / mean(n_b)."""
+    starts = [int(t) for t in samples["t_start_ns"]]
+    per = {}
+    for x in rows:
+        a, b = int(x["t_start_ns"]), int(x["t_end_ns"])
+        mid = a + (b - a) // 2
+        blk = max([i for i, t in enumerate(starts) if t <= mid], default=-1)
+        e_n = per.setdefault(blk, [0.0, 0])
+        e_n[0] += float(x["energy_j"])
+        e_n[1] += 1
+    k = len(per)
+    if k < 2:
+        return float("nan"), k
+    m = sum(v[0] for v in per.values()) / sum(v[1] for v in per.values())
+    nbar = sum(v[1] for v in per.values()) / k
+    return math.sqrt(sum((v[0] - m * v[1]) ** 2 for v in per.values()) / (k * (k - 1))) / nbar, k
+
+
 def test_layer_and_component_summaries_against_brute_force():
-    r = make_run(2)
-    e_run = r.summary()["energy_j"]
-    for agg, calls, key in ((r.layer_summary(), r.layers, ("layer",)),
-                            (r.component_summary(), r.components, ("layer", "component"))):
-        assert agg.dtype == AGG_DTYPE
-        groups = {}
-        for row in calls:
-            groups.setdefault(tuple(row[k] for k in key), []).append(row)
-        assert len(agg) == len(groups)
-        assert [tuple(a[k] for k in key) for a in agg] == sorted(groups)
-        for a in agg:
-            rows = groups[tuple(a[k] for k in key)]
-            e = [float(x["energy_j"]) for x in rows]
-            n = len(e)
-            mean = sum(e) / n
-            sd = math.sqrt(sum((x - mean) ** 2 for x in e) / (n - 1)) if n > 1 else float("nan")
-            assert a["n_calls"] == n
-            assert a["energy_j"] == pytest.approx(sum(e), rel=1e-12)
-            assert a["mean_energy_j"] == pytest.approx(mean, rel=1e-12)
-            if n > 1:
-                assert a["sem_energy_j"] == pytest.approx(sd / math.sqrt(n), rel=1e-9)
-            else:
-                assert math.isnan(a["sem_energy_j"])
-            assert a["duration_s"] == pytest.approx(sum(float(x["duration_s"]) for x in rows), rel=1e-12)
-            assert a["share"] == pytest.approx(sum(e) / e_run, rel=1e-12)
-            assert a["resolved_share"] == pytest.approx(sum(bool(x["resolved"]) for x in rows) / n)
-            assert a["cpu_j"] == pytest.approx(sum(float(x["cpu_j"]) for x in rows), rel=1e-12)
-            assert math.isnan(a["gpu_j"])
+    for spread, r in ((False, make_run(2)), (True, _spread_calls(make_run(3)))):
+        e_run = r.summary()["energy_j"]
+        every = {int(x["call_id"]): float(x["energy_j"]) for a in (r.layers, r.components, r.ops) for x in a}
+        n_multi = 0
+        for agg, calls, key in ((r.layer_summary(), r.layers, ("layer",)),
+                                (r.component_summary(), r.components, ("layer", "component"))):
+            assert agg.dtype == AGG_DTYPE
+            groups = {}
+            for row in calls:
+                groups.setdefault(tuple(row[k] for k in key), []).append(row)
+            assert len(agg) == len(groups)
+            assert [tuple(a[k] for k in key) for a in agg] == sorted(groups)
+            for a in agg:
+                rows = groups[tuple(a[k] for k in key)]
+                e = [float(x["energy_j"]) for x in rows]
+                n = len(e)
+                mean = sum(e) / n
+                se, k = _block_se_oracle(rows, r.samples)
+                n_multi += k > 1
+                assert a["n_calls"] == n and a["n_eff"] == k
+                assert a["energy_j"] == pytest.approx(sum(e), rel=1e-12)
+                assert a["mean_energy_j"] == pytest.approx(mean, rel=1e-12)
+                if k > 1:
+                    assert a["sem_energy_j"] == pytest.approx(se, rel=1e-9)
+                else:
+                    assert math.isnan(a["sem_energy_j"])
+                assert a["duration_s"] == pytest.approx(sum(float(x["duration_s"]) for x in rows), rel=1e-12)
+                assert a["share"] == pytest.approx(sum(e) / e_run, rel=1e-12)
+                # the parent of each call, each distinct parent once (the run for -1 or an unknown id)
+                parents = {int(x["parent_id"]) if int(x["parent_id"]) in every else -1 for x in rows}
+                parent_e = sum(every[p] if p >= 0 else e_run for p in parents)
+                assert a["share_of_parent"] == pytest.approx(sum(e) / parent_e, rel=1e-12)
+                own = sum(float(x["unattributed_j"]) for x in rows)
+                assert a["self_energy_j"] == pytest.approx(own, rel=1e-12)
+                assert a["self_share"] == pytest.approx(own / sum(e), rel=1e-12)
+                assert a["resolved_share"] == pytest.approx(sum(bool(x["resolved"]) for x in rows) / n)
+                assert a["cpu_j"] == pytest.approx(sum(float(x["cpu_j"]) for x in rows), rel=1e-12)
+                assert math.isnan(a["gpu_j"])
+        assert n_multi > 0 or not spread  # the spread run has groups over several samples
     empty = RunData({})
     assert len(empty.layer_summary()) == 0 and len(empty.component_summary()) == 0
+
+
+def _spread_calls(run: RunData) -> RunData:
+    """The same run with its calls spread over the samples (several per sample, several samples)."""
+    arrays = {n: run.array(n).copy() for n in ARRAY_NAMES}
+    t0 = int(arrays["samples"]["t_start_ns"][0])
+    for name in ("layers", "components", "ops"):
+        a = arrays[name]
+        a["t_start_ns"] = t0 + np.arange(len(a), dtype=np.int64) * 1_700_000  # ~3 calls per 5 ms sample
+        a["t_end_ns"] = a["t_start_ns"] + 900_000
+    return RunData(run.summary(), **arrays)
 
 
 def test_stale_running_runs_are_marked_interrupted_only_when_their_process_is_gone(dbpath):
