@@ -48,7 +48,7 @@ LABELS: Dict[str, str] = {
 #: figure or energyprof assumes it.  See docs/methodology.md, "Systematic uncertainty".
 SYSTEMATIC: Dict[str, Dict[str, object]] = {
     "synthetic": {"kind": "none", "value": 0.0, "documented": True,
-                  "basis": "simulated: a programmed power signal, exact by construction"},
+                  "basis": "a programmed power signal, exact by construction"},
     "estimate": {"kind": "factor", "value": 2.0, "documented": False,
                  "basis": "a model of CPU power from CPU time and a per-core wattage, not a measurement: "
                           "about a factor of 2 unless calibrated against a meter on this machine"},
