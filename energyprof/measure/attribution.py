@@ -36,7 +36,7 @@ import numpy as np
 from .. import _core
 from .._dtypes import CALL_DTYPE, DOMAINS, SECTION_DTYPE, TOKEN_DTYPE, flag_names
 from ..store.quality import period_text, resolution_summary
-from .integrate import MAX_BRIDGE_PERIODS, integrate_bridged
+from .integrate import MAX_BRIDGE_PERIODS, _period_s, integrate_bridged
 
 _DOMAIN_COLS = [f"{d}_j" for d in DOMAINS]
 _SAMPLE_COLS = [f"{d}_w" for d in DOMAINS]
@@ -119,17 +119,16 @@ def total_of(domain_j: np.ndarray, measured: Sequence[bool]) -> np.ndarray:
     return np.where(np.all(np.isnan(sub), axis=1), np.nan, np.nansum(sub, axis=1))
 
 
-def sample_period_s(samples: np.ndarray) -> float:
-    """Median sample period in seconds (interval length, or spacing of instants)."""
-    if len(samples) == 0:
-        return float("nan")
-    if samples["kind"][0] == _core.KIND_INTERVAL:
-        d = samples["t_end_ns"] - samples["t_start_ns"]
-    else:
-        if len(samples) < 2:
-            return float("nan")
-        d = np.diff(samples["t_start_ns"])
-    return float(np.median(d)) * 1e-9
+def sample_period_s(samples: np.ndarray, nominal_s: Optional[float] = None) -> float:
+    """Median sample period in seconds (interval length, or spacing of instants), leaving
+    out the FINAL sample cut short at stop; ``nominal_s`` (the sampler's period) when no
+    whole sample is there to measure it from (a run shorter than one period)."""
+    only_final = len(samples) > 0 and samples["kind"][0] == _core.KIND_INTERVAL and \
+        bool(np.all(samples["flags"] & _core.SFLAG_FINAL))
+    if nominal_s is not None and (len(samples) == 0 or only_final or
+                                  (samples["kind"][0] != _core.KIND_INTERVAL and len(samples) < 2)):
+        return float(nominal_s)
+    return _period_s(samples)
 
 
 def pair_events(events: np.ndarray, n_spans: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -194,13 +193,15 @@ def attribute(
     user_sections: Sequence[UserSection] = (),
     baseline: Optional[tuple[int, int]] = None,
     post_baseline: Optional[tuple[int, int]] = None,
+    nominal_period_s: Optional[float] = None,
 ) -> Attribution:
     """Integrate every window of a run and build its sections, tokens and calls.
 
     ``spans[i]`` describes hook span id ``i`` (span ids whose ``layer``/``component``
     are for the top-level forward are excluded by the caller).  ``baseline`` is the
     idle window measured before the run, or None; ``post_baseline`` an idle window after
-    it (to see drift), or None.  The summary's ``warnings`` list what a person must know
+    it (to see drift), or None; ``nominal_period_s`` the sampler's period, used for
+    ``sample_period_s`` when the run is too short to hold a whole sample.  The summary's ``warnings`` list what a person must know
     about the numbers (negative net energy, an unresolved baseline, drift, long gaps).
     """
     measured = measured_domains(samples)
@@ -364,7 +365,7 @@ def attribute(
         if np.any(in_run):
             pw = np.stack([samples[c][in_run] for c in _SAMPLE_COLS], axis=1)
             peak_w = float(np.nanmax(total_of(pw, measured)))
-    period_s = sample_period_s(samples)
+    period_s = sample_period_s(samples, nominal_period_s)
     gap_stats = _gap_stats(bridged, t_start_ns, t_end_ns)
     all_calls_resolved = calls["resolved"] if len(calls) else None
     resolution = resolution_summary(period_s, sections["resolved"][phase_rows], tokens["resolved"],

@@ -134,16 +134,24 @@ class Bridged(NamedTuple):
 
 
 def _period_s(samples: np.ndarray) -> float:
+    """Median sample period in seconds; a FINAL sample (cut short at stop) counts only when
+    it is the only one.  NaN for fewer than two INSTANT samples."""
+    if len(samples) == 0:
+        return float("nan")
     if samples["kind"][0] == _core.KIND_INTERVAL:
         d = samples["t_end_ns"] - samples["t_start_ns"]
-        d = d[d > 0]
+        full = (samples["flags"] & _core.SFLAG_FINAL) == 0
+        d = d[(d > 0) & full] if np.any((d > 0) & full) else d[d > 0]
     else:
         d = np.diff(samples["t_start_ns"])
     return float(np.median(d)) * 1e-9 if len(d) else float("nan")
 
 
-def _merge(a: np.ndarray, b: np.ndarray, nan: np.ndarray, gap: np.ndarray, max_ns: float) -> Holes:
-    """Sort and merge touching or overlapping [a, b) pieces into holes."""
+def _merge(a: np.ndarray, b: np.ndarray, nan: np.ndarray, gap: np.ndarray, max_ns: float,
+           touching: bool = True) -> Holes:
+    """Sort and merge overlapping [a, b) pieces into holes, and touching ones when
+    ``touching`` (INTERVAL: nothing valid lies between them; INSTANT pieces that only
+    touch meet at a valid reading and stay apart)."""
     if len(a) == 0:
         return _no_holes()
     order = np.lexsort((b, a))
@@ -151,7 +159,7 @@ def _merge(a: np.ndarray, b: np.ndarray, nan: np.ndarray, gap: np.ndarray, max_n
     # a new hole starts where a piece begins after every earlier piece has ended
     run_end = np.maximum.accumulate(b)
     start = np.ones(len(a), bool)
-    start[1:] = a[1:] > run_end[:-1]
+    start[1:] = (a[1:] > run_end[:-1]) if touching else (a[1:] >= run_end[:-1])
     gid = np.cumsum(start) - 1
     h = int(gid[-1]) + 1
     ha = a[start]
@@ -254,7 +262,7 @@ def bridge(samples: np.ndarray, max_bridge_periods: float = MAX_BRIDGE_PERIODS) 
         pieces_a = np.concatenate([s_ns[wide], na])
         pieces_b = np.concatenate([s_ns[wide + 1], nb])
         is_nan = np.concatenate([np.zeros(len(wide), bool), np.ones(len(nan_i), bool)])
-        holes = _merge(pieces_a, pieces_b, is_nan, ~is_nan, max_ns)
+        holes = _merge(pieces_a, pieces_b, is_nan, ~is_nan, max_ns, touching=False)
     for c in measured:
         v = out[c]
         bad = np.isnan(v)

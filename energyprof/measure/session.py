@@ -412,7 +412,8 @@ class Session(RunData):
             if u.t_end_ns < 0:
                 u.t_end_ns = t_end_ns
         att = attribute(samples, self._t_start_ns, t_end_ns, forwards, rest, self._spans, self._user_sections,
-                        self._baseline, post_baseline=getattr(self, "_post_baseline", None))
+                        self._baseline, post_baseline=getattr(self, "_post_baseline", None),
+                        nominal_period_s=self._sampler.interval_ns * 1e-9)
         calls = att.calls
         deep_summary = None
         if self.mode == "deep" and len(calls):
