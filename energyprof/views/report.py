@@ -489,6 +489,9 @@ Promise.all(figs.map(function(f){return Plotly.newPlot(f.id,f.fig.data,f.fig.lay
   rects[f.id]=[Math.round(r.left+window.scrollX),Math.round(r.top+window.scrollY),Math.round(r.width),Math.round(r.height)];
   if(!el.querySelector(".main-svg")){missing.push(f.id);}});
  root.setAttribute("data-plot-rects",JSON.stringify(rects));
+ var q={};document.querySelectorAll("#resolution,.resolution-note").forEach(function(el,i){
+  var r=el.getBoundingClientRect();q[(el.id||"note")+"#"+i]=[Math.round(r.top+window.scrollY),Math.round(r.width),Math.round(r.height)];});
+ root.setAttribute("data-quality-rects",JSON.stringify(q));
  if(missing.length){window.__energyprofFail("not drawn: "+missing.join(","));return;}
  if(root.getAttribute("data-energyprof-status")==="loading"){root.setAttribute("data-energyprof-status","ok");}
 },function(e){window.__energyprofFail("Plotly.newPlot failed: "+String(e));});})();
