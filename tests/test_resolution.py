@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import warnings
 
@@ -78,21 +79,26 @@ def test_resolution_of_a_100ms_run_is_the_mean_of_the_rows(llama):
     assert res["tokens"] == float(np.mean(s.tokens["resolved"]))
     assert "flags" in s.tokens.dtype.names and "flags" in s.sections.dtype.names
     assert "flags" in s.layers.dtype.names and "flags" in s.components.dtype.names
-    # each decode step takes milliseconds: none spans a whole 100 ms sample, and each says so in its flags
-    assert res["tokens"] == 0.0 and res["n_tokens"] == len(s.tokens) == 5
+    # each step says in its flags whether it spans a whole sample (steps of milliseconds rarely do)
+    assert res["n_tokens"] == len(s.tokens) == 5
     assert np.array_equal((s.tokens["flags"] & FLAG_UNRESOLVED) != 0, ~s.tokens["resolved"])
-    assert res["sample_period_s"] == pytest.approx(0.1)
+    # the period is the median sample, the short final one left out (a loaded machine makes ticks late);
+    # the nominal 100 ms when the run held no whole sample
+    smp = s.samples
+    whole = (smp["flags"] & _core.SFLAG_FINAL) == 0
+    want = float(np.median((smp["t_end_ns"] - smp["t_start_ns"])[whole])) * 1e-9 if whole.any() else 0.1
+    assert res["sample_period_s"] == pytest.approx(want)
     phases = s.sections[s.sections["kind"] == "phase"]
     assert res["phases"] == float(np.mean(phases["resolved"]))
     calls = np.concatenate([s.layers, s.components])
     assert res["calls"] == float(np.mean(calls["resolved"])) and res["n_calls"] == len(calls)
-    assert "100 ms" in res["note"] and "split by time" in res["note"]
+    assert f"{want * 1e3:.3g} ms" in res["note"] and "split by time" in res["note"]
     assert s.summary()["method"] == "time-split within sample"
 
 
 # ------------------------------------------------------------------ must show: n counts independent samples
 def test_decode_j_per_token_n_is_at_most_the_samples_the_decode_spans(llama):
-    with ep.run(llama, source="synthetic:power_w=20,period_ms=10,noise_w=2", baseline_s=0, save=False) as s:
+    with ep.run(llama, source="synthetic:power_w=20,period_ms=50,noise_w=2", baseline_s=0, save=False) as s:
         gen(llama, 24)
     f = ep.efficiency(s)["decode_j_per_output_token"]
     dec = s.sections[(s.sections["kind"] == "phase") & (s.sections["name"] == "decode")][0]
@@ -101,7 +107,9 @@ def test_decode_j_per_token_n_is_at_most_the_samples_the_decode_spans(llama):
     spanned = sum(1 for a, b in zip(smp["t_start_ns"].tolist(), smp["t_end_ns"].tolist())
                   if a < int(dec["t_end_ns"]) and b > int(dec["t_start_ns"]))
     assert f["n"] <= spanned + 1
-    assert 1 <= f["n"] < len(s.tokens)  # fewer than the steps: steps share samples
+    # steps of milliseconds under 50 ms samples share them: n is below the step count, which the
+    # old per-step statistics reported (the decode would have to last over a second for this to fail)
+    assert spanned + 1 < len(s.tokens) and f["n"] >= 1
     assert f["value"] == pytest.approx(s.summary()["phases"]["decode"]["j_per_token"], rel=1e-12)
 
 
@@ -230,12 +238,15 @@ def test_synthetic_hole_matches_its_twin_on_a_stepped_clock():
 
 def test_gap_run_energy_is_power_times_duration_and_rows_in_the_gap_are_flagged(llama):
     spec = "synthetic:power_w=50,period_ms=5,gap_at_ms=60,gap_ms=200"
-    t_before = _core.now_ns()  # the source starts after this: its hole ends before t_before + 260 ms + startup
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with ep.run(llama, source=spec, baseline_s=0, save=False) as s:
             deadline = time.monotonic() + 30.0  # a guard against a hang only
-            while _core.now_ns() < t_before + 400 * MS:  # generate right through the hole
+            while s._sampler.n_samples == 0:
+                gen(llama, 3)
+                assert time.monotonic() < deadline
+            t_source = int(s._sampler.samples_since(0)[0]["t_start_ns"])  # the source's start: the hole's origin
+            while _core.now_ns() < t_source + 300 * MS:  # generate right through the hole
                 gen(llama, 3)
                 assert time.monotonic() < deadline
     sm = s.summary()
@@ -292,8 +303,15 @@ def test_post_run_baseline_measures_drift(llama):
     post = s.sections[s.sections["name"] == "post_baseline"][0]
     # a linear ramp: each window's mean power is the power at its midpoint, so drift = slope x distance
     mid = lambda r: (int(r["t_start_ns"]) + int(r["t_end_ns"])) / 2  # noqa: E731
-    # (to the time split inside the two partial 5 ms edge samples of each window: <= 40 W/s x (5 ms)^2 / 8 / 0.1 s)
-    assert sm["baseline_drift_w"] == pytest.approx(40.0 * (mid(post) - mid(pre)) * 1e-9, abs=4 * 40 * 25e-6 / 8 / 0.1)
+    # up to the time split inside the partial edge samples: <= slope x d^2 / 8 per edge over the window's length,
+    # d the longest sample touching a window (5 ms, longer when the machine makes ticks late)
+    smp = s.samples
+    near = np.zeros(len(smp), bool)
+    for r in (pre, post):
+        near |= (smp["t_start_ns"] < r["t_end_ns"]) & (smp["t_end_ns"] > r["t_start_ns"])
+    d_s = float((smp["t_end_ns"] - smp["t_start_ns"])[near].max()) * 1e-9
+    tol = 4 * 40.0 * d_s ** 2 / 8 / min(float(pre["duration_s"]), float(post["duration_s"]))
+    assert sm["baseline_drift_w"] == pytest.approx(40.0 * (mid(post) - mid(pre)) * 1e-9, abs=tol)
     assert sm["post_baseline_power_w"] == pytest.approx(sm["baseline_power_w"] + sm["baseline_drift_w"])
     assert post["t_start_ns"] >= s.sections[0]["t_end_ns"]
 
@@ -375,7 +393,9 @@ def test_profile_prints_resolution(capsys):
     assert main(["profile", "--model", "tiny-llama", "--max-new-tokens", "4", "--source",
                  "synthetic:power_w=15,period_ms=100", "--baseline-s", "0", "--no-save"]) == 0
     out = capsys.readouterr().out
-    assert "resolution:" in out and "tokens: 0 % resolved (100 ms samples" in out
+    assert "resolution:" in out
+    assert re.search(r"tokens: \d+ % resolved( \([\d.]+ ms samples; per-token energy is split by time)?", out)
+    assert re.search(r"calls: \d+ % resolved", out)
 
 
 def test_plots_fade_unresolved_tokens_and_hatch_unresolved_cells():
