@@ -435,26 +435,35 @@ def test_migration_from_v1(dbpath):
 _V2_ARRAYS = ("samples", "sections", "tokens", "layers", "components", "ops")
 
 
-def _fill_v2(path: str, n: int = 3) -> list:
-    """A version-2 database (built with the v2 DDL) with n runs, written the way energyprof 2
-    wrote them: every runs column and every v2 array, no head rows (v2 had no table for them)."""
+def _fill_old(path: str, version: int, arrays: tuple, n: int, **run_cols) -> tuple:
+    """A database built with the DDL of an older ``version`` holding n runs: every runs
+    column (``run_cols`` laid over them) and the given arrays as that version held them."""
     conn = sqlite3.connect(path, isolation_level=None)
-    schema.create(conn, 2)
-    assert schema.user_version(conn) == 2 and "head_metrics" not in schema.tables(conn)
+    schema.create(conn, version)
+    assert schema.user_version(conn) == version
     ids = []
     for i in range(n):
-        cols = ep.db._run_columns(make_summary(i))
-        cols["pid"], cols["pid_host"] = os.getpid(), "elsewhere"  # another host: left as written
-        cols["ended_at"] = "2025-03-01T10:00:05.000000+00:00"
+        cols = dict(ep.db._run_columns(make_summary(i)), **run_cols)
         names = list(cols)
         cur = conn.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                            [cols[k] for k in names])
-        rid = cur.lastrowid
-        ids.append(rid)
+        ids.append(cur.lastrowid)
         arr = make_arrays(i, n_samples=20)
-        for name in _V2_ARRAYS:
-            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _no_flags(name, arr[name]), {"run_id": rid})
+        for name in arrays:
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _no_flags(name, arr[name]),
+                                    {"run_id": cur.lastrowid})
+    tables = schema.tables(conn)
     conn.close()
+    return ids, tables
+
+
+def _fill_v2(path: str, n: int = 3) -> list:
+    """A version-2 database (built with the v2 DDL) with n runs, written the way energyprof 2
+    wrote them: every runs column and every v2 array, no head rows (v2 had no table for them)."""
+    # another host: left as written
+    ids, tables = _fill_old(path, 2, _V2_ARRAYS, n, pid=os.getpid(), pid_host="elsewhere",
+                            ended_at="2025-03-01T10:00:05.000000+00:00")
+    assert "head_metrics" not in tables
     return ids
 
 
@@ -496,21 +505,9 @@ _V3_ARRAYS = _V2_ARRAYS + ("heads",)
 def _fill_v3(path: str, n: int = 3) -> list:
     """A version-3 database (the v3 DDL) with n runs as energyprof 3 wrote them: every array,
     heads included, and rows without flags."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    schema.create(conn, 3)
-    assert schema.user_version(conn) == 3
+    ids, _ = _fill_old(path, 3, _V3_ARRAYS, n)
+    conn = sqlite3.connect(path)
     assert "flags" not in schema.table_columns(conn, "tokens")
-    ids = []
-    for i in range(n):
-        cols = ep.db._run_columns(make_summary(i))
-        names = list(cols)
-        cur = conn.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                           [cols[k] for k in names])
-        ids.append(cur.lastrowid)
-        arr = make_arrays(i, n_samples=20)
-        for name in _V3_ARRAYS:
-            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _no_flags(name, arr[name]),
-                                    {"run_id": cur.lastrowid})
     conn.close()
     return ids
 

@@ -412,6 +412,8 @@ def attribute(
 METHOD_INTERVAL = "time-split within sample"
 METHOD_INSTANT = "trapezoid between samples"
 
+#: Net energy counts as negative below -this share of the gross (rounding of a constant power stays above).
+NET_ROUNDING_SHARE = 1e-9
 #: A post-run baseline that differs from the pre-run one by more than this share warns.
 DRIFT_WARN_SHARE = 0.10
 
@@ -444,7 +446,7 @@ def _warnings(summary: dict, sections: np.ndarray, base_idx: dict, baseline) -> 
                        f"({period} samples): baseline_power_w {base_w:.4g} W is split by time within a sample; "
                        "use a baseline_s of at least two sample periods")
         net = summary["net_energy_j"]
-        if net < 0:
+        if net < -NET_ROUNDING_SHARE * abs(summary["energy_j"]):  # below zero by more than rounding
             run_w = summary["energy_j"] / summary["duration_s"] if summary["duration_s"] > 0 else float("nan")
             out.append(f"net energy {net:.4g} J is negative: the idle baseline ({base_w:.4g} W over "
                        f"{float(b['duration_s']):.3g} s before the run) is above the run's mean power "
