@@ -274,6 +274,32 @@ def synthetic_energy_j(t_start_ns, t_end_ns, t0_ns: int, **params) -> np.ndarray
     return synthetic_average_power_w(t_start_ns, t_end_ns, t0_ns, **params) * dur_s
 
 
+def synthetic_sample_bounds(poll_ns, t0_ns: int, gap_at_ns: int = 0, gap_ns: int = 0) -> np.ndarray:
+    """The (t_start_ns, t_end_ns) rows the synthetic source emits when polled at ``poll_ns``.
+
+    The stream starts at ``t0_ns``; a poll at t emits [previous end, t) when t is later.
+    With ``gap_ns > 0`` nothing is sampled over the hole H = [t0 + gap_at_ns, t0 +
+    gap_at_ns + gap_ns): a sample never overlaps H, the one before it is cut at H's start,
+    and the stream resumes at H's end with the first poll after it.  Written as the
+    set of covered time: the emitted rows are [prev, t) minus H, the part before H first.
+    """
+    a_h = t0_ns + gap_at_ns
+    b_h = a_h + gap_ns
+    rows = []
+    prev = t0_ns
+    for t in (int(x) for x in poll_ns):
+        if gap_ns > 0 and a_h <= prev < b_h:
+            if t <= b_h:
+                continue        # no coverage yet: still in the hole
+            prev = b_h
+        if t <= prev:
+            continue
+        end = min(t, a_h) if (gap_ns > 0 and prev < a_h) else t
+        rows.append((prev, end))
+        prev = end
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)
+
+
 def synthetic_noise(seed: int, n: int) -> np.ndarray:
     """The first n standard-normal draws of the synthetic source's noise stream.
 

@@ -6,7 +6,10 @@ import zipfile
 from html.parser import HTMLParser
 
 import numpy as np
+
 import pytest
+
+import energyprof as ep
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -110,7 +113,16 @@ def test_api_run_has_the_summary_and_uncertainty(client, store):
     dec = body["efficiency"]["decode_j_per_output_token"]
     jpt = want.tokens["j_per_token"]
     assert dec["value"] == pytest.approx(jpt.mean(), rel=1e-12)
-    assert dec["se"] == pytest.approx(jpt.std(ddof=1) / np.sqrt(len(jpt)), rel=1e-9)  # equal tokens per step
+    # the page shows the analysis' own figure (its block standard error over the independent
+    # samples is proven in tests/test_resolution.py): same value, se and n, n never more than
+    # the samples the decode spans + 1
+    lib = ep.efficiency(want)["decode_j_per_output_token"]
+    assert dec["n"] == lib["n"] and (dec["se"] is None) == np.isnan(lib["se"])
+    if dec["se"] is not None:
+        assert dec["se"] == pytest.approx(lib["se"], rel=1e-12)
+    dsec = want.sections[want.sections["name"] == "decode"][0]
+    spanned = np.sum((want.samples["t_end_ns"] > dsec["t_start_ns"]) & (want.samples["t_start_ns"] < dsec["t_end_ns"]))
+    assert dec["n"] <= spanned + 1
 
 
 def test_api_samples_are_downsampled_min_max_and_mean(client, store):

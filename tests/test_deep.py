@@ -187,7 +187,7 @@ def test_conservation_children_plus_unattributed_equals_parent(deep_run):
         assert total == pytest.approx(r["energy_j"], rel=1e-12, abs=1e-15)
         n_with_ops += cid in op_parents
     assert n_with_ops == 3 * 2 * 4 + 3        # attn, mlp, 2 norms per layer call, plus final_norm
-    # constant 12 W: every op's energy is its duration times 12 W (interval-exact integration)
+    # constant 12 W: every op's energy is its duration times 12 W (time-split within sample)
     np.testing.assert_allclose(s.ops["energy_j"], 12.0 * s.ops["duration_s"], rtol=1e-9)
     assert np.all(s.ops["energy_j"] > 0)
 

@@ -123,7 +123,7 @@ def test_a_run_without_levels_is_read_raw(tmp_path):
     conn.close()
     s = _samples(5000, seed=4, nan_gaps=False)
     with Store(path) as st:
-        assert schema.user_version(st.conn) == 4 and "sample_levels" in schema.tables(st.conn)
+        assert schema.user_version(st.conn) == schema.SCHEMA_VERSION and "sample_levels" in schema.tables(st.conn)
         rid = st.create_run({"name": "old"})
         st.write_samples(rid, s)
         st.flush()

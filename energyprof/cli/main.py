@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--mode", choices=["minimal", "standard", "deep"], default="standard")
     sp.add_argument("--sync", choices=["auto", "none", "device"], default="auto")
     sp.add_argument("--baseline-s", type=float, default=2.0)
+    sp.add_argument("--post-baseline-s", type=float, default=0.0,
+                    help="seconds of idle power measured after generate(), to see baseline drift")
     sp.add_argument("--interval-ms", type=float, default=None)
     sp.add_argument("--name", default=None)
     sp.add_argument("--tag", action="append", help="tag the run (repeatable)")

@@ -606,6 +606,13 @@ class Store:
             return np.zeros(0, dtype=dt)
         return np.array(rows, dtype=dt)
 
+    def sample_starts(self, run_id: int) -> np.ndarray:
+        """``t_start_ns`` of every power sample of a run, in time order (int64; one column read)."""
+        cur = self.conn.execute("SELECT t_start_ns FROM power_samples WHERE run_id = ? ORDER BY t_start_ns",
+                                (int(run_id),))
+        cur.row_factory = None
+        return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
     def summary(self, run_id: int) -> Dict[str, Any]:
         """The summary dict of run ``run_id`` without reading its arrays (KeyError if unknown)."""
         self.flush()
@@ -954,6 +961,9 @@ def _array_from_columns(name: str, cols: Dict[str, list]) -> np.ndarray:
             out[f] = np.array([_fnum(x) for x in v], dtype=np.float64)
         else:
             out[f] = v
+    if "flags" in dt.names and "flags" not in cols and "resolved" in cols:
+        # an export from before rows kept their flags: unresolved is the one flag it knew
+        out["flags"] = np.where(out["resolved"], 0, _schema._FLAG_UNRESOLVED)
     return out
 
 

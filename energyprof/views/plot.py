@@ -16,7 +16,10 @@ The run is anything with the :class:`energyprof.store.rundata.RunData` interface
 'Energy by phase [SIMULATED]'
 
 Titles of runs whose source is not a measurement say so (``[ESTIMATED]`` or
-``[SIMULATED]``).  A kind the run has no data for (``layers`` on a ``mode="minimal"``
+``[SIMULATED]``).  Rows whose window spans no whole power sample (their energy is split
+by time within a sample) are drawn faded or hatched, and the legend says so: unresolved
+tokens, heatmap cells where most calls are unresolved, components whose calls mostly are;
+the timeline shades gaps in the power samples.  A kind the run has no data for (``layers`` on a ``mode="minimal"``
 run, ``tokens`` without a decode) raises :class:`NoDataError`, a ``ValueError``.
 """
 from __future__ import annotations
@@ -42,6 +45,8 @@ METRICS = {
     "act_mean": ("activation mean", "mean"), "act_std": ("activation std", "mean"),
     "act_max": ("activation max", "mean"), "act_sparsity": ("activation sparsity (|x| < 1e-3)", "mean"),
 }
+# metrics that come from the power samples (and so can be unresolved); time is the hooks' own
+_SAMPLED = ("energy_j", "power_w")
 #: What the ``heads`` heatmap can show (mode="deep" attention statistics, mean over calls).
 HEAD_METRICS = {"entropy": "attention entropy (nats)", "max_weight": "largest attention weight",
                 "sparsity": "share of weights < 1e-3"}
@@ -56,6 +61,15 @@ _PHASE_COLOR = {"pre_inference": "#f2d7a6", "prefill": "#a6d0f2", "decode": "#b9
                 "post_inference": "#e3c4e8", "baseline": "#dddddd"}
 _OTHER_COLOR = "#f0e0c0"
 _A_COLOR, _B_COLOR = "#1f77b4", "#ff7f0e"
+_GAP_COLOR = "#888888"
+# plotly's default qualitative colours, as RGB so that unresolved nodes can be drawn lighter
+_SUNBURST_RGB = ((99, 110, 250), (239, 85, 59), (0, 204, 150), (171, 99, 250), (255, 161, 90), (25, 211, 243),
+                 (255, 102, 146), (182, 232, 128), (255, 151, 255), (254, 203, 82))
+
+#: What a faded or hatched mark means, in every legend that has one.
+UNRESOLVED_TEXT = "unresolved: no whole power sample, energy split by time within a sample"
+#: A heatmap cell or a component is drawn as unresolved when fewer than this share of its calls are resolved.
+RESOLVED_MIN_SHARE = 0.5
 
 
 
@@ -141,8 +155,13 @@ def _timeline_data(run: Any) -> Dict[str, Any]:
                 bands.append((str(r["name"]), ra, rb))
             elif kind == "section":
                 markers.append((str(r["name"]), ra, rb))
+    gaps = []
+    if np.any(smp["t_end_ns"] > smp["t_start_ns"]) and len(smp) > 1:
+        # time no interval sample covers (the session bridges or flags it; see the rows' flags)
+        at = np.flatnonzero(smp["t_start_ns"][1:] > smp["t_end_ns"][:-1])
+        gaps = [((int(smp["t_end_ns"][i]) - t0) / 1e9, (int(smp["t_start_ns"][i + 1]) - t0) / 1e9) for i in at]
     return {"x": x, "lines": lines, "bands": bands, "markers": markers, "per_bucket": per_bucket,
-            "peak_w": _float(s.get("peak_power_w")), "baseline_w": _float(s.get("baseline_power_w"))}
+            "peak_w": _float(s.get("peak_power_w")), "baseline_w": _float(s.get("baseline_power_w")), "gaps": gaps}
 
 
 #: Above this many samples the timeline draws energy-preserving averages of buckets
@@ -204,6 +223,15 @@ def _token_data(run: Any) -> Tuple[np.ndarray, np.ndarray]:
         raise NoDataError("the run has no decode steps (tokens is empty): nothing to draw per token")
     order = np.argsort(tok["step"], kind="stable")
     return np.asarray(tok["step"][order]), np.asarray(tok["j_per_token"][order], dtype=np.float64)
+
+
+def _token_resolved(run: Any) -> np.ndarray:
+    """Per decode step, in step order: whether its window spans a whole power sample."""
+    tok = _arr(run, "tokens")
+    order = np.argsort(tok["step"], kind="stable")
+    if "resolved" not in tok.dtype.names:
+        return np.ones(len(tok), dtype=bool)
+    return np.asarray(tok["resolved"][order], dtype=bool)
 
 
 def _calls(run: Any) -> np.ndarray:
@@ -294,6 +322,39 @@ def _head_matrix(run: Any, metric: str = "entropy") -> Tuple[List[int], List[int
         return layers, hs, np.where(den > 0, num / den, np.nan)
 
 
+def _resolved_share(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any], col_field: str,
+                    col_type: Callable[[Any], Any]) -> np.ndarray:
+    """The share of each (layer, ``col_field``) cell's calls that are resolved; NaN where none fell."""
+    num = np.zeros((len(layers), len(cols)))
+    den = np.zeros((len(layers), len(cols)))
+    li = {v: i for i, v in enumerate(layers)}
+    ci = {v: i for i, v in enumerate(cols)}
+    for r in calls:
+        i, j = li[int(r["layer"])], ci[col_type(r[col_field])]
+        num[i, j] += float(r["resolved"])
+        den[i, j] += 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def _resolved_cells(run: Any, kind: str) -> np.ndarray:
+    """Per heatmap cell of ``kind`` ("layers" or "layer_steps"): the share of its calls resolved."""
+    if kind == "layers":
+        comp = _arr(run, "components")
+        comp = comp[comp["layer"] >= 0]
+        layers = sorted(int(v) for v in np.unique(comp["layer"]))
+        names = _ordered_components(np.unique(comp["component"]))
+        if "resolved" not in comp.dtype.names:
+            return np.ones((len(layers), len(names)))
+        return _resolved_share(comp, layers, names, "component", str)
+    lay = _arr(run, "layers")
+    layers = sorted(int(v) for v in np.unique(lay["layer"]))
+    steps = sorted(int(v) for v in np.unique(lay["step"]))
+    if "resolved" not in lay.dtype.names:
+        return np.ones((len(layers), len(steps)))
+    return _resolved_share(lay, layers, steps, "step", int)
+
+
 _COMPONENT_ORDER = ("input_norm", "attn", "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj",
                     "post_attn_norm", "mlp", "router", "gate_proj", "up_proj", "gate_up_proj", "down_proj")
 
@@ -375,14 +436,26 @@ def _component_self(run: Any) -> Tuple[List[str], np.ndarray]:
     A container's (attn, mlp) own energy (work inside it that no child hook sees,
     e.g. the attention kernel) is ``"attn (self)"``; the layer's own is ``"layer (self)"``.
     """
+    names, self_j, _ = _component_self_resolved(run)
+    return names, self_j
+
+
+def _component_self_resolved(run: Any) -> Tuple[List[str], np.ndarray, np.ndarray]:
+    """:func:`_component_self` plus the share of each name's calls that are resolved."""
     tree = _call_tree(run)
     calls, has_child = tree["calls"], tree["has_child"]
+    res = (np.asarray(calls["resolved"], dtype=bool) if "resolved" in calls.dtype.names
+           else np.ones(len(calls), dtype=bool))
     agg: Dict[str, float] = {}
+    ok: Dict[str, List[int]] = {}
     for i, r in enumerate(calls):
         key = _own_name(str(r["component"]), has_child[i])
         agg[key] = agg.get(key, 0.0) + float(tree["self_j"][i])
+        c = ok.setdefault(key, [0, 0])
+        c[0] += int(res[i])
+        c[1] += 1
     names = sorted(agg, key=lambda k: -agg[k])
-    return names, np.array([agg[k] for k in names])
+    return names, np.array([agg[k] for k in names]), np.array([ok[k][0] / ok[k][1] for k in names])
 
 
 def _phase_of_step(step: int) -> str:
@@ -502,6 +575,9 @@ def _timeline_mpl(run, d, s):
                 fontsize=8)
     for dom, y in d["lines"].items():
         ax.plot(d["x"], y, label=f"{dom} W", color=_DOMAIN_COLOR.get(dom), lw=1.6 if dom == "package" else 1.0)
+    for k, (a, b) in enumerate(d["gaps"]):
+        ax.axvspan(a, b, facecolor="none", edgecolor=_GAP_COLOR, hatch="xx", lw=0,
+                   label="no power sample (gap)" if k == 0 else None)
     for name, a, _b in d["markers"]:
         ax.axvline(a, color="#555555", ls=":", lw=1)
         ax.text(a, 0.02, " " + name, transform=ax.get_xaxis_transform(), rotation=90, fontsize=8, va="bottom")
@@ -527,6 +603,11 @@ def _timeline_plotly(run, d, s):
     for dom, y in d["lines"].items():
         fig.add_trace(go.Scatter(x=d["x"], y=y, mode="lines", name=f"{dom} W",
                                  line=dict(color=_DOMAIN_COLOR.get(dom), width=2 if dom == "package" else 1)))
+    for a, b in d["gaps"]:
+        fig.add_vrect(x0=a, x1=b, fillcolor=_GAP_COLOR, opacity=0.35, line_width=0, layer="above")
+    if d["gaps"]:  # a legend entry for the shaded spans
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="grey: no power sample (gap)",
+                                 marker=dict(color=_GAP_COLOR, symbol="square", size=12), showlegend=True))
     for name, a, _b in d["markers"]:
         fig.add_vline(x=a, line_dash="dot", line_color="#555555", annotation_text=_esc(name),
                       annotation_position="bottom right", annotation_font_size=10)
@@ -574,9 +655,15 @@ def _phases_plotly(run, d, s):
 # ---- tokens
 def _tokens_mpl(run, d, s):
     steps, jpt = d
+    res = _token_resolved(run)
     fig = _mpl_fig(9, 4)
     ax = fig.add_subplot()
-    ax.plot(steps, jpt, marker="o", ms=3, color=_DOMAIN_COLOR["gpu"], label="J per token")
+    ax.plot(steps, jpt, color=_DOMAIN_COLOR["gpu"], lw=1, alpha=0.5)
+    if res.any():
+        ax.plot(steps[res], jpt[res], "o", ms=4, color=_DOMAIN_COLOR["gpu"], label="J per token (resolved)")
+    if (~res).any():
+        ax.plot(steps[~res], jpt[~res], "o", ms=4, mfc="none", alpha=0.45, color=_DOMAIN_COLOR["gpu"],
+                label=f"faded: {UNRESOLVED_TEXT} ({int((~res).sum())} of {len(res)})")
     mean = float(np.nanmean(jpt))
     ax.axhline(mean, color="#555555", ls="--", lw=1, label=f"mean {mean:.3g} J")
     ax.set_xlabel("decode step")
@@ -589,20 +676,38 @@ def _tokens_mpl(run, d, s):
 def _tokens_plotly(run, d, s):
     go = _need("plotly")
     steps, jpt = d
-    fig = go.Figure(go.Scatter(x=steps, y=jpt, mode="lines+markers", name="J per token",
-                               line=dict(color=_DOMAIN_COLOR["gpu"])))
+    res = _token_resolved(run)
+    fig = go.Figure(go.Scatter(x=steps, y=jpt, mode="lines", name="J per token", showlegend=False,
+                               line=dict(color=_DOMAIN_COLOR["gpu"], width=1), opacity=0.5))
+    if res.any():
+        fig.add_trace(go.Scatter(x=steps[res], y=jpt[res], mode="markers", name="J per token (resolved)",
+                                 marker=dict(color=_DOMAIN_COLOR["gpu"], size=7)))
+    if (~res).any():
+        fig.add_trace(go.Scatter(x=steps[~res], y=jpt[~res], mode="markers", opacity=0.45,
+                                 name=f"faded: {UNRESOLVED_TEXT} ({int((~res).sum())} of {len(res)})",
+                                 marker=dict(color=_DOMAIN_COLOR["gpu"], size=7, symbol="circle-open")))
     mean = float(np.nanmean(jpt))
     fig.add_hline(y=mean, line_dash="dash", line_color="#555555", annotation_text=f"mean {mean:.3g} J")
     fig.update_layout(title=_title("Energy per token across the decode", s), xaxis_title="decode step",
-                      yaxis_title="energy per token (J)", template="plotly_white")
+                      yaxis_title="energy per token (J)", template="plotly_white",
+                      legend=dict(orientation="h", y=-0.25))
     return fig
 
 
 # ---- heatmaps
-def _heat_mpl(z, xlabels, ylabels, title, xlabel, cbar):
+def _heat_mpl(z, xlabels, ylabels, title, xlabel, cbar, resolved=None):
     fig = _mpl_fig(max(6.0, 0.45 * len(xlabels) + 3), max(3.0, 0.35 * len(ylabels) + 2))
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(z), aspect="auto", cmap="viridis", interpolation="nearest")
+    if resolved is not None:
+        from matplotlib.patches import Rectangle
+
+        bad = np.argwhere(np.isfinite(z) & (resolved < RESOLVED_MIN_SHARE))
+        for k, (i, j) in enumerate(bad):
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="white", lw=0,
+                                   label=f"hatched: {UNRESOLVED_TEXT}" if k == 0 else None))
+        if len(bad):
+            fig.legend(loc="outside lower center", fontsize=7, frameon=False)
     ax.set_xticks(np.arange(len(xlabels)), [str(v) for v in xlabels], rotation=60 if len(xlabels) > 8 else 0,
                   ha="right" if len(xlabels) > 8 else "center", fontsize=8)
     step = max(1, len(ylabels) // 24)
@@ -614,14 +719,22 @@ def _heat_mpl(z, xlabels, ylabels, title, xlabel, cbar):
     return fig
 
 
-def _heat_plotly(z, xlabels, ylabels, title, xlabel, cbar):
+def _heat_plotly(z, xlabels, ylabels, title, xlabel, cbar, resolved=None):
     go = _need("plotly")
     unit = cbar[cbar.rfind("(") + 1:-1] if cbar.endswith(")") and "(" in cbar else ""
-    fig = go.Figure(go.Heatmap(z=z, x=[_esc(v) for v in xlabels], y=[f"layer {v}" for v in ylabels],
-                               colorscale="Viridis", colorbar=dict(title=_esc(cbar)),
+    xs, ys = [_esc(v) for v in xlabels], [f"layer {v}" for v in ylabels]
+    fig = go.Figure(go.Heatmap(z=z, x=xs, y=ys, colorscale="Viridis", colorbar=dict(title=_esc(cbar)),
                                hovertemplate="%{y}, %{x}: %{z:.4g} " + _esc(unit) + "<extra></extra>"))
+    if resolved is not None:
+        bad = np.argwhere(np.isfinite(z) & (resolved < RESOLVED_MIN_SHARE))
+        if len(bad):  # plotly heatmaps cannot hatch: a hatch-like mark on each unresolved cell
+            fig.add_trace(go.Scatter(x=[xs[j] for _, j in bad], y=[ys[i] for i, _ in bad], mode="markers",
+                                     name=f"hatched: {UNRESOLVED_TEXT}", hoverinfo="skip", showlegend=True,
+                                     marker=dict(symbol="line-ne-open", size=14, color="white",
+                                                 line=dict(width=1.5, color="white"))))
     fig.update_layout(title=title, xaxis_title=xlabel, template="plotly_white",
-                      yaxis=dict(autorange="reversed", type="category"), xaxis=dict(type="category"))
+                      yaxis=dict(autorange="reversed", type="category"), xaxis=dict(type="category"),
+                      legend=dict(orientation="h", y=-0.2))
     return fig
 
 
@@ -636,14 +749,15 @@ def _layers_fig(run, backend, s, metric="energy_j"):
     f = _heat_mpl if backend == "matplotlib" else _heat_plotly
     over = " (all steps)" if METRICS[metric][1] == "sum" else " (over all steps)"
     return f(z, names, layers, _title(f"{_metric_title(metric)} per layer and component{over}", s), "component",
-             METRICS[metric][0])
+             METRICS[metric][0], resolved=_resolved_cells(run, "layers") if metric in _SAMPLED else None)
 
 
 def _layer_steps_fig(run, backend, s, metric="energy_j"):
     layers, steps, z = _layer_step_matrix(run, metric)
     f = _heat_mpl if backend == "matplotlib" else _heat_plotly
     return f(z, steps, layers, _title(f"{_metric_title(metric)} per layer and forward step (0 = prefill)", s),
-             "step", METRICS[metric][0])
+             "step", METRICS[metric][0],
+             resolved=_resolved_cells(run, "layer_steps") if metric in _SAMPLED else None)
 
 
 def _ops_fig(run, backend, s, metric="energy_j"):
@@ -662,13 +776,24 @@ def _heads_fig(run, backend, s, metric="entropy"):
 
 # ---- components
 def _components_mpl(run, d, s):
-    names, self_j = d
+    names, self_j, res = d
     total = float(np.sum(self_j))
     fig = _mpl_fig(8, max(3.0, 0.3 * len(names) + 1.5))
     ax = fig.add_subplot()
     y = np.arange(len(names))
     share = 100.0 * self_j / total if total else np.zeros_like(self_j)
-    ax.barh(y, share, color="#4c72b0")
+    bad = res < RESOLVED_MIN_SHARE
+    bars = ax.barh(y, share, color="#4c72b0", edgecolor="#4c72b0")
+    for bar, is_bad in zip(bars, bad):
+        if is_bad:
+            bar.set_alpha(0.35)
+            bar.set_hatch("///")
+    if bad.any():
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(facecolor="#4c72b0", label="resolved (most calls span a whole sample)"),
+                           Patch(facecolor="#4c72b0", alpha=0.35, hatch="///", label=f"faded: {UNRESOLVED_TEXT}")],
+                  fontsize=7, loc="lower right")
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("share of the energy in hooked modules (%)")
@@ -689,10 +814,31 @@ def _components_plotly(run, s):
     ids = ["/".join(p) for p in agg]
     parents = ["/".join(p[:-1]) for p in agg]
     labels = [_esc(p[-1]) for p in agg]
+    # a node whose calls are mostly unresolved is faded (sunbursts have no legend: a note says so)
+    calls = tree["calls"]
+    res = (np.asarray(calls["resolved"], dtype=float) if "resolved" in calls.dtype.names
+           else np.ones(len(calls)))
+    hits: Dict[Tuple[str, ...], List[float]] = {}
+    for path, r in zip(tree["path"], res):
+        for k in range(1, len(path) + 1):
+            c = hits.setdefault(path[:k], [0.0, 0.0])
+            c[0] += r
+            c[1] += 1
+    faded = [p in hits and hits[p][0] / hits[p][1] < RESOLVED_MIN_SHARE for p in agg]
+    roots = list(dict.fromkeys(p[0] for p in agg))
+    colors = []
+    for p, f in zip(agg, faded):  # each top-level module's colour, lighter where unresolved
+        r, g, b = _SUNBURST_RGB[roots.index(p[0]) % len(_SUNBURST_RGB)]
+        colors.append(f"rgba({r},{g},{b},{0.55 if f else 1.0})")
     fig = go.Figure(go.Sunburst(ids=ids, parents=parents, labels=labels, values=list(agg.values()),
                                 branchvalues="remainder", maxdepth=3,
+                                marker=dict(colors=colors, line=dict(width=1, color="white")),
+                                leaf=dict(opacity=1.0),
                                 hovertemplate="%{label}: %{value:.4g} J<extra></extra>"))
-    fig.update_layout(title=_title("Energy by module (click to zoom)", s), margin=dict(t=50, l=10, r=10, b=10))
+    fig.update_layout(title=_title("Energy by module (click to zoom)", s), margin=dict(t=50, l=10, r=10, b=40))
+    if any(faded):
+        fig.add_annotation(text=f"faded: {UNRESOLVED_TEXT}", showarrow=False, x=0.5, y=-0.04, xref="paper",
+                           yref="paper", font=dict(size=11))
     return fig
 
 
@@ -853,7 +999,7 @@ def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib", metric: 
     if kind == "layer_steps":
         return _layer_steps_fig(run, backend, s, metric or "energy_j")
     if kind == "components":
-        return _components_mpl(run, _component_self(run), s) if mpl else _components_plotly(run, s)
+        return _components_mpl(run, _component_self_resolved(run), s) if mpl else _components_plotly(run, s)
     if kind == "sankey":
         d = _sankey_data(run)
         return _sankey_mpl(run, d, s) if mpl else _sankey_plotly(run, d, s)
@@ -1075,4 +1221,4 @@ def plot_compare_many(runs: Sequence[Any], kind: str = "bars", backend: str = "p
 
 
 __all__ = ["plot", "plot_compare", "plot_history", "plot_compare_many", "KINDS", "DEEP_KINDS", "METRICS", "HEAD_METRICS", "BACKENDS", "PHASE_ORDER", "NoDataError", "label_tag",
-           "MAX_TIMELINE_SAMPLES"]
+           "MAX_TIMELINE_SAMPLES", "UNRESOLVED_TEXT", "RESOLVED_MIN_SHARE"]

@@ -141,7 +141,9 @@ def load_for_page(st: _db.Store, run_id: int, max_samples: int = PAGE_MAX_SAMPLE
     arrays = {n: st.read_array(run_id, n) for n in ARRAY_NAMES if n != "samples"}
     samples = _levels.as_samples(ds["rows"], np.dtype(_core.SAMPLE_DTYPE))
     summary["_samples_shown"] = {"n_samples": ds["n_samples"], "points": int(len(ds["rows"])), "source": ds["source"]}
-    return RunData(summary, samples=samples, **arrays)
+    # standard errors count the samples as measured, not the buckets drawn
+    starts = st.sample_starts(run_id) if ds["n_samples"] != len(ds["rows"]) else None
+    return RunData(summary, samples=samples, sample_starts_ns=starts, **arrays)
 
 
 def _series(rows: np.ndarray, name: str, key: str) -> List[Optional[float]]:
