@@ -12,7 +12,13 @@ Versions
    unattributed_j).
 2. adds those runs columns, the call-tree columns of the metric tables and the
    op_metrics table.
-3. (current) adds the head_metrics table (mode="deep": per attention call and head).
+3. adds the head_metrics table (mode="deep": per attention call and head).
+4. adds the sample_levels table: per run, min / max / mean power over buckets
+   of 16, 256, 4096, ... consecutive samples (energyprof.store.levels), so a plot of a
+   long run reads thousands of rows instead of millions.
+5. (current) adds ``flags`` (the integrator's and the gap pre-pass's window flags,
+   ``energyprof._dtypes.FLAG_*``) to sections, tokens and the three call tables; older rows
+   get ``FLAG_UNRESOLVED`` where they were not resolved, the one flag they kept.
 
 Array tables hold one column per field of the shared numpy dtypes
 (:mod:`energyprof._dtypes`, ``_core.SAMPLE_DTYPE``) plus ``run_id``; NaN is stored
@@ -26,7 +32,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from ..errors import SchemaError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 #: Store table per RunData array name.
 ARRAY_TABLES: Dict[str, str] = {
@@ -40,8 +46,6 @@ ARRAY_TABLES: Dict[str, str] = {
 }
 
 STATUSES = ("running", "completed", "interrupted", "failed")
-
-
 
 
 _DOM = ("cpu", "gpu", "ane", "dram", "package")
@@ -75,7 +79,7 @@ _CALL_COLS_V1 = (
 # v2: the call tree (call_id/parent_id; -1 = none) and the energy not covered by children.
 _CALL_COLS_V2_ADDED = [("call_id", "INTEGER NOT NULL DEFAULT -1"), ("parent_id", "INTEGER NOT NULL DEFAULT -1"),
                        ("unattributed_j", "REAL")]
-_CALL_COLS = (
+_CALL_COLS_V3 = (
     [("call_id", "INTEGER NOT NULL DEFAULT -1"), ("parent_id", "INTEGER NOT NULL DEFAULT -1")]
     + _CALL_COLS_V1[:8]
     + _DOM_J
@@ -83,9 +87,26 @@ _CALL_COLS = (
     + _CALL_COLS_V1[13:]
 )
 
+# v5: how each row was measured (FLAG_* bits), next to samples_in_window and resolved.
+_FLAGS_COL = ("flags", "INTEGER NOT NULL DEFAULT 0")
+_FLAG_TABLES = ("sections", "tokens", "layer_metrics", "component_metrics", "op_metrics")
+_FLAG_UNRESOLVED = 1 << 3  # energyprof._dtypes.FLAG_UNRESOLVED (store imports no dtypes for its DDL)
+
+
+def _with_flags(cols: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+    at = [c for c, _ in cols].index("resolved") + 1
+    return cols[:at] + [_FLAGS_COL] + cols[at:]
+
+
 # v3: mode="deep" attention statistics, one row per (attention call, head) (HEAD_DTYPE).
 _HEAD_COLS = [("call_id", "INTEGER"), ("layer", "INTEGER"), ("step", "INTEGER"), ("head", "INTEGER"),
               ("n_queries", "INTEGER"), ("entropy", "REAL"), ("max_weight", "REAL"), ("sparsity", "REAL")]
+
+# v4: downsampling levels of the power samples (energyprof.store.levels.LEVEL_DTYPE).
+_LEVEL_STATS = ("mean_w", "min_w", "max_w", "wt")
+_LEVEL_COLS = ([("level", "INTEGER"), ("bucket", "INTEGER"), ("t_start_ns", "INTEGER"), ("t_end_ns", "INTEGER"),
+                ("n", "INTEGER")]
+               + [(f"{d}_{k}", "REAL") for d in _DOM + ("total",) for k in _LEVEL_STATS])
 
 _RUN_COLS_V1 = [
     ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"),  # AUTOINCREMENT: a deleted run's id is never reused
@@ -135,17 +156,22 @@ _RUN_COLS_V2_ADDED = [
     ("pid_host", "TEXT"),
 ]
 
-#: Columns of each table in the current version (excluding run_id / id where noted).
-TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
+#: Columns of each table in versions 2 and 3 (version 4 adds sample_levels).
+_V3_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
     "runs": _RUN_COLS_V1 + _RUN_COLS_V2_ADDED,
     "power_samples": _SAMPLE_COLS,
     "sections": _SECTION_COLS,
     "tokens": _TOKEN_COLS,
-    "layer_metrics": _CALL_COLS,
-    "component_metrics": _CALL_COLS,
-    "op_metrics": _CALL_COLS,
+    "layer_metrics": _CALL_COLS_V3,
+    "component_metrics": _CALL_COLS_V3,
+    "op_metrics": _CALL_COLS_V3,
     "head_metrics": _HEAD_COLS,
 }
+
+#: Columns of each table in the current version (excluding run_id / id where noted).
+TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
+    **{t: (_with_flags(cols) if t in _FLAG_TABLES else cols) for t, cols in _V3_COLUMNS.items()},
+    "sample_levels": _LEVEL_COLS}
 
 #: Sort keys accepted by energyprof.store.db.runs (name -> runs column).
 SORT_KEYS: Dict[str, str] = {
@@ -177,16 +203,23 @@ def _array_table_ddl(table: str, cols: Sequence[Tuple[str, str]]) -> List[str]:
     ]
 
 
-def _head_table_ddl() -> List[str]:
+def _run_table_ddl(table: str, cols: Sequence[Tuple[str, str]], index: str, index_cols: str) -> List[str]:
+    """A table of per-run rows (run_id with cascade delete) and its one index."""
     body = ",\n  ".join(
-        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in _HEAD_COLS]
+        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in cols]
     )
-    return [
-        f"CREATE TABLE head_metrics (\n  {body}\n)",
-        # Head rows have no time of their own; they are read per run and per layer
-        # (heat maps of one layer's heads), and run_id first serves the cascade delete.
-        "CREATE INDEX idx_head_metrics_run_layer ON head_metrics(run_id, layer)",
-    ]
+    return [f"CREATE TABLE {table} (\n  {body}\n)", f"CREATE INDEX {index} ON {table}({index_cols})"]
+
+
+def _head_table_ddl() -> List[str]:
+    # Head rows have no time of their own; they are read per run and per layer
+    # (heat maps of one layer's heads), and run_id first serves the cascade delete.
+    return _run_table_ddl("head_metrics", _HEAD_COLS, "idx_head_metrics_run_layer", "run_id, layer")
+
+
+def _levels_table_ddl() -> List[str]:
+    # Read one level of one run in time order; run_id first serves the cascade delete.
+    return _run_table_ddl("sample_levels", _LEVEL_COLS, "idx_sample_levels_run_level", "run_id, level, bucket")
 
 
 def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[str]:
@@ -198,19 +231,22 @@ def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[s
 
 
 def ddl(version: int = SCHEMA_VERSION) -> List[str]:
-    """The CREATE statements of schema ``version`` (1, 2 or 3), in order."""
+    """The CREATE statements of schema ``version`` (1 to :data:`SCHEMA_VERSION`), in order."""
     if version == 1:
         stmts = _runs_ddl(_RUN_COLS_V1, ("started_at", "energy_j", "j_per_token", "model_name", "status"))
         for t, cols in (("power_samples", _SAMPLE_COLS), ("sections", _SECTION_COLS), ("tokens", _TOKEN_COLS),
                         ("layer_metrics", _CALL_COLS_V1), ("component_metrics", _CALL_COLS_V1)):
             stmts += _array_table_ddl(t, cols)
         return stmts
-    if version in (2, 3):
-        stmts = _runs_ddl(TABLE_COLUMNS["runs"], _INDEXED_RUN_COLS)
+    if version in (2, 3, 4, 5):
+        cols = TABLE_COLUMNS if version >= 5 else _V3_COLUMNS
+        stmts = _runs_ddl(cols["runs"], _INDEXED_RUN_COLS)
         for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
-            stmts += _array_table_ddl(t, TABLE_COLUMNS[t])
-        if version == 3:
+            stmts += _array_table_ddl(t, cols[t])
+        if version >= 3:
             stmts += _head_table_ddl()
+        if version >= 4:
+            stmts += _levels_table_ddl()
         return stmts
     raise ValueError(f"no schema version {version}; known versions: 1..{SCHEMA_VERSION}")
 
@@ -240,7 +276,7 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     for table in ("layer_metrics", "component_metrics"):
         for c, t in _CALL_COLS_V2_ADDED:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {_q(c)} {t}")
-    for s in _array_table_ddl("op_metrics", _CALL_COLS):
+    for s in _array_table_ddl("op_metrics", _CALL_COLS_V3):
         conn.execute(s)
     # Backfill the new run columns from the summary JSON that v1 already kept whole.
     rows = conn.execute("SELECT id, summary FROM runs").fetchall()
@@ -267,12 +303,26 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
         conn.execute(s)
 
 
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    # A new table only: runs saved before have no levels, and their samples are
+    # downsampled from the raw rows when read (energyprof.store.levels.read_downsampled).
+    for s in _levels_table_ddl():
+        conn.execute(s)
+
+
+def _migrate_4_to_5(conn: sqlite3.Connection) -> None:
+    # older rows knew only whether they were resolved: that is the one flag they can carry.
+    for table in _FLAG_TABLES:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {_q(_FLAGS_COL[0])} {_FLAGS_COL[1]}")
+        conn.execute(f"UPDATE {table} SET flags = {_FLAG_UNRESOLVED} WHERE resolved = 0")
+
+
 def _num(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 #: MIGRATIONS[v] turns a version-v database into version v+1.
-MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5}
 
 
 def user_version(conn: sqlite3.Connection) -> int:
