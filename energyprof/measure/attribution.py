@@ -97,7 +97,40 @@ def pair_events(events: np.ndarray, n_spans: int) -> tuple[np.ndarray, np.ndarra
 
     A span entered again before it ended (recursion) nests like a stack.  A begin
     without an end (the forward raised) is dropped: its window is unknown.
+
+    Vectorised: per span id the nesting depth is a running sum of +1 / -1, and a begin
+    that takes the depth to d pairs with the next end at depth d (a stack, without one);
+    an end with nothing open (depth below 0) sends the events to :func:`_pair_events_loop`.
     """
+    n = len(events)
+    if n == 0:
+        return _pair_events_loop(events, n_spans)
+    sid = events["span_id"].astype(np.int64)
+    is_end = events["kind"] != 0
+    order = np.argsort(sid, kind="stable")                  # per span id, in recorded order
+    s_sid = sid[order]
+    step = np.where(is_end[order], -1, 1)
+    cs = np.cumsum(step)
+    first = np.flatnonzero(np.r_[True, s_sid[1:] != s_sid[:-1]])
+    base = np.repeat(cs[first] - step[first], np.diff(np.r_[first, n]))
+    depth = cs - base                                       # depth after each event
+    if depth.min() < 0:
+        return _pair_events_loop(events, n_spans)
+    level = np.empty(n, np.int64)
+    level[order] = depth + is_end[order]                    # a begin's depth after, an end's depth before
+    o2 = np.lexsort((np.arange(n), level, sid))             # per (span, level), in recorded order
+    k2, sid2, lev2 = is_end[o2], sid[o2], level[o2]
+    same = (sid2[1:] == sid2[:-1]) & (lev2[1:] == lev2[:-1])
+    b = np.flatnonzero(~k2[:-1] & k2[1:] & same)            # a begin followed by its end
+    t = events["t_ns"].astype(np.int64)
+    spans, begins, ends, end_pos = sid[o2][b], t[o2][b], t[o2][b + 1], o2[b + 1]
+    out = np.lexsort((end_pos, -ends, begins))              # ties in the recorded order of the ends
+    return spans[out].astype(np.int32), begins[out], ends[out]
+
+
+def _pair_events_loop(events: np.ndarray, n_spans: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`pair_events` one event at a time with a stack per span id (ends with nothing
+    open are ignored); the vectorised version's fallback and its oracle in the tests."""
     spans, begins, ends = [], [], []
     open_stack: dict[int, list[int]] = {}
     for t, sid, kind in zip(events["t_ns"].tolist(), events["span_id"].tolist(), events["kind"].tolist()):

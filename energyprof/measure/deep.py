@@ -139,8 +139,8 @@ def stats_rows(lst: Sequence[Any], width: int = 4) -> np.ndarray:
     a float64 array of rows (one host transfer for the tensors)."""
     if not lst:
         return np.zeros((0, width))
-    if all(isinstance(r, (tuple, list, np.ndarray, float, int)) for r in lst):
-        return np.asarray([np.asarray(r, dtype=np.float64) for r in lst], dtype=np.float64)
+    if all(isinstance(r, (tuple, float)) for r in lst):
+        return np.array(lst, dtype=np.float64)
     import torch
 
     return np.asarray([np.asarray(r.detach().cpu().double().numpy() if isinstance(r, torch.Tensor) else r,
@@ -787,16 +787,22 @@ def head_summary(heads: np.ndarray) -> List[dict]:
     out: List[dict] = []
     if len(heads) == 0:
         return out
-    keys = np.unique(heads[["layer", "head"]])
-    for k in keys:
-        sel = heads[(heads["layer"] == k["layer"]) & (heads["head"] == k["head"])]
-        w = sel["n_queries"].astype(np.float64)
-        w = w if w.sum() > 0 else np.ones(len(sel))
+    order = np.lexsort((heads["head"], heads["layer"]))
+    h = heads[order]
+    first = np.flatnonzero(np.r_[True, (h["layer"][1:] != h["layer"][:-1]) | (h["head"][1:] != h["head"][:-1])])
+    counts = np.diff(np.r_[first, len(h)])
+    w = h["n_queries"].astype(np.float64)
+    w_sum = np.add.reduceat(w, first)
+    no_w = np.repeat(w_sum <= 0, counts)
+    w = np.where(no_w, 1.0, w)                      # a group without queries: plain mean
+    w_sum = np.add.reduceat(w, first)
+    avg = {f: np.add.reduceat(h[f].astype(np.float64) * w, first) / w_sum
+           for f in ("entropy", "max_weight", "sparsity")}
+    for g, i in enumerate(first.tolist()):
         out.append({
-            "layer": int(k["layer"]), "head": int(k["head"]), "calls": int(len(sel)),
-            "entropy": float(np.average(sel["entropy"], weights=w)),
-            "max_weight": float(np.average(sel["max_weight"], weights=w)),
-            "sparsity": float(np.average(sel["sparsity"], weights=w)),
+            "layer": int(h["layer"][i]), "head": int(h["head"][i]), "calls": int(counts[g]),
+            "entropy": float(avg["entropy"][g]), "max_weight": float(avg["max_weight"][g]),
+            "sparsity": float(avg["sparsity"][g]),
         })
     return out
 

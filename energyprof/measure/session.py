@@ -463,12 +463,12 @@ class Session(RunData):
         calls = att.calls
         deep_summary = None
         if self.mode == "deep" and len(calls):
-            if self._deep is not None:
-                from .attribution import pair_events
+            from .attribution import pair_events
 
-                span_ids, _, _ = pair_events(rest, len(self._spans))
+            span_ids, _, _ = pair_events(rest, len(self._spans))   # the calls' span ids, in the calls' order
+            if self._deep is not None:
                 self._heads, deep_summary = self._deep.finish(calls, span_ids, self._act_stats)
-            self._fill_act_stats(calls, rest)
+            self._fill_act_stats(calls, span_ids)
         is_layer = calls["component"] == "layer"
         is_op = (np.isin(calls["component"], sorted(self._deep.op_components)) if self._deep is not None
                  else np.zeros(len(calls), dtype=bool))
@@ -545,30 +545,23 @@ class Session(RunData):
         self._forward_meta = []                    # drop the kept tensors
         return out
 
-    def _fill_act_stats(self, calls: np.ndarray, events: np.ndarray) -> None:
-        # Calls come back sorted by begin; the stats hooks fire in end order per span.
-        # Match per span id in call order (end order == begin order for non-recursive modules).
-        from .attribution import pair_events
-
-        # With stats_every = N the k-th record of a span is its (k * N)-th call; the calls
-        # in between keep NaN statistics.
+    def _fill_act_stats(self, calls: np.ndarray, span_ids: np.ndarray) -> None:
+        # Calls come sorted by begin (span_ids: each call's span id, same order); the stats
+        # hooks fire in end order per span.  Match per span id in call order (end order ==
+        # begin order for non-recursive modules).  With stats_every = N the k-th record of
+        # a span is its (k * N)-th call; the calls in between keep NaN statistics.
         from .deep import stats_rows
 
-        span_ids, begins, _ = pair_events(events, len(self._spans))
-        for sid, lst in self._act_stats.items():   # tensors / tuples -> tuples, one transfer per span
-            if any(not isinstance(x, tuple) for x in lst):
-                self._act_stats[sid] = [tuple(r) for r in stats_rows(lst).tolist()]
-        every = self.stats_every
-        cursor: Dict[int, int] = {}
-        for i, sid in enumerate(span_ids.tolist()):
-            stats = self._act_stats.get(sid, [])
-            j = cursor.get(sid, 0)
-            cursor[sid] = j + 1
-            if j % every:
-                continue
-            k = j // every
-            if k < len(stats):
-                calls["act_mean"][i], calls["act_std"][i], calls["act_max"][i], calls["act_sparsity"][i] = stats[k]
+        order = np.argsort(span_ids, kind="stable")
+        sorted_ids = span_ids[order]
+        cols = ("act_mean", "act_std", "act_max", "act_sparsity")
+        for sid, lst in self._act_stats.items():   # tensors / tuples -> rows, one transfer per span
+            lo, hi = np.searchsorted(sorted_ids, [sid, sid + 1])
+            idx = order[lo:hi][::self.stats_every]
+            rows = stats_rows(lst)
+            n = min(len(idx), len(rows))
+            for c, col in enumerate(cols):
+                calls[col][idx[:n]] = rows[:n, c]
 
     # ------------------------------------------------------------------ metadata
     def _run_meta(self) -> Dict[str, Any]:
