@@ -109,19 +109,26 @@ def _skip_stats(*args: Any) -> None:
     return None
 
 
+_VIEW_DTYPES: tuple = ()
+
+
 def _cpu_view(x: Any) -> Optional[np.ndarray]:
     """A C-contiguous numpy view (or contiguous copy) of a CPU float32/float64 tensor, else None."""
-    import torch
+    global _VIEW_DTYPES
+    if not _VIEW_DTYPES:
+        import torch
 
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        _VIEW_DTYPES = (torch.float32, torch.float64)
+    if not x.is_cpu or x.dtype not in _VIEW_DTYPES:
         return None
-    x = x.detach()
-    if not x.is_contiguous():
-        x = x.contiguous()
     try:
-        return x.numpy()
-    except (RuntimeError, TypeError):   # conjugate / negative views and the like: the torch path
-        return None
+        v = x.numpy()
+    except RuntimeError:                # requires grad, conjugate / negative views: detach, else the torch path
+        try:
+            v = x.detach().resolve_conj().resolve_neg().numpy()
+        except (RuntimeError, TypeError):
+            return None
+    return v if v.flags.c_contiguous else np.ascontiguousarray(v)
 
 
 def fast_stats(x: Any, small_below: float = 1e-3) -> Any:
@@ -510,6 +517,7 @@ class DeepOps:
     _head_raw: Dict[int, list] = field(default_factory=dict)     # softmax span -> [tensor (3, H)]
     _act_raw: Dict[int, list] = field(default_factory=dict)      # op span -> [tensor (4,)]
     _ratio_raw: Dict[int, list] = field(default_factory=dict)    # parent span -> [tensor ()]
+    _mask_memo: Optional[tuple] = None                            # (mask tensor, key, allowed array) of the last forward
 
     # ------------------------------------------------------------------ plan
     def _alloc(self, ref: Any, names: Sequence[str]) -> _Marks:
@@ -626,6 +634,7 @@ class DeepOps:
                 errors.append(e)
         for mod, _ in self._attn:
             _ATTN_MARKS.pop(id(mod), None)
+        self._mask_memo = None
         if self._previous_impl is not None:
             impl, self._previous_impl = self._previous_impl, None
             try:
@@ -644,13 +653,33 @@ class DeepOps:
         return k % self.stats_every == 0
 
     def _allowed(self, attention_mask: Any) -> Any:
+        """Where the mask lets a key through (bool tensor), or None."""
         import torch
 
-        if attention_mask is not None and attention_mask.is_floating_point():
+        if attention_mask is None:
+            return None
+        if attention_mask.is_floating_point():
             return attention_mask > torch.finfo(attention_mask.dtype).min / 2
-        if attention_mask is not None:
-            return attention_mask.bool()
-        return None
+        return attention_mask.bool()
+
+    def _allowed_np(self, attention_mask: Any, shape: tuple) -> Optional[np.ndarray]:
+        """:meth:`_allowed` as a C-contiguous bool array (B, 1 or H, Q, K) for
+        ``_core.attention_stats``.  Every layer of a forward gets the same mask tensor, so
+        the last answer is kept for it (same object, same in-place version, same shape)."""
+        if attention_mask is None:
+            return None
+        key = (getattr(attention_mask, "_version", None), shape)
+        memo = self._mask_memo
+        if memo is not None and memo[0] is attention_mask and memo[1] == key:
+            return memo[2]
+        allowed = self._allowed(attention_mask)
+        b, h, q, k = shape
+        if allowed.dim() == 4 and allowed.shape[1] in (1, h):
+            a = allowed.expand(b, allowed.shape[1], q, k).contiguous().numpy()
+        else:
+            a = allowed.expand(b, h, q, k).contiguous().numpy()
+        self._mask_memo = (attention_mask, key, a)
+        return a
 
     def _attn_stats(self, marks: _Marks, w: Any, attention_mask: Any) -> None:
         import torch
@@ -660,13 +689,7 @@ class DeepOps:
         with torch.no_grad():
             v = _cpu_view(w) if w.dtype == torch.float32 else None
             if v is not None and v.ndim == 4 and v.size:
-                allowed = self._allowed(attention_mask)
-                a = None
-                if allowed is not None:
-                    if allowed.dim() == 4 and allowed.shape[1] in (1, v.shape[1]):
-                        a = allowed.expand(v.shape[0], allowed.shape[1], v.shape[2], v.shape[3]).contiguous().numpy()
-                    else:
-                        a = allowed.expand(*v.shape).contiguous().numpy()
+                a = self._allowed_np(attention_mask, v.shape)
                 heads, all4 = _core.attention_stats(v, a, SPARSE_BELOW)
                 self._head_raw.setdefault(marks.stats_key, []).append(heads)
                 self._act_raw.setdefault(marks.stats_key, []).append(all4)
@@ -677,12 +700,7 @@ class DeepOps:
             ent = torch.special.entr(p).sum(-1)                      # -p log p, 0 at p = 0
             row_max = p.amax(-1)                                     # (B, H, Q)
             small = p < SPARSE_BELOW
-            if attention_mask is not None and attention_mask.is_floating_point():
-                allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
-            elif attention_mask is not None:
-                allowed = attention_mask.bool()
-            else:
-                allowed = None
+            allowed = self._allowed(attention_mask)
             if allowed is None:
                 n_allowed = float(p.shape[0] * p.shape[2] * p.shape[3])
                 sparse = small.sum(dim=(0, 2, 3)) / n_allowed
