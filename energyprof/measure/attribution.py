@@ -298,8 +298,8 @@ def attribute(
     if len(calls):
         fill(calls, np.arange(i_call, i_call + len(calls)))
         calls["call_id"] = np.arange(len(calls))
-        calls["layer"] = [spans[s].layer for s in span_ids.tolist()]
-        calls["component"] = [spans[s].component for s in span_ids.tolist()]
+        calls["layer"] = np.asarray([sp.layer for sp in spans], dtype=np.int32)[span_ids]
+        calls["component"] = np.asarray([sp.component for sp in spans], dtype=calls.dtype["component"])[span_ids]
         for c in ("act_mean", "act_std", "act_max", "act_sparsity"):
             calls[c] = np.nan
         # step: the forward slot containing the call's begin
@@ -308,11 +308,14 @@ def attribute(
         pos = np.searchsorted(slot_starts, c_begin, side="right") - 1 if len(slots) else np.full(len(calls), -1)
         calls["step"] = np.where(pos >= 0, slot_steps[np.maximum(pos, 0)] if len(slots) else -1, -1)
         # call index within (span, step)
-        seen: dict[tuple[int, int], int] = {}
-        call_no = np.zeros(len(calls), np.int32)
-        for i, key in enumerate(zip(span_ids.tolist(), calls["step"].tolist())):
-            call_no[i] = seen.get(key, 0)
-            seen[key] = call_no[i] + 1
+        # (the k-th call of its span in its step, in begin order: rank within the (span, step) group)
+        steps = calls["step"]
+        grp = np.lexsort((np.arange(len(calls)), steps, span_ids))
+        new_grp = np.r_[True, (span_ids[grp][1:] != span_ids[grp][:-1]) | (steps[grp][1:] != steps[grp][:-1])]
+        starts = np.flatnonzero(new_grp)
+        rank = np.arange(len(calls)) - np.repeat(starts, np.diff(np.r_[starts, len(calls)]))
+        call_no = np.empty(len(calls), np.int32)
+        call_no[grp] = rank
         calls["call"] = call_no
         calls["parent_id"] = _parents(span_ids, c_begin, c_end, spans)
 
