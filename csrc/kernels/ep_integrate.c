@@ -692,6 +692,17 @@ static int walk_samples(walk *g, events *q, char *detail, size_t detail_len)
 /* Sort a (n windows) by a_ns with an LSD radix sort over the bits where the times differ
  * (stable); tmp is scratch of n, count scratch of RADIX_PASSES * RADIX_SIZE (both
  * borrowed).  Returns whichever of a / tmp holds the result. */
+/* A radix pass's histogram turned into the first output slot of each bucket. */
+static void bucket_starts(int64_t *count)
+{
+    int64_t acc = 0;
+    for (int b = 0; b < RADIX_SIZE; b++) {
+        int64_t c = count[b];
+        count[b] = acc;
+        acc += c;
+    }
+}
+
 static win *radix_sort(win *a, win *tmp, int64_t n, int64_t (*count)[RADIX_SIZE])
 {
     if (n < 2)
@@ -715,12 +726,7 @@ static win *radix_sort(win *a, win *tmp, int64_t n, int64_t (*count)[RADIX_SIZE]
         int shift = p * RADIX_BITS;
         if (count[p][(((uint64_t)src[0].a_ns - (uint64_t)lo) >> shift) & (RADIX_SIZE - 1)] == n)
             continue; /* every key has the same digit here */
-        int64_t acc = 0;
-        for (int b = 0; b < RADIX_SIZE; b++) {
-            int64_t c = count[p][b];
-            count[p][b] = acc;
-            acc += c;
-        }
+        bucket_starts(count[p]);
         for (int64_t i = 0; i < n; i++) {
             uint64_t key = (uint64_t)src[i].a_ns - (uint64_t)lo;
             dst[count[p][(key >> shift) & (RADIX_SIZE - 1)]++] = src[i];
@@ -753,12 +759,7 @@ static uint64_t *radix_sort_keys(uint64_t *a, uint64_t *tmp, int64_t n, int shif
         int sh = shift + p * RADIX_BITS;
         if (count[p][(src[0] >> sh) & (RADIX_SIZE - 1)] == n)
             continue; /* every key has the same digit here */
-        int64_t acc = 0;
-        for (int b = 0; b < RADIX_SIZE; b++) {
-            int64_t c = count[p][b];
-            count[p][b] = acc;
-            acc += c;
-        }
+        bucket_starts(count[p]);
         for (int64_t i = 0; i < n; i++)
             dst[count[p][(src[i] >> sh) & (RADIX_SIZE - 1)]++] = src[i];
         uint64_t *sw = src;
