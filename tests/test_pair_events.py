@@ -72,3 +72,51 @@ def test_call_numbers_layers_and_components_of_attribute_equal_a_loop():
     assert calls["call"].tolist() == want
     assert calls["layer"].tolist() == [spans[i].layer for i in sid.tolist()]
     assert calls["component"].tolist() == [spans[i].component for i in sid.tolist()]
+
+
+def _parents_loop(span_ids, begins, ends, spans):
+    # the per-span loop attribution._parents replaced: the oracle
+    parent = np.full(len(span_ids), -1, dtype=np.int32)
+    by_span = {sid: np.flatnonzero(span_ids == sid) for sid in np.unique(span_ids).tolist()}
+    for sid, idx in by_span.items():
+        psid = spans[sid].parent_span
+        while psid >= 0 and psid not in by_span:
+            psid = spans[psid].parent_span
+        if psid < 0:
+            continue
+        pidx = by_span[psid]
+        pos = np.searchsorted(begins[pidx], begins[idx], side="right") - 1
+        ok = pos >= 0
+        cand = pidx[np.maximum(pos, 0)]
+        ok &= ends[cand] >= ends[idx]
+        parent[idx[ok]] = cand[ok]
+    return parent
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_parents_equal_the_per_span_loop(seed):
+    from energyprof.measure.attribution import SpanInfo, _parents
+
+    rng = np.random.default_rng(seed)
+    # span tree: 0 layer; 1 attn (in 0); 2 q_proj (in 1); 3 mlp (in 0); 4 never called, 5 in 4 (-> 0)
+    spans = [SpanInfo(0, "layer"), SpanInfo(0, "attn", 0), SpanInfo(0, "q_proj", 1), SpanInfo(0, "mlp", 0),
+             SpanInfo(0, "x", 0), SpanInfo(0, "y", 4), SpanInfo(1, "orphan")]
+    ev, t = [], 0
+    for _ in range(int(rng.integers(1, 30))):
+        ev.append((t, 0, 0))
+        for sid in rng.permutation([1, 3, 5, 6])[: int(rng.integers(0, 4))].tolist():
+            t += int(rng.integers(0, 3))
+            ev.append((t, sid, 0))
+            if sid == 1 and rng.random() < 0.7:
+                t += 1
+                ev += [(t, 2, 0), (t + int(rng.integers(0, 2)), 2, 1)]
+                t += 2
+            t += int(rng.integers(0, 3))
+            ev.append((t, sid, 1))
+        t += int(rng.integers(0, 2))
+        ev.append((t, 0, 1))
+        t += 1
+    sid, b, e = pair_events(np.array(ev, EVENT_DTYPE), len(spans))
+    got = _parents(sid, b, e, spans)
+    np.testing.assert_array_equal(got, _parents_loop(sid, b, e, spans))
+    assert (got >= 0).sum() > 0

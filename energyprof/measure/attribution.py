@@ -464,21 +464,36 @@ def _warnings(summary: dict, sections: np.ndarray, base_idx: dict, baseline) -> 
 
 
 def _parents(span_ids: np.ndarray, begins: np.ndarray, ends: np.ndarray, spans: Sequence[SpanInfo]) -> np.ndarray:
-    """call index of each call's enclosing call of its parent span (-1 when none)."""
-    parent = np.full(len(span_ids), -1, dtype=np.int32)
-    by_span: dict[int, np.ndarray] = {}
-    for sid in np.unique(span_ids).tolist():
-        by_span[sid] = np.flatnonzero(span_ids == sid)  # already in begin order
-    for sid, idx in by_span.items():
+    """call index of each call's enclosing call of its parent span (-1 when none).
+
+    The parent span is the nearest ancestor span that was called.  Calls come sorted by
+    begin; a call's parent is the last call of the parent span that begins at or before
+    it, if that one also ends at or after it.  One search over keys (span, begin rank)
+    for every call at once (no loop over spans or calls).
+    """
+    n = len(span_ids)
+    parent = np.full(n, -1, dtype=np.int32)
+    if n == 0:
+        return parent
+    present = np.zeros(len(spans), dtype=bool)
+    present[np.unique(span_ids)] = True
+    up = np.full(len(spans), -1, dtype=np.int64)
+    for sid in range(len(spans)):
         psid = spans[sid].parent_span
-        while psid >= 0 and psid not in by_span:
+        while psid >= 0 and not present[psid]:
             psid = spans[psid].parent_span   # ancestor never called: look further up
-        if psid < 0:
-            continue
-        pidx = by_span[psid]
-        pos = np.searchsorted(begins[pidx], begins[idx], side="right") - 1
-        ok = pos >= 0
-        cand = pidx[np.maximum(pos, 0)]
-        ok &= ends[cand] >= ends[idx]
-        parent[idx[ok]] = cand[ok]
+        up[sid] = psid
+    sid64 = span_ids.astype(np.int64)
+    rank = np.searchsorted(np.unique(begins), begins)          # equal begins, equal rank
+    width = int(rank.max()) + 1
+    key = sid64 * width + rank
+    order = np.argsort(key, kind="stable")
+    keys = key[order]
+    ps = up[sid64]
+    q = np.flatnonzero(ps >= 0)
+    pos = np.searchsorted(keys, ps[q] * width + rank[q], side="right") - 1
+    ok = pos >= 0
+    cand = order[np.maximum(pos, 0)]
+    ok &= (sid64[cand] == ps[q]) & (ends[cand] >= ends[q])
+    parent[q[ok]] = cand[ok]
     return parent
