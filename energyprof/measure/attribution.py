@@ -475,8 +475,7 @@ def _parents(span_ids: np.ndarray, begins: np.ndarray, ends: np.ndarray, spans: 
     parent = np.full(n, -1, dtype=np.int32)
     if n == 0:
         return parent
-    present = np.zeros(len(spans), dtype=bool)
-    present[np.unique(span_ids)] = True
+    present = np.bincount(span_ids, minlength=len(spans))[:len(spans)] > 0
     up = np.full(len(spans), -1, dtype=np.int64)
     for sid in range(len(spans)):
         psid = spans[sid].parent_span
@@ -484,7 +483,10 @@ def _parents(span_ids: np.ndarray, begins: np.ndarray, ends: np.ndarray, spans: 
             psid = spans[psid].parent_span   # ancestor never called: look further up
         up[sid] = psid
     sid64 = span_ids.astype(np.int64)
-    rank = np.searchsorted(np.unique(begins), begins)          # equal begins, equal rank
+    if n < 2 or np.all(begins[1:] >= begins[:-1]):           # sorted (as attribute passes them): a running count
+        rank = np.r_[0, np.cumsum(begins[1:] != begins[:-1])]
+    else:
+        rank = np.searchsorted(np.unique(begins), begins)      # equal begins, equal rank
     width = int(rank.max()) + 1
     key = sid64 * width + rank
     order = np.argsort(key, kind="stable")
