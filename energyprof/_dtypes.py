@@ -103,10 +103,32 @@ HEAD_DTYPE = np.dtype(
     ]
 )
 
+#: Text recorded with a run (``ep.run(..., store_text=True)``): the prompt and the generated
+#: text of each sequence, and the text of each generated token.  ``kind`` is ``"prompt"``,
+#: ``"output"`` or ``"token"``; ``step`` is the generation step of a token (0 = the token
+#: that came out of the prefill forward, k = decode step k; -1 for prompt and output);
+#: ``seq`` the sequence in the batch.  The width of ``text`` is that of the longest text of
+#: the run (:func:`text_dtype`); this default is the narrowest.
+TEXT_DTYPE = np.dtype(
+    [
+        ("kind", "U8"),
+        ("step", "<i4"),
+        ("seq", "<i4"),
+        ("text", "U1"),
+    ]
+)
+
+
+def text_dtype(width: int) -> np.dtype:
+    """TEXT_DTYPE with room for ``width`` characters of text (at least 1)."""
+    return np.dtype([("kind", "U8"), ("step", "<i4"), ("seq", "<i4"), ("text", f"U{max(1, int(width))}")])
+
+
 LAYER_DTYPE = CALL_DTYPE
 COMPONENT_DTYPE = CALL_DTYPE
 
 #: Raw hook events from the C span buffer (csrc/threads/ep_hooks.c).
 EVENT_DTYPE = np.dtype([("t_ns", "<i8"), ("span_id", "<i4"), ("kind", "<i4")])  # kind 0 begin, 1 end
 
-__all__ = ["DOMAINS", "SECTION_DTYPE", "TOKEN_DTYPE", "CALL_DTYPE", "LAYER_DTYPE", "COMPONENT_DTYPE", "EVENT_DTYPE", "HEAD_DTYPE"]
+__all__ = ["DOMAINS", "SECTION_DTYPE", "TOKEN_DTYPE", "CALL_DTYPE", "LAYER_DTYPE", "COMPONENT_DTYPE", "EVENT_DTYPE", "HEAD_DTYPE",
+           "TEXT_DTYPE", "text_dtype"]

@@ -30,6 +30,31 @@ def config_value(cfg: Any, name: str) -> Any:
     return None
 
 
+#: The attention kinds :func:`attention_kind` names.
+ATTENTION_KINDS = ("MHA", "GQA", "MQA")
+
+
+def attention_kind(n_heads: Any, n_kv_heads: Any) -> Any:
+    """``"MHA"`` (one K/V head per query head), ``"MQA"`` (one K/V head for all of them) or
+    ``"GQA"`` (groups of query heads share a K/V head); None when the head counts are unknown.
+
+    A missing ``n_kv_heads`` means as many K/V heads as query heads (the configs' own default).
+    """
+    try:
+        nh = int(n_heads)
+    except (TypeError, ValueError):
+        return None
+    try:
+        nkv = int(n_kv_heads) if n_kv_heads is not None else nh
+    except (TypeError, ValueError):
+        return None
+    if nh <= 0 or nkv <= 0:
+        return None
+    if nkv >= nh:
+        return "MHA"
+    return "MQA" if nkv == 1 else "GQA"
+
+
 def single_kv_head(cfg: Any) -> bool:
     """Classic falcon: one shared K/V head (``multi_query``), whatever its kv-head field says."""
     return bool(getattr(cfg, "multi_query", False)) and not getattr(cfg, "new_decoder_architecture", False)

@@ -21,7 +21,7 @@ import energyprof as ep
 from energyprof import _core
 from energyprof import _reference
 from energyprof.store import schema
-from energyprof._dtypes import CALL_DTYPE, HEAD_DTYPE, SECTION_DTYPE, TOKEN_DTYPE
+from energyprof._dtypes import CALL_DTYPE, HEAD_DTYPE, SECTION_DTYPE, TEXT_DTYPE, TOKEN_DTYPE, text_dtype
 from energyprof.store.db import Store
 from energyprof.store.rundata import AGG_DTYPE, ARRAY_NAMES, RunData
 
@@ -157,8 +157,13 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
     heads["entropy"] = np.where(rng.random(len(heads)) < 0.2, np.nan, rng.uniform(0, 3, len(heads)))
     heads["max_weight"] = rng.uniform(0, 1, len(heads))
     heads["sparsity"] = np.where(rng.random(len(heads)) < 0.2, np.nan, rng.uniform(0, 1, len(heads)))
+    # text with the run: prompt and output per sequence, one row per generated token
+    rows = [("prompt", -1, 0, f"the cost of a token {seed} — ünïcödé ✓"), ("prompt", -1, 1, "a second 🚀 prompt"),
+            ("output", -1, 0, "x" * (50 + seed)), ("output", -1, 1, "")]
+    rows += [("token", k, b, f" tok{k}.{b}") for k in range(n_steps + 1) for b in range(2)]
+    texts = np.array(rows, dtype=text_dtype(max(len(r[3]) for r in rows)))
     return dict(samples=samples, sections=sections, tokens=tokens, layers=layers, components=components, ops=ops,
-                heads=heads)
+                heads=heads, texts=texts)
 
 
 def make_run(i: int = 0, **kw) -> RunData:
@@ -334,11 +339,13 @@ def test_schema_has_a_column_for_every_dtype_field(dbpath):
             cols = set(schema.table_columns(s.conn, table))
             dt_ = np.dtype(_core.SAMPLE_DTYPE) if name == "samples" else RunData().array(name).dtype
             assert set(dt_.names) | {"run_id"} == cols, (table, set(dt_.names) ^ (cols - {"run_id"}))
-        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 3
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 5
         idx = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         for table in schema.ARRAY_TABLES.values():
-            if table != "head_metrics":
+            if table not in ("head_metrics", "texts"):
                 assert f"idx_{table}_run_t" in idx
+        assert [r[2] for r in s.conn.execute("PRAGMA index_info(idx_texts_run_kind)")] == ["run_id", "kind"]
+        assert "attention_kind" in schema.table_columns(s.conn, "runs")
         # head rows have no time: indexed by (run_id, layer)
         assert [r[2] for r in s.conn.execute("PRAGMA index_info(idx_head_metrics_run_layer)")] == ["run_id", "layer"]
         fks = s.conn.execute("PRAGMA foreign_key_list(head_metrics)").fetchall()
@@ -381,7 +388,7 @@ def test_migration_from_v1(dbpath):
     assert "op_metrics" not in schema.tables(conn)
     conn.close()
     with Store(dbpath) as s:
-        assert schema.user_version(s.conn) == 3
+        assert schema.user_version(s.conn) == 5
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
         for i, rid in enumerate(ids):
@@ -421,6 +428,7 @@ def _fill_v2(path: str, n: int = 3) -> list:
     ids = []
     for i in range(n):
         cols = ep.db._run_columns(make_summary(i))
+        cols.pop("attention_kind")   # a version-5 column
         cols["pid"], cols["pid_host"] = os.getpid(), "elsewhere"  # another host: left as written
         cols["ended_at"] = "2025-03-01T10:00:05.000000+00:00"
         names = list(cols)
@@ -438,7 +446,7 @@ def _fill_v2(path: str, n: int = 3) -> list:
 def test_migration_from_v2(dbpath):
     ids = _fill_v2(dbpath)
     with Store(dbpath) as s:
-        assert schema.user_version(s.conn) == 3
+        assert schema.user_version(s.conn) == 5
         assert "head_metrics" in schema.tables(s.conn)
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -460,20 +468,100 @@ def test_migration_from_v2(dbpath):
             == len(make_run(7).heads) > 0
         ep.delete(rid, db=s)
         assert s.conn.execute("SELECT COUNT(*) FROM head_metrics").fetchone()[0] == 0
-    # migrating is a one-time step: a second open finds version 3 and changes nothing
+    # migrating is a one-time step: a second open finds version 5 and changes nothing
     before = sha(dbpath)
     with Store(dbpath, mark_stale=False) as s:
-        assert schema.migrate(s.conn, dbpath) == (3, 3)
+        assert schema.migrate(s.conn, dbpath) == (5, 5)
     assert sha(dbpath) == before
 
 
+_V3_ARRAYS = _V2_ARRAYS + ("heads",)
+
+
+def _fill_v3(path: str, models: list) -> list:
+    """A version-3 database (the v3 DDL) with one run per model dict, written the way
+    energyprof 3 wrote them: no texts table, no attention_kind column."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    schema.create(conn, 3)
+    assert "texts" not in schema.tables(conn) and "attention_kind" not in schema.table_columns(conn, "runs")
+    ids = []
+    for i, model in enumerate(models):
+        cols = ep.db._run_columns(make_summary(i, model=model))
+        cols.pop("attention_kind")
+        cols["pid"], cols["pid_host"] = os.getpid(), "elsewhere"
+        names = list(cols)
+        cur = conn.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                           [cols[k] for k in names])
+        ids.append(cur.lastrowid)
+        arr = make_arrays(i, n_samples=20)
+        for name in _V3_ARRAYS:
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], arr[name], {"run_id": cur.lastrowid})
+    conn.close()
+    return ids
+
+
+def test_migration_from_v3_adds_texts_and_backfills_the_attention_kind(dbpath):
+    # head counts worked by hand: 8/8 heads = MHA, 8 query heads on 2 K/V heads = GQA,
+    # 8 on 1 = MQA, no kv count = as many as query heads (MHA), no head counts = unknown
+    models = [{"name": "a", "n_heads": 8, "n_kv_heads": 8}, {"name": "b", "n_heads": 8, "n_kv_heads": 2},
+              {"name": "c", "n_heads": 8, "n_kv_heads": 1}, {"name": "d", "n_heads": 12},
+              {"name": "e"}]
+    want_kind = ["MHA", "GQA", "MQA", "MHA", None]
+    ids = _fill_v3(dbpath, models)
+    with Store(dbpath) as s:
+        assert schema.user_version(s.conn) == 5
+        assert "texts" in schema.tables(s.conn)
+        assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        got = [s.conn.execute("SELECT attention_kind FROM runs WHERE id=?", (rid,)).fetchone()[0] for rid in ids]
+        assert got == want_kind
+        assert [r["run_id"] for r in ep.runs(db=s, sort="id", descending=False, limit=None)
+                if r["model"].get("name") == "b"] == [ids[1]]
+        for i, rid in enumerate(ids):
+            r = s.load(rid)
+            want = make_arrays(i, n_samples=20)
+            for name in _V3_ARRAYS:     # every v3 row is kept, field by field
+                for f in want[name].dtype.names:
+                    np.testing.assert_array_equal(r.array(name)[f], want[name][f], err_msg=f"{name}.{f}")
+            assert len(r.texts) == 0 and r.texts.dtype == TEXT_DTYPE and r.prompt() is None
+        # the migrated database takes runs with text, searchable by prompt
+        rid = s.save(make_run(7))
+        assert_same_arrays(s.load(rid), make_run(7))
+        assert s.load(rid).prompt(0) == "the cost of a token 7 — ünïcödé ✓"
+        assert ep.runs(db=s, search="cost of a token 7").run_ids == [rid]
+        ep.delete(rid, db=s)
+        assert s.conn.execute("SELECT COUNT(*) FROM texts").fetchone()[0] == 0
+    before = sha(dbpath)
+    with Store(dbpath, mark_stale=False) as s:
+        assert schema.migrate(s.conn, dbpath) == (5, 5)
+    assert sha(dbpath) == before
+
+
+def test_texts_round_trip_and_prompt_search(dbpath):
+    with Store(dbpath) as s:
+        ids = [s.save(make_run(i)) for i in range(3)]
+        for i, rid in enumerate(ids):
+            r = s.load(rid)
+            assert r.prompt(0) == f"the cost of a token {i} — ünïcödé ✓" and r.prompt(1) == "a second 🚀 prompt"
+            assert r.output(0) == "x" * (50 + i) and r.output(1) == ""
+            assert r.token_texts(1) == {k: f" tok{k}.1" for k in range(6)}
+            assert r.texts.dtype.fields["text"][0].itemsize // 4 == 50 + i   # as wide as the longest text
+        # the prompt text is searched (substring, case-insensitive as LIKE is for ASCII), alone or with a filter
+        assert ep.runs(db=s, search="cost of a token 1").run_ids == [ids[1]]
+        assert sorted(ep.runs(db=s, search="COST OF A TOKEN").run_ids) == sorted(ids)
+        assert ep.runs(db=s, search="cost of a token", model="tiny-gpt2").run_ids == [ids[1]]
+        # output text is not a prompt: not matched
+        assert ep.runs(db=s, search="x" * 50).run_ids == []
+        # % and _ are literal
+        assert ep.runs(db=s, search="token_1").run_ids == []
+
+
 def test_fresh_database_matches_migrated_one(tmp_path):
-    a, b, c2 = str(tmp_path / "a.db"), str(tmp_path / "b.db"), str(tmp_path / "c.db")
+    a, b, c2, c3 = (str(tmp_path / f"{n}.db") for n in ("a", "b", "c", "d"))
     _fill_v1(a, n=0)
     _fill_v2(c2, n=0)
-    Store(a).close()
-    Store(b).close()
-    Store(c2).close()
+    _fill_v3(c3, [])
+    for p in (a, b, c2, c3):
+        Store(p).close()
 
     def shape(p):
         c = sqlite3.connect(p)
@@ -488,9 +576,10 @@ def test_fresh_database_matches_migrated_one(tmp_path):
         return out
 
     fresh = shape(b)
-    assert "head_metrics" in fresh and fresh["_version"] == 3
+    assert "head_metrics" in fresh and "texts" in fresh and fresh["_version"] == 5
     assert shape(a) == fresh
     assert shape(c2) == fresh
+    assert shape(c3) == fresh
 
 
 def test_newer_database_is_refused_untouched(dbpath):
@@ -539,7 +628,7 @@ def test_round_trip_every_array_field_by_field(dbpath):
         s.flush()
         assert len(s.load(rid).samples) == len(run.samples)
         s.finish_run(rid, run.summary(), run.sections, run.tokens, run.layers, run.components, "completed",
-                     ops=run.ops, heads=run.heads)
+                     ops=run.ops, heads=run.heads, texts=run.texts)
     back = ep.load(rid, db=dbpath)
     assert_same_arrays(back, run)
     want = run.summary()
@@ -845,7 +934,7 @@ def test_export_import_json_round_trip(filled, tmp_path):
         raise AssertionError(f"non-strict JSON token {c}")
 
     doc = json.loads(open(out).read(), parse_constant=no_constants)  # strict JSON: no NaN/Infinity tokens
-    assert doc["format"] == "energyprof-run" and doc["schema_version"] == 3
+    assert doc["format"] == "energyprof-run" and doc["schema_version"] == 5
     new = ep.import_run(out, db=path)
     assert new != rid
     a, b = ep.load(rid, db=path), ep.load(new, db=path)
@@ -858,8 +947,10 @@ def test_export_import_json_round_trip(filled, tmp_path):
     old.write_text(json.dumps(doc))
     o = ep.load(ep.import_run(old, db=path), db=path)
     assert len(o.heads) == 0 and o.heads.dtype == HEAD_DTYPE
-    for name in ARRAY_NAMES[:-1]:
-        assert o.array(name).tobytes() == a.array(name).tobytes(), name
+    for name in ARRAY_NAMES:
+        if name != "heads":
+            assert o.array(name).tobytes() == a.array(name).tobytes(), name
+    assert o.prompt(0) == a.prompt(0) and a.prompt(0).startswith("the cost of a token")  # text survives the export
     sa, sb = a.summary(), b.summary()
     sa.pop("run_id")
     sb.pop("run_id")
@@ -1085,7 +1176,7 @@ def test_docs_schema_names_every_column_and_its_example_runs(capsys):
             assert re.search(rf"(^\| |, ){c}[ ,|]", doc, re.M), (table, c)
     for b in re.findall(r"```python\n(.*?)```", doc, re.S):
         exec(compile(b, "docs/schema.md", "exec"), {})
-    assert capsys.readouterr().out.split() == ["(1,", "3)", "True", "(2,", "3)", "True"]
+    assert capsys.readouterr().out.split() == ["(1,", "5)", "True", "(2,", "5)", "True"]
 
 
 def test_writer_releases_the_gil_while_blocked(tmp_path):
@@ -1209,7 +1300,7 @@ def test_many_processes_open_a_fresh_database_at_once(tmp_path):
         procs = [subprocess.Popen([sys.executable, "-c", code, path]) for _ in range(4)]
         assert [p.wait() for p in procs] == [0] * 4
         with Store(path) as s:
-            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 3
+            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 5
             assert "head_metrics" in schema.tables(s.conn)
             assert len(ep.runs(db=s, limit=None)) == 4 + (0 if kind == "fresh" else 2)
 

@@ -12,7 +12,11 @@ Versions
    unattributed_j).
 2. adds those runs columns, the call-tree columns of the metric tables and the
    op_metrics table.
-3. (current) adds the head_metrics table (mode="deep": per attention call and head).
+3. adds the head_metrics table (mode="deep": per attention call and head).
+5. (current) adds the texts table (the prompt, the generated text and each token's text)
+   and the runs column attention_kind (MHA / GQA / MQA, backfilled from model_config).
+   Its step, :func:`_migrate_add_texts`, needs nothing of version 4 (issue 13's flags):
+   it is registered after version 3 here and chains after 4 once that lands.
 
 Array tables hold one column per field of the shared numpy dtypes
 (:mod:`energyprof._dtypes`, ``_core.SAMPLE_DTYPE``) plus ``run_id``; NaN is stored
@@ -24,9 +28,10 @@ import json
 import sqlite3
 from typing import Dict, List, Sequence, Tuple
 
+from .._hfconfig import attention_kind
 from ..errors import SchemaError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 #: Store table per RunData array name.
 ARRAY_TABLES: Dict[str, str] = {
@@ -37,6 +42,7 @@ ARRAY_TABLES: Dict[str, str] = {
     "components": "component_metrics",
     "ops": "op_metrics",
     "heads": "head_metrics",
+    "texts": "texts",
 }
 
 STATUSES = ("running", "completed", "interrupted", "failed")
@@ -87,6 +93,9 @@ _CALL_COLS = (
 _HEAD_COLS = [("call_id", "INTEGER"), ("layer", "INTEGER"), ("step", "INTEGER"), ("head", "INTEGER"),
               ("n_queries", "INTEGER"), ("entropy", "REAL"), ("max_weight", "REAL"), ("sparsity", "REAL")]
 
+# v5: text recorded with a run (TEXT_DTYPE), one row per prompt / output / token text.
+_TEXT_COLS = [("kind", "TEXT"), ("step", "INTEGER"), ("seq", "INTEGER"), ("text", "TEXT")]
+
 _RUN_COLS_V1 = [
     ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"),  # AUTOINCREMENT: a deleted run's id is never reused
     ("name", "TEXT"),
@@ -134,10 +143,13 @@ _RUN_COLS_V2_ADDED = [
     ("pid", "INTEGER"),        # writer process: a "running" run whose process is gone was interrupted
     ("pid_host", "TEXT"),
 ]
+_RUN_COLS_V5_ADDED = [
+    ("attention_kind", "TEXT"),   # MHA / GQA / MQA from the model's head counts (NULL: unknown)
+]
 
 #: Columns of each table in the current version (excluding run_id / id where noted).
 TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
-    "runs": _RUN_COLS_V1 + _RUN_COLS_V2_ADDED,
+    "runs": _RUN_COLS_V1 + _RUN_COLS_V2_ADDED + _RUN_COLS_V5_ADDED,
     "power_samples": _SAMPLE_COLS,
     "sections": _SECTION_COLS,
     "tokens": _TOKEN_COLS,
@@ -145,6 +157,7 @@ TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
     "component_metrics": _CALL_COLS,
     "op_metrics": _CALL_COLS,
     "head_metrics": _HEAD_COLS,
+    "texts": _TEXT_COLS,
 }
 
 #: Sort keys accepted by energyprof.store.db.runs (name -> runs column).
@@ -155,7 +168,7 @@ SORT_KEYS: Dict[str, str] = {
     "batch_size": "batch_size", "duration_s": "duration_s", "energy_j": "energy_j", "net_energy_j": "net_energy_j",
     "baseline_power_w": "baseline_power_w", "peak_power_w": "peak_power_w", "j_per_token": "j_per_token",
     "j_per_output_token": "j_per_output_token", "tokens_per_j": "tokens_per_j", "edp_js": "edp_js",
-    "n_params": "n_params",
+    "n_params": "n_params", "attention_kind": "attention_kind",
 }
 
 _INDEXED_RUN_COLS = ("started_at", "energy_j", "j_per_token", "tokens_per_j", "duration_s", "model_name", "status")
@@ -189,6 +202,17 @@ def _head_table_ddl() -> List[str]:
     ]
 
 
+def _text_table_ddl() -> List[str]:
+    body = ",\n  ".join(
+        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in _TEXT_COLS]
+    )
+    return [
+        f"CREATE TABLE texts (\n  {body}\n)",
+        # read per run (all of it) and searched per (run, kind) for the prompt
+        "CREATE INDEX idx_texts_run_kind ON texts(run_id, kind)",
+    ]
+
+
 def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[str]:
     body = ",\n  ".join(f"{_q(c)} {t}" for c, t in cols)
     stmts = [f"CREATE TABLE runs (\n  {body}\n)"]
@@ -198,21 +222,24 @@ def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[s
 
 
 def ddl(version: int = SCHEMA_VERSION) -> List[str]:
-    """The CREATE statements of schema ``version`` (1, 2 or 3), in order."""
+    """The CREATE statements of schema ``version`` (1, 2, 3 or 5), in order."""
     if version == 1:
         stmts = _runs_ddl(_RUN_COLS_V1, ("started_at", "energy_j", "j_per_token", "model_name", "status"))
         for t, cols in (("power_samples", _SAMPLE_COLS), ("sections", _SECTION_COLS), ("tokens", _TOKEN_COLS),
                         ("layer_metrics", _CALL_COLS_V1), ("component_metrics", _CALL_COLS_V1)):
             stmts += _array_table_ddl(t, cols)
         return stmts
-    if version in (2, 3):
-        stmts = _runs_ddl(TABLE_COLUMNS["runs"], _INDEXED_RUN_COLS)
+    if version in (2, 3, 5):
+        run_cols = _RUN_COLS_V1 + _RUN_COLS_V2_ADDED + (_RUN_COLS_V5_ADDED if version >= 5 else [])
+        stmts = _runs_ddl(run_cols, _INDEXED_RUN_COLS)
         for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
             stmts += _array_table_ddl(t, TABLE_COLUMNS[t])
-        if version == 3:
+        if version >= 3:
             stmts += _head_table_ddl()
+        if version >= 5:
+            stmts += _text_table_ddl()
         return stmts
-    raise ValueError(f"no schema version {version}; known versions: 1..{SCHEMA_VERSION}")
+    raise ValueError(f"no schema version {version}; known versions: {', '.join(map(str, KNOWN_VERSIONS))}")
 
 
 def create(conn: sqlite3.Connection, version: int = SCHEMA_VERSION) -> None:
@@ -267,12 +294,35 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
         conn.execute(s)
 
 
+def _migrate_add_texts(conn: sqlite3.Connection) -> None:
+    """The version-5 step: the texts table and runs.attention_kind, backfilled from the
+    head counts in model_config.  Runs saved before have no text (it was never stored)."""
+    for s in _text_table_ddl():
+        conn.execute(s)
+    for c, t in _RUN_COLS_V5_ADDED:
+        conn.execute(f"ALTER TABLE runs ADD COLUMN {_q(c)} {t}")
+    for rid, text in conn.execute("SELECT id, model_config FROM runs").fetchall():
+        try:
+            model = json.loads(text or "{}")
+        except ValueError:
+            model = {}
+        if not isinstance(model, dict):
+            continue
+        kind = model.get("attention_kind") or attention_kind(model.get("n_heads"), model.get("n_kv_heads"))
+        if kind is not None:
+            conn.execute("UPDATE runs SET attention_kind=? WHERE id=?", (kind, rid))
+
+
 def _num(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-#: MIGRATIONS[v] turns a version-v database into version v+1.
-MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+#: MIGRATIONS[v] turns a version-v database into version NEXT_VERSION.get(v, v + 1).
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_add_texts}
+#: Steps that skip a number: version 4 is issue 13's (flags); until it lands, 3 goes to 5.
+NEXT_VERSION = {3: 5}
+#: Every schema version this energyprof can create or read.
+KNOWN_VERSIONS = (1, 2, 3, 5)
 
 
 def user_version(conn: sqlite3.Connection) -> int:
@@ -330,7 +380,7 @@ def migrate(conn: sqlite3.Connection, path: str) -> Tuple[int, int]:
         v = user_version(conn)  # re-read under the write lock: another process may have migrated it
         while v < SCHEMA_VERSION:
             MIGRATIONS[v](conn)
-            v += 1
+            v = NEXT_VERSION.get(v, v + 1)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -340,4 +390,4 @@ def migrate(conn: sqlite3.Connection, path: str) -> Tuple[int, int]:
 
 
 __all__ = ["SCHEMA_VERSION", "ARRAY_TABLES", "TABLE_COLUMNS", "SORT_KEYS", "STATUSES", "SchemaError", "ddl",
-           "create", "migrate", "check", "MIGRATIONS", "user_version", "tables", "table_columns"]
+           "create", "migrate", "check", "MIGRATIONS", "NEXT_VERSION", "KNOWN_VERSIONS", "user_version", "tables", "table_columns"]
