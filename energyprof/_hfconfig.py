@@ -14,7 +14,7 @@ CONFIG_ALIASES: Dict[str, Tuple[str, ...]] = {
     "hidden_size": ("hidden_size", "n_embd", "d_model"),
     "n_heads": ("num_attention_heads", "n_head", "num_heads"),
     "n_kv_heads": ("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num"),
-    "intermediate_size": ("intermediate_size", "n_inner", "ffn_hidden_size", "ffn_dim"),
+    "intermediate_size": ("intermediate_size", "n_inner", "ffn_hidden_size", "ffn_dim", "d_ff"),
     "vocab_size": ("vocab_size",),
     "n_experts": ("num_local_experts", "num_experts", "n_routed_experts"),
     "experts_per_token": ("num_experts_per_tok", "moe_top_k"),

@@ -462,6 +462,8 @@ class DeepOps:
     attention: str = "none"
     statistics: bool = field(default_factory=lambda: STATISTICS)
     head_groups: bool = field(default_factory=lambda: HEAD_GROUPS)
+    sparse_below: float = field(default_factory=lambda: SPARSE_BELOW)   # ep.run(sparse_below=...)
+    kill_below: float = field(default_factory=lambda: KILL_BELOW)       # ep.run(kill_below=...)
     _attn: List[Tuple[Any, _Marks]] = field(default_factory=list)
     _mlp: List[Tuple[Any, str, _Marks]] = field(default_factory=list)
     _norm: List[Tuple[Any, str, _Marks]] = field(default_factory=list)
@@ -607,7 +609,7 @@ class DeepOps:
                 p = p.float()                                        # (B, H, Q, K)
             ent = torch.special.entr(p).sum(-1)                      # -p log p, 0 at p = 0
             row_max = p.amax(-1)                                     # (B, H, Q)
-            small = p < SPARSE_BELOW
+            small = p < self.sparse_below
             if attention_mask is not None and attention_mask.is_floating_point():
                 allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
             elif attention_mask is not None:
@@ -626,13 +628,13 @@ class DeepOps:
             st = torch.stack([ent.mean(dim=(0, 2)), row_max.mean(dim=(0, 2)), sparse,
                               torch.full_like(sparse, float(p.shape[0] * p.shape[2]))])
             self._head_raw.setdefault(marks.stats_key, []).append(st)
-            self._act_raw.setdefault(marks.stats_key, []).append(tensor_stats(p, SPARSE_BELOW))
+            self._act_raw.setdefault(marks.stats_key, []).append(tensor_stats(p, self.sparse_below))
 
     def _kill_stats(self, marks: _Marks, a: Any) -> None:
         import torch
 
         with torch.no_grad():
-            st = tensor_stats(a, KILL_BELOW)
+            st = tensor_stats(a, self.kill_below)
             sid = marks.ops["act"][0].span_id
             self._act_raw.setdefault(sid, []).append(st)
             self._ratio_raw.setdefault(marks.stats_key, []).append(st[3])
@@ -698,8 +700,8 @@ class DeepOps:
             "heads": head_summary(heads),
             "mlp": mlp,
             "norms": norms,
-            "sparse_below": SPARSE_BELOW,
-            "kill_below": KILL_BELOW,
+            "sparse_below": float(self.sparse_below),
+            "kill_below": float(self.kill_below),
         }
         return heads, summary
 
