@@ -133,7 +133,9 @@ class Session(RunData):
         self._deep = None
         self._heads = None
         self._live = None
-        self._live_callbacks: Dict[str, list] = {"sample": [], "token": [], "section": []}
+        self._live_callbacks: Dict[str, list] = {"sample": [], "token": [], "section": [], "layer": []}
+        self._complete_callbacks: list = []
+        self.layer_max_per_s = 10.0
         self._event_chunks: List[np.ndarray] = []
         self.live_interval_ms = 100.0
 
@@ -276,6 +278,34 @@ class Session(RunData):
     def on_section(self, callback: "Callable[[dict], Any]") -> None:
         """Call ``callback(dict)`` when a phase or a user section begins or ends."""
         self._on("section", callback)
+
+    def on_layer(self, callback: "Callable[[dict], Any]", max_per_s: float = 10.0) -> None:
+        """Call ``callback(dict)`` when a decoder layer's call ends, at most ``max_per_s`` times
+        per second of run time (the calls in between are counted in ``skipped``)."""
+        if not (max_per_s > 0):
+            raise ValueError(f"on_layer: max_per_s must be > 0, got {max_per_s!r}")
+        self.layer_max_per_s = float(max_per_s)
+        if self._live is not None:
+            self._live.layer_max_per_s = self.layer_max_per_s
+        self._on("layer", callback)
+
+    def on_complete(self, callback: "Callable[[dict], Any]") -> None:
+        """Call ``callback(dict)`` once the run is finished and saved, from the thread that left
+        the ``with`` block: ``{"run_id", "status", "summary"}`` (the summary dict)."""
+        if not callable(callback):
+            raise TypeError(f"on_complete: callback must be callable, got {type(callback).__name__}")
+        self._complete_callbacks.append(callback)
+
+    def _complete(self) -> None:
+        if not self._complete_callbacks:
+            return
+        payload = {"run_id": self.run_id, "status": self._summary.get("status"), "summary": self.summary()}
+        for cb in self._complete_callbacks:
+            try:
+                cb(payload)
+            except Exception as e:  # the run is saved: a broken callback only warns
+                warnings.warn(f"energyprof: on_complete callback {cb!r} raised {type(e).__name__}: {e}",
+                              RuntimeWarning)
 
     @property
     def heads(self) -> np.ndarray:
@@ -560,6 +590,7 @@ class Session(RunData):
                 self._saver.join()
             status = "completed" if exc_type is None else "interrupted"
             self._finish(t_end_ns, status)
+            self._complete()
         finally:
             with _ACTIVE_LOCK:
                 _ACTIVE_MODELS.discard(id(self.model))
