@@ -84,7 +84,8 @@ CALL_DTYPE = np.dtype(
         ("act_mean", "<f8"),
         ("act_std", "<f8"),
         ("act_max", "<f8"),
-        ("act_sparsity", "<f8"),     # share of |x| < 1e-3
+        ("act_sparsity", "<f8"),     # share of |x| < sparse_below (ep.run; default 1e-3)
+        ("act_abs_mean", "<f8"),     # mean of |x|
     ]
 )
 

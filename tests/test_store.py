@@ -134,7 +134,7 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
         a["unattributed_j"] = rng.uniform(0, 1e-4, len(rows))
         a["samples_in_window"] = rng.integers(0, 3, len(rows))
         a["resolved"] = rng.random(len(rows)) < 0.5
-        for f in ("act_mean", "act_std", "act_max", "act_sparsity"):
+        for f in ("act_mean", "act_std", "act_max", "act_sparsity", "act_abs_mean"):
             a[f] = np.where(rng.random(len(rows)) < 0.5, np.nan, rng.normal(size=len(rows)))
         return a
 
@@ -375,7 +375,7 @@ def _fill_v1(path: str, n: int = 3) -> list:
             _reference.store_insert(conn, schema.ARRAY_TABLES[name], arr[name], {"run_id": rid})
         for name in ("layers", "components"):
             a = arr[name]
-            v1 = [f for f in a.dtype.names if f not in ("call_id", "parent_id", "unattributed_j")]
+            v1 = [f for f in a.dtype.names if f not in ("call_id", "parent_id", "unattributed_j", "act_abs_mean")]
             _reference.store_insert(conn, schema.ARRAY_TABLES[name], a[v1], {"run_id": rid})
     conn.close()
     return ids
@@ -404,9 +404,9 @@ def test_migration_from_v1(dbpath):
             for name in ("layers", "components"):
                 got = r.array(name)
                 assert (got["call_id"] == -1).all() and (got["parent_id"] == -1).all()
-                assert np.isnan(got["unattributed_j"]).all()
+                assert np.isnan(got["unattributed_j"]).all() and np.isnan(got["act_abs_mean"]).all()
                 for f in want[name].dtype.names:
-                    if f not in ("call_id", "parent_id", "unattributed_j"):
+                    if f not in ("call_id", "parent_id", "unattributed_j", "act_abs_mean"):
                         np.testing.assert_array_equal(got[f], want[name][f])
             assert len(r.ops) == 0 and len(r.heads) == 0 and r.heads.dtype == HEAD_DTYPE
         # the v1 run left "running" has no owner pid: it was interrupted
@@ -417,6 +417,26 @@ def test_migration_from_v1(dbpath):
 
 
 _V2_ARRAYS = ("samples", "sections", "tokens", "layers", "components", "ops")
+_V5_CALL_FIELDS = ("act_abs_mean",)
+
+
+def _before_v5(arrays: dict) -> dict:
+    """The arrays as versions 2 and 3 kept them: call rows without the v5 fields."""
+    out = dict(arrays)
+    for name in ("layers", "components", "ops"):
+        a = out[name]
+        out[name] = a[[f for f in a.dtype.names if f not in _V5_CALL_FIELDS]]
+    return out
+
+
+def _same_but_v5(got: np.ndarray, want: np.ndarray, name: str) -> None:
+    """Every field of ``want`` back in ``got``, the v5 fields (not in the old file) as NaN."""
+    assert got.dtype == want.dtype
+    for f in want.dtype.names:
+        if f in _V5_CALL_FIELDS and name in ("layers", "components", "ops"):
+            assert np.isnan(got[f]).all(), f"{name}.{f}"
+        else:
+            np.testing.assert_array_equal(got[f], want[f], err_msg=f"{name}.{f}")
 
 
 def _fill_v2(path: str, n: int = 3) -> list:
@@ -436,7 +456,7 @@ def _fill_v2(path: str, n: int = 3) -> list:
                            [cols[k] for k in names])
         rid = cur.lastrowid
         ids.append(rid)
-        arr = make_arrays(i, n_samples=20)
+        arr = _before_v5(make_arrays(i, n_samples=20))
         for name in _V2_ARRAYS:
             _reference.store_insert(conn, schema.ARRAY_TABLES[name], arr[name], {"run_id": rid})
     conn.close()
@@ -454,9 +474,7 @@ def test_migration_from_v2(dbpath):
             r = s.load(rid)
             want = make_arrays(i, n_samples=20)
             for name in _V2_ARRAYS:  # every v2 row is kept, field by field
-                assert r.array(name).dtype == want[name].dtype
-                for f in want[name].dtype.names:
-                    np.testing.assert_array_equal(r.array(name)[f], want[name][f], err_msg=f"{name}.{f}")
+                _same_but_v5(r.array(name), want[name], name)
             assert len(r.heads) == 0 and r.heads.dtype == HEAD_DTYPE
             summ = make_summary(i)
             summ["run_id"] = rid
@@ -493,7 +511,7 @@ def _fill_v3(path: str, models: list) -> list:
         cur = conn.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                            [cols[k] for k in names])
         ids.append(cur.lastrowid)
-        arr = make_arrays(i, n_samples=20)
+        arr = _before_v5(make_arrays(i, n_samples=20))
         for name in _V3_ARRAYS:
             _reference.store_insert(conn, schema.ARRAY_TABLES[name], arr[name], {"run_id": cur.lastrowid})
     conn.close()
@@ -520,8 +538,7 @@ def test_migration_from_v3_adds_texts_and_backfills_the_attention_kind(dbpath):
             r = s.load(rid)
             want = make_arrays(i, n_samples=20)
             for name in _V3_ARRAYS:     # every v3 row is kept, field by field
-                for f in want[name].dtype.names:
-                    np.testing.assert_array_equal(r.array(name)[f], want[name][f], err_msg=f"{name}.{f}")
+                _same_but_v5(r.array(name), want[name], name)
             assert len(r.texts) == 0 and r.texts.dtype == TEXT_DTYPE and r.prompt() is None
         # the migrated database takes runs with text, searchable by prompt
         rid = s.save(make_run(7))

@@ -283,7 +283,7 @@ def attribute(
         calls["call_id"] = np.arange(len(calls))
         calls["layer"] = [spans[s].layer for s in span_ids.tolist()]
         calls["component"] = [spans[s].component for s in span_ids.tolist()]
-        for c in ("act_mean", "act_std", "act_max", "act_sparsity"):
+        for c in ("act_mean", "act_std", "act_max", "act_sparsity", "act_abs_mean"):
             calls[c] = np.nan
         # step: the forward slot containing the call's begin
         slot_starts = np.asarray([s[0] for s in slots], dtype=np.int64)

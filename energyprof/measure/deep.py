@@ -109,7 +109,8 @@ def _skip_stats(*args: Any) -> None:
 
 
 def tensor_stats(x: Any, small_below: float = 1e-3) -> Any:
-    """(mean, std, max |x|, share of |x| < small_below) of a tensor, as a float64 tensor of 4 on its device.
+    """(mean, std, max |x|, share of |x| < small_below, mean |x|) of a tensor, as a float64
+    tensor of 5 on its device.
 
     No host sync.  The std (unbiased, as ``Tensor.std``) comes from the sums of x and x²
     accumulated in float64: torch's own ``std`` is ~20x slower on CPU than plain sums.
@@ -127,7 +128,8 @@ def tensor_stats(x: Any, small_below: float = 1e-3) -> Any:
         else:
             std = mean.new_zeros(())
         ax = x.abs()
-        return torch.stack([mean, std, ax.max().double(), (ax < small_below).sum().double() / n])
+        return torch.stack([mean, std, ax.max().double(), (ax < small_below).sum().double() / n,
+                            ax.sum(dtype=torch.float64) / n])
 
 
 def _token_variance(x: Any) -> Any:
@@ -655,11 +657,12 @@ class DeepOps:
         order).  Adds the op activation statistics to ``act_stats`` (span id -> list of
         (mean, std, max, sparsity) per call, the session's format) and returns the
         per-head rows (:data:`HEAD_DTYPE`) and the ``summary["deep"]`` dict.
+        (mean, std, max, sparsity, mean |x|): five values per call.
         """
         import torch
 
         for sid, lst in self._act_raw.items():
-            arr = torch.stack(lst).cpu().double().numpy() if lst else np.zeros((0, 4))
+            arr = torch.stack(lst).cpu().double().numpy() if lst else np.zeros((0, 5))
             act_stats[sid] = [tuple(r) for r in arr.tolist()]
         # per-head rows: the k-th softmax call of a layer <- the k-th stats record of that layer
         rows = []

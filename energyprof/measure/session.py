@@ -383,7 +383,7 @@ class Session(RunData):
                 if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel():
                     st = tensor_stats(out, self.sparse_below)   # a device tensor: no sync per call; converted in _finish
                 else:
-                    st = (np.nan,) * 4
+                    st = (np.nan,) * 5
                 self._act_stats.setdefault(sid, []).append(st)
 
             return hook
@@ -778,9 +778,9 @@ class Session(RunData):
             if any(not isinstance(x, tuple) for x in lst):
                 import torch
 
-                nan4 = torch.full((4,), float("nan"), dtype=torch.float64)
-                rows = torch.stack([r if isinstance(r, torch.Tensor) else nan4 for r in
-                                    [x.cpu() if isinstance(x, torch.Tensor) else nan4 for x in lst]])
+                nan5 = torch.full((5,), float("nan"), dtype=torch.float64)
+                rows = torch.stack([r if isinstance(r, torch.Tensor) else nan5 for r in
+                                    [x.cpu() if isinstance(x, torch.Tensor) else nan5 for x in lst]])
                 self._act_stats[sid] = [tuple(r) for r in rows.tolist()]
         cursor: Dict[int, int] = {}
         for i, sid in enumerate(span_ids.tolist()):
@@ -788,7 +788,8 @@ class Session(RunData):
             k = cursor.get(sid, 0)
             cursor[sid] = k + 1
             if k < len(stats):
-                calls["act_mean"][i], calls["act_std"][i], calls["act_max"][i], calls["act_sparsity"][i] = stats[k]
+                (calls["act_mean"][i], calls["act_std"][i], calls["act_max"][i], calls["act_sparsity"][i],
+                 calls["act_abs_mean"][i]) = stats[k]
 
     # ------------------------------------------------------------------ metadata
     def _run_meta(self) -> Dict[str, Any]:

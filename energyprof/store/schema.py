@@ -13,8 +13,9 @@ Versions
 2. adds those runs columns, the call-tree columns of the metric tables and the
    op_metrics table.
 3. adds the head_metrics table (mode="deep": per attention call and head).
-5. (current) adds the texts table (the prompt, the generated text and each token's text)
-   and the runs column attention_kind (MHA / GQA / MQA, backfilled from model_config).
+5. (current) adds the texts table (the prompt, the generated text and each token's text),
+   the runs column attention_kind (MHA / GQA / MQA, backfilled from model_config) and
+   act_abs_mean (mean |x|) to the call tables.
    Its step, :func:`_migrate_add_texts`, needs nothing of version 4 (issue 13's flags):
    it is registered after version 3 here and chains after 4 once that lands.
 
@@ -81,13 +82,17 @@ _CALL_COLS_V1 = (
 # v2: the call tree (call_id/parent_id; -1 = none) and the energy not covered by children.
 _CALL_COLS_V2_ADDED = [("call_id", "INTEGER NOT NULL DEFAULT -1"), ("parent_id", "INTEGER NOT NULL DEFAULT -1"),
                        ("unattributed_j", "REAL")]
-_CALL_COLS = (
+_CALL_COLS_V2 = (
     [("call_id", "INTEGER NOT NULL DEFAULT -1"), ("parent_id", "INTEGER NOT NULL DEFAULT -1")]
     + _CALL_COLS_V1[:8]
     + _DOM_J
     + [("unattributed_j", "REAL")]
     + _CALL_COLS_V1[13:]
 )
+# v5: mean |x| of a deep-mode call's output, beside the mean, std, max and sparsity.
+_CALL_COLS_V5_ADDED = [("act_abs_mean", "REAL")]
+_CALL_COLS = _CALL_COLS_V2 + _CALL_COLS_V5_ADDED
+_CALL_TABLES = ("layer_metrics", "component_metrics", "op_metrics")
 
 # v3: mode="deep" attention statistics, one row per (attention call, head) (HEAD_DTYPE).
 _HEAD_COLS = [("call_id", "INTEGER"), ("layer", "INTEGER"), ("step", "INTEGER"), ("head", "INTEGER"),
@@ -233,7 +238,8 @@ def ddl(version: int = SCHEMA_VERSION) -> List[str]:
         run_cols = _RUN_COLS_V1 + _RUN_COLS_V2_ADDED + (_RUN_COLS_V5_ADDED if version >= 5 else [])
         stmts = _runs_ddl(run_cols, _INDEXED_RUN_COLS)
         for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
-            stmts += _array_table_ddl(t, TABLE_COLUMNS[t])
+            cols = TABLE_COLUMNS[t] if (version >= 5 or t not in _CALL_TABLES) else _CALL_COLS_V2
+            stmts += _array_table_ddl(t, cols)
         if version >= 3:
             stmts += _head_table_ddl()
         if version >= 5:
@@ -267,7 +273,7 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     for table in ("layer_metrics", "component_metrics"):
         for c, t in _CALL_COLS_V2_ADDED:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {_q(c)} {t}")
-    for s in _array_table_ddl("op_metrics", _CALL_COLS):
+    for s in _array_table_ddl("op_metrics", _CALL_COLS_V2):
         conn.execute(s)
     # Backfill the new run columns from the summary JSON that v1 already kept whole.
     rows = conn.execute("SELECT id, summary FROM runs").fetchall()
@@ -295,12 +301,16 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
 
 
 def _migrate_add_texts(conn: sqlite3.Connection) -> None:
-    """The version-5 step: the texts table and runs.attention_kind, backfilled from the
-    head counts in model_config.  Runs saved before have no text (it was never stored)."""
+    """The version-5 step: the texts table, runs.attention_kind (backfilled from the head
+    counts in model_config) and act_abs_mean in the call tables (NULL for earlier rows).
+    Runs saved before have no text (it was never stored)."""
     for s in _text_table_ddl():
         conn.execute(s)
     for c, t in _RUN_COLS_V5_ADDED:
         conn.execute(f"ALTER TABLE runs ADD COLUMN {_q(c)} {t}")
+    for table in _CALL_TABLES:
+        for c, t in _CALL_COLS_V5_ADDED:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {_q(c)} {t}")
     for rid, text in conn.execute("SELECT id, model_config FROM runs").fetchall():
         try:
             model = json.loads(text or "{}")
