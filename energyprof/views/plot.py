@@ -28,11 +28,18 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .._dtypes import DOMAINS
+from ..analysis.deepstats import component_order
 from ..errors import MissingExtraError, NoDataError
 from ..store.rundata import _float
 
-#: The kinds :func:`plot` draws.
-KINDS = ("timeline", "phases", "tokens", "layers", "layer_steps", "components", "sankey", "waterfall")
+#: The kinds :func:`plot` draws from any standard-mode run.
+KINDS = ("timeline", "phases", "tokens", "layers", "layer_steps", "components", "sankey", "waterfall",
+         "token_components", "token_hist", "context")
+#: Kinds of mode="deep" runs (ops, per-head statistics, activation statistics).
+DEEP_KINDS = ("ops", "heads", "activations")
+#: Kinds of mixture-of-experts runs.
+MOE_KINDS = ("moe",)
+ALL_KINDS = KINDS + DEEP_KINDS + MOE_KINDS
 #: The plotting libraries :func:`plot` can use.
 BACKENDS = ("matplotlib", "plotly")
 
@@ -203,48 +210,9 @@ def _calls(run: Any) -> np.ndarray:
     return np.concatenate(parts) if len(parts) == 2 else parts[0]
 
 
-def _energy_matrix(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any], col_field: str,
-                   col_type: Callable[[Any], Any]) -> np.ndarray:
-    """Energy (J) of ``calls`` summed per (layer, ``col_field``) cell; NaN where no call fell."""
-    z = np.full((len(layers), len(cols)), np.nan)
-    li = {v: i for i, v in enumerate(layers)}
-    ci = {v: i for i, v in enumerate(cols)}
-    for r in calls:
-        i, j = li[int(r["layer"])], ci[col_type(r[col_field])]
-        z[i, j] = (0.0 if math.isnan(z[i, j]) else z[i, j]) + float(r["energy_j"])
-    return z
-
-
-def _layer_component_matrix(run: Any) -> Tuple[List[int], List[str], np.ndarray]:
-    """Energy (J, summed over steps) of every (decoder layer, component) pair."""
-    comp = _arr(run, "components")
-    if comp is None or len(comp) == 0 or not np.any(comp["layer"] >= 0):
-        raise NoDataError("the run has no per-layer component calls (recorded with mode='minimal'?)")
-    comp = comp[comp["layer"] >= 0]
-    layers = sorted(int(v) for v in np.unique(comp["layer"]))
-    names = _ordered_components(np.unique(comp["component"]))
-    return layers, names, _energy_matrix(comp, layers, names, "component", str)
-
-
-_COMPONENT_ORDER = ("input_norm", "attn", "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj",
-                    "post_attn_norm", "mlp", "router", "gate_proj", "up_proj", "gate_up_proj", "down_proj")
-
-
 def _ordered_components(names: Sequence[str]) -> List[str]:
     """Components in the order a layer runs them, unknown ones after, alphabetically."""
-    names = [str(n) for n in names]
-    known = [n for n in _COMPONENT_ORDER if n in names]
-    return known + sorted(n for n in names if n not in _COMPONENT_ORDER)
-
-
-def _layer_step_matrix(run: Any) -> Tuple[List[int], List[int], np.ndarray]:
-    """Energy (J) of every (decoder layer, forward step) pair; step 0 is the prefill."""
-    lay = _arr(run, "layers")
-    if lay is None or len(lay) == 0:
-        raise NoDataError("the run has no decoder-layer calls (recorded with mode='minimal'?)")
-    layers = sorted(int(v) for v in np.unique(lay["layer"]))
-    steps = sorted(int(v) for v in np.unique(lay["step"]))
-    return layers, steps, _energy_matrix(lay, layers, steps, "step", int)
+    return component_order(names)
 
 
 def _call_tree(run: Any) -> Dict[str, np.ndarray]:
@@ -553,16 +521,20 @@ def _heat_plotly(z, xlabels, ylabels, title, xlabel, cbar):
     return fig
 
 
-def _layers_fig(run, backend, s):
-    layers, names, z = _layer_component_matrix(run)
-    f = _heat_mpl if backend == "matplotlib" else _heat_plotly
-    return f(z, names, layers, _title("Energy per layer and component (all steps)", s), "component", "energy (J)")
-
-
 def _layer_steps_fig(run, backend, s):
-    layers, steps, z = _layer_step_matrix(run)
-    f = _heat_mpl if backend == "matplotlib" else _heat_plotly
-    return f(z, steps, layers, _title("Energy per layer and forward step (0 = prefill)", s), "step", "energy (J)")
+    """The token × layer heatmap: energy per (layer, forward step), unresolved cells marked."""
+    from ..analysis.tokens import token_layer_matrix
+    from .deep_plots import _heat
+
+    try:
+        d = token_layer_matrix(run)
+    except ValueError as e:
+        raise NoDataError(str(e)) from e
+    res = np.where(np.isnan(d["energy_j"]), np.nan, d["resolved"].astype(float))
+    share = float(np.nanmean(res)) if np.isfinite(res).any() else float("nan")
+    return _heat(backend, d["energy_j"], d["steps"], d["layers"],
+                 _title(f"Energy per layer and forward step (0 = prefill; {100 * share:.0f}% of cells resolved)", s),
+                 "step", "energy (J)", res)
 
 
 # ---- components
@@ -693,7 +665,8 @@ def _waterfall_plotly(run, d, s):
 
 
 # --------------------------------------------------------------------------- public
-def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib"):
+def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib", metric: Optional[str] = None,
+         bins: int = 20):
     """Draw one figure of ``run`` and return it.
 
     Parameters
@@ -708,7 +681,22 @@ def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib"):
         heatmap; ``"layer_steps"`` layer x forward-step heatmap; ``"components"`` share
         per component (bars in matplotlib, a sunburst of the module tree in plotly);
         ``"sankey"`` run -> phases -> layers -> components (plotly only);
-        ``"waterfall"`` idle baseline plus each phase's energy above idle, to the total.
+        ``"waterfall"`` idle baseline plus each phase's energy above idle, to the total;
+        ``"token_components"`` attention / MLP / norms / other per decode step with the
+        cumulative energy; ``"token_hist"`` the distribution of per-token energy with the
+        highest and lowest tokens and their text; ``"context"`` decode J/token against the
+        context length with its fit.  Deep runs (:data:`DEEP_KINDS`): ``"ops"`` energy of
+        each op per layer, ``"heads"`` a per-head attention statistic (layer x head),
+        ``"activations"`` kill and variance ratios per layer.  MoE runs: ``"moe"`` tokens
+        routed per (layer, expert) and the energy per expert.  Per-token and per-layer
+        figures mark what is unresolved (shorter than one power sample).
+    metric:
+        ``"layers"``: any of :data:`energyprof.analysis.deepstats.METRICS` (energy_j,
+        duration_s, power_w, act_abs_mean, act_std, act_max, act_sparsity, kill_ratio,
+        variance_ratio; plotly adds a dropdown of those the run has); ``"heads"``: entropy,
+        max_weight or sparsity; ``"ops"``: energy_j or duration_s.
+    bins:
+        ``"token_hist"``: the number of bins.
     backend:
         ``"matplotlib"`` (a ``matplotlib.figure.Figure``, for PNG/SVG) or ``"plotly"``
         (a ``plotly.graph_objects.Figure``, interactive).
@@ -722,8 +710,8 @@ def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib"):
     ImportError
         naming the plotting package that is missing.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown plot kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    if kind not in ALL_KINDS:
+        raise ValueError(f"unknown plot kind {kind!r}; valid kinds: {', '.join(ALL_KINDS)}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     _need(backend)
@@ -738,8 +726,19 @@ def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib"):
     if kind == "tokens":
         d = _token_data(run)
         return _tokens_mpl(run, d, s) if mpl else _tokens_plotly(run, d, s)
-    if kind == "layers":
-        return _layers_fig(run, backend, s)
+    if kind in ("layers", "ops", "heads", "activations"):
+        from . import deep_plots as dp
+
+        if kind == "activations":
+            return dp.activations_fig(run, backend, s)
+        return {"layers": dp.layers_fig, "ops": dp.ops_fig, "heads": dp.heads_fig}[kind](run, backend, s, metric)
+    if kind in ("token_components", "token_hist", "context", "moe"):
+        from . import token_plots as tp
+
+        if kind == "token_hist":
+            return tp.token_hist_fig(run, backend, s, bins=bins)
+        return {"token_components": tp.token_components_fig, "context": tp.context_fig,
+                "moe": tp.moe_fig}[kind](run, backend, s)
     if kind == "layer_steps":
         return _layer_steps_fig(run, backend, s)
     if kind == "components":
@@ -813,5 +812,14 @@ def plot_compare(a: Any, b: Any, backend: str = "matplotlib", labels: Optional[T
     return fig
 
 
-__all__ = ["plot", "plot_compare", "KINDS", "BACKENDS", "PHASE_ORDER", "NoDataError", "label_tag",
-           "MAX_TIMELINE_SAMPLES"]
+__all__ = ["plot", "plot_compare", "plot_runs", "KINDS", "DEEP_KINDS", "MOE_KINDS", "ALL_KINDS", "BACKENDS",
+           "PHASE_ORDER", "NoDataError", "label_tag", "MAX_TIMELINE_SAMPLES"]
+
+
+def plot_runs(runs: Sequence[Any], backend: str = "matplotlib", labels: Optional[Sequence[str]] = None,
+              figure: str = "j_per_output_token"):
+    """2-10 runs in one figure: power timelines overlaid and J per output token as bars
+    (:func:`energyprof.views.compare_plot.plot_runs`)."""
+    from .compare_plot import plot_runs as _plot_runs
+
+    return _plot_runs(runs, backend=backend, labels=labels, figure=figure)

@@ -46,6 +46,17 @@ REPORT_PLOTS = (
     ("layers", "Layer × component", False),
     ("layer_steps", "Layer × decode step", False),
     ("sankey", "Energy flow", True),
+    ("token_components", "Energy per decode step by component", True),
+    ("token_hist", "Distribution of per-token energy", False),
+    ("context", "J/token against the context length", False),
+)
+
+#: The figures of a deep-mode run's sections (drawn only when the run has the rows):
+#: (kind, heading, section id).
+REPORT_DEEP_PLOTS = (
+    ("ops", "Ops per layer", "deep-ops"),
+    ("heads", "Attention entropy per layer and head", "deep-heads"),
+    ("activations", "Activation statistics per layer", "deep-activations"),
 )
 
 _MAX_TABLE_ROWS = 2000
@@ -235,15 +246,28 @@ def _phase_tables(run: Any, s: Dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _token_texts(run: Any) -> Dict[int, str]:
+    tx = _plot._arr(run, "texts")
+    out: Dict[int, List[str]] = {}
+    if tx is not None and len(tx):
+        sel = tx[tx["kind"] == "token"]
+        for r in sel[np.argsort(sel["seq"], kind="stable")]:
+            out.setdefault(int(r["step"]), []).append(str(r["text"]))
+    return {k: " | ".join(repr(t) for t in v) for k, v in out.items()}
+
+
 def _token_table(run: Any) -> str:
     tok = _plot._arr(run, "tokens")
     if tok is None or len(tok) == 0:
         return "<p class=note>No decode steps in this run.</p>"
+    texts = _token_texts(run)
     rows = [[int(r["step"]), int(r["n_tokens"]), float(r["duration_s"]) * 1e3, float(r["energy_j"]),
              float(r["j_per_token"]), *[float(r[f"{d}_j"]) for d in DOMAINS], int(r["samples_in_window"]),
-             bool(r["resolved"])] for r in tok[np.argsort(tok["step"], kind="stable")]]
+             bool(r["resolved"])] + ([texts.get(int(r["step"]), "")] if texts else [])
+            for r in tok[np.argsort(tok["step"], kind="stable")]]
     h, rows = _drop_nan_columns(["step", "tokens", "duration (ms)", "energy (J)", "J/token",
-                                 *[f"{d} (J)" for d in DOMAINS], "samples", "resolved"], rows)
+                                 *[f"{d} (J)" for d in DOMAINS], "samples", "resolved"]
+                                + (["token text"] if texts else []), rows)
     resolved = float(np.mean(tok["resolved"])) * 100.0
     return (f"<details><summary>{len(tok)} decode steps; "
             f"{resolved:.0f}% span a whole power sample (the rest are interpolated)</summary>"
@@ -317,6 +341,104 @@ def _module_tables(run: Any, s: Dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _text_section(run: Any, s: Dict[str, Any]) -> str:
+    """The prompt and the generated text of each sequence, and the generation options."""
+    tx = _plot._arr(run, "texts")
+    parts = []
+    if tx is not None and len(tx):
+        seqs = sorted({int(v) for v in tx["seq"][np.isin(tx["kind"], ["prompt", "output"])]})
+        for q in seqs:
+            def one(kind):
+                sel = tx[(tx["kind"] == kind) & (tx["seq"] == q)]
+                return str(sel["text"][0]) if len(sel) else ""
+            head = f"<h3>Sequence {q}</h3>" if len(seqs) > 1 else ""
+            parts.append(f'{head}<div class="textpair"><div><div class="k">prompt</div><pre class="text" '
+                         f'id="prompt-{q}">{_e(one("prompt"))}</pre></div><div><div class="k">output</div>'
+                         f'<pre class="text" id="output-{q}">{_e(one("output"))}</pre></div></div>')
+    else:
+        parts.append("<p class=note>No text was stored with this run (<code>store_text=False</code> / "
+                     "<code>--no-text</code>, or no tokenizer and no <code>s.record_text(...)</code>).</p>")
+    gen = s.get("generation") or {}
+    if gen:
+        parts.append("<h3>Generation options</h3>" + _kv_table({k: v for k, v in gen.items() if v is not None}))
+    return "".join(parts)
+
+
+def _peaks_section(s: Dict[str, Any]) -> str:
+    """Peak power per domain with its time, and its share of the power limit where one is known."""
+    peaks = s.get("peaks") or {}
+    if not peaks:
+        return "<p class=note>No peaks recorded (a run saved before energyprof kept them, or no samples).</p>"
+    rows = []
+    for k, p in peaks.items():
+        rows.append([k, _float(p.get("power_w")), _float(p.get("t_s")), _float(p.get("limit_w")),
+                     p.get("limit_from") or "n/a", 100.0 * _float(p.get("share_of_limit")),
+                     100.0 * _float(p.get("mean_share_of_limit"))])
+    lim = s.get("power_limits") or {}
+    note = ("<p class=note>Limits: " + "; ".join(f"{_e(k)} {_float(v.get('limit_w')):g} W ({_e(v.get('from'))})"
+                                                for k, v in lim.items()) + ".</p>") if lim else \
+        ("<p class=note>The source knows no power limit (NVML's power limit, RAPL's max power, the estimate's "
+         "tdp_w) and none was stated (<code>ep.run(..., power_limit_w=...)</code>).</p>")
+    return note + _table(["domain", "peak (W)", "at (s from run start)", "limit (W)", "limit from",
+                          "peak % of limit", "mean % of limit"], rows)
+
+
+def _has(run: Any, name: str) -> bool:
+    a = _plot._arr(run, name)
+    return a is not None and len(a) > 0
+
+
+def _deep_sections(run: Any, s: Dict[str, Any], figs: List[str]) -> str:
+    """Ops per layer, per-head attention entropy and activation statistics of a deep-mode run."""
+    from ..analysis import deepstats as ds
+
+    if not (_has(run, "ops") or _has(run, "heads")):
+        return ""
+    deep = s.get("deep") or {}
+    parts = ["<h2 id=\"deep\">Deep mode</h2>",
+             f"<p class=note>Thresholds: sparse below {_float(deep.get('sparse_below', 1e-3)):g}, killed below "
+             f"{_float(deep.get('kill_below', 1e-3)):g}; attention {_e(deep.get('attention', 'n/a'))}"
+             + (f"; not timed inside: {_e(', '.join(deep.get('unsupported') or []))}" if deep.get("unsupported") else "")
+             + ". Each op's energy is finer than one sample when the op is shorter than the sample period: "
+               "cells with a dot have unresolved calls.</p>"]
+    tables = {}
+    try:
+        m = ds.op_matrix(run)
+        tables["deep-ops"] = _table(["layer", *m["ops"]], [[l, *row] for l, row in zip(m["layers"], m["value"])])
+    except ValueError:
+        pass
+    try:
+        m = ds.head_matrix(run)
+        tables["deep-heads"] = _table(["layer", *[f"head {h}" for h in m["heads"]]],
+                                      [[l, *row] for l, row in zip(m["layers"], m["value"])])
+    except ValueError:
+        pass
+    act = ds.activation_table(run)
+    if act:
+        tables["deep-activations"] = _table(list(act[0]), [list(r.values()) for r in act])
+    for kind, heading, sid in REPORT_DEEP_PLOTS:
+        parts.append(f'<section id="{sid}"><h3>{_e(heading)}</h3>')
+        parts.append(_fig_block(run, kind, heading, True, figs, show_heading=False))
+        if sid in tables:
+            parts.append(f"<details><summary>the numbers</summary>{tables[sid]}</details>")
+        parts.append("</section>")
+    return "".join(parts)
+
+
+def _moe_section(run: Any, s: Dict[str, Any], figs: List[str]) -> str:
+    from ..analysis.moe import routing
+
+    if not s.get("moe"):
+        return ""
+    r = routing(s)
+    rows = [[row["layer"], json.dumps(row["tokens_routed"]), row["max_over_mean"], row["experts_energy_j"],
+             json.dumps([round(v, 6) for v in row["expert_energy_j"]]), row["expert_energy_label"],
+             row["resolved_share"]] for row in r["layers"]]
+    return ("<h2 id=\"moe\">Mixture of experts</h2>" + _fig_block(run, "moe", "Routing", True, figs)
+            + _table(["layer", "tokens per expert", "max / mean", "experts (J)", "per expert (J)", "how",
+                      "resolved share"], rows))
+
+
 def _kv_table(d: Dict[str, Any]) -> str:
     return _table(["", ""], [[k, v] for k, v in d.items()], cls="kv")
 
@@ -348,23 +470,28 @@ def _script_json(obj: Any) -> str:
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
-def _figures(run: Any) -> Tuple[str, List[str]]:
-    """The plot blocks of the page and the JSON of each plotly figure drawn in them."""
+def _fig_block(run: Any, kind: str, heading: str, wide: bool, figs: List[str], show_heading: bool = True) -> str:
+    """One plot block (its figure's JSON appended to ``figs``), or a note when the run has no data for it."""
     import plotly.io as pio
 
-    blocks, figs = [], []
-    for kind, heading, wide in REPORT_PLOTS:
-        cls = "plotbox wide" if wide else "plotbox"
-        try:
-            fig = _plot.plot(run, kind=kind, backend="plotly")
-        except _plot.NoDataError as exc:
-            blocks.append(f'<div class="{cls}"><h3>{_e(heading)}</h3><p class="note">{_e(exc)}</p></div>')
-            continue
-        fig.update_layout(autosize=True, height=560 if kind == "sankey" else 430,
-                          margin=dict(l=60, r=30, t=60, b=60))
-        pid = f"plot-{kind}"
-        blocks.append(f'<div class="{cls}"><h3>{_e(heading)}</h3><div class="plot" id="{pid}"></div></div>')
-        figs.append(f'{{"id":"{pid}","fig":{_script_json(pio.to_json(fig, validate=False))}}}')
+    cls = "plotbox wide" if wide else "plotbox"
+    head = f"<h3>{_e(heading)}</h3>" if show_heading else ""
+    try:
+        fig = _plot.plot(run, kind=kind, backend="plotly")
+    except _plot.NoDataError as exc:
+        return f'<div class="{cls}">{head}<p class="note">{_e(exc)}</p></div>'
+    m = fig.layout.margin   # a figure that needs more room (a dropdown below, a list beside) keeps it
+    fig.update_layout(autosize=True, height=560 if kind == "sankey" else 430,
+                      margin=dict(l=60, r=max(30, m.r or 0), t=70, b=max(60, m.b or 0)))
+    pid = f"plot-{kind}"
+    figs.append(f'{{"id":"{pid}","fig":{_script_json(pio.to_json(fig, validate=False))}}}')
+    return f'<div class="{cls}">{head}<div class="plot" id="{pid}"></div></div>'
+
+
+def _figures(run: Any, figs: Optional[List[str]] = None) -> Tuple[str, List[str]]:
+    """The plot blocks of the page and the JSON of each plotly figure drawn in them."""
+    figs = [] if figs is None else figs
+    blocks = [_fig_block(run, kind, heading, wide, figs) for kind, heading, wide in REPORT_PLOTS]
     return '<section class="grid" id="plots">' + "".join(blocks) + "</section>", figs
 
 
@@ -395,6 +522,9 @@ table.kv td{text-align:left} table.kv td:first-child{font-weight:600;background:
 table.kv thead{display:none}
 .note{color:#666;font-size:12px} details summary{cursor:pointer;color:#333;font-size:13px;margin:4px 0}
 footer{color:#888;font-size:12px;margin:30px 0 10px}
+.textpair{display:grid;grid-template-columns:1fr 1fr;gap:10px}
+pre.text{white-space:pre-wrap;word-break:break-word;background:#fafafa;border:1px solid #ddd;border-radius:4px;
+padding:8px;margin:2px 0 8px;font-size:13px;max-height:300px;overflow:auto}
 """
 
 # Records script errors before anything else runs, so that a broken page says so.
@@ -449,6 +579,8 @@ def render_report(run: Any, *, co2_g_per_kwh: Optional[float] = None,
            f"({_e(s.get('chip') or 'n/a')}) · started {_e(s.get('started_at') or 'n/a')} · "
            f"status {_e(s.get('status') or 'n/a')}")
     plots_html, figs = _figures(run)
+    deep_html = _deep_sections(run, s, figs)
+    moe_html = _moe_section(run, s, figs)
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     return "".join([
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -459,7 +591,10 @@ def render_report(run: Any, *, co2_g_per_kwh: Optional[float] = None,
         f"<h1>{_e(title)}</h1><div class=sub>{sub}</div>",
         _banner(s),
         _cards(s, cc),
+        "<h2 id=\"text\">Prompt and output</h2>", _text_section(run, s),
         "<h2>Plots</h2>", plots_html,
+        deep_html, moe_html,
+        "<h2 id=\"peaks\">Peaks and limits</h2>", _peaks_section(s),
         "<h2>Phases and domains</h2>", _phase_tables(run, s),
         "<h2>Tokens (decode steps)</h2>", _token_table(run),
         "<h2>Layers and components</h2>", _module_tables(run, s),
@@ -508,4 +643,4 @@ def write_report(run: Any, path: Union[str, os.PathLike], *, co2_g_per_kwh: Opti
     return p
 
 
-__all__ = ["write_report", "render_report", "fmt_si", "REPORT_PLOTS"]
+__all__ = ["write_report", "render_report", "fmt_si", "REPORT_PLOTS", "REPORT_DEEP_PLOTS"]
