@@ -331,6 +331,8 @@ class Session(RunData):
             batch = int(shape[0]) if len(shape) >= 1 else 1
             seq = int(shape[1]) if len(shape) >= 2 else 1
             past = kwargs.get("past_key_values")
+            if past is None:
+                past = kwargs.get("cache")   # transformers >= 5.2x passes the cache as `cache`
             past_len = None             # None: no cache object passed
             if past is not None:
                 try:
@@ -450,11 +452,13 @@ class Session(RunData):
         for key, v in (("prompt", prompt), ("output", output)):
             if v is None:
                 continue
-            vals = [v] if isinstance(v, str) else list(v)
-            if not all(isinstance(x, str) for x in vals):
+            vals = [v] if isinstance(v, str) else (list(v) if isinstance(v, (list, tuple)) else None)
+            if vals is None or not all(isinstance(x, str) for x in vals):
                 raise TypeError(f"record_text({key}=...): a str or a list of str")
             self._texts_given[key] = vals
         if token_texts is not None:
+            if not isinstance(token_texts, (list, tuple)):
+                raise TypeError("record_text(token_texts=...): a list of str, or one such list per sequence")
             tt = list(token_texts)
             if tt and all(isinstance(x, str) for x in tt):
                 tt = [tt]
