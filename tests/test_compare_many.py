@@ -38,15 +38,15 @@ def test_three_runs_every_figure_best_worst_spread_sigma(three):
         vals = [r.summary()[fig] for r in runs]
         e = res["figures"][fig]
         assert e["values"] == pytest.approx(vals, rel=0, abs=0)
-        assert e["std"] == pytest.approx(statistics.stdev(vals), rel=1e-12)
+        assert e["sigma"] == pytest.approx(statistics.stdev(vals), rel=1e-12)
         assert e["spread"] == pytest.approx(max(vals) / min(vals), rel=1e-12)
         assert e["mean"] == pytest.approx(statistics.mean(vals), rel=1e-12)
     # lower is better for energy per token, higher for tokens per joule; counts have no best
     jpt = [r.summary()["j_per_output_token"] for r in runs]
-    assert res["figures"]["j_per_output_token"]["best"]["run_id"] == ids[jpt.index(min(jpt))]
-    assert res["figures"]["j_per_output_token"]["worst"]["run_id"] == ids[jpt.index(max(jpt))]
+    assert res["figures"]["j_per_output_token"]["best"] == jpt.index(min(jpt))      # run indices
+    assert res["figures"]["j_per_output_token"]["worst"] == jpt.index(max(jpt))
     tpj = [r.summary()["tokens_per_j"] for r in runs]
-    assert res["figures"]["tokens_per_j"]["best"]["run_id"] == ids[tpj.index(max(tpj))]
+    assert res["figures"]["tokens_per_j"]["best"] == tpj.index(max(tpj))
     assert res["figures"]["output_tokens"]["best"] is None
     # phases and layers cover every run too
     dec = [r.summary()["phases"]["decode"]["energy_j"] for r in runs]
@@ -54,6 +54,13 @@ def test_three_runs_every_figure_best_worst_spread_sigma(three):
     l0 = [float(r.layers["energy_j"][r.layers["layer"] == 0].sum()) for r in runs]
     assert res["layers"][0]["energy_j"]["values"] == pytest.approx(l0, rel=1e-12)
     assert res["warnings"] == [] and res["labels"] == ["simulated"] * 3
+    # one implementation: the figures are the dashboard's compare_runs of the same runs
+    from energyprof.analysis.multi import compare_runs
+
+    direct = compare_runs(runs)
+    for fig, e in direct["figures"].items():
+        assert res["figures"][fig]["values"] == pytest.approx(e["values"], nan_ok=True)
+        assert res["figures"][fig]["best"] == e["best"] and res["figures"][fig]["worst"] == e["worst"]
 
 
 def test_two_runs_keep_the_old_shape(three):
@@ -69,9 +76,9 @@ def test_two_runs_keep_the_old_shape(three):
 def test_differently_labelled_sources_warn_and_bad_arguments_fail(three):
     db, ids, runs = three
     est = synthetic_run(n_layers=2, n_steps=4, source_label="estimated")
-    with pytest.warns(RuntimeWarning, match="labelled differently"):
+    with pytest.warns(RuntimeWarning, match="simulated .* estimated"):
         res = ep.compare(runs[0], runs[1], est)
-    assert res["labels"] == ["simulated", "simulated", "estimated"] and len(res["warnings"]) == 1
+    assert res["labels"] == ["simulated", "simulated", "estimated"] and "different labels" in res["warnings"][0]
     with pytest.raises(ValueError, match="2 to 10"):
         ep.compare(runs[0])
     with pytest.raises(ValueError, match="2 to 10"):

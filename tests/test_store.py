@@ -13,6 +13,8 @@ import sqlite3
 import tempfile
 import threading
 
+from typing import Optional
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -24,6 +26,7 @@ from energyprof.store import schema
 from energyprof._dtypes import CALL_DTYPE, HEAD_DTYPE, SECTION_DTYPE, TEXT_DTYPE, TOKEN_DTYPE, text_dtype
 from energyprof.store.db import Store
 from energyprof.store.rundata import AGG_DTYPE, ARRAY_NAMES, RunData
+from fakeclock import wait_until
 
 SAMPLE_DTYPE = np.dtype(_core.SAMPLE_DTYPE)
 NAN = float("nan")
@@ -37,7 +40,7 @@ def make_summary(i: int = 0, **over):
         "run_id": None, "name": f"run-{i}", "tags": ["bench", f"t{i % 3}"], "status": "completed",
         "started_at": f"2025-03-{1 + i:02d}T10:00:00+00:00", "t_origin_ns": 123456789 + i,
         "source": "synthetic:power_w=20", "source_kind": "synthetic", "source_label": "simulated",
-        "source_meta": {"power_w": 20.0, "period_ms": 5}, "method": "interval-exact", "sample_period_s": 0.005,
+        "source_meta": {"power_w": 20.0, "period_ms": 5}, "method": "time-split within sample", "sample_period_s": 0.005,
         "mode": "standard", "sync": "none", "duration_s": 2.5 + i, "energy_j": 50.0 + 3 * i, "net_energy_j": 40.0 + i,
         "baseline_power_w": 4.0, "peak_power_w": 31.5, "input_tokens": 16, "output_tokens": 32 + i, "batch_size": 1,
         "j_per_token": (50.0 + 3 * i) / (48 + i), "j_per_output_token": (50.0 + 3 * i) / (32 + i),
@@ -98,6 +101,7 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
     sections["tokens"] = rng.integers(0, 2**40, len(names))
     sections["samples_in_window"] = rng.integers(0, 1000, len(names))
     sections["resolved"] = rng.random(len(names)) < 0.5
+    sections["flags"] = rng.choice(np.array([0, 2, 8, 256 | 2, 2**32 - 1], dtype=np.uint32), len(names))
 
     tokens = np.zeros(n_steps, TOKEN_DTYPE)
     tokens["step"] = np.arange(1, n_steps + 1)
@@ -114,12 +118,16 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
     tokens["j_per_token"] = tokens["energy_j"] / 2
     tokens["samples_in_window"] = 2
     tokens["resolved"] = rng.random(n_steps) < 0.7
+    tokens["flags"] = np.where(tokens["resolved"], 0, 8) | rng.choice(np.array([0, 256, 4], np.uint32), n_steps)
+
+    next_id = [0]  # call ids are unique across layers, components and ops, as in a real run
 
     def calls(comps, layers):
         rows = [(l, c, s) for s in range(n_steps + 1) for l in layers for c in comps]
         a = np.zeros(len(rows), CALL_DTYPE)
-        a["call_id"] = np.arange(len(rows))
-        a["parent_id"] = rng.integers(-1, len(rows), len(rows))
+        a["call_id"] = next_id[0] + np.arange(len(rows))
+        a["parent_id"] = rng.integers(-1, next_id[0] + len(rows), len(rows))
+        next_id[0] += len(rows)
         a["layer"] = [r[0] for r in rows]
         a["component"] = [r[1] for r in rows]
         a["step"] = [r[2] for r in rows]
@@ -134,6 +142,7 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
         a["unattributed_j"] = rng.uniform(0, 1e-4, len(rows))
         a["samples_in_window"] = rng.integers(0, 3, len(rows))
         a["resolved"] = rng.random(len(rows)) < 0.5
+        a["flags"] = np.where(a["resolved"], 0, 8) | rng.choice(np.array([0, 2, 256], np.uint32), len(rows))
         for f in ("act_mean", "act_std", "act_max", "act_sparsity", "act_abs_mean"):
             a[f] = np.where(rng.random(len(rows)) < 0.5, np.nan, rng.normal(size=len(rows)))
         return a
@@ -168,6 +177,32 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
 
 def make_run(i: int = 0, **kw) -> RunData:
     return RunData(make_summary(i), **make_arrays(i, **kw))
+
+
+def _no_flags(name: str, a: np.ndarray, version: int = 4) -> np.ndarray:
+    """The rows as a database of ``version`` held them: no flags column before version 5,
+    no act_abs_mean in the call tables before version 6."""
+    drop = set()
+    if version < 5 and name != "samples":
+        drop.add("flags")   # the samples' flags are the source's sample flags, kept since version 1
+    if version < 6 and name in ("layers", "components", "ops"):
+        drop.add("act_abs_mean")
+    if not drop & set(a.dtype.names or ()):
+        return a
+    return a[[f for f in a.dtype.names if f not in drop]]
+
+
+def _pre_v4(arrays: dict) -> dict:
+    """What rows written before version 4 read back as: the one flag they kept is 'unresolved'
+    (and, before version 6, no mean |x|: NaN)."""
+    out = dict(arrays)
+    for name in ("sections", "tokens", "layers", "components", "ops"):
+        a = arrays[name].copy()
+        a["flags"] = np.where(a["resolved"], 0, 8)
+        if name in ("layers", "components", "ops"):
+            a["act_abs_mean"] = np.nan
+        out[name] = a
+    return out
 
 
 def assert_same_summary(a, b, path="summary"):
@@ -339,7 +374,7 @@ def test_schema_has_a_column_for_every_dtype_field(dbpath):
             cols = set(schema.table_columns(s.conn, table))
             dt_ = np.dtype(_core.SAMPLE_DTYPE) if name == "samples" else RunData().array(name).dtype
             assert set(dt_.names) | {"run_id"} == cols, (table, set(dt_.names) ^ (cols - {"run_id"}))
-        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 5
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 6
         idx = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         for table in schema.ARRAY_TABLES.values():
             if table not in ("head_metrics", "texts"):
@@ -372,10 +407,10 @@ def _fill_v1(path: str, n: int = 3) -> list:
         ids.append(rid)
         arr = make_arrays(i, n_samples=20)
         for name in ("samples", "sections", "tokens"):
-            _reference.store_insert(conn, schema.ARRAY_TABLES[name], arr[name], {"run_id": rid})
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _no_flags(name, arr[name]), {"run_id": rid})
         for name in ("layers", "components"):
             a = arr[name]
-            v1 = [f for f in a.dtype.names if f not in ("call_id", "parent_id", "unattributed_j", "act_abs_mean")]
+            v1 = [f for f in a.dtype.names if f not in ("call_id", "parent_id", "unattributed_j", "flags", "act_abs_mean")]
             _reference.store_insert(conn, schema.ARRAY_TABLES[name], a[v1], {"run_id": rid})
     conn.close()
     return ids
@@ -388,12 +423,12 @@ def test_migration_from_v1(dbpath):
     assert "op_metrics" not in schema.tables(conn)
     conn.close()
     with Store(dbpath) as s:
-        assert schema.user_version(s.conn) == 5
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
         for i, rid in enumerate(ids):
             r = s.load(rid)
-            want = make_arrays(i, n_samples=20)
+            want = _pre_v4(make_arrays(i, n_samples=20))
             summ = make_summary(i)
             # the new runs columns are backfilled from the summary kept by v1
             row = s.conn.execute("SELECT edp_js, source_label, n_params, pid FROM runs WHERE id=?", (rid,)).fetchone()
@@ -417,64 +452,68 @@ def test_migration_from_v1(dbpath):
 
 
 _V2_ARRAYS = ("samples", "sections", "tokens", "layers", "components", "ops")
-_V5_CALL_FIELDS = ("act_abs_mean",)
+_V6_CALL_FIELDS = ("act_abs_mean",)
 
 
-def _before_v5(arrays: dict) -> dict:
-    """The arrays as versions 2 and 3 kept them: call rows without the v5 fields."""
-    out = dict(arrays)
-    for name in ("layers", "components", "ops"):
-        a = out[name]
-        out[name] = a[[f for f in a.dtype.names if f not in _V5_CALL_FIELDS]]
-    return out
-
-
-def _same_but_v5(got: np.ndarray, want: np.ndarray, name: str) -> None:
-    """Every field of ``want`` back in ``got``, the v5 fields (not in the old file) as NaN."""
+def _same_but_v6(got: np.ndarray, want: np.ndarray, name: str) -> None:
+    """Every field of ``want`` back in ``got``, the v6 fields (not in the old file) as NaN."""
     assert got.dtype == want.dtype
     for f in want.dtype.names:
-        if f in _V5_CALL_FIELDS and name in ("layers", "components", "ops"):
+        if f in _V6_CALL_FIELDS and name in ("layers", "components", "ops"):
             assert np.isnan(got[f]).all(), f"{name}.{f}"
         else:
             np.testing.assert_array_equal(got[f], want[f], err_msg=f"{name}.{f}")
 
 
-def _fill_v2(path: str, n: int = 3) -> list:
-    """A version-2 database (built with the v2 DDL) with n runs, written the way energyprof 2
-    wrote them: every runs column and every v2 array, no head rows (v2 had no table for them)."""
+def _fill_old(path: str, version: int, arrays: tuple, n: int, summary_over: Optional[dict] = None,
+              **run_cols) -> tuple:
+    """A database built with the DDL of an older ``version`` holding n runs: every runs
+    column (``run_cols`` laid over them; ``summary_over[i]`` laid over run i's summary) and
+    the given arrays as that version held them."""
+    summary_over = summary_over or {}
     conn = sqlite3.connect(path, isolation_level=None)
-    schema.create(conn, 2)
-    assert schema.user_version(conn) == 2 and "head_metrics" not in schema.tables(conn)
+    schema.create(conn, version)
+    assert schema.user_version(conn) == version
     ids = []
     for i in range(n):
-        cols = ep.db._run_columns(make_summary(i))
-        cols.pop("attention_kind")   # a version-5 column
-        cols["pid"], cols["pid_host"] = os.getpid(), "elsewhere"  # another host: left as written
-        cols["ended_at"] = "2025-03-01T10:00:05.000000+00:00"
+        cols = dict(ep.db._run_columns(make_summary(i, **summary_over.get(i, {}))), **run_cols)
+        if version < 6:
+            cols.pop("attention_kind")   # a version-6 column
         names = list(cols)
         cur = conn.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                            [cols[k] for k in names])
-        rid = cur.lastrowid
-        ids.append(rid)
-        arr = _before_v5(make_arrays(i, n_samples=20))
-        for name in _V2_ARRAYS:
-            _reference.store_insert(conn, schema.ARRAY_TABLES[name], arr[name], {"run_id": rid})
+        ids.append(cur.lastrowid)
+        arr = make_arrays(i, n_samples=20)
+        for name in arrays:
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _no_flags(name, arr[name], version),
+                                    {"run_id": cur.lastrowid})
+    tables = schema.tables(conn)
     conn.close()
+    return ids, tables
+
+
+def _fill_v2(path: str, n: int = 3) -> list:
+    """A version-2 database (built with the v2 DDL) with n runs, written the way energyprof 2
+    wrote them: every runs column and every v2 array, no head rows (v2 had no table for them)."""
+    # another host: left as written
+    ids, tables = _fill_old(path, 2, _V2_ARRAYS, n, pid=os.getpid(), pid_host="elsewhere",
+                            ended_at="2025-03-01T10:00:05.000000+00:00")
+    assert "head_metrics" not in tables
     return ids
 
 
 def test_migration_from_v2(dbpath):
     ids = _fill_v2(dbpath)
     with Store(dbpath) as s:
-        assert schema.user_version(s.conn) == 5
-        assert "head_metrics" in schema.tables(s.conn)
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION
+        assert "head_metrics" in schema.tables(s.conn) and "sample_levels" in schema.tables(s.conn)
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
         for i, rid in enumerate(ids):
             r = s.load(rid)
-            want = make_arrays(i, n_samples=20)
+            want = _pre_v4(make_arrays(i, n_samples=20))
             for name in _V2_ARRAYS:  # every v2 row is kept, field by field
-                _same_but_v5(r.array(name), want[name], name)
+                _same_but_v6(r.array(name), want[name], name)
             assert len(r.heads) == 0 and r.heads.dtype == HEAD_DTYPE
             summ = make_summary(i)
             summ["run_id"] = rid
@@ -486,61 +525,78 @@ def test_migration_from_v2(dbpath):
             == len(make_run(7).heads) > 0
         ep.delete(rid, db=s)
         assert s.conn.execute("SELECT COUNT(*) FROM head_metrics").fetchone()[0] == 0
-    # migrating is a one-time step: a second open finds version 5 and changes nothing
+    # migrating is a one-time step: a second open finds the current version and changes nothing
     before = sha(dbpath)
+    v = schema.SCHEMA_VERSION
     with Store(dbpath, mark_stale=False) as s:
-        assert schema.migrate(s.conn, dbpath) == (5, 5)
+        assert schema.migrate(s.conn, dbpath) == (v, v)
     assert sha(dbpath) == before
 
 
 _V3_ARRAYS = _V2_ARRAYS + ("heads",)
 
 
-def _fill_v3(path: str, models: list) -> list:
-    """A version-3 database (the v3 DDL) with one run per model dict, written the way
-    energyprof 3 wrote them: no texts table, no attention_kind column."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    schema.create(conn, 3)
-    assert "texts" not in schema.tables(conn) and "attention_kind" not in schema.table_columns(conn, "runs")
-    ids = []
-    for i, model in enumerate(models):
-        cols = ep.db._run_columns(make_summary(i, model=model))
-        cols.pop("attention_kind")
-        cols["pid"], cols["pid_host"] = os.getpid(), "elsewhere"
-        names = list(cols)
-        cur = conn.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                           [cols[k] for k in names])
-        ids.append(cur.lastrowid)
-        arr = _before_v5(make_arrays(i, n_samples=20))
-        for name in _V3_ARRAYS:
-            _reference.store_insert(conn, schema.ARRAY_TABLES[name], arr[name], {"run_id": cur.lastrowid})
+def _fill_v3(path: str, n: int = 3) -> list:
+    """A version-3 database (the v3 DDL) with n runs as energyprof 3 wrote them: every array,
+    heads included, and rows without flags."""
+    ids, _ = _fill_old(path, 3, _V3_ARRAYS, n)
+    conn = sqlite3.connect(path)
+    assert "flags" not in schema.table_columns(conn, "tokens")
     conn.close()
     return ids
 
 
-def test_migration_from_v3_adds_texts_and_backfills_the_attention_kind(dbpath):
+def test_migration_from_v3_gives_rows_their_unresolved_flag(dbpath):
+    ids = _fill_v3(dbpath)
+    with Store(dbpath) as s:
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION
+        assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        for table in ("sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
+            assert "flags" in schema.table_columns(s.conn, table), table
+        for i, rid in enumerate(ids):
+            r = s.load(rid)
+            raw = make_arrays(i, n_samples=20)
+            for name in _V3_ARRAYS:
+                got = r.array(name)
+                for f in raw[name].dtype.names:
+                    if f == "flags" and name not in ("samples", "heads"):
+                        # hand-worked: a v3 row kept only `resolved`; unresolved rows get bit 3 (8), others 0
+                        assert got["flags"].tolist() == [0 if ok else 8 for ok in raw[name]["resolved"].tolist()]
+                    elif f in _V6_CALL_FIELDS and name in ("layers", "components", "ops"):
+                        assert np.isnan(got[f]).all(), f"{name}.{f}"   # not in a v3 file
+                    else:
+                        np.testing.assert_array_equal(got[f], raw[name][f], err_msg=f"{name}.{f}")
+        # new runs keep every flag bit, Python's (1 << 8) and the C kernel's alike
+        rid = s.save(make_run(9))
+        assert_same_arrays(s.load(rid), make_run(9))
+    with Store(dbpath, mark_stale=False) as s:
+        v = schema.SCHEMA_VERSION
+        assert schema.migrate(s.conn, dbpath) == (v, v)
+
+
+def test_migration_from_v5_adds_texts_and_backfills_the_attention_kind(dbpath):
     # head counts worked by hand: 8/8 heads = MHA, 8 query heads on 2 K/V heads = GQA,
     # 8 on 1 = MQA, no kv count = as many as query heads (MHA), no head counts = unknown
     models = [{"name": "a", "n_heads": 8, "n_kv_heads": 8}, {"name": "b", "n_heads": 8, "n_kv_heads": 2},
               {"name": "c", "n_heads": 8, "n_kv_heads": 1}, {"name": "d", "n_heads": 12},
               {"name": "e"}]
     want_kind = ["MHA", "GQA", "MQA", "MHA", None]
-    ids = _fill_v3(dbpath, models)
+    ids, tables = _fill_old(dbpath, 5, _V3_ARRAYS, len(models),
+                            summary_over={i: {"model": m} for i, m in enumerate(models)})
+    assert "texts" not in tables
     with Store(dbpath) as s:
-        assert schema.user_version(s.conn) == 5
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 6
         assert "texts" in schema.tables(s.conn)
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         got = [s.conn.execute("SELECT attention_kind FROM runs WHERE id=?", (rid,)).fetchone()[0] for rid in ids]
         assert got == want_kind
-        assert [r["run_id"] for r in ep.runs(db=s, sort="id", descending=False, limit=None)
-                if r["model"].get("name") == "b"] == [ids[1]]
         for i, rid in enumerate(ids):
             r = s.load(rid)
             want = make_arrays(i, n_samples=20)
-            for name in _V3_ARRAYS:     # every v3 row is kept, field by field
-                _same_but_v5(r.array(name), want[name], name)
+            for name in _V3_ARRAYS:     # every v5 row is kept, flags included, field by field
+                _same_but_v6(r.array(name), want[name], name)
             assert len(r.texts) == 0 and r.texts.dtype == TEXT_DTYPE and r.prompt() is None
-        # the migrated database takes runs with text, searchable by prompt
+        # the migrated database takes runs with text, searchable by prompt; deletes cascade
         rid = s.save(make_run(7))
         assert_same_arrays(s.load(rid), make_run(7))
         assert s.load(rid).prompt(0) == "the cost of a token 7 — ünïcödé ✓"
@@ -549,7 +605,7 @@ def test_migration_from_v3_adds_texts_and_backfills_the_attention_kind(dbpath):
         assert s.conn.execute("SELECT COUNT(*) FROM texts").fetchone()[0] == 0
     before = sha(dbpath)
     with Store(dbpath, mark_stale=False) as s:
-        assert schema.migrate(s.conn, dbpath) == (5, 5)
+        assert schema.migrate(s.conn, dbpath) == (6, 6)
     assert sha(dbpath) == before
 
 
@@ -573,11 +629,18 @@ def test_texts_round_trip_and_prompt_search(dbpath):
 
 
 def test_fresh_database_matches_migrated_one(tmp_path):
-    a, b, c2, c3 = (str(tmp_path / f"{n}.db") for n in ("a", "b", "c", "d"))
+    a, b, c2, c3, c4 = (str(tmp_path / f"{x}.db") for x in ("a", "b", "c", "d", "e"))
     _fill_v1(a, n=0)
     _fill_v2(c2, n=0)
-    _fill_v3(c3, [])
-    for p in (a, b, c2, c3):
+    _fill_v3(c3, n=0)
+    conn4 = sqlite3.connect(c4, isolation_level=None)
+    schema.create(conn4, 4)  # a version-4 store (sample_levels, rows without flags)
+    conn4.close()
+    c5 = str(tmp_path / "f.db")
+    conn5 = sqlite3.connect(c5, isolation_level=None)
+    schema.create(conn5, 5)  # a version-5 store (flags; no texts, attention_kind or act_abs_mean)
+    conn5.close()
+    for p in (a, b, c2, c3, c4, c5):
         Store(p).close()
 
     def shape(p):
@@ -593,10 +656,13 @@ def test_fresh_database_matches_migrated_one(tmp_path):
         return out
 
     fresh = shape(b)
-    assert "head_metrics" in fresh and "texts" in fresh and fresh["_version"] == 5
+    assert "head_metrics" in fresh and "sample_levels" in fresh and fresh["_version"] == schema.SCHEMA_VERSION
     assert shape(a) == fresh
     assert shape(c2) == fresh
     assert shape(c3) == fresh
+    assert shape(c4) == fresh
+    assert shape(c5) == fresh
+    assert "texts" in fresh
 
 
 def test_newer_database_is_refused_untouched(dbpath):
@@ -688,37 +754,80 @@ def test_summary_dict_is_a_copy():
     assert r.summary()["phases"]["decode"]["energy_j"] == 38.0
 
 
+def _block_se_oracle(rows, samples):
+    """Brute force: group calls by the sample their window's midpoint falls in (last sample
+    starting at or before it), sum energy and count per group, then the ratio estimator's
+    standard error over the k groups: sqrt(sum (e_b - m n_b)^2 / (k (k - 1))) / mean(n_b)."""
+    starts = [int(t) for t in samples["t_start_ns"]]
+    per = {}
+    for x in rows:
+        a, b = int(x["t_start_ns"]), int(x["t_end_ns"])
+        mid = a + (b - a) // 2
+        blk = max([i for i, t in enumerate(starts) if t <= mid], default=-1)
+        e_n = per.setdefault(blk, [0.0, 0])
+        e_n[0] += float(x["energy_j"])
+        e_n[1] += 1
+    k = len(per)
+    if k < 2:
+        return float("nan"), k
+    m = sum(v[0] for v in per.values()) / sum(v[1] for v in per.values())
+    nbar = sum(v[1] for v in per.values()) / k
+    return math.sqrt(sum((v[0] - m * v[1]) ** 2 for v in per.values()) / (k * (k - 1))) / nbar, k
+
+
 def test_layer_and_component_summaries_against_brute_force():
-    r = make_run(2)
-    e_run = r.summary()["energy_j"]
-    for agg, calls, key in ((r.layer_summary(), r.layers, ("layer",)),
-                            (r.component_summary(), r.components, ("layer", "component"))):
-        assert agg.dtype == AGG_DTYPE
-        groups = {}
-        for row in calls:
-            groups.setdefault(tuple(row[k] for k in key), []).append(row)
-        assert len(agg) == len(groups)
-        assert [tuple(a[k] for k in key) for a in agg] == sorted(groups)
-        for a in agg:
-            rows = groups[tuple(a[k] for k in key)]
-            e = [float(x["energy_j"]) for x in rows]
-            n = len(e)
-            mean = sum(e) / n
-            sd = math.sqrt(sum((x - mean) ** 2 for x in e) / (n - 1)) if n > 1 else float("nan")
-            assert a["n_calls"] == n
-            assert a["energy_j"] == pytest.approx(sum(e), rel=1e-12)
-            assert a["mean_energy_j"] == pytest.approx(mean, rel=1e-12)
-            if n > 1:
-                assert a["sem_energy_j"] == pytest.approx(sd / math.sqrt(n), rel=1e-9)
-            else:
-                assert math.isnan(a["sem_energy_j"])
-            assert a["duration_s"] == pytest.approx(sum(float(x["duration_s"]) for x in rows), rel=1e-12)
-            assert a["share"] == pytest.approx(sum(e) / e_run, rel=1e-12)
-            assert a["resolved_share"] == pytest.approx(sum(bool(x["resolved"]) for x in rows) / n)
-            assert a["cpu_j"] == pytest.approx(sum(float(x["cpu_j"]) for x in rows), rel=1e-12)
-            assert math.isnan(a["gpu_j"])
+    for spread, r in ((False, make_run(2)), (True, _spread_calls(make_run(3)))):
+        e_run = r.summary()["energy_j"]
+        every = {int(x["call_id"]): float(x["energy_j"]) for a in (r.layers, r.components, r.ops) for x in a}
+        n_multi = 0
+        for agg, calls, key in ((r.layer_summary(), r.layers, ("layer",)),
+                                (r.component_summary(), r.components, ("layer", "component"))):
+            assert agg.dtype == AGG_DTYPE
+            groups = {}
+            for row in calls:
+                groups.setdefault(tuple(row[k] for k in key), []).append(row)
+            assert len(agg) == len(groups)
+            assert [tuple(a[k] for k in key) for a in agg] == sorted(groups)
+            for a in agg:
+                rows = groups[tuple(a[k] for k in key)]
+                e = [float(x["energy_j"]) for x in rows]
+                n = len(e)
+                mean = sum(e) / n
+                se, k = _block_se_oracle(rows, r.samples)
+                n_multi += k > 1
+                assert a["n_calls"] == n and a["n_eff"] == k
+                assert a["energy_j"] == pytest.approx(sum(e), rel=1e-12)
+                assert a["mean_energy_j"] == pytest.approx(mean, rel=1e-12)
+                if k > 1:
+                    assert a["sem_energy_j"] == pytest.approx(se, rel=1e-9)
+                else:
+                    assert math.isnan(a["sem_energy_j"])
+                assert a["duration_s"] == pytest.approx(sum(float(x["duration_s"]) for x in rows), rel=1e-12)
+                assert a["share"] == pytest.approx(sum(e) / e_run, rel=1e-12)
+                # the parent of each call, each distinct parent once (the run for -1 or an unknown id)
+                parents = {int(x["parent_id"]) if int(x["parent_id"]) in every else -1 for x in rows}
+                parent_e = sum(every[p] if p >= 0 else e_run for p in parents)
+                assert a["share_of_parent"] == pytest.approx(sum(e) / parent_e, rel=1e-12)
+                own = sum(float(x["unattributed_j"]) for x in rows)
+                assert a["self_energy_j"] == pytest.approx(own, rel=1e-12)
+                assert a["self_share"] == pytest.approx(own / sum(e), rel=1e-12)
+                assert a["resolved_share"] == pytest.approx(sum(bool(x["resolved"]) for x in rows) / n)
+                assert a["cpu_j"] == pytest.approx(sum(float(x["cpu_j"]) for x in rows), rel=1e-12)
+                assert math.isnan(a["gpu_j"])
+        assert n_multi > 0 or not spread  # the spread run has groups over several samples
     empty = RunData({})
     assert len(empty.layer_summary()) == 0 and len(empty.component_summary()) == 0
+
+
+def _spread_calls(run: RunData) -> RunData:
+    """The same run with its calls spread over the samples (several per sample, several samples)."""
+    arrays = {n: run.array(n).copy() for n in ARRAY_NAMES}
+    t0 = int(arrays["samples"]["t_start_ns"][0])
+    for name in ("layers", "components", "ops"):
+        a = arrays[name]
+        a["t_start_ns"] = t0 + np.arange(len(a), dtype=np.int64) * 1_700_000  # ~3 calls per 5 ms sample
+        a["t_end_ns"] = a["t_start_ns"] + 900_000
+    return RunData(run.summary(), **arrays)
 
 
 def test_stale_running_runs_are_marked_interrupted_only_when_their_process_is_gone(dbpath):
@@ -951,7 +1060,7 @@ def test_export_import_json_round_trip(filled, tmp_path):
         raise AssertionError(f"non-strict JSON token {c}")
 
     doc = json.loads(open(out).read(), parse_constant=no_constants)  # strict JSON: no NaN/Infinity tokens
-    assert doc["format"] == "energyprof-run" and doc["schema_version"] == 5
+    assert doc["format"] == "energyprof-run" and doc["schema_version"] == schema.SCHEMA_VERSION
     new = ep.import_run(out, db=path)
     assert new != rid
     a, b = ep.load(rid, db=path), ep.load(new, db=path)
@@ -1193,7 +1302,7 @@ def test_docs_schema_names_every_column_and_its_example_runs(capsys):
             assert re.search(rf"(^\| |, ){c}[ ,|]", doc, re.M), (table, c)
     for b in re.findall(r"```python\n(.*?)```", doc, re.S):
         exec(compile(b, "docs/schema.md", "exec"), {})
-    assert capsys.readouterr().out.split() == ["(1,", "5)", "True", "(2,", "5)", "True"]
+    assert capsys.readouterr().out.split() == ["(1,", "6)", "True", "(2,", "6)", "True"]
 
 
 def test_writer_releases_the_gil_while_blocked(tmp_path):
@@ -1317,7 +1426,7 @@ def test_many_processes_open_a_fresh_database_at_once(tmp_path):
         procs = [subprocess.Popen([sys.executable, "-c", code, path]) for _ in range(4)]
         assert [p.wait() for p in procs] == [0] * 4
         with Store(path) as s:
-            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 5
+            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 6
             assert "head_metrics" in schema.tables(s.conn)
             assert len(ep.runs(db=s, limit=None)) == 4 + (0 if kind == "fresh" else 2)
 
@@ -1359,8 +1468,10 @@ def test_close_refuses_while_another_thread_waits_in_the_store(tmp_path):
     t = threading.Thread(target=flusher)
     t.start()
     started.wait()
-    while w.pending and t.is_alive() and not _in_flush(t):
-        pass
+    # the flusher is inside flush() once the store counts a caller waiting in it (the
+    # execute() above only queued its job and has returned)
+    wait_until(lambda: w.users >= 1 or not t.is_alive(), "the flusher thread to enter flush()")
+    assert t.is_alive()
     with pytest.raises(RuntimeError, match="in use by another thread"):
         w.close()
     holder.execute("ROLLBACK")
@@ -1368,15 +1479,6 @@ def test_close_refuses_while_another_thread_waits_in_the_store(tmp_path):
     w.close()
     assert not errors and w.closed
     holder.close()
-
-
-def _in_flush(t: threading.Thread) -> bool:
-    """True once thread t is inside a call to Store.flush (seen from its Python frame)."""
-    import sys
-
-    frame = sys._current_frames().get(t.ident)
-    return frame is not None and frame.f_code.co_name == "flusher" and frame.f_lasti > 0 and \
-        "flush" in frame.f_code.co_names and frame.f_lineno == frame.f_code.co_firstlineno + 3
 
 
 def test_writer_constant_columns_of_every_kind(tmp_path):
@@ -1396,3 +1498,27 @@ def test_writer_constant_columns_of_every_kind(tmp_path):
     conn.execute("DELETE FROM t")
     _reference.store_insert(conn, "t", a, {k: (v.item() if isinstance(v, np.generic) else v) for k, v in consts.items()})
     assert conn.execute("SELECT x, i, f, s, n, b, yes FROM t ORDER BY rowid").fetchall() == rows[:3]
+
+
+# ---------------------------------------------------------------------------- saved runs against the oracle
+
+@pytest.mark.parametrize("shape, mode", [("square", "standard"), ("ramp", "deep"), ("noise", "minimal"),
+                                         ("active", "standard")])
+def test_saved_and_loaded_rows_equal_the_oracle(tmp_path, shape, mode):
+    """A run saved by ep.run (samples written in batches while it goes on) and loaded
+    back: every row recomputed by the brute-force oracle from the *loaded* samples."""
+    import torch
+
+    from energy_oracle import WAVEFORMS, check_run
+    from energyprof.tiny import tiny_model
+
+    model = tiny_model("tiny-llama")
+    db = str(tmp_path / "runs.db")
+    with ep.run(model, source=WAVEFORMS[shape], mode=mode, baseline_s=0.01, db=db) as s:
+        with s.section("generate"):
+            model.generate(torch.tensor([[5, 6, 7, 8]]), max_new_tokens=5, do_sample=False)
+    back = ep.load(s.run_id, db=db)
+    assert len(back.samples) == len(s.samples)
+    n = check_run(back)
+    assert n["tokens"] == 4 and n["sections"] == len(s.sections)
+    assert n["calls"] == len(s.layers) + len(s.components) + len(s.ops)

@@ -1,7 +1,6 @@
-"""Numbers of a deep-mode run for its figures, read from the stored rows (``run.ops``,
-``run.heads``, ``run.components``, ``summary()["deep"]``): ops per layer, the per-head
-attention statistics as a layer × head matrix, the activation statistics per (layer,
-component), and any metric over the layer × component grid.
+"""Numbers of a deep-mode run for its figures, read from the stored rows (``run.components``,
+``run.ops``, ``summary()["deep"]``): the activation statistics per (layer, component), any
+metric over the layer × component grid, and the order of the ops inside a layer.
 
 >>> from energyprof.testing import synthetic_run
 >>> m = layer_component_matrix(synthetic_run(n_layers=2, n_steps=3), "power_w")
@@ -15,8 +14,7 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-__all__ = ["op_matrix", "head_matrix", "activation_table", "layer_component_matrix", "component_order", "METRICS",
-           "HEAD_METRICS", "ACT_FIELDS"]
+__all__ = ["activation_table", "layer_component_matrix", "component_order", "op_order", "METRICS", "ACT_FIELDS"]
 
 #: Metrics of :func:`layer_component_matrix`: name -> (unit, how the calls of a cell combine).
 METRICS: Dict[str, tuple] = {
@@ -24,15 +22,13 @@ METRICS: Dict[str, tuple] = {
     "duration_s": ("s", "sum over the cell's calls"),
     "power_w": ("W", "energy / duration of the cell's calls"),
     "act_abs_mean": ("1", "mean over calls of mean |x| (deep mode)"),
+    "act_mean": ("1", "mean over calls of the output's mean (deep mode)"),
     "act_std": ("1", "mean over calls of the output's std (deep mode)"),
     "act_max": ("1", "largest |x| over calls (deep mode)"),
     "act_sparsity": ("1", "mean over calls of the share of |x| below sparse_below (deep mode)"),
     "kill_ratio": ("1", "MLP: mean share of activations below kill_below (deep mode)"),
     "variance_ratio": ("1", "norms: output over input per-token variance (deep mode)"),
 }
-
-#: Statistics of a head row (``HEAD_DTYPE``) that :func:`head_matrix` averages.
-HEAD_METRICS = ("entropy", "max_weight", "sparsity")
 
 #: The activation statistics of a call row, as :func:`activation_table` reports them.
 ACT_FIELDS = ("act_abs_mean", "act_mean", "act_std", "act_max", "act_sparsity")
@@ -53,7 +49,7 @@ _OP_ORDER = {"attn": ("qk", "scale", "softcap", "mask", "softmax", "av", "stats"
              "norm": ("variance", "normalize", "scale", "stats")}
 
 
-def _order_ops(names: Sequence[str]) -> List[str]:
+def op_order(names: Sequence[str]) -> List[str]:
     """Ops grouped by their parent component (attention, MLP, then the norms), each parent's
     ops in the order they run (``attn.g<k>.<op>`` per head group, group by group)."""
     def key(n: str):
@@ -64,58 +60,6 @@ def _order_ops(names: Sequence[str]) -> List[str]:
         return ({"attn": 0, "mlp": 1}.get(family, 2), parent, group, seq.index(op) if op in seq else len(seq), op)
 
     return sorted({str(n) for n in names}, key=key)
-
-
-def op_matrix(run: Any, metric: str = "energy_j") -> Dict[str, Any]:
-    """Ops per layer: ``{"layers", "ops" (``attn.qk`` ... ``mlp.act`` ... ``input_norm.variance``),
-    "value" (layers x ops: the sum of ``metric`` over the op's calls, NaN where the layer has
-    none), "resolved_share" (share of those calls that span a whole sample), "metric", "unit"}``.
-    ``metric`` is ``energy_j`` or ``duration_s``.  Raises ValueError for a run without ops.
-    """
-    if metric not in ("energy_j", "duration_s"):
-        raise ValueError(f"op_matrix: metric must be energy_j or duration_s, got {metric!r}")
-    ops = _arr(run, "ops")
-    if len(ops) == 0:
-        raise ValueError("the run has no op rows (recorded without mode='deep')")
-    layers = sorted(int(v) for v in np.unique(ops["layer"]))
-    names = _order_ops(np.unique(ops["component"]).tolist())
-    z = np.full((len(layers), len(names)), np.nan)
-    rs = np.full_like(z, np.nan)
-    li = {v: i for i, v in enumerate(layers)}
-    ni = {v: j for j, v in enumerate(names)}
-    for (layer, comp) in sorted(set(zip(ops["layer"].tolist(), ops["component"].tolist()))):
-        sel = ops[(ops["layer"] == layer) & (ops["component"] == comp)]
-        z[li[layer], ni[str(comp)]] = float(sel[metric].sum())
-        rs[li[layer], ni[str(comp)]] = float(np.mean(sel["resolved"]))
-    return {"layers": layers, "ops": names, "value": z, "resolved_share": rs, "metric": metric,
-            "unit": "J" if metric == "energy_j" else "s"}
-
-
-def head_matrix(run: Any, metric: str = "entropy") -> Dict[str, Any]:
-    """A per-head attention statistic as a layer × head matrix: ``{"layers", "heads", "value"
-    (the mean over calls weighted by their query rows), "calls", "metric", "unit"}``.
-    ``metric`` is one of :data:`HEAD_METRICS` (entropy in nats)."""
-    if metric not in HEAD_METRICS:
-        raise ValueError(f"head_matrix: metric must be one of {', '.join(HEAD_METRICS)}, got {metric!r}")
-    h = _arr(run, "heads")
-    if len(h) == 0:
-        raise ValueError("the run has no per-head rows (recorded without mode='deep', or attention not timed)")
-    layers = sorted(int(v) for v in np.unique(h["layer"]))
-    heads = sorted(int(v) for v in np.unique(h["head"]))
-    z = np.full((len(layers), len(heads)), np.nan)
-    calls = np.zeros((len(layers), len(heads)), np.int64)
-    for i, layer in enumerate(layers):
-        for j, head in enumerate(heads):
-            sel = h[(h["layer"] == layer) & (h["head"] == head)]
-            v = np.asarray(sel[metric], float)
-            w = np.asarray(sel["n_queries"], float)
-            ok = np.isfinite(v)
-            if ok.any():
-                ww = w[ok] if w[ok].sum() > 0 else np.ones(int(ok.sum()))
-                z[i, j] = float(np.sum(v[ok] * ww) / np.sum(ww))
-            calls[i, j] = len(sel)
-    return {"layers": layers, "heads": heads, "value": z, "calls": calls, "metric": metric,
-            "unit": "nats" if metric == "entropy" else "1"}
 
 
 def _ratio_lookup(run: Any) -> Dict[tuple, Dict[str, float]]:

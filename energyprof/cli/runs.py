@@ -35,26 +35,35 @@ def cmd_runs(args) -> int:
 
 
 def cmd_show(args) -> int:
-    run = _load(args.run, _db(args))
-    if args.json:
-        _print_json(run.summary())
-    else:
-        print_summary(run.summary())
-        from ..analysis.efficiency import efficiency
+    from ..store.quality import resolution_of
 
-        eff = efficiency(run)
-        rows = []
-        for key, f in eff.items():
-            se = f.get("se")
-            unc = f"± {_fmt(se)}" if isinstance(se, float) and not math.isnan(se) else ""
-            unit = f.get("unit", "")
-            rows.append((key, _fmt(f.get("value"), "" if unit == "1" else unit), unc))
-        _table("efficiency (± standard error where the tokens give one)", ["figure", "value", "uncertainty"], rows)
-        ls = run.layer_summary()
-        if len(ls):
-            _table("layers (over all calls)", ["layer", "calls", "energy J", "mean J/call", "± SE", "share"],
-                   [(int(r["layer"]), int(r["n_calls"]), _fmt(float(r["energy_j"])), _fmt(float(r["mean_energy_j"])),
-                     _fmt(float(r["sem_energy_j"])), f"{100 * float(r['share']):.1f}%") for r in ls])
+    run = _load(args.run, _db(args))
+    summary = run.summary()
+    summary["resolution"] = resolution_of(run)   # runs from before it was kept get it from their rows
+    if args.json:
+        _print_json(summary)
+        return 0
+    print_summary(summary)
+    from ..analysis.efficiency import efficiency
+
+    eff = efficiency(run)
+    rows = []
+    for key, f in eff.items():
+        se = f.get("se")
+        unc = f"± {_fmt(se)}" if isinstance(se, float) and not math.isnan(se) else ""
+        if unc and f.get("n") is not None:
+            unc += f" (n={f['n']})"
+        unit = f.get("unit", "")
+        rows.append((key, _fmt(f.get("value"), "" if unit == "1" else unit), unc))
+    _table("efficiency (± standard error over n independent power samples, where the tokens give one)",
+           ["figure", "value", "uncertainty"], rows)
+    ls = run.layer_summary()
+    if len(ls):
+        _table("layers (over all calls; mean J/call of unresolved calls is a time share of their samples)",
+               ["layer", "calls", "energy J", "mean J/call", "± SE", "n samples", "resolved", "share"],
+               [(int(r["layer"]), int(r["n_calls"]), _fmt(float(r["energy_j"])), _fmt(float(r["mean_energy_j"])),
+                 _fmt(float(r["sem_energy_j"])), int(r["n_eff"]), f"{100 * float(r['resolved_share']):.0f}%",
+                 f"{100 * float(r['share']):.1f}%") for r in ls])
     return 0
 
 
@@ -77,11 +86,11 @@ def cmd_compare(args) -> int:
     if not 2 <= len(args.runs) <= MAX_RUNS:
         raise UserError(f"compare takes 2 to {MAX_RUNS} runs, got {len(args.runs)}")
     runs = [_load(r, _db(args)) for r in args.runs]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)    # said once below, not as a Python warning
         res = compare(*runs, db=_db(args))
-    for w in caught:
-        print(f"energyprof: warning: {w.message}", file=sys.stderr)
+    for w in res["warnings"]:
+        print(f"energyprof: warning: {w}", file=sys.stderr)
     if args.plot:
         from ..views.plot import plot_runs
 
@@ -94,8 +103,8 @@ def cmd_compare(args) -> int:
     ids = [str(r) for r in args.runs]
     rows = []
     for k, v in res["figures"].items():
-        best = v["best"]["run_id"] if v.get("best") else "-"
-        rows.append((k, *[_fmt(x) for x in v["values"]], str(best), _fmt(v["spread"]), _fmt(v["std"])))
+        best = res["run_ids"][v["best"]] if v.get("best") is not None else "-"
+        rows.append((k, *[_fmt(x) for x in v["values"]], str(best), _fmt(v["spread"]), _fmt(v["sigma"])))
     _table(f"runs {', '.join(ids)}", ["figure", *ids, "best", "max/min", "σ"], rows)
     return 0
 

@@ -13,11 +13,15 @@ Versions
 2. adds those runs columns, the call-tree columns of the metric tables and the
    op_metrics table.
 3. adds the head_metrics table (mode="deep": per attention call and head).
-5. (current) adds the texts table (the prompt, the generated text and each token's text),
+4. adds the sample_levels table: per run, min / max / mean power over buckets
+   of 16, 256, 4096, ... consecutive samples (energyprof.store.levels), so a plot of a
+   long run reads thousands of rows instead of millions.
+5. adds ``flags`` (the integrator's and the gap pre-pass's window flags,
+   ``energyprof._dtypes.FLAG_*``) to sections, tokens and the three call tables; older rows
+   get ``FLAG_UNRESOLVED`` where they were not resolved, the one flag they kept.
+6. (current) adds the texts table (the prompt, the generated text and each token's text),
    the runs column attention_kind (MHA / GQA / MQA, backfilled from model_config) and
-   act_abs_mean (mean |x|) to the call tables.
-   Its step, :func:`_migrate_add_texts`, needs nothing of version 4 (issue 13's flags):
-   it is registered after version 3 here and chains after 4 once that lands.
+   act_abs_mean (mean |x| of a deep-mode call's output) to the three call tables.
 
 Array tables hold one column per field of the shared numpy dtypes
 (:mod:`energyprof._dtypes`, ``_core.SAMPLE_DTYPE``) plus ``run_id``; NaN is stored
@@ -32,7 +36,7 @@ from typing import Dict, List, Sequence, Tuple
 from .._hfconfig import attention_kind
 from ..errors import SchemaError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Store table per RunData array name.
 ARRAY_TABLES: Dict[str, str] = {
@@ -47,8 +51,6 @@ ARRAY_TABLES: Dict[str, str] = {
 }
 
 STATUSES = ("running", "completed", "interrupted", "failed")
-
-
 
 
 _DOM = ("cpu", "gpu", "ane", "dram", "package")
@@ -82,24 +84,38 @@ _CALL_COLS_V1 = (
 # v2: the call tree (call_id/parent_id; -1 = none) and the energy not covered by children.
 _CALL_COLS_V2_ADDED = [("call_id", "INTEGER NOT NULL DEFAULT -1"), ("parent_id", "INTEGER NOT NULL DEFAULT -1"),
                        ("unattributed_j", "REAL")]
-_CALL_COLS_V2 = (
+_CALL_COLS_V3 = (
     [("call_id", "INTEGER NOT NULL DEFAULT -1"), ("parent_id", "INTEGER NOT NULL DEFAULT -1")]
     + _CALL_COLS_V1[:8]
     + _DOM_J
     + [("unattributed_j", "REAL")]
     + _CALL_COLS_V1[13:]
 )
-# v5: mean |x| of a deep-mode call's output, beside the mean, std, max and sparsity.
-_CALL_COLS_V5_ADDED = [("act_abs_mean", "REAL")]
-_CALL_COLS = _CALL_COLS_V2 + _CALL_COLS_V5_ADDED
+
+# v5: how each row was measured (FLAG_* bits), next to samples_in_window and resolved.
+_FLAGS_COL = ("flags", "INTEGER NOT NULL DEFAULT 0")
+_FLAG_TABLES = ("sections", "tokens", "layer_metrics", "component_metrics", "op_metrics")
 _CALL_TABLES = ("layer_metrics", "component_metrics", "op_metrics")
+_FLAG_UNRESOLVED = 1 << 3  # energyprof._dtypes.FLAG_UNRESOLVED (store imports no dtypes for its DDL)
+
+
+def _with_flags(cols: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+    at = [c for c, _ in cols].index("resolved") + 1
+    return cols[:at] + [_FLAGS_COL] + cols[at:]
+
+
+# v6: mean |x| of a deep-mode call's output, beside the mean, std, max and sparsity.
+_CALL_COLS_V6_ADDED = [("act_abs_mean", "REAL")]
 
 # v3: mode="deep" attention statistics, one row per (attention call, head) (HEAD_DTYPE).
 _HEAD_COLS = [("call_id", "INTEGER"), ("layer", "INTEGER"), ("step", "INTEGER"), ("head", "INTEGER"),
               ("n_queries", "INTEGER"), ("entropy", "REAL"), ("max_weight", "REAL"), ("sparsity", "REAL")]
 
-# v5: text recorded with a run (TEXT_DTYPE), one row per prompt / output / token text.
-_TEXT_COLS = [("kind", "TEXT"), ("step", "INTEGER"), ("seq", "INTEGER"), ("text", "TEXT")]
+# v4: downsampling levels of the power samples (energyprof.store.levels.LEVEL_DTYPE).
+_LEVEL_STATS = ("mean_w", "min_w", "max_w", "wt")
+_LEVEL_COLS = ([("level", "INTEGER"), ("bucket", "INTEGER"), ("t_start_ns", "INTEGER"), ("t_end_ns", "INTEGER"),
+                ("n", "INTEGER")]
+               + [(f"{d}_{k}", "REAL") for d in _DOM + ("total",) for k in _LEVEL_STATS])
 
 _RUN_COLS_V1 = [
     ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"),  # AUTOINCREMENT: a deleted run's id is never reused
@@ -148,22 +164,35 @@ _RUN_COLS_V2_ADDED = [
     ("pid", "INTEGER"),        # writer process: a "running" run whose process is gone was interrupted
     ("pid_host", "TEXT"),
 ]
-_RUN_COLS_V5_ADDED = [
+_RUN_COLS_V6_ADDED = [
     ("attention_kind", "TEXT"),   # MHA / GQA / MQA from the model's head counts (NULL: unknown)
 ]
 
-#: Columns of each table in the current version (excluding run_id / id where noted).
-TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
-    "runs": _RUN_COLS_V1 + _RUN_COLS_V2_ADDED + _RUN_COLS_V5_ADDED,
+#: Columns of each table in versions 2 and 3 (version 4 adds sample_levels).
+_V3_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
+    "runs": _RUN_COLS_V1 + _RUN_COLS_V2_ADDED,
     "power_samples": _SAMPLE_COLS,
     "sections": _SECTION_COLS,
     "tokens": _TOKEN_COLS,
-    "layer_metrics": _CALL_COLS,
-    "component_metrics": _CALL_COLS,
-    "op_metrics": _CALL_COLS,
+    "layer_metrics": _CALL_COLS_V3,
+    "component_metrics": _CALL_COLS_V3,
+    "op_metrics": _CALL_COLS_V3,
     "head_metrics": _HEAD_COLS,
-    "texts": _TEXT_COLS,
 }
+
+#: Columns of each table in version 5 (flags; version 4 added sample_levels).
+_V5_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
+    **{t: (_with_flags(cols) if t in _FLAG_TABLES else cols) for t, cols in _V3_COLUMNS.items()},
+    "sample_levels": _LEVEL_COLS}
+
+# v6: text recorded with a run (TEXT_DTYPE), one row per prompt / output / token text.
+_TEXT_COLS = [("kind", "TEXT"), ("step", "INTEGER"), ("seq", "INTEGER"), ("text", "TEXT")]
+
+#: Columns of each table in the current version (excluding run_id / id where noted).
+TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
+    **{t: cols + (_CALL_COLS_V6_ADDED if t in _CALL_TABLES else []) for t, cols in _V5_COLUMNS.items()},
+    "texts": _TEXT_COLS}
+TABLE_COLUMNS["runs"] = TABLE_COLUMNS["runs"] + _RUN_COLS_V6_ADDED
 
 #: Sort keys accepted by energyprof.store.db.runs (name -> runs column).
 SORT_KEYS: Dict[str, str] = {
@@ -195,27 +224,28 @@ def _array_table_ddl(table: str, cols: Sequence[Tuple[str, str]]) -> List[str]:
     ]
 
 
-def _head_table_ddl() -> List[str]:
+def _run_table_ddl(table: str, cols: Sequence[Tuple[str, str]], index: str, index_cols: str) -> List[str]:
+    """A table of per-run rows (run_id with cascade delete) and its one index."""
     body = ",\n  ".join(
-        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in _HEAD_COLS]
+        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in cols]
     )
-    return [
-        f"CREATE TABLE head_metrics (\n  {body}\n)",
-        # Head rows have no time of their own; they are read per run and per layer
-        # (heat maps of one layer's heads), and run_id first serves the cascade delete.
-        "CREATE INDEX idx_head_metrics_run_layer ON head_metrics(run_id, layer)",
-    ]
+    return [f"CREATE TABLE {table} (\n  {body}\n)", f"CREATE INDEX {index} ON {table}({index_cols})"]
+
+
+def _head_table_ddl() -> List[str]:
+    # Head rows have no time of their own; they are read per run and per layer
+    # (heat maps of one layer's heads), and run_id first serves the cascade delete.
+    return _run_table_ddl("head_metrics", _HEAD_COLS, "idx_head_metrics_run_layer", "run_id, layer")
+
+
+def _levels_table_ddl() -> List[str]:
+    # Read one level of one run in time order; run_id first serves the cascade delete.
+    return _run_table_ddl("sample_levels", _LEVEL_COLS, "idx_sample_levels_run_level", "run_id, level, bucket")
 
 
 def _text_table_ddl() -> List[str]:
-    body = ",\n  ".join(
-        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in _TEXT_COLS]
-    )
-    return [
-        f"CREATE TABLE texts (\n  {body}\n)",
-        # read per run (all of it) and searched per (run, kind) for the prompt
-        "CREATE INDEX idx_texts_run_kind ON texts(run_id, kind)",
-    ]
+    # read per run (all of it) and searched per (run, kind) for the prompt
+    return _run_table_ddl("texts", _TEXT_COLS, "idx_texts_run_kind", "run_id, kind")
 
 
 def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[str]:
@@ -227,25 +257,26 @@ def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[s
 
 
 def ddl(version: int = SCHEMA_VERSION) -> List[str]:
-    """The CREATE statements of schema ``version`` (1, 2, 3 or 5), in order."""
+    """The CREATE statements of schema ``version`` (1 to :data:`SCHEMA_VERSION`), in order."""
     if version == 1:
         stmts = _runs_ddl(_RUN_COLS_V1, ("started_at", "energy_j", "j_per_token", "model_name", "status"))
         for t, cols in (("power_samples", _SAMPLE_COLS), ("sections", _SECTION_COLS), ("tokens", _TOKEN_COLS),
                         ("layer_metrics", _CALL_COLS_V1), ("component_metrics", _CALL_COLS_V1)):
             stmts += _array_table_ddl(t, cols)
         return stmts
-    if version in (2, 3, 5):
-        run_cols = _RUN_COLS_V1 + _RUN_COLS_V2_ADDED + (_RUN_COLS_V5_ADDED if version >= 5 else [])
-        stmts = _runs_ddl(run_cols, _INDEXED_RUN_COLS)
+    if version in (2, 3, 4, 5, 6):
+        cols = TABLE_COLUMNS if version >= 6 else (_V5_COLUMNS if version == 5 else _V3_COLUMNS)
+        stmts = _runs_ddl(cols["runs"], _INDEXED_RUN_COLS)
         for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
-            cols = TABLE_COLUMNS[t] if (version >= 5 or t not in _CALL_TABLES) else _CALL_COLS_V2
-            stmts += _array_table_ddl(t, cols)
+            stmts += _array_table_ddl(t, cols[t])
         if version >= 3:
             stmts += _head_table_ddl()
-        if version >= 5:
+        if version >= 4:
+            stmts += _levels_table_ddl()
+        if version >= 6:
             stmts += _text_table_ddl()
         return stmts
-    raise ValueError(f"no schema version {version}; known versions: {', '.join(map(str, KNOWN_VERSIONS))}")
+    raise ValueError(f"no schema version {version}; known versions: 1..{SCHEMA_VERSION}")
 
 
 def create(conn: sqlite3.Connection, version: int = SCHEMA_VERSION) -> None:
@@ -273,7 +304,7 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     for table in ("layer_metrics", "component_metrics"):
         for c, t in _CALL_COLS_V2_ADDED:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {_q(c)} {t}")
-    for s in _array_table_ddl("op_metrics", _CALL_COLS_V2):
+    for s in _array_table_ddl("op_metrics", _CALL_COLS_V3):
         conn.execute(s)
     # Backfill the new run columns from the summary JSON that v1 already kept whole.
     rows = conn.execute("SELECT id, summary FROM runs").fetchall()
@@ -300,16 +331,30 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
         conn.execute(s)
 
 
-def _migrate_add_texts(conn: sqlite3.Connection) -> None:
-    """The version-5 step: the texts table, runs.attention_kind (backfilled from the head
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    # A new table only: runs saved before have no levels, and their samples are
+    # downsampled from the raw rows when read (energyprof.store.levels.read_downsampled).
+    for s in _levels_table_ddl():
+        conn.execute(s)
+
+
+def _migrate_4_to_5(conn: sqlite3.Connection) -> None:
+    # older rows knew only whether they were resolved: that is the one flag they can carry.
+    for table in _FLAG_TABLES:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {_q(_FLAGS_COL[0])} {_FLAGS_COL[1]}")
+        conn.execute(f"UPDATE {table} SET flags = {_FLAG_UNRESOLVED} WHERE resolved = 0")
+
+
+def _migrate_to_6(conn: sqlite3.Connection) -> None:
+    """The version-6 step: the texts table, runs.attention_kind (backfilled from the head
     counts in model_config) and act_abs_mean in the call tables (NULL for earlier rows).
     Runs saved before have no text (it was never stored)."""
     for s in _text_table_ddl():
         conn.execute(s)
-    for c, t in _RUN_COLS_V5_ADDED:
+    for c, t in _RUN_COLS_V6_ADDED:
         conn.execute(f"ALTER TABLE runs ADD COLUMN {_q(c)} {t}")
     for table in _CALL_TABLES:
-        for c, t in _CALL_COLS_V5_ADDED:
+        for c, t in _CALL_COLS_V6_ADDED:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {_q(c)} {t}")
     for rid, text in conn.execute("SELECT id, model_config FROM runs").fetchall():
         try:
@@ -327,12 +372,8 @@ def _num(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-#: MIGRATIONS[v] turns a version-v database into version NEXT_VERSION.get(v, v + 1).
-MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_add_texts}
-#: Steps that skip a number: version 4 is issue 13's (flags); until it lands, 3 goes to 5.
-NEXT_VERSION = {3: 5}
-#: Every schema version this energyprof can create or read.
-KNOWN_VERSIONS = (1, 2, 3, 5)
+#: MIGRATIONS[v] turns a version-v database into version v+1.
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5, 5: _migrate_to_6}
 
 
 def user_version(conn: sqlite3.Connection) -> int:
@@ -390,7 +431,7 @@ def migrate(conn: sqlite3.Connection, path: str) -> Tuple[int, int]:
         v = user_version(conn)  # re-read under the write lock: another process may have migrated it
         while v < SCHEMA_VERSION:
             MIGRATIONS[v](conn)
-            v = NEXT_VERSION.get(v, v + 1)
+            v += 1
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -400,4 +441,4 @@ def migrate(conn: sqlite3.Connection, path: str) -> Tuple[int, int]:
 
 
 __all__ = ["SCHEMA_VERSION", "ARRAY_TABLES", "TABLE_COLUMNS", "SORT_KEYS", "STATUSES", "SchemaError", "ddl",
-           "create", "migrate", "check", "MIGRATIONS", "NEXT_VERSION", "KNOWN_VERSIONS", "user_version", "tables", "table_columns"]
+           "create", "migrate", "check", "MIGRATIONS", "user_version", "tables", "table_columns"]

@@ -14,15 +14,12 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from .._dtypes import DOMAINS
+from .._dtypes import DOMAINS, measured_domains, total_of
 from ..errors import NoDataError
 from ..store.rundata import _float
 
-__all__ = ["plot_runs", "run_power_trace", "COLORS"]
+__all__ = ["plot_runs", "run_power_trace"]
 
-#: One colour per run (up to ten).
-COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-          "#17becf")
 
 
 def _p():
@@ -46,12 +43,11 @@ def run_power_trace(run: Any):
         else int(smp["t_end_ns"].max())
     keep = (smp["t_end_ns"] > t0) & (smp["t_start_ns"] < t1)
     smp = smp[keep] if np.any(keep) else smp
+    pw = np.column_stack([np.asarray(smp[f"{d}_w"], dtype=np.float64) for d in DOMAINS])
     rule = str(p._summary(run).get("total_rule") or "")
-    cols = [d for d in rule.split(" + ") if d in DOMAINS]   # the run's own rule, e.g. "package + dram"
-    if not cols:
-        cols = [d for d in DOMAINS if not np.all(np.isnan(np.asarray(smp[f"{d}_w"], float)))]
-    total = (np.nansum(np.stack([np.asarray(smp[f"{d}_w"], float) for d in cols], axis=1), axis=1) if cols
-             else np.full(len(smp), np.nan))
+    named = [d for d in rule.split(" + ") if d in DOMAINS]   # the run's own rule, e.g. "package + dram"
+    measured = [d in named for d in DOMAINS] if named else measured_domains(smp)
+    total = total_of(pw, measured)
     a = (smp["t_start_ns"] - t0) / 1e9
     b = (smp["t_end_ns"] - t0) / 1e9
     if np.any(smp["t_end_ns"] > smp["t_start_ns"]):
@@ -66,6 +62,7 @@ def plot_runs(runs: Sequence[Any], backend: str = "matplotlib", labels: Optional
     when the labels differ the title warns.  Raises ValueError for fewer than 2 or more than
     10 runs, or an unknown backend."""
     p = _p()
+    COLORS = p._RUN_COLORS
     runs = list(runs)
     if not 2 <= len(runs) <= len(COLORS):
         raise ValueError(f"plot_runs takes 2 to {len(COLORS)} runs, got {len(runs)}")
