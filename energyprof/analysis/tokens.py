@@ -1,6 +1,7 @@
 """Per-token numbers of a run: where each decode step's energy went, the distribution of the
 per-token energies with the cheapest and dearest tokens and their text, the token × layer
-matrix, and decode J/token against the context length.
+and decode J/token against the context length (the token × layer heatmap is
+``plot(run, kind="layer_steps")``).
 
 Every row says whether it is *resolved*: its window spans at least one whole power sample.
 An unresolved step's energy is interpolated inside one sample (finer than the sensor), so
@@ -22,7 +23,7 @@ import numpy as np
 from .efficiency import summaries
 from .stats import figure, ols
 
-__all__ = ["token_components", "token_energy_distribution", "token_layer_matrix", "context_cost",
+__all__ = ["token_components", "token_energy_distribution", "context_cost",
            "component_group", "GROUPS"]
 
 #: The groups of the per-step stack, in drawing order.
@@ -129,27 +130,6 @@ def token_energy_distribution(run: Any, bins: int = 20, n_extremes: int = 5) -> 
     return {"j_per_token": jpt, "steps": np.asarray(tok["step"]), "resolved": np.asarray(tok["resolved"], bool),
             "counts": counts, "edges": edges, "lowest": rows(finite[:n_extremes]),
             "highest": rows(finite[::-1][:n_extremes]), "resolved_share": float(np.mean(tok["resolved"]))}
-
-
-def token_layer_matrix(run: Any) -> Dict[str, Any]:
-    """Energy of every (decoder layer, forward step) pair (step 0 = the prefill forward) and
-    whether each cell is resolved (all its calls span a whole sample): ``{"layers", "steps",
-    "energy_j" (layers x steps, NaN where no call), "resolved" (bool, same shape)}``."""
-    lay = _arr(run, "layers")
-    if len(lay) == 0:
-        raise ValueError("the run has no decoder-layer calls (recorded with mode='minimal'?)")
-    layers = sorted(int(v) for v in np.unique(lay["layer"]))
-    steps = sorted(int(v) for v in np.unique(lay["step"]))
-    li = {v: i for i, v in enumerate(layers)}
-    si = {v: j for j, v in enumerate(steps)}
-    z = np.full((len(layers), len(steps)), np.nan)
-    res = np.ones((len(layers), len(steps)), dtype=bool)
-    for r in lay:
-        i, j = li[int(r["layer"])], si[int(r["step"])]
-        z[i, j] = (0.0 if math.isnan(z[i, j]) else z[i, j]) + float(r["energy_j"])
-        res[i, j] &= bool(r["resolved"])
-    res &= ~np.isnan(z)
-    return {"layers": layers, "steps": steps, "energy_j": z, "resolved": res}
 
 
 def context_cost(runs: Any, db: Any = None, resolved_only: Optional[bool] = None,
