@@ -452,7 +452,7 @@ def _deep_sections(run: Any, s: Dict[str, Any], figs: List[str], res: Optional[D
     if not (_has(run, "ops") or _has(run, "heads")):
         return ""
     deep = s.get("deep") or {}
-    parts = ["<h2 id=\"deep\">Deep mode</h2>",
+    parts = ["<h2 id=\"deep-mode\">Deep mode</h2>",
              f"<p class=note>Thresholds: sparse below {_float(deep.get('sparse_below', 1e-3)):g}, killed below "
              f"{_float(deep.get('kill_below', 1e-3)):g}; attention {_e(deep.get('attention', 'n/a'))}"
              + (f"; not timed inside: {_e(', '.join(deep.get('unsupported') or []))}" if deep.get("unsupported") else "")
@@ -638,16 +638,20 @@ _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inlin
 
 
 def report_body(run: Any, *, co2_g_per_kwh: Optional[float] = None,
-                price_per_kwh: Optional[float] = None) -> Tuple[str, List[str], Dict[str, Any]]:
+                price_per_kwh: Optional[float] = None,
+                deep_sections: bool = True) -> Tuple[str, List[str], Dict[str, Any]]:
     """The report's content without the page around it: the HTML from the label banner
     to the environment tables, the JSON of each plotly figure drawn in it (for
     ``window.__energyprofFigures``), and the carbon and cost settings used.  The HTML
-    report and the dashboard's run page (:mod:`energyprof.views.dashboard`) both show it."""
+    report and the dashboard's run page (:mod:`energyprof.views.dashboard`) both show it;
+    ``deep_sections=False`` leaves out the deep-mode sections (ops, head entropy, activation
+    statistics), which the dashboard draws itself with a metric selector."""
     s = _plot._summary(run)
     cc = carbon_and_cost(_float(s.get("energy_j")), co2_g_per_kwh, price_per_kwh)
     res = resolution_of(run)
     plots_html, figs = _figures(run, res)
-    deep_html = _deep_sections(run, s, figs, res)
+    # the dashboard draws its own interactive deep-mode section (deep_sections=False)
+    deep_html = _deep_sections(run, s, figs, res) if deep_sections else ""
     moe_html = _moe_section(run, s, figs, res)
     body = "".join([
         _banner(s),
