@@ -51,6 +51,20 @@ SAVE_EVERY_S = 0.5
 SETTLE_MAX_S = 0.5
 
 
+def _input_shape(args, kwargs, first: Optional[str] = None) -> tuple:
+    """The shape of a forward's input: ``kwargs[first]`` (e.g. a decoder's
+    ``decoder_input_ids``), else ``input_ids``, the first positional argument or
+    ``inputs_embeds``; (1, 1) when none has a shape."""
+    ids = kwargs.get(first) if first else None
+    if ids is None:
+        ids = kwargs.get("input_ids")
+    if ids is None and args:
+        ids = args[0]
+    if ids is None:
+        ids = kwargs.get("inputs_embeds")
+    return tuple(ids.shape) if ids is not None and hasattr(ids, "shape") else (1, 1)
+
+
 class Session(RunData):
     """A profiling session over one model; created by :func:`run`.
 
@@ -334,14 +348,7 @@ class Session(RunData):
         the end of the run, and done only for forwards that start a generation)."""
         try:
             encdec = self._amap.kind == "encoder-decoder"
-            ids = kwargs.get("decoder_input_ids") if encdec else None
-            if ids is None:
-                ids = kwargs.get("input_ids")
-            if ids is None and args:
-                ids = args[0]
-            if ids is None:
-                ids = kwargs.get("inputs_embeds")
-            shape = tuple(ids.shape) if ids is not None and hasattr(ids, "shape") else (1, 1)
+            shape = _input_shape(args, kwargs, "decoder_input_ids" if encdec else None)
             batch = int(shape[0]) if len(shape) >= 1 else 1
             seq = int(shape[1]) if len(shape) >= 2 else 1
             past = kwargs.get("past_key_values")
@@ -370,12 +377,7 @@ class Session(RunData):
     def _encoder_shape_hook(self, module, args, kwargs):
         """A seq2seq encoder's input shape and mask (its real tokens are the run's input tokens)."""
         try:
-            ids = kwargs.get("input_ids")
-            if ids is None and args:
-                ids = args[0]
-            if ids is None:
-                ids = kwargs.get("inputs_embeds")
-            shape = tuple(ids.shape) if ids is not None and hasattr(ids, "shape") else (1, 1)
+            shape = _input_shape(args, kwargs)
             mask = kwargs.get("attention_mask")
             if mask is None and len(args) > 1:
                 mask = args[1]
