@@ -114,7 +114,8 @@ CALL_DTYPE = np.dtype(
         ("act_mean", "<f8"),
         ("act_std", "<f8"),
         ("act_max", "<f8"),
-        ("act_sparsity", "<f8"),     # share of |x| < 1e-3
+        ("act_sparsity", "<f8"),     # share of |x| < sparse_below (ep.run; default 1e-3)
+        ("act_abs_mean", "<f8"),     # mean of |x|
     ]
 )
 
@@ -179,6 +180,25 @@ def total_of(domain_j: np.ndarray, measured: Sequence[bool]) -> np.ndarray:
     sub = domain_j[:, cols]
     # a row unknown in every domain is unknown, never 0 J (nansum of nothing is 0)
     return np.where(np.all(np.isnan(sub), axis=1), np.nan, np.nansum(sub, axis=1))
+#: Text recorded with a run (``ep.run(..., store_text=True)``): the prompt and the generated
+#: text of each sequence, and the text of each generated token.  ``kind`` is ``"prompt"``,
+#: ``"output"`` or ``"token"``; ``step`` is the generation step of a token (0 = the token
+#: that came out of the prefill forward, k = decode step k; -1 for prompt and output);
+#: ``seq`` the sequence in the batch.  The width of ``text`` is that of the longest text of
+#: the run (:func:`text_dtype`); this default is the narrowest.
+TEXT_DTYPE = np.dtype(
+    [
+        ("kind", "U8"),
+        ("step", "<i4"),
+        ("seq", "<i4"),
+        ("text", "U1"),
+    ]
+)
+
+
+def text_dtype(width: int) -> np.dtype:
+    """TEXT_DTYPE with room for ``width`` characters of text (at least 1)."""
+    return np.dtype([("kind", "U8"), ("step", "<i4"), ("seq", "<i4"), ("text", f"U{max(1, int(width))}")])
 
 
 LAYER_DTYPE = CALL_DTYPE
@@ -189,4 +209,4 @@ EVENT_DTYPE = np.dtype([("t_ns", "<i8"), ("span_id", "<i4"), ("kind", "<i4")])  
 
 __all__ = ["FLAG_OUTSIDE", "FLAG_GAP", "FLAG_NAN", "FLAG_UNRESOLVED", "FLAG_BRIDGED", "FLAG_NAMES", "flag_names",
            "DOMAINS", "SECTION_DTYPE", "TOKEN_DTYPE", "CALL_DTYPE", "LAYER_DTYPE", "COMPONENT_DTYPE", "EVENT_DTYPE",
-           "HEAD_DTYPE", "measured_domains", "total_rule", "total_columns", "total_of"]
+           "HEAD_DTYPE", "TEXT_DTYPE", "text_dtype", "measured_domains", "total_rule", "total_columns", "total_of"]

@@ -732,13 +732,14 @@ def estimate_power_w(cpu_ns: float, wall_ns: float, n_cpu: int, watts_per_core: 
 
 
 def tensor_stats(x: np.ndarray, small_below: float) -> tuple:
-    """Twin of ``_core.tensor_stats``: (mean, unbiased std, max |x|, share of |x| < small_below)."""
+    """Twin of ``_core.tensor_stats``: (mean, unbiased std, max |x|, share of |x| < small_below, mean |x|)."""
     x = np.asarray(x, dtype=np.float64).ravel()
     n = x.size
     if n == 0:
-        return (np.nan,) * 4
+        return (np.nan,) * 5
     std = float(np.std(x, ddof=1)) if n > 1 else 0.0
-    return float(np.mean(x)), std, float(np.max(np.abs(x))), float(np.count_nonzero(np.abs(x) < small_below)) / n
+    a = np.abs(x)
+    return float(np.mean(x)), std, float(np.max(a)), float(np.count_nonzero(a < small_below)) / n, float(np.mean(a))
 
 
 def token_variance(x: np.ndarray) -> float:

@@ -287,7 +287,7 @@ def synthetic_run(n_layers: int = 4, n_steps: int = 16, seed: int = 0,
     has_parent = calls["parent_id"] >= 0
     np.add.at(child_sum, calls["parent_id"][has_parent], calls["energy_j"][has_parent])
     calls["unattributed_j"] = calls["energy_j"] - child_sum
-    for f in ("act_mean", "act_std", "act_max", "act_sparsity"):
+    for f in ("act_mean", "act_std", "act_max", "act_sparsity", "act_abs_mean"):
         calls[f] = np.nan  # mode="standard": no activation statistics
     is_layer = calls["component"] == "layer"
     layers, components = calls[is_layer], calls[~is_layer]

@@ -19,7 +19,7 @@ from energyprof.tiny import tiny_model
 def _torch_stats(t: torch.Tensor, small: float):
     x = t.double()
     return (float(x.mean()), float(x.std()) if x.numel() > 1 else 0.0, float(x.abs().max()),
-            float((x.abs() < small).double().mean()))
+            float((x.abs() < small).double().mean()), float(x.abs().mean()))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -34,15 +34,17 @@ def test_tensor_stats_equal_twin_and_torch(dtype, shape):
 
 
 def test_tensor_stats_hand_worked_nan_and_empty():
-    # [-2, 0.0005, 3, 1]: mean 0.500125; max |x| 3; one of four below 1e-3
+    # [-2, 0.0005, 3, 1]: mean 0.500125; max |x| 3; one of four below 1e-3; mean |x| 6.0005 / 4
     x = np.array([-2.0, 0.0005, 3.0, 1.0], np.float32)
-    m, sd, mx, sp = _core.tensor_stats(x, 1e-3)
+    m, sd, mx, sp, am = _core.tensor_stats(x, 1e-3)
     xd = x.astype(np.float64)
     assert m == pytest.approx(xd.sum() / 4, rel=1e-15)
     assert sd == pytest.approx(np.sqrt(((xd - xd.mean()) ** 2).sum() / 3), rel=1e-12)
     assert (mx, sp) == (3.0, 0.25)
+    assert am == pytest.approx((2.0 + float(np.float32(0.0005)) + 3.0 + 1.0) / 4, rel=1e-15)
     nan = _core.tensor_stats(np.array([1.0, np.nan, 0.0]), 1e-3)
     assert np.isnan(nan[0]) and np.isnan(nan[1]) and np.isnan(nan[2]) and nan[3] == pytest.approx(1 / 3)
+    assert np.isnan(nan[4])
     assert np.all(np.isnan(_core.tensor_stats(np.zeros(0, np.float32), 1e-3)))
     with pytest.raises(ValueError, match="float32 or float64"):
         _core.tensor_stats(np.zeros(3, np.int64), 1e-3)
@@ -77,10 +79,11 @@ def test_attention_stats_equal_twin_and_torch(h_mask):
         allowed[..., 0] = True
     p = _softmax_probs(rng, b, h, q, k, allowed)
     a = None if h_mask is None else np.ascontiguousarray(allowed)
-    heads, all4 = _core.attention_stats(p, a, 1e-3)
+    heads, all5 = _core.attention_stats(p, a, 1e-3)
     want_heads, want_all = _reference.attention_stats(p, a, 1e-3)
     np.testing.assert_allclose(heads, want_heads, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(all4, want_all, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(all5, want_all, rtol=1e-12, atol=1e-15)
+    assert all5[4] == pytest.approx(all5[0], rel=1e-12)   # probabilities are >= 0: mean |p| = mean p
     # the straightforward torch computation deep mode used before the kernel
     t = torch.from_numpy(p).double()
     ok = torch.from_numpy(np.broadcast_to(allowed, p.shape).copy())
@@ -130,7 +133,7 @@ def test_stats_every_is_stored_and_only_every_nth_call_has_statistics(tmp_path, 
     rows = rows[np.argsort(rows["t_start_ns"])]
     assert len(rows) == len(outs) == 7
     for j, (row, out) in enumerate(zip(rows, outs)):
-        got = (row["act_mean"], row["act_std"], row["act_max"], row["act_sparsity"])
+        got = (row["act_mean"], row["act_std"], row["act_max"], row["act_sparsity"], row["act_abs_mean"])
         if j % every:
             assert np.all(np.isnan(got)), j
         else:

@@ -191,7 +191,7 @@ def _browse(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProce
            "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
            "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9",
-           f"--user-data-dir={profile}", "--window-size=1280,4000", "--force-device-scale-factor=1",
+           f"--user-data-dir={profile}", "--window-size=1280,5600", "--force-device-scale-factor=1",
            "--hide-scrollbars", "--virtual-time-budget=15000", *extra, page.resolve().as_uri()]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
 
@@ -223,7 +223,7 @@ def test_browser_renders_every_plot_without_js_errors(rendered):
     kinds = [k for k, _h, _w in ep_report.REPORT_PLOTS]
     assert sorted(rects) == sorted(f"plot-{k}" for k in kinds)
     im = np.asarray(Image.open(shot).convert("RGB"))
-    assert im.shape[:2] == (4000, 1280)
+    assert im.shape[:2] == (5600, 1280)
     for pid, (x, y, w, h) in rects.items():
         assert w > 300 and h > 300 and y + h <= im.shape[0], (pid, x, y, w, h)
         region = im[y:y + h, x:x + w].astype(np.int16)

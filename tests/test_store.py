@@ -13,6 +13,8 @@ import sqlite3
 import tempfile
 import threading
 
+from typing import Optional
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -21,7 +23,7 @@ import energyprof as ep
 from energyprof import _core
 from energyprof import _reference
 from energyprof.store import schema
-from energyprof._dtypes import CALL_DTYPE, HEAD_DTYPE, SECTION_DTYPE, TOKEN_DTYPE
+from energyprof._dtypes import CALL_DTYPE, HEAD_DTYPE, SECTION_DTYPE, TEXT_DTYPE, TOKEN_DTYPE, text_dtype
 from energyprof.store.db import Store
 from energyprof.store.rundata import AGG_DTYPE, ARRAY_NAMES, RunData
 from fakeclock import wait_until
@@ -141,7 +143,7 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
         a["samples_in_window"] = rng.integers(0, 3, len(rows))
         a["resolved"] = rng.random(len(rows)) < 0.5
         a["flags"] = np.where(a["resolved"], 0, 8) | rng.choice(np.array([0, 2, 256], np.uint32), len(rows))
-        for f in ("act_mean", "act_std", "act_max", "act_sparsity"):
+        for f in ("act_mean", "act_std", "act_max", "act_sparsity", "act_abs_mean"):
             a[f] = np.where(rng.random(len(rows)) < 0.5, np.nan, rng.normal(size=len(rows)))
         return a
 
@@ -164,27 +166,41 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
     heads["entropy"] = np.where(rng.random(len(heads)) < 0.2, np.nan, rng.uniform(0, 3, len(heads)))
     heads["max_weight"] = rng.uniform(0, 1, len(heads))
     heads["sparsity"] = np.where(rng.random(len(heads)) < 0.2, np.nan, rng.uniform(0, 1, len(heads)))
+    # text with the run: prompt and output per sequence, one row per generated token
+    rows = [("prompt", -1, 0, f"the cost of a token {seed} — ünïcödé ✓"), ("prompt", -1, 1, "a second 🚀 prompt"),
+            ("output", -1, 0, "x" * (50 + seed)), ("output", -1, 1, "")]
+    rows += [("token", k, b, f" tok{k}.{b}") for k in range(n_steps + 1) for b in range(2)]
+    texts = np.array(rows, dtype=text_dtype(max(len(r[3]) for r in rows)))
     return dict(samples=samples, sections=sections, tokens=tokens, layers=layers, components=components, ops=ops,
-                heads=heads)
+                heads=heads, texts=texts)
 
 
 def make_run(i: int = 0, **kw) -> RunData:
     return RunData(make_summary(i), **make_arrays(i, **kw))
 
 
-def _no_flags(name: str, a: np.ndarray) -> np.ndarray:
-    """The rows as a database before version 4 held them: no flags column."""
-    if name == "samples" or "flags" not in (a.dtype.names or ()):
-        return a  # the samples' flags are the source's sample flags, kept since version 1
-    return a[[f for f in a.dtype.names if f != "flags"]]
+def _no_flags(name: str, a: np.ndarray, version: int = 4) -> np.ndarray:
+    """The rows as a database of ``version`` held them: no flags column before version 5,
+    no act_abs_mean in the call tables before version 6."""
+    drop = set()
+    if version < 5 and name != "samples":
+        drop.add("flags")   # the samples' flags are the source's sample flags, kept since version 1
+    if version < 6 and name in ("layers", "components", "ops"):
+        drop.add("act_abs_mean")
+    if not drop & set(a.dtype.names or ()):
+        return a
+    return a[[f for f in a.dtype.names if f not in drop]]
 
 
 def _pre_v4(arrays: dict) -> dict:
-    """What rows written before version 4 read back as: the one flag they kept is 'unresolved'."""
+    """What rows written before version 4 read back as: the one flag they kept is 'unresolved'
+    (and, before version 6, no mean |x|: NaN)."""
     out = dict(arrays)
     for name in ("sections", "tokens", "layers", "components", "ops"):
         a = arrays[name].copy()
         a["flags"] = np.where(a["resolved"], 0, 8)
+        if name in ("layers", "components", "ops"):
+            a["act_abs_mean"] = np.nan
         out[name] = a
     return out
 
@@ -358,11 +374,13 @@ def test_schema_has_a_column_for_every_dtype_field(dbpath):
             cols = set(schema.table_columns(s.conn, table))
             dt_ = np.dtype(_core.SAMPLE_DTYPE) if name == "samples" else RunData().array(name).dtype
             assert set(dt_.names) | {"run_id"} == cols, (table, set(dt_.names) ^ (cols - {"run_id"}))
-        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 5
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 6
         idx = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         for table in schema.ARRAY_TABLES.values():
-            if table != "head_metrics":
+            if table not in ("head_metrics", "texts"):
                 assert f"idx_{table}_run_t" in idx
+        assert [r[2] for r in s.conn.execute("PRAGMA index_info(idx_texts_run_kind)")] == ["run_id", "kind"]
+        assert "attention_kind" in schema.table_columns(s.conn, "runs")
         # head rows have no time: indexed by (run_id, layer)
         assert [r[2] for r in s.conn.execute("PRAGMA index_info(idx_head_metrics_run_layer)")] == ["run_id", "layer"]
         fks = s.conn.execute("PRAGMA foreign_key_list(head_metrics)").fetchall()
@@ -392,7 +410,7 @@ def _fill_v1(path: str, n: int = 3) -> list:
             _reference.store_insert(conn, schema.ARRAY_TABLES[name], _no_flags(name, arr[name]), {"run_id": rid})
         for name in ("layers", "components"):
             a = arr[name]
-            v1 = [f for f in a.dtype.names if f not in ("call_id", "parent_id", "unattributed_j", "flags")]
+            v1 = [f for f in a.dtype.names if f not in ("call_id", "parent_id", "unattributed_j", "flags", "act_abs_mean")]
             _reference.store_insert(conn, schema.ARRAY_TABLES[name], a[v1], {"run_id": rid})
     conn.close()
     return ids
@@ -421,9 +439,9 @@ def test_migration_from_v1(dbpath):
             for name in ("layers", "components"):
                 got = r.array(name)
                 assert (got["call_id"] == -1).all() and (got["parent_id"] == -1).all()
-                assert np.isnan(got["unattributed_j"]).all()
+                assert np.isnan(got["unattributed_j"]).all() and np.isnan(got["act_abs_mean"]).all()
                 for f in want[name].dtype.names:
-                    if f not in ("call_id", "parent_id", "unattributed_j"):
+                    if f not in ("call_id", "parent_id", "unattributed_j", "act_abs_mean"):
                         np.testing.assert_array_equal(got[f], want[name][f])
             assert len(r.ops) == 0 and len(r.heads) == 0 and r.heads.dtype == HEAD_DTYPE
         # the v1 run left "running" has no owner pid: it was interrupted
@@ -434,24 +452,40 @@ def test_migration_from_v1(dbpath):
 
 
 _V2_ARRAYS = ("samples", "sections", "tokens", "layers", "components", "ops")
+_V6_CALL_FIELDS = ("act_abs_mean",)
 
 
-def _fill_old(path: str, version: int, arrays: tuple, n: int, **run_cols) -> tuple:
+def _same_but_v6(got: np.ndarray, want: np.ndarray, name: str) -> None:
+    """Every field of ``want`` back in ``got``, the v6 fields (not in the old file) as NaN."""
+    assert got.dtype == want.dtype
+    for f in want.dtype.names:
+        if f in _V6_CALL_FIELDS and name in ("layers", "components", "ops"):
+            assert np.isnan(got[f]).all(), f"{name}.{f}"
+        else:
+            np.testing.assert_array_equal(got[f], want[f], err_msg=f"{name}.{f}")
+
+
+def _fill_old(path: str, version: int, arrays: tuple, n: int, summary_over: Optional[dict] = None,
+              **run_cols) -> tuple:
     """A database built with the DDL of an older ``version`` holding n runs: every runs
-    column (``run_cols`` laid over them) and the given arrays as that version held them."""
+    column (``run_cols`` laid over them; ``summary_over[i]`` laid over run i's summary) and
+    the given arrays as that version held them."""
+    summary_over = summary_over or {}
     conn = sqlite3.connect(path, isolation_level=None)
     schema.create(conn, version)
     assert schema.user_version(conn) == version
     ids = []
     for i in range(n):
-        cols = dict(ep.db._run_columns(make_summary(i)), **run_cols)
+        cols = dict(ep.db._run_columns(make_summary(i, **summary_over.get(i, {}))), **run_cols)
+        if version < 6:
+            cols.pop("attention_kind")   # a version-6 column
         names = list(cols)
         cur = conn.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                            [cols[k] for k in names])
         ids.append(cur.lastrowid)
         arr = make_arrays(i, n_samples=20)
         for name in arrays:
-            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _no_flags(name, arr[name]),
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _no_flags(name, arr[name], version),
                                     {"run_id": cur.lastrowid})
     tables = schema.tables(conn)
     conn.close()
@@ -479,9 +513,7 @@ def test_migration_from_v2(dbpath):
             r = s.load(rid)
             want = _pre_v4(make_arrays(i, n_samples=20))
             for name in _V2_ARRAYS:  # every v2 row is kept, field by field
-                assert r.array(name).dtype == want[name].dtype
-                for f in want[name].dtype.names:
-                    np.testing.assert_array_equal(r.array(name)[f], want[name][f], err_msg=f"{name}.{f}")
+                _same_but_v6(r.array(name), want[name], name)
             assert len(r.heads) == 0 and r.heads.dtype == HEAD_DTYPE
             summ = make_summary(i)
             summ["run_id"] = rid
@@ -530,6 +562,8 @@ def test_migration_from_v3_gives_rows_their_unresolved_flag(dbpath):
                     if f == "flags" and name not in ("samples", "heads"):
                         # hand-worked: a v3 row kept only `resolved`; unresolved rows get bit 3 (8), others 0
                         assert got["flags"].tolist() == [0 if ok else 8 for ok in raw[name]["resolved"].tolist()]
+                    elif f in _V6_CALL_FIELDS and name in ("layers", "components", "ops"):
+                        assert np.isnan(got[f]).all(), f"{name}.{f}"   # not in a v3 file
                     else:
                         np.testing.assert_array_equal(got[f], raw[name][f], err_msg=f"{name}.{f}")
         # new runs keep every flag bit, Python's (1 << 8) and the C kernel's alike
@@ -540,6 +574,60 @@ def test_migration_from_v3_gives_rows_their_unresolved_flag(dbpath):
         assert schema.migrate(s.conn, dbpath) == (v, v)
 
 
+def test_migration_from_v5_adds_texts_and_backfills_the_attention_kind(dbpath):
+    # head counts worked by hand: 8/8 heads = MHA, 8 query heads on 2 K/V heads = GQA,
+    # 8 on 1 = MQA, no kv count = as many as query heads (MHA), no head counts = unknown
+    models = [{"name": "a", "n_heads": 8, "n_kv_heads": 8}, {"name": "b", "n_heads": 8, "n_kv_heads": 2},
+              {"name": "c", "n_heads": 8, "n_kv_heads": 1}, {"name": "d", "n_heads": 12},
+              {"name": "e"}]
+    want_kind = ["MHA", "GQA", "MQA", "MHA", None]
+    ids, tables = _fill_old(dbpath, 5, _V3_ARRAYS, len(models),
+                            summary_over={i: {"model": m} for i, m in enumerate(models)})
+    assert "texts" not in tables
+    with Store(dbpath) as s:
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 6
+        assert "texts" in schema.tables(s.conn)
+        assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        got = [s.conn.execute("SELECT attention_kind FROM runs WHERE id=?", (rid,)).fetchone()[0] for rid in ids]
+        assert got == want_kind
+        for i, rid in enumerate(ids):
+            r = s.load(rid)
+            want = make_arrays(i, n_samples=20)
+            for name in _V3_ARRAYS:     # every v5 row is kept, flags included, field by field
+                _same_but_v6(r.array(name), want[name], name)
+            assert len(r.texts) == 0 and r.texts.dtype == TEXT_DTYPE and r.prompt() is None
+        # the migrated database takes runs with text, searchable by prompt; deletes cascade
+        rid = s.save(make_run(7))
+        assert_same_arrays(s.load(rid), make_run(7))
+        assert s.load(rid).prompt(0) == "the cost of a token 7 — ünïcödé ✓"
+        assert ep.runs(db=s, search="cost of a token 7").run_ids == [rid]
+        ep.delete(rid, db=s)
+        assert s.conn.execute("SELECT COUNT(*) FROM texts").fetchone()[0] == 0
+    before = sha(dbpath)
+    with Store(dbpath, mark_stale=False) as s:
+        assert schema.migrate(s.conn, dbpath) == (6, 6)
+    assert sha(dbpath) == before
+
+
+def test_texts_round_trip_and_prompt_search(dbpath):
+    with Store(dbpath) as s:
+        ids = [s.save(make_run(i)) for i in range(3)]
+        for i, rid in enumerate(ids):
+            r = s.load(rid)
+            assert r.prompt(0) == f"the cost of a token {i} — ünïcödé ✓" and r.prompt(1) == "a second 🚀 prompt"
+            assert r.output(0) == "x" * (50 + i) and r.output(1) == ""
+            assert r.token_texts(1) == {k: f" tok{k}.1" for k in range(6)}
+            assert r.texts.dtype.fields["text"][0].itemsize // 4 == 50 + i   # as wide as the longest text
+        # the prompt text is searched (substring, case-insensitive as LIKE is for ASCII), alone or with a filter
+        assert ep.runs(db=s, search="cost of a token 1").run_ids == [ids[1]]
+        assert sorted(ep.runs(db=s, search="COST OF A TOKEN").run_ids) == sorted(ids)
+        assert ep.runs(db=s, search="cost of a token", model="tiny-gpt2").run_ids == [ids[1]]
+        # output text is not a prompt: not matched
+        assert ep.runs(db=s, search="x" * 50).run_ids == []
+        # % and _ are literal
+        assert ep.runs(db=s, search="token_1").run_ids == []
+
+
 def test_fresh_database_matches_migrated_one(tmp_path):
     a, b, c2, c3, c4 = (str(tmp_path / f"{x}.db") for x in ("a", "b", "c", "d", "e"))
     _fill_v1(a, n=0)
@@ -548,7 +636,11 @@ def test_fresh_database_matches_migrated_one(tmp_path):
     conn4 = sqlite3.connect(c4, isolation_level=None)
     schema.create(conn4, 4)  # a version-4 store (sample_levels, rows without flags)
     conn4.close()
-    for p in (a, b, c2, c3, c4):
+    c5 = str(tmp_path / "f.db")
+    conn5 = sqlite3.connect(c5, isolation_level=None)
+    schema.create(conn5, 5)  # a version-5 store (flags; no texts, attention_kind or act_abs_mean)
+    conn5.close()
+    for p in (a, b, c2, c3, c4, c5):
         Store(p).close()
 
     def shape(p):
@@ -569,6 +661,8 @@ def test_fresh_database_matches_migrated_one(tmp_path):
     assert shape(c2) == fresh
     assert shape(c3) == fresh
     assert shape(c4) == fresh
+    assert shape(c5) == fresh
+    assert "texts" in fresh
 
 
 def test_newer_database_is_refused_untouched(dbpath):
@@ -617,7 +711,7 @@ def test_round_trip_every_array_field_by_field(dbpath):
         s.flush()
         assert len(s.load(rid).samples) == len(run.samples)
         s.finish_run(rid, run.summary(), run.sections, run.tokens, run.layers, run.components, "completed",
-                     ops=run.ops, heads=run.heads)
+                     ops=run.ops, heads=run.heads, texts=run.texts)
     back = ep.load(rid, db=dbpath)
     assert_same_arrays(back, run)
     want = run.summary()
@@ -979,8 +1073,10 @@ def test_export_import_json_round_trip(filled, tmp_path):
     old.write_text(json.dumps(doc))
     o = ep.load(ep.import_run(old, db=path), db=path)
     assert len(o.heads) == 0 and o.heads.dtype == HEAD_DTYPE
-    for name in ARRAY_NAMES[:-1]:
-        assert o.array(name).tobytes() == a.array(name).tobytes(), name
+    for name in ARRAY_NAMES:
+        if name != "heads":
+            assert o.array(name).tobytes() == a.array(name).tobytes(), name
+    assert o.prompt(0) == a.prompt(0) and a.prompt(0).startswith("the cost of a token")  # text survives the export
     sa, sb = a.summary(), b.summary()
     sa.pop("run_id")
     sb.pop("run_id")
@@ -1206,7 +1302,7 @@ def test_docs_schema_names_every_column_and_its_example_runs(capsys):
             assert re.search(rf"(^\| |, ){c}[ ,|]", doc, re.M), (table, c)
     for b in re.findall(r"```python\n(.*?)```", doc, re.S):
         exec(compile(b, "docs/schema.md", "exec"), {})
-    assert capsys.readouterr().out.split() == ["(1,", "5)", "True", "(2,", "5)", "True"]
+    assert capsys.readouterr().out.split() == ["(1,", "6)", "True", "(2,", "6)", "True"]
 
 
 def test_writer_releases_the_gil_while_blocked(tmp_path):
@@ -1330,7 +1426,7 @@ def test_many_processes_open_a_fresh_database_at_once(tmp_path):
         procs = [subprocess.Popen([sys.executable, "-c", code, path]) for _ in range(4)]
         assert [p.wait() for p in procs] == [0] * 4
         with Store(path) as s:
-            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 5
+            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 6
             assert "head_metrics" in schema.tables(s.conn)
             assert len(ep.runs(db=s, limit=None)) == 4 + (0 if kind == "fresh" else 2)
 

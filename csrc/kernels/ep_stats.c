@@ -5,26 +5,27 @@
 
 #include "ep_errors.h"
 
-/* Running sums of one tensor: sum, sum of squares, max |x| (NaN sticks), small count. */
+/* Running sums of one tensor: sum, sum of squares, sum of |x|, max |x| (NaN sticks), small count. */
 typedef struct {
-    double s1, s2, amax;
+    double s1, s2, sabs, amax;
     int64_t n_small;
-} acc4;
+} acc5;
 
-static inline void acc_add(acc4 *a, double v, double small_below)
+static inline void acc_add(acc5 *a, double v, double small_below)
 {
     double av = fabs(v);
     a->s1 += v;
     a->s2 += v * v;
+    a->sabs += av;
     if (av > a->amax || av != av)
         a->amax = (a->amax != a->amax) ? a->amax : av;
     a->n_small += av < small_below;
 }
 
-static void acc_finish(const acc4 *a, int64_t n, double out[4])
+static void acc_finish(const acc5 *a, int64_t n, double out[EP_TENSOR_STATS])
 {
     if (n <= 0) {
-        out[0] = out[1] = out[2] = out[3] = NAN;
+        out[0] = out[1] = out[2] = out[3] = out[4] = NAN;
         return;
     }
     double mean = a->s1 / (double)n;
@@ -33,19 +34,20 @@ static void acc_finish(const acc4 *a, int64_t n, double out[4])
     out[1] = var > 0 ? sqrt(var) : (var != var ? NAN : 0.0);
     out[2] = a->amax;
     out[3] = (double)a->n_small / (double)n;
+    out[4] = a->sabs / (double)n;
 }
 
-void ep_tensor_stats_f32(const float *x, int64_t n, double small_below, double out[4])
+void ep_tensor_stats_f32(const float *x, int64_t n, double small_below, double out[EP_TENSOR_STATS])
 {
-    acc4 a = {0.0, 0.0, 0.0, 0};
+    acc5 a = {0.0, 0.0, 0.0, 0.0, 0};
     for (int64_t i = 0; i < n; i++)
         acc_add(&a, (double)x[i], small_below);
     acc_finish(&a, n, out);
 }
 
-void ep_tensor_stats_f64(const double *x, int64_t n, double small_below, double out[4])
+void ep_tensor_stats_f64(const double *x, int64_t n, double small_below, double out[EP_TENSOR_STATS])
 {
-    acc4 a = {0.0, 0.0, 0.0, 0};
+    acc5 a = {0.0, 0.0, 0.0, 0.0, 0};
     for (int64_t i = 0; i < n; i++)
         acc_add(&a, x[i], small_below);
     acc_finish(&a, n, out);
@@ -98,7 +100,7 @@ int ep_attention_stats_f32(const float *p, int64_t b, int64_t h, int64_t q, int6
         rc = EP_ERR_ARG;
         goto error;
     }
-    acc4 all = {0.0, 0.0, 0.0, 0};
+    acc5 all = {0.0, 0.0, 0.0, 0.0, 0};
     for (int64_t hd = 0; hd < h; hd++) {
         double ent = 0.0, rmax = 0.0;
         int64_t n_small = 0, n_allowed = 0;

@@ -11,10 +11,13 @@
 
 #include <stdint.h>
 
-/* out[4] (caller-owned) = mean, unbiased std (0 when n <= 1), max |x|, share of |x| < small_below
- * (NaN for all four when n == 0).  x: n values (borrowed, read only). */
-void ep_tensor_stats_f32(const float *x, int64_t n, double small_below, double out[4]);
-void ep_tensor_stats_f64(const double *x, int64_t n, double small_below, double out[4]);
+/* The number of values ep_tensor_stats writes. */
+#define EP_TENSOR_STATS 5
+
+/* out[EP_TENSOR_STATS] (caller-owned) = mean, unbiased std (0 when n <= 1), max |x|, share of
+ * |x| < small_below, mean |x| (NaN for all when n == 0).  x: n values (borrowed, read only). */
+void ep_tensor_stats_f32(const float *x, int64_t n, double small_below, double out[EP_TENSOR_STATS]);
+void ep_tensor_stats_f64(const double *x, int64_t n, double small_below, double out[EP_TENSOR_STATS]);
 
 /* Mean over n_rows rows of the population variance of each row of dim values (NaN when
  * n_rows == 0 or dim == 0).  x: n_rows x dim row-major (borrowed). */
@@ -27,7 +30,7 @@ double ep_token_variance_f64(const double *x, int64_t n_rows, int64_t dim);
  * heads_out (caller-owned, 4 x h row-major): per head the mean over (b, q) of the row
  * entropy sum(-p log p) (0 at p = 0), the mean of the row maximum, the share of the
  * allowed weights below small_below (of at least one), and b * q.
- * all_out (caller-owned, 4): ep_tensor_stats of all of p with the same small_below.
+ * all_out (caller-owned, EP_TENSOR_STATS): ep_tensor_stats of all of p with the same small_below.
  * EP_OK, or EP_ERR_ARG for a zero size or h_mask not 1 or h. */
 int ep_attention_stats_f32(const float *p, int64_t b, int64_t h, int64_t q, int64_t k, const uint8_t *allowed,
                            int64_t h_mask, double small_below, double *heads_out, double *all_out);

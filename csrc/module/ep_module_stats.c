@@ -44,7 +44,7 @@ static PyObject *py_tensor_stats(PyObject *self, PyObject *args)
     const void *x = PyArray_DATA(a); /* borrowed from a for this call */
     int64_t n = (int64_t)PyArray_SIZE(a);
     int f32 = PyArray_TYPE(a) == NPY_FLOAT32;
-    double out[4];
+    double out[EP_TENSOR_STATS];
     if (n > NOGIL_ABOVE) {
         Py_BEGIN_ALLOW_THREADS
         if (f32)
@@ -57,7 +57,7 @@ static PyObject *py_tensor_stats(PyObject *self, PyObject *args)
     } else {
         ep_tensor_stats_f64((const double *)x, n, small_below, out);
     }
-    return Py_BuildValue("(dddd)", out[0], out[1], out[2], out[3]);
+    return Py_BuildValue("(ddddd)", out[0], out[1], out[2], out[3], out[4]);
 }
 
 static PyObject *py_token_variance(PyObject *self, PyObject *obj)
@@ -112,14 +112,14 @@ static PyObject *py_attention_stats(PyObject *self, PyObject *args)
     heads = PyArray_SimpleNew(2, dims, NPY_FLOAT64); /* owned here until returned */
     if (!heads)
         goto error;
-    double all[4];
+    double all[EP_TENSOR_STATS];
     int rc = ep_attention_stats_f32((const float *)PyArray_DATA(p), b, h, q, k, allowed, h_mask, small_below,
                                     (double *)PyArray_DATA((PyArrayObject *)heads), all);
     if (rc != EP_OK) {
         ep_module_raise(rc, "attention_stats: p has a zero dimension");
         goto error;
     }
-    res = Py_BuildValue("(O(dddd))", heads, all[0], all[1], all[2], all[3]);
+    res = Py_BuildValue("(O(ddddd))", heads, all[0], all[1], all[2], all[3], all[4]);
 error:
     Py_XDECREF(heads);
     return res;
@@ -127,15 +127,16 @@ error:
 
 static PyMethodDef stats_methods[] = {
     {"tensor_stats", py_tensor_stats, METH_VARARGS,
-     "tensor_stats(x, small_below) -> (mean, std, max_abs, small_share)\n\n"
-     "One pass over a C-contiguous float32/float64 array: mean, unbiased std, max |x| and the\n"
-     "share of |x| < small_below (sums in double; NaN for an empty array).  See docs/deep.md."},
+     "tensor_stats(x, small_below) -> (mean, std, max_abs, small_share, abs_mean)\n\n"
+     "One pass over a C-contiguous float32/float64 array: mean, unbiased std, max |x|, the\n"
+     "share of |x| < small_below and mean |x| (sums in double; NaN for an empty array).\n"
+     "See docs/deep.md."},
     {"token_variance", py_token_variance, METH_O,
      "token_variance(x) -> float\n\n"
      "Mean over the rows (every dimension but the last) of the population variance along the\n"
      "last dimension of a C-contiguous float32/float64 array."},
     {"attention_stats", py_attention_stats, METH_VARARGS,
-     "attention_stats(p, allowed, small_below) -> (heads (4, H) float64, (mean, std, max_abs, small_share))\n\n"
+     "attention_stats(p, allowed, small_below) -> (heads (4, H) float64, (mean, std, max_abs, small_share, abs_mean))\n\n"
      "p: float32 (B, H, Q, K) attention probabilities; allowed: None or bool (B, 1|H, Q, K).\n"
      "heads rows: mean row entropy, mean row max, share of allowed weights < small_below, B*Q."},
     {NULL, NULL, 0, NULL},

@@ -1,23 +1,26 @@
-"""Two runs side by side: every figure, phase, domain, layer and component with its difference;
-or two groups of runs compared on one figure (:func:`energyprof.analysis.compare_groups`)."""
+"""Two to ten runs side by side: every figure, phase, domain, layer and component with each
+run's value, the best and worst run, the spread (max / min) and σ, and for two runs their
+difference; or two groups of runs compared on one figure
+(:func:`energyprof.analysis.compare_groups`).  The per-figure statistics are those of
+:func:`energyprof.analysis.multi.compare_runs` (one implementation for ``ep.compare``, the
+CLI's ``compare`` and the dashboard's ``/compare``)."""
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from ..store.db import _PHASE_FLOAT_KEYS, _PHASE_ORDER, DbArg, _fnum, _opened
 from ..store.rundata import RunData
-from .efficiency import compare_groups, source_labels
+from .efficiency import compare_groups
+from .multi import MAX_RUNS, MIN_RUNS, MULTI_FIGURES, compare_runs, figure_stats
 
-__all__ = ["compare"]
+__all__ = ["compare", "COMPARE_FIGURES", "MAX_RUNS"]
 
-
-_COMPARE_FIGURES = ("duration_s", "energy_j", "net_energy_j", "baseline_power_w", "peak_power_w", "j_per_token",
-                    "j_per_output_token", "tokens_per_j", "edp_js", "input_tokens", "output_tokens",
-                    "unattributed_j")
+#: The figures ``ep.compare`` covers: those of compare_runs and the energy no child covers.
+COMPARE_FIGURES = MULTI_FIGURES + ("unattributed_j",)
 
 
 def _pair(a: Any, b: Any) -> Dict[str, float]:
@@ -27,67 +30,90 @@ def _pair(a: Any, b: Any) -> Dict[str, float]:
     return {"a": fa, "b": fb, "diff": diff, "rel_diff": rel}
 
 
-def compare(a: Union[int, RunData, Sequence[Any]], b: Union[int, RunData, Sequence[Any]], db: DbArg = None,
+def _load_all(runs: Sequence[Any], db: DbArg) -> List[RunData]:
+    for r in runs:
+        if not isinstance(r, (RunData, int, np.integer)) or isinstance(r, bool):
+            raise TypeError(f"compare: a run is a run id (int) or a RunData/session, got {type(r).__name__} "
+                            f"({r!r}); pass the database as db=...")
+    if all(isinstance(r, RunData) for r in runs):
+        return list(runs)
+    with _opened(db) as st:
+        return [r if isinstance(r, RunData) else st.load(int(r)) for r in runs]
+
+
+def compare(*runs: Union[int, RunData, Sequence[Any]], db: DbArg = None,
             figure: str = "j_per_output_token") -> Dict[str, Any]:
-    """Side by side figures of runs ``a`` and ``b`` (ids or RunData) and their differences.
+    """Two to ten runs (ids or RunData) side by side: every figure, phase, domain, layer and
+    component.
 
-    Every entry is ``{"a", "b", "diff" (b - a), "rel_diff" ((b - a) / a, NaN when a is 0)}``.
-    Runs whose source labels differ (simulated / estimated / measured) are compared all the
-    same, with a RuntimeWarning that is also kept in ``"warnings"``.
-    Returns ``{"a_run_id", "b_run_id", "figures": {name: entry}, "phases": {phase: {figure:
-    entry}}, "domains": {domain: entry}, "layers": [{"layer", "energy_j": entry,
-    "mean_energy_j": entry, "duration_s": entry}], "components": [{"layer", "component", ...}]}``.
-    Layers/components present in only one run have NaN on the other side.
+    The result is :func:`energyprof.analysis.multi.compare_runs`'s (``run_ids``, ``names``,
+    ``labels``, ``sources``, ``warnings``, ``resolution``, ``uncertainty`` and ``figures``
+    over :data:`COMPARE_FIGURES`) plus ``phases`` (``{phase: {figure: entry}}``), ``domains``
+    (``{domain: entry}``), ``layers`` and ``components`` (``[{"layer"[, "component"],
+    "energy_j", "mean_energy_j", "duration_s", "n_calls", "share": entry}]``; a layer missing
+    from a run is NaN there).  Every entry is ``{"values" (one per run, in the order given),
+    "best", "worst" (run indices; None where no direction applies or all runs agree), "min",
+    "max", "mean", "spread" (max / min), "sigma" (sample standard deviation), "n"}``.
 
-    Given two *lists* of runs (e.g. float32 runs vs bfloat16 runs), it compares the
-    groups instead: :func:`energyprof.analysis.compare_groups` (difference of
-    ``figure``, default J per output token, with its Welch 95% interval).
+    With exactly two runs every entry also has ``{"a", "b", "diff" (b - a), "rel_diff"
+    ((b - a) / a, NaN when a is 0)}`` and the result ``a_run_id`` / ``b_run_id``.  Runs whose
+    source labels differ (simulated / estimated / measured) are compared all the same, with
+    a RuntimeWarning whose text is also in ``warnings``; ``source_labels`` keeps the labels.
+
+    Given two *lists* of runs (e.g. float32 runs vs bfloat16 runs), it compares the groups
+    instead: :func:`energyprof.analysis.compare_groups` (difference of ``figure``, default J
+    per output token, with its Welch 95% interval).
     """
-    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
-        if not isinstance(a, (list, tuple)) or not isinstance(b, (list, tuple)):
-            raise ValueError("compare(a, b): give two runs, or two lists of runs to compare as groups")
-        return compare_groups(list(a), list(b), figure=figure, db=db)
-    if not isinstance(a, RunData) or not isinstance(b, RunData):
-        with _opened(db) as st:
-            ra = a if isinstance(a, RunData) else st.load(a)
-            rb = b if isinstance(b, RunData) else st.load(b)
-    else:
-        ra, rb = a, b
-    sa, sb = ra.summary(), rb.summary()
-    out: Dict[str, Any] = {"a_run_id": sa.get("run_id"), "b_run_id": sb.get("run_id")}
-    labels = [str(x.get("source_label") or "unknown") for x in (sa, sb)]
-    out["source_labels"] = labels
-    out["warnings"] = []
-    if len(source_labels([sa, sb])) > 1:
-        msg = (f"compare: run {sa.get('run_id')} is {labels[0]} and run {sb.get('run_id')} is {labels[1]}: "
-               "their differences compare a measurement with a model or a simulation and say little")
-        out["warnings"].append(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
-    out["figures"] = {k: _pair(sa.get(k), sb.get(k)) for k in _COMPARE_FIGURES}
-    pa, pb = sa.get("phases") or {}, sb.get("phases") or {}
-    out["phases"] = {}
-    for ph in [p for p in _PHASE_ORDER if p in pa or p in pb] + sorted((set(pa) | set(pb)) - set(_PHASE_ORDER)):
-        xa, xb = pa.get(ph) or {}, pb.get(ph) or {}
-        out["phases"][ph] = {k: _pair(xa.get(k), xb.get(k)) for k in _PHASE_FLOAT_KEYS + ("tokens",)}
-    da, dbm = sa.get("domains") or {}, sb.get("domains") or {}
-    out["domains"] = {d: _pair(da.get(d), dbm.get(d)) for d in sorted(set(da) | set(dbm))}
+    if any(isinstance(r, (list, tuple)) for r in runs):
+        if len(runs) != 2 or not all(isinstance(r, (list, tuple)) for r in runs):
+            raise ValueError("compare(a, b): give runs, or two lists of runs to compare as groups")
+        return compare_groups(list(runs[0]), list(runs[1]), figure=figure, db=db)
+    if not MIN_RUNS <= len(runs) <= MAX_RUNS:
+        raise ValueError(f"compare takes {MIN_RUNS} to {MAX_RUNS} runs, got {len(runs)}")
+    rs = _load_all(runs, db)
+    ss = [r.summary() for r in rs]
+    out = compare_runs(ss, figures=COMPARE_FIGURES)
+    out["n_runs"] = len(rs)
+    out["source_labels"] = [str(s.get("source_label") or "unknown") for s in ss]
+    two = len(rs) == 2
+    if two:
+        out["a_run_id"], out["b_run_id"] = out["run_ids"]
+        for e in out["figures"].values():
+            e.update(_pair(e["values"][0], e["values"][1]))
+    for msg in out["warnings"]:
+        warnings.warn(f"compare: {msg}", RuntimeWarning, stacklevel=2)
 
-    def side_by_side(xa: np.ndarray, xb: np.ndarray, with_component: bool) -> List[Dict[str, Any]]:
+    def entry(values: Sequence[Any], better: Optional[str]) -> Dict[str, Any]:
+        v = [_fnum(x) for x in values]
+        e: Dict[str, Any] = {"values": v, "better": better, **figure_stats(v, better)}
+        if two:
+            e.update(_pair(v[0], v[1]))
+        return e
+
+    phs = [s.get("phases") or {} for s in ss]
+    names = set().union(*phs)
+    out["phases"] = {}
+    for ph in [p for p in _PHASE_ORDER if p in names] + sorted(names - set(_PHASE_ORDER)):
+        out["phases"][ph] = {k: entry([(p.get(ph) or {}).get(k) for p in phs], "lower" if k != "tokens" else None)
+                             for k in _PHASE_FLOAT_KEYS + ("tokens",)}
+    doms = [s.get("domains") or {} for s in ss]
+    out["domains"] = {d: entry([x.get(d) for x in doms], "lower") for d in sorted(set().union(*doms))}
+
+    def side_by_side(aggs: List[np.ndarray], with_component: bool) -> List[Dict[str, Any]]:
         def key(r):
             return (int(r["layer"]), str(r["component"])) if with_component else (int(r["layer"]),)
 
-        ma = {key(r): r for r in xa}
-        mb = {key(r): r for r in xb}
+        maps = [{key(r): r for r in a} for a in aggs]
         rows = []
-        for k in sorted(set(ma) | set(mb)):
-            r = {"layer": k[0]}
+        for k in sorted(set().union(*maps)):
+            r: Dict[str, Any] = {"layer": k[0]}
             if with_component:
                 r["component"] = k[1]
             for f in ("energy_j", "mean_energy_j", "duration_s", "n_calls", "share"):
-                r[f] = _pair(ma[k][f] if k in ma else None, mb[k][f] if k in mb else None)
+                r[f] = entry([m[k][f] if k in m else None for m in maps], "lower" if f != "n_calls" else None)
             rows.append(r)
         return rows
 
-    out["layers"] = side_by_side(ra.layer_summary(), rb.layer_summary(), False)
-    out["components"] = side_by_side(ra.component_summary(), rb.component_summary(), True)
+    out["layers"] = side_by_side([r.layer_summary() for r in rs], False)
+    out["components"] = side_by_side([r.component_summary() for r in rs], True)
     return out

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .._hfconfig import ATTENTION_KINDS, attention_kind
 from ..store.quality import block_ratio, sample_blocks
 from ..store.rundata import _float as _f
 from .stats import NAN, figure, mean_ci, ols, welch
@@ -209,8 +210,10 @@ ARCH_FEATURES = ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "kv_groups"
 
 def model_dict(run_or_model: Any) -> Dict[str, Any]:
     """The model dict of a run (``summary()["model"]``) with derived features added:
-    ``kv_groups`` (query heads per K/V head: 1 = MHA, n_heads = MQA) and ``active_params``
-    (parameters one token goes through: all but the unused experts of an MoE)."""
+    ``kv_groups`` (query heads per K/V head: 1 = MHA, n_heads = MQA), ``attention_kind``
+    (``"MHA"``, ``"GQA"``, ``"MQA"``, None when the heads are unknown; runs saved before it was
+    stored get it from their head counts) and ``active_params`` (parameters one token goes
+    through: all but the unused experts of an MoE)."""
     if isinstance(run_or_model, dict) and "model" not in run_or_model:
         m = dict(run_or_model)
     else:
@@ -220,6 +223,7 @@ def model_dict(run_or_model: Any) -> Dict[str, Any]:
         nkv = nh
         m["n_kv_heads"] = m.get("n_heads")
     m["kv_groups"] = _div(nh, nkv)
+    m["attention_kind"] = m.get("attention_kind") or attention_kind(m.get("n_heads"), m.get("n_kv_heads"))
     m["active_params"] = active_params(m)
     return m
 
@@ -241,7 +245,7 @@ def active_params(m: Dict[str, Any]) -> float:
 
 def architecture_scaling(runs: Any, figure_name: str = "j_per_output_token",
                          features: Optional[Sequence[str]] = None, joint: Optional[Sequence[str]] = None,
-                         log: bool = False, db: Any = None) -> Dict[str, Any]:
+                         log: bool = False, db: Any = None, group_by: Optional[str] = None) -> Dict[str, Any]:
     """How an energy figure scales with architecture across runs of different models.
 
     For each feature in ``features`` (default: those of :data:`ARCH_FEATURES` that vary
@@ -251,8 +255,30 @@ def architecture_scaling(runs: Any, figure_name: str = "j_per_output_token",
     the slope is the power-law exponent.  Each fit is an :class:`OLSResult` summary:
     ``{"slope": {value, unit, se, ci95}, "intercept": ..., "r2", "n", "fit": OLSResult, "x", "y"}``;
     the joint fit is ``{"coefficients": {...}, "r2", "n", "fit"}``.
+
+    ``group_by="attention_kind"`` also groups the runs by attention kind (MHA / GQA / MQA):
+    ``out["groups"][kind]`` holds the figure's mean with its 95% interval over the kind's runs
+    (``"figure"``), their run ids and, where the kind has enough runs, the same per-feature fits
+    over its runs alone (``"fits"``).
     """
     ss = summaries(runs, db=db)
+    if group_by is not None:
+        if group_by != "attention_kind":
+            raise ValueError(f"group_by must be 'attention_kind' (or None), got {group_by!r}")
+        out = architecture_scaling(ss, figure_name, features, joint, log)
+        kinds = [model_dict(s)["attention_kind"] or "unknown" for s in ss]
+        out["group_by"] = group_by
+        out["groups"] = {}
+        for k in [k for k in ATTENTION_KINDS if k in kinds] + (["unknown"] if "unknown" in kinds else []):
+            sub = [s for s, kk in zip(ss, kinds) if kk == k]
+            vals = np.array([figure_value(s, figure_name) for s in sub], dtype=np.float64)
+            g = {"figure": mean_ci(vals), "unit": FIGURE_UNITS.get(figure_name, ""), "n_runs": len(sub),
+                 "run_ids": [s.get("run_id") for s in sub]}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                g["fits"] = architecture_scaling(sub, figure_name, None, None, log)["features"] if len(sub) >= 3 else {}
+            out["groups"][k] = g
+        return out
     y_all = np.array([figure_value(s, figure_name) for s in ss], dtype=np.float64)
     models = [model_dict(s) for s in ss]
     feats_avail = {f: np.array([_f(m.get(f)) for m in models], dtype=np.float64) for f in ARCH_FEATURES}

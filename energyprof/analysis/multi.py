@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..store.rundata import _float
 from .efficiency import FIGURE_UNITS, _summary_of, figure_value
 
-__all__ = ["compare_runs", "MULTI_FIGURES", "MIN_RUNS", "MAX_RUNS", "BETTER"]
+__all__ = ["compare_runs", "figure_stats", "MULTI_FIGURES", "MIN_RUNS", "MAX_RUNS", "BETTER"]
 
 MIN_RUNS, MAX_RUNS = 2, 10
 
@@ -49,9 +49,9 @@ def _value(s: Dict[str, Any], name: str) -> float:
         return float("nan")
 
 
-def _stats(values: List[float], better: Optional[str]) -> Dict[str, Any]:
-    """best / worst (indices), min, max, spread (max / min), mean and sigma (sample
-    standard deviation, n - 1) over the finite values."""
+def figure_stats(values: List[float], better: Optional[str]) -> Dict[str, Any]:
+    """best / worst (indices; ``better`` is "lower", "higher" or None), min, max, spread
+    (max / min), mean and sigma (sample standard deviation, n - 1) over the finite values."""
     idx = [i for i, v in enumerate(values) if math.isfinite(v)]
     out: Dict[str, Any] = {"n": len(idx), "best": None, "worst": None, "min": float("nan"),
                            "max": float("nan"), "spread": float("nan"), "mean": float("nan"),
@@ -99,7 +99,7 @@ def compare_runs(runs: Sequence[Any], figures: Optional[Sequence[str]] = None) -
     warnings: List[str] = []
     label_mismatch = len(set(labels)) > 1
     if label_mismatch:
-        parts = ", ".join(f"{n}: {lab}" for n, lab in zip(names, labels))
+        parts = " vs ".join(f"{n}: {lab}" for n, lab in zip(names, labels))
         warnings.append(f"the runs' numbers carry different labels ({parts}): a measurement next to an "
                         f"estimate or a simulation is not a like-for-like comparison")
     source_mismatch = len(set(sources)) > 1
@@ -112,7 +112,7 @@ def compare_runs(runs: Sequence[Any], figures: Optional[Sequence[str]] = None) -
         better = BETTER.get(name)
         entry = {"unit": FIGURE_UNITS.get(name, "token" if name.endswith("_tokens") else ""), "better": better,
                  "values": values}
-        entry.update(_stats(values, better))
+        entry.update(figure_stats(values, better))
         out_figures[name] = entry
     return {
         "run_ids": [s.get("run_id") for s in sums],

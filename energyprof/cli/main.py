@@ -1,9 +1,12 @@
 """The ``energyprof`` command: a thin layer over the library.
 
     energyprof profile --model tiny-llama --max-new-tokens 64 [--source auto] [--report r.html]
-    energyprof runs [--model M] [--sort j_per_token] [--limit N] [--json]
+    energyprof runs [--model M] [--search TEXT] [--since D] [--until D] [--sort j_per_token] [--limit N] [--json]
     energyprof show RUN [--json]
-    energyprof compare A B [--json]
+    energyprof compare A B [C ...] [--json] [--plot out.html]
+    energyprof delete RUN [RUN ...]
+    energyprof import run.json [...]
+    energyprof context RUN [...] [--json] [--plot out.html]
     energyprof export RUN --format json|csv|parquet -o PATH
     energyprof report RUN -o report.html
     energyprof clean [--max-runs N] [--max-age-days D] [--dry-run]
@@ -26,7 +29,8 @@ from .common import add_db
 from .doctor import cmd_doctor
 from .monitor import add_monitor_parser
 from .profile import cmd_demo, profile
-from .runs import cmd_clean, cmd_compare, cmd_export, cmd_report, cmd_runs, cmd_show
+from .runs import cmd_clean, cmd_compare, cmd_context, cmd_delete, cmd_export, cmd_import, cmd_report, cmd_runs, \
+    cmd_show
 
 __all__ = ["main", "build_parser"]
 
@@ -54,13 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--report", default=None, help="write the HTML report to this path")
     sp.add_argument("--no-save", action="store_true", help="keep the run in memory only")
     sp.add_argument("--show-output", action="store_true", help="print the generated text")
+    sp.add_argument("--no-text", action="store_true", help="store no prompt, output or token text with the run")
+    sp.add_argument("--temperature", type=float, default=None, help="sample with this temperature (default: greedy)")
+    sp.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    sp.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with this probability")
+    sp.add_argument("--seed", type=int, default=None, help="seed torch before generating (stored with the run)")
     sp.add_argument("--json", action="store_true")
     add_db(sp)
     sp.set_defaults(func=profile)
 
     sp = sub.add_parser("runs", help="list stored runs")
-    for opt in ("model", "arch", "source", "status", "tag", "search"):
+    for opt in ("model", "arch", "source", "status", "tag"):
         sp.add_argument(f"--{opt}", default=None)
+    sp.add_argument("--search", default=None, help="substring of the name, model, source, tags, host or prompt")
+    sp.add_argument("--since", default=None, help="runs started at or after this ISO date/time (UTC)")
+    sp.add_argument("--until", default=None, help="runs started before this ISO date/time (UTC)")
     sp.add_argument("--sort", default="started_at", help="started_at, energy_j, j_per_token, tokens_per_j, ...")
     sp.add_argument("--ascending", action="store_true")
     sp.add_argument("--limit", type=int, default=50)
@@ -75,12 +87,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_db(sp)
     sp.set_defaults(func=cmd_show)
 
-    sp = sub.add_parser("compare", help="compare two runs")
-    sp.add_argument("a")
-    sp.add_argument("b")
+    sp = sub.add_parser("compare", help="compare 2 to 10 runs")
+    sp.add_argument("runs", nargs="+", metavar="RUN")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--plot", default=None, metavar="PATH",
+                    help="write the power timelines and J/token bars (.html interactive, .png/.svg/.pdf static)")
     add_db(sp)
     sp.set_defaults(func=cmd_compare)
+
+    sp = sub.add_parser("delete", help="delete runs and all their rows")
+    sp.add_argument("runs", nargs="+", metavar="RUN")
+    sp.add_argument("--json", action="store_true")
+    add_db(sp)
+    sp.set_defaults(func=cmd_delete)
+
+    sp = sub.add_parser("import", help="import runs exported with `energyprof export --format json`")
+    sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp.add_argument("--json", action="store_true")
+    add_db(sp)
+    sp.set_defaults(func=cmd_import)
+
+    sp = sub.add_parser("context", help="decode J/token against the context length (fit and plot)")
+    sp.add_argument("runs", nargs="+", metavar="RUN")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--plot", default=None, metavar="PATH", help="write the figure (.html or .png/.svg/.pdf)")
+    add_db(sp)
+    sp.set_defaults(func=cmd_context)
 
     sp = sub.add_parser("export", help="export a run")
     sp.add_argument("run")

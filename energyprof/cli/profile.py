@@ -75,19 +75,23 @@ def profile(args) -> int:
         raise UserError("--max-new-tokens must be >= 1")
     if args.batch_size < 1:
         raise UserError("--batch-size must be >= 1")
+    gen_kw = _sampling(args)
     model, tok = load_model(args.model)
-    inputs = tok([prompt] * args.batch_size, return_tensors="pt")
     if getattr(tok, "pad_token_id", None) is not None and getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tok.pad_token_id
-    gen_kw = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, do_sample=False)
     post = getattr(args, "post_baseline_s", 0.0) or 0.0
     if post < 0:
         raise UserError("--post-baseline-s must be >= 0")
     run_kw = dict(source=args.source, mode=args.mode, sync=args.sync, baseline_s=args.baseline_s,
-                  db=args.db, save=not args.no_save, name=args.name, tags=args.tag or None, post_baseline_s=post)
+                  db=args.db, save=not args.no_save, name=args.name, tags=args.tag or None, post_baseline_s=post,
+                  store_text=not getattr(args, "no_text", False))
     if args.interval_ms:
         run_kw["interval_ms"] = args.interval_ms
+    seed = getattr(args, "seed", None)
     with ep_run(model, **run_kw) as s:
+        # tokenising and detokenising are part of serving a prompt: measured, as named sections
+        with s.section("tokenize"):
+            inputs = tok([prompt] * args.batch_size, return_tensors="pt")
         if getattr(args, "live", False):   # energyprof.live: power, phase, layer and the token stream
             from ..views.terminal import LiveProgress
 
@@ -96,21 +100,47 @@ def profile(args) -> int:
             prog = _Progress(args.max_new_tokens, s, enabled=not args.json, batch_size=args.batch_size)
         h = model.register_forward_hook(prog.hook)
         try:
+            if seed is not None:
+                torch.manual_seed(seed)
             with prog, torch.no_grad():
                 out = model.generate(**inputs, **gen_kw)
         finally:
             h.remove()
+        with s.section("detokenize"):
+            n_in = inputs["input_ids"].shape[1]
+            gen = out[:, n_in:].tolist()
+            outputs = [tok.decode(row) for row in gen]
+            token_texts = [[tok.decode([t]) for t in row] for row in gen]
+        s.record_text(prompt=[prompt] * args.batch_size, output=outputs, token_texts=token_texts)
+        s.record_generation(seed=seed, **{k: v for k, v in gen_kw.items() if k != "min_new_tokens"})
     summary = s.summary()
     if args.json:
         _print_json(summary)
     else:
         print_summary(summary)
-        if args.show_output and hasattr(tok, "decode"):
-            print(tok.decode(out[0].tolist()))
+        if args.show_output:
+            print(outputs[0])
     if args.report:
         path = s.report(args.report)
         print(f"report written to {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _sampling(args) -> dict:
+    """generate() options from --max-new-tokens, --temperature, --top-k, --top-p: greedy unless
+    one of the sampling options is given (then do_sample=True)."""
+    kw = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, do_sample=False)
+    t, k, p = getattr(args, "temperature", None), getattr(args, "top_k", None), getattr(args, "top_p", None)
+    if t is not None and not t > 0:
+        raise UserError("--temperature must be > 0")
+    if k is not None and k < 1:
+        raise UserError("--top-k must be >= 1")
+    if p is not None and not 0 < p <= 1:
+        raise UserError("--top-p must be in (0, 1]")
+    if t is not None or k is not None or p is not None:
+        kw["do_sample"] = True
+        kw.update({n: v for n, v in (("temperature", t), ("top_k", k), ("top_p", p)) if v is not None})
+    return kw
 
 
 def cmd_demo(args) -> int:
@@ -118,7 +148,8 @@ def cmd_demo(args) -> int:
     ns = argparse.Namespace(
         model="tiny-llama", prompt="The energy of one token is", prompt_file=None, max_new_tokens=args.max_new_tokens,
         batch_size=1, source=args.source, mode="standard", sync="auto", baseline_s=args.baseline_s, db=args.db,
-        name="demo", tag=["demo"], report=args.report, json=False, no_save=False, show_output=False, interval_ms=None)
+        name="demo", tag=["demo"], report=args.report, json=False, no_save=False, show_output=False, interval_ms=None,
+        no_text=False, temperature=None, top_k=None, top_p=None, seed=None)
     rc = profile(ns)
     from ..store import db as dbm
 

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .._hfconfig import config_value, single_kv_head
+from .._hfconfig import attention_kind, config_value, single_kv_head
 
 __all__ = [
     "ModuleRef",
@@ -34,6 +34,7 @@ __all__ = [
     "COMPONENTS",
     "ARCH_TABLES",
     "MODES",
+    "MODEL_KINDS",
 ]
 
 #: Every canonical component name a ModuleRef can carry ("expert.N" stands for expert.0, expert.1, ...).
@@ -42,7 +43,13 @@ COMPONENTS: tuple[str, ...] = (
     "mlp", "gate_proj", "up_proj", "gate_up_proj", "down_proj",
     "input_norm", "post_attn_norm", "pre_ffn_norm", "post_ffn_norm", "q_norm", "k_norm",
     "router", "experts", "expert.N", "embed", "final_norm", "lm_head",
+    # encoders (BERT family: post-norm) and encoder-decoders (T5 family: cross-attention)
+    "post_ffn_norm", "cross_attn", "cross_q_proj", "cross_k_proj", "cross_v_proj", "cross_o_proj",
+    "cross_attn_norm", "embed_norm", "encoder_final_norm", "pooler",
 )
+
+#: What a model is: a causal decoder, an encoder alone (BERT) or an encoder with a decoder (T5).
+MODEL_KINDS: tuple[str, ...] = ("decoder", "encoder", "encoder-decoder")
 
 #: Hook modes understood by :func:`hook_targets`.
 MODES: tuple[str, ...] = ("minimal", "standard", "deep")
@@ -71,6 +78,9 @@ class ArchMap:
     config: dict[str, Any]
     generic: bool
     warnings: list[str]
+    kind: str = "decoder"                       # one of MODEL_KINDS
+    encoder: Optional[ModuleRef] = None         # encoder-decoder: the encoder stack (its calls are `encode`)
+    stacks: dict[str, tuple[int, int]] = field(default_factory=dict)   # stack -> (first layer, n layers)
 
     def component_names(self) -> list[str]:
         """Distinct per-layer component names, in the order they first appear."""
@@ -91,6 +101,11 @@ class _ArchTable:
     embed: tuple[str, ...]  # candidate paths, relative to the layers' parent, then to the top
     final_norm: tuple[str, ...]
     lm_head: tuple[str, ...]
+    kind: str = "decoder"  # "encoder": an encoder-only family (unless config.is_decoder)
+    # Two-stack models: (stack, dotted path of its block list, layer table), encoder first.
+    # Layers are numbered through both stacks (the decoder's first layer follows the encoder's last).
+    stacks: tuple[tuple[str, str, dict[str, str]], ...] = ()
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()  # more model-level modules: (component, paths)
 
 
 _LLAMA_ATTN = {
@@ -122,6 +137,53 @@ def _llama_family(layer: dict[str, str]) -> _ArchTable:
         lm_head=("lm_head",),
     )
 
+
+# BERT family (post-norm encoder): the attention block's output LayerNorm follows attention,
+# the output LayerNorm follows the MLP (intermediate.dense up, output.dense down).
+_BERT_LAYER = {
+    "attention": "attn",
+    "attention.self.query": "q_proj",
+    "attention.self.key": "k_proj",
+    "attention.self.value": "v_proj",
+    "attention.output.dense": "o_proj",
+    "attention.output.LayerNorm": "post_attn_norm",
+    "intermediate.dense": "up_proj",
+    "output.dense": "down_proj",
+    "output.LayerNorm": "post_ffn_norm",
+}
+# T5 family: block.N.layer.0 = self-attention, (decoder) layer.1 = cross-attention, last = MLP.
+_T5_SELF = {
+    "layer.0.SelfAttention": "attn",
+    "layer.0.SelfAttention.q": "q_proj",
+    "layer.0.SelfAttention.k": "k_proj",
+    "layer.0.SelfAttention.v": "v_proj",
+    "layer.0.SelfAttention.o": "o_proj",
+    "layer.0.layer_norm": "input_norm",
+}
+
+
+def _t5_mlp(i: int) -> dict[str, str]:
+    return {
+        f"layer.{i}.DenseReluDense": "mlp",
+        f"layer.{i}.DenseReluDense.wi": "up_proj",        # T5DenseActDense
+        f"layer.{i}.DenseReluDense.wi_0": "gate_proj",    # T5DenseGatedActDense (t5 v1.1, flan-t5)
+        f"layer.{i}.DenseReluDense.wi_1": "up_proj",
+        f"layer.{i}.DenseReluDense.wo": "down_proj",
+        f"layer.{i}.layer_norm": "post_attn_norm",
+    }
+
+
+_T5_ENCODER = {**_T5_SELF, **_t5_mlp(1)}
+_T5_DECODER = {
+    **_T5_SELF,
+    "layer.1.EncDecAttention": "cross_attn",
+    "layer.1.EncDecAttention.q": "cross_q_proj",
+    "layer.1.EncDecAttention.k": "cross_k_proj",
+    "layer.1.EncDecAttention.v": "cross_v_proj",
+    "layer.1.EncDecAttention.o": "cross_o_proj",
+    "layer.1.layer_norm": "cross_attn_norm",
+    **_t5_mlp(2),
+}
 
 #: One table per architecture. Paths that a given transformers version lacks are simply not found.
 ARCH_TABLES: dict[str, _ArchTable] = {
@@ -235,6 +297,24 @@ ARCH_TABLES: dict[str, _ArchTable] = {
         "block_sparse_moe.experts.*": "expert.{}",
         **_LLAMA_NORMS,
     }),
+    "bert": _ArchTable(
+        layers_attr=("layer",),
+        layer=_BERT_LAYER,
+        embed=("embeddings.word_embeddings", "word_embeddings"),
+        final_norm=(),
+        lm_head=("cls.predictions", "cls", "classifier", "qa_outputs", "lm_head"),
+        kind="encoder",
+        extra=(("embed_norm", ("embeddings.LayerNorm",)), ("pooler", ("pooler",))),
+    ),
+    "t5": _ArchTable(
+        layers_attr=("block",),
+        layer={},
+        embed=("shared", "encoder.embed_tokens"),
+        final_norm=("decoder.final_layer_norm",),
+        lm_head=("lm_head",),
+        stacks=(("encoder", "encoder.block", _T5_ENCODER), ("decoder", "decoder.block", _T5_DECODER)),
+        extra=(("encoder_final_norm", ("encoder.final_layer_norm",)),),
+    ),
 }
 
 #: config.model_type -> arch. Close relatives share a table.
@@ -254,13 +334,21 @@ _MODEL_TYPES: dict[str, str] = {
     "RefinedWeb": "falcon",
     "RefinedWebModel": "falcon",
     "mixtral": "mixtral",
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "camembert": "bert",
+    "electra": "bert",
+    "t5": "t5",
+    "mt5": "t5",
+    "umt5": "t5",
 }
 
 #: Class-name prefixes for models without a config; the longest prefix wins (Qwen3 before Qwen, Phi3 before Phi).
 _CLASS_PREFIXES: dict[str, str] = {
     "Llama": "llama", "Mistral": "mistral", "Qwen2": "qwen2", "Qwen3": "qwen3",
     "Phi3": "phi3", "Phi": "phi", "Gemma": "gemma", "GPT2": "gpt2", "GPTNeoX": "gpt_neox",
-    "Falcon": "falcon", "Mixtral": "mixtral",
+    "Falcon": "falcon", "Mixtral": "mixtral", "Bert": "bert", "Roberta": "bert", "T5": "t5",
 }
 
 
@@ -389,11 +477,41 @@ def _table_model_level(model: nn.Module, base: str, table: _ArchTable) -> list[M
     modules = dict(model.named_modules())
     refs: list[ModuleRef] = []
     for comp, names in (("embed", table.embed), ("final_norm", table.final_norm),
-                        ("lm_head", table.lm_head)):
+                        ("lm_head", table.lm_head), *table.extra):
         hit = _lookup(model, modules, base, names)
         if hit is not None:
             refs.append(ModuleRef(hit[0], hit[1], -1, comp))
     return refs
+
+
+def _find_stack(model: nn.Module, path: str) -> Optional[tuple[str, nn.ModuleList]]:
+    """The shallowest ModuleList whose dotted path ends with ``path`` (e.g. "encoder.block")."""
+    best: Optional[tuple[str, nn.ModuleList]] = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) and (name == path or name.endswith("." + path)):
+            if best is None or name.count(".") < best[0].count("."):
+                best = (name, mod)
+    return best
+
+
+def _describe_stacks(model: nn.Module, table: _ArchTable):
+    """Layers and components of a two-stack model, numbered through both stacks."""
+    layers: list[ModuleRef] = []
+    components: list[ModuleRef] = []
+    stacks: dict[str, tuple[int, int]] = {}
+    stack_quals: dict[str, str] = {}
+    for stack, path, ltable in table.stacks:
+        found = _find_stack(model, path)
+        if found is None:
+            continue
+        lq, lst = found
+        first = len(layers)
+        for i, block in enumerate(lst):
+            layers.append(ModuleRef(_join(lq, str(i)), block, first + i, "layer"))
+            components += _table_layer_components(first + i, _join(lq, str(i)), block, ltable)
+        stacks[stack] = (first, len(lst))
+        stack_quals[stack] = _parent(lq)
+    return layers, components, stacks, stack_quals
 
 
 # --------------------------------------------------------------------------- generic mapping
@@ -473,6 +591,18 @@ def _classify_leaf(rel: str, mod: nn.Module, in_attn: bool, in_mlp: bool) -> Opt
     return None
 
 
+def _bert_like(rel: str, mod: nn.Module, in_attn: bool) -> Optional[str]:
+    """BERT-style post-norm blocks have no MLP module: ``intermediate.dense`` (up) and
+    ``output.dense`` (down) sit beside the attention, each sub-block ends in its own LayerNorm."""
+    if rel == "intermediate.dense" and _is_linear_like(mod):
+        return "up_proj"
+    if rel == "output.dense" and _is_linear_like(mod):
+        return "down_proj"
+    if _is_norm(mod) and rel.lower().endswith("output.layernorm"):
+        return "post_attn_norm" if in_attn else "post_ffn_norm"
+    return None
+
+
 def _generic_layer_components(layer_idx: int, layer_qual: str, block: nn.Module) -> list[ModuleRef]:
     refs: list[ModuleRef] = []
     taken: set[str] = set()
@@ -485,7 +615,10 @@ def _generic_layer_components(layer_idx: int, layer_qual: str, block: nn.Module)
         inside_attn = attn_rel is not None and rel.startswith(attn_rel + ".")
         inside_mlp = mlp_rel is not None and rel.startswith(mlp_rel + ".")
         comp: Optional[str] = None
-        if inside_mlp and re.search(r"(^|\.)experts\.\d+$", rel):
+        bert = _bert_like(rel, mod, inside_attn)
+        if bert is not None:
+            comp = bert
+        elif inside_mlp and re.search(r"(^|\.)experts\.\d+$", rel):
             comp = "expert." + last
         elif inside_mlp and last == "experts":
             comp = "experts"  # every expert fused into one module (3-D weights)
@@ -552,7 +685,8 @@ def _generic_model_level(model: nn.Module, layers_qual: str) -> list[ModuleRef]:
 # --------------------------------------------------------------------------- config summary
 
 
-def _config_summary(model: nn.Module, n_layers: int, model_level: list[ModuleRef]) -> dict[str, Any]:
+def _config_summary(model: nn.Module, n_layers: int, model_level: list[ModuleRef], kind: str = "decoder",
+                    stacks: Optional[dict[str, tuple[int, int]]] = None) -> dict[str, Any]:
     cfg = getattr(model, "config", None)
     hidden = config_value(cfg, "hidden_size")
     n_heads = config_value(cfg, "n_heads")
@@ -577,7 +711,7 @@ def _config_summary(model: nn.Module, n_layers: int, model_level: list[ModuleRef
     param = next(iter(model.parameters()), None)
     dtype = str(param.dtype).replace("torch.", "") if param is not None else "unknown"
     name = getattr(cfg, "name_or_path", None) or getattr(model, "name_or_path", None) or ""
-    return {
+    out = {
         "n_layers": n_layers,
         "hidden_size": int(hidden) if hidden is not None else None,
         "n_heads": int(n_heads) if n_heads is not None else None,
@@ -589,7 +723,13 @@ def _config_summary(model: nn.Module, n_layers: int, model_level: list[ModuleRef
         "experts_per_token": int(per_token),
         "dtype": dtype,
         "name_or_path": str(name),
+        "attention_kind": attention_kind(n_heads, n_kv),
+        "kind": kind,
     }
+    for stack, (_first, n) in (stacks or {}).items():
+        if kind == "encoder-decoder":
+            out[f"n_{stack}_layers"] = int(n)
+    return out
 
 
 # --------------------------------------------------------------------------- public API
@@ -616,7 +756,24 @@ def describe(model: nn.Module, *, use_tables: bool = True) -> ArchMap:
     components: list[ModuleRef] = []
     model_level: list[ModuleRef] = []
     generic = True
-    if arch is not None:
+    stacks: dict[str, tuple[int, int]] = {}
+    stack_layers: list[ModuleRef] = []
+    encoder_ref: Optional[ModuleRef] = None
+    if arch is not None and ARCH_TABLES[arch].stacks:
+        table = ARCH_TABLES[arch]
+        stack_layers, components, stacks, stack_quals = _describe_stacks(model, table)
+        if components:
+            generic = False
+            model_level = _table_model_level(model, "", table)
+            enc_q = stack_quals.get("encoder")
+            if enc_q is not None and "decoder" in stacks:
+                mods = dict(model.named_modules())
+                encoder_ref = ModuleRef(enc_q, mods[enc_q], -1, "encoder")
+        else:
+            notes.append(f"{arch}: the table matched no module inside the blocks; transformers may have renamed them")
+            components = []
+        arch_kind = "encoder-decoder" if len(stacks) == 2 else "encoder"
+    elif arch is not None:
         table = ARCH_TABLES[arch]
         layers_found = _find_layers_table(model, table)
         if layers_found is not None:
@@ -626,7 +783,9 @@ def describe(model: nn.Module, *, use_tables: bool = True) -> ArchMap:
             if components:
                 generic = False
                 model_level = _table_model_level(model, _parent(lq), table)
-                missing = {"embed", "final_norm", "lm_head"} - {r.component for r in model_level}
+                wanted = {c for c, names in (("embed", table.embed), ("final_norm", table.final_norm),
+                                             ("lm_head", table.lm_head)) if names and table.kind == "decoder"}
+                missing = wanted - {r.component for r in model_level}
                 if missing:
                     notes.append(f"{arch}: model-level modules not found: {sorted(missing)}")
             else:
@@ -638,6 +797,7 @@ def describe(model: nn.Module, *, use_tables: bool = True) -> ArchMap:
             components = []
 
     if generic:
+        stacks = {}
         layers_found = _find_layers_generic(model)
         if layers_found is not None:
             lq, lst = layers_found
@@ -655,9 +815,14 @@ def describe(model: nn.Module, *, use_tables: bool = True) -> ArchMap:
                          "(nn.ModuleList of one class) found; only the top module can be hooked")
 
     layers: list[ModuleRef] = []
-    if layers_found is not None:
+    if stack_layers and not generic:
+        layers = stack_layers
+    elif layers_found is not None:
         lq, lst = layers_found
         layers = [ModuleRef(_join(lq, str(i)), block, i, "layer") for i, block in enumerate(lst)]
+    kind = _model_kind(model, arch if not generic else None, stacks)
+    if not stacks and layers:
+        stacks = {"encoder" if kind == "encoder" else "decoder": (0, len(layers))}
 
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=2)
@@ -668,10 +833,26 @@ def describe(model: nn.Module, *, use_tables: bool = True) -> ArchMap:
         layers=layers,
         components=components,
         model_level=model_level,
-        config=_config_summary(model, len(layers), model_level),
+        config=_config_summary(model, len(layers), model_level, kind, stacks),
         generic=generic,
         warnings=notes,
+        kind=kind,
+        encoder=encoder_ref,
+        stacks=stacks,
     )
+
+
+def _model_kind(model: nn.Module, arch: Optional[str], stacks: dict[str, tuple[int, int]]) -> str:
+    """decoder, encoder or encoder-decoder: from the stacks a table found, the family's table,
+    else the config (``is_encoder_decoder``; an encoder family unless ``is_decoder``)."""
+    if "encoder" in stacks:
+        return "encoder-decoder" if "decoder" in stacks else "encoder"
+    cfg = getattr(model, "config", None)
+    if arch is not None and ARCH_TABLES[arch].kind == "encoder":
+        return "decoder" if getattr(cfg, "is_decoder", False) else "encoder"
+    if getattr(cfg, "is_encoder_decoder", False) and arch is None:
+        return "encoder-decoder"
+    return "decoder"
 
 
 def hook_targets(amap: ArchMap, mode: str) -> list[ModuleRef]:

@@ -15,6 +15,8 @@ Windows (monotonic ns, energyprof's one clock):
   forward); when the next forward starts a new generation, the slot ends at the end
   of its forward and the gap is the ``between`` phase; ``post_inference`` from the
   end of the last forward to the end of the run.  The phases tile the run exactly.
+  An *encode* forward (an encoder-only model's forward, or a seq2seq model's encoder)
+  is phase ``encode``; its slot runs on to the decoder's prefill that follows it.
 * tokens: one row per decode slot (``n_tokens`` = batch size), so
   ``sum(tokens.energy_j) == decode energy``.
 * calls: one row per hooked module call; its parent is the enclosing hooked call
@@ -53,6 +55,7 @@ class Forward:
     new_positions: int          # sequence length of this forward's input
     input_tokens: int           # real (unpadded) tokens in the input
     prefill: bool
+    encode: bool = False        # an encoder's forward (BERT's, or a seq2seq model's encoder): phase `encode`
 
 
 @dataclass
@@ -158,8 +161,14 @@ def _phase_windows(forwards: list[Forward], t_start_ns: int, t_end_ns: int):
     step = 0
     for i, f in enumerate(forwards):
         nxt = forwards[i + 1] if i + 1 < len(forwards) else None
-        end = nxt.t_start_ns if (nxt is not None and not nxt.prefill) else f.t_end_ns
-        if f.prefill:
+        # A slot runs to the next forward of the same generation: a decode step, or the
+        # decoder's prefill after its encoder; a new generation (prefill or encode) starts afresh.
+        same_gen = nxt is not None and ((not nxt.prefill and not nxt.encode) or (f.encode and nxt.prefill))
+        end = nxt.t_start_ns if same_gen else f.t_end_ns
+        if f.encode:
+            slots.append((f.t_start_ns, end, 0, f.batch, True))
+            seg = ("encode", f.t_start_ns, end, f.input_tokens)
+        elif f.prefill:
             slots.append((f.t_start_ns, end, 0, f.batch, True))
             seg = ("prefill", f.t_start_ns, end, f.input_tokens)
         else:
@@ -300,7 +309,7 @@ def attribute(
         calls["call_id"] = np.arange(len(calls))
         calls["layer"] = np.asarray([sp.layer for sp in spans], dtype=np.int32)[span_ids]
         calls["component"] = np.asarray([sp.component for sp in spans], dtype=calls.dtype["component"])[span_ids]
-        for c in ("act_mean", "act_std", "act_max", "act_sparsity"):
+        for c in ("act_mean", "act_std", "act_max", "act_sparsity", "act_abs_mean"):
             calls[c] = np.nan
         # step: the forward slot containing the call's begin
         slot_starts = np.asarray([s[0] for s in slots], dtype=np.int64)
@@ -354,14 +363,14 @@ def attribute(
     for p in phases.values():
         p["j_per_token"] = p["energy_j"] / p["tokens"] if p["tokens"] else float("nan")
         p["edp_js"] = p["energy_j"] * p["duration_s"]
-    in_tokens = int(sum(f.input_tokens for f in forwards if f.prefill))
-    out_tokens = int(sum(f.batch for f in forwards))
-    peak_w = float("nan")
-    if len(samples):
-        in_run = (samples["t_end_ns"] > t_start_ns) & (samples["t_start_ns"] < t_end_ns)
-        if np.any(in_run):
-            pw = np.stack([samples[c][in_run] for c in _SAMPLE_COLS], axis=1)
-            peak_w = float(np.nanmax(total_of(pw, measured)))
+    # With an encoder the input is what it read (a seq2seq decoder's prefill reads its start token).
+    if any(f.encode for f in forwards):
+        in_tokens = int(sum(f.input_tokens for f in forwards if f.encode))
+    else:
+        in_tokens = int(sum(f.input_tokens for f in forwards if f.prefill))
+    out_tokens = int(sum(f.batch for f in forwards if not f.encode))
+    peaks = _peaks(samples, t_start_ns, t_end_ns, measured)
+    peak_w = peaks["total"]["power_w"] if "total" in peaks else float("nan")
     period_s = sample_period_s(samples, nominal_period_s)
     gap_stats = _gap_stats(bridged, t_start_ns, t_end_ns)
     all_calls_resolved = calls["resolved"] if len(calls) else None
@@ -378,9 +387,11 @@ def attribute(
         "baseline_power_w": base_power_w,
         "baseline_domains_w": {d: float(w) for d, w in zip(DOMAINS, base_dom_w)},
         "peak_power_w": peak_w,
+        "peaks": peaks,
         "input_tokens": in_tokens,
         "output_tokens": out_tokens,
         "batch_size": int(forwards[0].batch) if forwards else 0,
+        "n_encode_forwards": int(sum(1 for f in forwards if f.encode)),
         "j_per_token": run_j / (in_tokens + out_tokens) if (in_tokens + out_tokens) else float("nan"),
         "j_per_output_token": run_j / out_tokens if out_tokens else float("nan"),
         "tokens_per_j": out_tokens / run_j if run_j > 0 else float("nan"),
@@ -403,6 +414,32 @@ def attribute(
         summary["baseline_drift_w"] = post_w - base_power_w if baseline is not None else float("nan")
     summary["warnings"] = _warnings(summary, sections, base_idx, baseline)
     return Attribution(sections=sections, tokens=tokens, calls=calls, summary=summary)
+
+
+def _peaks(samples: np.ndarray, t_start_ns: int, t_end_ns: int, measured: Sequence[bool]) -> dict:
+    """The highest sampled power of the run per measured domain and in total, with when it was.
+
+    ``{domain or "total": {"power_w", "t_s", "t_end_s"}}``: the sample (an interval's average,
+    or an instant) with the highest power among those overlapping the run; ``t_s``/``t_end_s``
+    its start (at the earliest the run start) and end in seconds from the run start.
+    """
+    out: dict = {}
+    if not len(samples):
+        return out
+    in_run = (samples["t_end_ns"] > t_start_ns) & (samples["t_start_ns"] < t_end_ns)
+    if not np.any(in_run):
+        return out
+    sel = samples[in_run]
+    pw = np.stack([sel[c] for c in _SAMPLE_COLS], axis=1)
+    cols = {d: pw[:, k] for k, d in enumerate(DOMAINS) if measured[k]}
+    cols["total"] = total_of(pw, measured)
+    for name, v in cols.items():
+        if not np.any(~np.isnan(v)):
+            continue
+        i = int(np.nanargmax(v))
+        out[name] = {"power_w": float(v[i]), "t_s": max(int(sel["t_start_ns"][i]) - t_start_ns, 0) * 1e-9,
+                     "t_end_s": (int(sel["t_end_ns"][i]) - t_start_ns) * 1e-9}
+    return out
 
 
 #: ``summary()["method"]``: how energy inside one sample is divided among the windows in it.

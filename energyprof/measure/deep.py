@@ -132,7 +132,7 @@ def _cpu_view(x: Any) -> Optional[np.ndarray]:
 
 
 def fast_stats(x: Any, small_below: float = 1e-3) -> Any:
-    """:func:`tensor_stats` in one pass: a tuple of 4 floats from the C kernel
+    """:func:`tensor_stats` in one pass: a tuple of 5 floats from the C kernel
     (``_core.tensor_stats``) for CPU float32/float64 tensors, else :func:`tensor_stats`'s
     device tensor (no host sync on accelerators)."""
     v = _cpu_view(x)
@@ -141,7 +141,7 @@ def fast_stats(x: Any, small_below: float = 1e-3) -> Any:
     return tensor_stats(x, small_below)
 
 
-def stats_rows(lst: Sequence[Any], width: int = 4) -> np.ndarray:
+def stats_rows(lst: Sequence[Any], width: int = 5) -> np.ndarray:
     """Stack what :func:`fast_stats` (or a stats kernel) returned, tensors and tuples mixed, into
     a float64 array of rows (one host transfer for the tensors)."""
     if not lst:
@@ -155,7 +155,8 @@ def stats_rows(lst: Sequence[Any], width: int = 4) -> np.ndarray:
 
 
 def tensor_stats(x: Any, small_below: float = 1e-3) -> Any:
-    """(mean, std, max |x|, share of |x| < small_below) of a tensor, as a float64 tensor of 4 on its device.
+    """(mean, std, max |x|, share of |x| < small_below, mean |x|) of a tensor, as a float64
+    tensor of 5 on its device.
 
     No host sync.  The std (unbiased, as ``Tensor.std``) comes from the sums of x and x²
     accumulated in float64: torch's own ``std`` is ~20x slower on CPU than plain sums.
@@ -173,7 +174,8 @@ def tensor_stats(x: Any, small_below: float = 1e-3) -> Any:
         else:
             std = mean.new_zeros(())
         ax = x.abs()
-        return torch.stack([mean, std, ax.max().double(), (ax < small_below).sum().double() / n])
+        return torch.stack([mean, std, ax.max().double(), (ax < small_below).sum().double() / n,
+                            ax.sum(dtype=torch.float64) / n])
 
 
 def _token_variance(x: Any) -> Any:
@@ -509,13 +511,15 @@ class DeepOps:
     statistics: bool = field(default_factory=lambda: STATISTICS)
     stats_every: int = 1                # statistics on the 1st, (N+1)th, (2N+1)th ... call of each module
     head_groups: bool = field(default_factory=lambda: HEAD_GROUPS)
+    sparse_below: float = field(default_factory=lambda: SPARSE_BELOW)   # ep.run(sparse_below=...)
+    kill_below: float = field(default_factory=lambda: KILL_BELOW)       # ep.run(kill_below=...)
     _attn: List[Tuple[Any, _Marks]] = field(default_factory=list)
     _mlp: List[Tuple[Any, str, _Marks]] = field(default_factory=list)
     _norm: List[Tuple[Any, str, _Marks]] = field(default_factory=list)
     _installed: List[_Installed] = field(default_factory=list)
     _previous_impl: Optional[str] = None
     _head_raw: Dict[int, list] = field(default_factory=dict)     # softmax span -> [tensor (3, H)]
-    _act_raw: Dict[int, list] = field(default_factory=dict)      # op span -> [tensor (4,)]
+    _act_raw: Dict[int, list] = field(default_factory=dict)      # op span -> [(5,) tensor or tuple]
     _ratio_raw: Dict[int, list] = field(default_factory=dict)    # parent span -> [tensor ()]
     _mask_memo: Optional[tuple] = None                            # (mask tensor, key, allowed array) of the last forward
 
@@ -690,16 +694,16 @@ class DeepOps:
             v = _cpu_view(w) if w.dtype == torch.float32 else None
             if v is not None and v.ndim == 4 and v.size:
                 a = self._allowed_np(attention_mask, v.shape)
-                heads, all4 = _core.attention_stats(v, a, SPARSE_BELOW)
+                heads, all5 = _core.attention_stats(v, a, self.sparse_below)
                 self._head_raw.setdefault(marks.stats_key, []).append(heads)
-                self._act_raw.setdefault(marks.stats_key, []).append(all4)
+                self._act_raw.setdefault(marks.stats_key, []).append(all5)
                 return
             p = w.detach()
             if p.dtype != torch.float32:
                 p = p.float()                                        # (B, H, Q, K)
             ent = torch.special.entr(p).sum(-1)                      # -p log p, 0 at p = 0
             row_max = p.amax(-1)                                     # (B, H, Q)
-            small = p < SPARSE_BELOW
+            small = p < self.sparse_below
             allowed = self._allowed(attention_mask)
             if allowed is None:
                 n_allowed = float(p.shape[0] * p.shape[2] * p.shape[3])
@@ -713,7 +717,7 @@ class DeepOps:
             st = torch.stack([ent.mean(dim=(0, 2)), row_max.mean(dim=(0, 2)), sparse,
                               torch.full_like(sparse, float(p.shape[0] * p.shape[2]))])
             self._head_raw.setdefault(marks.stats_key, []).append(st)
-            self._act_raw.setdefault(marks.stats_key, []).append(tensor_stats(p, SPARSE_BELOW))
+            self._act_raw.setdefault(marks.stats_key, []).append(tensor_stats(p, self.sparse_below))
 
     def _kill_stats(self, marks: _Marks, a: Any) -> None:
         import torch
@@ -721,7 +725,7 @@ class DeepOps:
         if not self._due(marks):
             return
         with torch.no_grad():
-            st = fast_stats(a, KILL_BELOW)
+            st = fast_stats(a, self.kill_below)
             sid = marks.ops["act"][0].span_id
             self._act_raw.setdefault(sid, []).append(st)
             self._ratio_raw.setdefault(marks.stats_key, []).append(st[3])
@@ -746,7 +750,7 @@ class DeepOps:
 
         ``calls`` and ``span_ids`` are the run's calls and the span id of each row (same
         order).  Adds the op activation statistics to ``act_stats`` (span id -> list of
-        (mean, std, max, sparsity) per call, the session's format) and returns the
+        (mean, std, max, sparsity, mean |x|) per call, the session's format) and returns the
         per-head rows (:data:`HEAD_DTYPE`) and the ``summary["deep"]`` dict.
         """
         import torch
@@ -793,8 +797,8 @@ class DeepOps:
             "heads": head_summary(heads),
             "mlp": mlp,
             "norms": norms,
-            "sparse_below": SPARSE_BELOW,
-            "kill_below": KILL_BELOW,
+            "sparse_below": float(self.sparse_below),
+            "kill_below": float(self.kill_below),
             "stats_every": int(self.stats_every),
         }
         return heads, summary

@@ -76,7 +76,15 @@ class LiveFeed:
     gaps between decode steps do, until the run ends: the final pass calls it
     ``post_inference``), ``tokens`` (generated so far) and ``tok_s``.
     Token dict: ``step`` (0 = the prefill forward), ``n_tokens``, ``t_ns`` (end of
-    the forward), ``duration_s``, ``phase``, ``tokens`` (so far), ``tok_s``.
+    the forward), ``duration_s``, ``phase``, ``tokens`` (so far), ``tok_s``,
+    ``energy_j`` (the run's energy from its start to ``t_ns``), ``step_energy_j`` (the
+    forward's own energy, NaN unless ``resolved``: its window spans a whole sample),
+    ``samples_in_window``.  A token is delivered once the samples reach its end (at most
+    about one sample period late), so its energy is known when it arrives.
+    Layer dict (``on_layer``, at most ``layer_max_per_s`` per second of run time; the rest
+    are counted in the next one's ``skipped``): ``layer``, ``step``, ``t_start_ns``,
+    ``t_end_ns``, ``duration_s``, ``energy_j`` (NaN unless ``resolved``), ``resolved``,
+    ``skipped``.
     Section dict: ``name``, ``kind`` (``"phase"`` or ``"section"``), ``event``
     (``"begin"``/``"end"``), ``t_ns``.
     """
@@ -90,7 +98,13 @@ class LiveFeed:
         self.callbacks = callbacks if callbacks is not None else session._live_callbacks
         self.interval_s = float(interval_ms) / 1e3
         self.errors = 0
-        self.delivered = {"sample": 0, "token": 0, "section": 0}
+        self.delivered = {"sample": 0, "token": 0, "section": 0, "layer": 0}
+        self.layer_max_per_s = float(getattr(session, "layer_max_per_s", 10.0) if session is not None else 10.0)
+        self._chunks: List[np.ndarray] = []            # every sample seen, for the energy of tokens and layers
+        self._covered_ns: Optional[int] = None         # end of the newest sample seen
+        self._pending: List[tuple] = []                # (t_ns, kind, payload, window) waiting for the samples
+        self._last_layer_ns: Optional[int] = None
+        self._layer_skipped = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._cond = threading.Condition()
@@ -242,12 +256,17 @@ class LiveFeed:
         self.sampler.drain()
         new = self.sampler.samples_since(self._sample_cursor)
         self._sample_cursor += len(new)
+        if len(new):
+            self._chunks.append(new)
+            self._covered_ns = int(new["t_end_ns"].max()) if self._covered_ns is None else \
+                max(self._covered_ns, int(new["t_end_ns"].max()))
         if s is not None:
             ev = s._buffer.drain()
             if len(ev):
                 s._event_chunks.append(ev)
                 self._process_events(ev, out)
             self._process_user_sections(out, final)
+        out += self._release(final)
         for d in _sample_dicts(new, self._sample_cursor - len(new)):
             t = d["t_end_ns"]
             d["phase"] = self.phase_at(t, final)
@@ -302,10 +321,11 @@ class LiveFeed:
                     self._tokens += batch
                     self._t_last_ns = t
                     step = 0 if prefill else self._n_decode
-                    out.append((t, 1, "token", {"step": step, "n_tokens": batch, "t_ns": int(t),
-                                                "duration_s": (t - self._fwd[-1][0]) * 1e-9,
-                                                "phase": "prefill" if prefill else "decode",
-                                                "tokens": self._tokens, "tok_s": self._tok_s()}))
+                    t0 = self._fwd[-1][0]
+                    self._pending.append((t, "token", {"step": step, "n_tokens": batch, "t_ns": int(t),
+                                                       "duration_s": (t - t0) * 1e-9,
+                                                       "phase": "prefill" if prefill else "decode",
+                                                       "tokens": self._tokens, "tok_s": self._tok_s()}, (t0, t)))
             elif sid in self._layer_spans:
                 if kind == 0:
                     self._layer_open[sid] = t
@@ -316,6 +336,70 @@ class LiveFeed:
                         self._layer_starts.insert(k, t0)
                         self._layer_ends.insert(k, t)
                         self._layer_ids.insert(k, self._layer_spans[sid])
+                        self._layer_event(self._layer_spans[sid], t0, t)
+
+    def _layer_event(self, layer: int, t0: int, t1: int) -> None:
+        """Queue a layer call for ``on_layer``, at most ``layer_max_per_s`` per second of run time."""
+        if not self.callbacks.get("layer"):
+            return
+        gap_ns = 1e9 / self.layer_max_per_s if self.layer_max_per_s > 0 else 0.0
+        if self._last_layer_ns is not None and t1 - self._last_layer_ns < gap_ns:
+            self._layer_skipped += 1
+            return
+        self._last_layer_ns = t1
+        step = (0 if self._is_prefill(len(self._fwd)) else self._n_decode + 1) if self._fwd_open is not None else -1
+        self._pending.append((t1, "layer", {"layer": int(layer), "step": step, "t_start_ns": int(t0),
+                                            "t_end_ns": int(t1), "duration_s": (t1 - t0) * 1e-9,
+                                            "skipped": self._layer_skipped}, (t0, t1)))
+        self._layer_skipped = 0
+
+    def _release(self, final: bool) -> List[tuple]:
+        """Tokens and layer calls whose end the samples have reached (all of them on the final
+        pass), with their energy: one integration over every sample seen so far."""
+        if not self._pending:
+            return []
+        if final or self._covered_ns is None:
+            ready = self._pending if final else []
+        else:
+            n = 0
+            while n < len(self._pending) and self._pending[n][0] <= self._covered_ns:
+                n += 1
+            ready = self._pending[:n]
+        if not ready:
+            return []
+        self._pending = self._pending[len(ready):] if not final else []   # pending is in time order
+        from .. import _core
+        from .attribution import measured_domains, total_of
+
+        samples = np.concatenate(self._chunks) if self._chunks else None
+        t_run = getattr(self.session, "_t_start_ns", None) if self.session is not None else None
+        wins = []
+        for t, _kind, _d, (a, b) in ready:
+            wins.append((a, b))
+            wins.append((t_run if t_run is not None else a, t))
+        if samples is not None and len(samples):
+            windows = np.asarray(wins, dtype=np.int64).reshape(-1, 2)
+            windows[:, 0] = np.minimum(windows[:, 0], windows[:, 1])
+            dom_j, _flags, n_in = _core.integrate(samples, windows)
+            tot = total_of(dom_j, measured_domains(samples))
+        else:
+            tot = np.full(len(wins), np.nan)
+            n_in = np.zeros(len(wins), np.int32)
+        out = []
+        for i, (t, kind, d, _w) in enumerate(ready):
+            e_own, n_own = float(tot[2 * i]), int(n_in[2 * i])
+            resolved = n_own > 0
+            if kind == "token":
+                d["energy_j"] = float(tot[2 * i + 1])
+                d["step_energy_j"] = e_own if resolved else float("nan")
+                d["samples_in_window"] = n_own
+                d["resolved"] = resolved
+                out.append((t, 1, "token", d))
+            else:
+                d["energy_j"] = e_own if resolved else float("nan")
+                d["resolved"] = resolved
+                out.append((t, 1, "layer", d))
+        return out
 
     def _process_user_sections(self, out: List[tuple], final: bool) -> None:
         secs = self.session._user_sections

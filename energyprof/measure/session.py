@@ -51,6 +51,20 @@ SAVE_EVERY_S = 0.5
 SETTLE_MAX_S = 0.5
 
 
+def _input_shape(args, kwargs, first: Optional[str] = None) -> tuple:
+    """The shape of a forward's input: ``kwargs[first]`` (e.g. a decoder's
+    ``decoder_input_ids``), else ``input_ids``, the first positional argument or
+    ``inputs_embeds``; (1, 1) when none has a shape."""
+    ids = kwargs.get(first) if first else None
+    if ids is None:
+        ids = kwargs.get("input_ids")
+    if ids is None and args:
+        ids = args[0]
+    if ids is None:
+        ids = kwargs.get("inputs_embeds")
+    return tuple(ids.shape) if ids is not None and hasattr(ids, "shape") else (1, 1)
+
+
 class Session(RunData):
     """A profiling session over one model; created by :func:`run`.
 
@@ -75,6 +89,11 @@ class Session(RunData):
         hook_method: str = "wrap",
         post_baseline_s: float = 0.0,
         stats_every: int = 1,
+        store_text: bool = True,
+        tokenizer: Any = None,
+        sparse_below: Optional[float] = None,
+        kill_below: Optional[float] = None,
+        power_limit_w: Any = None,
     ) -> None:
         super().__init__()
         try:
@@ -96,6 +115,19 @@ class Session(RunData):
         if isinstance(stats_every, bool) or not isinstance(stats_every, int) or stats_every < 1:
             raise ValueError(f"stats_every must be an integer >= 1 (statistics on every Nth call); got {stats_every!r}")
         self.stats_every = stats_every
+        from . import deep as _deep
+        from .limits import power_limits
+
+        self.sparse_below = _threshold("sparse_below", sparse_below, _deep.SPARSE_BELOW)
+        self.kill_below = _threshold("kill_below", kill_below, _deep.KILL_BELOW)
+        power_limits(None, None, power_limit_w)   # a bad stated limit fails here, before anything starts
+        self.power_limit_w = power_limit_w
+        self.store_text = bool(store_text)
+        self.tokenizer = tokenizer
+        self._texts_given: Dict[str, Any] = {}
+        self._generations: List[dict] = []
+        self._generation_opts: Dict[str, Any] = {}
+        self._generate_wrapped = False
         self.model = model
         self.source_spec = source
         self.mode = mode
@@ -111,6 +143,9 @@ class Session(RunData):
         self._user_sections: List[UserSection] = []
         self._section_stack: List[int] = []
         self._forward_meta: List[dict] = []
+        self._encoder_meta: List[dict] = []
+        self._encoder_span = -1             # span id of a seq2seq model's encoder stack (-1: none)
+        self._router = None                 # MoE: routed-token counts (energyprof.measure.moe)
         self._finished = False
         self._store = None
         self._sampler = None
@@ -125,7 +160,9 @@ class Session(RunData):
         self._deep = None
         self._heads = None
         self._live = None
-        self._live_callbacks: Dict[str, list] = {"sample": [], "token": [], "section": []}
+        self._live_callbacks: Dict[str, list] = {"sample": [], "token": [], "section": [], "layer": []}
+        self._complete_callbacks: list = []
+        self.layer_max_per_s = 10.0
         self._event_chunks: List[np.ndarray] = []
         self.live_interval_ms = 100.0
 
@@ -192,6 +229,9 @@ class Session(RunData):
                 if parent in qual_to_span:
                     self._spans[sid].parent_span = qual_to_span[parent]
                     break
+        if self._amap.encoder is not None:   # its calls are the `encode` phase, in every mode
+            self._encoder_span = len(self._spans)
+            self._spans.append(SpanInfo(layer=-1, component="encoder"))
         self._buffer = _core.SpanBuffer()
         self._hookset = HookSet(self._buffer, sync=sync, device=self._device, activity=True, method=self.hook_method)
         top = self._amap.top
@@ -200,10 +240,20 @@ class Session(RunData):
         # The shape hook runs before the C begin hook; it reads the input shapes only.
         self._handles.append(top.register_forward_pre_hook(self._shape_hook, with_kwargs=True))
         self._hookset.add(top, 0)
+        if self._encoder_span >= 0:
+            enc = self._amap.encoder.module
+            self._handles.append(enc.register_forward_pre_hook(self._encoder_shape_hook, with_kwargs=True))
+            self._hookset.add(enc, self._encoder_span)
         for ref in targets:
             self._hookset.add(ref.module, qual_to_span[ref.qualname])
         if self.mode == "deep":
             self._add_deep_hooks(targets, qual_to_span)
+        if self.mode != "minimal":
+            from .moe import RouterRecorder
+
+            self._router = RouterRecorder(self._amap)
+            self._router.install()
+        self._wrap_generate()
 
         if self.save:
             from ..store.db import Store
@@ -231,7 +281,8 @@ class Session(RunData):
         def make_hook(sid: int, k: int):
             return _core.Hook(buf, sid, k, activity=True, sync=kind, sync_index=index, sync_fallback=fallback)
 
-        self._deep = DeepOps(self._amap, self._spans, qual_to_span, make_hook, stats_every=self.stats_every).plan()
+        self._deep = DeepOps(self._amap, self._spans, qual_to_span, make_hook, stats_every=self.stats_every,
+                             sparse_below=self.sparse_below, kill_below=self.kill_below).plan()
         self._deep.install()
 
     def _start_live(self) -> None:
@@ -260,6 +311,34 @@ class Session(RunData):
         """Call ``callback(dict)`` when a phase or a user section begins or ends."""
         self._on("section", callback)
 
+    def on_layer(self, callback: "Callable[[dict], Any]", max_per_s: float = 10.0) -> None:
+        """Call ``callback(dict)`` when a decoder layer's call ends, at most ``max_per_s`` times
+        per second of run time (the calls in between are counted in ``skipped``)."""
+        if not (max_per_s > 0):
+            raise ValueError(f"on_layer: max_per_s must be > 0, got {max_per_s!r}")
+        self.layer_max_per_s = float(max_per_s)
+        if self._live is not None:
+            self._live.layer_max_per_s = self.layer_max_per_s
+        self._on("layer", callback)
+
+    def on_complete(self, callback: "Callable[[dict], Any]") -> None:
+        """Call ``callback(dict)`` once the run is finished and saved, from the thread that left
+        the ``with`` block: ``{"run_id", "status", "summary"}`` (the summary dict)."""
+        if not callable(callback):
+            raise TypeError(f"on_complete: callback must be callable, got {type(callback).__name__}")
+        self._complete_callbacks.append(callback)
+
+    def _complete(self) -> None:
+        if not self._complete_callbacks:
+            return
+        payload = {"run_id": self.run_id, "status": self._summary.get("status"), "summary": self.summary()}
+        for cb in self._complete_callbacks:
+            try:
+                cb(payload)
+            except Exception as e:  # the run is saved: a broken callback only warns
+                warnings.warn(f"energyprof: on_complete callback {cb!r} raised {type(e).__name__}: {e}",
+                              RuntimeWarning)
+
     @property
     def heads(self) -> np.ndarray:
         """mode="deep": per (attention call, head) statistics (``energyprof._dtypes.HEAD_DTYPE``)."""
@@ -272,15 +351,13 @@ class Session(RunData):
         values, so it forces no device synchronisation (the value reads are deferred to
         the end of the run, and done only for forwards that start a generation)."""
         try:
-            ids = kwargs.get("input_ids")
-            if ids is None and args:
-                ids = args[0]
-            if ids is None:
-                ids = kwargs.get("inputs_embeds")
-            shape = tuple(ids.shape) if ids is not None and hasattr(ids, "shape") else (1, 1)
+            encdec = self._amap.kind == "encoder-decoder"
+            shape = _input_shape(args, kwargs, "decoder_input_ids" if encdec else None)
             batch = int(shape[0]) if len(shape) >= 1 else 1
             seq = int(shape[1]) if len(shape) >= 2 else 1
             past = kwargs.get("past_key_values")
+            if past is None:
+                past = kwargs.get("cache")   # transformers >= 5.2x passes the cache as `cache`
             past_len = None             # None: no cache object passed
             if past is not None:
                 try:
@@ -291,7 +368,7 @@ class Session(RunData):
                     "t_ns": _core.now_ns()}
             if not past_len:            # may start a generation: keep what _forwards reads later
                 meta["cache_position"] = kwargs.get("cache_position")
-                mask = kwargs.get("attention_mask")
+                mask = kwargs.get("decoder_attention_mask" if encdec else "attention_mask")
                 if mask is not None and hasattr(mask, "shape") and tuple(mask.shape[:2]) == (batch, seq):
                     meta["mask"] = mask
             self._forward_meta.append(meta)
@@ -299,6 +376,21 @@ class Session(RunData):
             self._forward_meta.append({"batch": 1, "seq": 1, "past_len": None, "cache_position": None, "mask": None,
                                        "t_ns": _core.now_ns()})
             warnings.warn(f"energyprof: could not read the forward's input shape ({e})", RuntimeWarning)
+        return None
+
+    def _encoder_shape_hook(self, module, args, kwargs):
+        """A seq2seq encoder's input shape and mask (its real tokens are the run's input tokens)."""
+        try:
+            shape = _input_shape(args, kwargs)
+            mask = kwargs.get("attention_mask")
+            if mask is None and len(args) > 1:
+                mask = args[1]
+            keep = mask if (mask is not None and hasattr(mask, "shape") and tuple(mask.shape[:2]) == shape[:2]) else None
+            self._encoder_meta.append({"batch": int(shape[0]) if shape else 1,
+                                       "seq": int(shape[1]) if len(shape) > 1 else 1, "mask": keep})
+        except Exception as e:  # never break the model
+            self._encoder_meta.append({"batch": 1, "seq": 1, "mask": None})
+            warnings.warn(f"energyprof: could not read the encoder's input shape ({e})", RuntimeWarning)
         return None
 
     def _add_deep_hooks(self, targets, qual_to_span) -> None:
@@ -322,9 +414,9 @@ class Session(RunData):
                     return
                 out = output[0] if isinstance(output, (tuple, list)) else output
                 if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel():
-                    st = fast_stats(out)   # a tuple (CPU) or a device tensor (no sync per call; converted in _finish)
+                    st = fast_stats(out, self.sparse_below)   # a tuple (CPU) or a device tensor (no sync per call; converted in _finish)
                 else:
-                    st = (np.nan,) * 4
+                    st = (np.nan,) * 5
                 self._act_stats.setdefault(sid, []).append(st)
 
             return hook
@@ -332,6 +424,147 @@ class Session(RunData):
         for ref in targets:
             sid = qual_to_span[ref.qualname]
             self._handles.append(ref.module.register_forward_hook(make(sid)))
+
+    # ------------------------------------------------------------------ text and generation options
+    def _wrap_generate(self) -> None:
+        """Wrap ``model.generate`` (an instance attribute, for the run only) to keep what each
+        call was given and returned: the token ids (decoded at the end when a tokenizer was
+        given) and the generation options (``summary()["generation"]``)."""
+        gen = getattr(self.model, "generate", None)
+        if not callable(gen):
+            return
+
+        def generate(*args, **kwargs):
+            out = gen(*args, **kwargs)
+            try:
+                self._record_generate(args, kwargs, out)
+            except Exception as e:  # never break the model's output
+                warnings.warn(f"energyprof: could not record the generate() call ({e})", RuntimeWarning)
+            return out
+
+        self.model.generate = generate
+        self._generate_wrapped = True
+
+    def _unwrap_generate(self) -> None:
+        if self._generate_wrapped:
+            self._generate_wrapped = False
+            with contextlib.suppress(AttributeError):
+                del self.model.generate   # the class's method shows through again
+
+    def _record_generate(self, args: tuple, kwargs: dict, out: Any) -> None:
+        ids = kwargs.get("input_ids")
+        if ids is None and args:
+            ids = args[0]
+        seqs = getattr(out, "sequences", out)
+        cfg = getattr(self.model, "generation_config", None)
+        opts: Dict[str, Any] = {}
+        for k in _GENERATION_KEYS:
+            v = kwargs.get(k, getattr(cfg, k, None))
+            opts[k] = v.item() if hasattr(v, "item") else v
+        opts = _plain(opts)
+        rec = {"options": opts, "input_ids": None, "mask": None, "sequences": None}
+        if hasattr(ids, "tolist") and getattr(ids, "ndim", 0) == 2:
+            rec["input_ids"] = ids.detach().cpu().tolist()
+            mask = kwargs.get("attention_mask")
+            if hasattr(mask, "tolist") and tuple(mask.shape) == tuple(ids.shape):
+                rec["mask"] = mask.detach().cpu().tolist()
+        if hasattr(seqs, "tolist") and getattr(seqs, "ndim", 0) == 2:
+            rec["sequences"] = seqs.detach().cpu().tolist()
+        self._generations.append(rec)
+
+    def record_text(self, prompt: Any = None, output: Any = None, token_texts: Any = None) -> None:
+        """Give the run's text yourself (it wins over what a ``tokenizer`` would decode).
+
+        ``prompt`` and ``output``: a string, or one per sequence of the batch; ``token_texts``:
+        the text of each generated token, a list (one sequence) or a list per sequence, index
+        k = generation step k (0 = the token of the prefill forward).  Ignored with
+        ``store_text=False``.
+        """
+        for key, v in (("prompt", prompt), ("output", output)):
+            if v is None:
+                continue
+            vals = [v] if isinstance(v, str) else (list(v) if isinstance(v, (list, tuple)) else None)
+            if vals is None or not all(isinstance(x, str) for x in vals):
+                raise TypeError(f"record_text({key}=...): a str or a list of str")
+            self._texts_given[key] = vals
+        if token_texts is not None:
+            if not isinstance(token_texts, (list, tuple)):
+                raise TypeError("record_text(token_texts=...): a list of str, or one such list per sequence")
+            tt = list(token_texts)
+            if tt and all(isinstance(x, str) for x in tt):
+                tt = [tt]
+            if not all(isinstance(row, (list, tuple)) and all(isinstance(x, str) for x in row) for row in tt):
+                raise TypeError("record_text(token_texts=...): a list of str, or one such list per sequence")
+            self._texts_given["token"] = [list(row) for row in tt]
+
+    def record_generation(self, **options: Any) -> None:
+        """Store generation options with the run (``summary()["generation"]``), e.g. the ``seed``
+        the caller seeded torch with; they are laid over those read from ``generate()``."""
+        self._generation_opts.update(_plain(options))
+
+    def _text_rows(self) -> np.ndarray:
+        """The run's text rows (TEXT_DTYPE): what record_text gave, else what the tokenizer decodes."""
+        from .._dtypes import TEXT_DTYPE, text_dtype
+
+        if not self.store_text:
+            return np.zeros(0, TEXT_DTYPE)
+        rows: List[tuple] = []
+        decoded = self._decoded_texts() if self.tokenizer is not None else {"prompt": [], "output": [], "token": []}
+        given = self._texts_given
+        for kind in ("prompt", "output"):
+            for seq, text in enumerate(given.get(kind, decoded[kind])):
+                rows.append((kind, -1, seq, text))
+        if "token" in given:
+            for seq, row in enumerate(given["token"]):
+                rows += [("token", k, seq, t) for k, t in enumerate(row)]
+        else:
+            rows += decoded["token"]
+        if not rows:
+            return np.zeros(0, TEXT_DTYPE)
+        return np.array(rows, dtype=text_dtype(max(len(r[3]) for r in rows)))
+
+    def _decoded_texts(self) -> Dict[str, list]:
+        """Prompt, output and token texts of every recorded generate() call, decoded with the
+        tokenizer.  Sequences are numbered through the run (a second call's first sequence
+        follows the first call's last); decode steps carry the run's step numbers."""
+        tok = self.tokenizer
+        out: Dict[str, list] = {"prompt": [], "output": [], "token": []}
+        step0 = 0
+        encdec = bool(getattr(getattr(self.model, "config", None), "is_encoder_decoder", False))
+
+        def dec(ids):
+            try:
+                return str(tok.decode(ids, skip_special_tokens=True))
+            except TypeError:
+                return str(tok.decode(ids))
+
+        for rec in self._generations:
+            ins, seqs, mask = rec["input_ids"], rec["sequences"], rec["mask"]
+            if seqs is None:
+                continue
+            n_gen = 0
+            for b, seq in enumerate(seqs):
+                prompt_ids = ins[b] if ins is not None and b < len(ins) else []
+                if mask is not None and b < len(mask):
+                    prompt_ids = [t for t, m in zip(prompt_ids, mask[b]) if m]
+                start = 1 if encdec else (len(ins[b]) if ins is not None and b < len(ins) else 0)
+                gen_ids = seq[start:]
+                n_gen = max(n_gen, len(gen_ids))
+                out["prompt"].append(dec(prompt_ids))
+                out["output"].append(dec(gen_ids))
+                seq_no = len(out["prompt"]) - 1
+                for k, t in enumerate(gen_ids):
+                    out["token"].append(("token", 0 if k == 0 else step0 + k, seq_no, dec([t])))
+            step0 += max(n_gen - 1, 0)
+        return out
+
+    def _generation_summary(self) -> Optional[Dict[str, Any]]:
+        if not self._generations and not self._generation_opts:
+            return None
+        g = dict(self._generations[0]["options"]) if self._generations else {}
+        g.update(self._generation_opts)
+        g["n_generate_calls"] = len(self._generations)
+        return g
 
     # ------------------------------------------------------------------ sections
     @contextlib.contextmanager
@@ -427,12 +660,16 @@ class Session(RunData):
                 self._saver.join()
             status = "completed" if exc_type is None else "interrupted"
             self._finish(t_end_ns, status)
+            self._complete()
         finally:
             with _ACTIVE_LOCK:
                 _ACTIVE_MODELS.discard(id(self.model))
         return False  # never swallow the block's exception
 
     def _teardown_hooks(self) -> None:
+        self._unwrap_generate()
+        if self._router is not None:
+            self._router.remove()
         if self._hookset is not None:
             self._hookset.remove()
         if self._deep is not None:
@@ -449,8 +686,9 @@ class Session(RunData):
             events = np.concatenate(self._event_chunks + [events])
             self._event_chunks = []
         top = events[events["span_id"] == 0]
-        rest = events[events["span_id"] != 0]
-        forwards = self._forwards(top)
+        enc = events[events["span_id"] == self._encoder_span] if self._encoder_span >= 0 else events[:0]
+        rest = events[(events["span_id"] != 0) & (events["span_id"] != self._encoder_span)]
+        forwards = self._forwards(top, enc)
         if not forwards and status == "completed":
             warnings.warn("energyprof: the model's forward was never called inside ep.run(): a run with zero tokens",
                           RuntimeWarning)
@@ -487,6 +725,15 @@ class Session(RunData):
         summary["source_faults"] = int(self._sampler.faults)
         if deep_summary is not None:
             summary["deep"] = deep_summary
+        moe = self._router.finish(calls[~is_layer & ~is_op]) if self._router is not None else None
+        if moe is not None:
+            summary["moe"] = moe
+        gen = self._generation_summary()
+        if gen is not None:
+            summary["generation"] = gen
+        self._texts = self._text_rows()
+        summary["text_stored"] = bool(len(self._texts))
+        self._add_limits(summary)
         self._summary = summary
         self._samples = samples
         self._sections = att.sections
@@ -503,7 +750,7 @@ class Session(RunData):
                         self._store.write_samples(self.run_id_, new)
                 self._store.finish_run(self.run_id_, summary, att.sections, att.tokens, self._layers,
                                        self._components, status, ops=self._ops, heads=self._heads,
-                                       all_samples=samples)
+                                       texts=self._texts, all_samples=samples)
             except Exception as e:
                 self._save_error = self._save_error or e
             finally:
@@ -520,7 +767,60 @@ class Session(RunData):
                     f"energyprof: the run could not be saved ({self._save_error}); its data is still available on "
                     "this session object", RuntimeWarning)
 
-    def _forwards(self, top_events: np.ndarray) -> List[Forward]:
+    def _add_limits(self, summary: Dict[str, Any]) -> None:
+        """Power limits the source knows (or were stated) and each peak as a share of its limit."""
+        from .limits import peak_shares, power_limits
+
+        try:
+            limits = power_limits(summary.get("source_kind"), summary.get("source_meta"), self.power_limit_w)
+        except (OSError, ValueError) as e:   # validated at construction; a sysfs read may still fail
+            warnings.warn(f"energyprof: power limits unknown ({e})", RuntimeWarning)
+            limits = {}
+        dur = float(summary.get("duration_s") or float("nan"))
+        mean_w = {d: float(v) / dur for d, v in (summary.get("domains") or {}).items() if dur > 0}
+        if dur > 0:
+            mean_w["total"] = float(summary.get("energy_j", float("nan"))) / dur
+        summary["power_limits"] = limits
+        summary["peaks"] = peak_shares(summary.get("peaks") or {}, mean_w, dur, limits)
+
+    def _forwards(self, top_events: np.ndarray, encoder_events: Optional[np.ndarray] = None) -> List[Forward]:
+        """The top-level forwards in time order; an encoder-only model's are ``encode``
+        forwards, and a seq2seq encoder's calls become ``encode`` forwards of their own (a
+        top-level forward that ran the encoder inside is split at the encoder's end)."""
+        out = self._top_forwards(top_events)
+        if self._amap.kind == "encoder":
+            for f in out:
+                f.encode, f.prefill = True, False
+            return out
+        if encoder_events is None or not len(encoder_events):
+            return out
+        from .attribution import pair_events
+
+        _, eb, ee = pair_events(encoder_events, self._encoder_span + 1)
+        order = np.argsort(eb, kind="stable")
+        metas, self._encoder_meta = self._encoder_meta, []
+        encs = []
+        for i, (b, e) in enumerate(zip(eb[order].tolist(), ee[order].tolist())):
+            m = metas[i] if i < len(metas) else {"batch": 1, "seq": 1, "mask": None}
+            real = int(m["mask"].sum()) if m["mask"] is not None else m["batch"] * m["seq"]
+            encs.append(Forward(t_start_ns=b, t_end_ns=e, batch=m["batch"], new_positions=m["seq"],
+                                input_tokens=real, prefill=False, encode=True))
+        merged: List[Forward] = []
+        for f in out:
+            inner = [x for x in encs if x.t_start_ns >= f.t_start_ns and x.t_end_ns <= f.t_end_ns]
+            if inner:   # forward(input_ids, decoder_input_ids): encoder, then the decoder's part
+                x = inner[0]
+                encs.remove(x)
+                merged.append(Forward(t_start_ns=f.t_start_ns, t_end_ns=x.t_end_ns, batch=x.batch,
+                                      new_positions=x.new_positions, input_tokens=x.input_tokens, prefill=False,
+                                      encode=True))
+                f.t_start_ns = x.t_end_ns
+            merged.append(f)
+        merged += encs
+        merged.sort(key=lambda f: (f.t_start_ns, not f.encode))
+        return merged
+
+    def _top_forwards(self, top_events: np.ndarray) -> List[Forward]:
         from .attribution import pair_events
 
         _, begins, ends = pair_events(top_events, 1)
@@ -554,7 +854,7 @@ class Session(RunData):
 
         order = np.argsort(span_ids, kind="stable")
         sorted_ids = span_ids[order]
-        cols = ("act_mean", "act_std", "act_max", "act_sparsity")
+        cols = ("act_mean", "act_std", "act_max", "act_sparsity", "act_abs_mean")
         for sid, lst in self._act_stats.items():   # tensors / tuples -> rows, one transfer per span
             lo, hi = np.searchsorted(sorted_ids, [sid, sid + 1])
             idx = order[lo:hi][::self.stats_every]
@@ -652,6 +952,28 @@ def forward_is_prefill(meta: Dict[str, Any], index: int, prev_seq: Optional[int]
     return index == 0 or (seq > 1 and (prev_seq is None or seq != prev_seq + 1))
 
 
+#: generate() options stored with a run (from the call's arguments, else the model's generation_config).
+_GENERATION_KEYS = ("do_sample", "temperature", "top_k", "top_p", "num_beams", "max_new_tokens", "min_new_tokens",
+                    "repetition_penalty")
+
+
+def _plain(d: Dict[str, Any]) -> Dict[str, Any]:
+    """Options as JSON-able values (anything else as its repr)."""
+    return {k: (v if v is None or isinstance(v, (bool, int, float, str)) else repr(v)) for k, v in d.items()}
+
+
+def _threshold(name: str, value: Optional[float], default: float) -> float:
+    if value is None:
+        return float(default)
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number >= 0; got {value!r}") from None
+    if not (f >= 0) or f == float("inf") or isinstance(value, bool):
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+    return f
+
+
 def _json_or_empty(text: str) -> dict:
     import json
 
@@ -684,6 +1006,11 @@ def run(
     hook_method: str = "wrap",
     post_baseline_s: float = 0.0,
     stats_every: int = 1,
+    store_text: bool = True,
+    tokenizer: Any = None,
+    sparse_below: Optional[float] = None,
+    kill_below: Optional[float] = None,
+    power_limit_w: Any = None,
 ) -> Session:
     """Profile the energy of everything a model does inside a ``with`` block.
 
@@ -709,9 +1036,20 @@ def run(
     stats_every: mode="deep": activation, head, kill-ratio and variance statistics on the
         1st, (N+1)th, (2N+1)th ... call of each module only (1, the default: every call);
         stored with the run (``summary()["stats_every"]``); the other calls' statistics are NaN.
+    store_text: store the prompt, the generated text and each token's text with the run
+        (``s.texts``, ``s.prompt()``, ``s.output()``; searchable with ``ep.runs(search=...)``);
+        False stores none.  The text comes from :meth:`Session.record_text`, or, given a
+        ``tokenizer``, from decoding what ``model.generate`` was given and returned.
+    tokenizer: anything with ``decode(ids)`` (a Hugging Face tokenizer) to decode that text.
+    sparse_below, kill_below: mode="deep" thresholds (default ``1e-3`` each): an attention weight
+        or activation magnitude below ``sparse_below`` counts as sparse, an activation after the
+        MLP's activation function below ``kill_below`` as killed; stored in ``summary()["deep"]``.
+    power_limit_w: a stated power limit (W) of the run total, or ``{domain: W}``; peaks are shown
+        as a share of it (``summary()["peaks"]``), beside the limits the source knows itself.
 
     Returns a :class:`Session`; use it as a context manager.
     """
     return Session(model, source=source, mode=mode, sync=sync, baseline_s=baseline_s, interval_ms=interval_ms,
                    db=db, save=save, name=name, tags=tags, hook_method=hook_method, post_baseline_s=post_baseline_s,
-                   stats_every=stats_every)
+                   stats_every=stats_every, store_text=store_text, tokenizer=tokenizer, sparse_below=sparse_below,
+                   kill_below=kill_below, power_limit_w=power_limit_w)

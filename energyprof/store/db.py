@@ -34,6 +34,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
+from .._dtypes import text_dtype
+from .._hfconfig import attention_kind
 from ..errors import MissingExtraError
 from . import levels as _levels
 from . import schema as _schema
@@ -235,6 +237,7 @@ def _run_columns(summary: Dict[str, Any]) -> Dict[str, Any]:
         "model_arch": model.get("arch"),
         "model_config": _dumps(model) if model else None,
         "n_params": _int(model.get("n_params")),
+        "attention_kind": model.get("attention_kind") or attention_kind(model.get("n_heads"), model.get("n_kv_heads")),
         "device": s.get("device"),
         "host": s.get("host"),
         "chip": s.get("chip"),
@@ -482,9 +485,11 @@ class Store:
                    tokens: Optional[np.ndarray] = None, layers: Optional[np.ndarray] = None,
                    components: Optional[np.ndarray] = None, status: str = "completed", *,
                    ops: Optional[np.ndarray] = None, samples: Optional[np.ndarray] = None,
-                   heads: Optional[np.ndarray] = None, all_samples: Optional[np.ndarray] = None) -> None:
+                   heads: Optional[np.ndarray] = None, texts: Optional[np.ndarray] = None,
+                   all_samples: Optional[np.ndarray] = None) -> None:
         """Write the run's arrays and final summary, then set ``status``; waits until committed.
 
+        ``texts`` are the prompt, output and token texts (``TEXT_DTYPE``, table texts).
         ``heads`` are mode="deep" attention statistics (``HEAD_DTYPE``, table head_metrics).
         ``all_samples``, every sample of the run in time order, gives the downsampling
         levels (:mod:`energyprof.store.levels`, table sample_levels) that plots of long
@@ -500,7 +505,7 @@ class Store:
         rid = int(run_id)
         w = self.writer
         arrays = {"sections": sections, "tokens": tokens, "layers": layers, "components": components, "ops": ops,
-                  "heads": heads}
+                  "heads": heads, "texts": texts}
         for name, arr in arrays.items():
             if arr is not None:
                 w.execute(f"DELETE FROM {ARRAY_TABLES[name]} WHERE run_id = ?", (rid,))
@@ -549,7 +554,7 @@ class Store:
         rid = self.create_run(s)
         self.finish_run(rid, s, run.sections, run.tokens, run.layers, run.components,
                         status=status or s.get("status") or "completed", ops=run.ops, samples=run.samples,
-                        heads=run.heads, all_samples=run.samples)
+                        heads=run.heads, texts=run.texts, all_samples=run.samples)
         return rid
 
     def mark_stale_running(self) -> List[int]:
@@ -587,6 +592,10 @@ class Store:
         dt = _default_dtype(name)
         table = ARRAY_TABLES[name]
         have = set(_schema.table_columns(self.conn, table))
+        if name == "texts":   # the text column is as wide as the run's longest text
+            width = self.conn.execute("SELECT MAX(LENGTH(text)) FROM texts WHERE run_id = ?",
+                                      (int(run_id),)).fetchone()[0]
+            dt = text_dtype(width or 1)
         exprs = []
         for f in dt.names:
             kind = dt.fields[f][0].kind
@@ -750,8 +759,10 @@ def _where(filters: Dict[str, Any]) -> tuple:
         # LIKE with escapes, so % and _ in the search text are literal
         pat = "%" + str(f["search"]).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         cols = ("name", "model_name", "source", "tags", "host", "device", "chip")
-        clauses.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in cols) + ")")
-        params += [pat] * len(cols)
+        clauses.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in cols)
+                       + " OR EXISTS (SELECT 1 FROM texts WHERE texts.run_id = runs.id AND texts.kind = 'prompt' "
+                         "AND texts.text LIKE ? ESCAPE '\\'))")
+        params += [pat] * (len(cols) + 1)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -766,7 +777,7 @@ def runs(db: DbArg = None, *, model: Optional[str] = None, arch: Optional[str] =
     full spec), ``label`` (measured / estimated / simulated), ``status`` (one or a list
     of running/completed/interrupted/failed), ``tag``,
     ``since``/``until`` (datetime, date, ISO string or Unix seconds; ``until`` exclusive),
-    ``search`` (substring of name, model, source, tags, host, device, chip).
+    ``search`` (substring of name, model, source, tags, host, device, chip or the prompt text).
     ``sort`` is any of :data:`SORT_KEYS` (e.g. ``"j_per_token"``); runs lacking the
     figure come last.  ``limit=None`` returns all.
     """
@@ -947,6 +958,8 @@ def _array_to_columns(arr: np.ndarray) -> Dict[str, list]:
 
 def _array_from_columns(name: str, cols: Dict[str, list]) -> np.ndarray:
     dt = _default_dtype(name)
+    if name == "texts":
+        dt = text_dtype(max((len(str(t)) for t in cols.get("text") or []), default=1))
     n = len(next(iter(cols.values()))) if cols else 0
     out = np.zeros(n, dtype=dt)
     for f in dt.names:
@@ -986,7 +999,7 @@ def export(run_id: Union[int, RunData], path: PathLike, format: str = "json", db
     - ``json``: one file with the whole nested run (summary + every array as columns;
       NaN as null), which :func:`import_run` reads back to an identical run.
     - ``csv``: a directory with ``run.csv`` (the flattened summary, one row) and one
-      ``<array>.csv`` per array (samples, sections, tokens, layers, components, ops, heads).
+      ``<array>.csv`` per array (samples, sections, tokens, layers, components, ops, heads, texts).
     - ``parquet``: a directory with one ``<array>.parquet`` per array plus ``run.json``;
       needs pyarrow.
     """

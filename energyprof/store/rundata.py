@@ -23,12 +23,12 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .._dtypes import CALL_DTYPE, DOMAINS, HEAD_DTYPE, SECTION_DTYPE, TOKEN_DTYPE
+from .._dtypes import CALL_DTYPE, DOMAINS, HEAD_DTYPE, SECTION_DTYPE, TEXT_DTYPE, TOKEN_DTYPE
 from ..errors import MissingExtraError
 from .quality import grouped_block_stats, sample_blocks
 
 #: Names accepted by :meth:`RunData.to_pandas` and the store's array tables.
-ARRAY_NAMES = ("samples", "sections", "tokens", "layers", "components", "ops", "heads")
+ARRAY_NAMES = ("samples", "sections", "tokens", "layers", "components", "ops", "heads", "texts")
 
 _DOMAIN_J = [(f"{d}_j", "<f8") for d in DOMAINS]
 
@@ -76,6 +76,8 @@ def _default_dtype(name: str) -> np.dtype:
         return TOKEN_DTYPE
     if name == "heads":
         return HEAD_DTYPE
+    if name == "texts":
+        return TEXT_DTYPE
     return CALL_DTYPE  # layers, components, ops
 
 
@@ -170,9 +172,10 @@ class RunData:
     ----------
     summary:
         The run summary dict (see the shared summary contract).  Copied.
-    samples, sections, tokens, layers, components, ops, heads:
+    samples, sections, tokens, layers, components, ops, heads, texts:
         numpy structured arrays (``SAMPLE_DTYPE``, ``SECTION_DTYPE``, ``TOKEN_DTYPE``,
-        ``CALL_DTYPE`` x 3, ``HEAD_DTYPE``).  ``None`` gives an empty array of the right dtype.
+        ``CALL_DTYPE`` x 3, ``HEAD_DTYPE``, ``TEXT_DTYPE`` of any text width).  ``None``
+        gives an empty array of the right dtype.
     """
 
     def __init__(
@@ -185,6 +188,7 @@ class RunData:
         components: Optional[np.ndarray] = None,
         ops: Optional[np.ndarray] = None,
         heads: Optional[np.ndarray] = None,
+        texts: Optional[np.ndarray] = None,
         sample_starts_ns: Optional[np.ndarray] = None,
     ) -> None:
         self._summary: Dict[str, Any] = copy.deepcopy(dict(summary or {}))
@@ -198,6 +202,7 @@ class RunData:
         self._components = _as_array("components", components)
         self._ops = _as_array("ops", ops)
         self._heads = _as_array("heads", heads)
+        self._texts = _as_array("texts", texts)
 
     # -- accessors -------------------------------------------------------------------
     @property
@@ -252,6 +257,36 @@ class RunData:
         """Per (attention call, head) statistics of the attention weights (``HEAD_DTYPE``;
         empty unless the run was recorded deep)."""
         return self._heads
+
+    @property
+    def texts(self) -> np.ndarray:
+        """Text recorded with the run (``TEXT_DTYPE``): prompt, output and per-token rows;
+        empty when the run stored no text (``store_text=False``, or no text was given)."""
+        return self._texts
+
+    def _text_of(self, kind: str, seq: int) -> Optional[str]:
+        t = self.texts
+        if len(t) == 0:
+            return None
+        sel = t[(t["kind"] == kind) & (t["seq"] == int(seq))]
+        return str(sel["text"][0]) if len(sel) else None
+
+    def prompt(self, seq: int = 0) -> Optional[str]:
+        """The prompt of sequence ``seq`` of the batch (None when no text was stored)."""
+        return self._text_of("prompt", seq)
+
+    def output(self, seq: int = 0) -> Optional[str]:
+        """The generated text of sequence ``seq`` (None when no text was stored)."""
+        return self._text_of("output", seq)
+
+    def token_texts(self, seq: int = 0) -> Dict[int, str]:
+        """``{step: text}`` of the generated tokens of sequence ``seq`` (step 0 = the token
+        of the prefill forward, k = decode step k); empty when no text was stored."""
+        t = self.texts
+        if len(t) == 0:
+            return {}
+        sel = t[(t["kind"] == "token") & (t["seq"] == int(seq))]
+        return {int(r["step"]): str(r["text"]) for r in sel}
 
     def array(self, name: str) -> np.ndarray:
         """The array called ``name`` (one of :data:`ARRAY_NAMES`)."""
@@ -315,7 +350,7 @@ class RunData:
         s = self._summary
         return (f"<RunData run_id={s.get('run_id')} status={s.get('status')} energy_j={s.get('energy_j')} "
                 f"samples={len(self._samples)} tokens={len(self._tokens)} layers={len(self._layers)} "
-                f"components={len(self._components)}>")
+                f"components={len(self._components)} texts={len(self._texts)}>")
 
 
 __all__ = ["RunData", "ARRAY_NAMES", "AGG_DTYPE"]

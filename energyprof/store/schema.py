@@ -16,9 +16,12 @@ Versions
 4. adds the sample_levels table: per run, min / max / mean power over buckets
    of 16, 256, 4096, ... consecutive samples (energyprof.store.levels), so a plot of a
    long run reads thousands of rows instead of millions.
-5. (current) adds ``flags`` (the integrator's and the gap pre-pass's window flags,
+5. adds ``flags`` (the integrator's and the gap pre-pass's window flags,
    ``energyprof._dtypes.FLAG_*``) to sections, tokens and the three call tables; older rows
    get ``FLAG_UNRESOLVED`` where they were not resolved, the one flag they kept.
+6. (current) adds the texts table (the prompt, the generated text and each token's text),
+   the runs column attention_kind (MHA / GQA / MQA, backfilled from model_config) and
+   act_abs_mean (mean |x| of a deep-mode call's output) to the three call tables.
 
 Array tables hold one column per field of the shared numpy dtypes
 (:mod:`energyprof._dtypes`, ``_core.SAMPLE_DTYPE``) plus ``run_id``; NaN is stored
@@ -30,9 +33,10 @@ import json
 import sqlite3
 from typing import Dict, List, Sequence, Tuple
 
+from .._hfconfig import attention_kind
 from ..errors import SchemaError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Store table per RunData array name.
 ARRAY_TABLES: Dict[str, str] = {
@@ -43,6 +47,7 @@ ARRAY_TABLES: Dict[str, str] = {
     "components": "component_metrics",
     "ops": "op_metrics",
     "heads": "head_metrics",
+    "texts": "texts",
 }
 
 STATUSES = ("running", "completed", "interrupted", "failed")
@@ -90,6 +95,7 @@ _CALL_COLS_V3 = (
 # v5: how each row was measured (FLAG_* bits), next to samples_in_window and resolved.
 _FLAGS_COL = ("flags", "INTEGER NOT NULL DEFAULT 0")
 _FLAG_TABLES = ("sections", "tokens", "layer_metrics", "component_metrics", "op_metrics")
+_CALL_TABLES = ("layer_metrics", "component_metrics", "op_metrics")
 _FLAG_UNRESOLVED = 1 << 3  # energyprof._dtypes.FLAG_UNRESOLVED (store imports no dtypes for its DDL)
 
 
@@ -97,6 +103,9 @@ def _with_flags(cols: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
     at = [c for c, _ in cols].index("resolved") + 1
     return cols[:at] + [_FLAGS_COL] + cols[at:]
 
+
+# v6: mean |x| of a deep-mode call's output, beside the mean, std, max and sparsity.
+_CALL_COLS_V6_ADDED = [("act_abs_mean", "REAL")]
 
 # v3: mode="deep" attention statistics, one row per (attention call, head) (HEAD_DTYPE).
 _HEAD_COLS = [("call_id", "INTEGER"), ("layer", "INTEGER"), ("step", "INTEGER"), ("head", "INTEGER"),
@@ -155,6 +164,9 @@ _RUN_COLS_V2_ADDED = [
     ("pid", "INTEGER"),        # writer process: a "running" run whose process is gone was interrupted
     ("pid_host", "TEXT"),
 ]
+_RUN_COLS_V6_ADDED = [
+    ("attention_kind", "TEXT"),   # MHA / GQA / MQA from the model's head counts (NULL: unknown)
+]
 
 #: Columns of each table in versions 2 and 3 (version 4 adds sample_levels).
 _V3_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
@@ -168,10 +180,19 @@ _V3_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
     "head_metrics": _HEAD_COLS,
 }
 
-#: Columns of each table in the current version (excluding run_id / id where noted).
-TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
+#: Columns of each table in version 5 (flags; version 4 added sample_levels).
+_V5_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
     **{t: (_with_flags(cols) if t in _FLAG_TABLES else cols) for t, cols in _V3_COLUMNS.items()},
     "sample_levels": _LEVEL_COLS}
+
+# v6: text recorded with a run (TEXT_DTYPE), one row per prompt / output / token text.
+_TEXT_COLS = [("kind", "TEXT"), ("step", "INTEGER"), ("seq", "INTEGER"), ("text", "TEXT")]
+
+#: Columns of each table in the current version (excluding run_id / id where noted).
+TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
+    **{t: cols + (_CALL_COLS_V6_ADDED if t in _CALL_TABLES else []) for t, cols in _V5_COLUMNS.items()},
+    "texts": _TEXT_COLS}
+TABLE_COLUMNS["runs"] = TABLE_COLUMNS["runs"] + _RUN_COLS_V6_ADDED
 
 #: Sort keys accepted by energyprof.store.db.runs (name -> runs column).
 SORT_KEYS: Dict[str, str] = {
@@ -181,7 +202,7 @@ SORT_KEYS: Dict[str, str] = {
     "batch_size": "batch_size", "duration_s": "duration_s", "energy_j": "energy_j", "net_energy_j": "net_energy_j",
     "baseline_power_w": "baseline_power_w", "peak_power_w": "peak_power_w", "j_per_token": "j_per_token",
     "j_per_output_token": "j_per_output_token", "tokens_per_j": "tokens_per_j", "edp_js": "edp_js",
-    "n_params": "n_params",
+    "n_params": "n_params", "attention_kind": "attention_kind",
 }
 
 _INDEXED_RUN_COLS = ("started_at", "energy_j", "j_per_token", "tokens_per_j", "duration_s", "model_name", "status")
@@ -222,6 +243,11 @@ def _levels_table_ddl() -> List[str]:
     return _run_table_ddl("sample_levels", _LEVEL_COLS, "idx_sample_levels_run_level", "run_id, level, bucket")
 
 
+def _text_table_ddl() -> List[str]:
+    # read per run (all of it) and searched per (run, kind) for the prompt
+    return _run_table_ddl("texts", _TEXT_COLS, "idx_texts_run_kind", "run_id, kind")
+
+
 def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[str]:
     body = ",\n  ".join(f"{_q(c)} {t}" for c, t in cols)
     stmts = [f"CREATE TABLE runs (\n  {body}\n)"]
@@ -238,8 +264,8 @@ def ddl(version: int = SCHEMA_VERSION) -> List[str]:
                         ("layer_metrics", _CALL_COLS_V1), ("component_metrics", _CALL_COLS_V1)):
             stmts += _array_table_ddl(t, cols)
         return stmts
-    if version in (2, 3, 4, 5):
-        cols = TABLE_COLUMNS if version >= 5 else _V3_COLUMNS
+    if version in (2, 3, 4, 5, 6):
+        cols = TABLE_COLUMNS if version >= 6 else (_V5_COLUMNS if version == 5 else _V3_COLUMNS)
         stmts = _runs_ddl(cols["runs"], _INDEXED_RUN_COLS)
         for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
             stmts += _array_table_ddl(t, cols[t])
@@ -247,6 +273,8 @@ def ddl(version: int = SCHEMA_VERSION) -> List[str]:
             stmts += _head_table_ddl()
         if version >= 4:
             stmts += _levels_table_ddl()
+        if version >= 6:
+            stmts += _text_table_ddl()
         return stmts
     raise ValueError(f"no schema version {version}; known versions: 1..{SCHEMA_VERSION}")
 
@@ -317,12 +345,35 @@ def _migrate_4_to_5(conn: sqlite3.Connection) -> None:
         conn.execute(f"UPDATE {table} SET flags = {_FLAG_UNRESOLVED} WHERE resolved = 0")
 
 
+def _migrate_to_6(conn: sqlite3.Connection) -> None:
+    """The version-6 step: the texts table, runs.attention_kind (backfilled from the head
+    counts in model_config) and act_abs_mean in the call tables (NULL for earlier rows).
+    Runs saved before have no text (it was never stored)."""
+    for s in _text_table_ddl():
+        conn.execute(s)
+    for c, t in _RUN_COLS_V6_ADDED:
+        conn.execute(f"ALTER TABLE runs ADD COLUMN {_q(c)} {t}")
+    for table in _CALL_TABLES:
+        for c, t in _CALL_COLS_V6_ADDED:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {_q(c)} {t}")
+    for rid, text in conn.execute("SELECT id, model_config FROM runs").fetchall():
+        try:
+            model = json.loads(text or "{}")
+        except ValueError:
+            model = {}
+        if not isinstance(model, dict):
+            continue
+        kind = model.get("attention_kind") or attention_kind(model.get("n_heads"), model.get("n_kv_heads"))
+        if kind is not None:
+            conn.execute("UPDATE runs SET attention_kind=? WHERE id=?", (kind, rid))
+
+
 def _num(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 #: MIGRATIONS[v] turns a version-v database into version v+1.
-MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5}
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5, 5: _migrate_to_6}
 
 
 def user_version(conn: sqlite3.Connection) -> int:

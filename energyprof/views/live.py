@@ -38,6 +38,9 @@ class LivePlot:
         self.heat: Dict[int, Dict[int, float]] = {}   # step -> layer -> energy J (from samples per layer)
         self.token_x: List[float] = []
         self.token_n: List[int] = []
+        self.token_energy_j: List[float] = []        # the run's energy so far at each token
+        self.layer_now: Optional[int] = None         # the latest on_layer event's layer
+        self.complete: Optional[dict] = None         # on_complete's summary
         figure.add_scatter(x=[], y=[], mode="lines", name="power (W)")
         figure.add_heatmap(z=[[]], x=[], y=[], name="layer energy (J)", xaxis="x2", yaxis="y2", showscale=False,
                            colorscale="Viridis")
@@ -71,6 +74,27 @@ class LivePlot:
         with self._lock:
             self.token_x.append(self._x(d["t_ns"]))
             self.token_n.append(d["tokens"])
+            self.token_energy_j.append(float(d.get("energy_j", float("nan"))))
+
+    def on_layer(self, d: dict) -> None:
+        with self._lock:
+            self.layer_now = int(d["layer"])
+
+    def on_complete(self, d: dict) -> None:
+        with self._lock:
+            self.complete = dict(d.get("summary") or {})
+
+    def title(self) -> str:
+        """What the figure's title says: tokens and energy so far, the layer, or the run's total."""
+        with self._lock:
+            if self.complete is not None:
+                s = self.complete
+                return (f"done: {s.get('output_tokens')} tokens, {s.get('energy_j', float('nan')):.4g} J, "
+                        f"{s.get('j_per_output_token', float('nan')):.4g} J/token")
+            n = self.token_n[-1] if self.token_n else 0
+            e = self.token_energy_j[-1] if self.token_energy_j else float("nan")
+            layer = "" if self.layer_now is None else f", layer {self.layer_now}"
+            return f"{n} tokens, {e:.4g} J so far{layer}"
 
     def on_section(self, d: dict) -> None:
         if d["kind"] != "phase":
@@ -115,6 +139,7 @@ class LivePlot:
             ymax = max([v for v in y if not math.isnan(v)], default=0.0)
             fig.data[2].x, fig.data[2].y = tx, [ymax] * len(tx)
             fig.layout.shapes = shapes
+            fig.layout.title = self.title()
 
 
 def _require_widgets() -> None:
@@ -147,6 +172,9 @@ def live(session: Any, refresh_ms: float = 250.0) -> Any:
     session.on_sample(plot.on_sample)
     session.on_token(plot.on_token)
     session.on_section(plot.on_section)
+    if hasattr(session, "on_layer"):
+        session.on_layer(plot.on_layer)
+        session.on_complete(plot.on_complete)
     stop = threading.Event()
 
     def refresher() -> None:

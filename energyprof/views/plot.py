@@ -31,19 +31,26 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .._dtypes import DOMAINS
+from ..analysis import deepstats as _ds
 from ..errors import MissingExtraError, NoDataError
 from ..store.rundata import _float
 
 #: The kinds :func:`plot` draws for every run recorded with mode="standard".
-KINDS = ("timeline", "phases", "tokens", "layers", "layer_steps", "components", "sankey", "waterfall")
-#: The kinds only a mode="deep" run has data for.
-DEEP_KINDS = ("ops", "heads")
-#: What the layer heatmaps (``layers``, ``layer_steps``, ``ops``) can show per cell:
+KINDS = ("timeline", "phases", "tokens", "layers", "layer_steps", "components", "sankey", "waterfall",
+         "token_components", "token_hist", "context")
+#: The kinds only a mode="deep" run has data for (ops, per-head statistics, activation statistics).
+DEEP_KINDS = ("ops", "heads", "activations")
+#: Kinds of mixture-of-experts runs.
+MOE_KINDS = ("moe",)
+ALL_KINDS = KINDS + DEEP_KINDS + MOE_KINDS
+#: What the ``layer_steps`` and ``ops`` heatmaps can show per cell:
 #: name -> (colour bar title, how calls combine: summed, energy over time, or averaged).
+#: The ``layers`` heatmap takes any of :data:`energyprof.analysis.deepstats.METRICS`.
 METRICS = {
     "energy_j": ("energy (J)", "sum"), "duration_s": ("time (s)", "sum"), "power_w": ("mean power (W)", "power"),
-    "act_mean": ("activation mean", "mean"), "act_std": ("activation std", "mean"),
-    "act_max": ("activation max", "mean"), "act_sparsity": ("activation sparsity (|x| < 1e-3)", "mean"),
+    "act_mean": ("activation mean", "mean"), "act_abs_mean": ("activation mean |x|", "mean"),
+    "act_std": ("activation std", "mean"), "act_max": ("activation max", "mean"),
+    "act_sparsity": ("activation sparsity (|x| < sparse_below)", "mean"),
 }
 # metrics that come from the power samples (and so can be unresolved); time is the hooks' own
 _SAMPLED = ("energy_j", "power_w")
@@ -288,16 +295,26 @@ def _named_matrix(calls: Optional[np.ndarray], missing: str, order: Callable[[Se
     return layers, names, z
 
 
-def _layer_component_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[int], List[str], np.ndarray]:
-    """``metric`` (energy in J by default, summed over steps) of every (decoder layer, component) pair."""
-    return _named_matrix(_arr(run, "components"), "the run has no per-layer component calls (recorded with "
-                         "mode='minimal'?)", _ordered_components, metric)
+def _layer_component_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[int], List[str], np.ndarray,
+                                                                        np.ndarray]:
+    """Any of :data:`energyprof.analysis.deepstats.METRICS` (energy in J by default, summed
+    over steps) of every (decoder layer, component) pair, and the share of each cell's calls
+    that are resolved (:func:`energyprof.analysis.deepstats.layer_component_matrix`)."""
+    if metric not in _ds.METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(_ds.METRICS)}")
+    try:
+        d = _ds.layer_component_matrix(run, metric)
+    except ValueError as e:
+        raise NoDataError(str(e)) from e
+    if np.all(np.isnan(d["value"])):
+        raise NoDataError(f"the run's calls have no {metric} (activation statistics are recorded with mode='deep')")
+    return d["layers"], d["components"], d["value"], d["resolved_share"]
 
 
 def _op_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[int], List[str], np.ndarray]:
     """``metric`` of every (decoder layer, op) pair of a mode="deep" run (``run.ops``)."""
     return _named_matrix(_arr(run, "ops"), "the run has no op rows (ops are recorded with mode='deep')",
-                         lambda names: sorted(str(v) for v in names), metric)
+                         _ds.op_order, metric)
 
 
 def _head_matrix(run: Any, metric: str = "entropy") -> Tuple[List[int], List[int], np.ndarray]:
@@ -337,16 +354,8 @@ def _resolved_share(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any
         return np.where(den > 0, num / den, np.nan)
 
 
-def _resolved_cells(run: Any, kind: str) -> np.ndarray:
-    """Per heatmap cell of ``kind`` ("layers" or "layer_steps"): the share of its calls resolved."""
-    if kind == "layers":
-        comp = _arr(run, "components")
-        comp = comp[comp["layer"] >= 0]
-        layers = sorted(int(v) for v in np.unique(comp["layer"]))
-        names = _ordered_components(np.unique(comp["component"]))
-        if "resolved" not in comp.dtype.names:
-            return np.ones((len(layers), len(names)))
-        return _resolved_share(comp, layers, names, "component", str)
+def _resolved_cells(run: Any) -> np.ndarray:
+    """Per cell of the ``layer_steps`` heatmap: the share of its calls resolved."""
     lay = _arr(run, "layers")
     layers = sorted(int(v) for v in np.unique(lay["layer"]))
     steps = sorted(int(v) for v in np.unique(lay["step"]))
@@ -355,15 +364,9 @@ def _resolved_cells(run: Any, kind: str) -> np.ndarray:
     return _resolved_share(lay, layers, steps, "step", int)
 
 
-_COMPONENT_ORDER = ("input_norm", "attn", "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj",
-                    "post_attn_norm", "mlp", "router", "gate_proj", "up_proj", "gate_up_proj", "down_proj")
-
-
 def _ordered_components(names: Sequence[str]) -> List[str]:
     """Components in the order a layer runs them, unknown ones after, alphabetically."""
-    names = [str(n) for n in names]
-    known = [n for n in _COMPONENT_ORDER if n in names]
-    return known + sorted(n for n in names if n not in _COMPONENT_ORDER)
+    return _ds.component_order(names)
 
 
 def _layer_step_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[int], List[int], np.ndarray]:
@@ -739,32 +742,82 @@ def _heat_plotly(z, xlabels, ylabels, title, xlabel, cbar, resolved=None):
 
 
 def _metric_title(metric: str) -> str:
-    name = METRICS[metric][0]
+    name = METRICS[metric][0] if metric in METRICS else metric
     name = name[:name.find(" (")] if " (" in name else name
     return name[0].upper() + name[1:]
 
 
+def _layers_label(metric: str) -> str:
+    unit = _ds.METRICS[metric][0]
+    return f"{metric} ({unit})" if unit != "1" else metric
+
+
+def _layers_available(run: Any) -> List[str]:
+    """The metrics of :data:`energyprof.analysis.deepstats.METRICS` the run has a value for."""
+    out = []
+    for m in _ds.METRICS:
+        try:
+            _layer_component_matrix(run, m)
+        except NoDataError:
+            continue
+        out.append(m)
+    return out
+
+
 def _layers_fig(run, backend, s, metric="energy_j"):
-    layers, names, z = _layer_component_matrix(run, metric)
+    """The layer × component heatmap of ``metric``; in plotly a dropdown (the metric selector)
+    switches between every metric the run has: energy, time, power and, in deep mode, each
+    activation statistic.  Cells of sampled metrics whose calls are not resolved are hatched."""
+    layers, names, z, res = _layer_component_matrix(run, metric)
     f = _heat_mpl if backend == "matplotlib" else _heat_plotly
-    over = " (all steps)" if METRICS[metric][1] == "sum" else " (over all steps)"
-    return f(z, names, layers, _title(f"{_metric_title(metric)} per layer and component{over}", s), "component",
-             METRICS[metric][0], resolved=_resolved_cells(run, "layers") if metric in _SAMPLED else None)
+
+    def title(m):
+        over = " (all steps)" if m in ("energy_j", "duration_s") else " (over all steps)"
+        return _title(f"{_layers_label(m)} per layer and component{over}", s)
+
+    fig = f(z, names, layers, title(metric), "component", _layers_label(metric),
+            resolved=res if metric in _SAMPLED else None)
+    if backend == "matplotlib":
+        return fig
+    metrics = _layers_available(run)
+    if len(metrics) > 1:
+        buttons = []
+        for m in metrics:
+            zm = _layer_component_matrix(run, m)[2]
+            buttons.append(dict(label=m, method="update",
+                                args=[{"z": [np.where(np.isfinite(zm), zm, None).tolist()],
+                                       "colorbar.title.text": [_esc(_layers_label(m))]},
+                                      {"title.text": title(m)}, [0]]))
+        fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=0.0, xanchor="left", y=-0.32,
+                                            yanchor="top", active=metrics.index(metric) if metric in metrics else 0,
+                                            showactive=True, pad=dict(t=0))],
+                          annotations=[dict(text="metric:", x=0.0, xref="paper", xanchor="right", y=-0.34,
+                                            yref="paper", yanchor="top", showarrow=False)],
+                          margin=dict(b=110))
+    return fig
 
 
 def _layer_steps_fig(run, backend, s, metric="energy_j"):
+    """The token × layer heatmap (step 0 is the prefill); unresolved cells hatched."""
     layers, steps, z = _layer_step_matrix(run, metric)
     f = _heat_mpl if backend == "matplotlib" else _heat_plotly
     return f(z, steps, layers, _title(f"{_metric_title(metric)} per layer and forward step (0 = prefill)", s),
              "step", METRICS[metric][0],
-             resolved=_resolved_cells(run, "layer_steps") if metric in _SAMPLED else None)
+             resolved=_resolved_cells(run) if metric in _SAMPLED else None)
 
 
 def _ops_fig(run, backend, s, metric="energy_j"):
+    """Ops per layer of a deep run (qk, softmax, av; the MLP's activation and multiply; the
+    norms' variance, normalise and scale); unresolved cells hatched."""
     layers, names, z = _op_matrix(run, metric)
     f = _heat_mpl if backend == "matplotlib" else _heat_plotly
+    res = None
+    if metric in _SAMPLED:
+        ops = _arr(run, "ops")
+        ops = ops[ops["layer"] >= 0]
+        res = _resolved_share(ops, layers, names, "component", str)
     return f(z, names, layers, _title(f"{_metric_title(metric)} per layer and operation (mode='deep')", s), "op",
-             METRICS[metric][0])
+             METRICS[metric][0], resolved=res)
 
 
 def _heads_fig(run, backend, s, metric="entropy"):
@@ -934,7 +987,8 @@ def _waterfall_plotly(run, d, s):
 
 
 # --------------------------------------------------------------------------- public
-def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib", metric: Optional[str] = None):
+def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib", metric: Optional[str] = None,
+         bins: int = 20):
     """Draw one figure of ``run`` and return it.
 
     Parameters
@@ -950,16 +1004,28 @@ def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib", metric: 
         per component (bars in matplotlib, a sunburst of the module tree in plotly);
         ``"sankey"`` run -> phases -> layers -> components (plotly only);
         ``"waterfall"`` idle baseline plus each phase's energy above idle, to the total;
-        ``"ops"`` layer x operation heatmap and ``"heads"`` layer x head heatmap of a
-        ``mode="deep"`` run.
+        ``"token_components"`` attention / MLP / norms / other per decode step with the
+        cumulative energy; ``"token_hist"`` the distribution of per-token energy with the
+        highest and lowest tokens and their text; ``"context"`` decode J/token against the
+        context length with its fit.  Deep runs (:data:`DEEP_KINDS`): ``"ops"`` layer x
+        operation heatmap, ``"heads"`` a per-head attention statistic (layer x head),
+        ``"activations"`` kill and variance ratios and sparsity per layer.  MoE runs:
+        ``"moe"`` tokens routed per (layer, expert) and the energy per expert.  Per-token and
+        per-layer figures mark what is unresolved (shorter than one power sample).
+    bins:
+        ``"token_hist"``: the number of bins.
     backend:
         ``"matplotlib"`` (a ``matplotlib.figure.Figure``, for PNG/SVG) or ``"plotly"``
         (a ``plotly.graph_objects.Figure``, interactive).
     metric:
-        What the heatmaps show per cell: for ``layers``, ``layer_steps`` and ``ops`` one
-        of :data:`METRICS` (default ``"energy_j"``; ``"duration_s"``, ``"power_w"``,
-        ``"act_mean"``, ``"act_std"``, ``"act_max"``, ``"act_sparsity"``), for ``heads``
-        one of :data:`HEAD_METRICS` (default ``"entropy"``).  Other kinds take none.
+        What the heatmaps show per cell: for ``layer_steps`` and ``ops`` one of
+        :data:`METRICS` (default ``"energy_j"``; ``"duration_s"``, ``"power_w"``,
+        ``"act_mean"``, ``"act_abs_mean"``, ``"act_std"``, ``"act_max"``,
+        ``"act_sparsity"``), for ``layers`` one of
+        :data:`energyprof.analysis.deepstats.METRICS` (those and ``"kill_ratio"``,
+        ``"variance_ratio"``; in plotly a dropdown switches between the metrics the run
+        has), for ``heads`` one of :data:`HEAD_METRICS` (default ``"entropy"``).  Other
+        kinds take none.
 
     Raises
     ------
@@ -970,14 +1036,15 @@ def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib", metric: 
     ImportError
         naming the plotting package that is missing.
     """
-    if kind not in KINDS + DEEP_KINDS:
-        raise ValueError(f"unknown plot kind {kind!r}; valid kinds: {', '.join(KINDS + DEEP_KINDS)}")
+    if kind not in ALL_KINDS:
+        raise ValueError(f"unknown plot kind {kind!r}; valid kinds: {', '.join(ALL_KINDS)}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if metric is not None and kind not in ("layers", "layer_steps", "ops", "heads"):
         raise ValueError(f"plot kind {kind!r} takes no metric (only layers, layer_steps, ops and heads do)")
-    if metric is not None and kind != "heads" and metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+    valid = _ds.METRICS if kind == "layers" else METRICS
+    if metric is not None and kind != "heads" and metric not in valid:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(valid)}")
     _need(backend)
     s = _summary(run)
     mpl = backend == "matplotlib"
@@ -994,6 +1061,17 @@ def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib", metric: 
     if kind == "tokens":
         d = _token_data(run)
         return _tokens_mpl(run, d, s) if mpl else _tokens_plotly(run, d, s)
+    if kind == "activations":
+        from . import deep_plots as dp
+
+        return dp.activations_fig(run, backend, s)
+    if kind in ("token_components", "token_hist", "context", "moe"):
+        from . import token_plots as tp
+
+        if kind == "token_hist":
+            return tp.token_hist_fig(run, backend, s, bins=bins)
+        return {"token_components": tp.token_components_fig, "context": tp.context_fig,
+                "moe": tp.moe_fig}[kind](run, backend, s)
     if kind == "layers":
         return _layers_fig(run, backend, s, metric or "energy_j")
     if kind == "layer_steps":
@@ -1148,7 +1226,6 @@ def plot_compare_many(runs: Sequence[Any], kind: str = "bars", backend: str = "p
     seconds from that run's start, overlaid on one axis.  Returns a plotly or
     matplotlib figure; raises like :func:`plot`.
     """
-    from .._dtypes import measured_domains, total_of
     from ..analysis.efficiency import FIGURE_UNITS, figure_value
 
     if kind not in ("bars", "timeline"):
@@ -1182,19 +1259,14 @@ def plot_compare_many(runs: Sequence[Any], kind: str = "bars", backend: str = "p
         fig.update_layout(title=_esc(title), yaxis_title=_esc(f"{figure} ({unit})" if unit else figure),
                           template="plotly_white", showlegend=False)
         return fig
+    from .compare_plot import run_power_trace
+
     lines = []
     for r, s, n in zip(runs, sums, names):
         smp = _arr(r, "samples")
         if smp is None or len(smp) == 0:
             continue
-        t0 = _t0_ns(r, s)
-        pw = np.column_stack([np.asarray(smp[f"{d}_w"], dtype=np.float64) for d in DOMAINS])
-        total = total_of(pw, measured_domains(smp))
-        a, b = (smp["t_start_ns"] - t0) / 1e9, (smp["t_end_ns"] - t0) / 1e9
-        if np.any(smp["t_end_ns"] > smp["t_start_ns"]):  # interval averages: flat steps
-            x, y = np.column_stack([a, b]).reshape(-1), np.repeat(total, 2)
-        else:
-            x, y = a, total
+        x, y = run_power_trace(r)   # seconds from the run's start, the run's total rule
         lines.append((n, x, y, _label_of(s)))
     if not lines:
         raise NoDataError("none of the runs has power samples")
@@ -1220,5 +1292,16 @@ def plot_compare_many(runs: Sequence[Any], kind: str = "bars", backend: str = "p
     return fig
 
 
-__all__ = ["plot", "plot_compare", "plot_history", "plot_compare_many", "KINDS", "DEEP_KINDS", "METRICS", "HEAD_METRICS", "BACKENDS", "PHASE_ORDER", "NoDataError", "label_tag",
+__all__ = ["plot", "plot_compare", "plot_history", "plot_compare_many", "plot_runs", "KINDS", "DEEP_KINDS",
+           "MOE_KINDS", "ALL_KINDS", "METRICS", "HEAD_METRICS", "BACKENDS", "PHASE_ORDER", "NoDataError", "label_tag",
            "MAX_TIMELINE_SAMPLES", "UNRESOLVED_TEXT", "RESOLVED_MIN_SHARE"]
+
+
+def plot_runs(runs: Sequence[Any], backend: str = "matplotlib", labels: Optional[Sequence[str]] = None,
+              figure: str = "j_per_output_token"):
+    """2-10 runs in one figure: power timelines overlaid and J per output token as bars
+    (:func:`energyprof.views.compare_plot.plot_runs`; the dashboard draws the two halves
+    apart with :func:`plot_compare_many`)."""
+    from .compare_plot import plot_runs as _plot_runs
+
+    return _plot_runs(runs, backend=backend, labels=labels, figure=figure)

@@ -53,6 +53,17 @@ REPORT_PLOTS = (
     ("layers", "Layer × component", False),
     ("layer_steps", "Layer × decode step", False),
     ("sankey", "Energy flow", True),
+    ("token_components", "Energy per decode step by component", True),
+    ("token_hist", "Distribution of per-token energy", False),
+    ("context", "J/token against the context length", False),
+)
+
+#: The figures of a deep-mode run's sections (drawn only when the run has the rows):
+#: (kind, heading, section id).
+REPORT_DEEP_PLOTS = (
+    ("ops", "Ops per layer", "deep-ops"),
+    ("heads", "Attention entropy per layer and head", "deep-heads"),
+    ("activations", "Activation statistics per layer", "deep-activations"),
 )
 
 _MAX_TABLE_ROWS = 2000
@@ -276,6 +287,16 @@ def _phase_tables(run: Any, s: Dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _token_texts(run: Any) -> Dict[int, str]:
+    tx = _plot._arr(run, "texts")
+    out: Dict[int, List[str]] = {}
+    if tx is not None and len(tx):
+        sel = tx[tx["kind"] == "token"]
+        for r in sel[np.argsort(sel["seq"], kind="stable")]:
+            out.setdefault(int(r["step"]), []).append(str(r["text"]))
+    return {k: " | ".join(repr(t) for t in v) for k, v in out.items()}
+
+
 def _flags_cell(r: np.void) -> str:
     names = r.dtype.names or ()
     return ", ".join(flag_names(int(r["flags"]))) if "flags" in names else ""
@@ -285,11 +306,14 @@ def _token_table(run: Any, res: Dict[str, Any]) -> str:
     tok = _plot._arr(run, "tokens")
     if tok is None or len(tok) == 0:
         return "<p class=note>No decode steps in this run.</p>"
+    texts = _token_texts(run)
     rows = [[int(r["step"]), int(r["n_tokens"]), float(r["duration_s"]) * 1e3, float(r["energy_j"]),
              float(r["j_per_token"]), *[float(r[f"{d}_j"]) for d in DOMAINS], int(r["samples_in_window"]),
-             bool(r["resolved"]), _flags_cell(r)] for r in tok[np.argsort(tok["step"], kind="stable")]]
+             bool(r["resolved"]), _flags_cell(r)] + ([texts.get(int(r["step"]), "")] if texts else [])
+            for r in tok[np.argsort(tok["step"], kind="stable")]]
     h, rows = _drop_nan_columns(["step", "tokens", "duration (ms)", "energy (J)", "J/token",
-                                 *[f"{d} (J)" for d in DOMAINS], "samples", "resolved", "flags"], rows)
+                                 *[f"{d} (J)" for d in DOMAINS], "samples", "resolved", "flags"]
+                                + (["token text"] if texts else []), rows)
     resolved = float(np.mean(tok["resolved"])) * 100.0
     return (_res_note(res, "tokens", "tokens-resolution")
             + f"<details><summary>{len(tok)} decode steps, one row each; "
@@ -374,6 +398,105 @@ def _module_tables(run: Any, s: Dict[str, Any], res: Dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _text_section(run: Any, s: Dict[str, Any]) -> str:
+    """The prompt and the generated text of each sequence, and the generation options."""
+    tx = _plot._arr(run, "texts")
+    parts = []
+    if tx is not None and len(tx):
+        seqs = sorted({int(v) for v in tx["seq"][np.isin(tx["kind"], ["prompt", "output"])]})
+        for q in seqs:
+            def one(kind):
+                sel = tx[(tx["kind"] == kind) & (tx["seq"] == q)]
+                return str(sel["text"][0]) if len(sel) else ""
+            head = f"<h3>Sequence {q}</h3>" if len(seqs) > 1 else ""
+            parts.append(f'{head}<div class="textpair"><div><div class="k">prompt</div><pre class="text" '
+                         f'id="prompt-{q}">{_e(one("prompt"))}</pre></div><div><div class="k">output</div>'
+                         f'<pre class="text" id="output-{q}">{_e(one("output"))}</pre></div></div>')
+    else:
+        parts.append("<p class=note>No text was stored with this run (<code>store_text=False</code> / "
+                     "<code>--no-text</code>, or no tokenizer and no <code>s.record_text(...)</code>).</p>")
+    gen = s.get("generation") or {}
+    if gen:
+        parts.append("<h3>Generation options</h3>" + _kv_table({k: v for k, v in gen.items() if v is not None}))
+    return "".join(parts)
+
+
+def _peaks_section(s: Dict[str, Any]) -> str:
+    """Peak power per domain with its time, and its share of the power limit where one is known."""
+    peaks = s.get("peaks") or {}
+    if not peaks:
+        return "<p class=note>No peaks recorded (a run saved before energyprof kept them, or no samples).</p>"
+    rows = []
+    for k, p in peaks.items():
+        rows.append([k, _float(p.get("power_w")), _float(p.get("t_s")), _float(p.get("limit_w")),
+                     p.get("limit_from") or "n/a", 100.0 * _float(p.get("share_of_limit")),
+                     100.0 * _float(p.get("mean_share_of_limit"))])
+    lim = s.get("power_limits") or {}
+    note = ("<p class=note>Limits: " + "; ".join(f"{_e(k)} {_float(v.get('limit_w')):g} W ({_e(v.get('from'))})"
+                                                for k, v in lim.items()) + ".</p>") if lim else \
+        ("<p class=note>The source knows no power limit (NVML's power limit, RAPL's max power, the estimate's "
+         "tdp_w) and none was stated (<code>ep.run(..., power_limit_w=...)</code>).</p>")
+    return note + _table(["domain", "peak (W)", "at (s from run start)", "limit (W)", "limit from",
+                          "peak % of limit", "mean % of limit"], rows)
+
+
+def _has(run: Any, name: str) -> bool:
+    a = _plot._arr(run, name)
+    return a is not None and len(a) > 0
+
+
+def _deep_sections(run: Any, s: Dict[str, Any], figs: List[str], res: Optional[Dict[str, Any]] = None) -> str:
+    """Ops per layer, per-head attention entropy and activation statistics of a deep-mode run."""
+    from ..analysis import deepstats as ds
+
+    if not (_has(run, "ops") or _has(run, "heads")):
+        return ""
+    deep = s.get("deep") or {}
+    parts = ["<h2 id=\"deep-mode\">Deep mode</h2>",
+             f"<p class=note>Thresholds: sparse below {_float(deep.get('sparse_below', 1e-3)):g}, killed below "
+             f"{_float(deep.get('kill_below', 1e-3)):g}; attention {_e(deep.get('attention', 'n/a'))}"
+             + (f"; not timed inside: {_e(', '.join(deep.get('unsupported') or []))}" if deep.get("unsupported") else "")
+             + ". Each op's energy is finer than one sample when the op is shorter than the sample period: "
+               "cells with a dot have unresolved calls.</p>"]
+    tables = {}
+    try:
+        layers, names, z = _plot._op_matrix(run)
+        tables["deep-ops"] = _table(["layer", *[f"{n} (J)" for n in names]],
+                                    [[l, *row] for l, row in zip(layers, z)])
+    except _plot.NoDataError:
+        pass
+    try:
+        layers, hs, z = _plot._head_matrix(run)
+        tables["deep-heads"] = _table(["layer", *[f"head {h} entropy (nats)" for h in hs]],
+                                      [[l, *row] for l, row in zip(layers, z)])
+    except _plot.NoDataError:
+        pass
+    act = ds.activation_table(run)
+    if act:
+        tables["deep-activations"] = _table(list(act[0]), [list(r.values()) for r in act])
+    for kind, heading, sid in REPORT_DEEP_PLOTS:
+        parts.append(f'<section id="{sid}"><h3>{_e(heading)}</h3>')
+        parts.append(_fig_block(run, kind, heading, True, figs, show_heading=False, res=res))
+        if sid in tables:
+            parts.append(f"<details><summary>the numbers</summary>{tables[sid]}</details>")
+        parts.append("</section>")
+    return "".join(parts)
+
+
+def _moe_section(run: Any, s: Dict[str, Any], figs: List[str], res: Optional[Dict[str, Any]] = None) -> str:
+    from ..analysis.moe import routing
+
+    if not s.get("moe"):
+        return ""
+    r = routing(s)
+    rows = [[row["layer"], json.dumps(row["tokens_routed"]), row["max_over_mean"], row["experts_energy_j"],
+             json.dumps([round(v, 6) for v in row["expert_energy_j"]]), row["expert_energy_label"],
+             row["resolved_share"]] for row in r["layers"]]
+    return ("<h2 id=\"moe\">Mixture of experts</h2>" + _fig_block(run, "moe", "Routing", True, figs, res=res)
+            + _table(["layer", "tokens per expert", "max / mean", "experts (J)", "per expert (J)", "how",
+                      "resolved share"], rows))
+
+
 def _kv_table(d: Dict[str, Any]) -> str:
     return _table(["", ""], [[k, v] for k, v in d.items()], cls="kv")
 
@@ -408,28 +531,37 @@ def _script_json(obj: Any) -> str:
 
 #: Which resolution line sits above which figure.
 _PLOT_RESOLUTION = {"tokens": "tokens", "components": "calls", "layers": "calls", "layer_steps": "calls",
-                    "sankey": "calls"}
+                    "sankey": "calls", "token_components": "tokens", "token_hist": "tokens", "context": "tokens",
+                    "ops": "calls", "activations": "calls", "moe": "calls"}
 
 
-def _figures(run: Any, res: Optional[Dict[str, Any]] = None) -> Tuple[str, List[str]]:
-    """The plot blocks of the page and the JSON of each plotly figure drawn in them."""
+def _fig_block(run: Any, kind: str, heading: str, wide: bool, figs: List[str], show_heading: bool = True,
+               res: Optional[Dict[str, Any]] = None) -> str:
+    """One plot block (its figure's JSON appended to ``figs``), or a note when the run has no
+    data for it; with ``res`` the resolution line of the figure's rows sits above it."""
     import plotly.io as pio
 
+    cls = "plotbox wide" if wide else "plotbox"
+    head = f"<h3>{_e(heading)}</h3>" if show_heading else ""
+    try:
+        fig = _plot.plot(run, kind=kind, backend="plotly")
+    except _plot.NoDataError as exc:
+        return f'<div class="{cls}">{head}<p class="note">{_e(exc)}</p></div>'
+    m = fig.layout.margin   # a figure that needs more room (a dropdown below, a list beside) keeps it
+    fig.update_layout(autosize=True, height=560 if kind == "sankey" else 430,
+                      margin=dict(l=60, r=max(30, m.r or 0), t=70, b=max(60, m.b or 0)))
+    pid = f"plot-{kind}"
+    note = _res_note(res, _PLOT_RESOLUTION[kind]) if (res is not None and kind in _PLOT_RESOLUTION) else ""
+    figs.append(f'{{"id":"{pid}","fig":{_script_json(pio.to_json(fig, validate=False))}}}')
+    return f'<div class="{cls}">{head}{note}<div class="plot" id="{pid}"></div></div>'
+
+
+def _figures(run: Any, res: Optional[Dict[str, Any]] = None,
+             figs: Optional[List[str]] = None) -> Tuple[str, List[str]]:
+    """The plot blocks of the page and the JSON of each plotly figure drawn in them."""
     res = res if res is not None else resolution_of(run)
-    blocks, figs = [], []
-    for kind, heading, wide in REPORT_PLOTS:
-        cls = "plotbox wide" if wide else "plotbox"
-        try:
-            fig = _plot.plot(run, kind=kind, backend="plotly")
-        except _plot.NoDataError as exc:
-            blocks.append(f'<div class="{cls}"><h3>{_e(heading)}</h3><p class="note">{_e(exc)}</p></div>')
-            continue
-        fig.update_layout(autosize=True, height=560 if kind == "sankey" else 430,
-                          margin=dict(l=60, r=30, t=60, b=60))
-        pid = f"plot-{kind}"
-        note = _res_note(res, _PLOT_RESOLUTION[kind]) if kind in _PLOT_RESOLUTION else ""
-        blocks.append(f'<div class="{cls}"><h3>{_e(heading)}</h3>{note}<div class="plot" id="{pid}"></div></div>')
-        figs.append(f'{{"id":"{pid}","fig":{_script_json(pio.to_json(fig, validate=False))}}}')
+    figs = [] if figs is None else figs
+    blocks = [_fig_block(run, kind, heading, wide, figs, res=res) for kind, heading, wide in REPORT_PLOTS]
     return '<section class="grid" id="plots">' + "".join(blocks) + "</section>", figs
 
 
@@ -465,6 +597,9 @@ table.kv thead{display:none}
 .resolution-note{font-size:12px;color:#5a4a00;background:#fff8d6;border-left:3px solid #d8b600;padding:2px 8px;margin:2px 0 6px}
 details summary{cursor:pointer;color:#333;font-size:13px;margin:4px 0}
 footer{color:#888;font-size:12px;margin:30px 0 10px}
+.textpair{display:grid;grid-template-columns:1fr 1fr;gap:10px}
+pre.text{white-space:pre-wrap;word-break:break-word;background:#fafafa;border:1px solid #ddd;border-radius:4px;
+padding:8px;margin:2px 0 8px;font-size:13px;max-height:300px;overflow:auto}
 """
 
 # Records script errors before anything else runs, so that a broken page says so.
@@ -503,20 +638,29 @@ _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inlin
 
 
 def report_body(run: Any, *, co2_g_per_kwh: Optional[float] = None,
-                price_per_kwh: Optional[float] = None) -> Tuple[str, List[str], Dict[str, Any]]:
+                price_per_kwh: Optional[float] = None,
+                deep_sections: bool = True) -> Tuple[str, List[str], Dict[str, Any]]:
     """The report's content without the page around it: the HTML from the label banner
     to the environment tables, the JSON of each plotly figure drawn in it (for
     ``window.__energyprofFigures``), and the carbon and cost settings used.  The HTML
-    report and the dashboard's run page (:mod:`energyprof.views.dashboard`) both show it."""
+    report and the dashboard's run page (:mod:`energyprof.views.dashboard`) both show it;
+    ``deep_sections=False`` leaves out the deep-mode sections (ops, head entropy, activation
+    statistics), which the dashboard draws itself with a metric selector."""
     s = _plot._summary(run)
     cc = carbon_and_cost(_float(s.get("energy_j")), co2_g_per_kwh, price_per_kwh)
     res = resolution_of(run)
     plots_html, figs = _figures(run, res)
+    # the dashboard draws its own interactive deep-mode section (deep_sections=False)
+    deep_html = _deep_sections(run, s, figs, res) if deep_sections else ""
+    moe_html = _moe_section(run, s, figs, res)
     body = "".join([
         _banner(s),
         _cards(s, cc),
         _quality(run, s, res),
+        "<h2 id=\"text\">Prompt and output</h2>", _text_section(run, s),
         "<h2>Plots</h2>", plots_html,
+        deep_html, moe_html,
+        "<h2 id=\"peaks\">Peaks and limits</h2>", _peaks_section(s),
         "<h2>Phases and domains</h2>", _phase_tables(run, s),
         "<h2>Tokens (decode steps)</h2>", _token_table(run, res),
         "<h2>Layers and components</h2>", _module_tables(run, s, res),
@@ -607,4 +751,5 @@ def write_report(run: Any, path: Union[str, os.PathLike], *, co2_g_per_kwh: Opti
     return p
 
 
-__all__ = ["write_report", "render_report", "report_body", "run_title", "run_subtitle", "fmt_si", "REPORT_PLOTS"]
+__all__ = ["write_report", "render_report", "report_body", "run_title", "run_subtitle", "fmt_si", "REPORT_PLOTS",
+           "REPORT_DEEP_PLOTS"]

@@ -68,6 +68,9 @@ class MonitorState:
         self.tok_s = float("nan")
         self.text = ""
         self.show_tokens = False
+        self.run_energy_j = float("nan")     # on_token: the run's energy so far
+        self.step_energy_j = float("nan")    # on_token: the last step's energy (NaN unless resolved)
+        self.done = ""                       # on_complete: the run's closing line
 
     def on_sample(self, d: dict) -> None:
         with self._lock:
@@ -93,6 +96,19 @@ class MonitorState:
             self.tokens = d["tokens"]
             self.tok_s = d["tok_s"]
             self.phase = d["phase"]
+            self.run_energy_j = float(d.get("energy_j", float("nan")))
+            self.step_energy_j = float(d.get("step_energy_j", float("nan")))
+
+    def on_layer(self, d: dict) -> None:
+        with self._lock:
+            self.layer = int(d["layer"])
+
+    def on_complete(self, d: dict) -> None:
+        with self._lock:
+            s = d.get("summary") or {}
+            self.done = (f"run {d.get('run_id') if d.get('run_id') is not None else '(not saved)'} "
+                         f"{d.get('status')}: {s.get('energy_j', float('nan')):.4g} J, "
+                         f"{s.get('j_per_output_token', float('nan')):.4g} J/output token")
 
     def on_section(self, d: dict) -> None:
         with self._lock:
@@ -112,7 +128,8 @@ class MonitorState:
                 "total": list(self.total), "energy_j": self.energy_j, "n_samples": self.n_samples,
                 "elapsed_s": ((self.t_last_ns - self.t0_ns) * 1e-9) if self.t0_ns is not None else 0.0,
                 "peak_w": self.peak_w, "phase": self.phase, "layer": self.layer, "tokens": self.tokens,
-                "tok_s": self.tok_s, "text": self.text,
+                "tok_s": self.tok_s, "text": self.text, "run_energy_j": self.run_energy_j,
+                "step_energy_j": self.step_energy_j, "done": self.done,
             }
 
     def __rich__(self):
@@ -153,6 +170,11 @@ def render_monitor(state: MonitorState, width: int = 32):
         tok_s = "n/a" if math.isnan(snap["tok_s"]) else f"{snap['tok_s']:.1f}"
         layer = "-" if snap["layer"] < 0 else str(snap["layer"])
         parts.append(Text(f"phase {snap['phase'] or '-'}  layer {layer}  tokens {snap['tokens']}  tok/s {tok_s}"))
+        if not math.isnan(snap["run_energy_j"]):
+            step = "n/a (unresolved)" if math.isnan(snap["step_energy_j"]) else f"{snap['step_energy_j']:.4g} J"
+            parts.append(Text(f"run energy so far {snap['run_energy_j']:.4g} J  last step {step}"))
+        if snap["done"]:
+            parts.append(Text(snap["done"], style="bold"))
         if snap["text"]:
             parts.append(Panel(Text(snap["text"]), title="tokens", expand=True))
     parts.append(Text("q or Ctrl-C to quit", style="dim"))
@@ -186,6 +208,8 @@ class LiveProgress:
         s.on_sample(self.state.on_sample)
         s.on_token(self.state.on_token)
         s.on_section(self.state.on_section)
+        s.on_layer(self.state.on_layer)
+        s.on_complete(self.state.on_complete)
         self._live = Live(self.state, console=self.console or Console(), refresh_per_second=4, transient=False)
         self._live.__enter__()
         return self

@@ -401,7 +401,7 @@ def render_run(run: Any, eff: Dict[str, Any], *, nonce: str, csrf: str, read_onl
     """``/runs/{id}``: everything the report shows, the actions, the resolution and
     uncertainty of the figures, and deep-mode data with a metric selector."""
     s = _plot._summary(run)
-    body, figs, _cc = _report.report_body(run)
+    body, figs, _cc = _report.report_body(run, deep_sections=False)   # the deep section below is interactive
     deep, _ = _deep_section(run, figs)
     shown = s.get("_samples_shown") or {}
     note = ""
