@@ -21,9 +21,9 @@ import energyprof as ep
 from energyprof import _core
 from energyprof import _reference
 from energyprof.store import schema
-from energyprof._dtypes import CALL_DTYPE, HEAD_DTYPE, SECTION_DTYPE, TOKEN_DTYPE
+from energyprof._dtypes import CALL_DTYPE, HEAD_DTYPE, RANK_DTYPE, SECTION_DTYPE, TOKEN_DTYPE
 from energyprof.store.db import Store
-from energyprof.store.rundata import AGG_DTYPE, ARRAY_NAMES, RunData
+from energyprof.store.rundata import AGG_DTYPE, ARRAY_NAMES, RunData, sample_row_dtype
 
 SAMPLE_DTYPE = np.dtype(_core.SAMPLE_DTYPE)
 NAN = float("nan")
@@ -70,7 +70,8 @@ def make_summary(i: int = 0, **over):
 def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps: int = 5):
     rng = np.random.default_rng(seed)
     t0 = 10**12 + seed
-    samples = np.zeros(n_samples, SAMPLE_DTYPE)
+    samples = np.zeros(n_samples, sample_row_dtype())
+    samples["rank"] = np.arange(n_samples) >= n_samples // 2   # two ranks' streams
     samples["t_start_ns"] = t0 + np.arange(n_samples, dtype=np.int64) * 5_000_000
     samples["t_end_ns"] = samples["t_start_ns"] + 5_000_000
     samples["kind"] = _core.KIND_INTERVAL
@@ -157,8 +158,32 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
     heads["entropy"] = np.where(rng.random(len(heads)) < 0.2, np.nan, rng.uniform(0, 3, len(heads)))
     heads["max_weight"] = rng.uniform(0, 1, len(heads))
     heads["sparsity"] = np.where(rng.random(len(heads)) < 0.2, np.nan, rng.uniform(0, 1, len(heads)))
+    sections["rank"] = -1                       # merged rows of a multi-rank run
+    tokens["rank"] = rng.integers(0, 4, n_steps)
+    for a in (layers, components, ops):
+        a["rank"] = rng.integers(0, 4, len(a))
+    ranks = np.zeros(2, RANK_DTYPE)
+    ranks["rank"], ranks["local_rank"], ranks["host"] = [0, 1], [0, 1], ["hôte-a", "hôte-a"]
+    ranks["host_leader"], ranks["replica_group"] = 0, [0, 1]
+    ranks["device"], ranks["source"], ranks["source_label"] = "cpu", "synthetic:power_w=10", "simulated"
+    ranks["status"] = ["completed", "missing"]
+    ranks["clock_offset_ns"], ranks["clock_uncertainty_ns"] = [0, -2**40], [0, 12345]
+    ranks["t_start_ns"], ranks["t_end_ns"] = t0, t0 + 10**9
+    ranks["energy_j"] = [10.0, np.nan]
+    for d in ("cpu_j", "gpu_j", "ane_j", "dram_j", "package_j"):
+        ranks[d] = [rng.uniform(0, 5), np.nan]
+    ranks["n_samples"], ranks["input_tokens"], ranks["output_tokens"] = [7, 0], [4, 4], [9, 9]
+    rank_sections = np.concatenate([sections, sections])
+    rank_sections["rank"] = np.repeat([0, 1], len(sections))
+    rank_tokens = np.concatenate([tokens, tokens])
+    rank_tokens["rank"] = np.repeat([0, 1], n_steps)
     return dict(samples=samples, sections=sections, tokens=tokens, layers=layers, components=components, ops=ops,
-                heads=heads)
+                heads=heads, ranks=ranks, rank_sections=rank_sections, rank_tokens=rank_tokens)
+
+
+def _before_v6(a: np.ndarray) -> np.ndarray:
+    """An array as versions 1..3 stored it: without the v6 rank field."""
+    return a[[f for f in a.dtype.names if f != "rank"]]
 
 
 def make_run(i: int = 0, **kw) -> RunData:
@@ -332,13 +357,14 @@ def test_schema_has_a_column_for_every_dtype_field(dbpath):
     with Store(dbpath) as s:
         for name, table in schema.ARRAY_TABLES.items():
             cols = set(schema.table_columns(s.conn, table))
-            dt_ = np.dtype(_core.SAMPLE_DTYPE) if name == "samples" else RunData().array(name).dtype
+            dt_ = RunData().array(name).dtype   # samples: SAMPLE_DTYPE + rank
             assert set(dt_.names) | {"run_id"} == cols, (table, set(dt_.names) ^ (cols - {"run_id"}))
-        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 3
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 6
         idx = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         for table in schema.ARRAY_TABLES.values():
-            if table != "head_metrics":
+            if table not in ("head_metrics", "run_ranks"):
                 assert f"idx_{table}_run_t" in idx
+        assert [r[2] for r in s.conn.execute("PRAGMA index_info(idx_run_ranks_run_rank)")] == ["run_id", "rank"]
         # head rows have no time: indexed by (run_id, layer)
         assert [r[2] for r in s.conn.execute("PRAGMA index_info(idx_head_metrics_run_layer)")] == ["run_id", "layer"]
         fks = s.conn.execute("PRAGMA foreign_key_list(head_metrics)").fetchall()
@@ -365,10 +391,10 @@ def _fill_v1(path: str, n: int = 3) -> list:
         ids.append(rid)
         arr = make_arrays(i, n_samples=20)
         for name in ("samples", "sections", "tokens"):
-            _reference.store_insert(conn, schema.ARRAY_TABLES[name], arr[name], {"run_id": rid})
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _before_v6(arr[name]), {"run_id": rid})
         for name in ("layers", "components"):
             a = arr[name]
-            v1 = [f for f in a.dtype.names if f not in ("call_id", "parent_id", "unattributed_j")]
+            v1 = [f for f in a.dtype.names if f not in ("call_id", "parent_id", "unattributed_j", "rank")]
             _reference.store_insert(conn, schema.ARRAY_TABLES[name], a[v1], {"run_id": rid})
     conn.close()
     return ids
@@ -381,12 +407,14 @@ def test_migration_from_v1(dbpath):
     assert "op_metrics" not in schema.tables(conn)
     conn.close()
     with Store(dbpath) as s:
-        assert schema.user_version(s.conn) == 3
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
         for i, rid in enumerate(ids):
             r = s.load(rid)
-            want = make_arrays(i, n_samples=20)
+            want = {k: _before_v6(v) for k, v in make_arrays(i, n_samples=20).items()}
+            for name in ("samples", "sections", "tokens", "layers", "components"):
+                assert (r.array(name)["rank"] == 0).all()   # rows from before v6 came from one process
             summ = make_summary(i)
             # the new runs columns are backfilled from the summary kept by v1
             row = s.conn.execute("SELECT edp_js, source_label, n_params, pid FROM runs WHERE id=?", (rid,)).fetchone()
@@ -399,7 +427,7 @@ def test_migration_from_v1(dbpath):
                 assert (got["call_id"] == -1).all() and (got["parent_id"] == -1).all()
                 assert np.isnan(got["unattributed_j"]).all()
                 for f in want[name].dtype.names:
-                    if f not in ("call_id", "parent_id", "unattributed_j"):
+                    if f not in ("call_id", "parent_id", "unattributed_j", "rank"):
                         np.testing.assert_array_equal(got[f], want[name][f])
             assert len(r.ops) == 0 and len(r.heads) == 0 and r.heads.dtype == HEAD_DTYPE
         # the v1 run left "running" has no owner pid: it was interrupted
@@ -421,6 +449,7 @@ def _fill_v2(path: str, n: int = 3) -> list:
     ids = []
     for i in range(n):
         cols = ep.db._run_columns(make_summary(i))
+        cols.pop("world_size")                                     # a v6 column
         cols["pid"], cols["pid_host"] = os.getpid(), "elsewhere"  # another host: left as written
         cols["ended_at"] = "2025-03-01T10:00:05.000000+00:00"
         names = list(cols)
@@ -430,7 +459,7 @@ def _fill_v2(path: str, n: int = 3) -> list:
         ids.append(rid)
         arr = make_arrays(i, n_samples=20)
         for name in _V2_ARRAYS:
-            _reference.store_insert(conn, schema.ARRAY_TABLES[name], arr[name], {"run_id": rid})
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _before_v6(arr[name]), {"run_id": rid})
     conn.close()
     return ids
 
@@ -438,15 +467,15 @@ def _fill_v2(path: str, n: int = 3) -> list:
 def test_migration_from_v2(dbpath):
     ids = _fill_v2(dbpath)
     with Store(dbpath) as s:
-        assert schema.user_version(s.conn) == 3
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION
         assert "head_metrics" in schema.tables(s.conn)
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
         for i, rid in enumerate(ids):
             r = s.load(rid)
-            want = make_arrays(i, n_samples=20)
-            for name in _V2_ARRAYS:  # every v2 row is kept, field by field
-                assert r.array(name).dtype == want[name].dtype
+            want = {k: _before_v6(v) for k, v in make_arrays(i, n_samples=20).items()}
+            for name in _V2_ARRAYS:  # every v2 row is kept, field by field (and is rank 0)
+                assert (r.array(name)["rank"] == 0).all()
                 for f in want[name].dtype.names:
                     np.testing.assert_array_equal(r.array(name)[f], want[name][f], err_msg=f"{name}.{f}")
             assert len(r.heads) == 0 and r.heads.dtype == HEAD_DTYPE
@@ -460,10 +489,11 @@ def test_migration_from_v2(dbpath):
             == len(make_run(7).heads) > 0
         ep.delete(rid, db=s)
         assert s.conn.execute("SELECT COUNT(*) FROM head_metrics").fetchone()[0] == 0
-    # migrating is a one-time step: a second open finds version 3 and changes nothing
+    # migrating is a one-time step: a second open finds the current version and changes nothing
     before = sha(dbpath)
     with Store(dbpath, mark_stale=False) as s:
-        assert schema.migrate(s.conn, dbpath) == (3, 3)
+        v = schema.SCHEMA_VERSION
+        assert schema.migrate(s.conn, dbpath) == (v, v)
     assert sha(dbpath) == before
 
 
@@ -488,7 +518,7 @@ def test_fresh_database_matches_migrated_one(tmp_path):
         return out
 
     fresh = shape(b)
-    assert "head_metrics" in fresh and fresh["_version"] == 3
+    assert "head_metrics" in fresh and "run_ranks" in fresh and fresh["_version"] == schema.SCHEMA_VERSION
     assert shape(a) == fresh
     assert shape(c2) == fresh
 
@@ -539,7 +569,8 @@ def test_round_trip_every_array_field_by_field(dbpath):
         s.flush()
         assert len(s.load(rid).samples) == len(run.samples)
         s.finish_run(rid, run.summary(), run.sections, run.tokens, run.layers, run.components, "completed",
-                     ops=run.ops, heads=run.heads)
+                     ops=run.ops, heads=run.heads, ranks=run.ranks, rank_sections=run.rank_sections,
+                     rank_tokens=run.rank_tokens)
     back = ep.load(rid, db=dbpath)
     assert_same_arrays(back, run)
     want = run.summary()
@@ -845,7 +876,7 @@ def test_export_import_json_round_trip(filled, tmp_path):
         raise AssertionError(f"non-strict JSON token {c}")
 
     doc = json.loads(open(out).read(), parse_constant=no_constants)  # strict JSON: no NaN/Infinity tokens
-    assert doc["format"] == "energyprof-run" and doc["schema_version"] == 3
+    assert doc["format"] == "energyprof-run" and doc["schema_version"] == schema.SCHEMA_VERSION
     new = ep.import_run(out, db=path)
     assert new != rid
     a, b = ep.load(rid, db=path), ep.load(new, db=path)
@@ -858,7 +889,7 @@ def test_export_import_json_round_trip(filled, tmp_path):
     old.write_text(json.dumps(doc))
     o = ep.load(ep.import_run(old, db=path), db=path)
     assert len(o.heads) == 0 and o.heads.dtype == HEAD_DTYPE
-    for name in ARRAY_NAMES[:-1]:
+    for name in (n for n in ARRAY_NAMES if n != "heads"):
         assert o.array(name).tobytes() == a.array(name).tobytes(), name
     sa, sb = a.summary(), b.summary()
     sa.pop("run_id")
@@ -1085,7 +1116,7 @@ def test_docs_schema_names_every_column_and_its_example_runs(capsys):
             assert re.search(rf"(^\| |, ){c}[ ,|]", doc, re.M), (table, c)
     for b in re.findall(r"```python\n(.*?)```", doc, re.S):
         exec(compile(b, "docs/schema.md", "exec"), {})
-    assert capsys.readouterr().out.split() == ["(1,", "3)", "True", "(2,", "3)", "True"]
+    assert capsys.readouterr().out.split() == ["(1,", "6)", "True", "(2,", "6)", "True"]
 
 
 def test_writer_releases_the_gil_while_blocked(tmp_path):
@@ -1209,7 +1240,7 @@ def test_many_processes_open_a_fresh_database_at_once(tmp_path):
         procs = [subprocess.Popen([sys.executable, "-c", code, path]) for _ in range(4)]
         assert [p.wait() for p in procs] == [0] * 4
         with Store(path) as s:
-            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 3
+            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 6
             assert "head_metrics" in schema.tables(s.conn)
             assert len(ep.runs(db=s, limit=None)) == 4 + (0 if kind == "fresh" else 2)
 
@@ -1288,3 +1319,64 @@ def test_writer_constant_columns_of_every_kind(tmp_path):
     conn.execute("DELETE FROM t")
     _reference.store_insert(conn, "t", a, {k: (v.item() if isinstance(v, np.generic) else v) for k, v in consts.items()})
     assert conn.execute("SELECT x, i, f, s, n, b, yes FROM t ORDER BY rowid").fetchall() == rows[:3]
+
+
+def _fill_v3(path: str, n: int = 2) -> list:
+    """A version-3 database (the v3 DDL) with n runs written the way energyprof 3 wrote them."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    schema.create(conn, 3)
+    assert schema.user_version(conn) == 3 and "run_ranks" not in schema.tables(conn)
+    assert "rank" not in schema.table_columns(conn, "power_samples")
+    ids = []
+    for i in range(n):
+        cols = ep.db._run_columns(make_summary(i))
+        cols.pop("world_size")
+        cols["pid"], cols["pid_host"] = os.getpid(), "elsewhere"
+        names = list(cols)
+        rid = conn.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                           [cols[k] for k in names]).lastrowid
+        ids.append(rid)
+        arr = make_arrays(i, n_samples=20)
+        for name in _V2_ARRAYS + ("heads",):
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _before_v6(arr[name]), {"run_id": rid})
+    conn.close()
+    return ids
+
+
+def test_migrate_to_6_step_alone_adds_ranks_and_keeps_every_row(dbpath):
+    """The v6 step on its own (the function the merge chains after versions 4 and 5): a
+    real version-3 file gains the rank columns (every old row rank 0: it came from one
+    process), the three per-rank tables and runs.world_size = 1, and keeps every value."""
+    ids = _fill_v3(dbpath)
+    conn = sqlite3.connect(dbpath, isolation_level=None)
+    before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall()
+              for t in ["runs"] + [schema.ARRAY_TABLES[n] for n in _V2_ARRAYS + ("heads",)]}
+    conn.execute("BEGIN")
+    schema._migrate_to_6(conn)
+    conn.execute("PRAGMA user_version = 6")   # what schema.migrate sets after the last step
+    conn.execute("COMMIT")
+    for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
+        cols = schema.table_columns(conn, t)
+        assert cols[-1] == "rank"
+        assert conn.execute(f"SELECT COUNT(*) FROM {t} WHERE rank != 0").fetchone()[0] == 0
+        # the old columns and values, unchanged (rank appended at the end)
+        assert [r[:-1] for r in conn.execute(f"SELECT * FROM {t} ORDER BY rowid")] == before[t]
+    assert "rank" not in schema.table_columns(conn, "head_metrics")
+    assert conn.execute("SELECT * FROM head_metrics ORDER BY rowid").fetchall() == before["head_metrics"]
+    assert [r[0] for r in conn.execute("SELECT world_size FROM runs ORDER BY id")] == [1] * len(ids)
+    assert [r[:-1] for r in conn.execute("SELECT * FROM runs ORDER BY id")] == before["runs"]
+    for t in ("run_ranks", "rank_sections", "rank_tokens"):
+        assert schema.table_columns(conn, t)[1:] == [c for c, _ in schema.TABLE_COLUMNS[t]]
+        fks = conn.execute(f"PRAGMA foreign_key_list({t})").fetchall()
+        assert [(r[2], r[3], r[4], r[6]) for r in fks] == [("runs", "run_id", "id", "CASCADE")]
+    conn.close()
+    # the full chain through Store gives the same shape as a fresh database, and the
+    # migrated store takes a multi-rank run field by field
+    with Store(dbpath) as s:
+        assert schema.user_version(s.conn) == 6
+        rid = s.save(make_run(5))
+        assert_same_arrays(s.load(rid), make_run(5))
+        assert s.conn.execute("SELECT world_size FROM runs WHERE id=?", (rid,)).fetchone()[0] == 1
+        ep.delete(rid, db=s)
+        for t in ("run_ranks", "rank_sections", "rank_tokens"):
+            assert s.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] == 0

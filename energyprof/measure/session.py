@@ -34,7 +34,7 @@ import numpy as np
 from .. import _core
 from .._version import __version__
 from ..errors import MissingExtraError
-from ..store.rundata import RunData
+from ..store.rundata import RunData, sample_row_dtype, with_rank
 from .attribution import Forward, SpanInfo, UserSection, attribute
 
 MODES = ("minimal", "standard", "deep")
@@ -417,7 +417,7 @@ class Session(RunData):
         if deep_summary is not None:
             summary["deep"] = deep_summary
         self._summary = summary
-        self._samples = samples
+        self._samples = with_rank(samples, sample_row_dtype(), 0)
         self._sections = att.sections
         self._tokens = att.tokens
         self._layers = calls[is_layer]

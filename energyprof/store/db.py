@@ -253,6 +253,7 @@ def _run_columns(summary: Dict[str, Any]) -> Dict[str, Any]:
         "edp_js": _real(s.get("edp_js")),
         "unattributed_j": _real(s.get("unattributed_j")),
         "total_rule": s.get("total_rule"),
+        "world_size": _int((s.get("distributed") or {}).get("world_size")) or 1,
         "summary": json.dumps(_encode_summary(body), allow_nan=False),
     }
 
@@ -474,10 +475,12 @@ class Store:
                    tokens: Optional[np.ndarray] = None, layers: Optional[np.ndarray] = None,
                    components: Optional[np.ndarray] = None, status: str = "completed", *,
                    ops: Optional[np.ndarray] = None, samples: Optional[np.ndarray] = None,
-                   heads: Optional[np.ndarray] = None) -> None:
+                   heads: Optional[np.ndarray] = None, ranks: Optional[np.ndarray] = None,
+                   rank_sections: Optional[np.ndarray] = None, rank_tokens: Optional[np.ndarray] = None) -> None:
         """Write the run's arrays and final summary, then set ``status``; waits until committed.
 
-        ``heads`` are mode="deep" attention statistics (``HEAD_DTYPE``, table head_metrics).
+        ``heads`` are mode="deep" attention statistics (``HEAD_DTYPE``, table head_metrics);
+        ``ranks``, ``rank_sections``, ``rank_tokens`` the per-rank rows of a multi-rank run.
         Rows written earlier for sections/tokens/layers/components/ops/heads of this run are
         replaced (finishing twice is harmless); ``samples`` (optional) are *appended*
         to those written with :meth:`write_samples`.  The runs row is updated last,
@@ -489,7 +492,7 @@ class Store:
         rid = int(run_id)
         w = self.writer
         arrays = {"sections": sections, "tokens": tokens, "layers": layers, "components": components, "ops": ops,
-                  "heads": heads}
+                  "heads": heads, "ranks": ranks, "rank_sections": rank_sections, "rank_tokens": rank_tokens}
         for name, arr in arrays.items():
             if arr is not None:
                 w.execute(f"DELETE FROM {ARRAY_TABLES[name]} WHERE run_id = ?", (rid,))
@@ -521,7 +524,8 @@ class Store:
         rid = self.create_run(s)
         self.finish_run(rid, s, run.sections, run.tokens, run.layers, run.components,
                         status=status or s.get("status") or "completed", ops=run.ops, samples=run.samples,
-                        heads=run.heads)
+                        heads=run.heads, ranks=run.ranks, rank_sections=run.rank_sections,
+                        rank_tokens=run.rank_tokens)
         return rid
 
     def mark_stale_running(self) -> List[int]:

@@ -12,7 +12,13 @@ Versions
    unattributed_j).
 2. adds those runs columns, the call-tree columns of the metric tables and the
    op_metrics table.
-3. (current) adds the head_metrics table (mode="deep": per attention call and head).
+3. adds the head_metrics table (mode="deep": per attention call and head).
+6. (current) multi-rank runs (energyprof.measure.distributed): a ``rank`` column on
+   power_samples, sections, tokens and the three call tables; the per-rank tables
+   rank_sections and rank_tokens; run_ranks (one row per rank: host, local rank, clock
+   offset and its uncertainty, energy); and runs.world_size.  Versions 4 and 5 belong
+   to other changes; :func:`_migrate_to_6` is one step that adds only the above, so it
+   chains after them (here it runs right after 3).
 
 Array tables hold one column per field of the shared numpy dtypes
 (:mod:`energyprof._dtypes`, ``_core.SAMPLE_DTYPE``) plus ``run_id``; NaN is stored
@@ -26,7 +32,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from ..errors import SchemaError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 6
 
 #: Store table per RunData array name.
 ARRAY_TABLES: Dict[str, str] = {
@@ -37,6 +43,9 @@ ARRAY_TABLES: Dict[str, str] = {
     "components": "component_metrics",
     "ops": "op_metrics",
     "heads": "head_metrics",
+    "ranks": "run_ranks",
+    "rank_sections": "rank_sections",
+    "rank_tokens": "rank_tokens",
 }
 
 STATUSES = ("running", "completed", "interrupted", "failed")
@@ -86,6 +95,19 @@ _CALL_COLS = (
 # v3: mode="deep" attention statistics, one row per (attention call, head) (HEAD_DTYPE).
 _HEAD_COLS = [("call_id", "INTEGER"), ("layer", "INTEGER"), ("step", "INTEGER"), ("head", "INTEGER"),
               ("n_queries", "INTEGER"), ("entropy", "REAL"), ("max_weight", "REAL"), ("sparsity", "REAL")]
+
+# v6: multi-rank runs.  Every row says whose devices it is about; one-process runs are rank 0.
+_RANK_COL = [("rank", "INTEGER NOT NULL DEFAULT 0")]
+_RANK_TABLE_COLS = (
+    [("rank", "INTEGER"), ("local_rank", "INTEGER"), ("host", "TEXT"), ("host_leader", "INTEGER"),
+     ("replica_group", "INTEGER"), ("device", "TEXT"), ("source", "TEXT"), ("source_label", "TEXT"),
+     ("status", "TEXT"), ("clock_offset_ns", "INTEGER"), ("clock_uncertainty_ns", "INTEGER"),
+     ("t_start_ns", "INTEGER"), ("t_end_ns", "INTEGER"), ("energy_j", "REAL")]
+    + _DOM_J
+    + [("n_samples", "INTEGER"), ("input_tokens", "INTEGER"), ("output_tokens", "INTEGER")]
+)
+_RUN_COLS_V6_ADDED = [("world_size", "INTEGER NOT NULL DEFAULT 1")]
+_V6_RANKED_TABLES = ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics")
 
 _RUN_COLS_V1 = [
     ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"),  # AUTOINCREMENT: a deleted run's id is never reused
@@ -137,14 +159,24 @@ _RUN_COLS_V2_ADDED = [
 
 #: Columns of each table in the current version (excluding run_id / id where noted).
 TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
-    "runs": _RUN_COLS_V1 + _RUN_COLS_V2_ADDED,
-    "power_samples": _SAMPLE_COLS,
-    "sections": _SECTION_COLS,
-    "tokens": _TOKEN_COLS,
-    "layer_metrics": _CALL_COLS,
-    "component_metrics": _CALL_COLS,
-    "op_metrics": _CALL_COLS,
+    "runs": _RUN_COLS_V1 + _RUN_COLS_V2_ADDED + _RUN_COLS_V6_ADDED,
+    "power_samples": _SAMPLE_COLS + _RANK_COL,
+    "sections": _SECTION_COLS + _RANK_COL,
+    "tokens": _TOKEN_COLS + _RANK_COL,
+    "layer_metrics": _CALL_COLS + _RANK_COL,
+    "component_metrics": _CALL_COLS + _RANK_COL,
+    "op_metrics": _CALL_COLS + _RANK_COL,
     "head_metrics": _HEAD_COLS,
+    "run_ranks": _RANK_TABLE_COLS,
+    "rank_sections": _SECTION_COLS + _RANK_COL,
+    "rank_tokens": _TOKEN_COLS + _RANK_COL,
+}
+
+# The tables as versions 2 and 3 wrote them (before the v6 rank columns).
+_V3_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
+    "runs": _RUN_COLS_V1 + _RUN_COLS_V2_ADDED,
+    "power_samples": _SAMPLE_COLS, "sections": _SECTION_COLS, "tokens": _TOKEN_COLS,
+    "layer_metrics": _CALL_COLS, "component_metrics": _CALL_COLS, "op_metrics": _CALL_COLS,
 }
 
 #: Sort keys accepted by energyprof.store.db.runs (name -> runs column).
@@ -155,7 +187,7 @@ SORT_KEYS: Dict[str, str] = {
     "batch_size": "batch_size", "duration_s": "duration_s", "energy_j": "energy_j", "net_energy_j": "net_energy_j",
     "baseline_power_w": "baseline_power_w", "peak_power_w": "peak_power_w", "j_per_token": "j_per_token",
     "j_per_output_token": "j_per_output_token", "tokens_per_j": "tokens_per_j", "edp_js": "edp_js",
-    "n_params": "n_params",
+    "n_params": "n_params", "world_size": "world_size",
 }
 
 _INDEXED_RUN_COLS = ("started_at", "energy_j", "j_per_token", "tokens_per_j", "duration_s", "model_name", "status")
@@ -189,6 +221,18 @@ def _head_table_ddl() -> List[str]:
     ]
 
 
+def _rank_tables_ddl() -> List[str]:
+    """v6: run_ranks (one row per rank, indexed by (run_id, rank)) and the per-rank section/token tables."""
+    body = ",\n  ".join(
+        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE']
+        + [f"{_q(c)} {t}" for c, t in _RANK_TABLE_COLS])
+    stmts = [f"CREATE TABLE run_ranks (\n  {body}\n)",
+             "CREATE INDEX idx_run_ranks_run_rank ON run_ranks(run_id, rank)"]
+    stmts += _array_table_ddl("rank_sections", _SECTION_COLS + _RANK_COL)
+    stmts += _array_table_ddl("rank_tokens", _TOKEN_COLS + _RANK_COL)
+    return stmts
+
+
 def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[str]:
     body = ",\n  ".join(f"{_q(c)} {t}" for c, t in cols)
     stmts = [f"CREATE TABLE runs (\n  {body}\n)"]
@@ -198,7 +242,7 @@ def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[s
 
 
 def ddl(version: int = SCHEMA_VERSION) -> List[str]:
-    """The CREATE statements of schema ``version`` (1, 2 or 3), in order."""
+    """The CREATE statements of schema ``version`` (1, 2, 3 or 6), in order."""
     if version == 1:
         stmts = _runs_ddl(_RUN_COLS_V1, ("started_at", "energy_j", "j_per_token", "model_name", "status"))
         for t, cols in (("power_samples", _SAMPLE_COLS), ("sections", _SECTION_COLS), ("tokens", _TOKEN_COLS),
@@ -206,11 +250,18 @@ def ddl(version: int = SCHEMA_VERSION) -> List[str]:
             stmts += _array_table_ddl(t, cols)
         return stmts
     if version in (2, 3):
+        stmts = _runs_ddl(_V3_COLUMNS["runs"], _INDEXED_RUN_COLS)
+        for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
+            stmts += _array_table_ddl(t, _V3_COLUMNS[t])
+        if version == 3:
+            stmts += _head_table_ddl()
+        return stmts
+    if version == 6:
         stmts = _runs_ddl(TABLE_COLUMNS["runs"], _INDEXED_RUN_COLS)
         for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
             stmts += _array_table_ddl(t, TABLE_COLUMNS[t])
-        if version == 3:
-            stmts += _head_table_ddl()
+        stmts += _head_table_ddl()
+        stmts += _rank_tables_ddl()
         return stmts
     raise ValueError(f"no schema version {version}; known versions: 1..{SCHEMA_VERSION}")
 
@@ -267,12 +318,30 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
         conn.execute(s)
 
 
+def _migrate_to_6(conn: sqlite3.Connection) -> None:
+    """The multi-rank step: rank columns (existing rows are rank 0, the one process they
+    came from), the per-rank tables and runs.world_size (1).  It touches nothing that
+    versions 4 and 5 add, so it chains after them unchanged."""
+    for table in _V6_RANKED_TABLES:
+        have = set(table_columns(conn, table))
+        if "rank" not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {_q('rank')} {_RANK_COL[0][1]}")
+    for c, t in _RUN_COLS_V6_ADDED:
+        if c not in set(table_columns(conn, "runs")):
+            conn.execute(f"ALTER TABLE runs ADD COLUMN {_q(c)} {t}")
+    for s in _rank_tables_ddl():
+        conn.execute(s)
+
+
 def _num(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-#: MIGRATIONS[v] turns a version-v database into version v+1.
-MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+#: MIGRATIONS[v] turns a version-v database into version MIGRATION_TARGET.get(v, v + 1).
+#: Versions 4 and 5 come from other changes; once they are here, _migrate_to_6 moves to
+#: MIGRATIONS[5] and MIGRATION_TARGET empties.
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_to_6}
+MIGRATION_TARGET = {3: 6}
 
 
 def user_version(conn: sqlite3.Connection) -> int:
@@ -330,7 +399,7 @@ def migrate(conn: sqlite3.Connection, path: str) -> Tuple[int, int]:
         v = user_version(conn)  # re-read under the write lock: another process may have migrated it
         while v < SCHEMA_VERSION:
             MIGRATIONS[v](conn)
-            v += 1
+            v = MIGRATION_TARGET.get(v, v + 1)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -340,4 +409,4 @@ def migrate(conn: sqlite3.Connection, path: str) -> Tuple[int, int]:
 
 
 __all__ = ["SCHEMA_VERSION", "ARRAY_TABLES", "TABLE_COLUMNS", "SORT_KEYS", "STATUSES", "SchemaError", "ddl",
-           "create", "migrate", "check", "MIGRATIONS", "user_version", "tables", "table_columns"]
+           "create", "migrate", "check", "MIGRATIONS", "MIGRATION_TARGET", "user_version", "tables", "table_columns"]
