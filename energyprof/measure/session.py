@@ -69,14 +69,17 @@ class Session(RunData):
         name: Optional[str] = None,
         tags: Optional[Iterable[str]] = None,
         hook_method: str = "wrap",
+        engine: Optional[str] = None,
+        distributed: Any = "auto",
     ) -> None:
         super().__init__()
         try:
             import torch
         except ImportError as e:  # pragma: no cover - torch is a dependency of the session
             raise MissingExtraError("torch", "ep.run") from e
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"ep.run() needs a torch.nn.Module, got {type(model).__name__}")
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(f"ep.run() needs a torch.nn.Module (or None for an engine without hooks: mark its "
+                            f"tokens with s.mark_prefill_end() / s.mark_token()), got {type(model).__name__}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         if sync not in SYNCS:
@@ -96,6 +99,16 @@ class Session(RunData):
         self.name = name
         self.tags = [str(t) for t in (tags or [])]
         self.hook_method = hook_method
+        self.engine = None if engine is None else str(engine)
+        self.distributed = distributed
+        # ep.run(None): the caller's marks (s.mark_prefill_end / s.mark_token) stand for forwards
+        self._gen_start_ns: Optional[int] = None   # mark_prefill_start of the current generation
+        self._gen_pending: tuple = (None, 1)       # (input_tokens, batch) given to mark_prefill_start
+        self._in_decode = False                    # the current generation's prefill has ended
+        self._gen_batch, self._gen_steps = 1, 0
+        self._last_mark_ns: Optional[int] = None   # end of the last marked slot
+        self._token_texts: List[tuple] = []        # (t_ns, text) given to mark_token
+        self._marks_lock = threading.Lock()
         self._user_sections: List[UserSection] = []
         self._section_stack: List[int] = []
         self._forward_meta: List[dict] = []
@@ -118,7 +131,7 @@ class Session(RunData):
 
     # ------------------------------------------------------------------ enter
     def __enter__(self) -> "Session":
-        key = id(self.model)
+        key = id(self.model) if self.model is not None else ("session", id(self))
         with _ACTIVE_LOCK:
             if key in _ACTIVE_MODELS:
                 raise RuntimeError(
@@ -135,6 +148,7 @@ class Session(RunData):
             with _ACTIVE_LOCK:
                 _ACTIVE_MODELS.discard(key)
             raise
+        self._active_key = key
         return self
 
     def _start(self) -> None:
@@ -144,12 +158,19 @@ class Session(RunData):
         from .sources import open as open_source
 
         self._source = open_source(self.source_spec)
-        self._device = _model_device(self.model)
-        sync = self.sync
-        if sync == "auto":
-            sync = "device" if self._device.type in ("cuda", "mps") else "none"
-        self._sync_used = sync
-        self._amap = arch_mod.describe(self.model)   # warns itself when it falls back
+        if self.model is None:
+            import torch
+
+            self._device = torch.device("cpu")
+            self._sync_used = sync = "none"
+            self._amap = None
+        else:
+            self._device = _model_device(self.model)
+            sync = self.sync
+            if sync == "auto":
+                sync = "device" if self._device.type in ("cuda", "mps") else "none"
+            self._sync_used = sync
+            self._amap = arch_mod.describe(self.model)   # warns itself when it falls back
         self._sampler = Sampler(self._source, interval_ms=self.interval_ms)
         self._sampler.start()
         self._wall_start_ns = _core.wall_ns()
@@ -159,8 +180,8 @@ class Session(RunData):
             time.sleep(self.baseline_s)
             self._baseline = (b0, _core.now_ns())
 
-        # span 0 = the top-level forward; 1.. = hooked modules
-        targets = arch_mod.hook_targets(self._amap, self.mode)
+        # span 0 = the top-level forward (or, without a model, the caller's marks); 1.. = hooked modules
+        targets = arch_mod.hook_targets(self._amap, self.mode) if self._amap is not None else []
         self._spans: List[SpanInfo] = [SpanInfo(layer=-1, component="model")]
         qual_to_span: Dict[str, int] = {}
         for ref in targets:
@@ -175,17 +196,19 @@ class Session(RunData):
                     self._spans[sid].parent_span = qual_to_span[parent]
                     break
         self._buffer = _core.SpanBuffer()
-        self._hookset = HookSet(self._buffer, sync=sync, device=self._device, activity=True, method=self.hook_method)
-        top = self._amap.top
-        if self.mode == "deep":
-            self._install_deep(qual_to_span, sync)   # before the C wrappers, which wrap its forwards
-        # The shape hook runs before the C begin hook; it reads the input shapes only.
-        self._handles.append(top.register_forward_pre_hook(self._shape_hook, with_kwargs=True))
-        self._hookset.add(top, 0)
-        for ref in targets:
-            self._hookset.add(ref.module, qual_to_span[ref.qualname])
-        if self.mode == "deep":
-            self._add_deep_hooks(targets, qual_to_span)
+        if self._amap is not None:
+            self._hookset = HookSet(self._buffer, sync=sync, device=self._device, activity=True,
+                                    method=self.hook_method)
+            top = self._amap.top
+            if self.mode == "deep":
+                self._install_deep(qual_to_span, sync)   # before the C wrappers, which wrap its forwards
+            # The shape hook runs before the C begin hook; it reads the input shapes only.
+            self._handles.append(top.register_forward_pre_hook(self._shape_hook, with_kwargs=True))
+            self._hookset.add(top, 0)
+            for ref in targets:
+                self._hookset.add(ref.module, qual_to_span[ref.qualname])
+            if self.mode == "deep":
+                self._add_deep_hooks(targets, qual_to_span)
 
         if self.save:
             from ..store.db import Store
@@ -320,6 +343,100 @@ class Session(RunData):
             self._section_stack.pop()
             self._user_sections[idx].t_end_ns = _core.now_ns()
 
+    # ------------------------------------------------------------------ marks (ep.run(None))
+    def _need_marks(self, what: str) -> None:
+        if self.model is not None:
+            raise RuntimeError(f"s.{what}(): this run hooks its model, whose forwards already mark prefill and "
+                               "tokens; marks are for ep.run(None, ...) around an engine without hooks")
+        if self._sampler is None or self._finished:
+            raise RuntimeError(f"s.{what}() must be called inside the `with ep.run(None, ...) as s:` block")
+
+    def _mark_slot(self, t_begin: int, t_end: int, batch: int, seq: int, past_len: int,
+                   input_tokens: Optional[int] = None) -> None:
+        # One slot = one span-0 event pair, like a hooked top-level forward: the live feed
+        # and the attribution read both the same way (past_len 0 = a prefill).
+        meta = {"batch": batch, "seq": seq, "past_len": past_len, "cache_position": None, "mask": None}
+        if input_tokens is not None:
+            meta["input_tokens"] = int(input_tokens)
+        self._forward_meta.append(meta)
+        self._buffer.append(int(t_begin), 0, 0)
+        self._buffer.append(int(t_end), 0, 1)
+
+    def mark_prefill_start(self, input_tokens: Optional[int] = None, batch: int = 1) -> None:
+        """ep.run(None): a generation starts now (its prefill begins).
+
+        Optional: without it the prefill of the first generation begins at the run's start
+        and that of a later one at the previous generation's last mark.  ``input_tokens``
+        (the prompt tokens summed over the batch) may be given here or at :meth:`mark_prefill_end`.
+        """
+        self._need_marks("mark_prefill_start")
+        _check_count("batch", batch)
+        if input_tokens is not None:
+            _check_count("input_tokens", input_tokens, zero=True)
+        with self._marks_lock:
+            self._gen_start_ns = _core.now_ns()
+            self._gen_pending = (input_tokens, int(batch))
+            self._in_decode = False
+
+    def mark_prefill_end(self, input_tokens: Optional[int] = None, batch: Optional[int] = None) -> None:
+        """ep.run(None): the prefill ends now, and with it the first generated token (one per sequence).
+
+        ``input_tokens``: the prompt tokens summed over the batch (0 when not given);
+        ``batch``: the number of sequences (default: what :meth:`mark_prefill_start` said, else 1).
+        """
+        self._need_marks("mark_prefill_end")
+        now = _core.now_ns()
+        with self._marks_lock:
+            n_in = self._gen_pending[0] if input_tokens is None else input_tokens
+            b = self._gen_pending[1] if batch is None else batch
+            _check_count("batch", b)
+            if n_in is not None:
+                _check_count("input_tokens", n_in, zero=True)
+            start = self._gen_start_ns
+            if start is None:
+                start = self._last_mark_ns if self._last_mark_ns is not None else self._t_start_ns
+            seq = max(int(n_in) // int(b), 1) if n_in else 1
+            self._mark_slot(start, now, int(b), seq, 0, input_tokens=int(n_in or 0))
+            self._gen_start_ns, self._gen_pending = None, (None, 1)
+            self._in_decode, self._gen_batch, self._gen_steps = True, int(b), 0
+            self._last_mark_ns = now
+
+    def mark_token(self, text: Optional[str] = None, n: Optional[int] = None) -> None:
+        """ep.run(None): a decode step ends now, with ``n`` new tokens (default: the current
+        generation's batch, one per sequence); its slot runs from the previous mark.
+
+        The first call of a generation that had no :meth:`mark_prefill_end` ends the prefill
+        instead (the first token comes out of the prefill).  ``text`` (the token's text) is
+        kept in :attr:`token_texts`.
+        """
+        self._need_marks("mark_token")
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"mark_token(text=...) must be a str or None, got {type(text).__name__}")
+        if n is not None:
+            _check_count("n", n)
+        if not self._in_decode:
+            self.mark_prefill_end(batch=n)
+        else:
+            now = _core.now_ns()
+            with self._marks_lock:
+                self._gen_steps += 1
+                self._mark_slot(self._last_mark_ns, now, int(self._gen_batch if n is None else n), 1,
+                                self._gen_steps)
+                self._last_mark_ns = now
+        if text is not None:
+            self._token_texts.append((int(self._last_mark_ns), text))
+
+    def end_generation(self) -> None:
+        """ep.run(None): the current generation is over; the next mark starts a new one (a new prefill)."""
+        self._need_marks("end_generation")
+        with self._marks_lock:
+            self._in_decode = False
+
+    @property
+    def token_texts(self) -> List[str]:
+        """ep.run(None): the texts given to :meth:`mark_token` (and by a TokenStreamer with a tokenizer), in order."""
+        return [t for _, t in self._token_texts]
+
     def live_power_w(self) -> float:
         """Power of the latest sample while the run goes on (total over measured domains), NaN if none yet."""
         from .attribution import measured_domains, total_of
@@ -365,7 +482,7 @@ class Session(RunData):
             self._finish(t_end_ns, status)
         finally:
             with _ACTIVE_LOCK:
-                _ACTIVE_MODELS.discard(id(self.model))
+                _ACTIVE_MODELS.discard(self._active_key)
         return False  # never swallow the block's exception
 
     def _teardown_hooks(self) -> None:
@@ -388,8 +505,9 @@ class Session(RunData):
         rest = events[events["span_id"] != 0]
         forwards = self._forwards(top)
         if not forwards and status == "completed":
-            warnings.warn("energyprof: the model's forward was never called inside ep.run(): a run with zero tokens",
-                          RuntimeWarning)
+            what = ("the model's forward was never called inside ep.run()" if self.model is not None else
+                    "no prefill or token was marked inside ep.run(None)")
+            warnings.warn(f"energyprof: {what}: a run with zero tokens", RuntimeWarning)
         for u in self._user_sections:
             if u.t_end_ns < 0:
                 u.t_end_ns = t_end_ns
@@ -468,6 +586,8 @@ class Session(RunData):
             real = m["batch"] * m["seq"]
             if prefill and m["mask"] is not None:
                 real = int(m["mask"].sum())       # unpadded input tokens
+            if "input_tokens" in m:                # a mark that said how many
+                real = m["input_tokens"]
             out.append(Forward(t_start_ns=b, t_end_ns=e, batch=m["batch"], new_positions=m["seq"],
                                input_tokens=real if prefill else 0, prefill=prefill))
         self._forward_meta = []                    # drop the kept tensors
@@ -505,9 +625,12 @@ class Session(RunData):
             tf_version = transformers.__version__
         except Exception:  # pragma: no cover
             tf_version = None
-        cfg = dict(self._amap.config)
-        model_info = {"name": cfg.get("name_or_path") or type(self.model).__name__, "arch": self._amap.arch}
-        model_info.update({k: v for k, v in cfg.items() if k != "name_or_path"})
+        if self._amap is not None:
+            cfg = dict(self._amap.config)
+            model_info = {"name": cfg.get("name_or_path") or type(self.model).__name__, "arch": self._amap.arch}
+            model_info.update({k: v for k, v in cfg.items() if k != "name_or_path"})
+        else:   # ep.run(None): an engine without hooks; the caller's name for it, if any
+            model_info = {"name": self.engine or "unhooked", "arch": None}
         src = self._source
         return {
             "name": self.name,
@@ -520,7 +643,8 @@ class Session(RunData):
             "source_meta": _json_or_empty(getattr(self._sampler, "meta_json", "")),
             "source_requested": getattr(src, "requested", src.spec),
             "source_auto": list(getattr(src, "extra", {}).get("auto", [])),
-            "mode": self.mode,
+            "mode": self.mode if self.model is not None else "marks",
+            "engine": self.engine,
             "sync": self._sync_used,
             "baseline_s": self.baseline_s,
             "model": model_info,
@@ -583,6 +707,12 @@ def forward_is_prefill(meta: Dict[str, Any], index: int, prev_seq: Optional[int]
     return index == 0 or (seq > 1 and (prev_seq is None or seq != prev_seq + 1))
 
 
+def _check_count(name: str, value: Any, zero: bool = False) -> None:
+    """A token or sequence count given to a mark: an int >= 1 (>= 0 with ``zero``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if zero else 1):
+        raise ValueError(f"{name} must be an integer >= {0 if zero else 1}, got {value!r}")
+
+
 def _json_or_empty(text: str) -> dict:
     import json
 
@@ -613,12 +743,18 @@ def run(
     name: Optional[str] = None,
     tags: Optional[Iterable[str]] = None,
     hook_method: str = "wrap",
+    engine: Optional[str] = None,
+    distributed: Any = "auto",
 ) -> Session:
     """Profile the energy of everything a model does inside a ``with`` block.
 
     Parameters
     ----------
-    model: the ``torch.nn.Module`` (a Hugging Face ``*ForCausalLM``) to hook.
+    model: the ``torch.nn.Module`` (a Hugging Face ``*ForCausalLM``) to hook, or ``None`` for an
+        engine without hooks (ONNX Runtime, llama.cpp, vLLM, a compiled graph): the run is a
+        plain energy window and the caller marks what it knows with ``s.mark_prefill_start()``,
+        ``s.mark_prefill_end()``, ``s.mark_token(text=None)`` or an :class:`~energyprof.TokenStreamer`
+        (docs/engines.md); sections work as usual.
     source: a source spec (``"auto"``, ``"synthetic:power_w=20"``, ``"nvml"``, ``"rapl"``,
         ``"plist:capture.plist"``, ``"powermetrics"``, ``"estimate"``; see docs/sources.md).
     mode: ``"minimal"`` (phases and tokens), ``"standard"`` (+ layers and components),
@@ -632,8 +768,15 @@ def run(
     name, tags: labels stored with the run.
     hook_method: ``"wrap"`` (default: a C wrapper of each module's ``forward``, ~0.1 µs a call) or
         ``"hooks"`` (torch forward hooks; torch's own hook dispatch costs ~1.4 µs a call).
+    engine: a label stored as ``summary()["engine"]`` (``"eager"``, ``"onnxruntime"``...; the
+        engine comparison of :func:`energyprof.sweep` groups by it).
+    distributed: ``"auto"`` (default): when a torch.distributed process group with more than one
+        rank is initialised, every rank measures its own devices and rank 0 saves one run of all
+        ranks (docs/distributed.md); ``True`` requires such a group; ``False`` measures this
+        process alone.
 
     Returns a :class:`Session`; use it as a context manager.
     """
     return Session(model, source=source, mode=mode, sync=sync, baseline_s=baseline_s, interval_ms=interval_ms,
-                   db=db, save=save, name=name, tags=tags, hook_method=hook_method)
+                   db=db, save=save, name=name, tags=tags, hook_method=hook_method, engine=engine,
+                   distributed=distributed)
