@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_PIN := torch==2.13.0
 # System packages: build (pkg-config, libplist-dev, libsqlite3-dev), C checks (valgrind,
-# clang for libFuzzer), browser test of the report (chromium), terminal tests (tmux).
-DEB_PKGS := pkg-config libplist-dev libsqlite3-dev gcc g++ valgrind clang libclang-rt-14-dev chromium tmux
+# clang for libFuzzer), browser tests of the report and the dashboard (chromium, chromium-driver for
+# Selenium), terminal tests (tmux), visudo checks of the generated sudoers rule (sudo).
+DEB_PKGS := pkg-config libplist-dev libsqlite3-dev gcc g++ valgrind clang libclang-rt-14-dev chromium chromium-driver tmux sudo
 CSRC := $(wildcard csrc/*/*.c csrc/*/*.h csrc/*/*.cpp)
 # The C rooms (see docs/architecture.md); the C tests link every part except the CPython face.
 C_INC := -Icsrc/kernels -Icsrc/sources -Icsrc/threads -Icsrc/module
@@ -17,7 +18,7 @@ SANITIZE_TESTS := test_core_basics.py test_integrate.py test_sampler.py test_pli
   test_store.py test_hooks.py test_torchshim.py test_attribution.py test_session.py test_nvml.py test_rapl.py \
   test_estimate.py test_ioreport.py
 
-.PHONY: all setup sysdeps venv build test demo ctest sanitize valgrind fuzz bench clean
+.PHONY: all setup sysdeps venv build test demo ctest fuzz-replay sanitize valgrind fuzz bench clean
 
 all: build
 
@@ -41,7 +42,7 @@ build: venv
 
 setup: build
 
-test: setup ctest
+test: setup ctest fuzz-replay
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 demo: setup
@@ -77,15 +78,30 @@ valgrind: sysdeps build/ctest/ep_ctest
 	valgrind --error-exitcode=3 --leak-check=full --errors-for-leak-kinds=definite,indirect \
 	  --suppressions=tests/c/valgrind-python.supp build/ctest/ep_ctest
 
+# The fuzz corpus (the saved seeds and findings, plus the real captures) replayed once
+# through the fuzz target under ASan/UBSan with gcc, no libFuzzer: part of make test.
+FUZZ_SRC := tests/fuzz/fuzz_plist.c csrc/kernels/ep_plist.c csrc/kernels/ep_errors.c csrc/kernels/ep_sample.c
+FUZZ_CORPUS := tests/fuzz/corpus tests/data/powermetrics
+build/fuzz/replay: $(FUZZ_SRC) tests/fuzz/replay_main.c csrc/kernels/*.h
+	@mkdir -p build/fuzz
+	$(CC) -std=c11 -g -O1 -D_GNU_SOURCE -fsanitize=address,undefined -fno-sanitize-recover=all -Icsrc/kernels \
+	  $$(pkg-config --cflags libplist-2.0) tests/fuzz/replay_main.c $(FUZZ_SRC) -o $@ $$(pkg-config --libs libplist-2.0)
+
+fuzz-replay: sysdeps build/fuzz/replay
+	ASAN_OPTIONS=detect_leaks=1 build/fuzz/replay $(FUZZ_CORPUS)
+
+# libFuzzer for FUZZ_SECONDS (60), new findings kept in build/fuzz/corpus; CI runs it.
 fuzz: sysdeps
 	@mkdir -p build/fuzz/corpus
 	clang -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Icsrc/kernels $$(pkg-config --cflags libplist-2.0) \
 	  tests/fuzz/fuzz_plist.c csrc/kernels/ep_plist.c csrc/kernels/ep_errors.c csrc/kernels/ep_sample.c -o build/fuzz/fuzz_plist \
 	  $$(pkg-config --libs libplist-2.0)
-	build/fuzz/fuzz_plist -max_total_time=$${FUZZ_SECONDS:-60} -max_len=65536 build/fuzz/corpus tests/fuzz/corpus tests/data/powermetrics
+	build/fuzz/fuzz_plist -max_total_time=$${FUZZ_SECONDS:-60} -max_len=65536 build/fuzz/corpus $(FUZZ_CORPUS)
 
+# Every benchmark script (not the shared _report.py), then the summary page from their output.
 bench: build
-	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in benchmarks/[!_]*.py; do [ "$$b" = benchmarks/collect.py ] && continue; echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) benchmarks/collect.py
 
 clean:
 	rm -rf build energyprof/_core*.so *.egg-info

@@ -13,11 +13,38 @@ run and records the rule in ``summary()["total_rule"]``.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 DOMAINS = ("cpu", "gpu", "ane", "dram", "package")
 
 _DOMAIN_J = [(f"{d}_j", "<f8") for d in DOMAINS]
+
+# Bits of the ``flags`` column of sections, tokens and calls: how the row's energy was
+# measured.  Bits 0-3 are the C integrator's window flags (csrc/kernels/ep_integrate.h,
+# ``_core.WIN_*``); bits from 8 up are set in Python by energyprof.measure.integrate's
+# gap pre-pass, never by C.  docs/methodology.md says what each one means for a row.
+FLAG_OUTSIDE = 1 << 0     #: the window is not wholly inside the sampled range: energy NaN
+FLAG_GAP = 1 << 1         #: touches a long gap (or NaN stretch): tokens/calls NaN, sections interpolated
+FLAG_NAN = 1 << 2         #: touches a NaN value of a measured domain (bridged or long)
+FLAG_UNRESOLVED = 1 << 3  #: no whole sample inside: energy split by time within a sample
+FLAG_BRIDGED = 1 << 8     #: includes power interpolated over a gap or NaN sample
+
+#: name of each flag bit, lowest first (``flag_names`` decodes a flags word).
+FLAG_NAMES = {FLAG_OUTSIDE: "outside", FLAG_GAP: "gap", FLAG_NAN: "nan", FLAG_UNRESOLVED: "unresolved",
+              FLAG_BRIDGED: "bridged"}
+
+
+def flag_names(flags: int) -> list:
+    """The names of the bits set in one ``flags`` word, lowest bit first.
+
+    >>> flag_names(FLAG_UNRESOLVED | FLAG_BRIDGED)
+    ['unresolved', 'bridged']
+    """
+    f = int(flags)
+    return [name for bit, name in FLAG_NAMES.items() if f & bit]
+
 
 #: One row per window that energy was integrated over: the run, its phases
 #: (pre_inference, prefill, decode, post_inference, baseline) and user sections.
@@ -37,6 +64,7 @@ SECTION_DTYPE = np.dtype(
         ("tokens", "<i8"),           # tokens attributed to this window (input for prefill, output for decode)
         ("samples_in_window", "<i4"),
         ("resolved", "?"),           # the window spans at least one whole sample
+        ("flags", "<u4"),            # FLAG_* bits: how the energy was measured
         ("rank", "<i4"),             # whose devices' energy this is: -1 = all ranks (a merged run), else the rank
     ]
 )
@@ -57,6 +85,7 @@ TOKEN_DTYPE = np.dtype(
         ("j_per_token", "<f8"),
         ("samples_in_window", "<i4"),
         ("resolved", "?"),
+        ("flags", "<u4"),
         ("rank", "<i4"),             # the rank that produced the token (a merged run: the replica group's first rank)
     ]
 )
@@ -82,6 +111,7 @@ CALL_DTYPE = np.dtype(
         ("unattributed_j", "<f8"),   # energy_j - sum(children.energy_j)
         ("samples_in_window", "<i4"),
         ("resolved", "?"),
+        ("flags", "<u4"),
         # mode="deep" only (NaN otherwise): statistics of the module's output tensor
         ("act_mean", "<f8"),
         ("act_std", "<f8"),
@@ -105,6 +135,53 @@ HEAD_DTYPE = np.dtype(
         ("sparsity", "<f8"),         # share of the unmasked weights below 1e-3
     ]
 )
+
+# --------------------------------------------------------------------------- the total rule
+_SAMPLE_W = [f"{d}_w" for d in DOMAINS]
+_PKG = DOMAINS.index("package")
+_DRAM = DOMAINS.index("dram")
+
+
+def measured_domains(samples: np.ndarray) -> list[bool]:
+    """Which domains the source measured (not NaN in every sample)."""
+    if len(samples) == 0:
+        return [False] * len(DOMAINS)
+    return [bool(np.any(~np.isnan(samples[c]))) for c in _SAMPLE_W]
+
+
+def total_rule(measured: Sequence[bool]) -> str:
+    """The rule that turns per-domain energy into one total, decided once per run.
+
+    RAPL-style sources report a package domain that already contains its cores
+    (``cpu``); DRAM is outside the package.  Sources without a package domain
+    (powermetrics, NVML, synthetic) report disjoint domains that add up.
+    """
+    if measured[_PKG]:
+        return "package + dram" if measured[_DRAM] else "package"
+    names = [d for d, m in zip(DOMAINS, measured) if m]
+    return " + ".join(names) if names else "none"
+
+
+def total_columns(measured: Sequence[bool]) -> list[int]:
+    """Indices (into DOMAINS) of the domains that add up to the total under ``total_rule``."""
+    if measured[_PKG]:
+        return [_PKG] + ([_DRAM] if measured[_DRAM] else [])
+    return [i for i, m in enumerate(measured) if m]
+
+
+def total_of(domain_j: np.ndarray, measured: Sequence[bool]) -> np.ndarray:
+    """Total energy per row of an (M, 5) domain array under ``total_rule``."""
+    domain_j = np.asarray(domain_j, dtype=np.float64)
+    if domain_j.ndim == 1:
+        domain_j = domain_j[None, :]
+    cols = total_columns(measured)
+    if not cols:
+        return np.full(domain_j.shape[0], np.nan)
+    if len(cols) == 1:
+        return domain_j[:, cols[0]].copy()
+    sub = domain_j[:, cols]
+    # a row unknown in every domain is unknown, never 0 J (nansum of nothing is 0)
+    return np.where(np.all(np.isnan(sub), axis=1), np.nan, np.nansum(sub, axis=1))
 
 #: One row per rank of a multi-rank run (energyprof.measure.distributed): who it was, where
 #: it ran, how its clock was aligned to rank 0's, and the energy its own source measured over
@@ -140,4 +217,6 @@ COMPONENT_DTYPE = CALL_DTYPE
 #: Raw hook events from the C span buffer (csrc/threads/ep_hooks.c).
 EVENT_DTYPE = np.dtype([("t_ns", "<i8"), ("span_id", "<i4"), ("kind", "<i4")])  # kind 0 begin, 1 end
 
-__all__ = ["DOMAINS", "SECTION_DTYPE", "TOKEN_DTYPE", "CALL_DTYPE", "LAYER_DTYPE", "COMPONENT_DTYPE", "EVENT_DTYPE", "HEAD_DTYPE", "RANK_DTYPE"]
+__all__ = ["FLAG_OUTSIDE", "FLAG_GAP", "FLAG_NAN", "FLAG_UNRESOLVED", "FLAG_BRIDGED", "FLAG_NAMES", "flag_names",
+           "DOMAINS", "SECTION_DTYPE", "TOKEN_DTYPE", "CALL_DTYPE", "LAYER_DTYPE", "COMPONENT_DTYPE", "EVENT_DTYPE",
+           "HEAD_DTYPE", "RANK_DTYPE", "measured_domains", "total_rule", "total_columns", "total_of"]

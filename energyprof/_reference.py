@@ -1,8 +1,35 @@
 """Pure-Python / numpy twins of the C kernels: the oracles the tests hold the C core to.
 
-Each twin has the same semantics and outputs as its C kernel and is written
-independently of it (vectorised numpy, not a transcription of the C loops).  Every
-part appends its own twin in its own clearly delimited section below; do not edit
+Each twin has the same semantics and outputs as its C kernel.  How independent of the C
+code each one is differs, and a twin is only as good an oracle as that independence, so
+here it is, twin by twin (docs/testing.md has the same table with the tests):
+
+* ``integrate``: independent code (vectorised ``searchsorted`` + ``cumsum``; the C walks
+  the knots with a galloping search and checkpoints every 16 samples), the same
+  definition (a window is F(end) - F(start)).  Also held to oracles that share nothing with
+  either: exact fractions sample by sample and closed forms (tests/test_integrate.py,
+  tests/energy_oracle.py for every row of a run).
+* ``SpanBufferRef``: a bounded FIFO in a list; the behaviour is the specification.
+* ``synthetic_average_power_w``: a *transcription* of the C expressions (the doubled
+  integer high-time count of the square wave, the ramp at the interval's midpoint); not
+  independent.  Hand-worked numbers check both (tests/c/test_sampler.c
+  synthetic_square_ramp_exact and synthetic_active_share_exact;
+  tests/test_sampler.py::test_square_and_ramp_hand_worked_fake_clock).
+* ``synthetic_noise``: a transcription of splitmix64 + Box-Muller, by necessity (the
+  stream is defined by that code); checked for its mean and spread in the C tests.
+* ``split_frames``: the framer's rules written again in Python over a whole buffer (the C
+  framer is incremental); same rules, so not independent of their design.  Checked
+  also by a property (frames do not depend on how the stream is chunked) in the fuzz target.
+* ``parse_plist``: an independent parser (``plistlib``/expat, not libplist); the field
+  mapping and unit conversions follow the same documented rules, and tests/test_plist.py
+  also checks the C parser against raw ``plistlib`` values converted by hand.
+* ``store_insert``: independent (``sqlite3.executemany``; the C writer binds a virtual table).
+* ``ioreport_classify`` / ``ioreport_delta``: the C rule table rewritten as regular
+  expressions and set logic; same rules, different form.  ``counter_delta`` and
+  ``estimate_power_w`` are one-line formulas, transcriptions; the rapl and estimate tests
+  check the sources against values computed by hand from what the fakes served.
+
+Every part appends its own twin in its own clearly delimited section below; do not edit
 another part's section.
 """
 from __future__ import annotations
@@ -245,6 +272,32 @@ def synthetic_energy_j(t_start_ns, t_end_ns, t0_ns: int, **params) -> np.ndarray
     """Exact energy (J) of the noiseless synthetic power over each [t_start_ns, t_end_ns)."""
     dur_s = (np.asarray(t_end_ns, dtype=np.int64) - np.asarray(t_start_ns, dtype=np.int64)) * 1e-9
     return synthetic_average_power_w(t_start_ns, t_end_ns, t0_ns, **params) * dur_s
+
+
+def synthetic_sample_bounds(poll_ns, t0_ns: int, gap_at_ns: int = 0, gap_ns: int = 0) -> np.ndarray:
+    """The (t_start_ns, t_end_ns) rows the synthetic source emits when polled at ``poll_ns``.
+
+    The stream starts at ``t0_ns``; a poll at t emits [previous end, t) when t is later.
+    With ``gap_ns > 0`` nothing is sampled over the hole H = [t0 + gap_at_ns, t0 +
+    gap_at_ns + gap_ns): a sample never overlaps H, the one before it is cut at H's start,
+    and the stream resumes at H's end with the first poll after it.  Written as the
+    set of covered time: the emitted rows are [prev, t) minus H, the part before H first.
+    """
+    a_h = t0_ns + gap_at_ns
+    b_h = a_h + gap_ns
+    rows = []
+    prev = t0_ns
+    for t in (int(x) for x in poll_ns):
+        if gap_ns > 0 and a_h <= prev < b_h:
+            if t <= b_h:
+                continue        # no coverage yet: still in the hole
+            prev = b_h
+        if t <= prev:
+            continue
+        end = min(t, a_h) if (gap_ns > 0 and prev < a_h) else t
+        rows.append((prev, end))
+        prev = end
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
 def synthetic_noise(seed: int, n: int) -> np.ndarray:

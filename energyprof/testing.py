@@ -28,7 +28,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from ._dtypes import CALL_DTYPE, DOMAINS, SECTION_DTYPE, TOKEN_DTYPE
+from ._dtypes import CALL_DTYPE, DOMAINS, FLAG_UNRESOLVED, SECTION_DTYPE, TOKEN_DTYPE
 from .store.rundata import RunData
 
 _MS = 1_000_000  # ns per ms
@@ -160,6 +160,7 @@ def _fill_energy(arr: np.ndarray, samples: np.ndarray) -> None:
     i1 = np.searchsorted(samples["t_end_ns"], t1, side="right")
     arr["samples_in_window"] = np.maximum(i1 - i0, 0)
     arr["resolved"] = arr["samples_in_window"] > 0
+    arr["flags"] = np.where(arr["resolved"], 0, FLAG_UNRESOLVED)  # contiguous samples: no gaps, no NaN
 
 
 def synthetic_run(n_layers: int = 4, n_steps: int = 16, seed: int = 0,
@@ -316,7 +317,7 @@ def synthetic_run(n_layers: int = 4, n_steps: int = 16, seed: int = 0,
         "t_origin_ns": int(t_origin),
         "source": spec, "source_kind": kind, "source_label": source_label,
         "source_meta": {"generator": "energyprof.testing.synthetic_run", "seed": seed},
-        "method": "interval-exact", "sample_period_s": period_ns / 1e9,
+        "method": "time-split within sample", "sample_period_s": period_ns / 1e9,
         "mode": "standard", "sync": "none",
         "duration_s": duration_s, "energy_j": energy_j, "net_energy_j": float(run["net_energy_j"]),
         "baseline_power_w": baseline_power_w, "peak_power_w": float(samples["package_w"][in_run].max()),
@@ -332,7 +333,17 @@ def synthetic_run(n_layers: int = 4, n_steps: int = 16, seed: int = 0,
                   "dtype": "float32"},
         "device": "cpu", "host": "synthetic-host", "chip": "Synthetic CPU (simulated)",
         "versions": {"energyprof": "0.1.0", "torch": "n/a", "transformers": "n/a", "python": "3"},
+        "gap_s": 0.0, "flags": int(run["flags"]), "warnings": [],
     }
+    from .measure.sources import systematic_uncertainty
+    from .store.quality import resolution_summary, uncertainty_summary
+
+    summary["resolution"] = resolution_summary(
+        period_ns / 1e9, sections["resolved"][sections["kind"] == "phase"], tokens["resolved"], calls["resolved"],
+        gaps={"n": 0, "n_long": 0, "bridged_s": 0.0, "long_s": 0.0, "max_bridge_s": 4 * period_ns / 1e9})
+    summary["resolution"]["baseline"] = bool(base["resolved"])
+    params = {"watts_per_core": "6"} if kind == "estimate" else {}
+    summary["uncertainty"] = uncertainty_summary(systematic_uncertainty(kind, params), energy_j, source_label)
     return RunData(summary, samples=samples, sections=sections, tokens=tokens,
                    layers=layers, components=components)
 

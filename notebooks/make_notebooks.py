@@ -50,11 +50,17 @@ COMPARE = [
              "                    mode='minimal', tags=['compare']) as s:\n"
              "            model.generate(prompt, max_new_tokens=8, do_sample=False)\n"
              "        m = s.summary()\n"
-             "        rows.append((name, n_layers, m['model']['hidden_size'], m['j_per_output_token']))\n"
-             "rows"),
-    ("code", "x = np.array([r[1] for r in rows], float); y = np.array([r[3] for r in rows])\n"
-             "slope, intercept = np.polyfit(x, y, 1)\nprint(f'J/token ≈ {intercept:.3g} + {slope:.3g} × layers')\n"
-             "assert slope > 0"),
+             "        rows.append((name, n_layers, m['model']['hidden_size'], m['j_per_output_token'],\n"
+             "                     m['energy_j'], m['duration_s']))\n"
+             "[r[:4] for r in rows]"),
+    ("md", "The simulated power is 2 W, plus 30 W while the model's forward runs, so every run's mean power "
+           "lies between 2 W and 32 W whatever the machine; that is what the next cell checks. How much the "
+           "forwards cost per layer depends on how fast this machine ran them (a loaded machine gives a "
+           "different slope every time), so the fit is shown, not asserted."),
+    ("code", "for name, n_layers, hidden, jpt, energy_j, duration_s in rows:\n"
+             "    assert 2.0 * duration_s * (1 - 1e-9) <= energy_j <= 32.0 * duration_s * (1 + 1e-9), name\n"
+             "x = np.array([r[1] for r in rows], float); y = np.array([r[3] for r in rows])\n"
+             "slope, intercept = np.polyfit(x, y, 1)\nprint(f'J/token ≈ {intercept:.3g} + {slope:.3g} × layers')"),
     ("code", "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nfig, ax = plt.subplots()\n"
              "for name in sorted({r[0] for r in rows}):\n"
              "    pts = [(r[1], r[3]) for r in rows if r[0] == name]\n"

@@ -137,3 +137,82 @@ def test_total_rule():
     dom = np.array([[1.0, np.nan, np.nan, 2.0, 5.0]])
     assert total_of(dom, [True, False, False, True, True])[0] == 7.0
     assert total_of(dom, [True, False, False, False, False])[0] == 1.0
+
+
+# ---------------------------------------------------------------------------- under varying power
+# The oracle (tests/energy_oracle.py) sums every row sample by sample in exact fractions,
+# apart from _core.integrate and energyprof._reference; constant power would hide a window
+# placed at the wrong time, so every shape below varies within the run.
+
+from types import SimpleNamespace  # noqa: E402
+
+from energy_oracle import Oracle, check_run  # noqa: E402
+
+
+def as_run(att, samples):
+    is_layer = att.calls["component"] == "layer"
+    return SimpleNamespace(samples=samples, sections=att.sections, tokens=att.tokens, layers=att.calls[is_layer],
+                           components=att.calls[~is_layer], ops=att.calls[:0], summary=lambda: att.summary)
+
+
+def instant_samples(t0, t1, period, power_fn, domain="gpu_w"):
+    t = np.arange(t0, t1 + period, period, dtype=np.int64)
+    s = np.zeros(len(t), _core.SAMPLE_DTYPE)
+    s["t_start_ns"] = s["t_end_ns"] = t
+    s["kind"] = _core.KIND_INSTANT
+    for c in ("cpu_w", "gpu_w", "ane_w", "dram_w", "package_w"):
+        s[c] = np.nan
+    s[domain] = [power_fn(x) for x in t]
+    return s
+
+
+SHAPES = {
+    "square": lambda a, b: 5.0 + 20.0 * ((a // (2 * MS)) % 2),
+    "ramp": lambda a, b: 1.0 + 0.25 * (a + b) / (2 * MS),
+    "noise": (lambda rng: lambda a, b: 10.0 + 3.0 * rng.standard_normal())(np.random.default_rng(5)),
+}
+
+
+@pytest.mark.parametrize("shape", [*SHAPES, "instant"])
+def test_every_row_equals_the_brute_force_oracle(shape):
+    samples, t0, t1, forwards, events, spans, users, base = build_run()
+    if shape == "instant":
+        samples = instant_samples(0, t1 + 10 * MS, 3 * MS + 7, lambda t: 2.0 + 9.0 * ((t // (5 * MS)) % 3))
+    else:
+        samples = interval_samples(0, t1 + 10 * MS, 3 * MS + 7, SHAPES[shape])
+    att = attribute(samples, t0, t1, forwards, events, spans, users, base)
+    n = check_run(as_run(att, samples), samples)
+    assert n == {"sections": 1 + 4 + 2 + 1, "tokens": 3, "calls": 12, "nested_calls": 4}
+    # the power really varies inside the run: a time-proportional split would be wrong
+    per_w = att.calls["energy_j"] / att.calls["duration_s"]
+    assert per_w.max() > 1.2 * per_w.min()
+
+
+S = 1_000_000_000
+
+
+def test_hand_worked_interval_run():
+    """10 W, 30 W, 10 W for one second each; a prefill forward [0.5, 2.5) s holding one
+    layer call [0.5, 2.25) s.  By hand: pre_inference 0.5 x 10 = 5 J; prefill 5 + 30 + 5 =
+    40 J; the call 5 + 30 + 0.25 x 10 = 37.5 J; post_inference 5 J; run 50 J."""
+    samples = interval_samples(0, 3 * S, S, lambda a, b: 30.0 if a == S else 10.0)
+    fwd = [Forward(S // 2, 5 * S // 2, batch=1, new_positions=4, input_tokens=4, prefill=True)]
+    att = attribute(samples, 0, 3 * S, fwd, events_of([(1, S // 2, 9 * S // 4)]),
+                    [SpanInfo(-1, "model"), SpanInfo(0, "layer")])
+    sec = {str(r["name"]): r for r in att.sections}
+    assert [sec[n]["energy_j"] for n in ("run", "pre_inference", "prefill", "post_inference")] == [50.0, 5.0, 40.0, 5.0]
+    assert att.calls["energy_j"].tolist() == [37.5]
+    assert sec["prefill"]["unattributed_j"] == 2.5
+    assert att.calls["samples_in_window"].tolist() == [1] and sec["prefill"]["samples_in_window"] == 1
+
+
+def test_hand_worked_instant_window():
+    """Points 0 W at 0 s, 10 W at 1 s, 10 W at 2 s (trapezoid rule).  A call [0.5, 1.5) s:
+    the ramp from 5 W to 10 W over 0.5 s is 3.75 J, then 0.5 s at 10 W is 5 J: 8.75 J."""
+    samples = instant_samples(0, 2 * S, S, lambda t: 0.0 if t == 0 else 10.0)
+    fwd = [Forward(S // 4, 7 * S // 4, batch=1, new_positions=2, input_tokens=2, prefill=True)]
+    att = attribute(samples, 0, 2 * S, fwd, events_of([(1, S // 2, 3 * S // 2)]),
+                    [SpanInfo(-1, "model"), SpanInfo(0, "layer")])
+    assert att.calls["gpu_j"].tolist() == [8.75]
+    assert att.summary["energy_j"] == 15.0          # 5 J for the first second, 10 J for the second
+    assert float(Oracle(samples).energy(S // 2, 3 * S // 2, "gpu")) == 8.75   # the oracle agrees by hand too

@@ -14,6 +14,7 @@ import energyprof as ep
 from energyprof.measure import deep
 from energyprof._dtypes import HEAD_DTYPE
 from energyprof.tiny import TINY_MODELS, tiny_model
+from energy_oracle import WAVEFORMS, check_run
 
 INTERFACE_ARCHS = [n for n in TINY_MODELS if n != "tiny-falcon"]
 IDS = torch.tensor([[3, 17, 42, 99, 7, 250], [11, 12, 13, 14, 15, 16]])
@@ -186,9 +187,23 @@ def test_conservation_children_plus_unattributed_equals_parent(deep_run):
         assert total == pytest.approx(r["energy_j"], rel=1e-12, abs=1e-15)
         n_with_ops += cid in op_parents
     assert n_with_ops == 3 * 2 * 4 + 3        # attn, mlp, 2 norms per layer call, plus final_norm
-    # constant 12 W: every op's energy is its duration times 12 W (interval-exact integration)
+    # constant 12 W: every op's energy is its duration times 12 W (time-split within sample)
     np.testing.assert_allclose(s.ops["energy_j"], 12.0 * s.ops["duration_s"], rtol=1e-9)
     assert np.all(s.ops["energy_j"] > 0)
+
+
+@pytest.mark.parametrize("shape, method", [("square", "wrap"), ("active", "wrap"), ("ramp", "hooks")])
+def test_every_op_row_equals_the_oracle_under_varying_power(shape, method):
+    """Layers, components and ops of a deep run recomputed from s.samples by the
+    brute-force oracle (tests/energy_oracle.py): ops are the shortest windows of a run,
+    most of them shorter than one sample."""
+    model = _quiet_model("tiny-llama")
+    with ep.run(model, source=WAVEFORMS[shape], mode="deep", baseline_s=0, save=False, hook_method=method) as s:
+        with torch.no_grad():
+            model.generate(IDS, attention_mask=MASK, max_new_tokens=3, do_sample=False)
+    n = check_run(s)
+    assert len(s.ops) > 0 and n["calls"] == len(s.layers) + len(s.components) + len(s.ops)
+    assert n["nested_calls"] >= 3 * 2 * 4
 
 
 # --------------------------------------------------------------------------- statistics vs numpy oracles

@@ -175,7 +175,7 @@ def test_rapl_permission_denied_row_shows_chmod(nothing):
 @pytest.mark.parametrize("system, euid, sudo_ok, exists, available, text", [
     ("linux", 1000, True, True, False, "macOS only"),
     ("darwin", 0, False, True, True, "running as root"),
-    ("darwin", 501, True, True, True, "sudoers rule present"),
+    ("darwin", 501, True, True, True, "wrapper and its sudoers rule are installed"),
     ("darwin", 501, False, True, False, "would ask for a password"),
     ("darwin", 501, True, False, False, "not found"),
 ])
@@ -192,52 +192,113 @@ def test_module_is_callable_and_auto_order():
     assert doc.AUTO_ORDER == ("ioreport", "powermetrics", "nvml", "rapl", "estimate")
 
 
-# ---- scripts/setup_powermetrics.sh: the sudoers rule doctor's fix installs ------
+# ---- scripts/setup_powermetrics.sh: the wrapper and sudoers rule doctor's fix installs ------
 
 SETUP = ROOT / "scripts" / "setup_powermetrics.sh"
-RULE = "alice ALL = (root) NOPASSWD: /usr/bin/powermetrics"
+WRAPPER = "/opt/energyprof/bin/energyprof-powermetrics"
+RULE = f"alice ALL = (root) NOPASSWD: {WRAPPER}"
+ARGV = ["-f", "plist", "-i", "1000", "--samplers", "cpu_power,gpu_power,thermal"]   # what the C source passes
 
-# A stand-in for `visudo -cf FILE` where sudo is not installed: logs its arguments
-# and accepts exactly one rule line of the expected shape (exit 1 otherwise).
-FAKE_VISUDO = r"""#!/usr/bin/env python3
-import re, sys
-open(sys.argv[0] + ".log", "a").write(" ".join(sys.argv[1:]) + "\n")
-assert sys.argv[1] == "-cf", sys.argv
-rules = [l for l in open(sys.argv[2]).read().splitlines() if l.strip() and not l.startswith("#")]
-ok = len(rules) == 1 and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]* ALL = \(root\) NOPASSWD: /usr/bin/powermetrics",
-                                      rules[0])
-sys.exit(0 if ok else 1)
+# A stand-in for `visudo -cf FILE` that logs its arguments and runs the real visudo
+# (sudo is in the Makefile's DEB_PKGS, so make setup installs it).
+FAKE_VISUDO = r"""#!/bin/sh
+echo "$*" >> "$0.log"
+exec VISUDO "$@"
 """
 
 
+def real_visudo() -> str:
+    path = shutil.which("visudo") or ("/usr/sbin/visudo" if os.path.exists("/usr/sbin/visudo") else None)
+    if path is None:
+        pytest.fail("visudo not found: sudo is one of the Makefile's DEB_PKGS (run make setup)")
+    return path
+
+
 def run_setup(*args, env_extra=None):
-    env = {k: v for k, v in os.environ.items() if k not in ("SUDO_USER", "VISUDO", "ENERGYPROF_SUDOERS_DIR")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENERGYPROF_") and k not in ("SUDO_USER", "VISUDO")}
     env.update(env_extra or {})
     return subprocess.run(["bash", str(SETUP), *args], capture_output=True, text=True, env=env, timeout=60)
 
 
 @pytest.fixture
 def sudoers(tmp_path):
+    """A sudoers.d, a wrapper location and a fake powermetrics (it prints its argv) under
+    tmp_path; the wrapper written there runs the fake instead of /usr/bin/powermetrics."""
+    if os.geteuid() != 0:
+        pytest.skip("installing needs root (the wrapper must be root-owned); this test runs as uid "
+                    f"{os.geteuid()}")
     d = tmp_path / "sudoers.d"
     d.mkdir()
     visudo = tmp_path / "visudo"
-    visudo.write_text(FAKE_VISUDO)
+    visudo.write_text(FAKE_VISUDO.replace("VISUDO", real_visudo()))
     visudo.chmod(0o755)
-    return {"SUDO_USER": "alice", "ENERGYPROF_SUDOERS_DIR": str(d), "VISUDO": str(visudo)}, d, visudo
+    fake_pm = tmp_path / "powermetrics"
+    fake_pm.write_text('#!/bin/sh\necho "powermetrics $*"\n')
+    fake_pm.chmod(0o755)
+    wrapper = tmp_path / "opt" / "bin" / "energyprof-powermetrics"
+    env = {"SUDO_USER": "alice", "ENERGYPROF_SUDOERS_DIR": str(d), "VISUDO": str(visudo),
+           "ENERGYPROF_WRAPPER": str(wrapper), "ENERGYPROF_POWERMETRICS_BIN": str(fake_pm)}
+    return env, d, visudo, wrapper
 
 
-def test_setup_print_generates_exactly_one_narrow_rule():
+def test_setup_print_generates_exactly_one_narrow_rule_that_visudo_accepts(tmp_path):
     r = run_setup("--print", env_extra={"SUDO_USER": "alice"})
     assert r.returncode == 0, r.stderr
     rules = [l for l in r.stdout.splitlines() if l.strip() and not l.startswith("#")]
     assert rules == [RULE]
     assert "--uninstall" in r.stdout
     assert run_setup("--print", "--user", "bob").stdout.splitlines()[-1] == RULE.replace("alice", "bob")
-    real = shutil.which("visudo")
-    if real:  # where sudo is installed, the real parser checks it too
-        f = Path(tempfile.mkdtemp()) / "rule"
-        f.write_text(r.stdout)
-        assert subprocess.run([real, "-cf", str(f)], capture_output=True).returncode == 0
+    f = tmp_path / "rule"
+    f.write_text(r.stdout)
+    check = subprocess.run([real_visudo(), "-c", "-f", str(f)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # what sudo would allow: the wrapper alone, no other command (cvtsudoers reads the rule
+    # with sudo's own parser); powermetrics itself is not in it
+    cvt = shutil.which("cvtsudoers")
+    if cvt:
+        import json
+
+        spec = json.loads(subprocess.run([cvt, "-f", "json", str(f)], capture_output=True, text=True,
+                                         check=True).stdout)
+        (user,) = spec["User_Specs"]
+        assert user["User_List"] == [{"username": "alice"}]
+        (cmnd,) = user["Cmnd_Specs"]
+        assert cmnd["Commands"] == [{"command": WRAPPER}] and cmnd["runasusers"] == [{"username": "root"}]
+
+
+def test_the_wrapper_runs_exactly_energyprofs_arguments_and_refuses_the_rest(sudoers):
+    env, d, visudo, wrapper = sudoers
+    assert run_setup(env_extra=env).returncode == 0
+    ok = subprocess.run([str(wrapper), *ARGV], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout == "powermetrics " + " ".join(ARGV) + "\n"
+    for bad in (["-o", "/tmp/owned"] + ARGV,                                   # write a file as root
+                ARGV + ["-o", "/tmp/owned"],
+                ["-f", "plist", "-i", "1000", "--samplers", "cpu_power", "-o", "/tmp/owned"],
+                ["-f", "plist", "-i", "1000", "-o", "/tmp/owned"],
+                ["-f", "text", "-i", "1000", "--samplers", "cpu_power"],
+                ["-f", "plist", "-i", "1000;id", "--samplers", "cpu_power"],
+                ["-f", "plist", "-i", "0", "--samplers", "cpu_power"],
+                ["-f", "plist", "-i", "3600001", "--samplers", "cpu_power"],
+                ["-f", "plist", "-i", "1000", "--samplers", "cpu_power -o /x"],
+                ["-f", "plist", "-i", "1000", "--samplers", "cpu_power,"],
+                ["-f", "plist", "-i", "1000", "--samplers", "../x"],
+                ["-f", "plist", "-i", "1000", "--output-file", "/tmp/owned"],
+                []):
+        r = subprocess.run([str(wrapper), *bad], capture_output=True, text=True)
+        assert r.returncode == 64 and "refused" in r.stderr and r.stdout == "", bad
+    assert not os.path.exists("/tmp/owned")
+    st = wrapper.stat()
+    assert st.st_uid == 0 and (st.st_mode & 0o777) == 0o755
+
+
+def test_the_c_source_passes_what_the_wrapper_accepts():
+    """The wrapper's accepted argv is the powermetrics source's argv (csrc/sources/
+    ep_src_powermetrics.c) and its path is the one the source and doctor run."""
+    src = (ROOT / "csrc" / "sources" / "ep_src_powermetrics.c").read_text()
+    assert f'#define PM_WRAPPER "{WRAPPER}"' in src and doc.POWERMETRICS_WRAPPER == WRAPPER
+    assert 'argv[a++] = "-f";\n    argv[a++] = "plist";\n    argv[a++] = "-i";' in src
+    assert 'argv[a++] = "--samplers";\n    argv[a++] = st->samplers;\n    argv[a] = NULL;' in src
+    assert run_setup("--print-wrapper").stdout.count(f"exec /usr/bin/powermetrics -f plist -i") == 1
 
 
 @pytest.mark.parametrize("env, args, message", [
@@ -246,6 +307,7 @@ def test_setup_print_generates_exactly_one_narrow_rule():
     ({"SUDO_USER": "eve ALL=(ALL) ALL"}, ["--print"], "refusing user name"),
     ({}, ["--user", "a,b", "--print"], "refusing user name"),
     ({"SUDO_USER": "alice"}, ["--bogus"], "unknown option"),
+    ({"SUDO_USER": "alice", "ENERGYPROF_WRAPPER": "/opt/x y/w"}, ["--print"], "refusing path"),
 ])
 def test_setup_refuses_bad_users(env, args, message):
     r = run_setup(*args, env_extra=env)
@@ -253,28 +315,40 @@ def test_setup_refuses_bad_users(env, args, message):
 
 
 def test_setup_install_is_validated_idempotent_and_uninstalls(sudoers):
-    env, d, visudo = sudoers
-    printed = run_setup("--print", env_extra={"SUDO_USER": "alice"}).stdout
+    env, d, visudo, wrapper = sudoers
+    printed = run_setup("--print", env_extra=env).stdout
     r = run_setup(env_extra=env)
     assert r.returncode == 0, r.stderr
     f = d / "energyprof-powermetrics"
-    assert f.read_text() == printed
-    assert (f.stat().st_mode & 0o777) == 0o440
+    assert f.read_text() == printed and f"NOPASSWD: {wrapper}" in printed
+    assert wrapper.read_text() == run_setup("--print-wrapper", env_extra=env).stdout
+    assert (f.stat().st_mode & 0o777) == 0o440 and f.stat().st_uid == 0
     log = Path(str(visudo) + ".log").read_text().splitlines()
     assert len(log) == 1 and log[0].startswith(f"-cf {d}/.energyprof-powermetrics.")  # checked before the move
     inode = f.stat().st_ino
     r = run_setup(env_extra=env)
     assert r.returncode == 0 and "already installed" in r.stdout and f.stat().st_ino == inode
     assert sorted(p.name for p in d.iterdir()) == ["energyprof-powermetrics"]  # no temp file left
+    assert sorted(p.name for p in wrapper.parent.iterdir()) == ["energyprof-powermetrics"]
     r = run_setup("--uninstall", env_extra=env)
-    assert r.returncode == 0 and not f.exists()
+    assert r.returncode == 0 and not f.exists() and not wrapper.exists()
     r = run_setup("--uninstall", env_extra=env)
     assert r.returncode == 0 and "nothing to remove" in r.stdout
 
 
 def test_setup_never_installs_what_visudo_rejects(sudoers):
-    env, d, visudo = sudoers
+    env, d, visudo, wrapper = sudoers
     visudo.write_text("#!/bin/sh\nexit 1\n")
     r = run_setup(env_extra=env)
     assert r.returncode == 1 and "visudo rejected" in r.stderr
+    assert list(d.iterdir()) == [] and not wrapper.exists()
+
+
+def test_setup_refuses_a_wrapper_directory_others_can_write(sudoers, tmp_path):
+    env, d, visudo, wrapper = sudoers
+    open_dir = tmp_path / "shared"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)                    # world-writable, no sticky bit: anyone could swap the wrapper
+    r = run_setup(env_extra={**env, "ENERGYPROF_WRAPPER": str(open_dir / "bin" / "energyprof-powermetrics")})
+    assert r.returncode == 1 and "writable by others" in r.stderr
     assert list(d.iterdir()) == []

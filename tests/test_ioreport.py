@@ -158,14 +158,22 @@ def test_bad_arguments():
 
 
 def test_source_is_macos_only_elsewhere():
+    if sys.platform == "darwin":
+        pytest.skip("this is macOS: see test_source_opens_on_a_mac")
+    with pytest.raises(NotImplementedError, match="macOS only"):
+        _core.SourceDriver("ioreport")
+    with pytest.raises(ValueError, match="takes none"):
+        _core.SourceDriver("ioreport", {"x": "1"})
+
+
+def test_source_opens_on_a_mac():
+    """On a Mac it opens (Apple Silicon) or says why not (Intel Mac, VM)."""
     if sys.platform != "darwin":
-        with pytest.raises(NotImplementedError, match="macOS only"):
-            _core.SourceDriver("ioreport")
-    else:  # on a Mac it opens (Apple Silicon) or says why not (Intel Mac, VM)
-        try:
-            assert _core.SourceDriver("ioreport").kind == "ioreport"
-        except (NotImplementedError, FileNotFoundError, RuntimeError) as e:
-            assert "ioreport" in str(e)
+        pytest.skip(f"macOS only: this is {sys.platform}, there is no IOReport")
+    try:
+        assert _core.SourceDriver("ioreport").kind == "ioreport"
+    except (NotImplementedError, FileNotFoundError, RuntimeError) as e:
+        assert "ioreport" in str(e)
     with pytest.raises(ValueError, match="takes none"):
         _core.SourceDriver("ioreport", {"x": "1"})
 

@@ -22,6 +22,8 @@ from energyprof.views.live import LivePlot
 from energyprof.views.terminal import SPARK_CHARS, MonitorState, render_monitor, sparkline
 from energyprof.measure.sampler import Sampler
 from energyprof.tiny import tiny_model
+from energy_oracle import WAVEFORMS, check_run, samples_from_dicts
+from fakeclock import wait_for_samples, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +54,19 @@ def live_run(model):
         s.on_token(cb("token"))        # and while it goes on
         s.on_section(cb("section"))
         with s.section("generate"):
-            # 10 ms inside every forward: each phase then spans several 2 ms sample periods even
-            # when a loaded machine wakes the sampler late
-            slow = model.model.layers[0].input_layernorm.register_forward_pre_hook(lambda m, a: time.sleep(0.01))
+            # Inside every forward, wait for three new samples: each phase then spans whole
+            # sample periods however late a loaded machine wakes the sampler.
+            core = s._sampler._core
+            slow = model.model.layers[0].input_layernorm.register_forward_pre_hook(
+                lambda m, a: wait_for_samples(core, core.stats()["samples"] + 3))
             try:
                 model.generate(torch.tensor([[5, 6, 7], [8, 9, 10]]), max_new_tokens=4, do_sample=False)
             finally:
                 slow.remove()
-            time.sleep(0.08)   # several live passes after the last forward, inside the section
+            # samples after the last forward, and live passes that saw them, inside the section
+            wait_for_samples(core, core.stats()["samples"] + 2)
+            for _ in range(3):
+                assert s._live.sync()
     return s, rec
 
 
@@ -73,6 +80,31 @@ def test_every_sample_exactly_once_in_order(live_run):
     np.testing.assert_array_equal([d["domains"]["cpu"] for d in got], s.samples["cpu_w"])
     assert all(set(d["domains"]) == {"cpu"} for d in got)
     np.testing.assert_array_equal([d["power_w"] for d in got], s.samples["cpu_w"])
+
+
+def test_rows_equal_the_oracle_over_the_samples_the_feed_delivered(live_run):
+    """Every row of the run recomputed by the brute-force oracle from the samples the
+    live feed handed to on_sample (not from s.samples)."""
+    s, rec = live_run
+    n = check_run(s, samples_from_dicts(rec["sample"]))
+    assert n["tokens"] == 3 and n["calls"] > 0
+
+
+@pytest.mark.parametrize("shape", ["square", "ramp"])
+def test_live_samples_and_tokens_against_the_oracle(model, shape):
+    """Under a square wave and a ramp: the feed's samples rebuild the run's energy row by
+    row, and each token event lies inside the row of its decode step."""
+    rec, cb = _record()
+    with ep.run(model, source=WAVEFORMS[shape], baseline_s=0, save=False) as s:
+        s.live_interval_ms = 5
+        s.on_sample(cb("sample"))
+        s.on_token(cb("token"))
+        model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=5, do_sample=False)
+    check_run(s, samples_from_dicts(rec["sample"]))
+    ends = [t["t_ns"] for t in rec["token"]]
+    assert len(ends) == 5 and len(s.tokens) == 4
+    for t_ns, row in zip(ends[1:], s.tokens):
+        assert row["t_start_ns"] < t_ns <= row["t_end_ns"]
 
 
 def test_callbacks_run_on_the_live_thread(live_run):
@@ -175,8 +207,8 @@ def test_feed_on_a_bare_sampler_delivers_everything_once():
     feed = LiveFeed(sampler=smp, callbacks={"sample": [got.append]}, interval_ms=5)
     smp.start()
     feed.start()
-
-    time.sleep(0.15)
+    wait_for_samples(smp._core, 25)
+    assert feed.sync()
     smp.stop()
     feed.stop()
     assert len(got) == len(smp.samples) > 20
@@ -336,11 +368,7 @@ def test_live_wires_a_figure_and_refreshes_it_until_the_run_ends(monkeypatch, mo
     assert [len(s._live_callbacks[k]) for k in ("sample", "token", "section")] == [1, 1, 1]
     with s:
         model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)
-        time.sleep(0.06)
-        mid = len(fig.data[0].y)
-    assert mid > 0                                  # refreshed while running
-    deadline = time.monotonic() + 5
-    while len(fig.data[0].y) != len(s.samples) and time.monotonic() < deadline:
-        time.sleep(0.02)
+        wait_until(lambda: len(fig.data[0].y) > 0, "the refresher to draw while the run goes on")
+    wait_until(lambda: len(fig.data[0].y) == len(s.samples), "the refresher's pass after the run")
     assert list(fig.data[0].y) == list(s.samples["cpu_w"])
     assert [sh.name for sh in fig.layout.shapes][-1] == "post_inference"

@@ -73,3 +73,26 @@ def test_sdist_installs_in_a_fresh_venv_and_names_missing_extras(sdist, tmp_path
     r = subprocess.run([str(cli), "runs", "--json", "--db", str(tmp_path / "r.db")], cwd=outside,
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
+
+
+def test_readme_shows_every_command_ci_runs():
+    """.ci/run and the README's CI block list the same commands, in the same order."""
+    import re
+
+    ci = [l.strip() for l in (ROOT / ".ci" / "run").read_text().splitlines()
+          if l.strip() and not l.lstrip().startswith("#") and not l.startswith(("set ", "cd "))]
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"CI \(`\.ci/run`\) runs exactly these commands.*?```sh\n(.*?)```", readme, re.S)
+    assert block, "README.md has no CI block"
+    shown = [l.split("#")[0].strip() for l in block.group(1).splitlines() if l.split("#")[0].strip()]
+    assert shown == ci
+    assert "make fuzz" in " ".join(ci) and "make test" in ci
+
+
+def test_make_test_replays_the_fuzz_corpus():
+    import re
+
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: .*\bfuzz-replay\b", makefile, re.M)
+    assert re.search(r"^FUZZ_CORPUS := tests/fuzz/corpus tests/data/powermetrics$", makefile, re.M)
+    assert re.search(r"^DEB_PKGS := .*\bsudo\b", makefile, re.M)

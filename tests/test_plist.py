@@ -352,7 +352,7 @@ def test_replay_integrates_to_the_capture_energy(powermetrics_fixtures, tmp_path
     windows = np.array([[samples["t_start_ns"][0], samples["t_end_ns"][-1]]], dtype=np.int64)
     energy_j, flags, counts = _core.integrate(samples, windows)
     for i, d in enumerate(("cpu", "gpu", "ane")):
-        assert energy_j[0, i] == pytest.approx(want[d], rel=0.005, abs=1e-9), d
+        assert energy_j[0, i] == pytest.approx(want[d], rel=1e-12, abs=1e-15), d
     assert counts[0] == len(frames)
     meta = __import__("json").loads(s.meta_json)
     assert meta["hw_model"] == "MacBookPro17,1" and meta["speed"] == "max"
@@ -369,7 +369,7 @@ def test_replay_gpu_only_capture(powermetrics_fixtures):
     assert len(samples) == 5 and np.isnan(samples["cpu_w"]).all()
     windows = np.array([[samples["t_start_ns"][0], samples["t_end_ns"][-1]]], dtype=np.int64)
     energy_j, _, _ = _core.integrate(samples, windows)
-    assert energy_j[0, 1] == pytest.approx(capture_energy_j(frames)["gpu"], rel=0.005)
+    assert energy_j[0, 1] == pytest.approx(capture_energy_j(frames)["gpu"], rel=1e-12)
 
 
 def test_replay_skips_and_counts_damaged_documents(powermetrics_fixtures, tmp_path):
@@ -418,3 +418,30 @@ def test_docs_example_runs_and_prints_what_it_says(monkeypatch):
     with contextlib.redirect_stdout(out):
         exec(compile(code, "docs/powermetrics.md", "exec"), {})
     assert out.getvalue().splitlines() == expected
+
+
+def test_the_benchmarks_python_cut_skips_the_sections_the_c_cut_skips(powermetrics_fixtures):
+    """benchmarks/plist_parse.py compares the C cut with a Python cut of the same sections:
+    the same key list as csrc/kernels/ep_plist.c, and the same parse after either cut."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    c_keys = re.search(r"prune_keys\[\] = \{(.*?)NULL\}", (root / "csrc" / "kernels" / "ep_plist.c").read_text(), re.S)
+    spec = importlib.util.spec_from_file_location("plist_parse_bench", root / "benchmarks" / "plist_parse.py")
+    bench = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    assert tuple(re.findall(r'"([a-z_]+)"', c_keys.group(1))) == bench.CUT_KEYS
+    for frame in all_frames(powermetrics_fixtures):
+        cut = bench.py_cut(frame)
+        assert bench._same(ref.parse_plist(cut), ref.parse_plist(frame))
+        assert bench._same(_core.parse_plist(frame), ref.parse_plist(cut))
+    big = max(all_frames(powermetrics_fixtures), key=len)
+    assert len(bench.py_cut(big)) < len(big) / 5        # the per-task capture is mostly cut sections

@@ -244,3 +244,51 @@ def test_cli_fit_evaluate_predict(tmp_path, capsys):
 
 def test_default_terms_are_all_terms():
     assert DEFAULT_TERMS == tuple(TERMS)
+
+
+def test_features_and_columns_of_a_hand_worked_config():
+    """Numbers worked out by hand (not with the module's formulas) for a llama-shaped
+    config: L = 2 layers, d = 64, 4 heads, 2 KV heads (d_kv = 2 * 64 / 4 = 32), I = 128,
+    V = 320, untied embeddings, batch B = 2, prompt P = 5, output O = 3 tokens.
+
+    Parameters: embeddings and LM head 2 * 320 * 64 = 40 960; per layer q and o
+    2 * 64 * 64 = 8 192, k and v 2 * 64 * 32 = 4 096, gated MLP 3 * 64 * 128 = 24 576,
+    two norms 128, so 36 992 per layer and 73 984 for two; the final norm 64.
+    Total 40 960 + 73 984 + 64 = 115 008."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    assert model_features(cfg)["n_params"] == 115_008
+    assert sum(p.numel() for p in LlamaForCausalLM(cfg).parameters()) == 115_008   # torch counts the same
+    f = model_features({"n_layers": 2, "hidden_size": 64, "n_heads": 4, "n_kv_heads": 2, "intermediate_size": 128,
+                        "vocab_size": 320, "n_params": 115_008})
+    assert f["active_params"] == 115_008
+    B, P, O = 2.0, 5.0, 3.0
+    by_hand = {
+        "const": 1.0,
+        "decode_flops": 690_048 / 1e9,          # 2 * 3 * 115 008
+        "prefill_flops": 1_150_080 / 1e9,       # 2 * 5 * 115 008
+        "decode_steps_x_layers": 6.0,           # 3 steps * 2 layers
+        "decode_steps": 3.0,
+        "prefill_attention": 6_400 / 1e9,       # 2 * 5^2 * 2 * 64
+        "decode_attention": 2_304 / 1e9,        # 2 * 3 * (5 + (3 - 1) / 2) * 2 * 32
+        "prompt_tokens": 10.0,
+        "output_tokens": 6.0,
+    }
+    assert set(by_hand) == set(TERMS)
+    for term, want in by_hand.items():
+        assert TERMS[term][0](f, B, P, O) == pytest.approx(want, rel=1e-15), term
+
+
+def test_active_parameters_of_a_hand_worked_moe():
+    """4 experts, 2 per token, d = 64, I = 128, L = 2, V = 320, 4 heads, 2 KV heads (the
+    router is not counted by the shape formula).  Per layer 8 192 + 4 096 + 4 experts *
+    24 576 + 128 = 110 720; total 40 960 + 2 * 110 720 + 64 = 262 464; a token skips 2
+    experts in each of 2 layers: 262 464 - 2 * 2 * 24 576 = 164 160 active."""
+    m = {"n_layers": 2, "hidden_size": 64, "n_heads": 4, "n_kv_heads": 2, "intermediate_size": 128,
+         "vocab_size": 320, "n_experts": 4, "experts_per_token": 2}
+    assert estimate_params(m) == 262_464
+    f = model_features(m)
+    assert f["n_params"] == 262_464 and f["active_params"] == 164_160
+    assert TERMS["decode_flops"][0](f, 1.0, 7.0, 10.0) == pytest.approx(1_641_600 / 1e9, rel=1e-15)

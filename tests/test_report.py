@@ -240,6 +240,47 @@ def test_browser_renders_every_plot_without_js_errors(rendered):
     assert np.any(margin < 230, axis=2).mean() < 0.01
 
 
+def test_browser_shows_the_resolution_next_to_the_figures_not_folded(rendered):
+    """The resolution box and the notes above the token, layer and component figures and
+    tables have a size on screen (a closed <details> gives its content none)."""
+    _page, _shot, dom = rendered
+    m = re.search(r'data-quality-rects="([^"]*)"', dom)
+    assert m, "the page recorded no resolution elements"
+    rects = json.loads(html.unescape(m.group(1)))
+    assert "resolution#0" in rects
+    ids = {k.split("#")[0] for k in rects}
+    assert {"tokens-resolution", "calls-resolution"} <= ids
+    assert sum(k.startswith("note#") for k in rects) >= 5  # above tokens, components, both heatmaps, the sankey
+    for k, (_top, w, h) in rects.items():
+        assert w > 200 and h > 8, (k, w, h)
+    plots = json.loads(html.unescape(re.search(r'data-plot-rects="([^"]*)"', dom).group(1)))
+    assert rects["resolution#0"][0] < min(y for _x, y, _w, _h in plots.values())  # above every plot
+
+
+def test_resolution_lines_sit_beside_the_token_layer_and_component_figures(tmp_path):
+    run = synthetic_run(n_layers=2, n_steps=8, seed=1, sample_period_ms=20)
+    _p, doc = _write(tmp_path, run, "res.html")
+    text = _visible_text(doc)
+    res = run.summary()["resolution"]
+    tok_line = f"tokens: {100 * res['tokens']:.0f} % resolved (20 ms samples; per-token energy is split by time"
+    call_line = f"calls: {100 * res['calls']:.0f} % resolved (20 ms samples; per-call energy is split by time"
+    assert 'id="resolution"' in text and html.escape(res["note"]) in text
+    for kind, line in (("tokens", tok_line), ("components", call_line), ("layers", call_line),
+                       ("layer_steps", call_line)):
+        box = re.search(rf'<div class="plotbox[^"]*"><h3>[^<]*</h3>(.*?)<div class="plot" id="plot-{kind}"', text, re.S)
+        assert box and html.escape(line) in box.group(1), kind
+    # the token and call notes stand outside every <details>
+    for ident in ("tokens-resolution", "calls-resolution"):
+        at = text.index(f'id="{ident}"')
+        assert text.rfind("<details", 0, at) <= text.rfind("</details>", 0, at), ident
+    # systematic uncertainty and the warnings are on the page
+    assert "systematic uncertainty of the source" in text
+    warned = RunData(dict(run.summary(), warnings=["net energy -1 J is negative: the idle baseline ..."]),
+                     **{n: run.array(n) for n in ("samples", "sections", "tokens", "layers", "components")})
+    _p, doc = _write(tmp_path, warned, "warned.html")
+    assert 'id="warnings"' in doc and "the idle baseline" in _visible_text(doc)
+
+
 def test_browser_status_reports_script_errors_and_blocked_requests(rendered, tmp_path):
     page, _shot, _dom = rendered
     doc = page.read_text(encoding="utf-8")

@@ -18,9 +18,9 @@ import pytest
 import energyprof as ep
 from energyprof import _core
 from energyprof import _reference as ref
+from fakeclock import HANG_GUARD_S, FakeClock, wait_for_samples
 
 DOMAINS = _core.DOMAINS
-HANG_GUARD_S = 20.0  # only to turn a hang into a failure; nothing asserts on time
 
 
 def run_for(spec, seconds, **kw):
@@ -119,31 +119,6 @@ def test_noise_reproducible_and_matches_twin():
 
 # ---------------------------------------------------------------------- fake clock
 
-class FakeClock:
-    """Freeze energyprof's clock and step it; restore the real clock on exit."""
-
-    def __enter__(self):
-        self.t = _core.now_ns()
-        _core._set_fake_clock(self.t)
-        return self
-
-    def set(self, t):
-        self.t = t
-        _core._set_fake_clock(t)
-
-    def __exit__(self, *exc):
-        _core._set_fake_clock(0)
-        return False
-
-
-def wait_for_samples(core, n):
-    """Block until the C sampler has produced n samples (its polls run on the real clock)."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while core.stats()["samples"] < n:
-        assert time.monotonic() < deadline, "sampler thread did not poll"
-        time.sleep(0.0002)
-
-
 def stepped_run(spec, steps_ns, on_step=None):
     """Start at the frozen time, then step the clock through steps_ns waiting for one sample each."""
     with FakeClock() as clk:
@@ -181,6 +156,27 @@ def test_windows_within_0_1_percent_fake_clock():
     # error is the ramp's curvature inside the two edge samples: <= ramp * d^2 / 8 each.
     bound_j = 2 * 300.0 * (1e-3) ** 2 / 8 + 1e-12
     assert np.all(np.abs(e[:, 0] - want) <= bound_j)
+
+
+def test_square_and_ramp_hand_worked_fake_clock():
+    """10 W + 4 W square (period 3 ms, high for the first 1.5 ms of each) + a 200 W/s ramp,
+    sample edges at 1, 4, 4.5 and 4.75 ms on the frozen clock.  By hand:
+    [0, 1) high throughout, ramp at 0.5 ms: 14 + 0.1 = 14.1 W;
+    [1, 4) high in [1, 1.5) and [3, 4), half of it: 12 + 0.5 = 12.5 W;
+    [4, 4.5) high throughout: 14 + 0.85 = 14.85 W;  [4.5, 4.75) low: 10 + 0.925 = 10.925 W.
+    Energy: 10 W x 4.75 ms + 4 W x 3 ms high + 200 W/s x (4.75 ms)^2 / 2 = 0.06175625 J."""
+    spec = "synthetic:power_w=10,square_w=4,square_period_ms=3,ramp_w_per_s=200,period_ms=0.2"
+    s, t0 = stepped_run(spec, [1_000_000, 3_000_000, 500_000])
+    x = s.samples
+    assert (x["t_start_ns"] - t0).tolist() == [0, 1_000_000, 4_000_000, 4_500_000]
+    assert (x["t_end_ns"] - t0).tolist() == [1_000_000, 4_000_000, 4_500_000, 4_750_000]
+    np.testing.assert_allclose(x["cpu_w"], [14.1, 12.5, 14.85, 10.925], rtol=1e-12)
+    e, _ = integrate(x, [[t0, t0 + 4_750_000]])
+    assert e[0, 0] == pytest.approx(0.06175625, rel=1e-12)
+    # the numpy twin (a transcription of the C expressions) agrees with the hand numbers too
+    want = ref.synthetic_average_power_w(x["t_start_ns"], x["t_end_ns"], t0, power_w=10.0, square_w=4.0,
+                                         square_period_ns=3_000_000, ramp_w_per_s=200.0)
+    np.testing.assert_allclose(want, [14.1, 12.5, 14.85, 10.925], rtol=1e-12)
 
 
 def test_active_power_exact_fake_clock():

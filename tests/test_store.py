@@ -24,6 +24,7 @@ from energyprof.store import schema
 from energyprof._dtypes import CALL_DTYPE, HEAD_DTYPE, RANK_DTYPE, SECTION_DTYPE, TOKEN_DTYPE
 from energyprof.store.db import Store
 from energyprof.store.rundata import AGG_DTYPE, ARRAY_NAMES, RunData, sample_row_dtype
+from fakeclock import wait_until
 
 SAMPLE_DTYPE = np.dtype(_core.SAMPLE_DTYPE)
 NAN = float("nan")
@@ -37,7 +38,7 @@ def make_summary(i: int = 0, **over):
         "run_id": None, "name": f"run-{i}", "tags": ["bench", f"t{i % 3}"], "status": "completed",
         "started_at": f"2025-03-{1 + i:02d}T10:00:00+00:00", "t_origin_ns": 123456789 + i,
         "source": "synthetic:power_w=20", "source_kind": "synthetic", "source_label": "simulated",
-        "source_meta": {"power_w": 20.0, "period_ms": 5}, "method": "interval-exact", "sample_period_s": 0.005,
+        "source_meta": {"power_w": 20.0, "period_ms": 5}, "method": "time-split within sample", "sample_period_s": 0.005,
         "mode": "standard", "sync": "none", "duration_s": 2.5 + i, "energy_j": 50.0 + 3 * i, "net_energy_j": 40.0 + i,
         "baseline_power_w": 4.0, "peak_power_w": 31.5, "input_tokens": 16, "output_tokens": 32 + i, "batch_size": 1,
         "j_per_token": (50.0 + 3 * i) / (48 + i), "j_per_output_token": (50.0 + 3 * i) / (32 + i),
@@ -99,6 +100,7 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
     sections["tokens"] = rng.integers(0, 2**40, len(names))
     sections["samples_in_window"] = rng.integers(0, 1000, len(names))
     sections["resolved"] = rng.random(len(names)) < 0.5
+    sections["flags"] = rng.choice(np.array([0, 2, 8, 256 | 2, 2**32 - 1], dtype=np.uint32), len(names))
 
     tokens = np.zeros(n_steps, TOKEN_DTYPE)
     tokens["step"] = np.arange(1, n_steps + 1)
@@ -115,12 +117,16 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
     tokens["j_per_token"] = tokens["energy_j"] / 2
     tokens["samples_in_window"] = 2
     tokens["resolved"] = rng.random(n_steps) < 0.7
+    tokens["flags"] = np.where(tokens["resolved"], 0, 8) | rng.choice(np.array([0, 256, 4], np.uint32), n_steps)
+
+    next_id = [0]  # call ids are unique across layers, components and ops, as in a real run
 
     def calls(comps, layers):
         rows = [(l, c, s) for s in range(n_steps + 1) for l in layers for c in comps]
         a = np.zeros(len(rows), CALL_DTYPE)
-        a["call_id"] = np.arange(len(rows))
-        a["parent_id"] = rng.integers(-1, len(rows), len(rows))
+        a["call_id"] = next_id[0] + np.arange(len(rows))
+        a["parent_id"] = rng.integers(-1, next_id[0] + len(rows), len(rows))
+        next_id[0] += len(rows)
         a["layer"] = [r[0] for r in rows]
         a["component"] = [r[1] for r in rows]
         a["step"] = [r[2] for r in rows]
@@ -135,6 +141,7 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
         a["unattributed_j"] = rng.uniform(0, 1e-4, len(rows))
         a["samples_in_window"] = rng.integers(0, 3, len(rows))
         a["resolved"] = rng.random(len(rows)) < 0.5
+        a["flags"] = np.where(a["resolved"], 0, 8) | rng.choice(np.array([0, 2, 256], np.uint32), len(rows))
         for f in ("act_mean", "act_std", "act_max", "act_sparsity"):
             a[f] = np.where(rng.random(len(rows)) < 0.5, np.nan, rng.normal(size=len(rows)))
         return a
@@ -181,13 +188,32 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
                 heads=heads, ranks=ranks, rank_sections=rank_sections, rank_tokens=rank_tokens)
 
 
-def _before_v6(a: np.ndarray) -> np.ndarray:
-    """An array as versions 1..3 stored it: without the v6 rank field."""
-    return a[[f for f in a.dtype.names if f != "rank"]]
-
-
 def make_run(i: int = 0, **kw) -> RunData:
     return RunData(make_summary(i), **make_arrays(i, **kw))
+
+
+def _as_stored(name: str, a: np.ndarray, version: int) -> np.ndarray:
+    """The rows as a database of schema ``version`` held them: no flags column before 5
+    (the samples' flags are the source's sample flags, kept since version 1), no rank
+    column before schema.RANKS_VERSION."""
+    drop = {"rank"} if version < schema.RANKS_VERSION else set()
+    if version < 5 and name != "samples":
+        drop.add("flags")
+    return a[[f for f in a.dtype.names if f not in drop]]
+
+
+def _read_back(arrays: dict, version: int) -> dict:
+    """What rows written at schema ``version`` read back as after migrating: before 5 the one
+    flag they kept is 'unresolved'; before RANKS_VERSION they came from one process, rank 0."""
+    out = dict(arrays)
+    for name in ("samples", "sections", "tokens", "layers", "components", "ops"):
+        a = arrays[name].copy()
+        if version < 5 and name != "samples":
+            a["flags"] = np.where(a["resolved"], 0, 8)
+        if version < schema.RANKS_VERSION:
+            a["rank"] = 0
+        out[name] = a
+    return out
 
 
 def assert_same_summary(a, b, path="summary"):
@@ -359,7 +385,7 @@ def test_schema_has_a_column_for_every_dtype_field(dbpath):
             cols = set(schema.table_columns(s.conn, table))
             dt_ = RunData().array(name).dtype   # samples: SAMPLE_DTYPE + rank
             assert set(dt_.names) | {"run_id"} == cols, (table, set(dt_.names) ^ (cols - {"run_id"}))
-        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 6
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == schema.RANKS_VERSION
         idx = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         for table in schema.ARRAY_TABLES.values():
             if table not in ("head_metrics", "run_ranks"):
@@ -391,10 +417,10 @@ def _fill_v1(path: str, n: int = 3) -> list:
         ids.append(rid)
         arr = make_arrays(i, n_samples=20)
         for name in ("samples", "sections", "tokens"):
-            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _before_v6(arr[name]), {"run_id": rid})
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _as_stored(name, arr[name], 1), {"run_id": rid})
         for name in ("layers", "components"):
             a = arr[name]
-            v1 = [f for f in a.dtype.names if f not in ("call_id", "parent_id", "unattributed_j", "rank")]
+            v1 = [f for f in a.dtype.names if f not in ("call_id", "parent_id", "unattributed_j", "flags", "rank")]
             _reference.store_insert(conn, schema.ARRAY_TABLES[name], a[v1], {"run_id": rid})
     conn.close()
     return ids
@@ -412,9 +438,7 @@ def test_migration_from_v1(dbpath):
         assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
         for i, rid in enumerate(ids):
             r = s.load(rid)
-            want = {k: _before_v6(v) for k, v in make_arrays(i, n_samples=20).items()}
-            for name in ("samples", "sections", "tokens", "layers", "components"):
-                assert (r.array(name)["rank"] == 0).all()   # rows from before v6 came from one process
+            want = _read_back(make_arrays(i, n_samples=20), 1)
             summ = make_summary(i)
             # the new runs columns are backfilled from the summary kept by v1
             row = s.conn.execute("SELECT edp_js, source_label, n_params, pid FROM runs WHERE id=?", (rid,)).fetchone()
@@ -440,27 +464,37 @@ def test_migration_from_v1(dbpath):
 _V2_ARRAYS = ("samples", "sections", "tokens", "layers", "components", "ops")
 
 
-def _fill_v2(path: str, n: int = 3) -> list:
-    """A version-2 database (built with the v2 DDL) with n runs, written the way energyprof 2
-    wrote them: every runs column and every v2 array, no head rows (v2 had no table for them)."""
+def _fill_old(path: str, version: int, arrays: tuple, n: int, **run_cols) -> tuple:
+    """A database built with the DDL of an older ``version`` holding n runs: every runs
+    column (``run_cols`` laid over them) and the given arrays as that version held them."""
     conn = sqlite3.connect(path, isolation_level=None)
-    schema.create(conn, 2)
-    assert schema.user_version(conn) == 2 and "head_metrics" not in schema.tables(conn)
+    schema.create(conn, version)
+    assert schema.user_version(conn) == version
     ids = []
     for i in range(n):
-        cols = ep.db._run_columns(make_summary(i))
-        cols.pop("world_size")                                     # a v6 column
-        cols["pid"], cols["pid_host"] = os.getpid(), "elsewhere"  # another host: left as written
-        cols["ended_at"] = "2025-03-01T10:00:05.000000+00:00"
+        cols = dict(ep.db._run_columns(make_summary(i)), **run_cols)
+        if version < schema.RANKS_VERSION:
+            cols.pop("world_size")
         names = list(cols)
         cur = conn.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                            [cols[k] for k in names])
-        rid = cur.lastrowid
-        ids.append(rid)
+        ids.append(cur.lastrowid)
         arr = make_arrays(i, n_samples=20)
-        for name in _V2_ARRAYS:
-            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _before_v6(arr[name]), {"run_id": rid})
+        for name in arrays:
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _as_stored(name, arr[name], version),
+                                    {"run_id": cur.lastrowid})
+    tables = schema.tables(conn)
     conn.close()
+    return ids, tables
+
+
+def _fill_v2(path: str, n: int = 3) -> list:
+    """A version-2 database (built with the v2 DDL) with n runs, written the way energyprof 2
+    wrote them: every runs column and every v2 array, no head rows (v2 had no table for them)."""
+    # another host: left as written
+    ids, tables = _fill_old(path, 2, _V2_ARRAYS, n, pid=os.getpid(), pid_host="elsewhere",
+                            ended_at="2025-03-01T10:00:05.000000+00:00")
+    assert "head_metrics" not in tables
     return ids
 
 
@@ -468,13 +502,15 @@ def test_migration_from_v2(dbpath):
     ids = _fill_v2(dbpath)
     with Store(dbpath) as s:
         assert schema.user_version(s.conn) == schema.SCHEMA_VERSION
-        assert "head_metrics" in schema.tables(s.conn)
+        assert "head_metrics" in schema.tables(s.conn) and "sample_levels" in schema.tables(s.conn)
+        assert "run_ranks" in schema.tables(s.conn)
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
         for i, rid in enumerate(ids):
             r = s.load(rid)
-            want = {k: _before_v6(v) for k, v in make_arrays(i, n_samples=20).items()}
-            for name in _V2_ARRAYS:  # every v2 row is kept, field by field (and is rank 0)
+            want = _read_back(make_arrays(i, n_samples=20), 2)
+            for name in _V2_ARRAYS:  # every v2 row is kept, field by field (and is rank 0: one process)
+                assert r.array(name).dtype == want[name].dtype
                 assert (r.array(name)["rank"] == 0).all()
                 for f in want[name].dtype.names:
                     np.testing.assert_array_equal(r.array(name)[f], want[name][f], err_msg=f"{name}.{f}")
@@ -491,19 +527,61 @@ def test_migration_from_v2(dbpath):
         assert s.conn.execute("SELECT COUNT(*) FROM head_metrics").fetchone()[0] == 0
     # migrating is a one-time step: a second open finds the current version and changes nothing
     before = sha(dbpath)
+    v = schema.SCHEMA_VERSION
     with Store(dbpath, mark_stale=False) as s:
-        v = schema.SCHEMA_VERSION
         assert schema.migrate(s.conn, dbpath) == (v, v)
     assert sha(dbpath) == before
 
 
+_V3_ARRAYS = _V2_ARRAYS + ("heads",)
+
+
+def _fill_v3(path: str, n: int = 3) -> list:
+    """A version-3 database (the v3 DDL) with n runs as energyprof 3 wrote them: every array,
+    heads included, and rows without flags."""
+    ids, _ = _fill_old(path, 3, _V3_ARRAYS, n)
+    conn = sqlite3.connect(path)
+    assert "flags" not in schema.table_columns(conn, "tokens")
+    conn.close()
+    return ids
+
+
+def test_migration_from_v3_gives_rows_their_unresolved_flag(dbpath):
+    ids = _fill_v3(dbpath)
+    with Store(dbpath) as s:
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION
+        assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        for table in ("sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
+            assert "flags" in schema.table_columns(s.conn, table), table
+        for i, rid in enumerate(ids):
+            r = s.load(rid)
+            raw = make_arrays(i, n_samples=20)
+            for name in _V3_ARRAYS:
+                got = r.array(name)
+                for f in raw[name].dtype.names:
+                    if f == "flags" and name not in ("samples", "heads"):
+                        # hand-worked: a v3 row kept only `resolved`; unresolved rows get bit 3 (8), others 0
+                        assert got["flags"].tolist() == [0 if ok else 8 for ok in raw[name]["resolved"].tolist()]
+                    else:  # (and rank 0: a v3 row came from one process)
+                        np.testing.assert_array_equal(got[f], _read_back(raw, 3)[name][f], err_msg=f"{name}.{f}")
+        # new runs keep every flag bit, Python's (1 << 8) and the C kernel's alike
+        rid = s.save(make_run(9))
+        assert_same_arrays(s.load(rid), make_run(9))
+    with Store(dbpath, mark_stale=False) as s:
+        v = schema.SCHEMA_VERSION
+        assert schema.migrate(s.conn, dbpath) == (v, v)
+
+
 def test_fresh_database_matches_migrated_one(tmp_path):
-    a, b, c2 = str(tmp_path / "a.db"), str(tmp_path / "b.db"), str(tmp_path / "c.db")
+    a, b, c2, c3, c4 = (str(tmp_path / f"{x}.db") for x in ("a", "b", "c", "d", "e"))
     _fill_v1(a, n=0)
     _fill_v2(c2, n=0)
-    Store(a).close()
-    Store(b).close()
-    Store(c2).close()
+    _fill_v3(c3, n=0)
+    conn4 = sqlite3.connect(c4, isolation_level=None)
+    schema.create(conn4, 4)  # a version-4 store (sample_levels, rows without flags)
+    conn4.close()
+    for p in (a, b, c2, c3, c4):
+        Store(p).close()
 
     def shape(p):
         c = sqlite3.connect(p)
@@ -518,9 +596,12 @@ def test_fresh_database_matches_migrated_one(tmp_path):
         return out
 
     fresh = shape(b)
-    assert "head_metrics" in fresh and "run_ranks" in fresh and fresh["_version"] == schema.SCHEMA_VERSION
+    assert "head_metrics" in fresh and "sample_levels" in fresh and fresh["_version"] == schema.SCHEMA_VERSION
+    assert "run_ranks" in fresh
     assert shape(a) == fresh
     assert shape(c2) == fresh
+    assert shape(c3) == fresh
+    assert shape(c4) == fresh
 
 
 def test_newer_database_is_refused_untouched(dbpath):
@@ -613,37 +694,80 @@ def test_summary_dict_is_a_copy():
     assert r.summary()["phases"]["decode"]["energy_j"] == 38.0
 
 
+def _block_se_oracle(rows, samples):
+    """Brute force: group calls by the sample their window's midpoint falls in (last sample
+    starting at or before it), sum energy and count per group, then the ratio estimator's
+    standard error over the k groups: sqrt(sum (e_b - m n_b)^2 / (k (k - 1))) / mean(n_b)."""
+    starts = [int(t) for t in samples["t_start_ns"]]
+    per = {}
+    for x in rows:
+        a, b = int(x["t_start_ns"]), int(x["t_end_ns"])
+        mid = a + (b - a) // 2
+        blk = max([i for i, t in enumerate(starts) if t <= mid], default=-1)
+        e_n = per.setdefault(blk, [0.0, 0])
+        e_n[0] += float(x["energy_j"])
+        e_n[1] += 1
+    k = len(per)
+    if k < 2:
+        return float("nan"), k
+    m = sum(v[0] for v in per.values()) / sum(v[1] for v in per.values())
+    nbar = sum(v[1] for v in per.values()) / k
+    return math.sqrt(sum((v[0] - m * v[1]) ** 2 for v in per.values()) / (k * (k - 1))) / nbar, k
+
+
 def test_layer_and_component_summaries_against_brute_force():
-    r = make_run(2)
-    e_run = r.summary()["energy_j"]
-    for agg, calls, key in ((r.layer_summary(), r.layers, ("layer",)),
-                            (r.component_summary(), r.components, ("layer", "component"))):
-        assert agg.dtype == AGG_DTYPE
-        groups = {}
-        for row in calls:
-            groups.setdefault(tuple(row[k] for k in key), []).append(row)
-        assert len(agg) == len(groups)
-        assert [tuple(a[k] for k in key) for a in agg] == sorted(groups)
-        for a in agg:
-            rows = groups[tuple(a[k] for k in key)]
-            e = [float(x["energy_j"]) for x in rows]
-            n = len(e)
-            mean = sum(e) / n
-            sd = math.sqrt(sum((x - mean) ** 2 for x in e) / (n - 1)) if n > 1 else float("nan")
-            assert a["n_calls"] == n
-            assert a["energy_j"] == pytest.approx(sum(e), rel=1e-12)
-            assert a["mean_energy_j"] == pytest.approx(mean, rel=1e-12)
-            if n > 1:
-                assert a["sem_energy_j"] == pytest.approx(sd / math.sqrt(n), rel=1e-9)
-            else:
-                assert math.isnan(a["sem_energy_j"])
-            assert a["duration_s"] == pytest.approx(sum(float(x["duration_s"]) for x in rows), rel=1e-12)
-            assert a["share"] == pytest.approx(sum(e) / e_run, rel=1e-12)
-            assert a["resolved_share"] == pytest.approx(sum(bool(x["resolved"]) for x in rows) / n)
-            assert a["cpu_j"] == pytest.approx(sum(float(x["cpu_j"]) for x in rows), rel=1e-12)
-            assert math.isnan(a["gpu_j"])
+    for spread, r in ((False, make_run(2)), (True, _spread_calls(make_run(3)))):
+        e_run = r.summary()["energy_j"]
+        every = {int(x["call_id"]): float(x["energy_j"]) for a in (r.layers, r.components, r.ops) for x in a}
+        n_multi = 0
+        for agg, calls, key in ((r.layer_summary(), r.layers, ("layer",)),
+                                (r.component_summary(), r.components, ("layer", "component"))):
+            assert agg.dtype == AGG_DTYPE
+            groups = {}
+            for row in calls:
+                groups.setdefault(tuple(row[k] for k in key), []).append(row)
+            assert len(agg) == len(groups)
+            assert [tuple(a[k] for k in key) for a in agg] == sorted(groups)
+            for a in agg:
+                rows = groups[tuple(a[k] for k in key)]
+                e = [float(x["energy_j"]) for x in rows]
+                n = len(e)
+                mean = sum(e) / n
+                se, k = _block_se_oracle(rows, r.samples)
+                n_multi += k > 1
+                assert a["n_calls"] == n and a["n_eff"] == k
+                assert a["energy_j"] == pytest.approx(sum(e), rel=1e-12)
+                assert a["mean_energy_j"] == pytest.approx(mean, rel=1e-12)
+                if k > 1:
+                    assert a["sem_energy_j"] == pytest.approx(se, rel=1e-9)
+                else:
+                    assert math.isnan(a["sem_energy_j"])
+                assert a["duration_s"] == pytest.approx(sum(float(x["duration_s"]) for x in rows), rel=1e-12)
+                assert a["share"] == pytest.approx(sum(e) / e_run, rel=1e-12)
+                # the parent of each call, each distinct parent once (the run for -1 or an unknown id)
+                parents = {int(x["parent_id"]) if int(x["parent_id"]) in every else -1 for x in rows}
+                parent_e = sum(every[p] if p >= 0 else e_run for p in parents)
+                assert a["share_of_parent"] == pytest.approx(sum(e) / parent_e, rel=1e-12)
+                own = sum(float(x["unattributed_j"]) for x in rows)
+                assert a["self_energy_j"] == pytest.approx(own, rel=1e-12)
+                assert a["self_share"] == pytest.approx(own / sum(e), rel=1e-12)
+                assert a["resolved_share"] == pytest.approx(sum(bool(x["resolved"]) for x in rows) / n)
+                assert a["cpu_j"] == pytest.approx(sum(float(x["cpu_j"]) for x in rows), rel=1e-12)
+                assert math.isnan(a["gpu_j"])
+        assert n_multi > 0 or not spread  # the spread run has groups over several samples
     empty = RunData({})
     assert len(empty.layer_summary()) == 0 and len(empty.component_summary()) == 0
+
+
+def _spread_calls(run: RunData) -> RunData:
+    """The same run with its calls spread over the samples (several per sample, several samples)."""
+    arrays = {n: run.array(n).copy() for n in ARRAY_NAMES}
+    t0 = int(arrays["samples"]["t_start_ns"][0])
+    for name in ("layers", "components", "ops"):
+        a = arrays[name]
+        a["t_start_ns"] = t0 + np.arange(len(a), dtype=np.int64) * 1_700_000  # ~3 calls per 5 ms sample
+        a["t_end_ns"] = a["t_start_ns"] + 900_000
+    return RunData(run.summary(), **arrays)
 
 
 def test_stale_running_runs_are_marked_interrupted_only_when_their_process_is_gone(dbpath):
@@ -1116,7 +1240,8 @@ def test_docs_schema_names_every_column_and_its_example_runs(capsys):
             assert re.search(rf"(^\| |, ){c}[ ,|]", doc, re.M), (table, c)
     for b in re.findall(r"```python\n(.*?)```", doc, re.S):
         exec(compile(b, "docs/schema.md", "exec"), {})
-    assert capsys.readouterr().out.split() == ["(1,", "6)", "True", "(2,", "6)", "True"]
+    v = str(schema.SCHEMA_VERSION) + ")"
+    assert capsys.readouterr().out.split() == ["(1,", v, "True", "(2,", v, "True"]
 
 
 def test_writer_releases_the_gil_while_blocked(tmp_path):
@@ -1240,7 +1365,7 @@ def test_many_processes_open_a_fresh_database_at_once(tmp_path):
         procs = [subprocess.Popen([sys.executable, "-c", code, path]) for _ in range(4)]
         assert [p.wait() for p in procs] == [0] * 4
         with Store(path) as s:
-            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 6
+            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == schema.RANKS_VERSION
             assert "head_metrics" in schema.tables(s.conn)
             assert len(ep.runs(db=s, limit=None)) == 4 + (0 if kind == "fresh" else 2)
 
@@ -1282,8 +1407,10 @@ def test_close_refuses_while_another_thread_waits_in_the_store(tmp_path):
     t = threading.Thread(target=flusher)
     t.start()
     started.wait()
-    while w.pending and t.is_alive() and not _in_flush(t):
-        pass
+    # the flusher is inside flush() once the store counts a caller waiting in it (the
+    # execute() above only queued its job and has returned)
+    wait_until(lambda: w.users >= 1 or not t.is_alive(), "the flusher thread to enter flush()")
+    assert t.is_alive()
     with pytest.raises(RuntimeError, match="in use by another thread"):
         w.close()
     holder.execute("ROLLBACK")
@@ -1291,15 +1418,6 @@ def test_close_refuses_while_another_thread_waits_in_the_store(tmp_path):
     w.close()
     assert not errors and w.closed
     holder.close()
-
-
-def _in_flush(t: threading.Thread) -> bool:
-    """True once thread t is inside a call to Store.flush (seen from its Python frame)."""
-    import sys
-
-    frame = sys._current_frames().get(t.ident)
-    return frame is not None and frame.f_code.co_name == "flusher" and frame.f_lasti > 0 and \
-        "flush" in frame.f_code.co_names and frame.f_lineno == frame.f_code.co_firstlineno + 3
 
 
 def test_writer_constant_columns_of_every_kind(tmp_path):
@@ -1321,39 +1439,43 @@ def test_writer_constant_columns_of_every_kind(tmp_path):
     assert conn.execute("SELECT x, i, f, s, n, b, yes FROM t ORDER BY rowid").fetchall() == rows[:3]
 
 
-def _fill_v3(path: str, n: int = 2) -> list:
-    """A version-3 database (the v3 DDL) with n runs written the way energyprof 3 wrote them."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    schema.create(conn, 3)
-    assert schema.user_version(conn) == 3 and "run_ranks" not in schema.tables(conn)
-    assert "rank" not in schema.table_columns(conn, "power_samples")
-    ids = []
-    for i in range(n):
-        cols = ep.db._run_columns(make_summary(i))
-        cols.pop("world_size")
-        cols["pid"], cols["pid_host"] = os.getpid(), "elsewhere"
-        names = list(cols)
-        rid = conn.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                           [cols[k] for k in names]).lastrowid
-        ids.append(rid)
-        arr = make_arrays(i, n_samples=20)
-        for name in _V2_ARRAYS + ("heads",):
-            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _before_v6(arr[name]), {"run_id": rid})
-    conn.close()
-    return ids
+# ---------------------------------------------------------------------------- saved runs against the oracle
+
+@pytest.mark.parametrize("shape, mode", [("square", "standard"), ("ramp", "deep"), ("noise", "minimal"),
+                                         ("active", "standard")])
+def test_saved_and_loaded_rows_equal_the_oracle(tmp_path, shape, mode):
+    """A run saved by ep.run (samples written in batches while it goes on) and loaded
+    back: every row recomputed by the brute-force oracle from the *loaded* samples."""
+    import torch
+
+    from energy_oracle import WAVEFORMS, check_run
+    from energyprof.tiny import tiny_model
+
+    model = tiny_model("tiny-llama")
+    db = str(tmp_path / "runs.db")
+    with ep.run(model, source=WAVEFORMS[shape], mode=mode, baseline_s=0.01, db=db) as s:
+        with s.section("generate"):
+            model.generate(torch.tensor([[5, 6, 7, 8]]), max_new_tokens=5, do_sample=False)
+    back = ep.load(s.run_id, db=db)
+    assert len(back.samples) == len(s.samples)
+    n = check_run(back)
+    assert n["tokens"] == 4 and n["sections"] == len(s.sections)
+    assert n["calls"] == len(s.layers) + len(s.components) + len(s.ops)
 
 
-def test_migrate_to_6_step_alone_adds_ranks_and_keeps_every_row(dbpath):
-    """The v6 step on its own (the function the merge chains after versions 4 and 5): a
-    real version-3 file gains the rank columns (every old row rank 0: it came from one
+def test_migrate_to_ranks_step_alone_adds_ranks_and_keeps_every_row(dbpath):
+    """The multi-rank step on its own (schema._migrate_to_ranks, from RANKS_VERSION - 1): a
+    real file of the version before it gains the rank columns (every old row rank 0: it came from one
     process), the three per-rank tables and runs.world_size = 1, and keeps every value."""
-    ids = _fill_v3(dbpath)
+    prev = schema.RANKS_VERSION - 1
+    ids, tables = _fill_old(dbpath, prev, _V3_ARRAYS, 2)
+    assert "run_ranks" not in tables
     conn = sqlite3.connect(dbpath, isolation_level=None)
     before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall()
-              for t in ["runs"] + [schema.ARRAY_TABLES[n] for n in _V2_ARRAYS + ("heads",)]}
+              for t in ["runs"] + [schema.ARRAY_TABLES[n] for n in _V3_ARRAYS]}
     conn.execute("BEGIN")
-    schema._migrate_to_6(conn)
-    conn.execute("PRAGMA user_version = 6")   # what schema.migrate sets after the last step
+    schema._migrate_to_ranks(conn)
+    conn.execute(f"PRAGMA user_version = {schema.RANKS_VERSION}")   # what schema.migrate sets after the last step
     conn.execute("COMMIT")
     for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
         cols = schema.table_columns(conn, t)
@@ -1373,7 +1495,7 @@ def test_migrate_to_6_step_alone_adds_ranks_and_keeps_every_row(dbpath):
     # the full chain through Store gives the same shape as a fresh database, and the
     # migrated store takes a multi-rank run field by field
     with Store(dbpath) as s:
-        assert schema.user_version(s.conn) == 6
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION
         rid = s.save(make_run(5))
         assert_same_arrays(s.load(rid), make_run(5))
         assert s.conn.execute("SELECT world_size FROM runs WHERE id=?", (rid,)).fetchone()[0] == 1

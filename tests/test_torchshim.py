@@ -239,9 +239,34 @@ def test_the_real_libtorch_is_found_in_the_process():
     info = load_shim()
     assert info["cuda"] is not None and os.path.basename(info["cuda"]).startswith("libtorch")
     assert info["mps"] is not None
+
+
+def test_cuda_sync_on_the_cpu_build_raises_instead_of_crashing():
     if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: see test_cuda_sync_on_a_real_gpu")
+    load_shim()
+    # the CPU build exports torch::cuda::synchronize, which throws c10::Error: caught, not a crash
+    with pytest.raises(RuntimeError, match="device call failed"):
         _core.device_sync("cuda", 0)
-    else:
-        # the CPU build exports torch::cuda::synchronize, which throws c10::Error: caught, not a crash
-        with pytest.raises(RuntimeError, match="device call failed"):
-            _core.device_sync("cuda", 0)
+
+
+def test_cuda_sync_on_a_real_gpu():
+    """With a CUDA device: the shim's sync returns, and a run with sync="auto" on the GPU
+    syncs at every hook (the summary says so) and leaves the outputs unchanged."""
+    if not torch.cuda.is_available():
+        pytest.skip(f"no CUDA device: torch {torch.__version__}, torch.cuda.is_available() is False")
+    import energyprof as ep
+    from energyprof.tiny import tiny_model
+
+    load_shim()
+    _core.device_sync("cuda", 0)
+    model = tiny_model("tiny-llama").cuda()
+    ids = torch.tensor([[3, 4, 5, 6]], device="cuda")
+    ref = model.generate(ids, max_new_tokens=4, do_sample=False)
+    with ep.run(model, source="synthetic:power_w=5", baseline_s=0, save=False) as s:
+        out = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(ref, out)
+    assert s.summary()["sync"] == "device" and s.summary()["device"].startswith("cuda")
+    from energyprof.measure import arch
+
+    assert len(s.layers) == 4 * arch.describe(model).config["n_layers"]   # 4 forwards

@@ -416,6 +416,11 @@ static PyObject *store_get_pending(StoreObject *self, void *closure)
     return PyLong_FromLongLong(ep_store_jobs_pending(self->s));
 }
 
+static PyObject *store_get_users(StoreObject *self, void *closure)
+{
+    return PyLong_FromLong(self->users);
+}
+
 static PyObject *store_get_closed(StoreObject *self, void *closure)
 {
     return PyBool_FromLong(self->s == NULL);
@@ -447,6 +452,8 @@ static PyGetSetDef store_getset[] = {
     {"rows_committed", (getter)store_get_rows, NULL, "rows committed by insert jobs so far", NULL},
     {"pending", (getter)store_get_pending, NULL, "jobs queued or running", NULL},
     {"closed", (getter)store_get_closed, NULL, "True once close() ran", NULL},
+    {"users", (getter)store_get_users, NULL,
+     "calls (insert/execute/flush) now waiting inside the store with the GIL released, from any thread", NULL},
     {"path", (getter)store_get_path, NULL, "the database path", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

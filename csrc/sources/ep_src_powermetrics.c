@@ -7,7 +7,10 @@
  * The child is spawned with an argv array (posix_spawn, no shell) in its own
  * process group, so a Ctrl-C in the terminal reaches Python, not powermetrics, and
  * we stop it ourselves.  Without binary= and when not root it runs as
- * `sudo -n /usr/bin/powermetrics ...` (the sudoers rule of scripts/setup_powermetrics.sh).
+ * `sudo -n /opt/energyprof/bin/energyprof-powermetrics -f plist -i N --samplers ...`:
+ * the root-owned wrapper and the sudoers rule that scripts/setup_powermetrics.sh
+ * installs; the wrapper runs /usr/bin/powermetrics with exactly those arguments and
+ * refuses any others (no -o, which would write a file as root).
  * stdout and stderr are pipes read non-blocking in poll; stdout goes through the
  * framer (ep_plist.h) and the parser.  Each document averages its own elapsed_ns
  * ending when powermetrics wrote it, so a sample ends at its receive time and starts
@@ -47,6 +50,8 @@ extern char **environ;
 
 #define PM_DEFAULT_BINARY "/usr/bin/powermetrics"
 #define PM_SUDO "/usr/bin/sudo"
+/* Installed by scripts/setup_powermetrics.sh; keep the two in step. */
+#define PM_WRAPPER "/opt/energyprof/bin/energyprof-powermetrics"
 #define READ_CHUNK (64 * 1024)
 /* At most this much is read per poll, so one poll never stalls the sampler. */
 #define READ_PER_POLL ((size_t)4 << 20)
@@ -54,7 +59,7 @@ extern char **environ;
 
 typedef struct {
     char *binary;              /* owned: program to run                      */
-    int use_sudo;              /* run as sudo -n binary ...                  */
+    int use_sudo;              /* run as sudo -n PM_WRAPPER (same arguments)  */
     char interval_arg[24];     /* -i value, ms                               */
     char samplers[256];        /* comma-joined sampler names                 */
     int64_t stop_timeout_ns;
@@ -224,8 +229,10 @@ static int pm_start(ep_source *src, int64_t t_now_ns)
     if (st->use_sudo) {
         argv[a++] = PM_SUDO;
         argv[a++] = "-n"; /* never prompt: fail with a message instead of hanging */
+        argv[a++] = PM_WRAPPER; /* the only command the sudoers rule allows */
+    } else {
+        argv[a++] = st->binary;
     }
-    argv[a++] = st->binary;
     argv[a++] = "-f";
     argv[a++] = "plist";
     argv[a++] = "-i";
@@ -410,8 +417,8 @@ static void describe_exit(ep_source *src, pm_state *st)
                      contains(st->err_text, "password is required");
     if (needs_root) {
         snprintf(src->message, sizeof src->message,
-                 "powermetrics needs root (it said: '%.80s'): run scripts/setup_powermetrics.sh to allow "
-                 "'sudo -n powermetrics', or run under sudo",
+                 "powermetrics needs root (it said: '%.80s'): run sudo bash scripts/setup_powermetrics.sh to "
+                 "allow 'sudo -n " PM_WRAPPER "', or run under sudo",
                  first[0] ? first : "must be invoked as the superuser");
         return;
     }
@@ -579,12 +586,20 @@ int ep_src_powermetrics_create(ep_source *src, const char *const *keys, const ch
                  "powermetrics: needs root and %s is missing: run energyprof as root", PM_SUDO);
         goto error;
     }
+    if (st->use_sudo && !is_executable(PM_WRAPPER)) {
+        rc = EP_ERR_PERM;
+        snprintf(src->message, sizeof src->message,
+                 "powermetrics: needs root and %s is not installed: run sudo bash scripts/setup_powermetrics.sh "
+                 "(it installs that wrapper and its sudoers rule), or run energyprof as root",
+                 PM_WRAPPER);
+        goto error;
+    }
     snprintf(src->meta_json, sizeof src->meta_json, "{\"source\": \"powermetrics\", \"binary\": \"");
     ep_source_json_escape(src->meta_json, sizeof src->meta_json, st->binary);
     size_t o = strlen(src->meta_json);
     snprintf(src->meta_json + o, sizeof src->meta_json - o,
-             "\", \"interval_ms\": %lld, \"samplers\": \"%s\", \"sudo\": %s}", interval_ms, st->samplers,
-             st->use_sudo ? "true" : "false");
+             "\", \"interval_ms\": %lld, \"samplers\": \"%s\", \"sudo\": %s%s}", interval_ms, st->samplers,
+             st->use_sudo ? "true" : "false", st->use_sudo ? ", \"wrapper\": \"" PM_WRAPPER "\"" : "");
 
     src->kind = "powermetrics";
     src->flags = EP_SRC_PACED;

@@ -6,7 +6,12 @@
  *        + active_w   while the activity level (ep_activity.h) is > 0
  * Each poll emits ONE interval sample [previous end, now) whose power is the exact
  * average of P over that interval, plus noise_w * N(0, 1) per sample from a
- * seeded generator.  Every term's integral has a closed form, so tests can
+ * seeded generator.
+ * Hole: with gap_ms > 0 the stream has no sample over [t0 + gap_at, t0 + gap_at + gap)
+ * (a sensor that stopped answering, to test gap handling): the poll that crosses the
+ * hole's start emits [previous end, hole start); polls inside the hole emit nothing; the
+ * first poll after the hole emits [hole end, now).  P itself goes on as if there were
+ * no hole, so the truth over the hole is known.  Every term's integral has a closed form, so tests can
  * recompute each value from (t_start_ns, t_end_ns) alone:
  *   ramp:   mean of s over [a, b) = ((a - t0) + (b - t0)) / 2 / 1e9
  *   square: twice the high time up to u = t - t0 is 2H(u) = k*P + min(2r, P), with
@@ -34,6 +39,7 @@
 typedef struct {
     double power_w, noise_w, square_w, ramp_w_per_s, active_w;
     int64_t square_period_ns;
+    int64_t gap_at_ns, gap_ns; /* the hole [t0 + gap_at_ns, t0 + gap_at_ns + gap_ns); gap_ns 0: none */
     uint64_t seed;
     int domain;               /* EP_DOM_* that receives the power */
 
@@ -44,7 +50,8 @@ typedef struct {
 } synth_state;
 
 static const char *const known_keys[] = {"power_w", "period_ms", "noise_w", "seed", "square_w",
-                                         "square_period_ms", "ramp_w_per_s", "active_w", "domain", NULL};
+                                         "square_period_ms", "ramp_w_per_s", "active_w", "domain", "gap_at_ms",
+                                         "gap_ms", NULL};
 
 static uint64_t splitmix64(uint64_t *state)
 {
@@ -89,9 +96,21 @@ static double average_power_w(const synth_state *st, int64_t a, int64_t b, int64
     return p;
 }
 
-/* Emit [t_prev, t_ns) into out[0] if it has a length; returns 1 or 0. */
+/* Emit [t_prev, t_ns) into out[0] if it has a length; returns 1 or 0.  The hole cuts
+ * the interval at its start, and the stream resumes at its end. */
 static size_t emit(synth_state *st, int64_t t_ns, ep_sample *out, uint32_t extra_flags)
 {
+    if (st->gap_ns > 0) {
+        int64_t hole_a = st->t0_ns + st->gap_at_ns, hole_b = hole_a + st->gap_ns;
+        if (st->t_prev_ns >= hole_a && st->t_prev_ns < hole_b) {
+            if (t_ns <= hole_b)
+                return 0; /* inside the hole: the sensor says nothing */
+            st->t_prev_ns = hole_b;
+            st->active_prev_ns = ep_activity_active_ns_at(hole_b);
+        } else if (st->t_prev_ns < hole_a && t_ns > hole_a) {
+            t_ns = hole_a; /* the last sample before the hole ends where the hole starts */
+        }
+    }
     if (t_ns <= st->t_prev_ns)
         return 0; /* a frozen (test) clock or a repeated poll: no interval yet */
     int64_t active_now = ep_activity_active_ns_at(t_ns);
@@ -133,7 +152,7 @@ int ep_src_synthetic_create(ep_source *src, const char *const *keys, const char 
 {
     int rc = EP_ERR_ARG;
     synth_state *st = NULL;
-    double period_ms = 10.0, square_period_ms = 1000.0;
+    double period_ms = 10.0, square_period_ms = 1000.0, gap_at_ms = 0.0, gap_ms = 0.0;
     const char *unknown = ep_source_unknown_key(keys, n, known_keys);
     if (unknown) {
         snprintf(src->message, sizeof src->message, "synthetic: unknown key '%s'", unknown);
@@ -153,7 +172,8 @@ int ep_src_synthetic_create(ep_source *src, const char *const *keys, const char 
     } nums[] = {{"power_w", &st->power_w},   {"period_ms", &period_ms},
                 {"noise_w", &st->noise_w},   {"square_w", &st->square_w},
                 {"square_period_ms", &square_period_ms}, {"ramp_w_per_s", &st->ramp_w_per_s},
-                {"active_w", &st->active_w}};
+                {"active_w", &st->active_w},   {"gap_at_ms", &gap_at_ms},
+                {"gap_ms", &gap_ms}};
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
         const char *v = ep_source_param(keys, values, n, nums[i].key);
         if (v && ep_source_parse_double(v, nums[i].dst) != EP_OK) {
@@ -200,6 +220,13 @@ int ep_src_synthetic_create(ep_source *src, const char *const *keys, const char 
         snprintf(src->message, sizeof src->message, "synthetic: 'noise_w' must be >= 0, got %g", st->noise_w);
         goto error;
     }
+    if (!(gap_at_ms >= 0.0) || gap_at_ms > 1e10 || !(gap_ms >= 0.0) || gap_ms > 1e10) {
+        snprintf(src->message, sizeof src->message,
+                 "synthetic: 'gap_at_ms' and 'gap_ms' must be in [0, 1e10], got %g and %g", gap_at_ms, gap_ms);
+        goto error;
+    }
+    st->gap_at_ns = llround(gap_at_ms * 1e6);
+    st->gap_ns = llround(gap_ms * 1e6);
     st->square_period_ns = llround(square_period_ms * 1e6);
     if (st->square_period_ns < 1)
         st->square_period_ns = 1;
@@ -216,9 +243,10 @@ int ep_src_synthetic_create(ep_source *src, const char *const *keys, const char 
     snprintf(src->meta_json, sizeof src->meta_json,
              "{\"power_w\": %.17g, \"period_ns\": %lld, \"noise_w\": %.17g, \"seed\": %llu, "
              "\"square_w\": %.17g, \"square_period_ns\": %lld, \"ramp_w_per_s\": %.17g, "
-             "\"active_w\": %.17g, \"domain\": \"%s\"}",
+             "\"active_w\": %.17g, \"domain\": \"%s\", \"gap_at_ns\": %lld, \"gap_ns\": %lld}",
              st->power_w, (long long)src->period_ns, st->noise_w, (unsigned long long)st->seed, st->square_w,
-             (long long)st->square_period_ns, st->ramp_w_per_s, st->active_w, ep_domain_names[st->domain]);
+             (long long)st->square_period_ns, st->ramp_w_per_s, st->active_w, ep_domain_names[st->domain],
+             (long long)st->gap_at_ns, (long long)st->gap_ns);
     return EP_OK;
 error:
     free(st);

@@ -3,13 +3,14 @@ or two groups of runs compared on one figure (:func:`energyprof.analysis.compare
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
 
 from ..store.db import _PHASE_FLOAT_KEYS, _PHASE_ORDER, DbArg, _fnum, _opened
 from ..store.rundata import RunData
-from .efficiency import compare_groups
+from .efficiency import compare_groups, source_labels
 
 __all__ = ["compare"]
 
@@ -31,6 +32,8 @@ def compare(a: Union[int, RunData, Sequence[Any]], b: Union[int, RunData, Sequen
     """Side by side figures of runs ``a`` and ``b`` (ids or RunData) and their differences.
 
     Every entry is ``{"a", "b", "diff" (b - a), "rel_diff" ((b - a) / a, NaN when a is 0)}``.
+    Runs whose source labels differ (simulated / estimated / measured) are compared all the
+    same, with a RuntimeWarning that is also kept in ``"warnings"``.
     Returns ``{"a_run_id", "b_run_id", "figures": {name: entry}, "phases": {phase: {figure:
     entry}}, "domains": {domain: entry}, "layers": [{"layer", "energy_j": entry,
     "mean_energy_j": entry, "duration_s": entry}], "components": [{"layer", "component", ...}]}``.
@@ -52,6 +55,14 @@ def compare(a: Union[int, RunData, Sequence[Any]], b: Union[int, RunData, Sequen
         ra, rb = a, b
     sa, sb = ra.summary(), rb.summary()
     out: Dict[str, Any] = {"a_run_id": sa.get("run_id"), "b_run_id": sb.get("run_id")}
+    labels = [str(x.get("source_label") or "unknown") for x in (sa, sb)]
+    out["source_labels"] = labels
+    out["warnings"] = []
+    if len(source_labels([sa, sb])) > 1:
+        msg = (f"compare: run {sa.get('run_id')} is {labels[0]} and run {sb.get('run_id')} is {labels[1]}: "
+               "their differences compare a measurement with a model or a simulation and say little")
+        out["warnings"].append(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
     out["figures"] = {k: _pair(sa.get(k), sb.get(k)) for k in _COMPARE_FIGURES}
     pa, pb = sa.get("phases") or {}, sb.get("phases") or {}
     out["phases"] = {}

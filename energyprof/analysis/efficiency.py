@@ -4,7 +4,7 @@ the architecture scaling fit and the comparison of two groups of runs.
 >>> from energyprof.testing import synthetic_run
 >>> from energyprof.analysis import efficiency
 >>> e = efficiency(synthetic_run(n_steps=8))
->>> e["decode_j_per_output_token"]["unit"], e["decode_j_per_output_token"]["n"]
+>>> e["decode_j_per_output_token"]["unit"], e["decode_j_per_output_token"]["n"]  # 2 ms samples, 8 steps
 ('J/token', 8)
 """
 from __future__ import annotations
@@ -15,11 +15,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..store.quality import block_ratio, sample_blocks
 from ..store.rundata import _float as _f
 from .stats import NAN, figure, mean_ci, ols, welch
 
 __all__ = ["efficiency", "summaries", "figure_value", "model_dict", "active_params", "architecture_scaling",
-           "ARCH_FEATURES", "compare_groups", "FIGURE_UNITS"]
+           "ARCH_FEATURES", "compare_groups", "FIGURE_UNITS", "source_labels"]
 
 
 def _summary_of(run: Any) -> Dict[str, Any]:
@@ -115,16 +116,17 @@ def _ratio_se(e: np.ndarray, n: np.ndarray) -> Tuple[float, float]:
 
     With equal ``n`` per step this is the mean of e/n and the usual standard error of that mean.
     """
-    k = len(e)
-    if k == 0 or n.sum() == 0:
-        return NAN, NAN
-    r = float(e.sum() / n.sum())
-    if k < 2:
-        return r, NAN
-    nbar = float(n.mean())
-    d = e - r * n
-    se = math.sqrt(float((d ** 2).sum()) / (k * (k - 1))) / nbar
+    r, se, _ = block_ratio(e, n, np.arange(len(e)))
     return r, se
+
+
+def _token_blocks(run: Any, tokens: np.ndarray, s: Dict[str, Any]) -> np.ndarray:
+    """The power sample each token's midpoint falls in: tokens sharing one are one measurement."""
+    samples = getattr(run, "sample_starts_ns", None)
+    if samples is None:
+        samples = getattr(run, "samples", None)
+    return sample_blocks(tokens["t_start_ns"], tokens["t_end_ns"], samples, _f(s.get("sample_period_s")),
+                         int(s.get("t_origin_ns") or 0))
 
 
 def efficiency(run: Any, net: bool = False) -> Dict[str, Dict[str, Any]]:
@@ -134,12 +136,18 @@ def efficiency(run: Any, net: bool = False) -> Dict[str, Dict[str, Any]]:
     (output tokens per J), ``tokens_per_s``, ``edp_js`` (energy × duration),
     ``edp_per_token_js`` (J per output token × s per output token), ``prefill_edp_js``,
     ``decode_edp_js``, ``prefill_j_per_input_token`` (prefill J per input token),
-    ``decode_j_per_output_token`` (decode J per generated token, with the standard error of
-    the per-step values in ``run.tokens``), ``output_to_input_token_energy`` (the ratio of
-    the two; its uncertainty is the decode part's, propagated), ``decode_s_per_output_token``.
+    ``decode_j_per_output_token`` (decode J per generated token from the per-step rows in
+    ``run.tokens``: its standard error and 95 % interval count *independent power samples*,
+    not steps — steps whose midpoints fall in one sample share its reading and form one
+    block — and ``n`` is that number of blocks; ``resolved`` is the share of steps spanning a
+    whole sample), ``output_to_input_token_energy`` (the ratio of the two; its uncertainty
+    is the decode part's, propagated), ``decode_s_per_output_token`` (durations come from
+    the clock, so every step counts).
 
     ``net=True`` uses energy above the idle baseline (``net_energy_j``) throughout.
-    Whole-run figures are single measurements: their ``se`` is NaN.
+    Whole-run figures are single measurements: their ``se`` is NaN; every energy figure
+    carries the source's ``systematic`` uncertainty (``summary()["uncertainty"]``: kind and
+    value) when the run states one, which no number of tokens averages away.
     """
     s = _summary_of(run)
     ekey = "net_energy_j" if net else "energy_j"
@@ -166,8 +174,9 @@ def efficiency(run: Any, net: bool = False) -> Dict[str, Dict[str, Any]]:
 
     # Decode per token: from the per-step rows when present (they sum to the decode phase).
     tokens = getattr(run, "tokens", None)
-    dec_jpt, dec_se, k = _div(dec_e, dec_n), NAN, None
+    dec_jpt, dec_se, k, k_steps = _div(dec_e, dec_n), NAN, None, None
     dec_spt, dec_spt_se = _div(dec_d, dec_n), NAN
+    resolved = NAN
     if tokens is not None and len(tokens):
         en = np.asarray(tokens["energy_j"], dtype=np.float64)
         du = np.asarray(tokens["duration_s"], dtype=np.float64)
@@ -176,13 +185,21 @@ def efficiency(run: Any, net: bool = False) -> Dict[str, Dict[str, Any]]:
         nt = np.asarray(tokens["n_tokens"], dtype=np.float64)
         ok = ~np.isnan(en) & (nt > 0)
         if ok.any():
-            dec_jpt, dec_se = _ratio_se(en[ok], nt[ok])
+            dec_jpt, dec_se, k = block_ratio(en[ok], nt[ok], _token_blocks(run, tokens, s)[ok])
             dec_spt, dec_spt_se = _ratio_se(du[ok], nt[ok])
-            k = int(ok.sum())
+            k_steps = int(ok.sum())
+            resolved = float(np.mean(np.asarray(tokens["resolved"], dtype=bool)))
     out["decode_j_per_output_token"] = figure(dec_jpt, "J/token", dec_se, n=k)
-    out["decode_s_per_output_token"] = figure(dec_spt, "s/token", dec_spt_se, n=k)
+    out["decode_j_per_output_token"]["resolved"] = resolved
+    out["decode_s_per_output_token"] = figure(dec_spt, "s/token", dec_spt_se, n=k_steps)
     pre_jpt = out["prefill_j_per_input_token"]["value"]
     out["output_to_input_token_energy"] = figure(_div(dec_jpt, pre_jpt), "1", _div(dec_se, pre_jpt), n=k)
+    unc = s.get("uncertainty")
+    if isinstance(unc, dict):
+        sysu = {"kind": unc.get("kind"), "value": _f(unc.get("value"))}
+        for key in ("energy_j", "j_per_token", "j_per_output_token", "tokens_per_j", "edp_js", "edp_per_token_js",
+                    "prefill_edp_js", "decode_edp_js", "prefill_j_per_input_token", "decode_j_per_output_token"):
+            out[key]["systematic"] = dict(sysu)
     return out
 
 #: Architecture features that :func:`architecture_scaling` can regress on.
@@ -318,7 +335,14 @@ def compare_groups(runs_a: Any, runs_b: Any, figure: str = "j_per_output_token",
     tb = {t for s in sb for t in (s.get("tags") or [])}
     if ta != tb:
         differs.add("tags")
-    unexpected = sorted(d for d in differs if d not in _ALLOWED_DIFFS)
+    labels = source_labels(sa + sb)
+    if len(labels) > 1:
+        warnings.warn(f"compare_groups: the runs' figures are of different kinds ({', '.join(labels)}): "
+                      "a simulated or estimated figure is not a measurement, and their difference says little",
+                      RuntimeWarning, stacklevel=2)
+    unexpected = sorted(d for d in differs if d not in _ALLOWED_DIFFS and d != "source_kind")
+    if len(labels) <= 1 and "source_kind" in differs:
+        unexpected = sorted(unexpected + ["source_kind"])
     if unexpected:
         warnings.warn(f"compare_groups: the groups also differ in {', '.join(unexpected)}; the difference may "
                       "not be due to dtype/attention/engine alone", RuntimeWarning, stacklevel=2)
@@ -327,5 +351,10 @@ def compare_groups(runs_a: Any, runs_b: Any, figure: str = "j_per_output_token",
         "a": mean_ci(va, level), "b": mean_ci(vb, level),
         "diff": w["diff"], "rel_diff": w["rel_diff"], "se": w["se"], "df": w["df"], "t": w["t"], "p": w["p"],
         "ci95": w["ci95"], "significant": bool(w["ci95"][0] > 0 or w["ci95"][1] < 0),
-        "differs_in": sorted(differs),
+        "differs_in": sorted(differs), "source_labels": labels,
     }
+
+
+def source_labels(summaries_: Sequence[Dict[str, Any]]) -> List[str]:
+    """The distinct source labels (measured / estimated / simulated) of some run summaries, sorted."""
+    return sorted({str(s.get("source_label") or "unknown") for s in summaries_})

@@ -65,15 +65,32 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, default=_json_default, allow_nan=True))
 
 
-def print_summary(summary: dict) -> None:
-    """Print a run summary as tables (run figures, phases, domains)."""
+def _energy_with_range(summary: dict, key: str) -> str:
+    """``12.3 J (6.15 .. 24.6 J, ×2 systematic)``: an energy with the source's systematic range."""
+    from ..store.quality import uncertainty_summary
+
+    text = _fmt(summary.get(key), "J")
+    unc = summary.get("uncertainty")
+    if not isinstance(unc, dict) or unc.get("kind") in (None, "none", "unknown") or text == "-":
+        return text
+    u = uncertainty_summary(unc, summary.get(key), None)
+    short = u["text"].split(" (")[0]
+    return f"{text} ({_fmt(u['energy_j_low'])} .. {_fmt(u['energy_j_high'], 'J')}, {short} systematic)"
+
+
+def print_summary(summary: dict, resolution: Optional[dict] = None) -> None:
+    """Print a run summary as tables (run figures, how well they were measured, phases, domains)
+    and its warnings.  ``resolution`` overrides ``summary["resolution"]`` (for runs recorded
+    before energyprof kept it, computed from their rows)."""
+    from ..store.quality import resolution_lines, uncertainty_text
+
     label = summary.get("source_label", "measured")
     title = f"energyprof run {summary.get('run_id', '-')}  [{summary.get('source')}]"
     if label in ("estimated", "simulated"):
         title += f"  — {label.upper()} numbers"
     rows = [
-        ("energy", _fmt(summary.get("energy_j"), "J")),
-        ("net energy (above idle)", _fmt(summary.get("net_energy_j"), "J")),
+        ("energy", _energy_with_range(summary, "energy_j")),
+        ("net energy (above idle)", _energy_with_range(summary, "net_energy_j")),
         ("duration", _fmt(summary.get("duration_s"), "s")),
         ("baseline power", _fmt(summary.get("baseline_power_w"), "W")),
         ("peak power", _fmt(summary.get("peak_power_w"), "W")),
@@ -82,9 +99,20 @@ def print_summary(summary: dict) -> None:
         ("tokens per J", _fmt(summary.get("tokens_per_j"))),
         ("EDP", _fmt(summary.get("edp_js"), "J·s")),
         ("method / sample period", f"{summary.get('method')} / {_fmt(summary.get('sample_period_s'), 's')}"),
+        ("systematic uncertainty", uncertainty_text(summary.get("uncertainty"))),
         ("status", summary.get("status")),
     ]
+    gap_s = summary.get("gap_s")
+    if isinstance(gap_s, (int, float)) and gap_s > 0:
+        rows.insert(-1, ("sensor gaps in the run", _fmt(float(gap_s), "s")))
     _table(title, ["figure", "value"], rows)
+    res = resolution if resolution is not None else summary.get("resolution")
+    if isinstance(res, dict):
+        print("resolution:")
+        for line in resolution_lines(res):
+            print(f"  {line}")
+    for w in summary.get("warnings") or []:
+        print(f"warning: {w}")
     phases = summary.get("phases") or {}
     if phases:
         _table("phases", ["phase", "energy J", "duration s", "tokens", "J/token"],

@@ -9,6 +9,7 @@
     energyprof clean [--max-runs N] [--max-age-days D] [--dry-run]
     energyprof doctor [--json]
     energyprof demo
+    energyprof serve [--db PATH] [--host 127.0.0.1] [--port 8765] [--token T] [--read-only] [--open]
 
 User mistakes (bad run id, missing model directory, bad source spec) print one clear
 line on stderr and exit with status 2; no traceback.
@@ -20,7 +21,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import EXTRAS, MissingExtraError, UserError
-from . import carbon as _carbon, predict as _predict, sweep as _sweep
+from . import carbon as _carbon, predict as _predict, serve as _serve, sweep as _sweep
 from .common import add_db
 from .doctor import cmd_doctor
 from .monitor import add_monitor_parser
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--mode", choices=["minimal", "standard", "deep"], default="standard")
     sp.add_argument("--sync", choices=["auto", "none", "device"], default="auto")
     sp.add_argument("--baseline-s", type=float, default=2.0)
+    sp.add_argument("--post-baseline-s", type=float, default=0.0,
+                    help="seconds of idle power measured after generate(), to see baseline drift")
     sp.add_argument("--interval-ms", type=float, default=None)
     sp.add_argument("--name", default=None)
     sp.add_argument("--tag", action="append", help="tag the run (repeatable)")
@@ -125,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("carbon", help="CO2 and cost of runs, per run and per 1M tokens")
     _carbon.add_arguments(sp)
     sp.set_defaults(func=_carbon.cli_main)
+    sp = sub.add_parser("serve", help="web dashboard over the stored runs: history, run detail, compare, live")
+    _serve.add_arguments(sp)
+    sp.set_defaults(func=_serve.cli_main)
     return p
 
 

@@ -80,8 +80,11 @@ def profile(args) -> int:
     if getattr(tok, "pad_token_id", None) is not None and getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tok.pad_token_id
     gen_kw = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, do_sample=False)
+    post = getattr(args, "post_baseline_s", 0.0) or 0.0
+    if post < 0:
+        raise UserError("--post-baseline-s must be >= 0")
     run_kw = dict(source=args.source, mode=args.mode, sync=args.sync, baseline_s=args.baseline_s,
-                  db=args.db, save=not args.no_save, name=args.name, tags=args.tag or None)
+                  db=args.db, save=not args.no_save, name=args.name, tags=args.tag or None, post_baseline_s=post)
     if args.interval_ms:
         run_kw["interval_ms"] = args.interval_ms
     with ep_run(model, **run_kw) as s:

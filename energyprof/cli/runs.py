@@ -29,32 +29,45 @@ def cmd_runs(args) -> int:
 
 
 def cmd_show(args) -> int:
-    run = _load(args.run, _db(args))
-    if args.json:
-        _print_json(run.summary())
-    else:
-        print_summary(run.summary())
-        from ..analysis.efficiency import efficiency
+    from ..store.quality import resolution_of
 
-        eff = efficiency(run)
-        rows = []
-        for key, f in eff.items():
-            se = f.get("se")
-            unc = f"± {_fmt(se)}" if isinstance(se, float) and not math.isnan(se) else ""
-            unit = f.get("unit", "")
-            rows.append((key, _fmt(f.get("value"), "" if unit == "1" else unit), unc))
-        _table("efficiency (± standard error where the tokens give one)", ["figure", "value", "uncertainty"], rows)
-        ls = run.layer_summary()
-        if len(ls):
-            _table("layers (over all calls)", ["layer", "calls", "energy J", "mean J/call", "± SE", "share"],
-                   [(int(r["layer"]), int(r["n_calls"]), _fmt(float(r["energy_j"])), _fmt(float(r["mean_energy_j"])),
-                     _fmt(float(r["sem_energy_j"])), f"{100 * float(r['share']):.1f}%") for r in ls])
+    run = _load(args.run, _db(args))
+    summary = run.summary()
+    summary["resolution"] = resolution_of(run)   # runs from before it was kept get it from their rows
+    if args.json:
+        _print_json(summary)
+        return 0
+    print_summary(summary)
+    from ..analysis.efficiency import efficiency
+
+    eff = efficiency(run)
+    rows = []
+    for key, f in eff.items():
+        se = f.get("se")
+        unc = f"± {_fmt(se)}" if isinstance(se, float) and not math.isnan(se) else ""
+        if unc and f.get("n") is not None:
+            unc += f" (n={f['n']})"
+        unit = f.get("unit", "")
+        rows.append((key, _fmt(f.get("value"), "" if unit == "1" else unit), unc))
+    _table("efficiency (± standard error over n independent power samples, where the tokens give one)",
+           ["figure", "value", "uncertainty"], rows)
+    ls = run.layer_summary()
+    if len(ls):
+        _table("layers (over all calls; mean J/call of unresolved calls is a time share of their samples)",
+               ["layer", "calls", "energy J", "mean J/call", "± SE", "n samples", "resolved", "share"],
+               [(int(r["layer"]), int(r["n_calls"]), _fmt(float(r["energy_j"])), _fmt(float(r["mean_energy_j"])),
+                 _fmt(float(r["sem_energy_j"])), int(r["n_eff"]), f"{100 * float(r['resolved_share']):.0f}%",
+                 f"{100 * float(r['share']):.1f}%") for r in ls])
     return 0
 
 
 def cmd_compare(args) -> int:
     ra, rb = (_load(r, _db(args)) for r in (args.a, args.b))
-    res = compare(ra, rb, db=_db(args))
+    import warnings as _w
+
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")    # said once below, not as a Python warning
+        res = compare(ra, rb, db=_db(args))
     if args.json:
         _print_json(res)
         return 0
@@ -64,6 +77,8 @@ def cmd_compare(args) -> int:
         if isinstance(v, dict) and "a" in v:
             rows.append((k, _fmt(v.get("a")), _fmt(v.get("b")), _fmt(v.get("rel_diff"))))
     _table(f"run {args.a} vs run {args.b}", ["figure", str(args.a), str(args.b), "relative diff"], rows)
+    for w in res.get("warnings") or []:
+        print(f"warning: {w}")
     return 0
 
 

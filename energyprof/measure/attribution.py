@@ -19,6 +19,12 @@ Windows (monotonic ns, energyprof's one clock):
   ``sum(tokens.energy_j) == decode energy``.
 * calls: one row per hooked module call; its parent is the enclosing hooked call
   of its nearest hooked ancestor module, or the phase (``parent_id == -1``).
+
+How well each row was measured travels with it: ``samples_in_window``, ``resolved`` and
+``flags`` (the integrator's window flags and the gap pre-pass's, see
+energyprof.measure.integrate).  Holes in the samples never become 0 J: a short one is
+bridged by interpolated power (``FLAG_BRIDGED``); a long one makes the token and call
+rows touching it NaN (``FLAG_GAP``) while sections keep the interpolated figure, flagged.
 """
 from __future__ import annotations
 
@@ -28,12 +34,13 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import _core
-from .._dtypes import CALL_DTYPE, DOMAINS, SECTION_DTYPE, TOKEN_DTYPE
+from .._dtypes import (CALL_DTYPE, DOMAINS, SECTION_DTYPE, TOKEN_DTYPE, flag_names, measured_domains, total_of,
+                       total_rule)
+from ..store.quality import period_text, resolution_summary
+from .integrate import MAX_BRIDGE_PERIODS, _period_s, integrate_bridged
 
 _DOMAIN_COLS = [f"{d}_j" for d in DOMAINS]
 _SAMPLE_COLS = [f"{d}_w" for d in DOMAINS]
-_PKG = DOMAINS.index("package")
-_DRAM = DOMAINS.index("dram")
 
 
 @dataclass
@@ -73,51 +80,16 @@ class Attribution:
     summary: dict = field(default_factory=dict)
 
 
-def measured_domains(samples: np.ndarray) -> list[bool]:
-    """Which domains the source measured (not NaN in every sample)."""
-    if len(samples) == 0:
-        return [False] * len(DOMAINS)
-    return [bool(np.any(~np.isnan(samples[c]))) for c in _SAMPLE_COLS]
-
-
-def total_rule(measured: Sequence[bool]) -> str:
-    """The rule that turns per-domain energy into one total, decided once per run.
-
-    RAPL-style sources report a package domain that already contains its cores
-    (``cpu``); DRAM is outside the package.  Sources without a package domain
-    (powermetrics, NVML, synthetic) report disjoint domains that add up.
-    """
-    if measured[_PKG]:
-        return "package + dram" if measured[_DRAM] else "package"
-    names = [d for d, m in zip(DOMAINS, measured) if m]
-    return " + ".join(names) if names else "none"
-
-
-def total_of(domain_j: np.ndarray, measured: Sequence[bool]) -> np.ndarray:
-    """Total energy per row of an (M, 5) domain array under ``total_rule``."""
-    domain_j = np.asarray(domain_j, dtype=np.float64)
-    if domain_j.ndim == 1:
-        domain_j = domain_j[None, :]
-    if measured[_PKG]:
-        cols = [_PKG] + ([_DRAM] if measured[_DRAM] else [])
-    else:
-        cols = [i for i, m in enumerate(measured) if m]
-    if not cols:
-        return np.full(domain_j.shape[0], np.nan)
-    return np.nansum(domain_j[:, cols], axis=1) if len(cols) > 1 else domain_j[:, cols[0]].copy()
-
-
-def sample_period_s(samples: np.ndarray) -> float:
-    """Median sample period in seconds (interval length, or spacing of instants)."""
-    if len(samples) == 0:
-        return float("nan")
-    if samples["kind"][0] == _core.KIND_INTERVAL:
-        d = samples["t_end_ns"] - samples["t_start_ns"]
-    else:
-        if len(samples) < 2:
-            return float("nan")
-        d = np.diff(samples["t_start_ns"])
-    return float(np.median(d)) * 1e-9
+def sample_period_s(samples: np.ndarray, nominal_s: Optional[float] = None) -> float:
+    """Median sample period in seconds (interval length, or spacing of instants), leaving
+    out the FINAL sample cut short at stop; ``nominal_s`` (the sampler's period) when no
+    whole sample is there to measure it from (a run shorter than one period)."""
+    only_final = len(samples) > 0 and samples["kind"][0] == _core.KIND_INTERVAL and \
+        bool(np.all(samples["flags"] & _core.SFLAG_FINAL))
+    if nominal_s is not None and (len(samples) == 0 or only_final or
+                                  (samples["kind"][0] != _core.KIND_INTERVAL and len(samples) < 2)):
+        return float(nominal_s)
+    return _period_s(samples)
 
 
 def pair_events(events: np.ndarray, n_spans: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -181,12 +153,17 @@ def attribute(
     spans: Sequence[SpanInfo],
     user_sections: Sequence[UserSection] = (),
     baseline: Optional[tuple[int, int]] = None,
+    post_baseline: Optional[tuple[int, int]] = None,
+    nominal_period_s: Optional[float] = None,
 ) -> Attribution:
     """Integrate every window of a run and build its sections, tokens and calls.
 
     ``spans[i]`` describes hook span id ``i`` (span ids whose ``layer``/``component``
     are for the top-level forward are excluded by the caller).  ``baseline`` is the
-    idle window measured before the run, or None.
+    idle window measured before the run, or None; ``post_baseline`` an idle window after
+    it (to see drift), or None; ``nominal_period_s`` the sampler's period, used for
+    ``sample_period_s`` when the run is too short to hold a whole sample.  The summary's ``warnings`` list what a person must know
+    about the numbers (negative net energy, an unresolved baseline, drift, long gaps).
     """
     measured = measured_domains(samples)
     segs, slots = _phase_windows(forwards, t_start_ns, t_end_ns)
@@ -198,6 +175,9 @@ def attribute(
     i_base = len(wins)
     if baseline is not None:
         wins.append(baseline)
+    i_post = len(wins)
+    if post_baseline is not None:
+        wins.append(post_baseline)
     i_seg = len(wins)
     wins += [(s, e) for _, s, e, _ in segs]
     i_user = len(wins)
@@ -210,11 +190,19 @@ def attribute(
     windows[:i_call] = np.asarray(wins, dtype=np.int64).reshape(-1, 2)
     windows[i_call:, 0] = c_begin
     windows[i_call:, 1] = c_end
+    bridged = None
     if len(samples):
-        dom_j, win_flags, n_in = _core.integrate(samples, windows)
+        ig = integrate_bridged(samples, windows)
+        dom_j, win_flags, n_in, bridged = ig.energy_j, ig.flags, ig.samples_in_window, ig.bridged
+        # A token or call touching a long hole is unknown: the interpolation there is a
+        # guess at the scale of the whole gap, not of the row.  Sections keep it, flagged.
+        unknown = ig.long_gap.copy()
+        unknown[:i_tok] = False
+        dom_j[unknown] = np.nan
     else:
         dom_j = np.full((len(windows), len(DOMAINS)), np.nan)
         n_in = np.zeros(len(windows), np.int32)
+        win_flags = np.full(len(windows), _core.WIN_OUTSIDE, np.uint32)
     tot_j = total_of(dom_j, measured)
     dur_s = (windows[:, 1] - windows[:, 0]) * 1e-9
 
@@ -235,14 +223,19 @@ def attribute(
             rows[c] = dom_j[idx, k]
         rows["samples_in_window"] = n_in[idx]
         rows["resolved"] = n_in[idx] > 0
+        rows["flags"] = win_flags[idx]
 
-    # ---- sections: run (0), phases, baseline, user sections
+    # ---- sections: run (0), phases, user sections, baseline, post-run baseline
     n_user = len(user_sections)
-    sections = np.zeros(1 + len(segs) + n_user + (1 if baseline is not None else 0), SECTION_DTYPE)
+    n_base = (baseline is not None) + (post_baseline is not None)
+    sections = np.zeros(1 + len(segs) + n_user + n_base, SECTION_DTYPE)
     sections["section_id"] = np.arange(len(sections))
     sec_idx = [0] + list(range(i_seg, i_seg + len(segs))) + list(range(i_user, i_user + n_user))
-    if baseline is not None:
-        sec_idx.append(i_base)
+    base_rows = []
+    for win, i_w, name in ((baseline, i_base, "baseline"), (post_baseline, i_post, "post_baseline")):
+        if win is not None:
+            base_rows.append((len(sec_idx), name))
+            sec_idx.append(i_w)
     fill(sections, np.asarray(sec_idx))
     sections["net_energy_j"] = net_j[sec_idx]
     sections[0]["kind"], sections[0]["name"], sections[0]["parent_id"] = "run", "run", -1
@@ -254,10 +247,10 @@ def attribute(
         r = sections[first_user + k]
         r["kind"], r["name"] = "section", u.name
         r["parent_id"] = 0 if u.parent < 0 else first_user + u.parent
-    if baseline is not None:
-        r = sections[-1]
-        r["kind"], r["name"], r["parent_id"] = "baseline", "baseline", -1
-        r["net_energy_j"] = 0.0
+    for row, name in base_rows:
+        r = sections[row]
+        r["kind"], r["name"], r["parent_id"] = "baseline", name, -1
+        r["net_energy_j"] = 0.0 if name == "baseline" else r["net_energy_j"]
 
     # ---- tokens
     tokens = np.zeros(len(decode_slots), TOKEN_DTYPE)
@@ -308,8 +301,8 @@ def attribute(
         parent_row = 0 if u.parent < 0 else first_user + u.parent
         if parent_row != 0:
             sections["unattributed_j"][parent_row] -= sections["energy_j"][first_user + k]
-    if baseline is not None:
-        sections["unattributed_j"][-1] = 0.0
+    for row, _ in base_rows:
+        sections["unattributed_j"][row] = 0.0
 
     # ---- summary figures
     run_j = float(tot_j[0])
@@ -333,9 +326,16 @@ def attribute(
         if np.any(in_run):
             pw = np.stack([samples[c][in_run] for c in _SAMPLE_COLS], axis=1)
             peak_w = float(np.nanmax(total_of(pw, measured)))
+    period_s = sample_period_s(samples, nominal_period_s)
+    gap_stats = _gap_stats(bridged, t_start_ns, t_end_ns)
+    all_calls_resolved = calls["resolved"] if len(calls) else None
+    resolution = resolution_summary(period_s, sections["resolved"][phase_rows], tokens["resolved"],
+                                    all_calls_resolved, gaps=gap_stats)
+    base_idx = {name: row for row, name in base_rows}
+    resolution["baseline"] = bool(sections["resolved"][base_idx["baseline"]]) if "baseline" in base_idx else None
     summary = {
-        "method": ("interval-exact" if len(samples) and samples["kind"][0] == _core.KIND_INTERVAL else "trapezoid"),
-        "sample_period_s": sample_period_s(samples),
+        "method": (METHOD_INTERVAL if len(samples) and samples["kind"][0] == _core.KIND_INTERVAL else METHOD_INSTANT),
+        "sample_period_s": period_s,
         "duration_s": run_s,
         "energy_j": run_j,
         "net_energy_j": float(net_j[0]),
@@ -355,8 +355,76 @@ def attribute(
         "unattributed_j": float(sections["unattributed_j"][0]),
         "n_forwards": len(forwards),
         "n_decode_steps": len(decode_slots),
+        "resolution": resolution,
+        "gap_s": gap_stats["bridged_s"] + gap_stats["long_s"],
+        "flags": int(sections["flags"][0]),
+        "flag_names": flag_names(int(sections["flags"][0])),
     }
+    if "post_baseline" in base_idx:
+        r = sections[base_idx["post_baseline"]]
+        post_w = float(r["energy_j"] / r["duration_s"]) if r["duration_s"] > 0 else float("nan")
+        summary["post_baseline_power_w"] = post_w
+        summary["baseline_drift_w"] = post_w - base_power_w if baseline is not None else float("nan")
+    summary["warnings"] = _warnings(summary, sections, base_idx, baseline)
     return Attribution(sections=sections, tokens=tokens, calls=calls, summary=summary)
+
+
+#: ``summary()["method"]``: how energy inside one sample is divided among the windows in it.
+METHOD_INTERVAL = "time-split within sample"
+METHOD_INSTANT = "trapezoid between samples"
+
+#: Net energy counts as negative below -this share of the gross (rounding of a constant power stays above).
+NET_ROUNDING_SHARE = 1e-9
+#: A post-run baseline that differs from the pre-run one by more than this share warns.
+DRIFT_WARN_SHARE = 0.10
+
+
+def _gap_stats(bridged, t_start_ns: int, t_end_ns: int) -> dict:
+    """How much of the run window the holes cover, bridged and long (``resolution["gaps"]``)."""
+    out = {"n": 0, "n_long": 0, "bridged_s": 0.0, "long_s": 0.0,
+           "max_bridge_s": float(bridged.max_bridge_s) if bridged is not None else float("nan")}
+    if bridged is None or len(bridged.holes.t_start_ns) == 0:
+        return out
+    holes = bridged.holes
+    d = holes.duration_s(t_start_ns, t_end_ns)
+    inside = d > 0
+    out["n"] = int(inside.sum())
+    out["n_long"] = int((inside & holes.long).sum())
+    out["bridged_s"] = float(d[~holes.long].sum())
+    out["long_s"] = float(d[holes.long].sum())
+    return out
+
+
+def _warnings(summary: dict, sections: np.ndarray, base_idx: dict, baseline) -> list:
+    """What a person must be told about a run's numbers, one sentence each."""
+    out = []
+    period = period_text(summary.get("sample_period_s"))
+    if "baseline" in base_idx:
+        b = sections[base_idx["baseline"]]
+        base_w = summary["baseline_power_w"]
+        if not b["resolved"]:
+            out.append(f"the idle baseline window ({float(b['duration_s']):.3g} s) spans no whole power sample "
+                       f"({period} samples): baseline_power_w {base_w:.4g} W is split by time within a sample; "
+                       "use a baseline_s of at least two sample periods")
+        net = summary["net_energy_j"]
+        if net < -NET_ROUNDING_SHARE * abs(summary["energy_j"]):  # below zero by more than rounding
+            run_w = summary["energy_j"] / summary["duration_s"] if summary["duration_s"] > 0 else float("nan")
+            out.append(f"net energy {net:.4g} J is negative: the idle baseline ({base_w:.4g} W over "
+                       f"{float(b['duration_s']):.3g} s before the run) is above the run's mean power "
+                       f"({run_w:.4g} W); the baseline was not idle or the power drifted, so net figures are "
+                       "not meaningful (use energy_j, or measure a post-run baseline with post_baseline_s)")
+    drift = summary.get("baseline_drift_w")
+    if drift is not None and drift == drift and "baseline" in base_idx:
+        base_w = summary["baseline_power_w"]
+        if abs(drift) > DRIFT_WARN_SHARE * abs(base_w):
+            out.append(f"the idle baseline drifted by {drift:+.4g} W ({summary['post_baseline_power_w']:.4g} W after "
+                       f"the run against {base_w:.4g} W before): net figures carry that much doubt")
+    gaps = summary["resolution"].get("gaps") or {}
+    if gaps.get("n_long"):
+        out.append(f"{gaps['n_long']} gap(s) in the power samples longer than {gaps['max_bridge_s']:.3g} s "
+                   f"({MAX_BRIDGE_PERIODS:g} sample periods; {gaps['long_s']:.3g} s in all): tokens and calls there are unknown (NaN, flagged "
+                   "'gap'); the run and phase totals interpolate over them (flagged)")
+    return out
 
 
 def _parents(span_ids: np.ndarray, begins: np.ndarray, ends: np.ndarray, spans: Sequence[SpanInfo]) -> np.ndarray:

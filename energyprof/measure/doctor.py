@@ -36,6 +36,9 @@ AUTO_ORDER = ("ioreport", "powermetrics", "nvml", "rapl", "estimate")
 NOT_MEASURED = ("estimate", "synthetic")
 
 POWERMETRICS = "/usr/bin/powermetrics"
+#: The root-owned wrapper scripts/setup_powermetrics.sh installs; the powermetrics source
+#: runs ``sudo -n POWERMETRICS_WRAPPER -f plist -i MS --samplers ...`` when not root.
+POWERMETRICS_WRAPPER = "/opt/energyprof/bin/energyprof-powermetrics"
 SETUP_SCRIPT = "sudo bash scripts/setup_powermetrics.sh   (from the energyprof source tree)"
 RAPL_CHMOD = "sudo chmod o+r /sys/class/powercap/intel-rapl:*/energy_uj"
 RAPL_PERSIST = ("persist across reboots: echo 'z /sys/class/powercap/intel-rapl:*/energy_uj 0444 - - -' | "
@@ -92,11 +95,13 @@ def _ioreport_row(system: str) -> Dict[str, object]:
 
 
 def _sudo_allows_powermetrics() -> bool:
-    """True when `sudo -n` may run powermetrics without asking for a password."""
+    """True when `sudo -n` may run the powermetrics wrapper, with the arguments the
+    powermetrics source passes, without asking for a password."""
     if shutil.which("sudo") is None:
         return False
     try:
-        r = subprocess.run(["sudo", "-n", "-l", POWERMETRICS], capture_output=True, timeout=10)
+        r = subprocess.run(["sudo", "-n", "-l", POWERMETRICS_WRAPPER, "-f", "plist", "-i", "1000", "--samplers",
+                            "cpu_power,gpu_power,thermal"], capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return False
     return r.returncode == 0
@@ -113,7 +118,7 @@ def _powermetrics_row(system: str, euid: int, sudo_ok: Callable[[], bool],
         return _row("powermetrics", "powermetrics", True, "measured", "running as root")
     if sudo_ok():
         return _row("powermetrics", "powermetrics", True, "measured",
-                    "sudo -n may run /usr/bin/powermetrics (sudoers rule present)")
+                    f"sudo -n may run {POWERMETRICS_WRAPPER} (the wrapper and its sudoers rule are installed)")
     return _row("powermetrics", "powermetrics", False, "measured",
                 "powermetrics needs root and sudo would ask for a password", SETUP_SCRIPT)
 

@@ -34,8 +34,10 @@ import numpy as np
 from .. import _core
 from .._version import __version__
 from ..errors import MissingExtraError
+from ..store.quality import uncertainty_summary
 from ..store.rundata import RunData, sample_row_dtype, with_rank
 from .attribution import Forward, SpanInfo, UserSection, attribute
+from .sources import systematic_uncertainty
 
 MODES = ("minimal", "standard", "deep")
 SYNCS = ("auto", "none", "device")
@@ -45,6 +47,8 @@ _ACTIVE_LOCK = threading.Lock()
 
 #: How often samples are written to the store while a run goes on (seconds).
 SAVE_EVERY_S = 0.5
+#: The longest the source is left to settle between the sampler's start and the baseline.
+SETTLE_MAX_S = 0.5
 
 
 class Session(RunData):
@@ -71,6 +75,7 @@ class Session(RunData):
         hook_method: str = "wrap",
         engine: Optional[str] = None,
         distributed: Any = "auto",
+        post_baseline_s: float = 0.0,
     ) -> None:
         super().__init__()
         try:
@@ -86,6 +91,8 @@ class Session(RunData):
             raise ValueError(f"sync must be one of {', '.join(SYNCS)}; got {sync!r}")
         if baseline_s is None or not (baseline_s >= 0):
             raise ValueError(f"baseline_s must be >= 0 seconds; got {baseline_s!r}")
+        if post_baseline_s is None or not (post_baseline_s >= 0):
+            raise ValueError(f"post_baseline_s must be >= 0 seconds; got {post_baseline_s!r}")
         if interval_ms is not None and not (interval_ms > 0):
             raise ValueError(f"interval_ms must be > 0; got {interval_ms!r}")
         self.model = model
@@ -93,6 +100,7 @@ class Session(RunData):
         self.mode = mode
         self.sync = sync
         self.baseline_s = float(baseline_s)
+        self.post_baseline_s = float(post_baseline_s)
         self.interval_ms = interval_ms
         self.db = db
         self.save = bool(save)
@@ -119,6 +127,7 @@ class Session(RunData):
         self._saver: Optional[threading.Thread] = None
         self._saver_stop = threading.Event()
         self._samples_written = 0
+        self._progress_written: Optional[Dict[str, Any]] = None
         self._save_error: Optional[BaseException] = None
         self._handles: list = []
         # mode="deep" ops (energyprof.measure.deep) and live callbacks (energyprof.live)
@@ -175,7 +184,12 @@ class Session(RunData):
         self._sampler.start()
         self._wall_start_ns = _core.wall_ns()
         self._baseline = None
+        self._settle_s = 0.0
         if self.baseline_s > 0:
+            # Let the source settle for one sample period (at most SETTLE_MAX_S) before the
+            # baseline: a sensor's first reading after it starts is often off.
+            self._settle_s = min(self._sampler.interval_ns * 1e-9, SETTLE_MAX_S)
+            time.sleep(self._settle_s)
             b0 = _core.now_ns()
             time.sleep(self.baseline_s)
             self._baseline = (b0, _core.now_ns())
@@ -292,7 +306,8 @@ class Session(RunData):
                     past_len = int(past.get_seq_length())   # from the cache's tensor shapes
                 except Exception:
                     past_len = 1
-            meta = {"batch": batch, "seq": seq, "past_len": past_len, "cache_position": None, "mask": None}
+            meta = {"batch": batch, "seq": seq, "past_len": past_len, "cache_position": None, "mask": None,
+                    "t_ns": _core.now_ns()}
             if not past_len:            # may start a generation: keep what _forwards reads later
                 meta["cache_position"] = kwargs.get("cache_position")
                 mask = kwargs.get("attention_mask")
@@ -300,7 +315,8 @@ class Session(RunData):
                     meta["mask"] = mask
             self._forward_meta.append(meta)
         except Exception as e:  # never break the model
-            self._forward_meta.append({"batch": 1, "seq": 1, "past_len": None, "cache_position": None, "mask": None})
+            self._forward_meta.append({"batch": 1, "seq": 1, "past_len": None, "cache_position": None, "mask": None,
+                                       "t_ns": _core.now_ns()})
             warnings.warn(f"energyprof: could not read the forward's input shape ({e})", RuntimeWarning)
         return None
 
@@ -464,14 +480,49 @@ class Session(RunData):
             if len(new):
                 self._store.write_samples(self.run_id_, new)
                 self._samples_written += len(new)
+            progress = self.progress()
+            if progress != self._progress_written:
+                self._store.write_progress(self.run_id_, progress)
+                self._progress_written = progress
         except Exception as e:  # keep the run in memory; report on exit
             self._save_error = e
+
+    def progress(self) -> Dict[str, Any]:
+        """How far the run has got, from the top-level forwards seen so far (provisional:
+        the figures of the finished run come from the integration at its end).
+
+        ``{"t_start_ns"`` (start of the run after the idle baseline; None during it),
+        ``"phase"`` (baseline, pre_inference, prefill or decode), ``"forwards"`` (top-level
+        forwards started), ``"tokens"`` (one per sequence per forward started),
+        ``"tok_s"`` (tokens per second between the first and the latest forward's start),
+        ``"t_last_forward_ns"``}.  The saver writes it to the store with the samples
+        (``summary["progress"]`` while the run is ``running``)."""
+        t_start = getattr(self, "_t_start_ns", None)
+        metas = list(self._forward_meta)
+        out: Dict[str, Any] = {"t_start_ns": t_start, "phase": "baseline" if t_start is None else "pre_inference",
+                               "forwards": len(metas), "tokens": 0, "tok_s": None, "t_last_forward_ns": None}
+        if not metas:
+            return out
+        prev_seq = metas[-2].get("seq") if len(metas) > 1 else None
+        out["phase"] = "prefill" if forward_is_prefill(metas[-1], len(metas) - 1, prev_seq) else "decode"
+        out["tokens"] = int(sum(int(m.get("batch", 1)) for m in metas))
+        t0, t1 = metas[0].get("t_ns"), metas[-1].get("t_ns")
+        out["t_last_forward_ns"] = t1
+        if t0 is not None and t1 is not None and t1 > t0:
+            # the tokens of every forward before the latest one, over the time they took
+            out["tok_s"] = (out["tokens"] - int(metas[-1].get("batch", 1))) / ((t1 - t0) * 1e-9)
+        return out
 
     # ------------------------------------------------------------------ exit
     def __exit__(self, exc_type, exc, tb) -> bool:
         t_end_ns = _core.now_ns()
         try:
             self._teardown_hooks()
+            self._post_baseline = None
+            if self.post_baseline_s > 0 and exc_type is None:
+                p0 = _core.now_ns()
+                time.sleep(self.post_baseline_s)   # idle again, hooks gone: the drift check
+                self._post_baseline = (p0, _core.now_ns())
             self._sampler.stop()
             if self._live is not None:
                 self._live.stop()   # delivers what is left from its own thread, then joins
@@ -512,7 +563,8 @@ class Session(RunData):
             if u.t_end_ns < 0:
                 u.t_end_ns = t_end_ns
         att = attribute(samples, self._t_start_ns, t_end_ns, forwards, rest, self._spans, self._user_sections,
-                        self._baseline)
+                        self._baseline, post_baseline=getattr(self, "_post_baseline", None),
+                        nominal_period_s=self._sampler.interval_ns * 1e-9)
         calls = att.calls
         deep_summary = None
         if self.mode == "deep" and len(calls):
@@ -528,6 +580,12 @@ class Session(RunData):
         summary = dict(self._meta)
         summary.update(att.summary)
         summary.update({"run_id": self.run_id_, "status": status})
+        summary["baseline_settle_s"] = self._settle_s
+        summary["post_baseline_s"] = self.post_baseline_s
+        summary["uncertainty"] = uncertainty_summary(systematic_uncertainty(self._source.kind, self._source.params),
+                                                     summary["energy_j"], self._source.label)
+        for message in summary["warnings"]:
+            warnings.warn(f"energyprof: {message}", RuntimeWarning, stacklevel=3)
         if self._buffer.dropped:
             summary["hook_events_dropped"] = int(self._buffer.dropped)
         summary["samples_dropped"] = int(self._sampler.dropped)
@@ -549,7 +607,8 @@ class Session(RunData):
                     if len(new):
                         self._store.write_samples(self.run_id_, new)
                 self._store.finish_run(self.run_id_, summary, att.sections, att.tokens, self._layers,
-                                       self._components, status, ops=self._ops, heads=self._heads)
+                                       self._components, status, ops=self._ops, heads=self._heads,
+                                       all_samples=samples)
             except Exception as e:
                 self._save_error = self._save_error or e
             finally:
@@ -745,6 +804,7 @@ def run(
     hook_method: str = "wrap",
     engine: Optional[str] = None,
     distributed: Any = "auto",
+    post_baseline_s: float = 0.0,
 ) -> Session:
     """Profile the energy of everything a model does inside a ``with`` block.
 
@@ -761,7 +821,10 @@ def run(
         ``"deep"`` (+ the ops inside attention, MLP and norms in ``s.ops``, per-head
         statistics in ``s.heads``, activation statistics; see docs/deep.md).
     sync: ``"auto"`` (device sync on cuda/mps, none on cpu), ``"none"``, ``"device"``.
-    baseline_s: seconds of idle power measured before the run (0 skips it).
+    baseline_s: seconds of idle power measured before the run (0 skips it), after the
+        source settled for one sample period (at most 0.5 s).
+    post_baseline_s: seconds of idle power measured after the block (0, the default,
+        skips it): ``summary()["baseline_drift_w"]`` says how far idle power moved.
     interval_ms: sampling period (default: the source's own).
     db, save: where the run is stored (default ``$ENERGYPROF_DB`` or the user data dir);
         ``save=False`` keeps it in memory only.
@@ -779,4 +842,4 @@ def run(
     """
     return Session(model, source=source, mode=mode, sync=sync, baseline_s=baseline_s, interval_ms=interval_ms,
                    db=db, save=save, name=name, tags=tags, hook_method=hook_method, engine=engine,
-                   distributed=distributed)
+                   distributed=distributed, post_baseline_s=post_baseline_s)

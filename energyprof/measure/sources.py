@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
-__all__ = ["Source", "parse_spec", "open", "KINDS", "LABELS", "format_spec"]
+__all__ = ["Source", "parse_spec", "open", "KINDS", "LABELS", "format_spec", "SYSTEMATIC", "systematic_uncertainty"]
 
 DOMAINS = ("cpu", "gpu", "ane", "dram", "package")
 
@@ -40,6 +40,49 @@ LABELS: Dict[str, str] = {
     "rapl": "measured",
     "ioreport": "measured",
 }
+
+#: What each kind says about its own systematic error (the figure every total carries in
+#: ``summary()["uncertainty"]``).  ``kind`` is ``"relative"`` (the true energy lies within
+#: ``± value`` of the reading), ``"factor"`` (within ``[reading / value, reading * value]``)
+#: or ``"none"`` (exact by construction); ``documented`` says whether the maker states the
+#: figure or energyprof assumes it.  See docs/methodology.md, "Systematic uncertainty".
+SYSTEMATIC: Dict[str, Dict[str, object]] = {
+    "synthetic": {"kind": "none", "value": 0.0, "documented": True,
+                  "basis": "a programmed power signal, exact by construction"},
+    "estimate": {"kind": "factor", "value": 2.0, "documented": False,
+                 "basis": "a model of CPU power from CPU time and a per-core wattage, not a measurement: "
+                          "about a factor of 2 unless calibrated against a meter on this machine"},
+    "nvml": {"kind": "relative", "value": 0.05, "documented": True,
+             "basis": "NVIDIA documents nvmlDeviceGetPowerUsage as accurate to within +/-5 % of the current "
+                      "power draw (stated for Fermi and Kepler; later GPUs state no figure)"},
+    "rapl": {"kind": "relative", "value": 0.10, "documented": False,
+             "basis": "Intel states no accuracy for RAPL (a model before Haswell, measured from Haswell on); "
+                      "+/-10 % assumed"},
+    "powermetrics": {"kind": "relative", "value": 0.10, "documented": False,
+                     "basis": "Apple documents no accuracy for powermetrics' energy estimates; +/-10 % assumed"},
+    "plist": {"kind": "relative", "value": 0.10, "documented": False,
+              "basis": "a replayed powermetrics capture: Apple documents no accuracy; +/-10 % assumed"},
+    "ioreport": {"kind": "relative", "value": 0.10, "documented": False,
+                 "basis": "Apple documents no accuracy for the IOReport energy counters; +/-10 % assumed"},
+}
+
+
+def systematic_uncertainty(kind: str, params: Optional[Mapping[str, str]] = None) -> Dict[str, object]:
+    """The systematic uncertainty a source of ``kind`` states for its readings (a copy of
+    :data:`SYSTEMATIC`), with a note when an ``estimate`` was given its own wattage.
+
+    >>> systematic_uncertainty("estimate")["value"]
+    2.0
+    """
+    if kind not in SYSTEMATIC:
+        return {"kind": "unknown", "value": float("nan"), "documented": False,
+                "basis": f"source kind {kind!r} states no systematic uncertainty"}
+    out = dict(SYSTEMATIC[kind])
+    if kind == "estimate" and params and "watts_per_core" in params:
+        out["basis"] = (str(out["basis"]) + "; watts_per_core was given: if it was calibrated against a meter, "
+                        "that calibration's accuracy applies instead")
+    return out
+
 
 # The same number syntax the C side accepts with strtod (no '_' separators, no
 # hex, no inf/nan), so a spec that passes here never fails there for its shape.
@@ -80,6 +123,13 @@ def _sample_period_ms(key: str, value: str) -> str:
     _period_ms(key, value)
     if _number(key, value) < 0.01:
         raise ValueError(f"{key!r} must be >= 0.01 (the fastest poll interval), got {value!r}")
+    return value
+
+
+def _gap_ms(key: str, value: str) -> str:
+    # As in the C source: a time in ms from the source's start, >= 0 and far inside int64 ns.
+    if not 0 <= _number(key, value) <= 1e10:
+        raise ValueError(f"{key!r} must be in [0, 1e10], got {value!r}")
     return value
 
 
@@ -185,9 +235,11 @@ KINDS: Dict[str, KindSpec] = {
             "ramp_w_per_s": _num,
             "active_w": _num,
             "domain": _domain,
+            "gap_at_ms": _gap_ms,
+            "gap_ms": _gap_ms,
         },
         doc="synthetic[:power_w=W,period_ms=MS,noise_w=W,seed=N,square_w=W,square_period_ms=MS,"
-            "ramp_w_per_s=W,active_w=W,domain=cpu|gpu|ane|dram|package]",
+            "ramp_w_per_s=W,active_w=W,domain=cpu|gpu|ane|dram|package,gap_at_ms=MS,gap_ms=MS]",
     ),
     "plist": KindSpec(keys={"path": _existing_file, "speed": _speed}, positional="path", whole=_plist_whole,
                       doc="plist:PATH[,speed=1.0|max]"),

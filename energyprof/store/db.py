@@ -35,6 +35,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import MissingExtraError
+from . import levels as _levels
 from . import schema as _schema
 from .rundata import ARRAY_NAMES, RunData, _default_dtype
 
@@ -44,7 +45,9 @@ DbArg = Union[None, PathLike, "Store"]
 ARRAY_TABLES = _schema.ARRAY_TABLES
 STATUSES = _schema.STATUSES
 SORT_KEYS = tuple(_schema.SORT_KEYS)
-FILTERS = ("model", "arch", "source", "status", "tag", "since", "until", "search")
+FILTERS = ("model", "arch", "source", "label", "status", "tag", "since", "until", "search")
+#: The labels a run's numbers carry (summary["source_label"]).
+LABELS = ("measured", "estimated", "simulated")
 EXPORT_FORMATS = ("json", "csv", "parquet")
 EXPORT_FORMAT_TAG = "energyprof-run"
 
@@ -319,16 +322,21 @@ class Store:
         with "database is locked by another process".
     mark_stale:
         Mark runs left ``running`` by a process that no longer exists as ``interrupted``.
+    readonly:
+        Open the file read-only (SQLite ``mode=ro``) even where it could be written: every
+        write raises PermissionError.  The file must exist.
     """
 
     def __init__(self, path: Optional[PathLike] = None, *, busy_timeout_ms: int = 5000, mark_stale: bool = True,
-                 queue_jobs: int = 64) -> None:
+                 queue_jobs: int = 64, readonly: bool = False) -> None:
         self.path = os.path.abspath(os.fspath(path) if path is not None else default_path())
         self.busy_timeout_ms = int(busy_timeout_ms)
         self._queue_jobs = int(queue_jobs)
         self._writer = None
         self._conn: Optional[sqlite3.Connection] = None
-        self.readonly = _file_readonly(self.path)
+        if readonly and not os.path.exists(self.path):
+            raise FileNotFoundError(f"no run store at {self.path} (a read-only store must exist)")
+        self.readonly = bool(readonly) or _file_readonly(self.path)
         if not self.readonly and not os.path.exists(self.path):
             parent = os.path.dirname(self.path)
             if parent:
@@ -475,12 +483,16 @@ class Store:
                    tokens: Optional[np.ndarray] = None, layers: Optional[np.ndarray] = None,
                    components: Optional[np.ndarray] = None, status: str = "completed", *,
                    ops: Optional[np.ndarray] = None, samples: Optional[np.ndarray] = None,
-                   heads: Optional[np.ndarray] = None, ranks: Optional[np.ndarray] = None,
-                   rank_sections: Optional[np.ndarray] = None, rank_tokens: Optional[np.ndarray] = None) -> None:
+                   heads: Optional[np.ndarray] = None, all_samples: Optional[np.ndarray] = None,
+                   ranks: Optional[np.ndarray] = None, rank_sections: Optional[np.ndarray] = None,
+                   rank_tokens: Optional[np.ndarray] = None) -> None:
         """Write the run's arrays and final summary, then set ``status``; waits until committed.
 
-        ``heads`` are mode="deep" attention statistics (``HEAD_DTYPE``, table head_metrics);
-        ``ranks``, ``rank_sections``, ``rank_tokens`` the per-rank rows of a multi-rank run.
+        ``heads`` are mode="deep" attention statistics (``HEAD_DTYPE``, table head_metrics).
+        ``all_samples``, every sample of the run in time order, gives the downsampling
+        levels (:mod:`energyprof.store.levels`, table sample_levels) that plots of long
+        runs read instead of the raw samples.
+        ``ranks``, ``rank_sections``, ``rank_tokens`` are the per-rank rows of a multi-rank run.
         Rows written earlier for sections/tokens/layers/components/ops/heads of this run are
         replaced (finishing twice is harmless); ``samples`` (optional) are *appended*
         to those written with :meth:`write_samples`.  The runs row is updated last,
@@ -499,6 +511,8 @@ class Store:
                 self.write_array(rid, name, arr)
         if samples is not None:
             self.write_array(rid, "samples", samples)
+        if all_samples is not None:
+            self.write_levels(rid, all_samples)
         s = dict(summary or {})
         s["status"] = status
         if s.get("started_at") is None:
@@ -510,6 +524,21 @@ class Store:
         w.execute(f"UPDATE runs SET {', '.join(n + ' = ?' for n in names)} WHERE id = ?",
                   [cols[n] for n in names] + [rid])
         w.flush()
+
+    def write_levels(self, run_id: int, samples: np.ndarray) -> None:
+        """Replace run ``run_id``'s downsampling levels with those of ``samples`` (queued)."""
+        rows = _levels.compute(np.asarray(samples))
+        self.writer.execute("DELETE FROM sample_levels WHERE run_id = ?", (int(run_id),))
+        if len(rows):
+            self.writer.insert("sample_levels", rows, {"run_id": int(run_id)})
+
+    def write_progress(self, run_id: int, progress: Dict[str, Any]) -> None:
+        """Record how far a running run has got (``summary["progress"]``: phase, tokens so
+        far, ...) for readers in other processes (``energyprof serve``'s live page); queued.
+        Only a run still ``running`` is changed; :meth:`finish_run` replaces the summary."""
+        self.writer.execute(
+            "UPDATE runs SET summary = json_set(summary, '$.progress', json(?)) WHERE id = ? AND status = 'running'",
+            (_dumps(progress), int(run_id)))
 
     def set_status(self, run_id: int, status: str) -> None:
         """Set a run's status (e.g. ``interrupted`` after Ctrl-C), through the writer, and wait."""
@@ -524,8 +553,8 @@ class Store:
         rid = self.create_run(s)
         self.finish_run(rid, s, run.sections, run.tokens, run.layers, run.components,
                         status=status or s.get("status") or "completed", ops=run.ops, samples=run.samples,
-                        heads=run.heads, ranks=run.ranks, rank_sections=run.rank_sections,
-                        rank_tokens=run.rank_tokens)
+                        heads=run.heads, all_samples=run.samples, ranks=run.ranks,
+                        rank_sections=run.rank_sections, rank_tokens=run.rank_tokens)
         return rid
 
     def mark_stale_running(self) -> List[int]:
@@ -581,6 +610,50 @@ class Store:
         if not rows:
             return np.zeros(0, dtype=dt)
         return np.array(rows, dtype=dt)
+
+    def sample_starts(self, run_id: int) -> np.ndarray:
+        """``t_start_ns`` of every power sample of a run, in time order (int64; one column read)."""
+        cur = self.conn.execute("SELECT t_start_ns FROM power_samples WHERE run_id = ? ORDER BY t_start_ns",
+                                (int(run_id),))
+        cur.row_factory = None
+        return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
+    def summary(self, run_id: int) -> Dict[str, Any]:
+        """The summary dict of run ``run_id`` without reading its arrays (KeyError if unknown)."""
+        self.flush()
+        return _summary_from_row(self._run_row(run_id))
+
+    def writer_alive(self, run_id: int) -> Optional[bool]:
+        """For a ``running`` run: whether the process writing it still exists (None when it
+        runs on another host, where that cannot be told, or for a run that is not running)."""
+        row = self._run_row(run_id)
+        if row["status"] != "running":
+            return None
+        pid, phost = row["pid"], row["pid_host"]
+        if pid is None:
+            return False
+        if phost != socket.gethostname():
+            return None
+        return int(pid) == os.getpid() or _pid_alive(int(pid))
+
+    def samples_after(self, run_id: int, after_t_start_ns: Optional[int] = None, limit: int = 10_000) -> np.ndarray:
+        """Up to ``limit`` samples of a run that start after ``after_t_start_ns`` (all when
+        None), in time order: what a reader following a running run has not seen yet."""
+        dt = _default_dtype("samples")
+        lo = -(1 << 63) if after_t_start_ns is None else int(after_t_start_ns)
+        cur = self.conn.execute(
+            f"SELECT {_levels._RAW_SELECT} FROM power_samples WHERE run_id = ? AND t_start_ns > ? "
+            f"ORDER BY t_start_ns LIMIT ?", (int(run_id), lo, int(limit)))
+        cur.row_factory = None
+        rows = cur.fetchall()
+        return np.array(rows, dtype=dt) if rows else np.zeros(0, dtype=dt)
+
+    def downsampled(self, run_id: int, max_points: int = 2000) -> Dict[str, Any]:
+        """At most ``max_points`` buckets of a run's samples with min / max / mean power per
+        domain and of the total (:func:`energyprof.store.levels.read_downsampled`)."""
+        self.flush()
+        row = self._run_row(run_id)
+        return _levels.read_downsampled(self.conn, int(row["id"]), max_points, _default_dtype("samples"))
 
     def load(self, run_id: int) -> RunData:
         """The whole run as a :class:`RunData` (KeyError if there is no such run)."""
@@ -657,6 +730,11 @@ def _where(filters: Dict[str, Any]) -> tuple:
     if "source" in f:
         clauses.append("(source_kind = ? OR source = ?)")
         params += [str(f["source"])] * 2
+    if "label" in f:
+        if f["label"] not in LABELS:
+            raise ValueError(f"unknown label {f['label']!r}; valid: {', '.join(LABELS)}")
+        clauses.append("source_label = ?")
+        params.append(str(f["label"]))
     if "status" in f:
         statuses = [f["status"]] if isinstance(f["status"], str) else list(f["status"])
         bad = [s for s in statuses if s not in STATUSES]
@@ -683,13 +761,15 @@ def _where(filters: Dict[str, Any]) -> tuple:
 
 
 def runs(db: DbArg = None, *, model: Optional[str] = None, arch: Optional[str] = None,
-         source: Optional[str] = None, status: Optional[str] = None, tag: Optional[str] = None,
-         since: Any = None, until: Any = None, search: Optional[str] = None, sort: str = "started_at",
-         descending: bool = True, limit: Optional[int] = 50, offset: int = 0, **unknown: Any) -> RunList:
+         source: Optional[str] = None, label: Optional[str] = None, status: Optional[str] = None,
+         tag: Optional[str] = None, since: Any = None, until: Any = None, search: Optional[str] = None,
+         sort: str = "started_at", descending: bool = True, limit: Optional[int] = 50, offset: int = 0,
+         **unknown: Any) -> RunList:
     """Run summaries matching the filters, sorted and paginated.
 
     Filters: ``model`` (model name), ``arch``, ``source`` (kind like ``"rapl"`` or the
-    full spec), ``status`` (one or a list of running/completed/interrupted/failed), ``tag``,
+    full spec), ``label`` (measured / estimated / simulated), ``status`` (one or a list
+    of running/completed/interrupted/failed), ``tag``,
     ``since``/``until`` (datetime, date, ISO string or Unix seconds; ``until`` exclusive),
     ``search`` (substring of name, model, source, tags, host, device, chip).
     ``sort`` is any of :data:`SORT_KEYS` (e.g. ``"j_per_token"``); runs lacking the
@@ -701,8 +781,8 @@ def runs(db: DbArg = None, *, model: Optional[str] = None, arch: Optional[str] =
         raise ValueError(f"unknown sort key {sort!r}; valid: {', '.join(SORT_KEYS)}")
     if limit is not None and int(limit) < 0 or int(offset) < 0:
         raise ValueError("limit and offset must be >= 0")
-    where, params = _where(dict(model=model, arch=arch, source=source, status=status, tag=tag, since=since,
-                                until=until, search=search))
+    where, params = _where(dict(model=model, arch=arch, source=source, label=label, status=status, tag=tag,
+                                since=since, until=until, search=search))
     col = _schema.SORT_KEYS[sort]
     order = "DESC" if descending else "ASC"
     sql = (f"SELECT * FROM runs{where} ORDER BY ({col} IS NULL), {col} {order}, id {order} "
@@ -712,6 +792,32 @@ def runs(db: DbArg = None, *, model: Optional[str] = None, arch: Optional[str] =
         st.flush()
         rows = st.conn.execute(sql, params).fetchall()
         return RunList(_summary_from_row(r) for r in rows)
+
+
+def count(db: DbArg = None, **filters: Any) -> int:
+    """How many runs match ``filters`` (the filters of :func:`runs`)."""
+    where, params = _where(filters)
+    with _opened(db) as st:
+        st.flush()
+        return int(st.conn.execute(f"SELECT COUNT(*) FROM runs{where}", params).fetchone()[0])
+
+
+def set_tags(run_id: int, tags: Sequence[str], db: DbArg = None) -> List[str]:
+    """Replace a run's tags (KeyError if there is no such run); returns them, deduplicated in order.
+
+    A tag is non-empty text of at most 64 characters without control characters."""
+    clean: List[str] = []
+    for t in tags:
+        t = str(t).strip()
+        if not t or len(t) > 64 or any(ord(c) < 32 for c in t):
+            raise ValueError(f"a tag must be 1 to 64 printable characters, got {t!r}")
+        if t not in clean:
+            clean.append(t)
+    with _opened(db) as st:
+        st.flush()
+        row = st._run_row(run_id)
+        st._write_sql("UPDATE runs SET tags = ? WHERE id = ?", (_dumps(clean), int(row["id"])))
+    return clean
 
 
 def load(run_id: int, db: DbArg = None) -> RunData:
@@ -860,6 +966,9 @@ def _array_from_columns(name: str, cols: Dict[str, list]) -> np.ndarray:
             out[f] = np.array([_fnum(x) for x in v], dtype=np.float64)
         else:
             out[f] = v
+    if "flags" in dt.names and "flags" not in cols and "resolved" in cols:
+        # an export from before rows kept their flags: unresolved is the one flag it knew
+        out["flags"] = np.where(out["resolved"], 0, _schema._FLAG_UNRESOLVED)
     return out
 
 
@@ -966,5 +1075,5 @@ def import_run(path: PathLike, db: DbArg = None) -> int:
         return st.save(run, status=summary.get("status") or "completed")
 
 
-__all__ = ["Store", "RunList", "default_path", "runs", "load", "delete", "cleanup", "stats", "export",
-           "import_run", "SORT_KEYS", "FILTERS", "STATUSES", "EXPORT_FORMATS"]
+__all__ = ["Store", "RunList", "default_path", "runs", "count", "set_tags", "load", "delete", "cleanup", "stats",
+           "export", "import_run", "SORT_KEYS", "FILTERS", "LABELS", "STATUSES", "EXPORT_FORMATS"]

@@ -25,6 +25,7 @@ import numpy as np
 
 from .._dtypes import CALL_DTYPE, DOMAINS, HEAD_DTYPE, RANK_DTYPE, SECTION_DTYPE, TOKEN_DTYPE
 from ..errors import MissingExtraError
+from .quality import grouped_block_stats, sample_blocks
 
 #: Names accepted by :meth:`RunData.to_pandas` and the store's array tables.
 ARRAY_NAMES = ("samples", "sections", "tokens", "layers", "components", "ops", "heads", "ranks", "rank_sections",
@@ -38,12 +39,16 @@ AGG_DTYPE = np.dtype(
         ("layer", "<i4"),
         ("component", "U32"),
         ("n_calls", "<i8"),
+        ("n_eff", "<i8"),             # independent power samples the calls fall in (their midpoints)
         ("energy_j", "<f8"),          # total over calls
         ("mean_energy_j", "<f8"),     # per call
-        ("sem_energy_j", "<f8"),      # standard error of the per-call mean (NaN for one call)
+        ("sem_energy_j", "<f8"),      # standard error of the per-call mean over n_eff samples (NaN below 2)
         ("duration_s", "<f8"),        # total over calls
         *_DOMAIN_J,                   # totals per domain (NaN where never measured)
         ("share", "<f8"),             # energy_j / run energy_j
+        ("share_of_parent", "<f8"),   # energy_j / the energy of the calls that contain these calls
+        ("self_energy_j", "<f8"),     # own energy: energy_j minus the hooked children's (sum of unattributed_j)
+        ("self_share", "<f8"),        # self_energy_j / energy_j
         ("resolved_share", "<f8"),    # share of calls whose window spans a whole sample
     ]
 )
@@ -124,8 +129,15 @@ def _as_array(name: str, value: Optional[np.ndarray]) -> np.ndarray:
     return arr
 
 
-def _agg(calls: np.ndarray, keys: tuple, run_energy_j: float) -> np.ndarray:
-    """Group ``calls`` (CALL_DTYPE) by ``keys`` and aggregate; rows sorted by the keys."""
+def _agg(calls: np.ndarray, keys: tuple, run_energy_j: float, all_calls: Optional[np.ndarray] = None,
+         blocks: Optional[np.ndarray] = None) -> np.ndarray:
+    """Group ``calls`` (CALL_DTYPE) by ``keys`` and aggregate; rows sorted by the keys.
+
+    ``all_calls`` (every call of the run) gives the parents' energy for ``share_of_parent``
+    (a call whose parent is not there, or -1, has the run as its parent); ``blocks`` (one
+    id per call, :func:`energyprof.store.quality.sample_blocks`) makes the standard error
+    count independent samples (each call is its own block without it).
+    """
     if len(calls) == 0:
         return np.zeros(0, dtype=AGG_DTYPE)
     layer = np.asarray(calls["layer"], dtype=np.int64)
@@ -144,10 +156,11 @@ def _agg(calls: np.ndarray, keys: tuple, run_energy_j: float) -> np.ndarray:
     n = np.bincount(inverse, minlength=g)
     tot = np.bincount(inverse, weights=e, minlength=g)
     mean = tot / n
-    dev2 = np.bincount(inverse, weights=(e - mean[inverse]) ** 2, minlength=g)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sem = np.where(n > 1, np.sqrt(dev2 / np.maximum(n - 1, 1)) / np.sqrt(n), np.nan)
+    if blocks is None:
+        blocks = np.arange(len(calls))
+    sem, n_eff = grouped_block_stats(e, inverse, blocks, g)
     out["n_calls"] = n
+    out["n_eff"] = n_eff
     out["energy_j"] = tot
     out["mean_energy_j"] = mean
     out["sem_energy_j"] = sem
@@ -158,13 +171,34 @@ def _agg(calls: np.ndarray, keys: tuple, run_energy_j: float) -> np.ndarray:
         seen = np.bincount(inverse, weights=(~np.isnan(v)).astype(np.float64), minlength=g)
         s = np.bincount(inverse, weights=np.nan_to_num(v, nan=0.0), minlength=g)
         out[col] = np.where(seen > 0, s, np.nan)
-    if run_energy_j and math.isfinite(run_energy_j) and run_energy_j != 0.0:
-        out["share"] = tot / run_energy_j
-    else:
-        out["share"] = np.nan
+    run_ok = bool(run_energy_j and math.isfinite(run_energy_j) and run_energy_j != 0.0)
+    out["share"] = tot / run_energy_j if run_ok else np.nan
+    out["share_of_parent"] = tot / _parent_energy(calls, inverse, g, run_energy_j, all_calls)
+    u = np.asarray(calls["unattributed_j"], dtype=np.float64)
+    seen = np.bincount(inverse, weights=(~np.isnan(u)).astype(np.float64), minlength=g)
+    self_j = np.where(seen == n, np.bincount(inverse, weights=np.nan_to_num(u, nan=0.0), minlength=g), np.nan)
+    out["self_energy_j"] = self_j
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["self_share"] = self_j / tot
     out["resolved_share"] = np.bincount(inverse, weights=np.asarray(calls["resolved"], dtype=np.float64),
                                         minlength=g) / n
     return out
+
+
+def _parent_energy(calls: np.ndarray, inverse: np.ndarray, g: int, run_energy_j: float,
+                   all_calls: Optional[np.ndarray]) -> np.ndarray:
+    """Per group: the energy of the distinct calls that contain its calls (the run, counted
+    once, for calls without a parent), so sibling groups' shares of it add up to at most 1."""
+    parent = np.asarray(calls["parent_id"], dtype=np.int64)
+    energy_of: Dict[int, float] = {}
+    if all_calls is not None and len(all_calls):
+        energy_of = dict(zip(np.asarray(all_calls["call_id"]).tolist(),
+                             np.asarray(all_calls["energy_j"], dtype=np.float64).tolist()))
+    parent = np.array([p if p in energy_of else -1 for p in parent.tolist()], dtype=np.int64)
+    pairs = np.unique(np.stack([inverse.astype(np.int64), parent], axis=1), axis=0)
+    pe = np.array([energy_of[p] if p >= 0 else run_energy_j for p in pairs[:, 1].tolist()], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.bincount(pairs[:, 0], weights=pe, minlength=g)
 
 
 class RunData:
@@ -196,8 +230,12 @@ class RunData:
         ranks: Optional[np.ndarray] = None,
         rank_sections: Optional[np.ndarray] = None,
         rank_tokens: Optional[np.ndarray] = None,
+        sample_starts_ns: Optional[np.ndarray] = None,
     ) -> None:
         self._summary: Dict[str, Any] = copy.deepcopy(dict(summary or {}))
+        # the raw samples' start times when ``samples`` holds a downsampled view (the
+        # dashboard's pages): rows are grouped into independent samples by these
+        self._sample_starts = None if sample_starts_ns is None else np.asarray(sample_starts_ns, dtype=np.int64)
         self._samples = _as_array("samples", samples)
         self._sections = _as_array("sections", sections)
         self._tokens = _as_array("tokens", tokens)
@@ -210,6 +248,13 @@ class RunData:
         self._rank_tokens = _as_array("rank_tokens", rank_tokens)
 
     # -- accessors -------------------------------------------------------------------
+    @property
+    def sample_starts_ns(self) -> np.ndarray:
+        """Start times (ns) of the run's power samples as measured: what groups rows into
+        independent samples for standard errors (the samples' own ``t_start_ns``, unless
+        the run was built with a downsampled ``samples`` and the raw starts beside it)."""
+        return self._sample_starts if self._sample_starts is not None else self._samples["t_start_ns"]
+
     def summary(self) -> Dict[str, Any]:
         """The run summary dict (a deep copy: changing it does not change the run)."""
         return copy.deepcopy(self._summary)
@@ -298,21 +343,42 @@ class RunData:
     def _run_energy_j(self) -> float:
         return _float(self._summary.get("energy_j"))
 
+    def _all_calls(self) -> np.ndarray:
+        parts = [a for a in (self._layers, self._components, self._ops) if len(a)]
+        if not parts:
+            return np.zeros(0, CALL_DTYPE)
+        common = [f for f in parts[0].dtype.names if all(f in p.dtype.names for p in parts)]
+        return np.concatenate([p[common] for p in parts]) if len(parts) > 1 else parts[0]
+
+    def _blocks(self, calls: np.ndarray) -> np.ndarray:
+        s = self._summary
+        return sample_blocks(calls["t_start_ns"], calls["t_end_ns"], self.sample_starts_ns,
+                             _float(s.get("sample_period_s")), int(s.get("t_origin_ns") or 0))
+
     def layer_summary(self) -> np.ndarray:
         """Aggregate of :attr:`layers` per layer (``AGG_DTYPE``, sorted by layer).
 
-        Per layer: number of calls, total and mean energy per call, the standard error
-        of that mean, total duration, totals per domain, the share of the run's energy and
-        the share of calls that were resolved (window spans at least one whole sample).
+        Per layer: number of calls and of independent power samples they fall in
+        (``n_eff``), total and mean energy per call, the standard error of that mean over
+        those samples (calls sharing a sample share its reading: they count once), total
+        duration, totals per domain, the share of the run's energy (and of the parent:
+        the run, for layers), the own energy not in hooked children, and the share of
+        calls that were resolved (window spans at least one whole sample).  Where calls
+        are unresolved the mean is a time share of the samples' energy: its standard error
+        says nothing about that bias.
         """
-        return _agg(self._layers, ("layer",), self._run_energy_j())
+        return _agg(self._layers, ("layer",), self._run_energy_j(), self._all_calls(), self._blocks(self._layers))
 
     def component_summary(self) -> np.ndarray:
         """Aggregate of :attr:`components` per (layer, component) (``AGG_DTYPE``).
 
         Same figures as :meth:`layer_summary`; model-level modules have layer -1.
+        Components nest (q_proj inside attn inside the layer), so use ``share_of_parent``
+        and ``self_share``: siblings' shares of their parent add up to at most 1, while
+        ``share`` (of the run) double-counts a container and its children.
         """
-        return _agg(self._components, ("layer", "component"), self._run_energy_j())
+        return _agg(self._components, ("layer", "component"), self._run_energy_j(), self._all_calls(),
+                    self._blocks(self._components))
 
     def __repr__(self) -> str:
         s = self._summary

@@ -13,12 +13,20 @@ Versions
 2. adds those runs columns, the call-tree columns of the metric tables and the
    op_metrics table.
 3. adds the head_metrics table (mode="deep": per attention call and head).
-6. (current) multi-rank runs (energyprof.measure.distributed): a ``rank`` column on
-   power_samples, sections, tokens and the three call tables; the per-rank tables
-   rank_sections and rank_tokens; run_ranks (one row per rank: host, local rank, clock
-   offset and its uncertainty, energy); and runs.world_size.  Versions 4 and 5 belong
-   to other changes; :func:`_migrate_to_6` is one step that adds only the above, so it
-   chains after them (here it runs right after 3).
+4. adds the sample_levels table: per run, min / max / mean power over buckets
+   of 16, 256, 4096, ... consecutive samples (energyprof.store.levels), so a plot of a
+   long run reads thousands of rows instead of millions.
+5. adds ``flags`` (the integrator's and the gap pre-pass's window flags,
+   ``energyprof._dtypes.FLAG_*``) to sections, tokens and the three call tables; older rows
+   get ``FLAG_UNRESOLVED`` where they were not resolved, the one flag they kept.
+:data:`RANKS_VERSION` (currently the newest). multi-rank runs (energyprof.measure.distributed):
+   a ``rank`` column on power_samples, sections, tokens and the three call tables; the
+   per-rank tables rank_sections and rank_tokens; run_ranks (one row per rank: host, local
+   rank, clock offset and its uncertainty, energy); and runs.world_size.
+   :func:`_migrate_to_ranks` adds only these, so it chains after any step before it.
+
+Every version number lives in the constants below (SCHEMA_VERSION, RANKS_VERSION):
+renumbering a step is changing its constant.
 
 Array tables hold one column per field of the shared numpy dtypes
 (:mod:`energyprof._dtypes`, ``_core.SAMPLE_DTYPE``) plus ``run_id``; NaN is stored
@@ -32,6 +40,9 @@ from typing import Dict, List, Sequence, Tuple
 
 from ..errors import SchemaError
 
+#: The version that adds multi-rank runs (rank columns, run_ranks, rank_sections,
+#: rank_tokens, runs.world_size); its step is _migrate_to_ranks, from RANKS_VERSION - 1.
+RANKS_VERSION = 6
 SCHEMA_VERSION = 6
 
 #: Store table per RunData array name.
@@ -49,8 +60,6 @@ ARRAY_TABLES: Dict[str, str] = {
 }
 
 STATUSES = ("running", "completed", "interrupted", "failed")
-
-
 
 
 _DOM = ("cpu", "gpu", "ane", "dram", "package")
@@ -84,7 +93,7 @@ _CALL_COLS_V1 = (
 # v2: the call tree (call_id/parent_id; -1 = none) and the energy not covered by children.
 _CALL_COLS_V2_ADDED = [("call_id", "INTEGER NOT NULL DEFAULT -1"), ("parent_id", "INTEGER NOT NULL DEFAULT -1"),
                        ("unattributed_j", "REAL")]
-_CALL_COLS = (
+_CALL_COLS_V3 = (
     [("call_id", "INTEGER NOT NULL DEFAULT -1"), ("parent_id", "INTEGER NOT NULL DEFAULT -1")]
     + _CALL_COLS_V1[:8]
     + _DOM_J
@@ -92,11 +101,28 @@ _CALL_COLS = (
     + _CALL_COLS_V1[13:]
 )
 
+# v5: how each row was measured (FLAG_* bits), next to samples_in_window and resolved.
+_FLAGS_COL = ("flags", "INTEGER NOT NULL DEFAULT 0")
+_FLAG_TABLES = ("sections", "tokens", "layer_metrics", "component_metrics", "op_metrics")
+_FLAG_UNRESOLVED = 1 << 3  # energyprof._dtypes.FLAG_UNRESOLVED (store imports no dtypes for its DDL)
+
+
+def _with_flags(cols: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+    at = [c for c, _ in cols].index("resolved") + 1
+    return cols[:at] + [_FLAGS_COL] + cols[at:]
+
+
 # v3: mode="deep" attention statistics, one row per (attention call, head) (HEAD_DTYPE).
 _HEAD_COLS = [("call_id", "INTEGER"), ("layer", "INTEGER"), ("step", "INTEGER"), ("head", "INTEGER"),
               ("n_queries", "INTEGER"), ("entropy", "REAL"), ("max_weight", "REAL"), ("sparsity", "REAL")]
 
-# v6: multi-rank runs.  Every row says whose devices it is about; one-process runs are rank 0.
+# v4: downsampling levels of the power samples (energyprof.store.levels.LEVEL_DTYPE).
+_LEVEL_STATS = ("mean_w", "min_w", "max_w", "wt")
+_LEVEL_COLS = ([("level", "INTEGER"), ("bucket", "INTEGER"), ("t_start_ns", "INTEGER"), ("t_end_ns", "INTEGER"),
+                ("n", "INTEGER")]
+               + [(f"{d}_{k}", "REAL") for d in _DOM + ("total",) for k in _LEVEL_STATS])
+
+# RANKS_VERSION: multi-rank runs.  Every row says whose devices it is about; one-process runs are rank 0.
 _RANK_COL = [("rank", "INTEGER NOT NULL DEFAULT 0")]
 _RANK_TABLE_COLS = (
     [("rank", "INTEGER"), ("local_rank", "INTEGER"), ("host", "TEXT"), ("host_leader", "INTEGER"),
@@ -106,8 +132,8 @@ _RANK_TABLE_COLS = (
     + _DOM_J
     + [("n_samples", "INTEGER"), ("input_tokens", "INTEGER"), ("output_tokens", "INTEGER")]
 )
-_RUN_COLS_V6_ADDED = [("world_size", "INTEGER NOT NULL DEFAULT 1")]
-_V6_RANKED_TABLES = ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics")
+_RUN_COLS_RANKS_ADDED = [("world_size", "INTEGER NOT NULL DEFAULT 1")]
+_RANKED_TABLES = ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics")
 
 _RUN_COLS_V1 = [
     ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"),  # AUTOINCREMENT: a deleted run's id is never reused
@@ -157,27 +183,36 @@ _RUN_COLS_V2_ADDED = [
     ("pid_host", "TEXT"),
 ]
 
-#: Columns of each table in the current version (excluding run_id / id where noted).
-TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
-    "runs": _RUN_COLS_V1 + _RUN_COLS_V2_ADDED + _RUN_COLS_V6_ADDED,
-    "power_samples": _SAMPLE_COLS + _RANK_COL,
-    "sections": _SECTION_COLS + _RANK_COL,
-    "tokens": _TOKEN_COLS + _RANK_COL,
-    "layer_metrics": _CALL_COLS + _RANK_COL,
-    "component_metrics": _CALL_COLS + _RANK_COL,
-    "op_metrics": _CALL_COLS + _RANK_COL,
-    "head_metrics": _HEAD_COLS,
-    "run_ranks": _RANK_TABLE_COLS,
-    "rank_sections": _SECTION_COLS + _RANK_COL,
-    "rank_tokens": _TOKEN_COLS + _RANK_COL,
-}
-
-# The tables as versions 2 and 3 wrote them (before the v6 rank columns).
+#: Columns of each table in versions 2 and 3 (version 4 adds sample_levels).
 _V3_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
     "runs": _RUN_COLS_V1 + _RUN_COLS_V2_ADDED,
-    "power_samples": _SAMPLE_COLS, "sections": _SECTION_COLS, "tokens": _TOKEN_COLS,
-    "layer_metrics": _CALL_COLS, "component_metrics": _CALL_COLS, "op_metrics": _CALL_COLS,
+    "power_samples": _SAMPLE_COLS,
+    "sections": _SECTION_COLS,
+    "tokens": _TOKEN_COLS,
+    "layer_metrics": _CALL_COLS_V3,
+    "component_metrics": _CALL_COLS_V3,
+    "op_metrics": _CALL_COLS_V3,
+    "head_metrics": _HEAD_COLS,
 }
+
+#: Columns of each table in version 5 (flags on the row tables, sample_levels).
+_V5_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
+    **{t: (_with_flags(cols) if t in _FLAG_TABLES else cols) for t, cols in _V3_COLUMNS.items()},
+    "sample_levels": _LEVEL_COLS}
+
+
+def _with_ranks(cols: Dict[str, List[Tuple[str, str]]]) -> Dict[str, List[Tuple[str, str]]]:
+    """``cols`` with what RANKS_VERSION adds: the rank column, world_size and the rank tables."""
+    out = {t: (c + _RANK_COL if t in _RANKED_TABLES else c) for t, c in cols.items()}
+    out["runs"] = cols["runs"] + _RUN_COLS_RANKS_ADDED
+    out["run_ranks"] = _RANK_TABLE_COLS
+    out["rank_sections"] = _with_flags(_SECTION_COLS) + _RANK_COL
+    out["rank_tokens"] = _with_flags(_TOKEN_COLS) + _RANK_COL
+    return out
+
+
+#: Columns of each table in the current version (excluding run_id / id where noted).
+TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = _with_ranks(_V5_COLUMNS)
 
 #: Sort keys accepted by energyprof.store.db.runs (name -> runs column).
 SORT_KEYS: Dict[str, str] = {
@@ -209,27 +244,34 @@ def _array_table_ddl(table: str, cols: Sequence[Tuple[str, str]]) -> List[str]:
     ]
 
 
-def _head_table_ddl() -> List[str]:
+def _run_table_ddl(table: str, cols: Sequence[Tuple[str, str]], index: str, index_cols: str) -> List[str]:
+    """A table of per-run rows (run_id with cascade delete) and its one index."""
     body = ",\n  ".join(
-        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in _HEAD_COLS]
+        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE'] + [f"{_q(c)} {t}" for c, t in cols]
     )
-    return [
-        f"CREATE TABLE head_metrics (\n  {body}\n)",
-        # Head rows have no time of their own; they are read per run and per layer
-        # (heat maps of one layer's heads), and run_id first serves the cascade delete.
-        "CREATE INDEX idx_head_metrics_run_layer ON head_metrics(run_id, layer)",
-    ]
+    return [f"CREATE TABLE {table} (\n  {body}\n)", f"CREATE INDEX {index} ON {table}({index_cols})"]
+
+
+def _head_table_ddl() -> List[str]:
+    # Head rows have no time of their own; they are read per run and per layer
+    # (heat maps of one layer's heads), and run_id first serves the cascade delete.
+    return _run_table_ddl("head_metrics", _HEAD_COLS, "idx_head_metrics_run_layer", "run_id, layer")
+
+
+def _levels_table_ddl() -> List[str]:
+    # Read one level of one run in time order; run_id first serves the cascade delete.
+    return _run_table_ddl("sample_levels", _LEVEL_COLS, "idx_sample_levels_run_level", "run_id, level, bucket")
 
 
 def _rank_tables_ddl() -> List[str]:
-    """v6: run_ranks (one row per rank, indexed by (run_id, rank)) and the per-rank section/token tables."""
+    """RANKS_VERSION: run_ranks (one row per rank, indexed by (run_id, rank)) and the per-rank section/token tables."""
     body = ",\n  ".join(
         ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE']
         + [f"{_q(c)} {t}" for c, t in _RANK_TABLE_COLS])
     stmts = [f"CREATE TABLE run_ranks (\n  {body}\n)",
              "CREATE INDEX idx_run_ranks_run_rank ON run_ranks(run_id, rank)"]
-    stmts += _array_table_ddl("rank_sections", _SECTION_COLS + _RANK_COL)
-    stmts += _array_table_ddl("rank_tokens", _TOKEN_COLS + _RANK_COL)
+    stmts += _array_table_ddl("rank_sections", TABLE_COLUMNS["rank_sections"])
+    stmts += _array_table_ddl("rank_tokens", TABLE_COLUMNS["rank_tokens"])
     return stmts
 
 
@@ -242,26 +284,24 @@ def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[s
 
 
 def ddl(version: int = SCHEMA_VERSION) -> List[str]:
-    """The CREATE statements of schema ``version`` (1, 2, 3 or 6), in order."""
+    """The CREATE statements of schema ``version`` (1 to :data:`SCHEMA_VERSION`), in order."""
     if version == 1:
         stmts = _runs_ddl(_RUN_COLS_V1, ("started_at", "energy_j", "j_per_token", "model_name", "status"))
         for t, cols in (("power_samples", _SAMPLE_COLS), ("sections", _SECTION_COLS), ("tokens", _TOKEN_COLS),
                         ("layer_metrics", _CALL_COLS_V1), ("component_metrics", _CALL_COLS_V1)):
             stmts += _array_table_ddl(t, cols)
         return stmts
-    if version in (2, 3):
-        stmts = _runs_ddl(_V3_COLUMNS["runs"], _INDEXED_RUN_COLS)
+    if 2 <= version <= SCHEMA_VERSION:
+        cols = (_V3_COLUMNS if version < 5 else _V5_COLUMNS if version < RANKS_VERSION else TABLE_COLUMNS)
+        stmts = _runs_ddl(cols["runs"], _INDEXED_RUN_COLS)
         for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
-            stmts += _array_table_ddl(t, _V3_COLUMNS[t])
-        if version == 3:
+            stmts += _array_table_ddl(t, cols[t])
+        if version >= 3:
             stmts += _head_table_ddl()
-        return stmts
-    if version == 6:
-        stmts = _runs_ddl(TABLE_COLUMNS["runs"], _INDEXED_RUN_COLS)
-        for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
-            stmts += _array_table_ddl(t, TABLE_COLUMNS[t])
-        stmts += _head_table_ddl()
-        stmts += _rank_tables_ddl()
+        if version >= 4:
+            stmts += _levels_table_ddl()
+        if version >= RANKS_VERSION:
+            stmts += _rank_tables_ddl()
         return stmts
     raise ValueError(f"no schema version {version}; known versions: 1..{SCHEMA_VERSION}")
 
@@ -291,7 +331,7 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     for table in ("layer_metrics", "component_metrics"):
         for c, t in _CALL_COLS_V2_ADDED:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {_q(c)} {t}")
-    for s in _array_table_ddl("op_metrics", _CALL_COLS):
+    for s in _array_table_ddl("op_metrics", _CALL_COLS_V3):
         conn.execute(s)
     # Backfill the new run columns from the summary JSON that v1 already kept whole.
     rows = conn.execute("SELECT id, summary FROM runs").fetchall()
@@ -318,17 +358,29 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
         conn.execute(s)
 
 
-def _migrate_to_6(conn: sqlite3.Connection) -> None:
-    """The multi-rank step: rank columns (existing rows are rank 0, the one process they
-    came from), the per-rank tables and runs.world_size (1).  It touches nothing that
-    versions 4 and 5 add, so it chains after them unchanged."""
-    for table in _V6_RANKED_TABLES:
-        have = set(table_columns(conn, table))
-        if "rank" not in have:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {_q('rank')} {_RANK_COL[0][1]}")
-    for c, t in _RUN_COLS_V6_ADDED:
-        if c not in set(table_columns(conn, "runs")):
-            conn.execute(f"ALTER TABLE runs ADD COLUMN {_q(c)} {t}")
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    # A new table only: runs saved before have no levels, and their samples are
+    # downsampled from the raw rows when read (energyprof.store.levels.read_downsampled).
+    for s in _levels_table_ddl():
+        conn.execute(s)
+
+
+def _migrate_4_to_5(conn: sqlite3.Connection) -> None:
+    # older rows knew only whether they were resolved: that is the one flag they can carry.
+    for table in _FLAG_TABLES:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {_q(_FLAGS_COL[0])} {_FLAGS_COL[1]}")
+        conn.execute(f"UPDATE {table} SET flags = {_FLAG_UNRESOLVED} WHERE resolved = 0")
+
+
+def _migrate_to_ranks(conn: sqlite3.Connection) -> None:
+    """RANKS_VERSION - 1 -> RANKS_VERSION, the multi-rank step: rank columns (existing
+    rows are rank 0, the one process they came from), the per-rank tables and
+    runs.world_size (1).  It adds only its own columns and tables, so it chains after
+    whichever step comes before it."""
+    for table in _RANKED_TABLES:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {_q('rank')} {_RANK_COL[0][1]}")
+    for c, t in _RUN_COLS_RANKS_ADDED:
+        conn.execute(f"ALTER TABLE runs ADD COLUMN {_q(c)} {t}")
     for s in _rank_tables_ddl():
         conn.execute(s)
 
@@ -337,11 +389,9 @@ def _num(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-#: MIGRATIONS[v] turns a version-v database into version MIGRATION_TARGET.get(v, v + 1).
-#: Versions 4 and 5 come from other changes; once they are here, _migrate_to_6 moves to
-#: MIGRATIONS[5] and MIGRATION_TARGET empties.
-MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_to_6}
-MIGRATION_TARGET = {3: 6}
+#: MIGRATIONS[v] turns a version-v database into version v+1.
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5,
+              RANKS_VERSION - 1: _migrate_to_ranks}
 
 
 def user_version(conn: sqlite3.Connection) -> int:
@@ -399,7 +449,7 @@ def migrate(conn: sqlite3.Connection, path: str) -> Tuple[int, int]:
         v = user_version(conn)  # re-read under the write lock: another process may have migrated it
         while v < SCHEMA_VERSION:
             MIGRATIONS[v](conn)
-            v = MIGRATION_TARGET.get(v, v + 1)
+            v += 1
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -409,4 +459,4 @@ def migrate(conn: sqlite3.Connection, path: str) -> Tuple[int, int]:
 
 
 __all__ = ["SCHEMA_VERSION", "ARRAY_TABLES", "TABLE_COLUMNS", "SORT_KEYS", "STATUSES", "SchemaError", "ddl",
-           "create", "migrate", "check", "MIGRATIONS", "MIGRATION_TARGET", "user_version", "tables", "table_columns"]
+           "create", "migrate", "check", "MIGRATIONS", "RANKS_VERSION", "user_version", "tables", "table_columns"]

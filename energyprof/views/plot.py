@@ -16,7 +16,10 @@ The run is anything with the :class:`energyprof.store.rundata.RunData` interface
 'Energy by phase [SIMULATED]'
 
 Titles of runs whose source is not a measurement say so (``[ESTIMATED]`` or
-``[SIMULATED]``).  A kind the run has no data for (``layers`` on a ``mode="minimal"``
+``[SIMULATED]``).  Rows whose window spans no whole power sample (their energy is split
+by time within a sample) are drawn faded or hatched, and the legend says so: unresolved
+tokens, heatmap cells where most calls are unresolved, components whose calls mostly are;
+the timeline shades gaps in the power samples.  A kind the run has no data for (``layers`` on a ``mode="minimal"``
 run, ``tokens`` without a decode) raises :class:`NoDataError`, a ``ValueError``.
 """
 from __future__ import annotations
@@ -31,8 +34,22 @@ from .._dtypes import DOMAINS
 from ..errors import MissingExtraError, NoDataError
 from ..store.rundata import _float
 
-#: The kinds :func:`plot` draws.
+#: The kinds :func:`plot` draws for every run recorded with mode="standard".
 KINDS = ("timeline", "phases", "tokens", "layers", "layer_steps", "components", "sankey", "waterfall")
+#: The kinds only a mode="deep" run has data for.
+DEEP_KINDS = ("ops", "heads")
+#: What the layer heatmaps (``layers``, ``layer_steps``, ``ops``) can show per cell:
+#: name -> (colour bar title, how calls combine: summed, energy over time, or averaged).
+METRICS = {
+    "energy_j": ("energy (J)", "sum"), "duration_s": ("time (s)", "sum"), "power_w": ("mean power (W)", "power"),
+    "act_mean": ("activation mean", "mean"), "act_std": ("activation std", "mean"),
+    "act_max": ("activation max", "mean"), "act_sparsity": ("activation sparsity (|x| < 1e-3)", "mean"),
+}
+# metrics that come from the power samples (and so can be unresolved); time is the hooks' own
+_SAMPLED = ("energy_j", "power_w")
+#: What the ``heads`` heatmap can show (mode="deep" attention statistics, mean over calls).
+HEAD_METRICS = {"entropy": "attention entropy (nats)", "max_weight": "largest attention weight",
+                "sparsity": "share of weights < 1e-3"}
 #: The plotting libraries :func:`plot` can use.
 BACKENDS = ("matplotlib", "plotly")
 
@@ -44,6 +61,15 @@ _PHASE_COLOR = {"pre_inference": "#f2d7a6", "prefill": "#a6d0f2", "decode": "#b9
                 "post_inference": "#e3c4e8", "baseline": "#dddddd"}
 _OTHER_COLOR = "#f0e0c0"
 _A_COLOR, _B_COLOR = "#1f77b4", "#ff7f0e"
+_GAP_COLOR = "#888888"
+# plotly's default qualitative colours, as RGB so that unresolved nodes can be drawn lighter
+_SUNBURST_RGB = ((99, 110, 250), (239, 85, 59), (0, 204, 150), (171, 99, 250), (255, 161, 90), (25, 211, 243),
+                 (255, 102, 146), (182, 232, 128), (255, 151, 255), (254, 203, 82))
+
+#: What a faded or hatched mark means, in every legend that has one.
+UNRESOLVED_TEXT = "unresolved: no whole power sample, energy split by time within a sample"
+#: A heatmap cell or a component is drawn as unresolved when fewer than this share of its calls are resolved.
+RESOLVED_MIN_SHARE = 0.5
 
 
 
@@ -129,8 +155,13 @@ def _timeline_data(run: Any) -> Dict[str, Any]:
                 bands.append((str(r["name"]), ra, rb))
             elif kind == "section":
                 markers.append((str(r["name"]), ra, rb))
+    gaps = []
+    if np.any(smp["t_end_ns"] > smp["t_start_ns"]) and len(smp) > 1:
+        # time no interval sample covers (the session bridges or flags it; see the rows' flags)
+        at = np.flatnonzero(smp["t_start_ns"][1:] > smp["t_end_ns"][:-1])
+        gaps = [((int(smp["t_end_ns"][i]) - t0) / 1e9, (int(smp["t_start_ns"][i + 1]) - t0) / 1e9) for i in at]
     return {"x": x, "lines": lines, "bands": bands, "markers": markers, "per_bucket": per_bucket,
-            "peak_w": _float(s.get("peak_power_w")), "baseline_w": _float(s.get("baseline_power_w"))}
+            "peak_w": _float(s.get("peak_power_w")), "baseline_w": _float(s.get("baseline_power_w")), "gaps": gaps}
 
 
 #: Above this many samples the timeline draws energy-preserving averages of buckets
@@ -194,6 +225,15 @@ def _token_data(run: Any) -> Tuple[np.ndarray, np.ndarray]:
     return np.asarray(tok["step"][order]), np.asarray(tok["j_per_token"][order], dtype=np.float64)
 
 
+def _token_resolved(run: Any) -> np.ndarray:
+    """Per decode step, in step order: whether its window spans a whole power sample."""
+    tok = _arr(run, "tokens")
+    order = np.argsort(tok["step"], kind="stable")
+    if "resolved" not in tok.dtype.names:
+        return np.ones(len(tok), dtype=bool)
+    return np.asarray(tok["resolved"][order], dtype=bool)
+
+
 def _calls(run: Any) -> np.ndarray:
     parts = [a for a in (_arr(run, "layers"), _arr(run, "components")) if a is not None and len(a)]
     if not parts:
@@ -204,26 +244,115 @@ def _calls(run: Any) -> np.ndarray:
 
 
 def _energy_matrix(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any], col_field: str,
-                   col_type: Callable[[Any], Any]) -> np.ndarray:
-    """Energy (J) of ``calls`` summed per (layer, ``col_field``) cell; NaN where no call fell."""
-    z = np.full((len(layers), len(cols)), np.nan)
+                   col_type: Callable[[Any], Any], metric: str = "energy_j") -> np.ndarray:
+    """``metric`` (:data:`METRICS`) of ``calls`` per (layer, ``col_field``) cell: energy
+    or time summed, power as summed energy over summed time, activation statistics
+    averaged over the calls that have them; NaN where no call fell."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+    how = METRICS[metric][1]
+    num = np.zeros((len(layers), len(cols)))
+    den = np.zeros((len(layers), len(cols)))
+    li = {v: i for i, v in enumerate(layers)}
+    ci = {v: i for i, v in enumerate(cols)}
+    field = "energy_j" if how == "power" else metric
+    for r in calls:
+        i, j = li[int(r["layer"])], ci[col_type(r[col_field])]
+        v = float(r[field])
+        if math.isnan(v):
+            continue
+        num[i, j] += v
+        den[i, j] += float(r["duration_s"]) if how == "power" else 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if how == "sum":
+            return np.where(den > 0, num, np.nan)
+        return np.where(den > 0, num / den, np.nan)
+
+
+def _no_metric(metric: str) -> NoDataError:
+    return NoDataError(f"the run's calls have no {METRICS[metric][0]} (activation statistics are recorded "
+                       f"with mode='deep')")
+
+
+def _named_matrix(calls: Optional[np.ndarray], missing: str, order: Callable[[Sequence[str]], List[str]],
+                  metric: str) -> Tuple[List[int], List[str], np.ndarray]:
+    """``metric`` of every (decoder layer, component name) pair of ``calls`` (rows with layer >= 0)."""
+    if calls is None or len(calls) == 0 or not np.any(calls["layer"] >= 0):
+        raise NoDataError(missing)
+    calls = calls[calls["layer"] >= 0]
+    layers = sorted(int(v) for v in np.unique(calls["layer"]))
+    names = order(np.unique(calls["component"]))
+    z = _energy_matrix(calls, layers, names, "component", str, metric)
+    if np.all(np.isnan(z)):
+        raise _no_metric(metric)
+    return layers, names, z
+
+
+def _layer_component_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[int], List[str], np.ndarray]:
+    """``metric`` (energy in J by default, summed over steps) of every (decoder layer, component) pair."""
+    return _named_matrix(_arr(run, "components"), "the run has no per-layer component calls (recorded with "
+                         "mode='minimal'?)", _ordered_components, metric)
+
+
+def _op_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[int], List[str], np.ndarray]:
+    """``metric`` of every (decoder layer, op) pair of a mode="deep" run (``run.ops``)."""
+    return _named_matrix(_arr(run, "ops"), "the run has no op rows (ops are recorded with mode='deep')",
+                         lambda names: sorted(str(v) for v in names), metric)
+
+
+def _head_matrix(run: Any, metric: str = "entropy") -> Tuple[List[int], List[int], np.ndarray]:
+    """Mean of a head statistic (:data:`HEAD_METRICS`) per (layer, head) over a deep run's attention calls."""
+    if metric not in HEAD_METRICS:
+        raise ValueError(f"unknown head metric {metric!r}; valid: {', '.join(HEAD_METRICS)}")
+    heads = _arr(run, "heads")
+    if heads is None or len(heads) == 0:
+        raise NoDataError("the run has no per-head statistics (recorded with mode='deep')")
+    layers = sorted(int(v) for v in np.unique(heads["layer"]))
+    hs = sorted(int(v) for v in np.unique(heads["head"]))
+    num = np.zeros((len(layers), len(hs)))
+    den = np.zeros((len(layers), len(hs)))
+    li = {v: i for i, v in enumerate(layers)}
+    hi = {v: i for i, v in enumerate(hs)}
+    for r in heads:
+        v = float(r[metric])
+        if not math.isnan(v):
+            num[li[int(r["layer"])], hi[int(r["head"])]] += v
+            den[li[int(r["layer"])], hi[int(r["head"])]] += 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return layers, hs, np.where(den > 0, num / den, np.nan)
+
+
+def _resolved_share(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any], col_field: str,
+                    col_type: Callable[[Any], Any]) -> np.ndarray:
+    """The share of each (layer, ``col_field``) cell's calls that are resolved; NaN where none fell."""
+    num = np.zeros((len(layers), len(cols)))
+    den = np.zeros((len(layers), len(cols)))
     li = {v: i for i, v in enumerate(layers)}
     ci = {v: i for i, v in enumerate(cols)}
     for r in calls:
         i, j = li[int(r["layer"])], ci[col_type(r[col_field])]
-        z[i, j] = (0.0 if math.isnan(z[i, j]) else z[i, j]) + float(r["energy_j"])
-    return z
+        num[i, j] += float(r["resolved"])
+        den[i, j] += 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
 
 
-def _layer_component_matrix(run: Any) -> Tuple[List[int], List[str], np.ndarray]:
-    """Energy (J, summed over steps) of every (decoder layer, component) pair."""
-    comp = _arr(run, "components")
-    if comp is None or len(comp) == 0 or not np.any(comp["layer"] >= 0):
-        raise NoDataError("the run has no per-layer component calls (recorded with mode='minimal'?)")
-    comp = comp[comp["layer"] >= 0]
-    layers = sorted(int(v) for v in np.unique(comp["layer"]))
-    names = _ordered_components(np.unique(comp["component"]))
-    return layers, names, _energy_matrix(comp, layers, names, "component", str)
+def _resolved_cells(run: Any, kind: str) -> np.ndarray:
+    """Per heatmap cell of ``kind`` ("layers" or "layer_steps"): the share of its calls resolved."""
+    if kind == "layers":
+        comp = _arr(run, "components")
+        comp = comp[comp["layer"] >= 0]
+        layers = sorted(int(v) for v in np.unique(comp["layer"]))
+        names = _ordered_components(np.unique(comp["component"]))
+        if "resolved" not in comp.dtype.names:
+            return np.ones((len(layers), len(names)))
+        return _resolved_share(comp, layers, names, "component", str)
+    lay = _arr(run, "layers")
+    layers = sorted(int(v) for v in np.unique(lay["layer"]))
+    steps = sorted(int(v) for v in np.unique(lay["step"]))
+    if "resolved" not in lay.dtype.names:
+        return np.ones((len(layers), len(steps)))
+    return _resolved_share(lay, layers, steps, "step", int)
 
 
 _COMPONENT_ORDER = ("input_norm", "attn", "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj",
@@ -237,14 +366,17 @@ def _ordered_components(names: Sequence[str]) -> List[str]:
     return known + sorted(n for n in names if n not in _COMPONENT_ORDER)
 
 
-def _layer_step_matrix(run: Any) -> Tuple[List[int], List[int], np.ndarray]:
-    """Energy (J) of every (decoder layer, forward step) pair; step 0 is the prefill."""
+def _layer_step_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[int], List[int], np.ndarray]:
+    """``metric`` (energy in J by default) of every (decoder layer, forward step) pair; step 0 is the prefill."""
     lay = _arr(run, "layers")
     if lay is None or len(lay) == 0:
         raise NoDataError("the run has no decoder-layer calls (recorded with mode='minimal'?)")
     layers = sorted(int(v) for v in np.unique(lay["layer"]))
     steps = sorted(int(v) for v in np.unique(lay["step"]))
-    return layers, steps, _energy_matrix(lay, layers, steps, "step", int)
+    z = _energy_matrix(lay, layers, steps, "step", int, metric)
+    if np.all(np.isnan(z)):
+        raise _no_metric(metric)
+    return layers, steps, z
 
 
 def _call_tree(run: Any) -> Dict[str, np.ndarray]:
@@ -304,14 +436,26 @@ def _component_self(run: Any) -> Tuple[List[str], np.ndarray]:
     A container's (attn, mlp) own energy (work inside it that no child hook sees,
     e.g. the attention kernel) is ``"attn (self)"``; the layer's own is ``"layer (self)"``.
     """
+    names, self_j, _ = _component_self_resolved(run)
+    return names, self_j
+
+
+def _component_self_resolved(run: Any) -> Tuple[List[str], np.ndarray, np.ndarray]:
+    """:func:`_component_self` plus the share of each name's calls that are resolved."""
     tree = _call_tree(run)
     calls, has_child = tree["calls"], tree["has_child"]
+    res = (np.asarray(calls["resolved"], dtype=bool) if "resolved" in calls.dtype.names
+           else np.ones(len(calls), dtype=bool))
     agg: Dict[str, float] = {}
+    ok: Dict[str, List[int]] = {}
     for i, r in enumerate(calls):
         key = _own_name(str(r["component"]), has_child[i])
         agg[key] = agg.get(key, 0.0) + float(tree["self_j"][i])
+        c = ok.setdefault(key, [0, 0])
+        c[0] += int(res[i])
+        c[1] += 1
     names = sorted(agg, key=lambda k: -agg[k])
-    return names, np.array([agg[k] for k in names])
+    return names, np.array([agg[k] for k in names]), np.array([ok[k][0] / ok[k][1] for k in names])
 
 
 def _phase_of_step(step: int) -> str:
@@ -431,6 +575,9 @@ def _timeline_mpl(run, d, s):
                 fontsize=8)
     for dom, y in d["lines"].items():
         ax.plot(d["x"], y, label=f"{dom} W", color=_DOMAIN_COLOR.get(dom), lw=1.6 if dom == "package" else 1.0)
+    for k, (a, b) in enumerate(d["gaps"]):
+        ax.axvspan(a, b, facecolor="none", edgecolor=_GAP_COLOR, hatch="xx", lw=0,
+                   label="no power sample (gap)" if k == 0 else None)
     for name, a, _b in d["markers"]:
         ax.axvline(a, color="#555555", ls=":", lw=1)
         ax.text(a, 0.02, " " + name, transform=ax.get_xaxis_transform(), rotation=90, fontsize=8, va="bottom")
@@ -456,6 +603,11 @@ def _timeline_plotly(run, d, s):
     for dom, y in d["lines"].items():
         fig.add_trace(go.Scatter(x=d["x"], y=y, mode="lines", name=f"{dom} W",
                                  line=dict(color=_DOMAIN_COLOR.get(dom), width=2 if dom == "package" else 1)))
+    for a, b in d["gaps"]:
+        fig.add_vrect(x0=a, x1=b, fillcolor=_GAP_COLOR, opacity=0.35, line_width=0, layer="above")
+    if d["gaps"]:  # a legend entry for the shaded spans
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="grey: no power sample (gap)",
+                                 marker=dict(color=_GAP_COLOR, symbol="square", size=12), showlegend=True))
     for name, a, _b in d["markers"]:
         fig.add_vline(x=a, line_dash="dot", line_color="#555555", annotation_text=_esc(name),
                       annotation_position="bottom right", annotation_font_size=10)
@@ -503,9 +655,15 @@ def _phases_plotly(run, d, s):
 # ---- tokens
 def _tokens_mpl(run, d, s):
     steps, jpt = d
+    res = _token_resolved(run)
     fig = _mpl_fig(9, 4)
     ax = fig.add_subplot()
-    ax.plot(steps, jpt, marker="o", ms=3, color=_DOMAIN_COLOR["gpu"], label="J per token")
+    ax.plot(steps, jpt, color=_DOMAIN_COLOR["gpu"], lw=1, alpha=0.5)
+    if res.any():
+        ax.plot(steps[res], jpt[res], "o", ms=4, color=_DOMAIN_COLOR["gpu"], label="J per token (resolved)")
+    if (~res).any():
+        ax.plot(steps[~res], jpt[~res], "o", ms=4, mfc="none", alpha=0.45, color=_DOMAIN_COLOR["gpu"],
+                label=f"faded: {UNRESOLVED_TEXT} ({int((~res).sum())} of {len(res)})")
     mean = float(np.nanmean(jpt))
     ax.axhline(mean, color="#555555", ls="--", lw=1, label=f"mean {mean:.3g} J")
     ax.set_xlabel("decode step")
@@ -518,20 +676,38 @@ def _tokens_mpl(run, d, s):
 def _tokens_plotly(run, d, s):
     go = _need("plotly")
     steps, jpt = d
-    fig = go.Figure(go.Scatter(x=steps, y=jpt, mode="lines+markers", name="J per token",
-                               line=dict(color=_DOMAIN_COLOR["gpu"])))
+    res = _token_resolved(run)
+    fig = go.Figure(go.Scatter(x=steps, y=jpt, mode="lines", name="J per token", showlegend=False,
+                               line=dict(color=_DOMAIN_COLOR["gpu"], width=1), opacity=0.5))
+    if res.any():
+        fig.add_trace(go.Scatter(x=steps[res], y=jpt[res], mode="markers", name="J per token (resolved)",
+                                 marker=dict(color=_DOMAIN_COLOR["gpu"], size=7)))
+    if (~res).any():
+        fig.add_trace(go.Scatter(x=steps[~res], y=jpt[~res], mode="markers", opacity=0.45,
+                                 name=f"faded: {UNRESOLVED_TEXT} ({int((~res).sum())} of {len(res)})",
+                                 marker=dict(color=_DOMAIN_COLOR["gpu"], size=7, symbol="circle-open")))
     mean = float(np.nanmean(jpt))
     fig.add_hline(y=mean, line_dash="dash", line_color="#555555", annotation_text=f"mean {mean:.3g} J")
     fig.update_layout(title=_title("Energy per token across the decode", s), xaxis_title="decode step",
-                      yaxis_title="energy per token (J)", template="plotly_white")
+                      yaxis_title="energy per token (J)", template="plotly_white",
+                      legend=dict(orientation="h", y=-0.25))
     return fig
 
 
 # ---- heatmaps
-def _heat_mpl(z, xlabels, ylabels, title, xlabel, cbar):
+def _heat_mpl(z, xlabels, ylabels, title, xlabel, cbar, resolved=None):
     fig = _mpl_fig(max(6.0, 0.45 * len(xlabels) + 3), max(3.0, 0.35 * len(ylabels) + 2))
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(z), aspect="auto", cmap="viridis", interpolation="nearest")
+    if resolved is not None:
+        from matplotlib.patches import Rectangle
+
+        bad = np.argwhere(np.isfinite(z) & (resolved < RESOLVED_MIN_SHARE))
+        for k, (i, j) in enumerate(bad):
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="white", lw=0,
+                                   label=f"hatched: {UNRESOLVED_TEXT}" if k == 0 else None))
+        if len(bad):
+            fig.legend(loc="outside lower center", fontsize=7, frameon=False)
     ax.set_xticks(np.arange(len(xlabels)), [str(v) for v in xlabels], rotation=60 if len(xlabels) > 8 else 0,
                   ha="right" if len(xlabels) > 8 else "center", fontsize=8)
     step = max(1, len(ylabels) // 24)
@@ -543,37 +719,81 @@ def _heat_mpl(z, xlabels, ylabels, title, xlabel, cbar):
     return fig
 
 
-def _heat_plotly(z, xlabels, ylabels, title, xlabel, cbar):
+def _heat_plotly(z, xlabels, ylabels, title, xlabel, cbar, resolved=None):
     go = _need("plotly")
-    fig = go.Figure(go.Heatmap(z=z, x=[_esc(v) for v in xlabels], y=[f"layer {v}" for v in ylabels],
-                               colorscale="Viridis", colorbar=dict(title=cbar),
-                               hovertemplate="%{y}, %{x}: %{z:.4g} J<extra></extra>"))
+    unit = cbar[cbar.rfind("(") + 1:-1] if cbar.endswith(")") and "(" in cbar else ""
+    xs, ys = [_esc(v) for v in xlabels], [f"layer {v}" for v in ylabels]
+    fig = go.Figure(go.Heatmap(z=z, x=xs, y=ys, colorscale="Viridis", colorbar=dict(title=_esc(cbar)),
+                               hovertemplate="%{y}, %{x}: %{z:.4g} " + _esc(unit) + "<extra></extra>"))
+    if resolved is not None:
+        bad = np.argwhere(np.isfinite(z) & (resolved < RESOLVED_MIN_SHARE))
+        if len(bad):  # plotly heatmaps cannot hatch: a hatch-like mark on each unresolved cell
+            fig.add_trace(go.Scatter(x=[xs[j] for _, j in bad], y=[ys[i] for i, _ in bad], mode="markers",
+                                     name=f"hatched: {UNRESOLVED_TEXT}", hoverinfo="skip", showlegend=True,
+                                     marker=dict(symbol="line-ne-open", size=14, color="white",
+                                                 line=dict(width=1.5, color="white"))))
     fig.update_layout(title=title, xaxis_title=xlabel, template="plotly_white",
-                      yaxis=dict(autorange="reversed", type="category"), xaxis=dict(type="category"))
+                      yaxis=dict(autorange="reversed", type="category"), xaxis=dict(type="category"),
+                      legend=dict(orientation="h", y=-0.2))
     return fig
 
 
-def _layers_fig(run, backend, s):
-    layers, names, z = _layer_component_matrix(run)
-    f = _heat_mpl if backend == "matplotlib" else _heat_plotly
-    return f(z, names, layers, _title("Energy per layer and component (all steps)", s), "component", "energy (J)")
+def _metric_title(metric: str) -> str:
+    name = METRICS[metric][0]
+    name = name[:name.find(" (")] if " (" in name else name
+    return name[0].upper() + name[1:]
 
 
-def _layer_steps_fig(run, backend, s):
-    layers, steps, z = _layer_step_matrix(run)
+def _layers_fig(run, backend, s, metric="energy_j"):
+    layers, names, z = _layer_component_matrix(run, metric)
     f = _heat_mpl if backend == "matplotlib" else _heat_plotly
-    return f(z, steps, layers, _title("Energy per layer and forward step (0 = prefill)", s), "step", "energy (J)")
+    over = " (all steps)" if METRICS[metric][1] == "sum" else " (over all steps)"
+    return f(z, names, layers, _title(f"{_metric_title(metric)} per layer and component{over}", s), "component",
+             METRICS[metric][0], resolved=_resolved_cells(run, "layers") if metric in _SAMPLED else None)
+
+
+def _layer_steps_fig(run, backend, s, metric="energy_j"):
+    layers, steps, z = _layer_step_matrix(run, metric)
+    f = _heat_mpl if backend == "matplotlib" else _heat_plotly
+    return f(z, steps, layers, _title(f"{_metric_title(metric)} per layer and forward step (0 = prefill)", s),
+             "step", METRICS[metric][0],
+             resolved=_resolved_cells(run, "layer_steps") if metric in _SAMPLED else None)
+
+
+def _ops_fig(run, backend, s, metric="energy_j"):
+    layers, names, z = _op_matrix(run, metric)
+    f = _heat_mpl if backend == "matplotlib" else _heat_plotly
+    return f(z, names, layers, _title(f"{_metric_title(metric)} per layer and operation (mode='deep')", s), "op",
+             METRICS[metric][0])
+
+
+def _heads_fig(run, backend, s, metric="entropy"):
+    layers, hs, z = _head_matrix(run, metric)
+    f = _heat_mpl if backend == "matplotlib" else _heat_plotly
+    return f(z, hs, layers, _title(f"Per-head {HEAD_METRICS[metric]} (mean over attention calls)", s), "head",
+             HEAD_METRICS[metric])
 
 
 # ---- components
 def _components_mpl(run, d, s):
-    names, self_j = d
+    names, self_j, res = d
     total = float(np.sum(self_j))
     fig = _mpl_fig(8, max(3.0, 0.3 * len(names) + 1.5))
     ax = fig.add_subplot()
     y = np.arange(len(names))
     share = 100.0 * self_j / total if total else np.zeros_like(self_j)
-    ax.barh(y, share, color="#4c72b0")
+    bad = res < RESOLVED_MIN_SHARE
+    bars = ax.barh(y, share, color="#4c72b0", edgecolor="#4c72b0")
+    for bar, is_bad in zip(bars, bad):
+        if is_bad:
+            bar.set_alpha(0.35)
+            bar.set_hatch("///")
+    if bad.any():
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(facecolor="#4c72b0", label="resolved (most calls span a whole sample)"),
+                           Patch(facecolor="#4c72b0", alpha=0.35, hatch="///", label=f"faded: {UNRESOLVED_TEXT}")],
+                  fontsize=7, loc="lower right")
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("share of the energy in hooked modules (%)")
@@ -594,10 +814,31 @@ def _components_plotly(run, s):
     ids = ["/".join(p) for p in agg]
     parents = ["/".join(p[:-1]) for p in agg]
     labels = [_esc(p[-1]) for p in agg]
+    # a node whose calls are mostly unresolved is faded (sunbursts have no legend: a note says so)
+    calls = tree["calls"]
+    res = (np.asarray(calls["resolved"], dtype=float) if "resolved" in calls.dtype.names
+           else np.ones(len(calls)))
+    hits: Dict[Tuple[str, ...], List[float]] = {}
+    for path, r in zip(tree["path"], res):
+        for k in range(1, len(path) + 1):
+            c = hits.setdefault(path[:k], [0.0, 0.0])
+            c[0] += r
+            c[1] += 1
+    faded = [p in hits and hits[p][0] / hits[p][1] < RESOLVED_MIN_SHARE for p in agg]
+    roots = list(dict.fromkeys(p[0] for p in agg))
+    colors = []
+    for p, f in zip(agg, faded):  # each top-level module's colour, lighter where unresolved
+        r, g, b = _SUNBURST_RGB[roots.index(p[0]) % len(_SUNBURST_RGB)]
+        colors.append(f"rgba({r},{g},{b},{0.55 if f else 1.0})")
     fig = go.Figure(go.Sunburst(ids=ids, parents=parents, labels=labels, values=list(agg.values()),
                                 branchvalues="remainder", maxdepth=3,
+                                marker=dict(colors=colors, line=dict(width=1, color="white")),
+                                leaf=dict(opacity=1.0),
                                 hovertemplate="%{label}: %{value:.4g} J<extra></extra>"))
-    fig.update_layout(title=_title("Energy by module (click to zoom)", s), margin=dict(t=50, l=10, r=10, b=10))
+    fig.update_layout(title=_title("Energy by module (click to zoom)", s), margin=dict(t=50, l=10, r=10, b=40))
+    if any(faded):
+        fig.add_annotation(text=f"faded: {UNRESOLVED_TEXT}", showarrow=False, x=0.5, y=-0.04, xref="paper",
+                           yref="paper", font=dict(size=11))
     return fig
 
 
@@ -693,7 +934,7 @@ def _waterfall_plotly(run, d, s):
 
 
 # --------------------------------------------------------------------------- public
-def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib"):
+def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib", metric: Optional[str] = None):
     """Draw one figure of ``run`` and return it.
 
     Parameters
@@ -708,10 +949,17 @@ def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib"):
         heatmap; ``"layer_steps"`` layer x forward-step heatmap; ``"components"`` share
         per component (bars in matplotlib, a sunburst of the module tree in plotly);
         ``"sankey"`` run -> phases -> layers -> components (plotly only);
-        ``"waterfall"`` idle baseline plus each phase's energy above idle, to the total.
+        ``"waterfall"`` idle baseline plus each phase's energy above idle, to the total;
+        ``"ops"`` layer x operation heatmap and ``"heads"`` layer x head heatmap of a
+        ``mode="deep"`` run.
     backend:
         ``"matplotlib"`` (a ``matplotlib.figure.Figure``, for PNG/SVG) or ``"plotly"``
         (a ``plotly.graph_objects.Figure``, interactive).
+    metric:
+        What the heatmaps show per cell: for ``layers``, ``layer_steps`` and ``ops`` one
+        of :data:`METRICS` (default ``"energy_j"``; ``"duration_s"``, ``"power_w"``,
+        ``"act_mean"``, ``"act_std"``, ``"act_max"``, ``"act_sparsity"``), for ``heads``
+        one of :data:`HEAD_METRICS` (default ``"entropy"``).  Other kinds take none.
 
     Raises
     ------
@@ -722,13 +970,21 @@ def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib"):
     ImportError
         naming the plotting package that is missing.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown plot kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    if kind not in KINDS + DEEP_KINDS:
+        raise ValueError(f"unknown plot kind {kind!r}; valid kinds: {', '.join(KINDS + DEEP_KINDS)}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if metric is not None and kind not in ("layers", "layer_steps", "ops", "heads"):
+        raise ValueError(f"plot kind {kind!r} takes no metric (only layers, layer_steps, ops and heads do)")
+    if metric is not None and kind != "heads" and metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
     _need(backend)
     s = _summary(run)
     mpl = backend == "matplotlib"
+    if kind == "ops":
+        return _ops_fig(run, backend, s, metric or "energy_j")
+    if kind == "heads":
+        return _heads_fig(run, backend, s, metric or "entropy")
     if kind == "timeline":
         d = _timeline_data(run)
         return _timeline_mpl(run, d, s) if mpl else _timeline_plotly(run, d, s)
@@ -739,11 +995,11 @@ def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib"):
         d = _token_data(run)
         return _tokens_mpl(run, d, s) if mpl else _tokens_plotly(run, d, s)
     if kind == "layers":
-        return _layers_fig(run, backend, s)
+        return _layers_fig(run, backend, s, metric or "energy_j")
     if kind == "layer_steps":
-        return _layer_steps_fig(run, backend, s)
+        return _layer_steps_fig(run, backend, s, metric or "energy_j")
     if kind == "components":
-        return _components_mpl(run, _component_self(run), s) if mpl else _components_plotly(run, s)
+        return _components_mpl(run, _component_self_resolved(run), s) if mpl else _components_plotly(run, s)
     if kind == "sankey":
         d = _sankey_data(run)
         return _sankey_mpl(run, d, s) if mpl else _sankey_plotly(run, d, s)
@@ -813,5 +1069,156 @@ def plot_compare(a: Any, b: Any, backend: str = "matplotlib", labels: Optional[T
     return fig
 
 
-__all__ = ["plot", "plot_compare", "KINDS", "BACKENDS", "PHASE_ORDER", "NoDataError", "label_tag",
-           "MAX_TIMELINE_SAMPLES"]
+# --------------------------------------------------------------------------- many runs
+_LABEL_COLOR = {"measured": "#2ca02c", "estimated": "#d8a000", "simulated": "#e0701a", "unknown": "#888888"}
+_RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+               "#17becf")
+
+
+def _label_of(s: Dict[str, Any]) -> str:
+    lab = str(s.get("source_label") or "unknown").lower()
+    return lab if lab in _LABEL_COLOR else "unknown"
+
+
+def _names(runs: Sequence[Any]) -> List[str]:
+    """Legend names of runs: their names (or ids), made unique with the run id where two agree."""
+    names = [_run_name(r, f"run #{i + 1}") for i, r in enumerate(runs)]
+    out = []
+    for i, (n, r) in enumerate(zip(names, runs)):
+        rid = _summary(r).get("run_id")
+        out.append(f"{n} (#{rid if rid is not None else i + 1})" if names.count(n) > 1 else n)
+    return out
+
+
+def plot_history(runs: Sequence[Any], figure: str = "j_per_output_token", backend: str = "plotly"):
+    """One marker per run: ``figure`` (any name :func:`energyprof.analysis.efficiency.figure_value`
+    knows) against the run's start time, one colour per label (measured / estimated /
+    simulated).  ``runs`` are runs or summary dicts.  Returns a plotly or matplotlib figure."""
+    import datetime as _dt
+
+    from ..analysis.efficiency import FIGURE_UNITS, figure_value
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    _need(backend)
+    groups: Dict[str, List[Tuple[Any, float, str]]] = {}
+    for r in runs:
+        s = r if isinstance(r, dict) else _summary(r)
+        try:
+            t = _dt.datetime.fromisoformat(str(s.get("started_at")).replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        v = figure_value(s, figure)
+        if not math.isfinite(v):
+            continue
+        groups.setdefault(_label_of(s), []).append((t, v, _run_name(s, "run")))
+    if not groups:
+        raise NoDataError(f"none of the runs has a value of {figure!r} and a start time")
+    unit = FIGURE_UNITS.get(figure, "")
+    ytitle = f"{figure} ({unit})" if unit else figure
+    title = f"{figure} of each run over time"
+    if backend == "matplotlib":
+        fig = _mpl_fig(9, 4)
+        ax = fig.add_subplot()
+        for lab, pts in groups.items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color=_LABEL_COLOR[lab], label=lab)
+        ax.set_ylabel(ytitle)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        return fig
+    go = _need("plotly")
+    fig = go.Figure()
+    for lab, pts in groups.items():
+        fig.add_trace(go.Scatter(x=[p[0].isoformat() for p in pts], y=[p[1] for p in pts], mode="markers",
+                                 name=lab, marker=dict(color=_LABEL_COLOR[lab], size=9),
+                                 text=[_esc(p[2]) for p in pts],
+                                 hovertemplate="%{text}<br>%{x}<br>%{y:.4g}<extra>" + lab + "</extra>"))
+    fig.update_layout(title=_esc(title), yaxis_title=_esc(ytitle), xaxis_title="started (UTC)",
+                      template="plotly_white", legend_title="label")
+    return fig
+
+
+def plot_compare_many(runs: Sequence[Any], kind: str = "bars", backend: str = "plotly",
+                      figure: str = "j_per_output_token"):
+    """Two to ten runs together.
+
+    ``kind="bars"``: ``figure`` (default J per output token) of each run as a bar,
+    coloured by the run's label, with the label in the bar's text.  ``kind="timeline"``:
+    each run's total power (the rule of :func:`energyprof._dtypes.total_of`) against the
+    seconds from that run's start, overlaid on one axis.  Returns a plotly or
+    matplotlib figure; raises like :func:`plot`.
+    """
+    from .._dtypes import measured_domains, total_of
+    from ..analysis.efficiency import FIGURE_UNITS, figure_value
+
+    if kind not in ("bars", "timeline"):
+        raise ValueError(f"unknown kind {kind!r}; valid kinds: bars, timeline")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    _need(backend)
+    runs = list(runs)
+    names = _names(runs)
+    sums = [_summary(r) for r in runs]
+    tags = sorted({label_tag(s).strip() for s in sums if label_tag(s)})
+    tag = (" " + " ".join(tags)) if tags else ""
+    if kind == "bars":
+        vals = [figure_value(s, figure) for s in sums]
+        labs = [_label_of(s) for s in sums]
+        unit = FIGURE_UNITS.get(figure, "")
+        title = f"{figure} per run" + tag
+        if backend == "matplotlib":
+            fig = _mpl_fig(max(6.0, 1.0 * len(runs) + 3), 4)
+            ax = fig.add_subplot()
+            x = np.arange(len(runs))
+            ax.bar(x, vals, color=[_LABEL_COLOR[lab] for lab in labs], edgecolor="#333333")
+            ax.set_xticks(x, [f"{n}\n[{lab}]" for n, lab in zip(names, labs)], fontsize=8)
+            ax.set_ylabel(f"{figure} ({unit})" if unit else figure)
+            ax.set_title(title)
+            return fig
+        go = _need("plotly")
+        fig = go.Figure(go.Bar(x=[_esc(n) for n in names], y=vals, marker_color=[_LABEL_COLOR[lab] for lab in labs],
+                               text=[f"{v:.4g} [{lab}]" if math.isfinite(v) else f"n/a [{lab}]"
+                                     for v, lab in zip(vals, labs)], textposition="outside"))
+        fig.update_layout(title=_esc(title), yaxis_title=_esc(f"{figure} ({unit})" if unit else figure),
+                          template="plotly_white", showlegend=False)
+        return fig
+    lines = []
+    for r, s, n in zip(runs, sums, names):
+        smp = _arr(r, "samples")
+        if smp is None or len(smp) == 0:
+            continue
+        t0 = _t0_ns(r, s)
+        pw = np.column_stack([np.asarray(smp[f"{d}_w"], dtype=np.float64) for d in DOMAINS])
+        total = total_of(pw, measured_domains(smp))
+        a, b = (smp["t_start_ns"] - t0) / 1e9, (smp["t_end_ns"] - t0) / 1e9
+        if np.any(smp["t_end_ns"] > smp["t_start_ns"]):  # interval averages: flat steps
+            x, y = np.column_stack([a, b]).reshape(-1), np.repeat(total, 2)
+        else:
+            x, y = a, total
+        lines.append((n, x, y, _label_of(s)))
+    if not lines:
+        raise NoDataError("none of the runs has power samples")
+    title = "Total power of each run from its start" + tag
+    if backend == "matplotlib":
+        fig = _mpl_fig(11, 4.5)
+        ax = fig.add_subplot()
+        for i, (n, x, y, lab) in enumerate(lines):
+            ax.plot(x, y, lw=1.0, color=_RUN_COLORS[i % len(_RUN_COLORS)], label=f"{n} [{lab}]")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("time (s from each run's start)")
+        ax.set_ylabel("total power (W)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        return fig
+    go = _need("plotly")
+    fig = go.Figure()
+    for i, (n, x, y, lab) in enumerate(lines):
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=_esc(f"{n} [{lab}]"),
+                                 line=dict(width=1.5, color=_RUN_COLORS[i % len(_RUN_COLORS)])))
+    fig.update_layout(title=_esc(title), xaxis_title="time (s from each run's start)", yaxis_title="total power (W)",
+                      template="plotly_white", yaxis_rangemode="tozero", hovermode="x unified")
+    return fig
+
+
+__all__ = ["plot", "plot_compare", "plot_history", "plot_compare_many", "KINDS", "DEEP_KINDS", "METRICS", "HEAD_METRICS", "BACKENDS", "PHASE_ORDER", "NoDataError", "label_tag",
+           "MAX_TIMELINE_SAMPLES", "UNRESOLVED_TEXT", "RESOLVED_MIN_SHARE"]

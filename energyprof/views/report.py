@@ -15,6 +15,12 @@ Carbon and cost use a stated grid intensity and price (:func:`energyprof.analysi
 the arguments, else the environment variables ``ENERGYPROF_CO2_G_PER_KWH`` /
 ``ENERGYPROF_PRICE_PER_KWH``, else 400 gCO2/kWh and 0.15 $/kWh.  The page says which values it used.
 
+How well the numbers were measured is on the page where they are: a "How well this was
+measured" box under the cards (the resolved share of phases, tokens and calls, the
+sample period, gaps, the source's systematic uncertainty, every warning), the same line
+above the token, layer and component figures and tables, and faded or hatched marks on
+unresolved rows in the plots.
+
 When the page has drawn every plot it sets ``data-energyprof-status="ok"`` on the
 ``<html>`` element (``"error: ..."`` on a JavaScript error): the browser test reads it.
 """
@@ -30,9 +36,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .._dtypes import DOMAINS
+from .._dtypes import DOMAINS, flag_names
 from ..analysis.carbon import CO2_ENV, PRICE_ENV, carbon_and_cost
 from ..errors import MissingExtraError
+from ..store.quality import resolution_lines, resolution_of, uncertainty_summary, uncertainty_text
 from ..store.rundata import _float
 from . import plot as _plot
 
@@ -169,8 +176,14 @@ def _banner(s: Dict[str, Any]) -> str:
 def _cards(s: Dict[str, Any], cc: Dict[str, Any]) -> str:
     out_tokens = _float(s.get("output_tokens"))
     tag = _plot.label_tag(s).strip()
+    unc = s.get("uncertainty")
+    energy_d = f"over {fmt_si(s.get('duration_s'), 's')}"
+    if isinstance(unc, dict) and unc.get("kind") not in (None, "none", "unknown"):
+        u = uncertainty_summary(unc, s.get("energy_j"))
+        energy_d += (f"; systematic {u['text'].split(' (')[0]}: {fmt_si(u['energy_j_low'], 'J')} to "
+                     f"{fmt_si(u['energy_j_high'], 'J')}{'' if u.get('documented') else ' (assumed)'}")
     cards = [
-        ("Energy", fmt_si(s.get("energy_j"), "J"), f"over {fmt_si(s.get('duration_s'), 's')}"),
+        ("Energy", fmt_si(s.get("energy_j"), "J"), energy_d),
         ("Net energy", fmt_si(s.get("net_energy_j"), "J"),
          f"above the idle baseline of {fmt_si(s.get('baseline_power_w'), 'W')}"),
         ("J / token", fmt_si(s.get("j_per_token"), "J"),
@@ -195,6 +208,34 @@ def _cards(s: Dict[str, Any], cc: Dict[str, Any]) -> str:
     return f'<section class="cards" id="cards">{html_cards}</section>'
 
 
+def _res_line(res: Dict[str, Any], key: str) -> str:
+    """The resolution line of one kind of row ("tokens", "calls", "phases"), or ""."""
+    for line in resolution_lines(res):
+        if line.startswith(key + ":"):
+            return line
+    return ""
+
+
+def _res_note(res: Dict[str, Any], key: str, el_id: str = "") -> str:
+    line = _res_line(res, key)
+    if not line:
+        return ""
+    ident = f' id="{_e(el_id)}"' if el_id else ""
+    return f'<p class="resolution-note"{ident}><b>Resolution</b> — {_e(line)}</p>'
+
+
+def _quality(run: Any, s: Dict[str, Any], res: Dict[str, Any]) -> str:
+    """How well this was measured: resolution, gaps, systematic uncertainty and warnings, in view."""
+    items = [f"<li>{_e(line)}</li>" for line in resolution_lines(res)]
+    items.append(f"<li>systematic uncertainty of the source: {_e(uncertainty_text(s.get('uncertainty')))}</li>")
+    items.append(f"<li>method: {_e(s.get('method') or 'n/a')} — inside one power sample energy is divided by "
+                 "time, so shares finer than a sample are time shares, not measurements</li>")
+    warn = "".join(f"<li>{_e(w)}</li>" for w in (s.get("warnings") or []))
+    warn_html = f'<div class="warnings" id="warnings"><b>Warnings</b><ul>{warn}</ul></div>' if warn else ""
+    return (f'<section class="quality" id="resolution"><h2>How well this was measured</h2>'
+            f"<p class=note>{_e(res.get('note', ''))}</p><ul>{''.join(items)}</ul>{warn_html}</section>")
+
+
 def _phase_tables(run: Any, s: Dict[str, Any]) -> str:
     sec = _plot._arr(run, "sections")
     energy = _float(s.get("energy_j"))
@@ -211,10 +252,10 @@ def _phase_tables(run: Any, s: Dict[str, Any]) -> str:
                    100.0 * float(r["energy_j"]) / energy if energy else float("nan"),
                    toks, float(r["energy_j"]) / toks if toks else float("nan"),
                    *[float(r[f"{d}_j"]) for d in DOMAINS], float(r["unattributed_j"]),
-                   int(r["samples_in_window"]), bool(r["resolved"])]
+                   int(r["samples_in_window"]), bool(r["resolved"]), _flags_cell(r)]
             rows_by_kind["phase" if kind == "phase" else "other"].append(row)
         headers = ["name", "kind", "start (s)", "duration (s)", "energy (J)", "net (J)", "% of run", "tokens",
-                   "J/token", *[f"{d} (J)" for d in DOMAINS], "unattributed (J)", "samples", "resolved"]
+                   "J/token", *[f"{d} (J)" for d in DOMAINS], "unattributed (J)", "samples", "resolved", "flags"]
         h, rows = _drop_nan_columns(headers, rows_by_kind["phase"])
         parts.append("<h3>Phases</h3>" + _table(h, rows))
         if rows_by_kind["other"]:
@@ -235,19 +276,24 @@ def _phase_tables(run: Any, s: Dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _token_table(run: Any) -> str:
+def _flags_cell(r: np.void) -> str:
+    names = r.dtype.names or ()
+    return ", ".join(flag_names(int(r["flags"]))) if "flags" in names else ""
+
+
+def _token_table(run: Any, res: Dict[str, Any]) -> str:
     tok = _plot._arr(run, "tokens")
     if tok is None or len(tok) == 0:
         return "<p class=note>No decode steps in this run.</p>"
     rows = [[int(r["step"]), int(r["n_tokens"]), float(r["duration_s"]) * 1e3, float(r["energy_j"]),
              float(r["j_per_token"]), *[float(r[f"{d}_j"]) for d in DOMAINS], int(r["samples_in_window"]),
-             bool(r["resolved"])] for r in tok[np.argsort(tok["step"], kind="stable")]]
+             bool(r["resolved"]), _flags_cell(r)] for r in tok[np.argsort(tok["step"], kind="stable")]]
     h, rows = _drop_nan_columns(["step", "tokens", "duration (ms)", "energy (J)", "J/token",
-                                 *[f"{d} (J)" for d in DOMAINS], "samples", "resolved"], rows)
+                                 *[f"{d} (J)" for d in DOMAINS], "samples", "resolved", "flags"], rows)
     resolved = float(np.mean(tok["resolved"])) * 100.0
-    return (f"<details><summary>{len(tok)} decode steps; "
-            f"{resolved:.0f}% span a whole power sample (the rest are interpolated)</summary>"
-            + _table(h, rows) + "</details>")
+    return (_res_note(res, "tokens", "tokens-resolution")
+            + f"<details><summary>{len(tok)} decode steps, one row each; "
+            f"{resolved:.0f}% span a whole power sample</summary>" + _table(h, rows) + "</details>")
 
 
 def _aggregate(calls: Optional[np.ndarray], by_component: bool, energy: float) -> Optional[np.ndarray]:
@@ -283,10 +329,17 @@ def _summary_table(run: Any, method: str, array: str, by_component: bool, energy
     if tab is None or not tab[1]:
         return None
     headers, rows = _drop_nan_columns(*tab)
-    if "share" in headers:  # a fraction in the data, a percentage on the page
-        j = headers.index("share")
-        headers[j] = "% of run"
-        rows = [r[:j] + [100.0 * _float(r[j])] + r[j + 1:] for r in rows]
+    drop = ["share"] if by_component else ["share_of_parent"]  # nested components: only shares of a parent add up
+    keep = [j for j, h in enumerate(headers) if h not in drop]
+    headers, rows = [headers[j] for j in keep], [[r[j] for j in keep] for r in rows]
+    for field, label in (("share", "% of run"), ("share_of_parent", "% of parent"),
+                         ("self_share", "own % (not in hooked children)"), ("resolved_share", "% resolved")):
+        if field in headers:  # a fraction in the data, a percentage on the page
+            j = headers.index(field)
+            headers[j] = label
+            rows = [r[:j] + [100.0 * _float(r[j])] + r[j + 1:] for r in rows]
+    if "n_eff" in headers:
+        headers[headers.index("n_eff")] = "independent samples"
     if not by_component and "component" in headers:
         j = headers.index("component")
         headers = headers[:j] + headers[j + 1:]
@@ -294,9 +347,12 @@ def _summary_table(run: Any, method: str, array: str, by_component: bool, energy
     return _table(headers, rows)
 
 
-def _module_tables(run: Any, s: Dict[str, Any]) -> str:
+def _module_tables(run: Any, s: Dict[str, Any], res: Dict[str, Any]) -> str:
     energy = _float(s.get("energy_j"))
-    parts = []
+    parts = [_res_note(res, "calls", "calls-resolution"),
+             "<p class=note>Mean J per call ± its standard error count <i>independent power samples</i> (calls "
+             "whose midpoints fall in one sample share its reading); the error says nothing about the time-split "
+             "bias of unresolved calls.</p>"]
     lt = _summary_table(run, "layer_summary", "layers", False, energy)
     parts.append("<h3>Layers</h3>" + (lt or "<p class=note>No decoder-layer calls in this run "
                                             "(recorded with mode='minimal'?).</p>"))
@@ -313,7 +369,8 @@ def _module_tables(run: Any, s: Dict[str, Any]) -> str:
     ct = _summary_table(run, "component_summary", "components", True, energy)
     if ct:
         parts.append("<h3>Components per layer</h3><details><summary>every (layer, component) pair; "
-                     "layer -1 = model-level modules</summary>" + ct + "</details>")
+                     "layer -1 = model-level modules; % of parent: of the enclosing call (attn for q_proj, the "
+                     "layer for attn), so siblings add up to at most 100 %</summary>" + ct + "</details>")
     return "".join(parts)
 
 
@@ -325,6 +382,7 @@ def _environment(s: Dict[str, Any]) -> str:
     env = {
         "source": s.get("source"), "source kind": s.get("source_kind"), "source label": s.get("source_label"),
         "source details": s.get("source_meta") or {}, "method": s.get("method"),
+        "systematic uncertainty": uncertainty_text(s.get("uncertainty")),
         "sample period (s)": s.get("sample_period_s"), "mode": s.get("mode"), "sync": s.get("sync"),
         "device": s.get("device"), "chip / GPU": s.get("chip"), "host": s.get("host"),
         "run id": s.get("run_id"), "name": s.get("name"), "tags": s.get("tags") or [],
@@ -348,10 +406,16 @@ def _script_json(obj: Any) -> str:
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
-def _figures(run: Any) -> Tuple[str, List[str]]:
+#: Which resolution line sits above which figure.
+_PLOT_RESOLUTION = {"tokens": "tokens", "components": "calls", "layers": "calls", "layer_steps": "calls",
+                    "sankey": "calls"}
+
+
+def _figures(run: Any, res: Optional[Dict[str, Any]] = None) -> Tuple[str, List[str]]:
     """The plot blocks of the page and the JSON of each plotly figure drawn in them."""
     import plotly.io as pio
 
+    res = res if res is not None else resolution_of(run)
     blocks, figs = [], []
     for kind, heading, wide in REPORT_PLOTS:
         cls = "plotbox wide" if wide else "plotbox"
@@ -363,7 +427,8 @@ def _figures(run: Any) -> Tuple[str, List[str]]:
         fig.update_layout(autosize=True, height=560 if kind == "sankey" else 430,
                           margin=dict(l=60, r=30, t=60, b=60))
         pid = f"plot-{kind}"
-        blocks.append(f'<div class="{cls}"><h3>{_e(heading)}</h3><div class="plot" id="{pid}"></div></div>')
+        note = _res_note(res, _PLOT_RESOLUTION[kind]) if kind in _PLOT_RESOLUTION else ""
+        blocks.append(f'<div class="{cls}"><h3>{_e(heading)}</h3>{note}<div class="plot" id="{pid}"></div></div>')
         figs.append(f'{{"id":"{pid}","fig":{_script_json(pio.to_json(fig, validate=False))}}}')
     return '<section class="grid" id="plots">' + "".join(blocks) + "</section>", figs
 
@@ -393,7 +458,12 @@ th,td{border:1px solid #ddd;padding:3px 7px;text-align:left} th{background:#f2f2
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 table.kv td{text-align:left} table.kv td:first-child{font-weight:600;background:#fafafa}
 table.kv thead{display:none}
-.note{color:#666;font-size:12px} details summary{cursor:pointer;color:#333;font-size:13px;margin:4px 0}
+.note{color:#666;font-size:12px}
+.quality{border:1px solid #d0c080;border-radius:6px;padding:4px 14px;margin:14px 0;background:#fffdf3;font-size:13px}
+.quality h2{border:none;margin:6px 0 2px;font-size:17px} .quality ul{margin:4px 0 6px 18px;padding:0}
+.warnings{color:#8a1f00;font-weight:600} .warnings ul{font-weight:400}
+.resolution-note{font-size:12px;color:#5a4a00;background:#fff8d6;border-left:3px solid #d8b600;padding:2px 8px;margin:2px 0 6px}
+details summary{cursor:pointer;color:#333;font-size:13px;margin:4px 0}
 footer{color:#888;font-size:12px;margin:30px 0 10px}
 """
 
@@ -419,6 +489,9 @@ Promise.all(figs.map(function(f){return Plotly.newPlot(f.id,f.fig.data,f.fig.lay
   rects[f.id]=[Math.round(r.left+window.scrollX),Math.round(r.top+window.scrollY),Math.round(r.width),Math.round(r.height)];
   if(!el.querySelector(".main-svg")){missing.push(f.id);}});
  root.setAttribute("data-plot-rects",JSON.stringify(rects));
+ var q={};document.querySelectorAll("#resolution,.resolution-note").forEach(function(el,i){
+  var r=el.getBoundingClientRect();q[(el.id||"note")+"#"+i]=[Math.round(r.top+window.scrollY),Math.round(r.width),Math.round(r.height)];});
+ root.setAttribute("data-quality-rects",JSON.stringify(q));
  if(missing.length){window.__energyprofFail("not drawn: "+missing.join(","));return;}
  if(root.getAttribute("data-energyprof-status")==="loading"){root.setAttribute("data-energyprof-status","ok");}
 },function(e){window.__energyprofFail("Plotly.newPlot failed: "+String(e));});})();
@@ -429,6 +502,47 @@ _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inlin
         "img-src data: blob:; font-src data:; connect-src 'none'")
 
 
+def report_body(run: Any, *, co2_g_per_kwh: Optional[float] = None,
+                price_per_kwh: Optional[float] = None) -> Tuple[str, List[str], Dict[str, Any]]:
+    """The report's content without the page around it: the HTML from the label banner
+    to the environment tables, the JSON of each plotly figure drawn in it (for
+    ``window.__energyprofFigures``), and the carbon and cost settings used.  The HTML
+    report and the dashboard's run page (:mod:`energyprof.views.dashboard`) both show it."""
+    s = _plot._summary(run)
+    cc = carbon_and_cost(_float(s.get("energy_j")), co2_g_per_kwh, price_per_kwh)
+    res = resolution_of(run)
+    plots_html, figs = _figures(run, res)
+    body = "".join([
+        _banner(s),
+        _cards(s, cc),
+        _quality(run, s, res),
+        "<h2>Plots</h2>", plots_html,
+        "<h2>Phases and domains</h2>", _phase_tables(run, s),
+        "<h2>Tokens (decode steps)</h2>", _token_table(run, res),
+        "<h2>Layers and components</h2>", _module_tables(run, s, res),
+        "<h2>Environment</h2>", _environment(s),
+    ])
+    return body, figs, cc
+
+
+def run_title(run: Any) -> str:
+    """``energyprof: <name>`` with ``[SIMULATED]`` / ``[ESTIMATED]`` for such runs."""
+    s = _plot._summary(run)
+    label = str(s.get("source_label") or "")
+    return f"energyprof: {_plot._run_name(run, 'unsaved run')}" + \
+        (f" [{label.upper()}]" if label in ("simulated", "estimated") else "")
+
+
+def run_subtitle(run: Any) -> str:
+    """The line under the title: run id, model, device, start and status (HTML, escaped)."""
+    s = _plot._summary(run)
+    model = (s.get("model") or {}).get("name") or "model n/a"
+    rid = s.get("run_id")
+    return (f"run id {_e(rid) if rid is not None else 'n/a (not saved)'} · {_e(model)} on "
+            f"{_e(s.get('device') or 'n/a')} ({_e(s.get('chip') or 'n/a')}) · started "
+            f"{_e(s.get('started_at') or 'n/a')} · status {_e(s.get('status') or 'n/a')}")
+
+
 def render_report(run: Any, *, co2_g_per_kwh: Optional[float] = None,
                   price_per_kwh: Optional[float] = None) -> str:
     """The report of ``run`` as one HTML string (see :func:`write_report`)."""
@@ -436,19 +550,10 @@ def render_report(run: Any, *, co2_g_per_kwh: Optional[float] = None,
         from plotly.offline import get_plotlyjs
     except ImportError as exc:
         raise MissingExtraError("plotly", "the HTML report") from exc
-    s = _plot._summary(run)
-    cc = carbon_and_cost(_float(s.get("energy_j")), co2_g_per_kwh, price_per_kwh)
     from .._version import __version__
 
-    name = _plot._run_name(run, "unsaved run")
-    model = (s.get("model") or {}).get("name") or "model n/a"
-    label = str(s.get("source_label") or "")
-    title = f"energyprof: {name}" + (f" [{label.upper()}]" if label in ("simulated", "estimated") else "")
-    rid = s.get("run_id")
-    sub = (f"run id {_e(rid) if rid is not None else 'n/a (not saved)'} · {_e(model)} on {_e(s.get('device') or 'n/a')} "
-           f"({_e(s.get('chip') or 'n/a')}) · started {_e(s.get('started_at') or 'n/a')} · "
-           f"status {_e(s.get('status') or 'n/a')}")
-    plots_html, figs = _figures(run)
+    body, figs, cc = report_body(run, co2_g_per_kwh=co2_g_per_kwh, price_per_kwh=price_per_kwh)
+    title = run_title(run)
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     return "".join([
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -456,14 +561,8 @@ def render_report(run: Any, *, co2_g_per_kwh: Optional[float] = None,
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title><style>{_CSS}</style>",
         f"<script>{_ERROR_JS}</script></head><body><main>",
-        f"<h1>{_e(title)}</h1><div class=sub>{sub}</div>",
-        _banner(s),
-        _cards(s, cc),
-        "<h2>Plots</h2>", plots_html,
-        "<h2>Phases and domains</h2>", _phase_tables(run, s),
-        "<h2>Tokens (decode steps)</h2>", _token_table(run),
-        "<h2>Layers and components</h2>", _module_tables(run, s),
-        "<h2>Environment</h2>", _environment(s),
+        f"<h1>{_e(title)}</h1><div class=sub>{run_subtitle(run)}</div>",
+        body,
         f"<footer>Generated by energyprof {_e(__version__)} on {_e(generated)}. CO₂ at "
         f"{cc['co2_g_per_kwh']:g} gCO₂/kWh ({_e(cc['co2_origin'])}), cost at {cc['price_per_kwh']:g} $/kWh "
         f"({_e(cc['price_origin'])}); set them with {CO2_ENV} / {PRICE_ENV} or the report's arguments.</footer>",
@@ -508,4 +607,4 @@ def write_report(run: Any, path: Union[str, os.PathLike], *, co2_g_per_kwh: Opti
     return p
 
 
-__all__ = ["write_report", "render_report", "fmt_si", "REPORT_PLOTS"]
+__all__ = ["write_report", "render_report", "report_body", "run_title", "run_subtitle", "fmt_si", "REPORT_PLOTS"]

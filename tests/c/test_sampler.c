@@ -28,6 +28,21 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
+/* Wait until the sampler thread has produced n samples: a wait for an event, not for
+ * a length of time.  The guard (30 s) only turns a hang into a failure. */
+static int wait_for_samples(ep_sampler *s, int64_t n)
+{
+    ep_sampler_stats st;
+    for (int i = 0; i < 300000; i++) {
+        ep_sampler_get_stats(s, &st);
+        if (st.samples >= n)
+            return 1;
+        struct timespec ts = {0, 100000L};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
 EP_TEST(synthetic_square_ramp_exact)
 {
     const char *k[] = {"power_w", "square_w", "square_period_ms", "ramp_w_per_s", "period_ms"};
@@ -144,7 +159,7 @@ EP_TEST(sampler_collects_contiguous_samples)
         return;
     EP_CHECK(ep_sampler_start(s, err, sizeof err) == EP_OK);
     EP_CHECK(ep_sampler_start(s, err, sizeof err) == EP_ERR_STATE);
-    sleep_ms(30);
+    EP_CHECK(wait_for_samples(s, 3));
     EP_CHECK(ep_sampler_stop(s) == EP_OK);
     EP_CHECK(ep_sampler_stop(s) == EP_OK);
     static ep_sample out[4096];
@@ -206,7 +221,7 @@ EP_TEST(sampler_overflow_counted)
     if (!s)
         return;
     EP_CHECK(ep_sampler_start(s, err, sizeof err) == EP_OK);
-    sleep_ms(20);
+    EP_CHECK(wait_for_samples(s, 10)); /* more than the ring's 3 */
     EP_CHECK(ep_sampler_stop(s) == EP_OK);
     ep_sampler_stats st;
     ep_sampler_get_stats(s, &st);
