@@ -109,6 +109,7 @@ class Session(RunData):
         self.hook_method = hook_method
         self.engine = None if engine is None else str(engine)
         self.distributed = distributed
+        self._dist = None                          # RankInfo of a multi-rank run (energyprof.measure.distributed)
         # ep.run(None): the caller's marks (s.mark_prefill_end / s.mark_token) stand for forwards
         self._gen_start_ns: Optional[int] = None   # mark_prefill_start of the current generation
         self._gen_pending: tuple = (None, 1)       # (input_tokens, batch) given to mark_prefill_start
@@ -167,6 +168,7 @@ class Session(RunData):
         from .sources import open as open_source
 
         self._source = open_source(self.source_spec)
+        self._dist = self._setup_distributed()
         if self.model is None:
             import torch
 
@@ -180,8 +182,17 @@ class Session(RunData):
                 sync = "device" if self._device.type in ("cuda", "mps") else "none"
             self._sync_used = sync
             self._amap = arch_mod.describe(self.model)   # warns itself when it falls back
-        self._sampler = Sampler(self._source, interval_ms=self.interval_ms)
+        if self._dist is not None and not self._dist.samples:
+            from .distributed import NoSampler
+
+            self._sampler = NoSampler(self._source)   # a host-wide source: its host leader samples it
+        else:
+            self._sampler = Sampler(self._source, interval_ms=self.interval_ms)
         self._sampler.start()
+        if self._dist is not None:
+            from .distributed import exchange_clocks
+
+            exchange_clocks(self._dist, _core.now_ns)
         self._wall_start_ns = _core.wall_ns()
         self._baseline = None
         self._settle_s = 0.0
@@ -224,7 +235,7 @@ class Session(RunData):
             if self.mode == "deep":
                 self._add_deep_hooks(targets, qual_to_span)
 
-        if self.save:
+        if self.save and (self._dist is None or self._dist.rank == 0):   # rank 0 saves a multi-rank run
             from ..store.db import Store
 
             self._store = self.db if isinstance(self.db, Store) else Store(self.db)
@@ -238,6 +249,55 @@ class Session(RunData):
         self._t_start_ns = _core.now_ns()
         if any(self._live_callbacks.values()):
             self._start_live()
+
+    def _setup_distributed(self):
+        """A multi-rank run (energyprof.measure.distributed): this rank's RankInfo, else None.
+        A collective when the process group is used; an ``nvml`` source without ``index=``
+        is reopened on the rank's local device."""
+        from .distributed import resolve_mode, setup
+        from .sources import format_spec, open as open_source
+
+        use, group = resolve_mode(self.distributed)
+        if not use:
+            return None
+        info = setup(self._source.kind, group)
+        if self._source.kind == "nvml" and "index" not in self._source.params:
+            self._source = open_source(format_spec("nvml", {**self._source.params, "index": str(info.local_rank)}))
+        return info
+
+    def _merge_ranks(self, att, forwards, status: str, samples: np.ndarray, t_end_ns: int) -> str:
+        """Exit of a multi-rank run: send this rank's run to rank 0, or (rank 0) receive every
+        rank's and replace this session's rows by the merged run; returns the run's status."""
+        from . import distributed as dm
+
+        info = self._dist
+        calls = {"layers": self._layers, "components": self._components, "ops": self._ops}
+        mine = dm.payload(self, info, att, forwards, status, calls, samples, t_end_ns)
+        if info.rank != 0:
+            sent = True
+            try:
+                dm.send_to_rank0(mine)
+            except Exception as e:
+                sent = False
+                warnings.warn(f"energyprof: rank {info.rank} could not send its run to rank 0 ({e}); its data is "
+                              "still available on this session object", RuntimeWarning)
+            self._summary["distributed"] = {"rank": info.rank, "world_size": info.world_size, "saved_by_rank": 0,
+                                            "sent_to_rank0": sent}
+            return status
+        others, errors = dm.receive_on_rank0(info.world_size)
+        m = dm.merge([mine] + others[1:], errors)
+        for message in errors:
+            warnings.warn(f"energyprof: {message}", RuntimeWarning, stacklevel=4)
+        summary = dict(self._summary)
+        summary.update(m["summary"])
+        summary["status"] = m["status"]
+        summary["uncertainty"] = uncertainty_summary(systematic_uncertainty(self._source.kind, self._source.params),
+                                                     summary["energy_j"], summary["source_label"])
+        self._summary = summary
+        self._samples, self._sections, self._tokens = m["samples"], m["sections"], m["tokens"]
+        self._layers, self._components, self._ops = m["layers"], m["components"], m["ops"]
+        self._ranks, self._rank_sections, self._rank_tokens = m["ranks"], m["rank_sections"], m["rank_tokens"]
+        return m["status"]
 
     # ------------------------------------------------------------------ deep / live (energyprof.measure.deep, .live)
     def _install_deep(self, qual_to_span: Dict[str, int], sync: str) -> None:
@@ -523,6 +583,10 @@ class Session(RunData):
                 p0 = _core.now_ns()
                 time.sleep(self.post_baseline_s)   # idle again, hooks gone: the drift check
                 self._post_baseline = (p0, _core.now_ns())
+            if self._dist is not None:
+                from .distributed import wait_for_ranks
+
+                self._dist_wait_error = wait_for_ranks()   # every rank samples until the last one is done
             self._sampler.stop()
             if self._live is not None:
                 self._live.stop()   # delivers what is left from its own thread, then joins
@@ -599,6 +663,9 @@ class Session(RunData):
         self._layers = calls[is_layer]
         self._components = calls[~is_layer & ~is_op]
         self._ops = calls[is_op]
+        if self._dist is not None:
+            status = self._merge_ranks(att, forwards, status, samples, t_end_ns)
+            summary = self._summary
         self._finished = True
         if self._store is not None:
             try:
@@ -606,9 +673,15 @@ class Session(RunData):
                     new = samples[self._samples_written:]
                     if len(new):
                         self._store.write_samples(self.run_id_, new)
-                self._store.finish_run(self.run_id_, summary, att.sections, att.tokens, self._layers,
+                multi = self._dist is not None
+                if multi and len(self._samples):   # the other ranks' samples (rank 0's are written above)
+                    self._store.write_array(self.run_id_, "samples", self._samples[self._samples["rank"] != 0])
+                self._store.finish_run(self.run_id_, summary, self._sections, self._tokens, self._layers,
                                        self._components, status, ops=self._ops, heads=self._heads,
-                                       all_samples=samples)
+                                       all_samples=None if multi else samples,
+                                       ranks=self._ranks if multi else None,
+                                       rank_sections=self._rank_sections if multi else None,
+                                       rank_tokens=self._rank_tokens if multi else None)
             except Exception as e:
                 self._save_error = self._save_error or e
             finally:
