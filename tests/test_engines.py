@@ -253,6 +253,10 @@ def test_engine_comparison_lists_each_engine_with_intervals_and_the_source_label
             v = np.array([r[f] for r in runs])
             assert row[f] == pytest.approx(v.mean(), rel=1e-12)
             assert row[f + "_ci95"] == pytest.approx(T975_1 * v.std(ddof=1) / math.sqrt(2), rel=1e-3)
+        # each row says how well it was measured: the runs' resolved token share and the source's uncertainty
+        assert row["tokens_resolved"] == pytest.approx(np.mean([r["resolution"]["tokens"] for r in runs]))
+        assert row["systematic"] == runs[0]["uncertainty"]["text"] and "exact by construction" in row["systematic"]
+        assert row["sample_period_s"] == pytest.approx(max(r["resolution"]["sample_period_s"] for r in runs))
         # tokens/J is output tokens over energy, run by run
         assert row["tokens_per_j"] == pytest.approx(np.mean([3 / r["energy_j"] for r in runs]), rel=1e-9)
     assert sorted(res.table["engine"]) == sorted(ENGINES)
@@ -273,6 +277,7 @@ def test_cli_sweep_engine_prints_the_engine_table(capsys, monkeypatch):
     assert [c[0] for c in rows] == ["eager", "sdpa", "compile", "onnxruntime"]
     assert all(c[-1] == "simulated" and c[4] == "2" for c in rows)
     assert "±" in table and f"engine source: {SOURCE} (simulated)" in out
+    assert all(c[-2].endswith("%") for c in rows) and "engine uncertainty beside the CIs: none (simulated" in out
     rc = cli.main(["sweep", "--model", "tiny-llama", "--engine", "eager,tensorrt"])
     assert rc == 2
     assert "--engine takes a comma-separated list of eager, sdpa, compile, onnxruntime" in capsys.readouterr().err

@@ -41,7 +41,12 @@ ENGINE_FIGURES = ("j_per_output_token", "tokens_per_j", "j_per_token", "tokens_p
 
 #: One row per (engine, grid point) of an engine comparison: the keys, n, the source and its
 #: label (measured / estimated / simulated), then F, F_sd, F_ci95 per figure of ENGINE_FIGURES.
-ENGINE_DTYPE = np.dtype(_KEYS + [("source", "U64"), ("source_label", "U16")]
+#: ``tokens_resolved`` is the mean share of decode steps that span a whole power sample,
+#: ``sample_period_s`` the longest sample period of the group's runs and ``systematic`` the
+#: source's systematic uncertainty (summary()["uncertainty"]["text"]): how far each figure
+#: can be trusted beside its statistical CI.
+ENGINE_DTYPE = np.dtype(_KEYS + [("source", "U64"), ("source_label", "U16"), ("tokens_resolved", "<f8"),
+                                 ("sample_period_s", "<f8"), ("systematic", "U160")]
                         + [(f"{f}{suf}", "<f8") for f in ENGINE_FIGURES for suf in ("", "_sd", "_ci95")])
 
 
@@ -164,6 +169,13 @@ def engine_table(runs: Any, db: Any = None) -> np.ndarray:
         labels = sorted({str(s.get("source_label") or "") for s in groups[key]})
         out["source"][i] = " | ".join(srcs)
         out["source_label"][i] = " | ".join(labels)
+        res = [s.get("resolution") or {} for s in groups[key]]
+        shares = [_f(r.get("tokens")) for r in res]
+        periods = [_f(r.get("sample_period_s")) for r in res]
+        out["tokens_resolved"][i] = np.nanmean(shares) if not all(np.isnan(shares)) else np.nan
+        out["sample_period_s"][i] = np.nanmax(periods) if not all(np.isnan(periods)) else np.nan
+        out["systematic"][i] = " | ".join(sorted({str((s.get("uncertainty") or {}).get("text") or "unknown")
+                                                  for s in groups[key]}))[:160]
     return out
 
 

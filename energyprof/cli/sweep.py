@@ -134,12 +134,16 @@ def cli_main(args) -> int:
                  _fmt(r["tokens_per_s"], r["tokens_per_s_ci95"])) for r in t])
         if et is not None:
             _table("engines (mean ± 95% CI half-width)",
-                   ["engine", "batch", "prompt", "new", "n", "J/out token", "tokens/J", "tokens/s", "label"],
+                   ["engine", "batch", "prompt", "new", "n", "J/out token", "tokens/J", "tokens/s", "tokens resolved",
+                    "label"],
                    [(str(r["engine"]), int(r["batch_size"]), int(r["prompt_length"]), int(r["max_new_tokens"]),
                      int(r["n"]), _fmt(r["j_per_output_token"], r["j_per_output_token_ci95"]),
                      _fmt(r["tokens_per_j"], r["tokens_per_j_ci95"]), _fmt(r["tokens_per_s"], r["tokens_per_s_ci95"]),
-                     str(r["source_label"])) for r in et])
+                     f"{100 * r['tokens_resolved']:.0f}%", str(r["source_label"])) for r in et])
             print("engine source: " + "; ".join(sorted({f"{r['source']} ({r['source_label']})" for r in et})))
+            print("engine uncertainty beside the CIs: " + "; ".join(sorted({str(r["systematic"]) for r in et}))
+                  + f"; samples of {np.nanmax(et['sample_period_s']) * 1e3:.3g} ms (decode steps shorter than "
+                  "that are time shares of a sample)")
         front = pareto_frontier(t)
         print("Pareto frontier (tokens/s vs J/out token): " + ", ".join(
             (f"{t['engine'][i]} " if t['engine'][i] else "")
