@@ -12,6 +12,7 @@ Scenarios
 - ``tp``: tensor parallel: a toy LM whose hidden layer is split over the ranks of a replica
   group (all_reduce inside forward); replica group = rank // 2; rank r draws 5 * (r + 1) W.
 - ``die``: like ``dp``, but the last rank dies (os._exit) inside the block.
+- ``sources``: an ``estimate`` run (host-wide), then an ``nvml`` run without ``index=``.
 """
 from __future__ import annotations
 
@@ -84,6 +85,16 @@ elif scenario == "tp":
                 distributed={"replica_group": mine}, db=db, baseline_s=0.05) as s:
         ids = greedy(model, torch.tensor([[1, 2, 3]]), 4)
     result["ids"] = ids.tolist()
+elif scenario == "sources":
+    # a host-wide source (estimate: one reading per host) on the host leader only, then nvml
+    # without index= on each rank's local device (the fake library exposes two GPUs)
+    model = torch.nn.Linear(4, 4)
+    with ep.run(model, source="estimate", distributed="auto", db=db, baseline_s=0, name="hostwide") as s:
+        model(torch.zeros(2, 4))
+    result["hostwide_samples"] = len(s._sampler.samples)
+    with ep.run(model, source="nvml", distributed="auto", db=db, baseline_s=0, name="nvml") as s:
+        model(torch.zeros(2, 4))
+    result["nvml_spec"] = s._source.spec
 else:
     raise SystemExit(f"unknown scenario {scenario}")
 

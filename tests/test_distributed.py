@@ -32,10 +32,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(tmp_path, world: int, scenario: str, expect_rc=None):
+def spawn(tmp_path, world: int, scenario: str, expect_rc=None, **env_extra):
     """Start ``world`` ranks of ``scenario``; returns (db path, {rank: its own JSON})."""
     db, port = str(tmp_path / "runs.db"), _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(WORKER.parent))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(WORKER.parent), **env_extra)
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), str(world), str(port), db, str(tmp_path),
                                scenario], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for r in range(world)]
@@ -185,3 +185,28 @@ def test_distributed_argument_without_a_process_group():
     with ep.run(model, source="synthetic:power_w=10", baseline_s=0, save=False, distributed="auto") as s:
         model(torch.zeros(1, 2))
     assert "distributed" not in s.summary() and len(s.ranks) == 0
+
+
+def test_host_wide_source_on_one_rank_per_host_and_nvml_on_the_local_device(tmp_path):
+    from test_nvml import build_fake
+
+    lib = build_fake(tmp_path)
+    script = tmp_path / "nvml.txt"
+    script.write_text("".join(f"{1000 * (i + 1)} 50000\n" for i in range(4000)))
+    db, mine = spawn(tmp_path, 2, "sources", ENERGYPROF_NVML_LIB=str(lib), FAKE_NVML_COUNT="2",
+                     FAKE_NVML_SCRIPT=str(script))
+    runs = {r["name"]: r for r in ep.runs(db=db, limit=None)}
+    assert set(runs) == {"hostwide", "nvml"}
+    host = ep.load(int(runs["hostwide"]["run_id"]), db=db)
+    # one host: rank 0 leads it and is the only one to sample the host-wide source
+    assert host.ranks["host_leader"].tolist() == [0, 0]
+    assert mine[1]["hostwide_samples"] == 0
+    assert set(host.samples["rank"].tolist()) == {0}
+    assert host.ranks["source"].tolist() == ["estimate", ""] and np.isnan(host.ranks["energy_j"][1])
+    # so the run's energy is rank 0's alone, not twice it
+    assert host.summary()["energy_j"] == pytest.approx(float(host.ranks["energy_j"][0]), rel=1e-9)
+    assert host.summary()["source_label"] == "estimated"
+    nv = ep.load(int(runs["nvml"]["run_id"]), db=db)
+    assert mine[1]["nvml_spec"] == "nvml:index=1"
+    assert nv.ranks["source"].tolist() == ["nvml:index=0", "nvml:index=1"]
+    assert sorted(set(nv.samples["rank"].tolist())) == [0, 1]
