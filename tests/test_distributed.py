@@ -162,6 +162,8 @@ def test_a_rank_that_dies_leaves_the_others_saved_and_the_run_interrupted(tmp_pa
     assert mine[1]["output_tokens"] == 3                  # rank 1's own session (rank 0 was asked for 2)
     assert s["output_tokens"] == 2 + mine[1]["output_tokens"]
     assert s["distributed"]["missing_ranks"] == [2]
+    # rank 0 waited for the survivors before stopping (rank 1's samples cover its window)
+    assert any("rank 2 did not finish" in p for p in s["distributed"]["exit_problems"])
     assert any("rank 2" in w for w in s["warnings"])
     # the user section of the surviving ranks: rank 0's window over both survivors' power
     sec = run.sections[run.sections["name"] == "generate"][0]

@@ -15,7 +15,8 @@ than one rank (torchrun, accelerate, ``mp.spawn``):
    ``offset = t2 - (t1 + t3) / 2`` (add it to r's monotonic clock to get rank 0's) and
    ``uncertainty = (t3 - t1) / 2``: the true offset is within that bound whatever the delay
    split between the two directions.
-3. **Exit** (:func:`send_to_rank0` / :func:`receive_on_rank0`): every rank integrates its own
+3. **Exit** (:func:`wait_for_ranks`, then :func:`send_to_rank0` / :func:`receive_on_rank0`):
+   every rank keeps sampling until all have left their block, integrates its own
    run, then sends its samples, forwards, sections, tokens and calls to rank 0
    point-to-point; rank 0 waits for each rank in turn.  A rank that died (its connection is
    closed) is recorded as ``missing`` and the run is saved ``interrupted`` with the data of
@@ -164,17 +165,40 @@ def exchange_clocks(info: RankInfo, now_ns, rounds: int = CLOCK_ROUNDS) -> None:
     dist.barrier()
 
 
-def wait_for_ranks() -> Optional[str]:
-    """Collective at exit, before the samplers stop: each rank keeps sampling until every
-    rank has finished its block, so every rank's samples cover every other rank's windows.
-    Returns None, or the error when a rank is gone (the others go on)."""
+def wait_for_ranks(info: RankInfo) -> List[str]:
+    """At exit, before the samplers stop: every rank keeps sampling until every rank has
+    left its block, so every rank's samples cover every other rank's windows.
+
+    Point to point, so a dead rank does not cut the wait short for the others: each rank
+    tells rank 0 it is done and waits for rank 0's answer; rank 0 waits for every rank's
+    word (a dead rank's closed connection ends its wait), then answers the living ones.
+    Returns one message per rank that could not be reached."""
+    import torch
     import torch.distributed as dist
 
-    try:
-        dist.barrier()
-    except Exception as e:  # a dead peer closes its connection: the others still report
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-    return None
+    flag = torch.zeros(1, dtype=torch.int64)
+    problems: List[str] = []
+    if info.rank == 0:
+        alive = []
+        for r in range(1, info.world_size):
+            try:
+                dist.recv(flag, src=r)
+                alive.append(r)
+            except Exception as e:
+                problems.append(f"rank {r} did not finish its block ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:120]})")
+        for r in alive:
+            try:
+                dist.send(flag, dst=r)
+            except Exception as e:  # it died since
+                problems.append(f"rank {r} is gone ({type(e).__name__})")
+    else:
+        try:
+            dist.send(flag, dst=0)
+            dist.recv(flag, src=0)
+        except Exception as e:
+            problems.append(f"rank 0 did not answer ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+    return problems
 
 
 def send_to_rank0(payload: Dict[str, Any]) -> None:

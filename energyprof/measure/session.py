@@ -282,14 +282,22 @@ class Session(RunData):
                 warnings.warn(f"energyprof: rank {info.rank} could not send its run to rank 0 ({e}); its data is "
                               "still available on this session object", RuntimeWarning)
             self._summary["distributed"] = {"rank": info.rank, "world_size": info.world_size, "saved_by_rank": 0,
-                                            "sent_to_rank0": sent}
+                                            "sent_to_rank0": sent,
+                                            "exit_problems": list(getattr(self, "_dist_wait_problems", []))}
             return status
         others, errors = dm.receive_on_rank0(info.world_size)
-        m = dm.merge([mine] + others[1:], errors)
+        try:
+            m = dm.merge([mine] + others[1:], errors)
+        except Exception as e:  # never lose rank 0's own run over a failed merge
+            warnings.warn(f"energyprof: the ranks' runs could not be merged ({type(e).__name__}: {e}); rank 0's "
+                          "own run is saved, marked interrupted", RuntimeWarning)
+            self._summary["distributed"] = {"rank": 0, "world_size": info.world_size, "merge_error": str(e)}
+            return "interrupted"
         for message in errors:
             warnings.warn(f"energyprof: {message}", RuntimeWarning, stacklevel=4)
         summary = dict(self._summary)
         summary.update(m["summary"])
+        summary["distributed"]["exit_problems"] = list(getattr(self, "_dist_wait_problems", []))
         summary["status"] = m["status"]
         summary["uncertainty"] = uncertainty_summary(systematic_uncertainty(self._source.kind, self._source.params),
                                                      summary["energy_j"], summary["source_label"])
@@ -586,7 +594,7 @@ class Session(RunData):
             if self._dist is not None:
                 from .distributed import wait_for_ranks
 
-                self._dist_wait_error = wait_for_ranks()   # every rank samples until the last one is done
+                self._dist_wait_problems = wait_for_ranks(self._dist)   # sample until every rank is done
             self._sampler.stop()
             if self._live is not None:
                 self._live.stop()   # delivers what is left from its own thread, then joins
