@@ -30,6 +30,7 @@ import socket
 import sqlite3
 import stat
 import sys
+import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
@@ -307,6 +308,19 @@ def _file_readonly(path: str) -> bool:
 # ---------------------------------------------------------------------------------
 # Store
 # ---------------------------------------------------------------------------------
+def _set_wal(conn: sqlite3.Connection, tries: int = 100) -> None:
+    """PRAGMA journal_mode=WAL, retried while another process holds the lock (it may be
+    creating the schema): SQLite answers the pragma 'locked' without its busy handler."""
+    for k in range(tries):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or k == tries - 1:
+                raise
+            time.sleep(0.02)
+
+
 class Store:
     """An open run store: the native writer (lazily started) and a reader connection.
 
@@ -362,7 +376,7 @@ class Store:
                 _schema.migrate(conn, self.path)
             conn.execute("PRAGMA foreign_keys=ON")
             if not self.readonly:
-                conn.execute("PRAGMA journal_mode=WAL")
+                _set_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
             if mark_stale and not self.readonly:
                 try:

@@ -419,6 +419,10 @@ def check(conn: sqlite3.Connection, path: str) -> int:
     try:
         v = user_version(conn)
         names = tables(conn)
+        if v == 0 and names:
+            # another process created the schema between the two reads (tables and version
+            # are committed together): the tables we saw mean its version is there now
+            v = user_version(conn)
     except sqlite3.DatabaseError as exc:
         raise SchemaError(f"{path} is not an energyprof database: {exc} (the file was not changed)") from exc
     if v > SCHEMA_VERSION:
