@@ -12,6 +12,12 @@ Variants, each timed in every round (order shuffled per round, medians over roun
   deep_patch  mode="deep", but attention reached the monkey-patch way: the config set to
               "eager" and the modeling module's ``eager_attention_forward`` global replaced
               by the same function (docs/methodology.md compares the two approaches)
+  deep_every4 mode="deep", stats_every=4: statistics on every 4th call of each module
+
+The remaining cost of deep over standard is split into parts by differences of medians:
+eager attention (standard_eager - standard), the op spans (deep_nostats - standard_eager),
+the statistics (deep - deep_nostats).  The headline is deep / standard on the 8x512
+Llama, a ratio of medians with its 95 % bootstrap interval over the rounds (goal <= 1.25).
 
 Reported per model: median wall time and median CPU time of the calling thread (on a
 shared machine the thread's CPU time is the steadier measure of the Python work a
@@ -37,12 +43,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _report import fmt_ci, headline, ratio_of_medians, verdict, verdict_text  # noqa: E402
 import energyprof as ep  # noqa: E402
 from energyprof.measure import deep  # noqa: E402
 from energyprof.tiny import tiny_model  # noqa: E402
 
 DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "deep_overhead.md")
-VARIANTS = ("none", "standard", "standard_eager", "deep", "deep_nostats", "deep_patch")
+VARIANTS = ("none", "standard", "standard_eager", "deep", "deep_nostats", "deep_patch", "deep_every4")
+JUDGED = "llama 8x512"
+GOAL = 1.25
 SOURCE = "synthetic:power_w=10,period_ms=10"
 
 MODELS = {
@@ -61,6 +71,10 @@ def _time_variant(model, variant: str, ids, n_new: int):
             model.generate(ids, **kw)
     elif variant in ("standard", "deep"):
         with ep.run(model, source=SOURCE, mode=variant, baseline_s=0, save=False) as s:
+            with torch.no_grad():
+                model.generate(ids, **kw)
+    elif variant == "deep_every4":
+        with ep.run(model, source=SOURCE, mode="deep", baseline_s=0, save=False, stats_every=4) as s:
             with torch.no_grad():
                 model.generate(ids, **kw)
     elif variant == "standard_eager":
@@ -115,6 +129,7 @@ def run(rounds: int, n_new: int, prompt_len: int) -> str:
         "|---|---|---|---|---|---|",
     ]
     notes = []
+    heads = []
     for label, spec in MODELS.items():
         spec = dict(spec)
         name = spec.pop("name")
@@ -148,13 +163,45 @@ def run(rounds: int, n_new: int, prompt_len: int) -> str:
         share = ops["duration_s"][stats].sum() / ops["duration_s"].sum() if len(ops) else float("nan")
         attn = last_deep.components[last_deep.components["component"] == "attn"]["duration_s"].sum()
         attn_stats = ops["duration_s"][ops["component"] == "attn.stats"].sum()
+        r = ratio_of_medians(wall["deep"], wall["standard"])
+        r4 = ratio_of_medians(wall["deep_every4"], wall["standard"])
+        rc = ratio_of_medians(cpu["deep"], cpu["standard"])
+        rc4 = ratio_of_medians(cpu["deep_every4"], cpu["standard"])
+        cstd = mc["standard"]
+        cparts = {
+            "eager attention": mc["standard_eager"] - cstd,
+            "op spans and component hooks": mc["deep_nostats"] - mc["standard_eager"],
+            "statistics": mc["deep"] - mc["deep_nostats"],
+        }
+        std = mw["standard"]
+        parts = {
+            "eager attention (standard_eager - standard)": mw["standard_eager"] - std,
+            "op spans (deep_nostats - standard_eager)": mw["deep_nostats"] - mw["standard_eager"],
+            "statistics (deep - deep_nostats)": mw["deep"] - mw["deep_nostats"],
+        }
+        notes.append(f"- {label}: **deep / standard wall {fmt_ci(r)}**; with stats_every=4 {fmt_ci(r4)}. "
+                     "Remaining cost per part, % of standard's wall time: " +
+                     "; ".join(f"{k} {v / std * 100:+.1f} %" for k, v in parts.items()) + ".")
+        notes.append(f"- {label}: deep / standard CPU time of the calling thread {fmt_ci(rc)} (the steadier "
+                     f"measure when the machine is loaded); stats_every=4 {fmt_ci(rc4)}. Per part, % of standard's "
+                     "CPU time: " + "; ".join(f"{k} {v / cstd * 100:+.1f} %" for k, v in cparts.items()) + ".")
+        if label == JUDGED:
+            v = verdict(r, GOAL, False)
+            heads.append(headline(f"generate() wall time, mode=\"deep\" / \"standard\", {label} Llama, {n_new} new "
+                                  "tokens, interleaved rounds", f"<= {GOAL}x", fmt_ci(r, unit="x"), v))
+            vc = verdict(rc, GOAL, False)
+            heads.append(headline(f"the same in CPU time of the thread calling generate(), {label}",
+                                  f"<= {GOAL}x", fmt_ci(rc, unit="x"), vc))
+            heads.append(headline(f"the same with stats_every=4 (statistics on every 4th call), {label}",
+                                  "measured and stated", fmt_ci(r4, unit="x"), None))
+            notes.append(f"- goal deep / standard <= {GOAL} on the {label} Llama: {verdict_text(v)}.")
         notes.append(f"- {label}: deep/standard wall ratio {mw['deep'] / mw['standard']:.3f}, CPU ratio "
                      f"{mc['deep'] / mc['standard']:.3f}; interface/patch wall ratio "
                      f"{mw['deep'] / mw['deep_patch']:.3f}; without statistics deep/standard CPU ratio "
                      f"{mc['deep_nostats'] / mc['standard']:.3f}. Statistics ops (`*.stats`) take "
                      f"{share * 100:.1f}% of the op time; `attn.stats` is {attn_stats / attn * 100:.1f}% of the "
                      f"attention time.")
-    lines += ["", *notes, ""]
+    lines += ["", *notes, "", *heads, ""]
     return "\n".join(lines)
 
 

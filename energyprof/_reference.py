@@ -5,7 +5,7 @@ code each one is differs, and a twin is only as good an oracle as that independe
 here it is, twin by twin (docs/testing.md has the same table with the tests):
 
 * ``integrate``: independent code (vectorised ``searchsorted`` + ``cumsum``; the C walks
-  the knots with a galloping search and checkpoints every 16 samples), the same
+  the samples once, merging the window endpoints into that walk in time order), the same
   definition (a window is F(end) - F(start)).  Also held to oracles that share nothing with
   either: exact fractions sample by sample and closed forms (tests/test_integrate.py,
   tests/energy_oracle.py for every row of a run).
@@ -28,6 +28,10 @@ here it is, twin by twin (docs/testing.md has the same table with the tests):
   expressions and set logic; same rules, different form.  ``counter_delta`` and
   ``estimate_power_w`` are one-line formulas, transcriptions; the rapl and estimate tests
   check the sources against values computed by hand from what the fakes served.
+* ``tensor_stats`` / ``token_variance`` / ``attention_stats`` (the deep-mode statistics
+  kernels, csrc/kernels/ep_stats.c): numpy reductions over whole arrays (``scipy``-free
+  ``-p log p`` with ``np.where``), written from the definitions, not from the C loops;
+  tests/test_deep_stats.py also holds both to the torch computation deep mode used before.
 
 Every part appends its own twin in its own clearly delimited section below; do not edit
 another part's section.
@@ -722,3 +726,40 @@ def estimate_power_w(cpu_ns: float, wall_ns: float, n_cpu: int, watts_per_core: 
     util = min(max(cpu_ns / wall_ns, 0.0), float(n_cpu))
     power = idle_w + util * watts_per_core
     return min(power, tdp_w) if tdp_w > 0 else power
+
+
+# --------------------------------------------------------------------------- deep-mode statistics (ep_stats.c)
+
+
+def tensor_stats(x: np.ndarray, small_below: float) -> tuple:
+    """Twin of ``_core.tensor_stats``: (mean, unbiased std, max |x|, share of |x| < small_below)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    n = x.size
+    if n == 0:
+        return (np.nan,) * 4
+    std = float(np.std(x, ddof=1)) if n > 1 else 0.0
+    return float(np.mean(x)), std, float(np.max(np.abs(x))), float(np.count_nonzero(np.abs(x) < small_below)) / n
+
+
+def token_variance(x: np.ndarray) -> float:
+    """Twin of ``_core.token_variance``: mean over rows of the population variance of the last axis."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return float("nan")
+    return float(np.mean(np.var(x.reshape(-1, x.shape[-1] if x.ndim else 1), axis=-1)))
+
+
+def attention_stats(p: np.ndarray, allowed: "np.ndarray | None", small_below: float) -> tuple:
+    """Twin of ``_core.attention_stats``: ((4, H) per-head entropy, row max, sparsity, B*Q; tensor_stats(p))."""
+    p = np.asarray(p, dtype=np.float64)
+    b, h, q, k = p.shape
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), np.where(p == 0, 0.0, np.where(p < 0, -np.inf, p)))
+    ent_h = ent.sum(-1).mean(axis=(0, 2))
+    max_h = p.max(-1).mean(axis=(0, 2))
+    ok = np.ones_like(p, dtype=bool) if allowed is None else np.broadcast_to(np.asarray(allowed, bool), p.shape)
+    small = (p < small_below) & ok
+    sparse_h = small.sum(axis=(0, 2, 3)) / np.maximum(ok.sum(axis=(0, 2, 3)), 1)
+    heads = np.stack([ent_h, max_h, sparse_h, np.full(h, float(b * q))])
+    return heads, tensor_stats(p, small_below)
+

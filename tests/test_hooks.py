@@ -481,7 +481,7 @@ def test_hot_path_allocates_no_python_memory():
     import itertools
     import tracemalloc
 
-    def peak_bytes(f, arg):
+    def peak_bytes_once(f, arg):
         sink = collections.deque(maxlen=0)
         calls = map(f, itertools.repeat(arg, 5000))  # called from C: no interpreter frames
         tracemalloc.start()
@@ -492,9 +492,15 @@ def test_hot_path_allocates_no_python_memory():
         finally:
             tracemalloc.stop()
 
+    def peak_bytes(f, arg):
+        # tracemalloc sees every thread: a Python thread left by an earlier test may
+        # allocate inside one window.  An allocation on the hot path shows in every
+        # window (5000 calls each), so the least of three is the hot path's own.
+        return min(peak_bytes_once(f, arg) for _ in range(3))
+
     buf = _core.SpanBuffer()
     assert peak_bytes(lambda x: [x] * 3, 1) > 0  # the probe sees Python allocations
     assert peak_bytes(_core.Hook(buf, 1, 0), None) == 0
     assert peak_bytes(_core.Hook(buf, 1, 1), None) == 0
     assert peak_bytes(_core.wrap_forward(buf, 2, len), "abc") == 0
-    assert len(buf.drain()) == 4 * 5000
+    assert len(buf.drain()) == 3 * 4 * 5000  # three windows of 5000 calls; wrap_forward logs two events a call

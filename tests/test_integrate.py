@@ -454,3 +454,89 @@ def test_large_random_unsorted_windows_match_twin_and_brute_force(kind):
     assert_same(got, _reference.integrate(s, wins), energy_scale_j(s))
     few = wins[:10]
     assert_same(_core.integrate(s, few), brute_force(s, few), energy_scale_j(s))
+
+
+# --------------------------------------------------------------------------- the kernel's ways through the windows
+# The kernel answers windows by one walk over the samples and streams the windows in
+# one of three ways: in place (sorted by start and by end), sorted by start as packed
+# keys (or as copies when times and indices do not fit 64 bits) with the ends then in
+# order, or starts and ends sorted apart (nested windows).  Each way must give the same
+# numbers as the oracles.
+
+
+def _adjacent_and_nested(rng, lo, hi, m):
+    cuts = np.sort(rng.integers(lo, hi + 1, m + 1))
+    adjacent = np.stack([cuts[:-1], cuts[1:]], axis=1)
+    nested = np.concatenate([adjacent, np.stack([cuts[:-2:3], cuts[2::3]], axis=1)])  # a parent every 3
+    return adjacent, nested
+
+
+@pytest.mark.parametrize("kind", [INSTANT, INTERVAL])
+def test_every_window_order_gives_the_same_numbers(kind):
+    rng = np.random.default_rng(21 + kind)
+    n = 4000
+    step = rng.integers(1, 3_000, n)
+    starts = 5 * 10**17 + np.cumsum(step) - step
+    ends = starts + (step // 2 if kind == INTERVAL else 0)   # gaps between interval samples
+    p = rng.random((n, ND)) * 20
+    p[rng.random((n, ND)) < 0.005] = np.nan
+    p[:, 4] = np.nan
+    s = make_samples(kind, starts, ends, p)
+    adjacent, nested = _adjacent_and_nested(rng, int(starts[0]), int(ends[-1]), 3000)
+    for wins in (adjacent, nested):
+        want = _reference.integrate(s, wins)
+        got = _core.integrate(s, wins)
+        assert_same(got, want, energy_scale_j(s))
+        perm = rng.permutation(len(wins))
+        got_p = _core.integrate(s, np.ascontiguousarray(wins[perm]))
+        for a, b in zip(got_p, got):   # bit for bit: the order never changes a number
+            np.testing.assert_array_equal(a, b[perm])
+        rev = np.ascontiguousarray(wins[::-1])
+        for a, b in zip(_core.integrate(s, rev), got):
+            np.testing.assert_array_equal(a, b[::-1])
+
+
+def test_windows_whose_times_and_indices_do_not_fit_one_key():
+    # A span of ~2^62.5 ns and 5 windows: offset bits + index bits > 64, so the kernel
+    # sorts copies of the windows instead of packed keys.
+    big = 6 * 10**18
+    s = make_samples(INTERVAL, [0, big // 2], [big // 2, big], [2.0, 4.0])
+    wins = np.array([[big // 2, big], [0, big // 4], [10, 20], [big // 4, big // 2], [0, big]], dtype=np.int64)
+    got = _core.integrate(s, wins)
+    assert_same(got, brute_force(s, wins), energy_scale_j(s))
+    e = got[0][:, 0]
+    assert e.tolist() == pytest.approx([4.0 * big / 2 / NS, 2.0 * big / 4 / NS, 2.0 * 10 / NS,
+                                        2.0 * big / 4 / NS, 3.0 * big / NS], rel=1e-12)
+    nested = np.array([[0, big], [10, 20], [0, 30], [5, 15]], dtype=np.int64)  # ends sorted apart
+    assert_same(_core.integrate(s, nested), brute_force(s, nested), energy_scale_j(s))
+
+
+@pytest.mark.parametrize("kind", [INSTANT, INTERVAL])
+def test_a_domain_measured_only_later_is_zero_and_flagged_before(kind):
+    # gpu is NaN in the first 30 samples and measured after: windows that end before it
+    # appears (answered before the kernel knows gpu is measured) get 0 J for gpu and
+    # WIN_NAN, exactly as the definition says.
+    n = 60
+    t = np.arange(n) * 1000
+    p = np.full((n, ND), np.nan)
+    p[:, 0] = 5.0
+    p[30:, 1] = 7.0
+    s = make_samples(kind, t, t + (1000 if kind == INTERVAL else 0), p)
+    wins = np.array([[0, 5000], [2000, 9000], [25000, 40000], [41000, 50000]], dtype=np.int64)
+    for w in (wins, np.ascontiguousarray(wins[::-1])):
+        got = _core.integrate(s, w)
+        assert_same(got, brute_force(s, w), energy_scale_j(s))
+    e, f, _ = _core.integrate(s, wins)
+    assert e[0, 1] == 0.0 and f[0] & _core.WIN_NAN
+    assert e[3, 1] > 0 and not f[3] & _core.WIN_NAN
+
+
+def test_samples_are_checked_when_every_window_is_outside():
+    bad = make_samples(INTERVAL, [0, 5], [10, 20], [1.0, 1.0])   # overlapping
+    with pytest.raises(ValueError, match="overlap"):
+        _core.integrate(bad, np.array([[100, 200]], dtype=np.int64))
+
+
+def test_one_pass_reference_is_the_total_energy():
+    s = make_samples(INTERVAL, [0, 10, 30], [10, 20, 40], [1.0, np.nan, 3.0])
+    assert _core._integrate_one_pass(s)[0] == pytest.approx((1.0 * 10 + 3.0 * 10) / NS, rel=1e-15)

@@ -39,11 +39,19 @@
  * times stay int64 ns and only differences (never absolute times) become doubles,
  * so 1e18-ns timestamps lose nothing.  The covered span must fit in int64.
  *
- * Cost: one pass over the samples builds F (kept at every 16th sample boundary,
- * about 2.5 bytes per sample, plus n/4 bytes of NaN/gap ranks when there are any),
- * then per window a galloping (finger) search from the previous window's position:
- * O(N + M) for windows sorted by start (a merge walk).  Windows in another order are
- * visited by start (an O(M log M) sort of their indices), with identical results.
+ * Cost: ONE pass over the samples.  It validates each sample, adds its energy to the
+ * running sum F and, merged into the same walk, answers the window endpoints in time
+ * order (an endpoint when the walk reaches the first knot after it), so every sample
+ * is read once and nothing per sample is kept.  Windows whose starts and ends are both
+ * non-decreasing (adjacent or non-overlapping ones) are streamed in place: O(N + M),
+ * scratch for the open windows only.  Any other order is first radix-sorted by start
+ * (8-byte keys: time offset and window index; 24-byte copies when those do not fit 64
+ * bits); if the ends then come in order the results are staged in that order and moved
+ * to the windows' rows at the end (about 80 bytes of scratch per window), else the
+ * ends are sorted too and each start leaves its F in the window's row (about 40 bytes
+ * per window).  NaN/gap ranks take n/7 bytes, only when there are any.  Should a domain
+ * first turn non-NaN after some window has ended, the walk is done a second time with
+ * the measured domains known.  Results never depend on the order of the windows.
  */
 #ifndef EP_INTEGRATE_H
 #define EP_INTEGRATE_H
@@ -63,7 +71,8 @@ enum {
 /* Energy of n_windows windows.
  * samples: n_samples records (borrowed, read only; may be NULL when n_samples == 0).
  * windows_ns: n_windows x 2 int64 {start_ns, end_ns} row-major (borrowed).
- * Outputs are caller-owned buffers, written only on EP_OK:
+ * Outputs are caller-owned buffers, complete on EP_OK (on a window error nothing is
+ * written; on a sample error they may be partly written and must not be used):
  *   energy_j: n_windows x EP_NDOMAINS row-major; flags: n_windows;
  *   samples_in_window: n_windows.
  * detail: optional caller buffer (may be NULL) for a message naming the bad input.
@@ -72,5 +81,11 @@ enum {
 int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *windows_ns,
                  int64_t n_windows, double *energy_j, uint32_t *flags, int32_t *samples_in_window,
                  char *detail, size_t detail_len);
+
+/* The least work an energy total over the samples takes, for benchmarks/integrate.py to
+ * measure the integrator against: one pass reading every sample once, summing
+ * power * duration per domain (NaN as 0, no validation) into energy_wns[EP_NDOMAINS]
+ * (W*ns, caller-owned).  samples: n_samples records (borrowed). */
+void ep_integrate_one_pass(const ep_sample *samples, int64_t n_samples, double *energy_wns);
 
 #endif

@@ -107,6 +107,33 @@ error:
     return res;
 }
 
+/* For benchmarks/integrate.py only: the one streaming pass the integrator is measured
+ * against (see ep_integrate_one_pass). */
+static PyObject *py_integrate_one_pass(PyObject *self, PyObject *arg)
+{
+    if (check_samples(arg) < 0)
+        return NULL;
+    PyArrayObject *samples = (PyArrayObject *)arg;
+    double e_wns[EP_NDOMAINS];
+    const ep_sample *s = (const ep_sample *)PyArray_DATA(samples);
+    npy_intp n = PyArray_DIM(samples, 0);
+    Py_BEGIN_ALLOW_THREADS
+    ep_integrate_one_pass(s, (int64_t)n, e_wns);
+    Py_END_ALLOW_THREADS
+    PyObject *res = PyTuple_New(EP_NDOMAINS);
+    if (!res)
+        return NULL;
+    for (int d = 0; d < EP_NDOMAINS; d++) {
+        PyObject *v = PyFloat_FromDouble(e_wns[d] / 1e9);
+        if (!v) {
+            Py_DECREF(res);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(res, d, v);
+    }
+    return res;
+}
+
 static PyMethodDef integrate_methods[] = {
     {"integrate", (PyCFunction)(void (*)(void))py_integrate, METH_VARARGS | METH_KEYWORDS,
      "integrate(samples, windows) -> (energy_j, flags, samples_in_window)\n\n"
@@ -117,6 +144,10 @@ static PyMethodDef integrate_methods[] = {
      "unmeasured domain), flags uint32 (M,) of WIN_* bits, samples_in_window int32 (M,).\n"
      "Raises ValueError for mixed kinds, unsorted/overlapping samples, end < start,\n"
      "or a wrong dtype/shape.  See docs/integration.md."},
+    {"_integrate_one_pass", (PyCFunction)py_integrate_one_pass, METH_O,
+     "_integrate_one_pass(samples) -> tuple of 5 J (benchmark reference, no validation)\n\n"
+     "One pass reading every sample once: sum of power * duration per domain, NaN as 0.\n"
+     "benchmarks/integrate.py times _core.integrate against it."},
     {NULL, NULL, 0, NULL},
 };
 

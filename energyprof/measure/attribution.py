@@ -97,7 +97,40 @@ def pair_events(events: np.ndarray, n_spans: int) -> tuple[np.ndarray, np.ndarra
 
     A span entered again before it ended (recursion) nests like a stack.  A begin
     without an end (the forward raised) is dropped: its window is unknown.
+
+    Vectorised: per span id the nesting depth is a running sum of +1 / -1, and a begin
+    that takes the depth to d pairs with the next end at depth d (a stack, without one);
+    an end with nothing open (depth below 0) sends the events to :func:`_pair_events_loop`.
     """
+    n = len(events)
+    if n == 0:
+        return _pair_events_loop(events, n_spans)
+    sid = events["span_id"].astype(np.int64)
+    is_end = events["kind"] != 0
+    order = np.argsort(sid, kind="stable")                  # per span id, in recorded order
+    s_sid = sid[order]
+    step = np.where(is_end[order], -1, 1)
+    cs = np.cumsum(step)
+    first = np.flatnonzero(np.r_[True, s_sid[1:] != s_sid[:-1]])
+    base = np.repeat(cs[first] - step[first], np.diff(np.r_[first, n]))
+    depth = cs - base                                       # depth after each event
+    if depth.min() < 0:
+        return _pair_events_loop(events, n_spans)
+    level = np.empty(n, np.int64)
+    level[order] = depth + is_end[order]                    # a begin's depth after, an end's depth before
+    o2 = np.lexsort((np.arange(n), level, sid))             # per (span, level), in recorded order
+    k2, sid2, lev2 = is_end[o2], sid[o2], level[o2]
+    same = (sid2[1:] == sid2[:-1]) & (lev2[1:] == lev2[:-1])
+    b = np.flatnonzero(~k2[:-1] & k2[1:] & same)            # a begin followed by its end
+    t = events["t_ns"].astype(np.int64)
+    spans, begins, ends, end_pos = sid[o2][b], t[o2][b], t[o2][b + 1], o2[b + 1]
+    out = np.lexsort((end_pos, -ends, begins))              # ties in the recorded order of the ends
+    return spans[out].astype(np.int32), begins[out], ends[out]
+
+
+def _pair_events_loop(events: np.ndarray, n_spans: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`pair_events` one event at a time with a stack per span id (ends with nothing
+    open are ignored); the vectorised version's fallback and its oracle in the tests."""
     spans, begins, ends = [], [], []
     open_stack: dict[int, list[int]] = {}
     for t, sid, kind in zip(events["t_ns"].tolist(), events["span_id"].tolist(), events["kind"].tolist()):
@@ -265,8 +298,8 @@ def attribute(
     if len(calls):
         fill(calls, np.arange(i_call, i_call + len(calls)))
         calls["call_id"] = np.arange(len(calls))
-        calls["layer"] = [spans[s].layer for s in span_ids.tolist()]
-        calls["component"] = [spans[s].component for s in span_ids.tolist()]
+        calls["layer"] = np.asarray([sp.layer for sp in spans], dtype=np.int32)[span_ids]
+        calls["component"] = np.asarray([sp.component for sp in spans], dtype=calls.dtype["component"])[span_ids]
         for c in ("act_mean", "act_std", "act_max", "act_sparsity"):
             calls[c] = np.nan
         # step: the forward slot containing the call's begin
@@ -275,11 +308,14 @@ def attribute(
         pos = np.searchsorted(slot_starts, c_begin, side="right") - 1 if len(slots) else np.full(len(calls), -1)
         calls["step"] = np.where(pos >= 0, slot_steps[np.maximum(pos, 0)] if len(slots) else -1, -1)
         # call index within (span, step)
-        seen: dict[tuple[int, int], int] = {}
-        call_no = np.zeros(len(calls), np.int32)
-        for i, key in enumerate(zip(span_ids.tolist(), calls["step"].tolist())):
-            call_no[i] = seen.get(key, 0)
-            seen[key] = call_no[i] + 1
+        # (the k-th call of its span in its step, in begin order: rank within the (span, step) group)
+        steps = calls["step"]
+        grp = np.lexsort((np.arange(len(calls)), steps, span_ids))
+        new_grp = np.r_[True, (span_ids[grp][1:] != span_ids[grp][:-1]) | (steps[grp][1:] != steps[grp][:-1])]
+        starts = np.flatnonzero(new_grp)
+        rank = np.arange(len(calls)) - np.repeat(starts, np.diff(np.r_[starts, len(calls)]))
+        call_no = np.empty(len(calls), np.int32)
+        call_no[grp] = rank
         calls["call"] = call_no
         calls["parent_id"] = _parents(span_ids, c_begin, c_end, spans)
 
@@ -428,21 +464,38 @@ def _warnings(summary: dict, sections: np.ndarray, base_idx: dict, baseline) -> 
 
 
 def _parents(span_ids: np.ndarray, begins: np.ndarray, ends: np.ndarray, spans: Sequence[SpanInfo]) -> np.ndarray:
-    """call index of each call's enclosing call of its parent span (-1 when none)."""
-    parent = np.full(len(span_ids), -1, dtype=np.int32)
-    by_span: dict[int, np.ndarray] = {}
-    for sid in np.unique(span_ids).tolist():
-        by_span[sid] = np.flatnonzero(span_ids == sid)  # already in begin order
-    for sid, idx in by_span.items():
+    """call index of each call's enclosing call of its parent span (-1 when none).
+
+    The parent span is the nearest ancestor span that was called.  Calls come sorted by
+    begin; a call's parent is the last call of the parent span that begins at or before
+    it, if that one also ends at or after it.  One search over keys (span, begin rank)
+    for every call at once (no loop over spans or calls).
+    """
+    n = len(span_ids)
+    parent = np.full(n, -1, dtype=np.int32)
+    if n == 0:
+        return parent
+    present = np.bincount(span_ids, minlength=len(spans))[:len(spans)] > 0
+    up = np.full(len(spans), -1, dtype=np.int64)
+    for sid in range(len(spans)):
         psid = spans[sid].parent_span
-        while psid >= 0 and psid not in by_span:
+        while psid >= 0 and not present[psid]:
             psid = spans[psid].parent_span   # ancestor never called: look further up
-        if psid < 0:
-            continue
-        pidx = by_span[psid]
-        pos = np.searchsorted(begins[pidx], begins[idx], side="right") - 1
-        ok = pos >= 0
-        cand = pidx[np.maximum(pos, 0)]
-        ok &= ends[cand] >= ends[idx]
-        parent[idx[ok]] = cand[ok]
+        up[sid] = psid
+    sid64 = span_ids.astype(np.int64)
+    if n < 2 or np.all(begins[1:] >= begins[:-1]):           # sorted (as attribute passes them): a running count
+        rank = np.r_[0, np.cumsum(begins[1:] != begins[:-1])]
+    else:
+        rank = np.searchsorted(np.unique(begins), begins)      # equal begins, equal rank
+    width = int(rank.max()) + 1
+    key = sid64 * width + rank
+    order = np.argsort(key, kind="stable")
+    keys = key[order]
+    ps = up[sid64]
+    q = np.flatnonzero(ps >= 0)
+    pos = np.searchsorted(keys, ps[q] * width + rank[q], side="right") - 1
+    ok = pos >= 0
+    cand = order[np.maximum(pos, 0)]
+    ok &= (sid64[cand] == ps[q]) & (ends[cand] >= ends[q])
+    parent[q[ok]] = cand[ok]
     return parent

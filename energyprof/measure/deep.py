@@ -56,7 +56,7 @@ from .._dtypes import HEAD_DTYPE
 from .hooks import _restore_forward, _set_forward
 
 __all__ = ["ATTN_IMPLEMENTATION", "SPARSE_BELOW", "KILL_BELOW", "DeepOps", "attention_forward", "op_summary",
-           "tensor_stats", "OP_SUMMARY_DTYPE",
+           "tensor_stats", "fast_stats", "stats_rows", "OP_SUMMARY_DTYPE",
            "register_attention", "supports_attention", "head_summary"]
 
 #: Name under which energyprof's attention function and mask are registered with transformers.
@@ -94,6 +94,7 @@ class _Marks:
     recorder: "DeepOps"
     parent_span: int
     stats_key: int = -1                 # span id whose calls the statistics belong to
+    calls_seen: int = 0                 # calls of this module so far (stats_every picks every Nth)
     groups: List[Dict[str, Tuple[Any, Any]]] = field(default_factory=list)   # HEAD_GROUPS: ops per group
 
 
@@ -106,6 +107,51 @@ _NOMARK = (_noop, _noop)
 
 def _skip_stats(*args: Any) -> None:
     return None
+
+
+_VIEW_DTYPES: tuple = ()
+
+
+def _cpu_view(x: Any) -> Optional[np.ndarray]:
+    """A C-contiguous numpy view (or contiguous copy) of a CPU float32/float64 tensor, else None."""
+    global _VIEW_DTYPES
+    if not _VIEW_DTYPES:
+        import torch
+
+        _VIEW_DTYPES = (torch.float32, torch.float64)
+    if not x.is_cpu or x.dtype not in _VIEW_DTYPES:
+        return None
+    try:
+        v = x.numpy()
+    except RuntimeError:                # requires grad, conjugate / negative views: detach, else the torch path
+        try:
+            v = x.detach().resolve_conj().resolve_neg().numpy()
+        except (RuntimeError, TypeError):
+            return None
+    return v if v.flags.c_contiguous else np.ascontiguousarray(v)
+
+
+def fast_stats(x: Any, small_below: float = 1e-3) -> Any:
+    """:func:`tensor_stats` in one pass: a tuple of 4 floats from the C kernel
+    (``_core.tensor_stats``) for CPU float32/float64 tensors, else :func:`tensor_stats`'s
+    device tensor (no host sync on accelerators)."""
+    v = _cpu_view(x)
+    if v is not None:
+        return _core.tensor_stats(v, small_below)
+    return tensor_stats(x, small_below)
+
+
+def stats_rows(lst: Sequence[Any], width: int = 4) -> np.ndarray:
+    """Stack what :func:`fast_stats` (or a stats kernel) returned, tensors and tuples mixed, into
+    a float64 array of rows (one host transfer for the tensors)."""
+    if not lst:
+        return np.zeros((0, width))
+    if all(isinstance(r, (tuple, float)) for r in lst):
+        return np.array(lst, dtype=np.float64)
+    import torch
+
+    return np.asarray([np.asarray(r.detach().cpu().double().numpy() if isinstance(r, torch.Tensor) else r,
+                                  dtype=np.float64) for r in lst], dtype=np.float64)
 
 
 def tensor_stats(x: Any, small_below: float = 1e-3) -> Any:
@@ -461,6 +507,7 @@ class DeepOps:
     unsupported: List[str] = field(default_factory=list)
     attention: str = "none"
     statistics: bool = field(default_factory=lambda: STATISTICS)
+    stats_every: int = 1                # statistics on the 1st, (N+1)th, (2N+1)th ... call of each module
     head_groups: bool = field(default_factory=lambda: HEAD_GROUPS)
     _attn: List[Tuple[Any, _Marks]] = field(default_factory=list)
     _mlp: List[Tuple[Any, str, _Marks]] = field(default_factory=list)
@@ -470,6 +517,7 @@ class DeepOps:
     _head_raw: Dict[int, list] = field(default_factory=dict)     # softmax span -> [tensor (3, H)]
     _act_raw: Dict[int, list] = field(default_factory=dict)      # op span -> [tensor (4,)]
     _ratio_raw: Dict[int, list] = field(default_factory=dict)    # parent span -> [tensor ()]
+    _mask_memo: Optional[tuple] = None                            # (mask tensor, key, allowed array) of the last forward
 
     # ------------------------------------------------------------------ plan
     def _alloc(self, ref: Any, names: Sequence[str]) -> _Marks:
@@ -586,6 +634,7 @@ class DeepOps:
                 errors.append(e)
         for mod, _ in self._attn:
             _ATTN_MARKS.pop(id(mod), None)
+        self._mask_memo = None
         if self._previous_impl is not None:
             impl, self._previous_impl = self._previous_impl, None
             try:
@@ -597,23 +646,61 @@ class DeepOps:
         if errors:
             raise errors[0]
 
-    # ------------------------------------------------------------------ statistics (device tensors; no sync here)
+    # ------------------------------------------------------------------ statistics (one pass in C on CPU; device tensors, no sync, elsewhere)
+    def _due(self, marks: _Marks) -> bool:
+        k = marks.calls_seen
+        marks.calls_seen = k + 1
+        return k % self.stats_every == 0
+
+    def _allowed(self, attention_mask: Any) -> Any:
+        """Where the mask lets a key through (bool tensor), or None."""
+        import torch
+
+        if attention_mask is None:
+            return None
+        if attention_mask.is_floating_point():
+            return attention_mask > torch.finfo(attention_mask.dtype).min / 2
+        return attention_mask.bool()
+
+    def _allowed_np(self, attention_mask: Any, shape: tuple) -> Optional[np.ndarray]:
+        """:meth:`_allowed` as a C-contiguous bool array (B, 1 or H, Q, K) for
+        ``_core.attention_stats``.  Every layer of a forward gets the same mask tensor, so
+        the last answer is kept for it (same object, same in-place version, same shape)."""
+        if attention_mask is None:
+            return None
+        key = (getattr(attention_mask, "_version", None), shape)
+        memo = self._mask_memo
+        if memo is not None and memo[0] is attention_mask and memo[1] == key:
+            return memo[2]
+        allowed = self._allowed(attention_mask)
+        b, h, q, k = shape
+        if allowed.dim() == 4 and allowed.shape[1] in (1, h):
+            a = allowed.expand(b, allowed.shape[1], q, k).contiguous().numpy()
+        else:
+            a = allowed.expand(b, h, q, k).contiguous().numpy()
+        self._mask_memo = (attention_mask, key, a)
+        return a
+
     def _attn_stats(self, marks: _Marks, w: Any, attention_mask: Any) -> None:
         import torch
 
+        if not self._due(marks):
+            return
         with torch.no_grad():
+            v = _cpu_view(w) if w.dtype == torch.float32 else None
+            if v is not None and v.ndim == 4 and v.size:
+                a = self._allowed_np(attention_mask, v.shape)
+                heads, all4 = _core.attention_stats(v, a, SPARSE_BELOW)
+                self._head_raw.setdefault(marks.stats_key, []).append(heads)
+                self._act_raw.setdefault(marks.stats_key, []).append(all4)
+                return
             p = w.detach()
             if p.dtype != torch.float32:
                 p = p.float()                                        # (B, H, Q, K)
             ent = torch.special.entr(p).sum(-1)                      # -p log p, 0 at p = 0
             row_max = p.amax(-1)                                     # (B, H, Q)
             small = p < SPARSE_BELOW
-            if attention_mask is not None and attention_mask.is_floating_point():
-                allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
-            elif attention_mask is not None:
-                allowed = attention_mask.bool()
-            else:
-                allowed = None
+            allowed = self._allowed(attention_mask)
             if allowed is None:
                 n_allowed = float(p.shape[0] * p.shape[2] * p.shape[3])
                 sparse = small.sum(dim=(0, 2, 3)) / n_allowed
@@ -631,8 +718,10 @@ class DeepOps:
     def _kill_stats(self, marks: _Marks, a: Any) -> None:
         import torch
 
+        if not self._due(marks):
+            return
         with torch.no_grad():
-            st = tensor_stats(a, KILL_BELOW)
+            st = fast_stats(a, KILL_BELOW)
             sid = marks.ops["act"][0].span_id
             self._act_raw.setdefault(sid, []).append(st)
             self._ratio_raw.setdefault(marks.stats_key, []).append(st[3])
@@ -640,6 +729,12 @@ class DeepOps:
     def _variance_stats(self, marks: _Marks, x: Any, out: Any) -> None:
         import torch
 
+        if not self._due(marks):
+            return
+        vx, vo = _cpu_view(x), _cpu_view(out)
+        if vx is not None and vo is not None:
+            self._ratio_raw.setdefault(marks.stats_key, []).append(_core.token_variance(vo) / _core.token_variance(vx))
+            return
         with torch.no_grad():
             vi = _token_variance(x)
             vo = _token_variance(out)
@@ -657,15 +752,15 @@ class DeepOps:
         import torch
 
         for sid, lst in self._act_raw.items():
-            arr = torch.stack(lst).cpu().double().numpy() if lst else np.zeros((0, 4))
-            act_stats[sid] = [tuple(r) for r in arr.tolist()]
-        # per-head rows: the k-th softmax call of a layer <- the k-th stats record of that layer
+            act_stats[sid] = [tuple(r) for r in stats_rows(lst).tolist()]
+        # per-head rows: the (k * stats_every)-th softmax call of a layer <- its k-th stats record
         rows = []
         for sid, lst in self._head_raw.items():
             if not lst:
                 continue
-            st = torch.stack(lst).cpu().double().numpy()               # (calls, 4, H)
-            idx = np.flatnonzero(span_ids == sid)
+            st = np.stack([np.asarray(r.detach().cpu().double().numpy() if isinstance(r, torch.Tensor) else r,
+                                      dtype=np.float64) for r in lst])   # (records, 4, H)
+            idx = np.flatnonzero(span_ids == sid)[::self.stats_every]
             n = min(len(idx), len(st))
             h = st.shape[2]
             for k in range(n):
@@ -679,7 +774,7 @@ class DeepOps:
         heads = np.concatenate(rows) if rows else np.zeros(0, HEAD_DTYPE)
         ratios: Dict[int, np.ndarray] = {}
         for sid, lst in self._ratio_raw.items():
-            ratios[sid] = torch.stack(lst).cpu().double().numpy() if lst else np.zeros(0)
+            ratios[sid] = stats_rows(lst, 1).reshape(-1)
         mlp = []
         for mod, kind, marks in self._mlp:
             v = ratios.get(marks.stats_key, np.zeros(0))
@@ -700,6 +795,7 @@ class DeepOps:
             "norms": norms,
             "sparse_below": SPARSE_BELOW,
             "kill_below": KILL_BELOW,
+            "stats_every": int(self.stats_every),
         }
         return heads, summary
 
@@ -709,16 +805,22 @@ def head_summary(heads: np.ndarray) -> List[dict]:
     out: List[dict] = []
     if len(heads) == 0:
         return out
-    keys = np.unique(heads[["layer", "head"]])
-    for k in keys:
-        sel = heads[(heads["layer"] == k["layer"]) & (heads["head"] == k["head"])]
-        w = sel["n_queries"].astype(np.float64)
-        w = w if w.sum() > 0 else np.ones(len(sel))
+    order = np.lexsort((heads["head"], heads["layer"]))
+    h = heads[order]
+    first = np.flatnonzero(np.r_[True, (h["layer"][1:] != h["layer"][:-1]) | (h["head"][1:] != h["head"][:-1])])
+    counts = np.diff(np.r_[first, len(h)])
+    w = h["n_queries"].astype(np.float64)
+    w_sum = np.add.reduceat(w, first)
+    no_w = np.repeat(w_sum <= 0, counts)
+    w = np.where(no_w, 1.0, w)                      # a group without queries: plain mean
+    w_sum = np.add.reduceat(w, first)
+    avg = {f: np.add.reduceat(h[f].astype(np.float64) * w, first) / w_sum
+           for f in ("entropy", "max_weight", "sparsity")}
+    for g, i in enumerate(first.tolist()):
         out.append({
-            "layer": int(k["layer"]), "head": int(k["head"]), "calls": int(len(sel)),
-            "entropy": float(np.average(sel["entropy"], weights=w)),
-            "max_weight": float(np.average(sel["max_weight"], weights=w)),
-            "sparsity": float(np.average(sel["sparsity"], weights=w)),
+            "layer": int(h["layer"][i]), "head": int(h["head"][i]), "calls": int(counts[g]),
+            "entropy": float(avg["entropy"][g]), "max_weight": float(avg["max_weight"][g]),
+            "sparsity": float(avg["sparsity"][g]),
         })
     return out
 

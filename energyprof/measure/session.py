@@ -76,6 +76,7 @@ class Session(RunData):
         engine: Optional[str] = None,
         distributed: Any = "auto",
         post_baseline_s: float = 0.0,
+        stats_every: int = 1,
     ) -> None:
         super().__init__()
         try:
@@ -95,6 +96,9 @@ class Session(RunData):
             raise ValueError(f"post_baseline_s must be >= 0 seconds; got {post_baseline_s!r}")
         if interval_ms is not None and not (interval_ms > 0):
             raise ValueError(f"interval_ms must be > 0; got {interval_ms!r}")
+        if isinstance(stats_every, bool) or not isinstance(stats_every, int) or stats_every < 1:
+            raise ValueError(f"stats_every must be an integer >= 1 (statistics on every Nth call); got {stats_every!r}")
+        self.stats_every = stats_every
         self.model = model
         self.source_spec = source
         self.mode = mode
@@ -318,7 +322,7 @@ class Session(RunData):
         def make_hook(sid: int, k: int):
             return _core.Hook(buf, sid, k, activity=True, sync=kind, sync_index=index, sync_fallback=fallback)
 
-        self._deep = DeepOps(self._amap, self._spans, qual_to_span, make_hook).plan()
+        self._deep = DeepOps(self._amap, self._spans, qual_to_span, make_hook, stats_every=self.stats_every).plan()
         self._deep.install()
 
     def _start_live(self) -> None:
@@ -389,18 +393,27 @@ class Session(RunData):
         return None
 
     def _add_deep_hooks(self, targets, qual_to_span) -> None:
-        """mode="deep": activation statistics of each hooked module's output, in torch."""
+        """mode="deep": activation statistics of each hooked module's output (every
+        ``stats_every``-th call; one pass in C on CPU, torch on accelerators)."""
         import torch
 
         self._act_stats: Dict[int, list] = {}
 
-        from .deep import tensor_stats
+        from .deep import fast_stats
+
+        every = self.stats_every
 
         def make(sid):
+            seen = [0]
+
             def hook(module, args, output):
+                k = seen[0]
+                seen[0] = k + 1
+                if k % every:
+                    return
                 out = output[0] if isinstance(output, (tuple, list)) else output
                 if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel():
-                    st = tensor_stats(out)   # a device tensor: no sync per call; converted in _finish
+                    st = fast_stats(out)   # a tuple (CPU) or a device tensor (no sync per call; converted in _finish)
                 else:
                     st = (np.nan,) * 4
                 self._act_stats.setdefault(sid, []).append(st)
@@ -640,12 +653,12 @@ class Session(RunData):
         calls = att.calls
         deep_summary = None
         if self.mode == "deep" and len(calls):
-            if self._deep is not None:
-                from .attribution import pair_events
+            from .attribution import pair_events
 
-                span_ids, _, _ = pair_events(rest, len(self._spans))
+            span_ids, _, _ = pair_events(rest, len(self._spans))   # the calls' span ids, in the calls' order
+            if self._deep is not None:
                 self._heads, deep_summary = self._deep.finish(calls, span_ids, self._act_stats)
-            self._fill_act_stats(calls, rest)
+            self._fill_act_stats(calls, span_ids)
         is_layer = calls["component"] == "layer"
         is_op = (np.isin(calls["component"], sorted(self._deep.op_components)) if self._deep is not None
                  else np.zeros(len(calls), dtype=bool))
@@ -733,27 +746,23 @@ class Session(RunData):
         self._forward_meta = []                    # drop the kept tensors
         return out
 
-    def _fill_act_stats(self, calls: np.ndarray, events: np.ndarray) -> None:
-        # Calls come back sorted by begin; the stats hooks fire in end order per span.
-        # Match per span id in call order (end order == begin order for non-recursive modules).
-        from .attribution import pair_events
+    def _fill_act_stats(self, calls: np.ndarray, span_ids: np.ndarray) -> None:
+        # Calls come sorted by begin (span_ids: each call's span id, same order); the stats
+        # hooks fire in end order per span.  Match per span id in call order (end order ==
+        # begin order for non-recursive modules).  With stats_every = N the k-th record of
+        # a span is its (k * N)-th call; the calls in between keep NaN statistics.
+        from .deep import stats_rows
 
-        span_ids, begins, _ = pair_events(events, len(self._spans))
-        for sid, lst in self._act_stats.items():   # deep.tensor_stats tensors -> tuples, one transfer per span
-            if any(not isinstance(x, tuple) for x in lst):
-                import torch
-
-                nan4 = torch.full((4,), float("nan"), dtype=torch.float64)
-                rows = torch.stack([r if isinstance(r, torch.Tensor) else nan4 for r in
-                                    [x.cpu() if isinstance(x, torch.Tensor) else nan4 for x in lst]])
-                self._act_stats[sid] = [tuple(r) for r in rows.tolist()]
-        cursor: Dict[int, int] = {}
-        for i, sid in enumerate(span_ids.tolist()):
-            stats = self._act_stats.get(sid, [])
-            k = cursor.get(sid, 0)
-            cursor[sid] = k + 1
-            if k < len(stats):
-                calls["act_mean"][i], calls["act_std"][i], calls["act_max"][i], calls["act_sparsity"][i] = stats[k]
+        order = np.argsort(span_ids, kind="stable")
+        sorted_ids = span_ids[order]
+        cols = ("act_mean", "act_std", "act_max", "act_sparsity")
+        for sid, lst in self._act_stats.items():   # tensors / tuples -> rows, one transfer per span
+            lo, hi = np.searchsorted(sorted_ids, [sid, sid + 1])
+            idx = order[lo:hi][::self.stats_every]
+            rows = stats_rows(lst)
+            n = min(len(idx), len(rows))
+            for c, col in enumerate(cols):
+                calls[col][idx[:n]] = rows[:n, c]
 
     # ------------------------------------------------------------------ metadata
     def _run_meta(self) -> Dict[str, Any]:
@@ -787,6 +796,7 @@ class Session(RunData):
             "engine": self.engine,
             "sync": self._sync_used,
             "baseline_s": self.baseline_s,
+            "stats_every": self.stats_every,
             "model": model_info,
             "device": str(self._device),
             "host": platform.node(),
@@ -886,6 +896,7 @@ def run(
     engine: Optional[str] = None,
     distributed: Any = "auto",
     post_baseline_s: float = 0.0,
+    stats_every: int = 1,
 ) -> Session:
     """Profile the energy of everything a model does inside a ``with`` block.
 
@@ -918,9 +929,12 @@ def run(
         rank is initialised, every rank measures its own devices and rank 0 saves one run of all
         ranks (docs/distributed.md); ``True`` requires such a group; ``False`` measures this
         process alone.
+    stats_every: mode="deep": activation, head, kill-ratio and variance statistics on the
+        1st, (N+1)th, (2N+1)th ... call of each module only (1, the default: every call);
+        stored with the run (``summary()["stats_every"]``); the other calls' statistics are NaN.
 
     Returns a :class:`Session`; use it as a context manager.
     """
     return Session(model, source=source, mode=mode, sync=sync, baseline_s=baseline_s, interval_ms=interval_ms,
                    db=db, save=save, name=name, tags=tags, hook_method=hook_method, engine=engine,
-                   distributed=distributed, post_baseline_s=post_baseline_s)
+                   distributed=distributed, post_baseline_s=post_baseline_s, stats_every=stats_every)
