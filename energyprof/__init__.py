@@ -19,6 +19,8 @@ from .measure import doctor, sources  # noqa: F401  (ep.doctor() is callable)
 from .measure.sampler import Sampler  # noqa: F401
 from .measure.session import Session, run  # noqa: F401
 from .measure.sweep import sweep  # noqa: F401
+from .measure import engines  # noqa: F401  (ep.engines.make_engine, OnnxRuntimeEngine, ...)
+from .measure.engines import TokenStreamer  # noqa: F401
 from .store import db  # noqa: F401  (ep.db.default_path())
 from .store.rundata import RunData  # noqa: F401
 from .store.db import Store, cleanup, delete, export, import_run, load, runs, stats  # noqa: F401

@@ -65,6 +65,7 @@ SECTION_DTYPE = np.dtype(
         ("samples_in_window", "<i4"),
         ("resolved", "?"),           # the window spans at least one whole sample
         ("flags", "<u4"),            # FLAG_* bits: how the energy was measured
+        ("rank", "<i4"),             # whose devices' energy this is: -1 = all ranks (a merged run), else the rank
     ]
 )
 
@@ -85,6 +86,7 @@ TOKEN_DTYPE = np.dtype(
         ("samples_in_window", "<i4"),
         ("resolved", "?"),
         ("flags", "<u4"),
+        ("rank", "<i4"),             # the rank that produced the token (a merged run: the replica group's first rank)
     ]
 )
 
@@ -116,6 +118,7 @@ CALL_DTYPE = np.dtype(
         ("act_max", "<f8"),
         ("act_sparsity", "<f8"),     # share of |x| < sparse_below (ep.run; default 1e-3)
         ("act_abs_mean", "<f8"),     # mean of |x|
+        ("rank", "<i4"),             # the rank whose model shard made the call (0 in a one-process run)
     ]
 )
 
@@ -200,6 +203,33 @@ def text_dtype(width: int) -> np.dtype:
     """TEXT_DTYPE with room for ``width`` characters of text (at least 1)."""
     return np.dtype([("kind", "U8"), ("step", "<i4"), ("seq", "<i4"), ("text", f"U{max(1, int(width))}")])
 
+#: One row per rank of a multi-rank run (energyprof.measure.distributed): who it was, where
+#: it ran, how its clock was aligned to rank 0's, and the energy its own source measured over
+#: the run window.  ``host_leader`` is the rank that sampled the host-wide sources (RAPL,
+#: estimate) of this rank's host; a rank that is not its host's leader has NaN energy for
+#: those sources (counted once, on the leader).
+RANK_DTYPE = np.dtype(
+    [
+        ("rank", "<i4"),
+        ("local_rank", "<i4"),
+        ("host", "U64"),
+        ("host_leader", "<i4"),
+        ("replica_group", "<i4"),    # tokens are counted once per replica group
+        ("device", "U32"),
+        ("source", "U128"),          # the spec this rank sampled ("" when it sampled none)
+        ("source_label", "U16"),     # measured | estimated | simulated | "" (none)
+        ("status", "U16"),           # completed | interrupted | missing (the rank died or never reported)
+        ("clock_offset_ns", "<i8"),  # add to this rank's monotonic ns to get rank 0's
+        ("clock_uncertainty_ns", "<i8"),   # |error of the offset| <= this (half the best round trip)
+        ("t_start_ns", "<i8"),       # the run window on rank 0's clock
+        ("t_end_ns", "<i8"),
+        ("energy_j", "<f8"),         # total over this rank's source in the run window (NaN: none)
+        *_DOMAIN_J,
+        ("n_samples", "<i8"),
+        ("input_tokens", "<i8"),
+        ("output_tokens", "<i8"),
+    ]
+)
 
 LAYER_DTYPE = CALL_DTYPE
 COMPONENT_DTYPE = CALL_DTYPE
@@ -209,4 +239,5 @@ EVENT_DTYPE = np.dtype([("t_ns", "<i8"), ("span_id", "<i4"), ("kind", "<i4")])  
 
 __all__ = ["FLAG_OUTSIDE", "FLAG_GAP", "FLAG_NAN", "FLAG_UNRESOLVED", "FLAG_BRIDGED", "FLAG_NAMES", "flag_names",
            "DOMAINS", "SECTION_DTYPE", "TOKEN_DTYPE", "CALL_DTYPE", "LAYER_DTYPE", "COMPONENT_DTYPE", "EVENT_DTYPE",
-           "HEAD_DTYPE", "TEXT_DTYPE", "text_dtype", "measured_domains", "total_rule", "total_columns", "total_of"]
+           "HEAD_DTYPE", "TEXT_DTYPE", "text_dtype", "RANK_DTYPE", "measured_domains", "total_rule", "total_columns",
+           "total_of"]

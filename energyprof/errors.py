@@ -14,7 +14,7 @@ __all__ = ["UserError", "MissingExtraError", "NoDataError", "SchemaError", "requ
 #: Which extra of the package brings which importable module.
 EXTRAS = {"torch": "torch", "transformers": "torch", "matplotlib": "plot", "plotly": "plot", "rich": "cli",
           "fastapi": "serve", "uvicorn": "serve", "starlette": "serve",
-          "anywidget": "plot"}
+          "anywidget": "plot", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx"}
 
 
 class UserError(Exception):

@@ -7,7 +7,7 @@ import pytest
 DOCS = Path(__file__).parents[1] / "docs"
 
 
-@pytest.mark.parametrize("page", ["api.md", "quickstart.md", "../README.md"])
+@pytest.mark.parametrize("page", ["api.md", "quickstart.md", "engines.md", "../README.md"])
 def test_python_blocks_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ENERGYPROF_DB", str(tmp_path / "runs.db"))

@@ -23,9 +23,9 @@ import energyprof as ep
 from energyprof import _core
 from energyprof import _reference
 from energyprof.store import schema
-from energyprof._dtypes import CALL_DTYPE, HEAD_DTYPE, SECTION_DTYPE, TEXT_DTYPE, TOKEN_DTYPE, text_dtype
+from energyprof._dtypes import CALL_DTYPE, HEAD_DTYPE, RANK_DTYPE, SECTION_DTYPE, TEXT_DTYPE, TOKEN_DTYPE, text_dtype
 from energyprof.store.db import Store
-from energyprof.store.rundata import AGG_DTYPE, ARRAY_NAMES, RunData
+from energyprof.store.rundata import AGG_DTYPE, ARRAY_NAMES, RunData, sample_row_dtype
 from fakeclock import wait_until
 
 SAMPLE_DTYPE = np.dtype(_core.SAMPLE_DTYPE)
@@ -73,7 +73,8 @@ def make_summary(i: int = 0, **over):
 def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps: int = 5):
     rng = np.random.default_rng(seed)
     t0 = 10**12 + seed
-    samples = np.zeros(n_samples, SAMPLE_DTYPE)
+    samples = np.zeros(n_samples, sample_row_dtype())
+    samples["rank"] = np.arange(n_samples) >= n_samples // 2   # two ranks' streams
     samples["t_start_ns"] = t0 + np.arange(n_samples, dtype=np.int64) * 5_000_000
     samples["t_end_ns"] = samples["t_start_ns"] + 5_000_000
     samples["kind"] = _core.KIND_INTERVAL
@@ -171,36 +172,59 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
             ("output", -1, 0, "x" * (50 + seed)), ("output", -1, 1, "")]
     rows += [("token", k, b, f" tok{k}.{b}") for k in range(n_steps + 1) for b in range(2)]
     texts = np.array(rows, dtype=text_dtype(max(len(r[3]) for r in rows)))
+    sections["rank"] = -1                       # merged rows of a multi-rank run
+    tokens["rank"] = rng.integers(0, 4, n_steps)
+    for a in (layers, components, ops):
+        a["rank"] = rng.integers(0, 4, len(a))
+    ranks = np.zeros(2, RANK_DTYPE)
+    ranks["rank"], ranks["local_rank"], ranks["host"] = [0, 1], [0, 1], ["hôte-a", "hôte-a"]
+    ranks["host_leader"], ranks["replica_group"] = 0, [0, 1]
+    ranks["device"], ranks["source"], ranks["source_label"] = "cpu", "synthetic:power_w=10", "simulated"
+    ranks["status"] = ["completed", "missing"]
+    ranks["clock_offset_ns"], ranks["clock_uncertainty_ns"] = [0, -2**40], [0, 12345]
+    ranks["t_start_ns"], ranks["t_end_ns"] = t0, t0 + 10**9
+    ranks["energy_j"] = [10.0, np.nan]
+    for d in ("cpu_j", "gpu_j", "ane_j", "dram_j", "package_j"):
+        ranks[d] = [rng.uniform(0, 5), np.nan]
+    ranks["n_samples"], ranks["input_tokens"], ranks["output_tokens"] = [7, 0], [4, 4], [9, 9]
+    rank_sections = np.concatenate([sections, sections])
+    rank_sections["rank"] = np.repeat([0, 1], len(sections))
+    rank_tokens = np.concatenate([tokens, tokens])
+    rank_tokens["rank"] = np.repeat([0, 1], n_steps)
     return dict(samples=samples, sections=sections, tokens=tokens, layers=layers, components=components, ops=ops,
-                heads=heads, texts=texts)
+                heads=heads, texts=texts, ranks=ranks, rank_sections=rank_sections, rank_tokens=rank_tokens)
 
 
 def make_run(i: int = 0, **kw) -> RunData:
     return RunData(make_summary(i), **make_arrays(i, **kw))
 
 
-def _no_flags(name: str, a: np.ndarray, version: int = 4) -> np.ndarray:
-    """The rows as a database of ``version`` held them: no flags column before version 5,
-    no act_abs_mean in the call tables before version 6."""
-    drop = set()
+def _as_stored(name: str, a: np.ndarray, version: int) -> np.ndarray:
+    """The rows as a database of schema ``version`` held them: no flags column before 5
+    (the samples' flags are the source's sample flags, kept since version 1), no
+    act_abs_mean in the call tables before schema.TEXTS_VERSION, no rank column before
+    schema.RANKS_VERSION."""
+    drop = {"rank"} if version < schema.RANKS_VERSION else set()
     if version < 5 and name != "samples":
-        drop.add("flags")   # the samples' flags are the source's sample flags, kept since version 1
-    if version < 6 and name in ("layers", "components", "ops"):
+        drop.add("flags")
+    if version < schema.TEXTS_VERSION and name in ("layers", "components", "ops"):
         drop.add("act_abs_mean")
-    if not drop & set(a.dtype.names or ()):
-        return a
     return a[[f for f in a.dtype.names if f not in drop]]
 
 
-def _pre_v4(arrays: dict) -> dict:
-    """What rows written before version 4 read back as: the one flag they kept is 'unresolved'
-    (and, before version 6, no mean |x|: NaN)."""
+def _read_back(arrays: dict, version: int) -> dict:
+    """What rows written at schema ``version`` read back as after migrating: before 5 the one
+    flag they kept is 'unresolved'; before TEXTS_VERSION a call has no mean |x| (NaN);
+    before RANKS_VERSION they came from one process, rank 0."""
     out = dict(arrays)
-    for name in ("sections", "tokens", "layers", "components", "ops"):
+    for name in ("samples", "sections", "tokens", "layers", "components", "ops"):
         a = arrays[name].copy()
-        a["flags"] = np.where(a["resolved"], 0, 8)
-        if name in ("layers", "components", "ops"):
+        if version < 5 and name != "samples":
+            a["flags"] = np.where(a["resolved"], 0, 8)
+        if version < schema.TEXTS_VERSION and name in ("layers", "components", "ops"):
             a["act_abs_mean"] = np.nan
+        if version < schema.RANKS_VERSION:
+            a["rank"] = 0
         out[name] = a
     return out
 
@@ -372,15 +396,16 @@ def test_schema_has_a_column_for_every_dtype_field(dbpath):
     with Store(dbpath) as s:
         for name, table in schema.ARRAY_TABLES.items():
             cols = set(schema.table_columns(s.conn, table))
-            dt_ = np.dtype(_core.SAMPLE_DTYPE) if name == "samples" else RunData().array(name).dtype
+            dt_ = RunData().array(name).dtype   # samples: SAMPLE_DTYPE + rank
             assert set(dt_.names) | {"run_id"} == cols, (table, set(dt_.names) ^ (cols - {"run_id"}))
-        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 6
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == schema.RANKS_VERSION
         idx = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         for table in schema.ARRAY_TABLES.values():
-            if table not in ("head_metrics", "texts"):
+            if table not in ("head_metrics", "texts", "run_ranks"):
                 assert f"idx_{table}_run_t" in idx
         assert [r[2] for r in s.conn.execute("PRAGMA index_info(idx_texts_run_kind)")] == ["run_id", "kind"]
-        assert "attention_kind" in schema.table_columns(s.conn, "runs")
+        assert [r[2] for r in s.conn.execute("PRAGMA index_info(idx_run_ranks_run_rank)")] == ["run_id", "rank"]
+        assert {"attention_kind", "world_size"} <= set(schema.table_columns(s.conn, "runs"))
         # head rows have no time: indexed by (run_id, layer)
         assert [r[2] for r in s.conn.execute("PRAGMA index_info(idx_head_metrics_run_layer)")] == ["run_id", "layer"]
         fks = s.conn.execute("PRAGMA foreign_key_list(head_metrics)").fetchall()
@@ -407,10 +432,11 @@ def _fill_v1(path: str, n: int = 3) -> list:
         ids.append(rid)
         arr = make_arrays(i, n_samples=20)
         for name in ("samples", "sections", "tokens"):
-            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _no_flags(name, arr[name]), {"run_id": rid})
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _as_stored(name, arr[name], 1), {"run_id": rid})
         for name in ("layers", "components"):
             a = arr[name]
-            v1 = [f for f in a.dtype.names if f not in ("call_id", "parent_id", "unattributed_j", "flags", "act_abs_mean")]
+            v1 = [f for f in a.dtype.names
+                  if f not in ("call_id", "parent_id", "unattributed_j", "flags", "act_abs_mean", "rank")]
             _reference.store_insert(conn, schema.ARRAY_TABLES[name], a[v1], {"run_id": rid})
     conn.close()
     return ids
@@ -428,7 +454,7 @@ def test_migration_from_v1(dbpath):
         assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
         for i, rid in enumerate(ids):
             r = s.load(rid)
-            want = _pre_v4(make_arrays(i, n_samples=20))
+            want = _read_back(make_arrays(i, n_samples=20), 1)
             summ = make_summary(i)
             # the new runs columns are backfilled from the summary kept by v1
             row = s.conn.execute("SELECT edp_js, source_label, n_params, pid FROM runs WHERE id=?", (rid,)).fetchone()
@@ -441,7 +467,7 @@ def test_migration_from_v1(dbpath):
                 assert (got["call_id"] == -1).all() and (got["parent_id"] == -1).all()
                 assert np.isnan(got["unattributed_j"]).all() and np.isnan(got["act_abs_mean"]).all()
                 for f in want[name].dtype.names:
-                    if f not in ("call_id", "parent_id", "unattributed_j", "act_abs_mean"):
+                    if f not in ("call_id", "parent_id", "unattributed_j", "act_abs_mean", "rank"):
                         np.testing.assert_array_equal(got[f], want[name][f])
             assert len(r.ops) == 0 and len(r.heads) == 0 and r.heads.dtype == HEAD_DTYPE
         # the v1 run left "running" has no owner pid: it was interrupted
@@ -452,17 +478,11 @@ def test_migration_from_v1(dbpath):
 
 
 _V2_ARRAYS = ("samples", "sections", "tokens", "layers", "components", "ops")
-_V6_CALL_FIELDS = ("act_abs_mean",)
-
-
-def _same_but_v6(got: np.ndarray, want: np.ndarray, name: str) -> None:
-    """Every field of ``want`` back in ``got``, the v6 fields (not in the old file) as NaN."""
+def _same_fields(got: np.ndarray, want: np.ndarray, name: str) -> None:
+    """Every field of ``want`` (as :func:`_read_back` gives it) back in ``got``; NaN equals NaN."""
     assert got.dtype == want.dtype
     for f in want.dtype.names:
-        if f in _V6_CALL_FIELDS and name in ("layers", "components", "ops"):
-            assert np.isnan(got[f]).all(), f"{name}.{f}"
-        else:
-            np.testing.assert_array_equal(got[f], want[f], err_msg=f"{name}.{f}")
+        np.testing.assert_array_equal(got[f], want[f], err_msg=f"{name}.{f}")
 
 
 def _fill_old(path: str, version: int, arrays: tuple, n: int, summary_over: Optional[dict] = None,
@@ -477,15 +497,17 @@ def _fill_old(path: str, version: int, arrays: tuple, n: int, summary_over: Opti
     ids = []
     for i in range(n):
         cols = dict(ep.db._run_columns(make_summary(i, **summary_over.get(i, {}))), **run_cols)
-        if version < 6:
-            cols.pop("attention_kind")   # a version-6 column
+        if version < schema.TEXTS_VERSION:
+            cols.pop("attention_kind")
+        if version < schema.RANKS_VERSION:
+            cols.pop("world_size")
         names = list(cols)
         cur = conn.execute(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                            [cols[k] for k in names])
         ids.append(cur.lastrowid)
         arr = make_arrays(i, n_samples=20)
         for name in arrays:
-            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _no_flags(name, arr[name], version),
+            _reference.store_insert(conn, schema.ARRAY_TABLES[name], _as_stored(name, arr[name], version),
                                     {"run_id": cur.lastrowid})
     tables = schema.tables(conn)
     conn.close()
@@ -507,13 +529,17 @@ def test_migration_from_v2(dbpath):
     with Store(dbpath) as s:
         assert schema.user_version(s.conn) == schema.SCHEMA_VERSION
         assert "head_metrics" in schema.tables(s.conn) and "sample_levels" in schema.tables(s.conn)
+        assert "run_ranks" in schema.tables(s.conn)
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert s.conn.execute("PRAGMA foreign_key_check").fetchall() == []
         for i, rid in enumerate(ids):
             r = s.load(rid)
-            want = _pre_v4(make_arrays(i, n_samples=20))
-            for name in _V2_ARRAYS:  # every v2 row is kept, field by field
-                _same_but_v6(r.array(name), want[name], name)
+            want = _read_back(make_arrays(i, n_samples=20), 2)
+            for name in _V2_ARRAYS:  # every v2 row is kept, field by field (and is rank 0: one process)
+                assert r.array(name).dtype == want[name].dtype
+                assert (r.array(name)["rank"] == 0).all()
+                for f in want[name].dtype.names:
+                    np.testing.assert_array_equal(r.array(name)[f], want[name][f], err_msg=f"{name}.{f}")
             assert len(r.heads) == 0 and r.heads.dtype == HEAD_DTYPE
             summ = make_summary(i)
             summ["run_id"] = rid
@@ -562,10 +588,8 @@ def test_migration_from_v3_gives_rows_their_unresolved_flag(dbpath):
                     if f == "flags" and name not in ("samples", "heads"):
                         # hand-worked: a v3 row kept only `resolved`; unresolved rows get bit 3 (8), others 0
                         assert got["flags"].tolist() == [0 if ok else 8 for ok in raw[name]["resolved"].tolist()]
-                    elif f in _V6_CALL_FIELDS and name in ("layers", "components", "ops"):
-                        assert np.isnan(got[f]).all(), f"{name}.{f}"   # not in a v3 file
-                    else:
-                        np.testing.assert_array_equal(got[f], raw[name][f], err_msg=f"{name}.{f}")
+                    else:  # (and rank 0: a v3 row came from one process; no mean |x|: NaN)
+                        np.testing.assert_array_equal(got[f], _read_back(raw, 3)[name][f], err_msg=f"{name}.{f}")
         # new runs keep every flag bit, Python's (1 << 8) and the C kernel's alike
         rid = s.save(make_run(9))
         assert_same_arrays(s.load(rid), make_run(9))
@@ -585,16 +609,16 @@ def test_migration_from_v5_adds_texts_and_backfills_the_attention_kind(dbpath):
                             summary_over={i: {"model": m} for i, m in enumerate(models)})
     assert "texts" not in tables
     with Store(dbpath) as s:
-        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 6
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION and schema.TEXTS_VERSION == 6
         assert "texts" in schema.tables(s.conn)
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         got = [s.conn.execute("SELECT attention_kind FROM runs WHERE id=?", (rid,)).fetchone()[0] for rid in ids]
         assert got == want_kind
         for i, rid in enumerate(ids):
             r = s.load(rid)
-            want = make_arrays(i, n_samples=20)
+            want = _read_back(make_arrays(i, n_samples=20), 5)
             for name in _V3_ARRAYS:     # every v5 row is kept, flags included, field by field
-                _same_but_v6(r.array(name), want[name], name)
+                _same_fields(r.array(name), want[name], name)
             assert len(r.texts) == 0 and r.texts.dtype == TEXT_DTYPE and r.prompt() is None
         # the migrated database takes runs with text, searchable by prompt; deletes cascade
         rid = s.save(make_run(7))
@@ -605,7 +629,7 @@ def test_migration_from_v5_adds_texts_and_backfills_the_attention_kind(dbpath):
         assert s.conn.execute("SELECT COUNT(*) FROM texts").fetchone()[0] == 0
     before = sha(dbpath)
     with Store(dbpath, mark_stale=False) as s:
-        assert schema.migrate(s.conn, dbpath) == (6, 6)
+        assert schema.migrate(s.conn, dbpath) == (schema.SCHEMA_VERSION,) * 2
     assert sha(dbpath) == before
 
 
@@ -657,6 +681,7 @@ def test_fresh_database_matches_migrated_one(tmp_path):
 
     fresh = shape(b)
     assert "head_metrics" in fresh and "sample_levels" in fresh and fresh["_version"] == schema.SCHEMA_VERSION
+    assert "run_ranks" in fresh
     assert shape(a) == fresh
     assert shape(c2) == fresh
     assert shape(c3) == fresh
@@ -711,7 +736,8 @@ def test_round_trip_every_array_field_by_field(dbpath):
         s.flush()
         assert len(s.load(rid).samples) == len(run.samples)
         s.finish_run(rid, run.summary(), run.sections, run.tokens, run.layers, run.components, "completed",
-                     ops=run.ops, heads=run.heads, texts=run.texts)
+                     ops=run.ops, heads=run.heads, texts=run.texts, ranks=run.ranks,
+                     rank_sections=run.rank_sections, rank_tokens=run.rank_tokens)
     back = ep.load(rid, db=dbpath)
     assert_same_arrays(back, run)
     want = run.summary()
@@ -1073,9 +1099,8 @@ def test_export_import_json_round_trip(filled, tmp_path):
     old.write_text(json.dumps(doc))
     o = ep.load(ep.import_run(old, db=path), db=path)
     assert len(o.heads) == 0 and o.heads.dtype == HEAD_DTYPE
-    for name in ARRAY_NAMES:
-        if name != "heads":
-            assert o.array(name).tobytes() == a.array(name).tobytes(), name
+    for name in (n for n in ARRAY_NAMES if n != "heads"):
+        assert o.array(name).tobytes() == a.array(name).tobytes(), name
     assert o.prompt(0) == a.prompt(0) and a.prompt(0).startswith("the cost of a token")  # text survives the export
     sa, sb = a.summary(), b.summary()
     sa.pop("run_id")
@@ -1302,7 +1327,8 @@ def test_docs_schema_names_every_column_and_its_example_runs(capsys):
             assert re.search(rf"(^\| |, ){c}[ ,|]", doc, re.M), (table, c)
     for b in re.findall(r"```python\n(.*?)```", doc, re.S):
         exec(compile(b, "docs/schema.md", "exec"), {})
-    assert capsys.readouterr().out.split() == ["(1,", "6)", "True", "(2,", "6)", "True"]
+    v = str(schema.SCHEMA_VERSION) + ")"
+    assert capsys.readouterr().out.split() == ["(1,", v, "True", "(2,", v, "True"]
 
 
 def test_writer_releases_the_gil_while_blocked(tmp_path):
@@ -1426,7 +1452,7 @@ def test_many_processes_open_a_fresh_database_at_once(tmp_path):
         procs = [subprocess.Popen([sys.executable, "-c", code, path]) for _ in range(4)]
         assert [p.wait() for p in procs] == [0] * 4
         with Store(path) as s:
-            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == 6
+            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == schema.RANKS_VERSION
             assert "head_metrics" in schema.tables(s.conn)
             assert len(ep.runs(db=s, limit=None)) == 4 + (0 if kind == "fresh" else 2)
 
@@ -1522,3 +1548,44 @@ def test_saved_and_loaded_rows_equal_the_oracle(tmp_path, shape, mode):
     n = check_run(back)
     assert n["tokens"] == 4 and n["sections"] == len(s.sections)
     assert n["calls"] == len(s.layers) + len(s.components) + len(s.ops)
+
+
+def test_migrate_to_ranks_step_alone_adds_ranks_and_keeps_every_row(dbpath):
+    """The multi-rank step on its own (schema._migrate_to_ranks, from RANKS_VERSION - 1): a
+    real file of the version before it gains the rank columns (every old row rank 0: it came from one
+    process), the three per-rank tables and runs.world_size = 1, and keeps every value."""
+    prev = schema.RANKS_VERSION - 1
+    ids, tables = _fill_old(dbpath, prev, _V3_ARRAYS, 2)
+    assert "run_ranks" not in tables
+    conn = sqlite3.connect(dbpath, isolation_level=None)
+    before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall()
+              for t in ["runs"] + [schema.ARRAY_TABLES[n] for n in _V3_ARRAYS]}
+    conn.execute("BEGIN")
+    schema._migrate_to_ranks(conn)
+    conn.execute(f"PRAGMA user_version = {schema.RANKS_VERSION}")   # what schema.migrate sets after the last step
+    conn.execute("COMMIT")
+    for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
+        cols = schema.table_columns(conn, t)
+        assert cols[-1] == "rank"
+        assert conn.execute(f"SELECT COUNT(*) FROM {t} WHERE rank != 0").fetchone()[0] == 0
+        # the old columns and values, unchanged (rank appended at the end)
+        assert [r[:-1] for r in conn.execute(f"SELECT * FROM {t} ORDER BY rowid")] == before[t]
+    assert "rank" not in schema.table_columns(conn, "head_metrics")
+    assert conn.execute("SELECT * FROM head_metrics ORDER BY rowid").fetchall() == before["head_metrics"]
+    assert [r[0] for r in conn.execute("SELECT world_size FROM runs ORDER BY id")] == [1] * len(ids)
+    assert [r[:-1] for r in conn.execute("SELECT * FROM runs ORDER BY id")] == before["runs"]
+    for t in ("run_ranks", "rank_sections", "rank_tokens"):
+        assert schema.table_columns(conn, t)[1:] == [c for c, _ in schema.TABLE_COLUMNS[t]]
+        fks = conn.execute(f"PRAGMA foreign_key_list({t})").fetchall()
+        assert [(r[2], r[3], r[4], r[6]) for r in fks] == [("runs", "run_id", "id", "CASCADE")]
+    conn.close()
+    # the full chain through Store gives the same shape as a fresh database, and the
+    # migrated store takes a multi-rank run field by field
+    with Store(dbpath) as s:
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION
+        rid = s.save(make_run(5))
+        assert_same_arrays(s.load(rid), make_run(5))
+        assert s.conn.execute("SELECT world_size FROM runs WHERE id=?", (rid,)).fetchone()[0] == 1
+        ep.delete(rid, db=s)
+        for t in ("run_ranks", "rank_sections", "rank_tokens"):
+            assert s.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] == 0

@@ -199,7 +199,7 @@ def test_cli_sweep_json(tmp_path, capsys):
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["table"]) == 2 and out["table"][0]["n"] == 2 and len(out["run_ids"]) == 4
-    assert (tmp_path / "t.csv").read_text().splitlines()[0].startswith("batch_size,prompt_length")
+    assert (tmp_path / "t.csv").read_text().splitlines()[0].startswith("engine,batch_size,prompt_length")
     rc = cli.main(["sweep", "--load", out["sweep_id"], "--db", db, "--plot", str(tmp_path / "fig")])
     assert rc == 0 and "Pareto" in capsys.readouterr().out
     assert (tmp_path / "fig-batch.png").stat().st_size > 0 and (tmp_path / "fig-pareto.png").exists()

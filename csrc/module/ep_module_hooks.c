@@ -161,8 +161,11 @@ static PyMethodDef spanbuffer_methods[] = {
      "drain() -> numpy array of EVENT_DTYPE: every event, oldest first; the buffer is emptied."},
     {"clear", (PyCFunction)spanbuffer_clear, METH_NOARGS,
      "clear(): forget all events, reset `dropped` and the once-per-buffer warning state."},
+    {"append", (PyCFunction)spanbuffer_append, METH_VARARGS,
+     "append(t_ns, span_id, kind) -> bool (False: dropped because full): an event recorded by the caller,\n"
+     "e.g. the marks of a run without hooks (ep.run(None): s.mark_prefill_end(), s.mark_token())."},
     {"_append", (PyCFunction)spanbuffer_append, METH_VARARGS,
-     "Tests only: _append(t_ns, span_id, kind) -> bool (False: dropped because full)."},
+     "Tests only: _append(t_ns, span_id, kind) -> bool (the same as append)."},
     {"_inject_fault", (PyCFunction)spanbuffer_inject_fault, METH_O,
      "Tests only: _inject_fault(code): every append fails with EP_ERR code (0 turns it off)."},
     {NULL, NULL, 0, NULL},

@@ -21,18 +21,33 @@ from ..store.rundata import _float as _f
 from .efficiency import FIGURE_UNITS, figure_value, summaries
 from .stats import figure, mean_ci, ols
 
-__all__ = ["SweepResult", "SWEEP_FIGURES", "SWEEP_DTYPE", "sweep_table", "load_sweep", "batch_scaling",
-           "context_scaling", "pareto_frontier"]
+__all__ = ["SweepResult", "SWEEP_FIGURES", "SWEEP_DTYPE", "ENGINE_DTYPE", "sweep_table", "engine_table",
+           "load_sweep", "batch_scaling", "context_scaling", "pareto_frontier"]
 
 #: Figures averaged per grid point (see :func:`energyprof.analysis.figure_value`).
 SWEEP_FIGURES = ("energy_j", "net_energy_j", "duration_s", "j_per_token", "j_per_output_token", "tokens_per_j",
                  "tokens_per_s", "edp_js", "prefill_energy_j", "prefill_j_per_input_token", "decode_energy_j",
                  "decode_j_per_output_token")
 
-_KEYS = [("batch_size", "<i4"), ("prompt_length", "<i4"), ("max_new_tokens", "<i4"), ("n", "<i4")]
+_KEYS = [("engine", "U24"), ("batch_size", "<i4"), ("prompt_length", "<i4"), ("max_new_tokens", "<i4"),
+         ("n", "<i4")]
 
-#: One row per grid point: the keys, n (runs), then F, F_sd, F_ci95 per figure.
+#: One row per (engine, grid point): the keys (``engine`` is "" for a sweep without
+#: engines), n (runs), then F, F_sd, F_ci95 per figure.
 SWEEP_DTYPE = np.dtype(_KEYS + [(f"{f}{suf}", "<f8") for f in SWEEP_FIGURES for suf in ("", "_sd", "_ci95")])
+
+#: Figures of the engine comparison (:func:`engine_table`).
+ENGINE_FIGURES = ("j_per_output_token", "tokens_per_j", "j_per_token", "tokens_per_s", "energy_j")
+
+#: One row per (engine, grid point) of an engine comparison: the keys, n, the source and its
+#: label (measured / estimated / simulated), then F, F_sd, F_ci95 per figure of ENGINE_FIGURES.
+#: ``tokens_resolved`` is the mean share of decode steps that span a whole power sample,
+#: ``sample_period_s`` the longest sample period of the group's runs and ``systematic`` the
+#: source's systematic uncertainty (summary()["uncertainty"]["text"]): how far each figure
+#: can be trusted beside its statistical CI.
+ENGINE_DTYPE = np.dtype(_KEYS + [("source", "U64"), ("source_label", "U16"), ("tokens_resolved", "<f8"),
+                                 ("sample_period_s", "<f8"), ("systematic", "U160")]
+                        + [(f"{f}{suf}", "<f8") for f in ENGINE_FIGURES for suf in ("", "_sd", "_ci95")])
 
 
 class SweepResult:
@@ -49,6 +64,10 @@ class SweepResult:
     def run_ids(self) -> List[Optional[int]]:
         """Store ids of the runs (None for runs not saved)."""
         return [r.get("run_id") for r in self.runs]
+
+    def engine_table(self) -> np.ndarray:
+        """:func:`engine_table` of this sweep's runs: J/token and tokens/J per engine."""
+        return engine_table(self.runs)
 
     def to_pandas(self):
         """The table as a pandas DataFrame."""
@@ -91,24 +110,72 @@ def _grid_key(s: Dict[str, Any]) -> tuple:
     return b, p, n
 
 
+def _engine_of(s: Dict[str, Any]) -> str:
+    """The engine a run was made with: its summary's ``engine``, else its ``engine=`` tag, else ""."""
+    if s.get("engine"):
+        return str(s["engine"])
+    for t in s.get("tags") or []:
+        if t.startswith("engine="):
+            return t.partition("=")[2]
+    return ""
+
+
+def _grouped(ss: List[Dict[str, Any]]) -> Dict[tuple, List[Dict[str, Any]]]:
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for s in ss:
+        groups.setdefault((_engine_of(s),) + _grid_key(s), []).append(s)
+    return groups
+
+
+def _fill(out: np.ndarray, groups: Dict[tuple, List[Dict[str, Any]]], keys: List[tuple], figures) -> None:
+    for i, key in enumerate(keys):
+        g = groups[key]
+        out["engine"][i], out["batch_size"][i], out["prompt_length"][i], out["max_new_tokens"][i] = key
+        out["n"][i] = len(g)
+        for f in figures:
+            m = mean_ci([figure_value(s, f) for s in g])
+            out[f][i], out[f + "_sd"][i], out[f + "_ci95"][i] = m["mean"], m["sd"], m["half_width"]
+
+
 def sweep_table(runs: Any, db: Any = None) -> np.ndarray:
-    """Group runs by (batch size, prompt length, new tokens) and average every figure.
+    """Group runs by (engine, batch size, prompt length, new tokens) and average every figure.
 
     Returns a :data:`SWEEP_DTYPE` array sorted by the keys; ``F_ci95`` is the half-width of
     the t-based 95 % interval of the mean (NaN for a single run).
     """
-    ss = summaries(runs, db=db)
-    groups: Dict[tuple, List[Dict[str, Any]]] = {}
-    for s in ss:
-        groups.setdefault(_grid_key(s), []).append(s)
+    groups = _grouped(summaries(runs, db=db))
+    keys = sorted(groups)
     out = np.zeros(len(groups), dtype=SWEEP_DTYPE)
-    for i, key in enumerate(sorted(groups)):
-        g = groups[key]
-        out["batch_size"][i], out["prompt_length"][i], out["max_new_tokens"][i] = key
-        out["n"][i] = len(g)
-        for f in SWEEP_FIGURES:
-            m = mean_ci([figure_value(s, f) for s in g])
-            out[f][i], out[f + "_sd"][i], out[f + "_ci95"][i] = m["mean"], m["sd"], m["half_width"]
+    _fill(out, groups, keys, SWEEP_FIGURES)
+    return out
+
+
+def engine_table(runs: Any, db: Any = None) -> np.ndarray:
+    """The engine comparison: per (engine, grid point), J per output token and output tokens
+    per J (with tokens/s, J/token over all tokens and the run energy): mean, sd and 95 %
+    half-width over the repeats, and the source with its label, so a table never mixes a
+    measured figure with a simulated one unsaid.  Rows keep the order in which the engines
+    first ran.  Returns an :data:`ENGINE_DTYPE` array."""
+    ss = summaries(runs, db=db)
+    groups = _grouped(ss)
+    first: Dict[str, int] = {}
+    for i, s in enumerate(ss):
+        first.setdefault(_engine_of(s), i)
+    keys = sorted(groups, key=lambda k: (first[k[0]],) + k[1:])
+    out = np.zeros(len(groups), dtype=ENGINE_DTYPE)
+    _fill(out, groups, keys, ENGINE_FIGURES)
+    for i, key in enumerate(keys):
+        srcs = sorted({str(s.get("source") or "") for s in groups[key]})
+        labels = sorted({str(s.get("source_label") or "") for s in groups[key]})
+        out["source"][i] = " | ".join(srcs)
+        out["source_label"][i] = " | ".join(labels)
+        res = [s.get("resolution") or {} for s in groups[key]]
+        shares = [_f(r.get("tokens")) for r in res]
+        periods = [_f(r.get("sample_period_s")) for r in res]
+        out["tokens_resolved"][i] = np.nanmean(shares) if not all(np.isnan(shares)) else np.nan
+        out["sample_period_s"][i] = np.nanmax(periods) if not all(np.isnan(periods)) else np.nan
+        out["systematic"][i] = " | ".join(sorted({str((s.get("uncertainty") or {}).get("text") or "unknown")
+                                                  for s in groups[key]}))[:160]
     return out
 
 

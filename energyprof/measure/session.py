@@ -35,7 +35,7 @@ from .. import _core
 from .._version import __version__
 from ..errors import MissingExtraError
 from ..store.quality import uncertainty_summary
-from ..store.rundata import RunData
+from ..store.rundata import RunData, sample_row_dtype, with_rank
 from .attribution import Forward, SpanInfo, UserSection, attribute
 from .sources import systematic_uncertainty
 
@@ -87,6 +87,8 @@ class Session(RunData):
         name: Optional[str] = None,
         tags: Optional[Iterable[str]] = None,
         hook_method: str = "wrap",
+        engine: Optional[str] = None,
+        distributed: Any = "auto",
         post_baseline_s: float = 0.0,
         stats_every: int = 1,
         store_text: bool = True,
@@ -100,8 +102,9 @@ class Session(RunData):
             import torch
         except ImportError as e:  # pragma: no cover - torch is a dependency of the session
             raise MissingExtraError("torch", "ep.run") from e
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"ep.run() needs a torch.nn.Module, got {type(model).__name__}")
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(f"ep.run() needs a torch.nn.Module (or None for an engine without hooks: mark its "
+                            f"tokens with s.mark_prefill_end() / s.mark_token()), got {type(model).__name__}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         if sync not in SYNCS:
@@ -140,6 +143,18 @@ class Session(RunData):
         self.name = name
         self.tags = [str(t) for t in (tags or [])]
         self.hook_method = hook_method
+        self.engine = None if engine is None else str(engine)
+        self.distributed = distributed
+        self._dist = None                          # RankInfo of a multi-rank run (energyprof.measure.distributed)
+        # ep.run(None): the caller's marks (s.mark_prefill_end / s.mark_token) stand for forwards
+        self._gen_start_ns: Optional[int] = None   # mark_prefill_start of the current generation
+        self._gen_pending: tuple = (None, 1)       # (input_tokens, batch) given to mark_prefill_start
+        self._in_decode = False                    # the current generation's prefill has ended
+        self._gen_batch, self._gen_steps = 1, 0
+        self._last_mark_ns: Optional[int] = None   # end of the last marked slot
+        self._token_texts: List[tuple] = []        # (seq, step, text) given to mark_token
+        self._mark_generations = 0                 # generations begun by marks (ep.run(None))
+        self._marks_lock = threading.Lock()
         self._user_sections: List[UserSection] = []
         self._section_stack: List[int] = []
         self._forward_meta: List[dict] = []
@@ -168,7 +183,7 @@ class Session(RunData):
 
     # ------------------------------------------------------------------ enter
     def __enter__(self) -> "Session":
-        key = id(self.model)
+        key = id(self.model) if self.model is not None else ("session", id(self))
         with _ACTIVE_LOCK:
             if key in _ACTIVE_MODELS:
                 raise RuntimeError(
@@ -185,6 +200,7 @@ class Session(RunData):
             with _ACTIVE_LOCK:
                 _ACTIVE_MODELS.discard(key)
             raise
+        self._active_key = key
         return self
 
     def _start(self) -> None:
@@ -194,14 +210,31 @@ class Session(RunData):
         from .sources import open as open_source
 
         self._source = open_source(self.source_spec)
-        self._device = _model_device(self.model)
-        sync = self.sync
-        if sync == "auto":
-            sync = "device" if self._device.type in ("cuda", "mps") else "none"
-        self._sync_used = sync
-        self._amap = arch_mod.describe(self.model)   # warns itself when it falls back
-        self._sampler = Sampler(self._source, interval_ms=self.interval_ms)
+        self._dist = self._setup_distributed()
+        if self.model is None:
+            import torch
+
+            self._device = torch.device("cpu")
+            self._sync_used = sync = "none"
+            self._amap = None
+        else:
+            self._device = _model_device(self.model)
+            sync = self.sync
+            if sync == "auto":
+                sync = "device" if self._device.type in ("cuda", "mps") else "none"
+            self._sync_used = sync
+            self._amap = arch_mod.describe(self.model)   # warns itself when it falls back
+        if self._dist is not None and not self._dist.samples:
+            from .distributed import NoSampler
+
+            self._sampler = NoSampler(self._source)   # a host-wide source: its host leader samples it
+        else:
+            self._sampler = Sampler(self._source, interval_ms=self.interval_ms)
         self._sampler.start()
+        if self._dist is not None:
+            from .distributed import exchange_clocks
+
+            exchange_clocks(self._dist, _core.now_ns)
         self._wall_start_ns = _core.wall_ns()
         self._baseline = None
         self._settle_s = 0.0
@@ -214,8 +247,8 @@ class Session(RunData):
             time.sleep(self.baseline_s)
             self._baseline = (b0, _core.now_ns())
 
-        # span 0 = the top-level forward; 1.. = hooked modules
-        targets = arch_mod.hook_targets(self._amap, self.mode)
+        # span 0 = the top-level forward (or, without a model, the caller's marks); 1.. = hooked modules
+        targets = arch_mod.hook_targets(self._amap, self.mode) if self._amap is not None else []
         self._spans: List[SpanInfo] = [SpanInfo(layer=-1, component="model")]
         qual_to_span: Dict[str, int] = {}
         for ref in targets:
@@ -229,33 +262,35 @@ class Session(RunData):
                 if parent in qual_to_span:
                     self._spans[sid].parent_span = qual_to_span[parent]
                     break
-        if self._amap.encoder is not None:   # its calls are the `encode` phase, in every mode
+        if self._amap is not None and self._amap.encoder is not None:   # its calls are the `encode` phase
             self._encoder_span = len(self._spans)
             self._spans.append(SpanInfo(layer=-1, component="encoder"))
         self._buffer = _core.SpanBuffer()
-        self._hookset = HookSet(self._buffer, sync=sync, device=self._device, activity=True, method=self.hook_method)
-        top = self._amap.top
-        if self.mode == "deep":
-            self._install_deep(qual_to_span, sync)   # before the C wrappers, which wrap its forwards
-        # The shape hook runs before the C begin hook; it reads the input shapes only.
-        self._handles.append(top.register_forward_pre_hook(self._shape_hook, with_kwargs=True))
-        self._hookset.add(top, 0)
-        if self._encoder_span >= 0:
-            enc = self._amap.encoder.module
-            self._handles.append(enc.register_forward_pre_hook(self._encoder_shape_hook, with_kwargs=True))
-            self._hookset.add(enc, self._encoder_span)
-        for ref in targets:
-            self._hookset.add(ref.module, qual_to_span[ref.qualname])
-        if self.mode == "deep":
-            self._add_deep_hooks(targets, qual_to_span)
-        if self.mode != "minimal":
-            from .moe import RouterRecorder
+        if self._amap is not None:
+            self._hookset = HookSet(self._buffer, sync=sync, device=self._device, activity=True,
+                                    method=self.hook_method)
+            top = self._amap.top
+            if self.mode == "deep":
+                self._install_deep(qual_to_span, sync)   # before the C wrappers, which wrap its forwards
+            # The shape hook runs before the C begin hook; it reads the input shapes only.
+            self._handles.append(top.register_forward_pre_hook(self._shape_hook, with_kwargs=True))
+            self._hookset.add(top, 0)
+            if self._encoder_span >= 0:
+                enc = self._amap.encoder.module
+                self._handles.append(enc.register_forward_pre_hook(self._encoder_shape_hook, with_kwargs=True))
+                self._hookset.add(enc, self._encoder_span)
+            for ref in targets:
+                self._hookset.add(ref.module, qual_to_span[ref.qualname])
+            if self.mode == "deep":
+                self._add_deep_hooks(targets, qual_to_span)
+            if self.mode != "minimal":
+                from .moe import RouterRecorder
 
-            self._router = RouterRecorder(self._amap)
-            self._router.install()
-        self._wrap_generate()
+                self._router = RouterRecorder(self._amap)
+                self._router.install()
+            self._wrap_generate()
 
-        if self.save:
+        if self.save and (self._dist is None or self._dist.rank == 0):   # rank 0 saves a multi-rank run
             from ..store.db import Store
 
             self._store = self.db if isinstance(self.db, Store) else Store(self.db)
@@ -269,6 +304,63 @@ class Session(RunData):
         self._t_start_ns = _core.now_ns()
         if any(self._live_callbacks.values()):
             self._start_live()
+
+    def _setup_distributed(self):
+        """A multi-rank run (energyprof.measure.distributed): this rank's RankInfo, else None.
+        A collective when the process group is used; an ``nvml`` source without ``index=``
+        is reopened on the rank's local device."""
+        from .distributed import resolve_mode, setup
+        from .sources import format_spec, open as open_source
+
+        use, group = resolve_mode(self.distributed)
+        if not use:
+            return None
+        info = setup(self._source.kind, group)
+        if self._source.kind == "nvml" and "index" not in self._source.params:
+            self._source = open_source(format_spec("nvml", {**self._source.params, "index": str(info.local_rank)}))
+        return info
+
+    def _merge_ranks(self, att, forwards, status: str, samples: np.ndarray, t_end_ns: int) -> str:
+        """Exit of a multi-rank run: send this rank's run to rank 0, or (rank 0) receive every
+        rank's and replace this session's rows by the merged run; returns the run's status."""
+        from . import distributed as dm
+
+        info = self._dist
+        calls = {"layers": self._layers, "components": self._components, "ops": self._ops}
+        mine = dm.payload(self, info, att, forwards, status, calls, samples, t_end_ns)
+        if info.rank != 0:
+            sent = True
+            try:
+                dm.send_to_rank0(mine)
+            except Exception as e:
+                sent = False
+                warnings.warn(f"energyprof: rank {info.rank} could not send its run to rank 0 ({e}); its data is "
+                              "still available on this session object", RuntimeWarning)
+            self._summary["distributed"] = {"rank": info.rank, "world_size": info.world_size, "saved_by_rank": 0,
+                                            "sent_to_rank0": sent,
+                                            "exit_problems": list(getattr(self, "_dist_wait_problems", []))}
+            return status
+        others, errors = dm.receive_on_rank0(info.world_size)
+        try:
+            m = dm.merge([mine] + others[1:], errors)
+        except Exception as e:  # never lose rank 0's own run over a failed merge
+            warnings.warn(f"energyprof: the ranks' runs could not be merged ({type(e).__name__}: {e}); rank 0's "
+                          "own run is saved, marked interrupted", RuntimeWarning)
+            self._summary["distributed"] = {"rank": 0, "world_size": info.world_size, "merge_error": str(e)}
+            return "interrupted"
+        for message in errors:
+            warnings.warn(f"energyprof: {message}", RuntimeWarning, stacklevel=4)
+        summary = dict(self._summary)
+        summary.update(m["summary"])
+        summary["distributed"]["exit_problems"] = list(getattr(self, "_dist_wait_problems", []))
+        summary["status"] = m["status"]
+        summary["uncertainty"] = uncertainty_summary(systematic_uncertainty(self._source.kind, self._source.params),
+                                                     summary["energy_j"], summary["source_label"])
+        self._summary = summary
+        self._samples, self._sections, self._tokens = m["samples"], m["sections"], m["tokens"]
+        self._layers, self._components, self._ops = m["layers"], m["components"], m["ops"]
+        self._ranks, self._rank_sections, self._rank_tokens = m["ranks"], m["rank_sections"], m["rank_tokens"]
+        return m["status"]
 
     # ------------------------------------------------------------------ deep / live (energyprof.measure.deep, .live)
     def _install_deep(self, qual_to_span: Dict[str, int], sync: str) -> None:
@@ -517,6 +609,8 @@ class Session(RunData):
         if "token" in given:
             for seq, row in enumerate(given["token"]):
                 rows += [("token", k, seq, t) for k, t in enumerate(row)]
+        elif self._token_texts:   # ep.run(None): the texts given to mark_token (or a TokenStreamer)
+            rows += [("token", step, seq, t) for seq, step, t in self._token_texts]
         else:
             rows += decoded["token"]
         if not rows:
@@ -581,6 +675,97 @@ class Session(RunData):
         finally:
             self._section_stack.pop()
             self._user_sections[idx].t_end_ns = _core.now_ns()
+
+    # ------------------------------------------------------------------ marks (ep.run(None))
+    def _need_marks(self, what: str) -> None:
+        if self.model is not None:
+            raise RuntimeError(f"s.{what}(): this run hooks its model, whose forwards already mark prefill and "
+                               "tokens; marks are for ep.run(None, ...) around an engine without hooks")
+        if self._sampler is None or self._finished:
+            raise RuntimeError(f"s.{what}() must be called inside the `with ep.run(None, ...) as s:` block")
+
+    def _mark_slot(self, t_begin: int, t_end: int, batch: int, seq: int, past_len: int,
+                   input_tokens: Optional[int] = None) -> None:
+        # One slot = one span-0 event pair, like a hooked top-level forward: the live feed
+        # and the attribution read both the same way (past_len 0 = a prefill).
+        meta = {"batch": batch, "seq": seq, "past_len": past_len, "cache_position": None, "mask": None}
+        if input_tokens is not None:
+            meta["input_tokens"] = int(input_tokens)
+        self._forward_meta.append(meta)
+        self._buffer.append(int(t_begin), 0, 0)
+        self._buffer.append(int(t_end), 0, 1)
+
+    def mark_prefill_start(self, input_tokens: Optional[int] = None, batch: int = 1) -> None:
+        """ep.run(None): a generation starts now (its prefill begins).
+
+        Optional: without it the prefill of the first generation begins at the run's start
+        and that of a later one at the previous generation's last mark.  ``input_tokens``
+        (the prompt tokens summed over the batch) may be given here or at :meth:`mark_prefill_end`.
+        """
+        self._need_marks("mark_prefill_start")
+        _check_count("batch", batch)
+        if input_tokens is not None:
+            _check_count("input_tokens", input_tokens, zero=True)
+        with self._marks_lock:
+            self._gen_start_ns = _core.now_ns()
+            self._gen_pending = (input_tokens, int(batch))
+            self._in_decode = False
+
+    def mark_prefill_end(self, input_tokens: Optional[int] = None, batch: Optional[int] = None) -> None:
+        """ep.run(None): the prefill ends now, and with it the first generated token (one per sequence).
+
+        ``input_tokens``: the prompt tokens summed over the batch (0 when not given);
+        ``batch``: the number of sequences (default: what :meth:`mark_prefill_start` said, else 1).
+        """
+        self._need_marks("mark_prefill_end")
+        now = _core.now_ns()
+        with self._marks_lock:
+            n_in = self._gen_pending[0] if input_tokens is None else input_tokens
+            b = self._gen_pending[1] if batch is None else batch
+            _check_count("batch", b)
+            if n_in is not None:
+                _check_count("input_tokens", n_in, zero=True)
+            start = self._gen_start_ns
+            if start is None:
+                start = self._last_mark_ns if self._last_mark_ns is not None else self._t_start_ns
+            seq = max(int(n_in) // int(b), 1) if n_in else 1
+            self._mark_slot(start, now, int(b), seq, 0, input_tokens=int(n_in or 0))
+            self._gen_start_ns, self._gen_pending = None, (None, 1)
+            self._in_decode, self._gen_batch, self._gen_steps = True, int(b), 0
+            self._mark_generations += 1
+            self._last_mark_ns = now
+
+    def mark_token(self, text: Optional[str] = None, n: Optional[int] = None) -> None:
+        """ep.run(None): a decode step ends now, with ``n`` new tokens (default: the current
+        generation's batch, one per sequence); its slot runs from the previous mark.
+
+        The first call of a generation that had no :meth:`mark_prefill_end` ends the prefill
+        instead (the first token comes out of the prefill).  ``text`` (the token's text) is
+        stored with the run as that step's token text (:meth:`token_texts`: step 0 is the
+        token that ends the prefill, k is decode step k; one sequence per generation).
+        """
+        self._need_marks("mark_token")
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"mark_token(text=...) must be a str or None, got {type(text).__name__}")
+        if n is not None:
+            _check_count("n", n)
+        if not self._in_decode:
+            self.mark_prefill_end(batch=n)
+        else:
+            now = _core.now_ns()
+            with self._marks_lock:
+                self._gen_steps += 1
+                self._mark_slot(self._last_mark_ns, now, int(self._gen_batch if n is None else n), 1,
+                                self._gen_steps)
+                self._last_mark_ns = now
+        if text is not None:
+            self._token_texts.append((self._mark_generations - 1, self._gen_steps, text))
+
+    def end_generation(self) -> None:
+        """ep.run(None): the current generation is over; the next mark starts a new one (a new prefill)."""
+        self._need_marks("end_generation")
+        with self._marks_lock:
+            self._in_decode = False
 
     def live_power_w(self) -> float:
         """Power of the latest sample while the run goes on (total over measured domains), NaN if none yet."""
@@ -652,6 +837,10 @@ class Session(RunData):
                 p0 = _core.now_ns()
                 time.sleep(self.post_baseline_s)   # idle again, hooks gone: the drift check
                 self._post_baseline = (p0, _core.now_ns())
+            if self._dist is not None:
+                from .distributed import wait_for_ranks
+
+                self._dist_wait_problems = wait_for_ranks(self._dist)   # sample until every rank is done
             self._sampler.stop()
             if self._live is not None:
                 self._live.stop()   # delivers what is left from its own thread, then joins
@@ -663,7 +852,7 @@ class Session(RunData):
             self._complete()
         finally:
             with _ACTIVE_LOCK:
-                _ACTIVE_MODELS.discard(id(self.model))
+                _ACTIVE_MODELS.discard(self._active_key)
         return False  # never swallow the block's exception
 
     def _teardown_hooks(self) -> None:
@@ -690,8 +879,9 @@ class Session(RunData):
         rest = events[(events["span_id"] != 0) & (events["span_id"] != self._encoder_span)]
         forwards = self._forwards(top, enc)
         if not forwards and status == "completed":
-            warnings.warn("energyprof: the model's forward was never called inside ep.run(): a run with zero tokens",
-                          RuntimeWarning)
+            what = ("the model's forward was never called inside ep.run()" if self.model is not None else
+                    "no prefill or token was marked inside ep.run(None)")
+            warnings.warn(f"energyprof: {what}: a run with zero tokens", RuntimeWarning)
         for u in self._user_sections:
             if u.t_end_ns < 0:
                 u.t_end_ns = t_end_ns
@@ -735,12 +925,15 @@ class Session(RunData):
         summary["text_stored"] = bool(len(self._texts))
         self._add_limits(summary)
         self._summary = summary
-        self._samples = samples
+        self._samples = with_rank(samples, sample_row_dtype(), 0)
         self._sections = att.sections
         self._tokens = att.tokens
         self._layers = calls[is_layer]
         self._components = calls[~is_layer & ~is_op]
         self._ops = calls[is_op]
+        if self._dist is not None:
+            status = self._merge_ranks(att, forwards, status, samples, t_end_ns)
+            summary = self._summary
         self._finished = True
         if self._store is not None:
             try:
@@ -748,9 +941,15 @@ class Session(RunData):
                     new = samples[self._samples_written:]
                     if len(new):
                         self._store.write_samples(self.run_id_, new)
-                self._store.finish_run(self.run_id_, summary, att.sections, att.tokens, self._layers,
+                multi = self._dist is not None
+                if multi and len(self._samples):   # the other ranks' samples (rank 0's are written above)
+                    self._store.write_array(self.run_id_, "samples", self._samples[self._samples["rank"] != 0])
+                self._store.finish_run(self.run_id_, summary, self._sections, self._tokens, self._layers,
                                        self._components, status, ops=self._ops, heads=self._heads,
-                                       texts=self._texts, all_samples=samples)
+                                       texts=self._texts, all_samples=None if multi else samples,
+                                       ranks=self._ranks if multi else None,
+                                       rank_sections=self._rank_sections if multi else None,
+                                       rank_tokens=self._rank_tokens if multi else None)
             except Exception as e:
                 self._save_error = self._save_error or e
             finally:
@@ -788,7 +987,7 @@ class Session(RunData):
         forwards, and a seq2seq encoder's calls become ``encode`` forwards of their own (a
         top-level forward that ran the encoder inside is split at the encoder's end)."""
         out = self._top_forwards(top_events)
-        if self._amap.kind == "encoder":
+        if self._amap is not None and self._amap.kind == "encoder":
             for f in out:
                 f.encode, f.prefill = True, False
             return out
@@ -840,6 +1039,8 @@ class Session(RunData):
             real = m["batch"] * m["seq"]
             if prefill and m["mask"] is not None:
                 real = int(m["mask"].sum())       # unpadded input tokens
+            if "input_tokens" in m:                # a mark that said how many
+                real = m["input_tokens"]
             out.append(Forward(t_start_ns=b, t_end_ns=e, batch=m["batch"], new_positions=m["seq"],
                                input_tokens=real if prefill else 0, prefill=prefill))
         self._forward_meta = []                    # drop the kept tensors
@@ -873,9 +1074,12 @@ class Session(RunData):
             tf_version = transformers.__version__
         except Exception:  # pragma: no cover
             tf_version = None
-        cfg = dict(self._amap.config)
-        model_info = {"name": cfg.get("name_or_path") or type(self.model).__name__, "arch": self._amap.arch}
-        model_info.update({k: v for k, v in cfg.items() if k != "name_or_path"})
+        if self._amap is not None:
+            cfg = dict(self._amap.config)
+            model_info = {"name": cfg.get("name_or_path") or type(self.model).__name__, "arch": self._amap.arch}
+            model_info.update({k: v for k, v in cfg.items() if k != "name_or_path"})
+        else:   # ep.run(None): an engine without hooks; the caller's name for it, if any
+            model_info = {"name": self.engine or "unhooked", "arch": None}
         src = self._source
         return {
             "name": self.name,
@@ -888,7 +1092,8 @@ class Session(RunData):
             "source_meta": _json_or_empty(getattr(self._sampler, "meta_json", "")),
             "source_requested": getattr(src, "requested", src.spec),
             "source_auto": list(getattr(src, "extra", {}).get("auto", [])),
-            "mode": self.mode,
+            "mode": self.mode if self.model is not None else "marks",
+            "engine": self.engine,
             "sync": self._sync_used,
             "baseline_s": self.baseline_s,
             "stats_every": self.stats_every,
@@ -972,6 +1177,10 @@ def _threshold(name: str, value: Optional[float], default: float) -> float:
     if not (f >= 0) or f == float("inf") or isinstance(value, bool):
         raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
     return f
+def _check_count(name: str, value: Any, zero: bool = False) -> None:
+    """A token or sequence count given to a mark: an int >= 1 (>= 0 with ``zero``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if zero else 1):
+        raise ValueError(f"{name} must be an integer >= {0 if zero else 1}, got {value!r}")
 
 
 def _json_or_empty(text: str) -> dict:
@@ -1004,6 +1213,8 @@ def run(
     name: Optional[str] = None,
     tags: Optional[Iterable[str]] = None,
     hook_method: str = "wrap",
+    engine: Optional[str] = None,
+    distributed: Any = "auto",
     post_baseline_s: float = 0.0,
     stats_every: int = 1,
     store_text: bool = True,
@@ -1016,7 +1227,11 @@ def run(
 
     Parameters
     ----------
-    model: the ``torch.nn.Module`` (a Hugging Face ``*ForCausalLM``) to hook.
+    model: the ``torch.nn.Module`` (a Hugging Face ``*ForCausalLM``) to hook, or ``None`` for an
+        engine without hooks (ONNX Runtime, llama.cpp, vLLM, a compiled graph): the run is a
+        plain energy window and the caller marks what it knows with ``s.mark_prefill_start()``,
+        ``s.mark_prefill_end()``, ``s.mark_token(text=None)`` or an :class:`~energyprof.TokenStreamer`
+        (docs/engines.md); sections work as usual.
     source: a source spec (``"auto"``, ``"synthetic:power_w=20"``, ``"nvml"``, ``"rapl"``,
         ``"plist:capture.plist"``, ``"powermetrics"``, ``"estimate"``; see docs/sources.md).
     mode: ``"minimal"`` (phases and tokens), ``"standard"`` (+ layers and components),
@@ -1033,6 +1248,12 @@ def run(
     name, tags: labels stored with the run.
     hook_method: ``"wrap"`` (default: a C wrapper of each module's ``forward``, ~0.1 µs a call) or
         ``"hooks"`` (torch forward hooks; torch's own hook dispatch costs ~1.4 µs a call).
+    engine: a label stored as ``summary()["engine"]`` (``"eager"``, ``"onnxruntime"``...; the
+        engine comparison of :func:`energyprof.sweep` groups by it).
+    distributed: ``"auto"`` (default): when a torch.distributed process group with more than one
+        rank is initialised, every rank measures its own devices and rank 0 saves one run of all
+        ranks (docs/distributed.md); ``True`` requires such a group; ``False`` measures this
+        process alone.
     stats_every: mode="deep": activation, head, kill-ratio and variance statistics on the
         1st, (N+1)th, (2N+1)th ... call of each module only (1, the default: every call);
         stored with the run (``summary()["stats_every"]``); the other calls' statistics are NaN.
@@ -1050,6 +1271,7 @@ def run(
     Returns a :class:`Session`; use it as a context manager.
     """
     return Session(model, source=source, mode=mode, sync=sync, baseline_s=baseline_s, interval_ms=interval_ms,
-                   db=db, save=save, name=name, tags=tags, hook_method=hook_method, post_baseline_s=post_baseline_s,
-                   stats_every=stats_every, store_text=store_text, tokenizer=tokenizer, sparse_below=sparse_below,
-                   kill_below=kill_below, power_limit_w=power_limit_w)
+                   db=db, save=save, name=name, tags=tags, hook_method=hook_method, engine=engine,
+                   distributed=distributed, post_baseline_s=post_baseline_s, stats_every=stats_every,
+                   store_text=store_text, tokenizer=tokenizer, sparse_below=sparse_below, kill_below=kill_below,
+                   power_limit_w=power_limit_w)

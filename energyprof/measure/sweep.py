@@ -109,11 +109,40 @@ class _Bar:
         return False
 
 
+class _nullctx:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _engines(model: Any, engines: Optional[Sequence[Any]], options: Optional[Dict[str, Dict[str, Any]]]) -> list:
+    """The engines to run, in order (``[None]``: the model as it is)."""
+    from .engines import Engine, make_engine
+
+    if engines is None:
+        return [None]
+    if isinstance(engines, (str, Engine)):
+        engines = [engines]
+    plan, seen = [], set()
+    for e in engines:
+        eng = e if isinstance(e, Engine) else make_engine(str(e), model, **dict((options or {}).get(str(e), {})))
+        if eng.name in seen:
+            raise ValueError(f"engine {eng.name!r} is listed twice")
+        seen.add(eng.name)
+        plan.append(eng)
+    if not plan:
+        raise ValueError("engines must not be empty (None runs the model as it is)")
+    return plan
+
+
 def sweep(model_factory_or_model: Any, batch_sizes: Sequence[int] = (1,), prompt_lengths: Sequence[int] = (32,),
           max_new_tokens: Sequence[int] = (32,), repeats: int = 3, source: str = "auto", db: Any = None,
           baseline_s: float = 0.0, progress: bool = True, tags: Optional[Iterable[str]] = None,
           save: bool = True, mode: str = "minimal", prompts: str = "random", seed: int = 0, warmup: bool = True,
-          sweep_id: Optional[str] = None, interleave: bool = False, **run_kw: Any) -> SweepResult:
+          sweep_id: Optional[str] = None, interleave: bool = False, engines: Optional[Sequence[Any]] = None,
+          engine_options: Optional[Dict[str, Dict[str, Any]]] = None, **run_kw: Any) -> SweepResult:
     """Run ``model.generate`` over a grid under :func:`energyprof.run` and tabulate the results.
 
     Parameters
@@ -130,6 +159,13 @@ def sweep(model_factory_or_model: Any, batch_sizes: Sequence[int] = (1,), prompt
     warmup: one untimed ``generate`` first, so the first grid point does not pay start-up costs.
     interleave: run the whole grid once per repeat (repeat-major order) instead of all repeats
         of a grid point back to back, so slow drifts (temperature, clocks) spread over every point.
+    engines: the engine comparison: names from :data:`energyprof.measure.engines.ENGINES`
+        (``"eager"``, ``"sdpa"``, ``"compile"``, ``"onnxruntime"``) or
+        :class:`~energyprof.measure.engines.Engine` objects; the whole grid runs once per engine
+        (each run tagged ``engine=<name>``, its summary's ``engine`` set) and
+        :meth:`SweepResult.engine_table` gives J/token and tokens/J per engine with 95 %
+        intervals and the source label.  None (default): the model as it is, hooked.
+    engine_options: per engine name, keywords for its adapter (``{"compile": {"backend": "eager"}}``).
     run_kw: other keywords for :func:`energyprof.run` (``interval_ms``, ``sync``...).
 
     Returns a :class:`SweepResult`.
@@ -157,23 +193,40 @@ def sweep(model_factory_or_model: Any, batch_sizes: Sequence[int] = (1,), prompt
     else:
         order = [(gi, rep) for gi in range(len(grid)) for rep in range(int(repeats))]
     out: List[Dict[str, Any]] = []
-    if warmup:
-        ids, mask = _prompt(bs[0], pls[0], vocab, prompts, seed, device)
-        with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, min_new_tokens=2, **gen_base)
-    with _Bar(len(order), progress) as bar:
-        for gi, rep in order:
-            b, p, n = grid[gi]
-            # the same prompt for every repeat of a grid point
-            ids, mask = _prompt(b, p, vocab, prompts, seed + gi, device)
-            gen_kw = dict(gen_base, max_new_tokens=n, min_new_tokens=n)
-            run_tags = list(tags or []) + [f"sweep:{sid}", f"batch_size={b}", f"prompt_length={p}",
-                                           f"max_new_tokens={n}"]
-            with ep_run(model, source=source, mode=mode, baseline_s=baseline_s, db=db, save=save,
-                        name=f"sweep {sid} b{b} p{p} n{n} r{rep}", tags=run_tags, **run_kw) as s:
-                with torch.no_grad():
-                    model.generate(input_ids=ids, attention_mask=mask, **gen_kw)
-            summ = s.summary()
-            out.append(summ)
-            bar.step(f"b={b} p={p} n={n}: {_f(summ.get('j_per_output_token')):.3g} J/token")
+    plan = _engines(model, engines, engine_options)
+    with _Bar(len(order) * len(plan), progress) as bar:
+        for eng in plan:
+            with eng if eng is not None else _nullctx():
+                if warmup:   # untimed: start-up costs, an engine's compile, happen here
+                    ids, mask = _prompt(bs[0], pls[0], vocab, prompts, seed, device)
+                    if eng is None:
+                        with torch.no_grad():
+                            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, min_new_tokens=2,
+                                           **gen_base)
+                    else:
+                        eng.generate(None, ids, mask, max_new_tokens=2)
+                for gi, rep in order:
+                    b, p, n = grid[gi]
+                    # the same prompt for every repeat of a grid point (and every engine)
+                    ids, mask = _prompt(b, p, vocab, prompts, seed + gi, device)
+                    run_tags = list(tags or []) + [f"sweep:{sid}", f"batch_size={b}", f"prompt_length={p}",
+                                                   f"max_new_tokens={n}"]
+                    label = "" if eng is None else f" {eng.name}"
+                    kw = dict(run_kw)
+                    if eng is not None:
+                        run_tags.append(f"engine={eng.name}")
+                        kw["engine"] = eng.name
+                    target = model if eng is None else eng.run_target()
+                    with ep_run(target, source=source, mode=mode, baseline_s=baseline_s, db=db, save=save,
+                                name=f"sweep {sid}{label} b{b} p{p} n{n} r{rep}", tags=run_tags, **kw) as s:
+                        if eng is None:
+                            with torch.no_grad():
+                                model.generate(input_ids=ids, attention_mask=mask,
+                                               **dict(gen_base, max_new_tokens=n, min_new_tokens=n))
+                        else:
+                            eng.generate(s, ids, mask, max_new_tokens=n)
+                    summ = s.summary()
+                    out.append(summ)
+                    bar.step(f"{label.strip() or 'model'} b={b} p={p} n={n}: "
+                             f"{_f(summ.get('j_per_output_token')):.3g} J/token")
     return SweepResult(sid, out)

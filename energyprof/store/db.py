@@ -30,6 +30,7 @@ import socket
 import sqlite3
 import stat
 import sys
+import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
@@ -259,6 +260,7 @@ def _run_columns(summary: Dict[str, Any]) -> Dict[str, Any]:
         "edp_js": _real(s.get("edp_js")),
         "unattributed_j": _real(s.get("unattributed_j")),
         "total_rule": s.get("total_rule"),
+        "world_size": _int((s.get("distributed") or {}).get("world_size")) or 1,
         "summary": json.dumps(_encode_summary(body), allow_nan=False),
     }
 
@@ -309,6 +311,19 @@ def _file_readonly(path: str) -> bool:
 # ---------------------------------------------------------------------------------
 # Store
 # ---------------------------------------------------------------------------------
+def _set_wal(conn: sqlite3.Connection, tries: int = 100) -> None:
+    """PRAGMA journal_mode=WAL, retried while another process holds the lock (it may be
+    creating the schema): SQLite answers the pragma 'locked' without its busy handler."""
+    for k in range(tries):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or k == tries - 1:
+                raise
+            time.sleep(0.02)
+
+
 class Store:
     """An open run store: the native writer (lazily started) and a reader connection.
 
@@ -364,7 +379,7 @@ class Store:
                 _schema.migrate(conn, self.path)
             conn.execute("PRAGMA foreign_keys=ON")
             if not self.readonly:
-                conn.execute("PRAGMA journal_mode=WAL")
+                _set_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
             if mark_stale and not self.readonly:
                 try:
@@ -486,7 +501,9 @@ class Store:
                    components: Optional[np.ndarray] = None, status: str = "completed", *,
                    ops: Optional[np.ndarray] = None, samples: Optional[np.ndarray] = None,
                    heads: Optional[np.ndarray] = None, texts: Optional[np.ndarray] = None,
-                   all_samples: Optional[np.ndarray] = None) -> None:
+                   all_samples: Optional[np.ndarray] = None,
+                   ranks: Optional[np.ndarray] = None, rank_sections: Optional[np.ndarray] = None,
+                   rank_tokens: Optional[np.ndarray] = None) -> None:
         """Write the run's arrays and final summary, then set ``status``; waits until committed.
 
         ``texts`` are the prompt, output and token texts (``TEXT_DTYPE``, table texts).
@@ -494,6 +511,7 @@ class Store:
         ``all_samples``, every sample of the run in time order, gives the downsampling
         levels (:mod:`energyprof.store.levels`, table sample_levels) that plots of long
         runs read instead of the raw samples.
+        ``ranks``, ``rank_sections``, ``rank_tokens`` are the per-rank rows of a multi-rank run.
         Rows written earlier for sections/tokens/layers/components/ops/heads of this run are
         replaced (finishing twice is harmless); ``samples`` (optional) are *appended*
         to those written with :meth:`write_samples`.  The runs row is updated last,
@@ -505,7 +523,8 @@ class Store:
         rid = int(run_id)
         w = self.writer
         arrays = {"sections": sections, "tokens": tokens, "layers": layers, "components": components, "ops": ops,
-                  "heads": heads, "texts": texts}
+                  "heads": heads, "texts": texts, "ranks": ranks, "rank_sections": rank_sections,
+                  "rank_tokens": rank_tokens}
         for name, arr in arrays.items():
             if arr is not None:
                 w.execute(f"DELETE FROM {ARRAY_TABLES[name]} WHERE run_id = ?", (rid,))
@@ -554,7 +573,8 @@ class Store:
         rid = self.create_run(s)
         self.finish_run(rid, s, run.sections, run.tokens, run.layers, run.components,
                         status=status or s.get("status") or "completed", ops=run.ops, samples=run.samples,
-                        heads=run.heads, texts=run.texts, all_samples=run.samples)
+                        heads=run.heads, texts=run.texts, all_samples=run.samples, ranks=run.ranks,
+                        rank_sections=run.rank_sections, rank_tokens=run.rank_tokens)
         return rid
 
     def mark_stale_running(self) -> List[int]:

@@ -197,7 +197,8 @@ def as_samples(rows: np.ndarray, sample_dtype: np.dtype) -> np.ndarray:
 
 
 _LEVEL_SELECT = ", ".join(f'"{c}"' for c in LEVEL_DTYPE.names)
-_RAW_SELECT = "t_start_ns, t_end_ns, kind, flags, " + ", ".join(f"{d}_w" for d in DOMAINS)
+# the stored sample row (energyprof.store.rundata.sample_row_dtype): SAMPLE_DTYPE's fields, then rank
+_RAW_SELECT = "t_start_ns, t_end_ns, kind, flags, " + ", ".join(f"{d}_w" for d in DOMAINS) + ', "rank"'
 
 
 def _read_level(conn: sqlite3.Connection, run_id: int, level: int) -> np.ndarray:

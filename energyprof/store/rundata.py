@@ -23,12 +23,13 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .._dtypes import CALL_DTYPE, DOMAINS, HEAD_DTYPE, SECTION_DTYPE, TEXT_DTYPE, TOKEN_DTYPE
+from .._dtypes import CALL_DTYPE, DOMAINS, HEAD_DTYPE, RANK_DTYPE, SECTION_DTYPE, TEXT_DTYPE, TOKEN_DTYPE
 from ..errors import MissingExtraError
 from .quality import grouped_block_stats, sample_blocks
 
 #: Names accepted by :meth:`RunData.to_pandas` and the store's array tables.
-ARRAY_NAMES = ("samples", "sections", "tokens", "layers", "components", "ops", "heads", "texts")
+ARRAY_NAMES = ("samples", "sections", "tokens", "layers", "components", "ops", "heads", "texts", "ranks",
+               "rank_sections", "rank_tokens")
 
 _DOMAIN_J = [(f"{d}_j", "<f8") for d in DOMAINS]
 
@@ -61,23 +62,58 @@ def _float(v: Any, default: float = float("nan")) -> float:
         return default
 
 
-def _sample_dtype() -> np.dtype:
+def sample_row_dtype() -> np.dtype:
+    """A stored power sample: the fields of ``_core.SAMPLE_DTYPE`` plus ``rank`` (whose source
+    took it; 0 in a one-process run).  ``_core.integrate`` takes :func:`sample_fields_only`."""
     from .. import _core
 
-    return np.dtype(_core.SAMPLE_DTYPE)
+    dt = np.dtype(_core.SAMPLE_DTYPE)
+    return np.dtype([(f, dt.fields[f][0]) for f in dt.names] + [("rank", "<i4")])
+
+
+def sample_fields_only(samples: np.ndarray) -> np.ndarray:
+    """``samples`` (any dtype with the ``_core.SAMPLE_DTYPE`` fields) as a contiguous
+    ``_core.SAMPLE_DTYPE`` array, the record the C integrator reads."""
+    from .. import _core
+
+    dt = np.dtype(_core.SAMPLE_DTYPE)
+    if samples.dtype == dt:
+        return np.ascontiguousarray(samples)
+    out = np.zeros(len(samples), dt)
+    for f in dt.names:
+        out[f] = samples[f]
+    return out
+
+
+def with_rank(arr: np.ndarray, dt: np.dtype, rank: int = 0) -> np.ndarray:
+    """``arr`` in dtype ``dt``, with ``rank`` filled in where ``arr`` has no rank field."""
+    if arr.dtype == dt:
+        return arr
+    out = np.zeros(len(arr), dt)
+    names = set(arr.dtype.names or ())
+    for f in dt.names:
+        if f in names:
+            out[f] = arr[f]
+        elif f == "rank":
+            out[f] = rank
+        elif dt.fields[f][0].kind == "f":
+            out[f] = np.nan
+    return out
 
 
 def _default_dtype(name: str) -> np.dtype:
     if name == "samples":
-        return _sample_dtype()
-    if name == "sections":
+        return sample_row_dtype()
+    if name in ("sections", "rank_sections"):
         return SECTION_DTYPE
-    if name == "tokens":
+    if name in ("tokens", "rank_tokens"):
         return TOKEN_DTYPE
     if name == "heads":
         return HEAD_DTYPE
     if name == "texts":
         return TEXT_DTYPE
+    if name == "ranks":
+        return RANK_DTYPE
     return CALL_DTYPE  # layers, components, ops
 
 
@@ -90,6 +126,8 @@ def _as_array(name: str, value: Optional[np.ndarray]) -> np.ndarray:
         raise TypeError(f"RunData.{name} must be a numpy structured array (dtype {dt}), got dtype {arr.dtype}")
     if arr.ndim != 1:
         raise ValueError(f"RunData.{name} must be one-dimensional, got shape {arr.shape}")
+    if "rank" in dt.names and "rank" not in arr.dtype.names:
+        arr = with_rank(arr, np.dtype([(f, arr.dtype.fields[f][0]) for f in arr.dtype.names] + [("rank", "<i4")]))
     return arr
 
 
@@ -176,6 +214,10 @@ class RunData:
         numpy structured arrays (``SAMPLE_DTYPE``, ``SECTION_DTYPE``, ``TOKEN_DTYPE``,
         ``CALL_DTYPE`` x 3, ``HEAD_DTYPE``, ``TEXT_DTYPE`` of any text width).  ``None``
         gives an empty array of the right dtype.
+    ranks, rank_sections, rank_tokens:
+        A multi-rank run (docs/distributed.md): one ``RANK_DTYPE`` row per rank, and each
+        rank's own sections and tokens (``SECTION_DTYPE`` / ``TOKEN_DTYPE`` with their
+        ``rank``); empty for a one-process run.
     """
 
     def __init__(
@@ -189,6 +231,9 @@ class RunData:
         ops: Optional[np.ndarray] = None,
         heads: Optional[np.ndarray] = None,
         texts: Optional[np.ndarray] = None,
+        ranks: Optional[np.ndarray] = None,
+        rank_sections: Optional[np.ndarray] = None,
+        rank_tokens: Optional[np.ndarray] = None,
         sample_starts_ns: Optional[np.ndarray] = None,
     ) -> None:
         self._summary: Dict[str, Any] = copy.deepcopy(dict(summary or {}))
@@ -203,6 +248,9 @@ class RunData:
         self._ops = _as_array("ops", ops)
         self._heads = _as_array("heads", heads)
         self._texts = _as_array("texts", texts)
+        self._ranks = _as_array("ranks", ranks)
+        self._rank_sections = _as_array("rank_sections", rank_sections)
+        self._rank_tokens = _as_array("rank_tokens", rank_tokens)
 
     # -- accessors -------------------------------------------------------------------
     @property
@@ -224,7 +272,9 @@ class RunData:
 
     @property
     def samples(self) -> np.ndarray:
-        """Power samples (``_core.SAMPLE_DTYPE``), sorted by ``t_start_ns``."""
+        """Power samples (:func:`sample_row_dtype`: ``_core.SAMPLE_DTYPE`` + ``rank``), sorted by
+        ``t_start_ns`` within each rank (a multi-rank run interleaves the ranks' streams: select one
+        with ``samples[samples["rank"] == r]``)."""
         return self._samples
 
     @property
@@ -287,6 +337,25 @@ class RunData:
             return {}
         sel = t[(t["kind"] == "token") & (t["seq"] == int(seq))]
         return {int(r["step"]): str(r["text"]) for r in sel}
+
+    @property
+    def ranks(self) -> np.ndarray:
+        """A multi-rank run: one row per rank (``RANK_DTYPE``: host, local rank, clock offset and
+        its uncertainty, energy); empty for a one-process run."""
+        return self._ranks
+
+    @property
+    def rank_sections(self) -> np.ndarray:
+        """A multi-rank run: every rank's own run, phase and section rows (``SECTION_DTYPE``,
+        ``rank`` >= 0; each rank's phases tile its run).  :attr:`sections` holds the merged
+        rows (``rank == -1``)."""
+        return self._rank_sections
+
+    @property
+    def rank_tokens(self) -> np.ndarray:
+        """A multi-rank run: every rank's own decode-step rows (``TOKEN_DTYPE``).  :attr:`tokens`
+        counts each replica group's tokens once."""
+        return self._rank_tokens
 
     def array(self, name: str) -> np.ndarray:
         """The array called ``name`` (one of :data:`ARRAY_NAMES`)."""
@@ -353,4 +422,4 @@ class RunData:
                 f"components={len(self._components)} texts={len(self._texts)}>")
 
 
-__all__ = ["RunData", "ARRAY_NAMES", "AGG_DTYPE"]
+__all__ = ["RunData", "ARRAY_NAMES", "AGG_DTYPE", "sample_row_dtype", "sample_fields_only", "with_rank"]

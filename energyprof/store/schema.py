@@ -19,9 +19,17 @@ Versions
 5. adds ``flags`` (the integrator's and the gap pre-pass's window flags,
    ``energyprof._dtypes.FLAG_*``) to sections, tokens and the three call tables; older rows
    get ``FLAG_UNRESOLVED`` where they were not resolved, the one flag they kept.
-6. (current) adds the texts table (the prompt, the generated text and each token's text),
+6. adds the texts table (the prompt, the generated text and each token's text),
    the runs column attention_kind (MHA / GQA / MQA, backfilled from model_config) and
    act_abs_mean (mean |x| of a deep-mode call's output) to the three call tables.
+:data:`RANKS_VERSION` = 7 (currently the newest). multi-rank runs (energyprof.measure.distributed):
+   a ``rank`` column on power_samples, sections, tokens and the three call tables; the
+   per-rank tables rank_sections and rank_tokens; run_ranks (one row per rank: host, local
+   rank, clock offset and its uncertainty, energy); and runs.world_size.
+   :func:`_migrate_to_ranks` adds only these, so it chains after any step before it.
+
+Every version number lives in the constants below (TEXTS_VERSION, RANKS_VERSION,
+SCHEMA_VERSION): renumbering a step is changing its constant.
 
 Array tables hold one column per field of the shared numpy dtypes
 (:mod:`energyprof._dtypes`, ``_core.SAMPLE_DTYPE``) plus ``run_id``; NaN is stored
@@ -36,7 +44,13 @@ from typing import Dict, List, Sequence, Tuple
 from .._hfconfig import attention_kind
 from ..errors import SchemaError
 
-SCHEMA_VERSION = 6
+#: The version that adds the texts table, runs.attention_kind and act_abs_mean; its step
+#: is _migrate_to_6, from TEXTS_VERSION - 1.
+TEXTS_VERSION = 6
+#: The version that adds multi-rank runs (rank columns, run_ranks, rank_sections,
+#: rank_tokens, runs.world_size); its step is _migrate_to_ranks, from RANKS_VERSION - 1.
+RANKS_VERSION = 7
+SCHEMA_VERSION = RANKS_VERSION
 
 #: Store table per RunData array name.
 ARRAY_TABLES: Dict[str, str] = {
@@ -48,6 +62,9 @@ ARRAY_TABLES: Dict[str, str] = {
     "ops": "op_metrics",
     "heads": "head_metrics",
     "texts": "texts",
+    "ranks": "run_ranks",
+    "rank_sections": "rank_sections",
+    "rank_tokens": "rank_tokens",
 }
 
 STATUSES = ("running", "completed", "interrupted", "failed")
@@ -116,6 +133,19 @@ _LEVEL_STATS = ("mean_w", "min_w", "max_w", "wt")
 _LEVEL_COLS = ([("level", "INTEGER"), ("bucket", "INTEGER"), ("t_start_ns", "INTEGER"), ("t_end_ns", "INTEGER"),
                 ("n", "INTEGER")]
                + [(f"{d}_{k}", "REAL") for d in _DOM + ("total",) for k in _LEVEL_STATS])
+
+# RANKS_VERSION: multi-rank runs.  Every row says whose devices it is about; one-process runs are rank 0.
+_RANK_COL = [("rank", "INTEGER NOT NULL DEFAULT 0")]
+_RANK_TABLE_COLS = (
+    [("rank", "INTEGER"), ("local_rank", "INTEGER"), ("host", "TEXT"), ("host_leader", "INTEGER"),
+     ("replica_group", "INTEGER"), ("device", "TEXT"), ("source", "TEXT"), ("source_label", "TEXT"),
+     ("status", "TEXT"), ("clock_offset_ns", "INTEGER"), ("clock_uncertainty_ns", "INTEGER"),
+     ("t_start_ns", "INTEGER"), ("t_end_ns", "INTEGER"), ("energy_j", "REAL")]
+    + _DOM_J
+    + [("n_samples", "INTEGER"), ("input_tokens", "INTEGER"), ("output_tokens", "INTEGER")]
+)
+_RUN_COLS_RANKS_ADDED = [("world_size", "INTEGER NOT NULL DEFAULT 1")]
+_RANKED_TABLES = ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics")
 
 _RUN_COLS_V1 = [
     ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"),  # AUTOINCREMENT: a deleted run's id is never reused
@@ -188,11 +218,25 @@ _V5_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
 # v6: text recorded with a run (TEXT_DTYPE), one row per prompt / output / token text.
 _TEXT_COLS = [("kind", "TEXT"), ("step", "INTEGER"), ("seq", "INTEGER"), ("text", "TEXT")]
 
-#: Columns of each table in the current version (excluding run_id / id where noted).
-TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
+#: Columns of each table in version 6 (texts, runs.attention_kind, act_abs_mean).
+_V6_COLUMNS: Dict[str, List[Tuple[str, str]]] = {
     **{t: cols + (_CALL_COLS_V6_ADDED if t in _CALL_TABLES else []) for t, cols in _V5_COLUMNS.items()},
     "texts": _TEXT_COLS}
-TABLE_COLUMNS["runs"] = TABLE_COLUMNS["runs"] + _RUN_COLS_V6_ADDED
+_V6_COLUMNS["runs"] = _V6_COLUMNS["runs"] + _RUN_COLS_V6_ADDED
+
+
+def _with_ranks(cols: Dict[str, List[Tuple[str, str]]]) -> Dict[str, List[Tuple[str, str]]]:
+    """``cols`` with what RANKS_VERSION adds: the rank column, world_size and the rank tables."""
+    out = {t: (c + _RANK_COL if t in _RANKED_TABLES else c) for t, c in cols.items()}
+    out["runs"] = cols["runs"] + _RUN_COLS_RANKS_ADDED
+    out["run_ranks"] = _RANK_TABLE_COLS
+    out["rank_sections"] = _with_flags(_SECTION_COLS) + _RANK_COL
+    out["rank_tokens"] = _with_flags(_TOKEN_COLS) + _RANK_COL
+    return out
+
+
+#: Columns of each table in the current version (excluding run_id / id where noted).
+TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = _with_ranks(_V6_COLUMNS)
 
 #: Sort keys accepted by energyprof.store.db.runs (name -> runs column).
 SORT_KEYS: Dict[str, str] = {
@@ -202,7 +246,7 @@ SORT_KEYS: Dict[str, str] = {
     "batch_size": "batch_size", "duration_s": "duration_s", "energy_j": "energy_j", "net_energy_j": "net_energy_j",
     "baseline_power_w": "baseline_power_w", "peak_power_w": "peak_power_w", "j_per_token": "j_per_token",
     "j_per_output_token": "j_per_output_token", "tokens_per_j": "tokens_per_j", "edp_js": "edp_js",
-    "n_params": "n_params", "attention_kind": "attention_kind",
+    "n_params": "n_params", "attention_kind": "attention_kind", "world_size": "world_size",
 }
 
 _INDEXED_RUN_COLS = ("started_at", "energy_j", "j_per_token", "tokens_per_j", "duration_s", "model_name", "status")
@@ -248,6 +292,18 @@ def _text_table_ddl() -> List[str]:
     return _run_table_ddl("texts", _TEXT_COLS, "idx_texts_run_kind", "run_id, kind")
 
 
+def _rank_tables_ddl() -> List[str]:
+    """RANKS_VERSION: run_ranks (one row per rank, indexed by (run_id, rank)) and the per-rank section/token tables."""
+    body = ",\n  ".join(
+        ['"run_id" INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE']
+        + [f"{_q(c)} {t}" for c, t in _RANK_TABLE_COLS])
+    stmts = [f"CREATE TABLE run_ranks (\n  {body}\n)",
+             "CREATE INDEX idx_run_ranks_run_rank ON run_ranks(run_id, rank)"]
+    stmts += _array_table_ddl("rank_sections", TABLE_COLUMNS["rank_sections"])
+    stmts += _array_table_ddl("rank_tokens", TABLE_COLUMNS["rank_tokens"])
+    return stmts
+
+
 def _runs_ddl(cols: Sequence[Tuple[str, str]], indexed: Sequence[str]) -> List[str]:
     body = ",\n  ".join(f"{_q(c)} {t}" for c, t in cols)
     stmts = [f"CREATE TABLE runs (\n  {body}\n)"]
@@ -264,8 +320,9 @@ def ddl(version: int = SCHEMA_VERSION) -> List[str]:
                         ("layer_metrics", _CALL_COLS_V1), ("component_metrics", _CALL_COLS_V1)):
             stmts += _array_table_ddl(t, cols)
         return stmts
-    if version in (2, 3, 4, 5, 6):
-        cols = TABLE_COLUMNS if version >= 6 else (_V5_COLUMNS if version == 5 else _V3_COLUMNS)
+    if 2 <= version <= SCHEMA_VERSION:
+        cols = (_V3_COLUMNS if version < 5 else _V5_COLUMNS if version < TEXTS_VERSION
+                else _V6_COLUMNS if version < RANKS_VERSION else TABLE_COLUMNS)
         stmts = _runs_ddl(cols["runs"], _INDEXED_RUN_COLS)
         for t in ("power_samples", "sections", "tokens", "layer_metrics", "component_metrics", "op_metrics"):
             stmts += _array_table_ddl(t, cols[t])
@@ -273,8 +330,10 @@ def ddl(version: int = SCHEMA_VERSION) -> List[str]:
             stmts += _head_table_ddl()
         if version >= 4:
             stmts += _levels_table_ddl()
-        if version >= 6:
+        if version >= TEXTS_VERSION:
             stmts += _text_table_ddl()
+        if version >= RANKS_VERSION:
+            stmts += _rank_tables_ddl()
         return stmts
     raise ValueError(f"no schema version {version}; known versions: 1..{SCHEMA_VERSION}")
 
@@ -346,7 +405,7 @@ def _migrate_4_to_5(conn: sqlite3.Connection) -> None:
 
 
 def _migrate_to_6(conn: sqlite3.Connection) -> None:
-    """The version-6 step: the texts table, runs.attention_kind (backfilled from the head
+    """TEXTS_VERSION - 1 -> TEXTS_VERSION (6): the texts table, runs.attention_kind (backfilled from the head
     counts in model_config) and act_abs_mean in the call tables (NULL for earlier rows).
     Runs saved before have no text (it was never stored)."""
     for s in _text_table_ddl():
@@ -368,12 +427,26 @@ def _migrate_to_6(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE runs SET attention_kind=? WHERE id=?", (kind, rid))
 
 
+def _migrate_to_ranks(conn: sqlite3.Connection) -> None:
+    """RANKS_VERSION - 1 -> RANKS_VERSION, the multi-rank step: rank columns (existing
+    rows are rank 0, the one process they came from), the per-rank tables and
+    runs.world_size (1).  It adds only its own columns and tables, so it chains after
+    whichever step comes before it."""
+    for table in _RANKED_TABLES:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {_q('rank')} {_RANK_COL[0][1]}")
+    for c, t in _RUN_COLS_RANKS_ADDED:
+        conn.execute(f"ALTER TABLE runs ADD COLUMN {_q(c)} {t}")
+    for s in _rank_tables_ddl():
+        conn.execute(s)
+
+
 def _num(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 #: MIGRATIONS[v] turns a version-v database into version v+1.
-MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5, 5: _migrate_to_6}
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5,
+              TEXTS_VERSION - 1: _migrate_to_6, RANKS_VERSION - 1: _migrate_to_ranks}
 
 
 def user_version(conn: sqlite3.Connection) -> int:
@@ -401,6 +474,10 @@ def check(conn: sqlite3.Connection, path: str) -> int:
     try:
         v = user_version(conn)
         names = tables(conn)
+        if v == 0 and names:
+            # another process created the schema between the two reads (tables and version
+            # are committed together): the tables we saw mean its version is there now
+            v = user_version(conn)
     except sqlite3.DatabaseError as exc:
         raise SchemaError(f"{path} is not an energyprof database: {exc} (the file was not changed)") from exc
     if v > SCHEMA_VERSION:
@@ -441,4 +518,4 @@ def migrate(conn: sqlite3.Connection, path: str) -> Tuple[int, int]:
 
 
 __all__ = ["SCHEMA_VERSION", "ARRAY_TABLES", "TABLE_COLUMNS", "SORT_KEYS", "STATUSES", "SchemaError", "ddl",
-           "create", "migrate", "check", "MIGRATIONS", "user_version", "tables", "table_columns"]
+           "create", "migrate", "check", "MIGRATIONS", "RANKS_VERSION", "user_version", "tables", "table_columns"]

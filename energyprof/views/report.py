@@ -320,6 +320,25 @@ def _token_table(run: Any, res: Dict[str, Any]) -> str:
             f"{resolved:.0f}% span a whole power sample</summary>" + _table(h, rows) + "</details>")
 
 
+def _rank_table(run: Any, s: Dict[str, Any]) -> str:
+    """A multi-rank run (docs/distributed.md): one row per rank and the per-host totals; '' otherwise."""
+    ranks = _plot._arr(run, "ranks")
+    if ranks is None or len(ranks) == 0:
+        return ""
+    rows = [[int(r["rank"]), str(r["host"]), int(r["local_rank"]), int(r["replica_group"]), str(r["status"]),
+             str(r["source"]) or f"(host leader rank {int(r['host_leader'])})", str(r["source_label"]),
+             float(r["energy_j"]), int(r["n_samples"]), int(r["output_tokens"]),
+             float(r["clock_offset_ns"]) * 1e-3, float(r["clock_uncertainty_ns"]) * 1e-3] for r in ranks]
+    h = ["rank", "host", "local rank", "replica group", "status", "source", "label", "energy (J)", "samples",
+         "output tokens", "clock offset (µs)", "± (µs)"]
+    dist = s.get("distributed") or {}
+    hosts = [[k, float(v)] for k, v in (dist.get("energy_j_per_host") or {}).items()]
+    return ("<h2>Ranks</h2><p class=note>One run of all ranks: the totals above are every rank's energy over "
+            "rank 0's windows; each rank's energy here is what its own source measured over the run window "
+            "(label and resolution as stated above; a missing rank's energy is unknown). Tokens are counted once "
+            "per replica group.</p>" + _table(h, rows) + _table(["host", "energy (J)"], hosts))
+
+
 def _aggregate(calls: Optional[np.ndarray], by_component: bool, energy: float) -> Optional[np.ndarray]:
     """Per layer (or per (layer, component)) totals when the run object has no summaries."""
     if calls is None or len(calls) == 0:
@@ -662,6 +681,7 @@ def report_body(run: Any, *, co2_g_per_kwh: Optional[float] = None,
         deep_html, moe_html,
         "<h2 id=\"peaks\">Peaks and limits</h2>", _peaks_section(s),
         "<h2>Phases and domains</h2>", _phase_tables(run, s),
+        _rank_table(run, s),
         "<h2>Tokens (decode steps)</h2>", _token_table(run, res),
         "<h2>Layers and components</h2>", _module_tables(run, s, res),
         "<h2>Environment</h2>", _environment(s),

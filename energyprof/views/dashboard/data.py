@@ -19,7 +19,7 @@ from ...analysis.efficiency import efficiency
 from ...analysis.multi import MAX_RUNS, MIN_RUNS, compare_runs
 from ...store import db as _db
 from ...store import levels as _levels
-from ...store.rundata import ARRAY_NAMES, RunData
+from ...store.rundata import ARRAY_NAMES, RunData, sample_fields_only
 
 __all__ = ["parse_run_id", "parse_ids", "run_row", "list_runs", "load_for_page", "samples_json", "compare_json",
            "LiveEnergy", "MAX_RUN_ID", "PAGE_MAX_SAMPLES", "SORTS"]
@@ -242,7 +242,8 @@ class LiveEnergy:
         a = max(self.t_start_ns, first)
         b = int(chunk["t_end_ns"][-1])
         if b > a:
-            e, _flags, _n = _core.integrate(np.ascontiguousarray(chunk), np.array([[a, b]], dtype=np.int64))
+            # stored rows carry a rank column; the C integrator reads the ep_sample record only
+            e, _flags, _n = _core.integrate(sample_fields_only(chunk), np.array([[a, b]], dtype=np.int64))
             self.energy_j += np.nan_to_num(e[0], nan=0.0)
         self._prev = chunk[-1:].copy()
 
