@@ -195,9 +195,9 @@ class Session(RunData):
             self._install_deep(qual_to_span, sync)   # before the C wrappers, which wrap its forwards
         # The shape hook runs before the C begin hook; it reads the input shapes only.
         self._handles.append(top.register_forward_pre_hook(self._shape_hook, with_kwargs=True))
-        self._hookset.add(top, 0)
+        self._hookset.add(top, 0, component="model")
         for ref in targets:
-            self._hookset.add(ref.module, qual_to_span[ref.qualname])
+            self._hookset.add(ref.module, qual_to_span[ref.qualname], component=ref.component)
         if self.mode == "deep":
             self._add_deep_hooks(targets, qual_to_span)
 
