@@ -16,6 +16,7 @@
 #include "ep_clock.h"
 #include "ep_errors.h"
 #include "ep_hooks.h"
+#include "ep_sampler.h"
 #include "ep_torchshim.h"
 
 /* ---------------------------------------------------------------- SpanBuffer */
@@ -207,6 +208,7 @@ typedef struct {
     int sync;                 /* EP_SYNC_*; set to EP_SYNC_NONE when syncing stopped */
     int activity;
     int comp;                 /* EP_COMP_*: the kind pushed on the component stack (with activity) */
+    int boundary;             /* read the boundary target's source at each begin / end */
     int enabled;
 } probe;
 
@@ -331,6 +333,12 @@ static void probe_fire(PyObject *owner, probe *p, int32_t kind)
         else
             ep_activity_comp_end(t_ns);
     }
+    if (p->boundary) {
+        /* A counter read can take microseconds (sysfs, a driver call): other threads run. */
+        Py_BEGIN_ALLOW_THREADS
+        ep_boundary_fire(t_ns);
+        Py_END_ALLOW_THREADS
+    }
     int rc = ep_spanbuf_append(p->buffer->buf, t_ns, p->span_id, kind);
     if (rc == EP_OK || rc == EP_ERR_FULL) /* a drop is counted by the buffer */
         return;
@@ -379,13 +387,13 @@ static PyObject *hook_vectorcall(PyObject *op, PyObject *const *args, size_t nar
 static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"buffer", "span_id", "kind", "activity", "sync", "sync_index", "sync_fallback",
-                             "component", NULL};
+                             "component", "boundary", NULL};
     PyObject *buffer, *fallback = NULL;
-    int span_id, kind, activity = 1, sync = EP_SYNC_NONE, comp = EP_COMP_INHERIT;
+    int span_id, kind, activity = 1, sync = EP_SYNC_NONE, comp = EP_COMP_INHERIT, boundary = 0;
     long long sync_index = 0;
     HookObject *self = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oii|piLOi:Hook", kwlist, &buffer, &span_id, &kind, &activity,
-                                     &sync, &sync_index, &fallback, &comp))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oii|piLOip:Hook", kwlist, &buffer, &span_id, &kind, &activity,
+                                     &sync, &sync_index, &fallback, &comp, &boundary))
         goto error;
     if (kind != EP_SPAN_BEGIN && kind != EP_SPAN_END) {
         PyErr_Format(PyExc_ValueError, "Hook: kind must be 0 (begin) or 1 (end), got %d", kind);
@@ -398,6 +406,7 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->kind = kind;
     if (probe_init(&self->p, buffer, span_id, activity, comp, sync, sync_index, fallback) < 0)
         goto error;
+    self->p.boundary = boundary;
     return (PyObject *)self;
 error:
     Py_XDECREF(self);
@@ -499,11 +508,12 @@ static PyGetSetDef hook_getset[] = {
 static PyTypeObject HookType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "energyprof._core.Hook",
-    .tp_doc = "Hook(buffer, span_id, kind, activity=True, sync=0, sync_index=0, sync_fallback=None, component=-1)\n\n"
+    .tp_doc = "Hook(buffer, span_id, kind, activity=True, sync=0, sync_index=0, sync_fallback=None, component=-1, boundary=False)\n\n"
               "A C callable for register_forward_pre_hook (kind=0) / register_forward_hook (kind=1): "
               "takes any arguments, records (now, span_id, kind) in buffer, adjusts the activity level, "
               "returns None; with activity it also pushes/pops `component` (COMP_*) on the component stack that "
-              "synthetic attn_w/mlp_w follow.  sync=SYNC_CUDA/SYNC_MPS synchronizes the device first (libtorch shim, else "
+              "synthetic attn_w/mlp_w follow; boundary=True reads the boundary target's source (Sampler."
+              "set_boundary_target) at each call, in C.  sync=SYNC_CUDA/SYNC_MPS synchronizes the device first (libtorch shim, else "
               "sync_fallback()).  Failures warn once and disable (the hook, or its sync).",
     .tp_basicsize = sizeof(HookObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
@@ -558,13 +568,13 @@ static PyObject *wrapper_vectorcall(PyObject *op, PyObject *const *args, size_t 
 static PyObject *py_wrap_forward(PyObject *module, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"buffer", "span_id", "forward", "activity", "sync", "sync_index", "sync_fallback",
-                             "component", NULL};
+                             "component", "boundary", NULL};
     PyObject *buffer, *forward, *fallback = NULL;
-    int span_id, activity = 1, sync = EP_SYNC_NONE, comp = EP_COMP_INHERIT;
+    int span_id, activity = 1, sync = EP_SYNC_NONE, comp = EP_COMP_INHERIT, boundary = 0;
     long long sync_index = 0;
     WrapperObject *self = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiO|piLOi:wrap_forward", kwlist, &buffer, &span_id, &forward,
-                                     &activity, &sync, &sync_index, &fallback, &comp))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiO|piLOip:wrap_forward", kwlist, &buffer, &span_id, &forward,
+                                     &activity, &sync, &sync_index, &fallback, &comp, &boundary))
         goto error;
     if (!PyCallable_Check(forward)) {
         PyErr_Format(PyExc_TypeError, "wrap_forward: forward must be callable, not %.100s", Py_TYPE(forward)->tp_name);
@@ -580,6 +590,7 @@ static PyObject *py_wrap_forward(PyObject *module, PyObject *args, PyObject *kwd
     PyObject_GC_Track(self);
     if (probe_init(&self->p, buffer, span_id, activity, comp, sync, sync_index, fallback) < 0)
         goto error;
+    self->p.boundary = boundary;
     return (PyObject *)self;
 error:
     Py_XDECREF(self);
@@ -710,7 +721,7 @@ static PyObject *py_device_sync(PyObject *module, PyObject *args, PyObject *kwds
 
 static PyMethodDef hooks_methods[] = {
     {"wrap_forward", (PyCFunction)(void (*)(void))py_wrap_forward, METH_VARARGS | METH_KEYWORDS,
-     "wrap_forward(buffer, span_id, forward, activity=True, sync=0, sync_index=0, sync_fallback=None, component=-1)\n"
+     "wrap_forward(buffer, span_id, forward, activity=True, sync=0, sync_index=0, sync_fallback=None, component=-1, boundary=False)\n"
      "-> a C callable that records begin, calls forward(*args, **kwargs), records end (also when forward "
      "raises; the exception propagates).  Install it as module.forward (instance attribute)."},
     {"torchshim_load", (PyCFunction)(void (*)(void))py_torchshim_load, METH_VARARGS | METH_KEYWORDS,

@@ -48,6 +48,11 @@ struct ep_source {
     int (*stop)(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out);
     /* Free state (may be NULL). */
     void (*destroy)(ep_source *src);
+    /* Boundary read (NULL: unsupported): like poll, at t_now_ns, from another thread
+     * than the sampler's (a hook), serialised with the sampler's calls by its source
+     * lock; the sample it writes is flagged EP_SFLAG_BOUNDARY.  Counter sources use
+     * ep_source_counter_boundary. */
+    int (*boundary)(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out);
 
     /* Faults the source recovered from (skipped malformed documents, read errors);
      * written by the sampler thread only, read after join or under the sampler lock. */
@@ -135,6 +140,14 @@ static inline int ep_source_counter_poll(ep_source *src, int64_t t_now_ns, ep_sa
                                          size_t *n_out)
 {
     return ep_source_counter_step(src, t_now_ns, 0, out, cap, n_out);
+}
+
+/* src->boundary of a counter source: a reading at t_now_ns flagged EP_SFLAG_BOUNDARY (nothing
+ * when t_now_ns is not after the last reading: the sampler read it first). */
+static inline int ep_source_counter_boundary(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap,
+                                             size_t *n_out)
+{
+    return ep_source_counter_step(src, t_now_ns, EP_SFLAG_BOUNDARY, out, cap, n_out);
 }
 
 /* src->stop of a counter source: emit a final sample flagged EP_SFLAG_FINAL, then mark it stopped. */

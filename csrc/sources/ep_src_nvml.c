@@ -296,6 +296,7 @@ int ep_src_nvml_create(ep_source *src, const char *const *keys, const char *cons
     st->counter.emit = nvml_emit;
     src->start = nvml_start;
     src->poll = ep_source_counter_poll;
+    src->boundary = ep_source_counter_boundary;
     src->stop = ep_source_counter_stop;
     rc = load_library(src, st, ep_source_param(keys, values, n, "lib"));
     if (rc != EP_OK)

@@ -161,6 +161,12 @@ static int synth_poll(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t c
     return EP_OK;
 }
 
+static int synth_boundary(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out)
+{
+    *n_out = cap ? emit(src->state, t_now_ns, out, EP_SFLAG_BOUNDARY) : 0;
+    return EP_OK;
+}
+
 static int synth_stop(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out)
 {
     *n_out = cap ? emit(src->state, t_now_ns, out, EP_SFLAG_FINAL) : 0;
@@ -259,6 +265,7 @@ int ep_src_synthetic_create(ep_source *src, const char *const *keys, const char 
     src->start = synth_start;
     src->poll = synth_poll;
     src->stop = synth_stop;
+    src->boundary = synth_boundary;
     src->destroy = ep_source_free_state;
     snprintf(src->meta_json, sizeof src->meta_json,
              "{\"power_w\": %.17g, \"period_ns\": %lld, \"noise_w\": %.17g, \"seed\": %llu, "

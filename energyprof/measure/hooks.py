@@ -165,12 +165,13 @@ class HookSet:
                     load_shim()
         return self._plan
 
-    def add(self, module: Any, span_id: int, component: Optional[str] = None) -> None:
+    def add(self, module: Any, span_id: int, component: Optional[str] = None, boundary: bool = False) -> None:
         """Record ``span_id`` begin/end events around every call of ``module``.
 
         ``component``: the module's canonical name (``"q_proj"``, ``"mlp"``, ``"layer"``, ...);
         with ``activity`` its group goes on the component stack that the synthetic source's
-        ``attn_w`` / ``mlp_w`` follow (``None``: the enclosing call's kind).
+        ``attn_w`` / ``mlp_w`` follow (``None``: the enclosing call's kind).  ``boundary``: read the
+        boundary target's source (``_core.Sampler.set_boundary_target``) at each begin and end, in C.
         """
         import torch
 
@@ -178,7 +179,7 @@ class HookSet:
             raise TypeError(f"HookSet.add: expected a torch.nn.Module, got {type(module).__name__}")
         kind, index, fallback = self._sync_args(module)
         common = dict(activity=self.activity, sync=kind, sync_index=index, sync_fallback=fallback,
-                      component=component_code(component))
+                      component=component_code(component), boundary=bool(boundary))
         if self.method == "hooks":
             if self._always_call is None:
                 self._always_call = _supports_always_call()

@@ -74,6 +74,7 @@ class Session(RunData):
         tags: Optional[Iterable[str]] = None,
         hook_method: str = "wrap",
         post_baseline_s: float = 0.0,
+        boundary_reads: Optional[bool] = None,
     ) -> None:
         super().__init__()
         try:
@@ -104,6 +105,8 @@ class Session(RunData):
         self.name = name
         self.tags = [str(t) for t in (tags or [])]
         self.hook_method = hook_method
+        self.boundary_reads = boundary_reads
+        self._boundary = False
         self._user_sections: List[UserSection] = []
         self._section_stack: List[int] = []
         self._forward_meta: List[dict] = []
@@ -195,7 +198,11 @@ class Session(RunData):
             self._install_deep(qual_to_span, sync)   # before the C wrappers, which wrap its forwards
         # The shape hook runs before the C begin hook; it reads the input shapes only.
         self._handles.append(top.register_forward_pre_hook(self._shape_hook, with_kwargs=True))
-        self._hookset.add(top, 0, component="model")
+        # Boundary reads: the source read at each top-level forward's start and end (in C).
+        self._boundary = self.boundary_reads is not False and self._sampler._core.supports_boundary
+        if self._boundary:
+            self._sampler._core.set_boundary_target(True)
+        self._hookset.add(top, 0, component="model", boundary=self._boundary)
         for ref in targets:
             self._hookset.add(ref.module, qual_to_span[ref.qualname], component=ref.component)
         if self.mode == "deep":
@@ -427,6 +434,8 @@ class Session(RunData):
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self._boundary:
+            self._sampler._core.set_boundary_target(False)
         _core.set_activity(0)
 
     def _finish(self, t_end_ns: int, status: str) -> None:
@@ -448,6 +457,8 @@ class Session(RunData):
                         self._baseline, post_baseline=getattr(self, "_post_baseline", None),
                         nominal_period_s=self._sampler.interval_ns * 1e-9)
         calls = att.calls
+        if self._boundary:
+            self._judge_boundary(samples, att, calls)
         deep_summary = None
         if self.mode == "deep" and len(calls):
             if self._deep is not None:
@@ -471,6 +482,9 @@ class Session(RunData):
         if self._buffer.dropped:
             summary["hook_events_dropped"] = int(self._buffer.dropped)
         summary["samples_dropped"] = int(self._sampler.dropped)
+        summary["boundary_reads"] = {"enabled": bool(self._boundary),
+                                     "reads": int(self._sampler._core.boundary_reads),
+                                     "counter_update_period_s": getattr(self, "_counter_update_period_s", None)}
         summary["source_faults"] = int(self._sampler.faults)
         if deep_summary is not None:
             summary["deep"] = deep_summary
@@ -506,6 +520,23 @@ class Session(RunData):
                 warnings.warn(
                     f"energyprof: the run could not be saved ({self._save_error}); its data is still available on "
                     "this session object", RuntimeWarning)
+
+    def _judge_boundary(self, samples: np.ndarray, att: Any, calls: np.ndarray) -> None:
+        """Rows shorter than the counter's own update period (measured from this run's
+        readings) are not resolved, whatever the boundary reads put inside them."""
+        from ..store.quality import resolution_summary
+        from .boundary import counter_update_period_s, judge_resolved
+
+        period_s = counter_update_period_s(samples)
+        self._counter_update_period_s = period_s
+        changed = sum(judge_resolved(rows, period_s) for rows in (att.sections, att.tokens, calls))
+        if changed:
+            old = att.summary["resolution"]
+            phases = att.sections["resolved"][att.sections["kind"] == "phase"]
+            new = resolution_summary(old["sample_period_s"], phases, att.tokens["resolved"],
+                                     calls["resolved"] if len(calls) else None, gaps=old.get("gaps"))
+            new["baseline"] = old.get("baseline")
+            att.summary["resolution"] = new
 
     def _forwards(self, top_events: np.ndarray) -> List[Forward]:
         from .attribution import pair_events
@@ -673,6 +704,7 @@ def run(
     tags: Optional[Iterable[str]] = None,
     hook_method: str = "wrap",
     post_baseline_s: float = 0.0,
+    boundary_reads: Optional[bool] = None,
 ) -> Session:
     """Profile the energy of everything a model does inside a ``with`` block.
 
@@ -695,8 +727,13 @@ def run(
     name, tags: labels stored with the run.
     hook_method: ``"wrap"`` (default: a C wrapper of each module's ``forward``, ~0.1 µs a call) or
         ``"hooks"`` (torch forward hooks; torch's own hook dispatch costs ~1.4 µs a call).
+    boundary_reads: read the source also at each top-level forward's start and end (from the C
+        hook, without the GIL), so phases and decode steps are integrated from readings at their
+        edges.  ``None`` (default) or ``True``: where the source supports it (counter sources:
+        rapl, nvml, ioreport, estimate; and synthetic); ``False``: the periodic poll only.
 
     Returns a :class:`Session`; use it as a context manager.
     """
     return Session(model, source=source, mode=mode, sync=sync, baseline_s=baseline_s, interval_ms=interval_ms,
-                   db=db, save=save, name=name, tags=tags, hook_method=hook_method, post_baseline_s=post_baseline_s)
+                   db=db, save=save, name=name, tags=tags, hook_method=hook_method, post_baseline_s=post_baseline_s,
+                   boundary_reads=boundary_reads)
