@@ -254,6 +254,11 @@ static PyObject *Sampler_get_boundary_reads(SamplerObject *self, void *c)
     return PyLong_FromLongLong(ep_sampler_boundary_reads(self->sampler));
 }
 
+static PyObject *Sampler_get_counter_still_ns(SamplerObject *self, void *c)
+{
+    return PyLong_FromLongLong(ep_sampler_counter_still_ns(self->sampler));
+}
+
 static PyObject *Sampler_set_boundary_target(SamplerObject *self, PyObject *arg)
 {
     int on = PyObject_IsTrue(arg);
@@ -323,6 +328,8 @@ static PyGetSetDef Sampler_getset[] = {
     {"supports_boundary", (getter)Sampler_get_supports_boundary, NULL,
      "True when the source can be read at forward boundaries (counter sources, synthetic).", NULL},
     {"boundary_reads", (getter)Sampler_get_boundary_reads, NULL, "Boundary reads that gave a sample.", NULL},
+    {"counter_still_ns", (getter)Sampler_get_counter_still_ns, NULL,
+     "Longest span (ns) a source that skips stale reads saw its counter unchanged (0: never).", NULL},
     {"meta_json", (getter)Sampler_get_meta_json, NULL, "JSON text: facts about the source for run metadata.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -61,6 +61,11 @@ struct ep_source {
     /* JSON object text with facts for the run metadata (device name, driver, model
      * constants).  Filled by create or start; "" when the source has none. */
     char meta_json[EP_SOURCE_META_LEN];
+    /* A counter source that skips stale reads (the counter had not moved since the last
+     * reading) writes here the longest span it saw the counter unchanged, ns: a lower
+     * bound on the counter's update period.  Written by the source calls (serialised by
+     * the sampler's source lock); 0 when never seen. */
+    int64_t counter_still_ns;
 };
 
 /* Create a source of the given kind.  keys/values: n parameter pairs (borrowed,

@@ -504,3 +504,11 @@ int64_t ep_sampler_boundary_reads(ep_sampler *s)
     pthread_mutex_unlock(&s->src_lock);
     return n;
 }
+
+int64_t ep_sampler_counter_still_ns(ep_sampler *s)
+{
+    pthread_mutex_lock(&s->src_lock);
+    int64_t n = s->src->counter_still_ns;
+    pthread_mutex_unlock(&s->src_lock);
+    return n;
+}

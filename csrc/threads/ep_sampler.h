@@ -92,6 +92,8 @@ int ep_sampler_set_boundary_target(ep_sampler *s);
 void ep_boundary_fire(int64_t t_ns);
 /* Boundary reads that pushed a sample, since creation. */
 int64_t ep_sampler_boundary_reads(ep_sampler *s);
+/* The source's counter_still_ns (ep_source.h), read under the source lock. */
+int64_t ep_sampler_counter_still_ns(ep_sampler *s);
 
 /* The source (borrowed; owned by the sampler).  kind, flags, period_ns are fixed
  * at create; meta_json may be completed by src->start: read it after start. */

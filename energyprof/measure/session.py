@@ -527,7 +527,7 @@ class Session(RunData):
         from ..store.quality import resolution_summary
         from .boundary import counter_update_period_s, judge_resolved
 
-        period_s = counter_update_period_s(samples)
+        period_s = max(counter_update_period_s(samples), self._sampler._core.counter_still_ns * 1e-9)
         self._counter_update_period_s = period_s
         changed = sum(judge_resolved(rows, period_s) for rows in (att.sections, att.tokens, calls))
         if changed:
