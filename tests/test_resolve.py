@@ -214,3 +214,34 @@ def test_module_doctests_run():
 
     for mod in (resolve_mod, repeat_mod, dtypes):
         assert doctest.testmod(mod).failed == 0
+
+
+def test_by_layer_recovers_hand_made_powers():
+    # 10 samples of 100 ns; in sample k layer 0 runs for 10 + 3k ns and layer 1 for
+    # 40 - 3 (k^2 mod 7) ns (not linear in k: with both linear the three columns would span
+    # only two dimensions, and resolve rightly calls that not identifiable).
+    rows = []
+    for k in range(10):
+        t0 = 100 * k
+        rows += [(2 * k, -1, "layer", t0 + 5, t0 + 15 + 3 * k),
+                 (2 * k + 1, -1, "layer", t0 + 50, t0 + 90 - 3 * ((k * k) % 7))]
+    x, run = _hand_run(rows, n_samples=10)
+    run.layers["layer"] = [0, 1] * 10
+    l0 = (10 + 3 * np.arange(10)) / 100
+    l1 = (40 - 3 * ((np.arange(10) ** 2) % 7)) / 100
+    run.samples["cpu_w"] = 20 * l0 + 50 * l1 + 5 * (1 - l0 - l1)   # hand-made truth: 20 W, 50 W, 5 W
+    t = ep.resolve([run], by="layer")
+    assert list(t["group"]) == ["layer.0", "layer.1", "other"]
+    np.testing.assert_allclose(t["power_w"], [20.0, 50.0, 5.0], rtol=1e-9)
+    assert t["identifiable"].all() and list(t["n_calls"]) == [10, 10, 0]
+
+
+def test_phase_intervals_hand_worked():
+    from energyprof.analysis.resolve import phase_intervals
+
+    runs = [RunData({"run_id": i, "phases": {"prefill": {"energy_j": e}, "decode": {"energy_j": 10.0}}})
+            for i, e in enumerate([1.0, 2.0, 3.0])]
+    p = phase_intervals(runs)
+    # mean 2, sd 1, t(0.975, 2) = 4.3027: half width 4.3027 / sqrt(3) = 2.4841
+    assert p["prefill"]["mean"] == 2.0 and p["prefill"]["half_width"] == pytest.approx(2.4841, abs=1e-4)
+    assert p["decode"]["sd"] == 0.0

@@ -31,9 +31,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .._dtypes import COMPONENT_GROUPS, component_group, measured_domains, total_columns
-from .stats import _tcrit
+from .stats import _tcrit, mean_ci
 
-__all__ = ["resolve", "BYS", "RESOLVE_DTYPE", "RESOLVE_LABEL", "design"]
+__all__ = ["resolve", "BYS", "RESOLVE_DTYPE", "RESOLVE_LABEL", "design", "phase_intervals"]
 
 #: What ``by`` may be.
 BYS = ("component", "layer", "step")
@@ -72,6 +72,16 @@ def _overlaps(a: np.ndarray, b: np.ndarray, s0: np.ndarray, s1: np.ndarray) -> T
     return rows[keep], samp[keep], ov[keep]
 
 
+def _windows_by(rows: np.ndarray, key: str, prefix: str, res: List, n_calls: Dict[str, int]) -> None:
+    """One group per distinct ``rows[key]`` (named prefix + value): its rows' windows, all +1."""
+    for v in sorted(set(rows[key].tolist())):
+        sel = rows[key] == v
+        g = f"{prefix}{v}"
+        res.append((g, [(rows["t_start_ns"][sel].astype(np.int64), rows["t_end_ns"][sel].astype(np.int64),
+                         np.ones(sel.sum()))]))
+        n_calls[g] = int(sel.sum())
+
+
 def _run_groups(run: Any, by: str) -> Tuple[List[Tuple[np.ndarray, np.ndarray, np.ndarray]], Dict[str, int]]:
     """Windows whose time counts for each group, as (t_start, t_end, group name) with a sign
     (+1 own time, -1 a child's time taken back), and the number of calls per group."""
@@ -100,13 +110,8 @@ def _run_groups(run: Any, by: str) -> Tuple[List[Tuple[np.ndarray, np.ndarray, n
         lay = run.layers
         if len(lay) == 0:
             raise ValueError("resolve(by='layer') needs runs with layer rows (mode='standard' or 'deep')")
-        res = []
-        for layer in sorted(set(lay["layer"].tolist())):
-            sel = lay["layer"] == layer
-            g = f"layer.{layer}"
-            res.append((g, [(lay["t_start_ns"][sel].astype(np.int64), lay["t_end_ns"][sel].astype(np.int64),
-                             np.ones(sel.sum()))]))
-            n_calls[g] = int(sel.sum())
+        res: List = []
+        _windows_by(lay, "layer", "layer.", res, n_calls)
         return res, n_calls
     # by == "step": the prefill phase and every decode step's window
     res = []
@@ -115,13 +120,7 @@ def _run_groups(run: Any, by: str) -> Tuple[List[Tuple[np.ndarray, np.ndarray, n
     if len(pre) and pre["t_end_ns"][0] > pre["t_start_ns"][0]:
         res.append(("prefill", [(pre["t_start_ns"].astype(np.int64), pre["t_end_ns"].astype(np.int64), np.ones(1))]))
         n_calls["prefill"] = 1
-    tok = run.tokens
-    for step in sorted(set(tok["step"].tolist())):
-        sel = tok["step"] == step
-        g = f"step.{step}"
-        res.append((g, [(tok["t_start_ns"][sel].astype(np.int64), tok["t_end_ns"][sel].astype(np.int64),
-                         np.ones(sel.sum()))]))
-        n_calls[g] = int(sel.sum())
+    _windows_by(run.tokens, "step", "step.", res, n_calls)
     if not res:
         raise ValueError("resolve(by='step') needs runs with a prefill phase or decode steps")
     return res, n_calls
@@ -312,4 +311,22 @@ def resolve(runs: Sequence[Any], by: str = "component", level: float = 0.95) -> 
         out["energy_j"] = np.where(out["n_calls"] > 0, power * d["time_s"] / np.maximum(out["n_calls"], 1), np.nan)
     out["condition_number"] = cond
     out["label"] = RESOLVE_LABEL
+    return out
+
+
+def phase_intervals(runs: Sequence[Any], level: float = 0.95) -> Dict[str, Dict[str, Any]]:
+    """Per phase, the mean energy (J) over repeated runs (``ep.repeat``) with its t-based
+    confidence interval: ``{phase: {"n", "mean", "sd", "se", "half_width", "ci95"}}`` from
+    :func:`energyprof.analysis.stats.mean_ci` of the runs' ``summary()["phases"][phase]
+    ["energy_j"]``.  The spread is across runs whose samples fell at different phases of
+    the work, so it includes the time split's error of each run, not only sensor noise."""
+    out: Dict[str, Dict[str, Any]] = {}
+    names: List[str] = []
+    for run in runs:
+        for ph in (run.summary().get("phases") or {}):
+            if ph not in names:
+                names.append(ph)
+    for ph in names:
+        vals = [float((r.summary().get("phases") or {}).get(ph, {}).get("energy_j", float("nan"))) for r in runs]
+        out[ph] = mean_ci(vals, level)
     return out
