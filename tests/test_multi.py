@@ -59,5 +59,10 @@ def test_run_count_is_bounded_and_real_runs_work():
     want = [x.summary()["j_per_output_token"] for x in runs]
     jpt = r["figures"]["j_per_output_token"]
     assert jpt["values"] == want and jpt["best"] == want.index(min(want)) and jpt["worst"] == want.index(max(want))
-    assert r["resolution"] == [None, None, None]  # older summaries have no resolution: .get, not a KeyError
+    # each column carries its own run's resolution, as that run's summary states it
+    assert r["resolution"] == [x.summary()["resolution"] for x in runs]
+    assert [c["tokens"] for c in r["resolution"]] == [
+        float(x.tokens["resolved"].mean()) for x in runs]
+    # summaries from before resolution existed have none: .get, not a KeyError
+    assert compare_runs([_s(1, 1.0, 1.0), _s(2, 2.0, 1.0)])["resolution"] == [None, None]
     assert set(BETTER) <= set(MULTI_FIGURES) | {"net_j_per_output_token"}

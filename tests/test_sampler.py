@@ -243,7 +243,31 @@ def test_ring_overflow_is_counted_not_silent():
 
 
 def _native_threads():
-    return len(os.listdir("/proc/self/task")) if sys.platform.startswith("linux") else threading.active_count()
+    """energyprof's own native threads (named ep-sampler / ep-writer by the C core).
+
+    Counting only ours keeps the check about ours: torch, sqlite or an earlier test may
+    start or end threads of their own meanwhile."""
+    if not sys.platform.startswith("linux"):
+        return threading.active_count()
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:  # the thread ended while we looked
+            pass
+    return sum(n.startswith("ep-") for n in names)
+
+
+def test_native_threads_are_named_and_counted():
+    before = _native_threads()
+    s = ep.Sampler("synthetic:power_w=1,period_ms=1")
+    s.start()
+    try:
+        assert _native_threads() == before + 1  # the sampler thread, named ep-sampler
+    finally:
+        s.stop()
+    assert _native_threads() == before
 
 
 def test_start_stop_1000_cycles_no_leak():
@@ -270,7 +294,7 @@ def test_start_stop_1000_cycles_no_leak():
         if i % 2:
             c.stop()
         del c
-    assert _native_threads() <= before_threads  # threads of earlier tests may end meanwhile; none of ours remain
+    assert _native_threads() <= before_threads  # none of ours remain (earlier tests' may end meanwhile)
 
 
 def test_stop_interrupts_the_wait():

@@ -16,6 +16,7 @@
 
 #include "ep_clock.h"
 #include "ep_errors.h"
+#include "ep_thread_name.h"
 #include "ep_ring.h"
 
 /* Samples one poll call may return.  A paced source with a backlog (replay at
@@ -146,6 +147,7 @@ static void push_samples(ep_sampler *s, size_t n, int64_t *produced)
 static void *sampler_main(void *arg)
 {
     ep_sampler *s = arg;
+    ep_thread_set_name("ep-sampler");
     ep_source *src = s->src;
     int64_t cpu0 = thread_cpu_ns();
     pthread_mutex_lock(&s->src_lock);

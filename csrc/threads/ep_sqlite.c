@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "ep_errors.h"
+#include "ep_thread_name.h"
 
 enum { JOB_INSERT = 0, JOB_EXEC = 1, JOB_CLOSE = 2 };
 
@@ -724,6 +725,7 @@ static void maybe_checkpoint(ep_store *s, int idle)
 static void *writer_main(void *arg)
 {
     ep_store *s = arg;
+    ep_thread_set_name("ep-writer");
     for (;;) {
         pthread_mutex_lock(&s->mu);
         while (!s->head)
