@@ -55,6 +55,11 @@ def test_boundary_samples_end_on_the_forward_edges(model):
     ends = set(flagged["t_end_ns"].tolist())
     assert edges <= ends
     assert br["reads"] >= 2 * (len(s.tokens) + 1) - 1
+    # The resolution names the poll period, not the median of the boundary pieces, and says why.
+    res = s.summary()["resolution"]
+    assert res["sample_period_s"] == pytest.approx(0.1)
+    assert "(100 ms samples)" in res["note"] and "every forward's start and end" in res["note"]
+    assert res["tokens"] == 1.0
 
 
 def test_phases_and_tokens_are_exact_with_boundary_reads_and_not_without(model):

@@ -73,7 +73,9 @@ def test_flag_bits_are_the_kernels_and_pythons_own():
 
 # ------------------------------------------------------------------ must show: resolution on rows and summary
 def test_resolution_of_a_100ms_run_is_the_mean_of_the_rows(llama):
-    with ep.run(llama, source="synthetic:power_w=20,period_ms=100", baseline_s=0, save=False) as s:
+    # the periodic poll alone (tests/test_boundary.py covers the resolution with boundary reads)
+    with ep.run(llama, source="synthetic:power_w=20,period_ms=100", baseline_s=0, save=False,
+                boundary_reads=False) as s:
         gen(llama, 6)
     res = s.summary()["resolution"]
     assert res["tokens"] == float(np.mean(s.tokens["resolved"]))

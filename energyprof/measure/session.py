@@ -529,14 +529,19 @@ class Session(RunData):
 
         period_s = max(counter_update_period_s(samples), self._sampler._core.counter_still_ns * 1e-9)
         self._counter_update_period_s = period_s
-        changed = sum(judge_resolved(rows, period_s) for rows in (att.sections, att.tokens, calls))
-        if changed:
-            old = att.summary["resolution"]
-            phases = att.sections["resolved"][att.sections["kind"] == "phase"]
-            new = resolution_summary(old["sample_period_s"], phases, att.tokens["resolved"],
-                                     calls["resolved"] if len(calls) else None, gaps=old.get("gaps"))
-            new["baseline"] = old.get("baseline")
-            att.summary["resolution"] = new
+        for rows in (att.sections, att.tokens, calls):
+            judge_resolved(rows, period_s)
+        # The note names the poll period (boundary pieces would make the median sample look
+        # short) and says that readings were also taken at the forwards' edges.
+        old = att.summary["resolution"]
+        phases = att.sections["resolved"][att.sections["kind"] == "phase"]
+        new = resolution_summary(self._sampler.interval_ns * 1e-9, phases, att.tokens["resolved"],
+                                 calls["resolved"] if len(calls) else None, gaps=old.get("gaps"))
+        new["baseline"] = old.get("baseline")
+        new["note"] += "; plus readings at every forward's start and end"
+        if period_s > 0:
+            new["note"] += f" (the counter updates every {period_s * 1e3:.3g} ms or slower)"
+        att.summary["resolution"] = new
 
     def _forwards(self, top_events: np.ndarray) -> List[Forward]:
         from .attribution import pair_events
