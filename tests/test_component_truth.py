@@ -79,7 +79,7 @@ def test_every_sample_equals_the_truth_from_call_timestamps(run):
     np.testing.assert_allclose(got, truth, rtol=1e-9)
     # The workload really mixes the three levels within samples (not a trivial constant).
     p = got / ((run.samples["t_end_ns"] - run.samples["t_start_ns"]) / 1e9)
-    assert p.max() > 15.0 and p.min() < 12.0
+    assert p.max() > 10.0 and p.max() - p.min() > 5.0
 
 
 def test_the_source_records_its_component_watts(run):
