@@ -18,7 +18,8 @@ from pathlib import Path
 from _report import parse_headlines, strip_headlines, verdict_text
 
 ROOT = Path(__file__).parents[1]
-PARTS = ["sampler", "plist_parse", "integrate", "hook_overhead", "run_overhead", "deep_overhead", "long_run", "sqlite_writer", "serve"]
+PARTS = ["sampler", "plist_parse", "integrate", "hook_overhead", "run_overhead", "deep_overhead", "long_run",
+         "sqlite_writer", "serve", "boundary_reads"]
 
 HEADER = """# Benchmarks
 

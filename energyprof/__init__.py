@@ -21,12 +21,14 @@ from .measure.session import Session, run  # noqa: F401
 from .measure.sweep import sweep  # noqa: F401
 from .measure import engines  # noqa: F401  (ep.engines.make_engine, OnnxRuntimeEngine, ...)
 from .measure.engines import TokenStreamer  # noqa: F401
+from .measure.repeat import repeat  # noqa: F401
 from .store import db  # noqa: F401  (ep.db.default_path())
 from .store.rundata import RunData  # noqa: F401
 from .store.db import Store, cleanup, delete, export, import_run, load, runs, stats  # noqa: F401
 from .analysis.comparison import compare  # noqa: F401
 from .analysis.efficiency import architecture_scaling, compare_groups, efficiency  # noqa: F401
 from .analysis.stats import ols  # noqa: F401
+from .analysis.resolve import resolve  # noqa: F401
 from .analysis.sweep import SweepResult, load_sweep  # noqa: F401
 from .analysis.predict import Predictor  # noqa: F401
 from .analysis.carbon import footprint, footprint_runs  # noqa: F401

@@ -36,6 +36,36 @@ FLAG_NAMES = {FLAG_OUTSIDE: "outside", FLAG_GAP: "gap", FLAG_NAN: "nan", FLAG_UN
               FLAG_BRIDGED: "bridged"}
 
 
+#: The groups ``ep.resolve(by="component")`` estimates a power for, and which canonical
+#: component names (energyprof.measure.arch.COMPONENTS) fall in each.  "other" is the time
+#: inside no hooked call of another group (decoder layers outside their parts, the model's
+#: forward between modules, everything outside a forward).  The synthetic source's attn_w /
+#: mlp_w follow the "attn" / "mlp" groups of the innermost running hooked call.
+COMPONENT_GROUPS = ("attn", "mlp", "norm", "embed", "lm_head", "other")
+_GROUP_MEMBERS = {
+    "attn": ("attn", "q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj"),
+    "mlp": ("mlp", "gate_proj", "up_proj", "gate_up_proj", "down_proj", "router", "experts"),
+    "norm": ("input_norm", "post_attn_norm", "pre_ffn_norm", "post_ffn_norm", "q_norm", "k_norm", "final_norm"),
+    "embed": ("embed",),
+    "lm_head": ("lm_head",),
+}
+
+
+def component_group(component: str) -> str:
+    """The ``COMPONENT_GROUPS`` entry a canonical component name belongs to.
+
+    >>> component_group("q_proj"), component_group("expert.3"), component_group("layer")
+    ('attn', 'mlp', 'other')
+    """
+    c = str(component)
+    if c.startswith("expert."):
+        return "mlp"
+    for group, members in _GROUP_MEMBERS.items():
+        if c in members:
+            return group
+    return "other"
+
+
 def flag_names(flags: int) -> list:
     """The names of the bits set in one ``flags`` word, lowest bit first.
 

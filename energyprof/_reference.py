@@ -243,13 +243,16 @@ class SpanBufferRef:
 def synthetic_average_power_w(t_start_ns, t_end_ns, t0_ns: int, *, power_w: float = 10.0,
                               square_w: float = 0.0, square_period_ns: int = 10**9,
                               ramp_w_per_s: float = 0.0, active_w: float = 0.0,
-                              active_ns=None) -> np.ndarray:
+                              active_ns=None, attn_w: float = 0.0, attn_ns=None,
+                              mlp_w: float = 0.0, mlp_ns=None) -> np.ndarray:
     """Exact mean of the synthetic source's noiseless power over each [t_start_ns, t_end_ns).
 
     P(t) = power_w + ramp_w_per_s * (t - t0) / 1e9
            + square_w while (t - t0) mod square_period_ns < square_period_ns / 2
            + active_w while the activity level is > 0,
-    with ``active_ns`` the active time inside each interval (A(end) - A(start)).
+           + attn_w / mlp_w while the innermost hooked call is attention / MLP,
+    with ``active_ns`` the active time inside each interval (A(end) - A(start)) and
+    ``attn_ns`` / ``mlp_ns`` the innermost-kind times likewise.
     The square-wave high time is counted in integer ns (doubled, so odd periods
     stay exact), the ramp mean is the value at the interval's midpoint.
     """
@@ -269,6 +272,10 @@ def synthetic_average_power_w(t_start_ns, t_end_ns, t0_ns: int, *, power_w: floa
         p = p + square_w * (twice_high(b) - twice_high(a)).astype(np.float64) / (2.0 * dur_ns)
     if active_w:
         p = p + active_w * np.asarray(active_ns, dtype=np.float64) / dur_ns
+    if attn_w:
+        p = p + attn_w * np.asarray(attn_ns, dtype=np.float64) / dur_ns
+    if mlp_w:
+        p = p + mlp_w * np.asarray(mlp_ns, dtype=np.float64) / dur_ns
     return p
 
 

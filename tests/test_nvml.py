@@ -34,6 +34,7 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("ENERGYPROF_NVML_LIB", str(lib))
     monkeypatch.setenv("FAKE_NVML_SCRIPT", str(script))
     monkeypatch.setenv("FAKE_NVML_LOG", str(log))
+    monkeypatch.setenv("ENERGYPROF_NVML_ALIGN", "0")   # the script moves per read, not with time
     monkeypatch.delenv("FAKE_NVML_INIT", raising=False)
     monkeypatch.delenv("FAKE_NVML_COUNT", raising=False)
 
@@ -63,12 +64,14 @@ def test_counter_differenced_into_exact_intervals(fake):
     got = [d.poll(t) for t in (6 * SEC, 7 * SEC + SEC // 2, 8 * SEC)]
     last = d.stop(10 * SEC)
     s = np.concatenate(got + [last])
-    assert list(s["kind"]) == [_core.KIND_INTERVAL] * 4
-    assert list(s["t_start_ns"]) == [5 * SEC, 6 * SEC, 7 * SEC + SEC // 2, 8 * SEC]
-    assert list(s["t_end_ns"]) == [6 * SEC, 7 * SEC + SEC // 2, 8 * SEC, 10 * SEC]
-    # 750 mJ over 1 s, 2250 mJ over 1.5 s, 0 over 0.5 s, 5000 mJ over 2 s
-    assert list(s["gpu_w"]) == [0.75, 1.5, 0.0, 2.5]
-    assert list(s["flags"]) == [0, 0, 0, _core.SFLAG_FINAL]
+    assert list(s["kind"]) == [_core.KIND_INTERVAL] * 3
+    # The read at 8 s found the counter unchanged (stale): no 0 W sample, t_last kept, so
+    # the next read spans both: 750 mJ over 1 s, 2250 mJ over 1.5 s, 5000 mJ over 2.5 s
+    # (not 0 W over 0.5 s, then 2.5 W).
+    assert list(s["t_start_ns"]) == [5 * SEC, 6 * SEC, 7 * SEC + SEC // 2]
+    assert list(s["t_end_ns"]) == [6 * SEC, 7 * SEC + SEC // 2, 10 * SEC]
+    assert list(s["gpu_w"]) == [0.75, 1.5, 2.0]
+    assert list(s["flags"]) == [0, 0, _core.SFLAG_FINAL]
     assert np.isnan(s["cpu_w"]).all() and np.isnan(s["package_w"]).all()
     assert d.faults == 0
 

@@ -73,7 +73,9 @@ def test_flag_bits_are_the_kernels_and_pythons_own():
 
 # ------------------------------------------------------------------ must show: resolution on rows and summary
 def test_resolution_of_a_100ms_run_is_the_mean_of_the_rows(llama):
-    with ep.run(llama, source="synthetic:power_w=20,period_ms=100", baseline_s=0, save=False) as s:
+    # the periodic poll alone (tests/test_boundary.py covers the resolution with boundary reads)
+    with ep.run(llama, source="synthetic:power_w=20,period_ms=100", baseline_s=0, save=False,
+                boundary_reads=False) as s:
         gen(llama, 6)
     res = s.summary()["resolution"]
     assert res["tokens"] == float(np.mean(s.tokens["resolved"]))
@@ -98,7 +100,8 @@ def test_resolution_of_a_100ms_run_is_the_mean_of_the_rows(llama):
 
 # ------------------------------------------------------------------ must show: n counts independent samples
 def test_decode_j_per_token_n_is_at_most_the_samples_the_decode_spans(llama):
-    with ep.run(llama, source="synthetic:power_w=20,period_ms=50,noise_w=2", baseline_s=0, save=False) as s:
+    with ep.run(llama, source="synthetic:power_w=20,period_ms=50,noise_w=2", baseline_s=0, save=False,
+                boundary_reads=False) as s:   # steps sharing samples: the periodic poll alone
         gen(llama, 24)
     f = ep.efficiency(s)["decode_j_per_output_token"]
     dec = s.sections[(s.sections["kind"] == "phase") & (s.sections["name"] == "decode")][0]

@@ -29,6 +29,7 @@ enum {
     EP_SFLAG_SUSPECT   = 1u << 3,  /* source flagged the value (stuck / inflated counter) */
     EP_SFLAG_WRAPPED   = 1u << 4,  /* a counter wrapped inside this interval           */
     EP_SFLAG_NAN_FIELD = 1u << 5,  /* the raw document had a NaN field                 */
+    EP_SFLAG_BOUNDARY  = 1u << 6,  /* ends at a boundary read (a forward's start or end) */
 };
 
 typedef struct {

@@ -156,6 +156,18 @@ static PyObject *py_active_ns_at(PyObject *self, PyObject *arg)
     return PyLong_FromLongLong(ep_activity_active_ns_at(t));
 }
 
+static PyObject *py_comp_ns_at(PyObject *self, PyObject *args)
+{
+    int comp;
+    long long t;
+    if (!PyArg_ParseTuple(args, "iL:comp_ns_at", &comp, &t))
+        return NULL;
+    if (comp < EP_COMP_OTHER || comp >= EP_NCOMP)
+        return PyErr_Format(PyExc_ValueError, "comp_ns_at: comp must be COMP_OTHER, COMP_ATTN or COMP_MLP, got %d",
+                            comp);
+    return PyLong_FromLongLong(ep_activity_comp_ns_at(comp, (int64_t)t));
+}
+
 static PyMethodDef core_methods[] = {
     {"now_ns", py_now_ns, METH_NOARGS, "now_ns() -> int: CLOCK_MONOTONIC ns, the one clock of energyprof."},
     {"wall_ns", py_wall_ns, METH_NOARGS, "wall_ns() -> int: wall-clock ns since the Unix epoch."},
@@ -165,6 +177,9 @@ static PyMethodDef core_methods[] = {
     {"activity", py_activity, METH_NOARGS, "activity() -> int: the current activity level."},
     {"active_ns_at", py_active_ns_at, METH_O,
      "active_ns_at(t_ns) -> int: cumulative ns the activity level was > 0 up to t_ns."},
+    {"comp_ns_at", py_comp_ns_at, METH_VARARGS,
+     "comp_ns_at(comp, t_ns) -> int: cumulative ns a call of kind comp (COMP_*) was the innermost running "
+     "hooked call, up to t_ns (synthetic attn_w / mlp_w follow it)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -200,7 +215,8 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "SFLAG_FINAL", EP_SFLAG_FINAL) < 0 ||
         PyModule_AddIntConstant(m, "SFLAG_SUSPECT", EP_SFLAG_SUSPECT) < 0 ||
         PyModule_AddIntConstant(m, "SFLAG_WRAPPED", EP_SFLAG_WRAPPED) < 0 ||
-        PyModule_AddIntConstant(m, "SFLAG_NAN_FIELD", EP_SFLAG_NAN_FIELD) < 0)
+        PyModule_AddIntConstant(m, "SFLAG_NAN_FIELD", EP_SFLAG_NAN_FIELD) < 0 ||
+        PyModule_AddIntConstant(m, "SFLAG_BOUNDARY", EP_SFLAG_BOUNDARY) < 0)
         goto error;
     if (ep_module_add_integrate(m) < 0 || ep_module_add_sampler(m) < 0 || ep_module_add_plist(m) < 0 ||
         ep_module_add_hooks(m) < 0 || ep_module_add_store(m) < 0 ||

@@ -16,6 +16,7 @@
 #include "ep_clock.h"
 #include "ep_errors.h"
 #include "ep_hooks.h"
+#include "ep_sampler.h"
 #include "ep_torchshim.h"
 
 /* ---------------------------------------------------------------- SpanBuffer */
@@ -209,6 +210,8 @@ typedef struct {
     int32_t span_id;
     int sync;                 /* EP_SYNC_*; set to EP_SYNC_NONE when syncing stopped */
     int activity;
+    int comp;                 /* EP_COMP_*: the kind pushed on the component stack (with activity) */
+    int boundary;             /* read the boundary target's source at each begin / end */
     int enabled;
 } probe;
 
@@ -224,9 +227,14 @@ static void probe_warn(PyObject *owner, const char *fmt, const char *detail)
     PyErr_Restore(et, ev, etb);
 }
 
-static int probe_init(probe *p, PyObject *buffer, int span_id, int activity, int sync, long long sync_index,
-                      PyObject *sync_fallback)
+static int probe_init(probe *p, PyObject *buffer, int span_id, int activity, int comp, int sync,
+                      long long sync_index, PyObject *sync_fallback)
 {
+    if (comp < EP_COMP_INHERIT || comp >= EP_NCOMP) {
+        PyErr_Format(PyExc_ValueError,
+                     "component must be COMP_INHERIT (-1), COMP_OTHER (0), COMP_ATTN (1) or COMP_MLP (2), got %d", comp);
+        return -1;
+    }
     if (!PyObject_TypeCheck(buffer, &SpanBufferType)) {
         PyErr_Format(PyExc_TypeError, "buffer must be an energyprof._core.SpanBuffer, not %.100s",
                      Py_TYPE(buffer)->tp_name);
@@ -249,6 +257,7 @@ static int probe_init(probe *p, PyObject *buffer, int span_id, int activity, int
     p->sync_fallback = sync_fallback;
     p->span_id = (int32_t)span_id;
     p->activity = activity;
+    p->comp = comp;
     p->sync = sync;
     p->sync_index = (int64_t)sync_index;
     p->enabled = 1;
@@ -320,8 +329,19 @@ static void probe_fire(PyObject *owner, probe *p, int32_t kind)
             probe_sync(owner, p);
     }
     int64_t t_ns = ep_now_ns();
-    if (p->activity)
+    if (p->activity) {
         ep_activity_add(kind == EP_SPAN_BEGIN ? 1 : -1, t_ns);
+        if (kind == EP_SPAN_BEGIN)
+            ep_activity_comp_begin(p->comp, t_ns);
+        else
+            ep_activity_comp_end(t_ns);
+    }
+    if (p->boundary) {
+        /* A counter read can take microseconds (sysfs, a driver call): other threads run. */
+        Py_BEGIN_ALLOW_THREADS
+        ep_boundary_fire(t_ns);
+        Py_END_ALLOW_THREADS
+    }
     int rc = ep_spanbuf_append(p->buffer->buf, t_ns, p->span_id, kind);
     if (rc == EP_OK || rc == EP_ERR_FULL) /* a drop is counted by the buffer */
         return;
@@ -369,13 +389,14 @@ static PyObject *hook_vectorcall(PyObject *op, PyObject *const *args, size_t nar
 
 static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "span_id", "kind", "activity", "sync", "sync_index", "sync_fallback", NULL};
+    static char *kwlist[] = {"buffer", "span_id", "kind", "activity", "sync", "sync_index", "sync_fallback",
+                             "component", "boundary", NULL};
     PyObject *buffer, *fallback = NULL;
-    int span_id, kind, activity = 1, sync = EP_SYNC_NONE;
+    int span_id, kind, activity = 1, sync = EP_SYNC_NONE, comp = EP_COMP_INHERIT, boundary = 0;
     long long sync_index = 0;
     HookObject *self = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oii|piLO:Hook", kwlist, &buffer, &span_id, &kind, &activity,
-                                     &sync, &sync_index, &fallback))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oii|piLOip:Hook", kwlist, &buffer, &span_id, &kind, &activity,
+                                     &sync, &sync_index, &fallback, &comp, &boundary))
         goto error;
     if (kind != EP_SPAN_BEGIN && kind != EP_SPAN_END) {
         PyErr_Format(PyExc_ValueError, "Hook: kind must be 0 (begin) or 1 (end), got %d", kind);
@@ -386,8 +407,9 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         goto error;
     self->vectorcall = hook_vectorcall;
     self->kind = kind;
-    if (probe_init(&self->p, buffer, span_id, activity, sync, sync_index, fallback) < 0)
+    if (probe_init(&self->p, buffer, span_id, activity, comp, sync, sync_index, fallback) < 0)
         goto error;
+    self->p.boundary = boundary;
     return (PyObject *)self;
 error:
     Py_XDECREF(self);
@@ -489,10 +511,12 @@ static PyGetSetDef hook_getset[] = {
 static PyTypeObject HookType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "energyprof._core.Hook",
-    .tp_doc = "Hook(buffer, span_id, kind, activity=True, sync=0, sync_index=0, sync_fallback=None)\n\n"
+    .tp_doc = "Hook(buffer, span_id, kind, activity=True, sync=0, sync_index=0, sync_fallback=None, component=-1, boundary=False)\n\n"
               "A C callable for register_forward_pre_hook (kind=0) / register_forward_hook (kind=1): "
               "takes any arguments, records (now, span_id, kind) in buffer, adjusts the activity level, "
-              "returns None.  sync=SYNC_CUDA/SYNC_MPS synchronizes the device first (libtorch shim, else "
+              "returns None; with activity it also pushes/pops `component` (COMP_*) on the component stack that "
+              "synthetic attn_w/mlp_w follow; boundary=True reads the boundary target's source (Sampler."
+              "set_boundary_target) at each call, in C.  sync=SYNC_CUDA/SYNC_MPS synchronizes the device first (libtorch shim, else "
               "sync_fallback()).  Failures warn once and disable (the hook, or its sync).",
     .tp_basicsize = sizeof(HookObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
@@ -546,13 +570,14 @@ static PyObject *wrapper_vectorcall(PyObject *op, PyObject *const *args, size_t 
 
 static PyObject *py_wrap_forward(PyObject *module, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "span_id", "forward", "activity", "sync", "sync_index", "sync_fallback", NULL};
+    static char *kwlist[] = {"buffer", "span_id", "forward", "activity", "sync", "sync_index", "sync_fallback",
+                             "component", "boundary", NULL};
     PyObject *buffer, *forward, *fallback = NULL;
-    int span_id, activity = 1, sync = EP_SYNC_NONE;
+    int span_id, activity = 1, sync = EP_SYNC_NONE, comp = EP_COMP_INHERIT, boundary = 0;
     long long sync_index = 0;
     WrapperObject *self = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiO|piLO:wrap_forward", kwlist, &buffer, &span_id, &forward,
-                                     &activity, &sync, &sync_index, &fallback))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiO|piLOip:wrap_forward", kwlist, &buffer, &span_id, &forward,
+                                     &activity, &sync, &sync_index, &fallback, &comp, &boundary))
         goto error;
     if (!PyCallable_Check(forward)) {
         PyErr_Format(PyExc_TypeError, "wrap_forward: forward must be callable, not %.100s", Py_TYPE(forward)->tp_name);
@@ -566,8 +591,9 @@ static PyObject *py_wrap_forward(PyObject *module, PyObject *args, PyObject *kwd
     Py_INCREF(forward);
     self->forward = forward;
     PyObject_GC_Track(self);
-    if (probe_init(&self->p, buffer, span_id, activity, sync, sync_index, fallback) < 0)
+    if (probe_init(&self->p, buffer, span_id, activity, comp, sync, sync_index, fallback) < 0)
         goto error;
+    self->p.boundary = boundary;
     return (PyObject *)self;
 error:
     Py_XDECREF(self);
@@ -698,7 +724,7 @@ static PyObject *py_device_sync(PyObject *module, PyObject *args, PyObject *kwds
 
 static PyMethodDef hooks_methods[] = {
     {"wrap_forward", (PyCFunction)(void (*)(void))py_wrap_forward, METH_VARARGS | METH_KEYWORDS,
-     "wrap_forward(buffer, span_id, forward, activity=True, sync=0, sync_index=0, sync_fallback=None)\n"
+     "wrap_forward(buffer, span_id, forward, activity=True, sync=0, sync_index=0, sync_fallback=None, component=-1, boundary=False)\n"
      "-> a C callable that records begin, calls forward(*args, **kwargs), records end (also when forward "
      "raises; the exception propagates).  Install it as module.forward (instance attribute)."},
     {"torchshim_load", (PyCFunction)(void (*)(void))py_torchshim_load, METH_VARARGS | METH_KEYWORDS,
@@ -736,6 +762,10 @@ int ep_module_add_hooks(PyObject *m)
         PyModule_AddIntConstant(m, "SYNC_MPS", EP_SYNC_MPS) < 0 ||
         PyModule_AddIntConstant(m, "SPAN_BEGIN", EP_SPAN_BEGIN) < 0 ||
         PyModule_AddIntConstant(m, "SPAN_END", EP_SPAN_END) < 0 ||
+        PyModule_AddIntConstant(m, "COMP_INHERIT", EP_COMP_INHERIT) < 0 ||
+        PyModule_AddIntConstant(m, "COMP_OTHER", EP_COMP_OTHER) < 0 ||
+        PyModule_AddIntConstant(m, "COMP_ATTN", EP_COMP_ATTN) < 0 ||
+        PyModule_AddIntConstant(m, "COMP_MLP", EP_COMP_MLP) < 0 ||
         PyModule_AddIntConstant(m, "ERR_FULL", EP_ERR_FULL) < 0 ||
         PyModule_AddIntConstant(m, "ERR_NOMEM", EP_ERR_NOMEM) < 0)
         return -1;

@@ -244,6 +244,46 @@ static PyObject *Sampler_get_period_ns(SamplerObject *self, void *c)
     return PyLong_FromLongLong(ep_sampler_source(self->sampler)->period_ns);
 }
 
+static PyObject *Sampler_get_supports_boundary(SamplerObject *self, void *c)
+{
+    return PyBool_FromLong(ep_sampler_source(self->sampler)->boundary != NULL);
+}
+
+static PyObject *Sampler_get_boundary_reads(SamplerObject *self, void *c)
+{
+    return PyLong_FromLongLong(ep_sampler_boundary_reads(self->sampler));
+}
+
+static PyObject *Sampler_get_counter_still_ns(SamplerObject *self, void *c)
+{
+    return PyLong_FromLongLong(ep_sampler_counter_still_ns(self->sampler));
+}
+
+static PyObject *Sampler_set_boundary_target(SamplerObject *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    int rc = ep_sampler_set_boundary_target(on ? self->sampler : NULL);
+    if (rc != EP_OK)
+        return ep_module_raise(rc, "set_boundary_target: this source has no boundary read");
+    Py_RETURN_NONE;
+}
+
+static PyObject *Sampler_boundary_read(SamplerObject *self, PyObject *arg)
+{
+    long long t = PyLong_AsLongLong(arg);
+    if (t == -1 && PyErr_Occurred())
+        return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ep_sampler_boundary_read(self->sampler, (int64_t)t);
+    Py_END_ALLOW_THREADS
+    if (rc != EP_OK)
+        return ep_module_raise(rc, "boundary_read");
+    Py_RETURN_NONE;
+}
+
 static PyObject *Sampler_get_meta_json(SamplerObject *self, void *c)
 {
     const char *meta = ep_sampler_source(self->sampler)->meta_json;
@@ -261,6 +301,11 @@ static PyMethodDef Sampler_methods[] = {
      "drain() -> numpy array of SAMPLE_DTYPE: every sample waiting in the ring, oldest first,\n"
      "copied once under the ring's lock into a new array owned by numpy."},
     {"stats", (PyCFunction)Sampler_stats, METH_NOARGS, "stats() -> dict: a snapshot of the counters (exact once stopped)."},
+    {"set_boundary_target", (PyCFunction)Sampler_set_boundary_target, METH_O,
+     "set_boundary_target(on): make this sampler the process-wide target of the hooks' boundary reads "
+     "(False clears it); NotImplementedError when the source has no boundary read."},
+    {"boundary_read", (PyCFunction)Sampler_boundary_read, METH_O,
+     "boundary_read(t_ns): read the source at t_ns now, from this thread (tests; the hooks do it in C)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -280,6 +325,11 @@ static PyGetSetDef Sampler_getset[] = {
     {"kind", (getter)Sampler_get_kind, NULL, "The source kind.", NULL},
     {"source_flags", (getter)Sampler_get_source_flags, NULL, "EP_SRC_* flags of the source.", NULL},
     {"period_ns", (getter)Sampler_get_period_ns, NULL, "The source's own sample period (ns).", NULL},
+    {"supports_boundary", (getter)Sampler_get_supports_boundary, NULL,
+     "True when the source can be read at forward boundaries (counter sources, synthetic).", NULL},
+    {"boundary_reads", (getter)Sampler_get_boundary_reads, NULL, "Boundary reads that gave a sample.", NULL},
+    {"counter_still_ns", (getter)Sampler_get_counter_still_ns, NULL,
+     "Longest span (ns) a source that skips stale reads saw its counter unchanged (0: never).", NULL},
     {"meta_json", (getter)Sampler_get_meta_json, NULL, "JSON text: facts about the source for run metadata.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

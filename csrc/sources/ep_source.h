@@ -48,6 +48,11 @@ struct ep_source {
     int (*stop)(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out);
     /* Free state (may be NULL). */
     void (*destroy)(ep_source *src);
+    /* Boundary read (NULL: unsupported): like poll, at t_now_ns, from another thread
+     * than the sampler's (a hook), serialised with the sampler's calls by its source
+     * lock; the sample it writes is flagged EP_SFLAG_BOUNDARY.  Counter sources use
+     * ep_source_counter_boundary. */
+    int (*boundary)(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out);
 
     /* Faults the source recovered from (skipped malformed documents, read errors);
      * written by the sampler thread only, read after join or under the sampler lock. */
@@ -56,6 +61,11 @@ struct ep_source {
     /* JSON object text with facts for the run metadata (device name, driver, model
      * constants).  Filled by create or start; "" when the source has none. */
     char meta_json[EP_SOURCE_META_LEN];
+    /* A counter source that skips stale reads (the counter had not moved since the last
+     * reading) writes here the longest span it saw the counter unchanged, ns: a lower
+     * bound on the counter's update period.  Written by the source calls (serialised by
+     * the sampler's source lock); 0 when never seen. */
+    int64_t counter_still_ns;
 };
 
 /* Create a source of the given kind.  keys/values: n parameter pairs (borrowed,
@@ -135,6 +145,14 @@ static inline int ep_source_counter_poll(ep_source *src, int64_t t_now_ns, ep_sa
                                          size_t *n_out)
 {
     return ep_source_counter_step(src, t_now_ns, 0, out, cap, n_out);
+}
+
+/* src->boundary of a counter source: a reading at t_now_ns flagged EP_SFLAG_BOUNDARY (nothing
+ * when t_now_ns is not after the last reading: the sampler read it first). */
+static inline int ep_source_counter_boundary(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap,
+                                             size_t *n_out)
+{
+    return ep_source_counter_step(src, t_now_ns, EP_SFLAG_BOUNDARY, out, cap, n_out);
 }
 
 /* src->stop of a counter source: emit a final sample flagged EP_SFLAG_FINAL, then mark it stopped. */

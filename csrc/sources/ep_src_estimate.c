@@ -136,6 +136,7 @@ int ep_src_estimate_create(ep_source *src, const char *const *keys, const char *
     src->state = st;
     src->start = est_start;
     src->poll = ep_source_counter_poll;
+    src->boundary = ep_source_counter_boundary;
     src->stop = ep_source_counter_stop;
     src->destroy = ep_source_free_state;
     char tdp_text[32] = "null"; /* no cap */

@@ -110,6 +110,7 @@ int ep_src_ioreport_create(ep_source *src, const char *const *keys, const char *
     st->counter.emit = ior_emit;
     src->start = ior_start;
     src->poll = ep_source_counter_poll;
+    src->boundary = ep_source_counter_boundary;
     src->stop = ep_source_counter_stop;
     snprintf(src->meta_json, sizeof src->meta_json,
              "{\"source\":\"ioreport\",\"group\":\"Energy Model\",\"label\":\"measured (Apple's energy model "

@@ -12,14 +12,22 @@
  *    later) differenced into INTERVAL samples in the gpu domain.  A failed read is
  *    counted as a fault and skipped; the next good read covers the gap, so no
  *    energy is lost.
- *  - power: when the counter is NOT_SUPPORTED, nvmlDeviceGetPowerUsage (mW) as
- *    INSTANT samples (the integrator uses the trapezoid rule between them).
+ *    The counter advances only every 10-100 ms on real cards: a read that finds it
+ *    unchanged (a stale read) gives no sample and keeps t_last, so the next read that
+ *    sees it move covers both intervals with their true mean, never 0 W then 2x
+ *    (nvml_stale_read); the longest unchanged span goes to src->counter_still_ns.
+ *  - power: when the counter is NOT_SUPPORTED, INSTANT samples of the instantaneous
+ *    power field (nvmlDeviceGetFieldValues, NVML_FI_DEV_POWER_INSTANT), and only where
+ *    the driver lacks that field nvmlDeviceGetPowerUsage, which on Ampere and later
+ *    (except GA100) is a 1-s average (the integrator uses the trapezoid rule between
+ *    them); meta_json "mode" says which: "power_instant" or "power_usage".
  * Device name, driver version and power limit go to meta_json.
  */
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ep_errors.h"
 #include "ep_source.h"
@@ -48,6 +56,22 @@ typedef nvml_return (*fn_name)(nvml_device, char *, unsigned int);
 typedef nvml_return (*fn_driver)(char *, unsigned int);
 typedef const char *(*fn_errstr)(nvml_return);
 
+/* nvmlFieldValue_t, declared from NVML's documentation (40 bytes on LP64). */
+#define NVML_FI_DEV_POWER_INSTANT 186
+typedef struct {
+    unsigned int field_id, scope_id;
+    long long timestamp_us, latency_us;
+    int value_type, nvml_return;
+    union {
+        double d;
+        unsigned int ui;
+        unsigned long ul;
+        unsigned long long ull;
+        long long sll;
+    } value;
+} nvml_field_value;
+typedef nvml_return (*fn_fields)(nvml_device, int, nvml_field_value *);
+
 typedef struct {
     ep_source_counter counter; /* first: the shared poll/stop find it at src->state */
     void *lib;
@@ -63,6 +87,8 @@ typedef struct {
     nvml_device dev;
     unsigned int index;
     int use_counter;           /* decided at start */
+    int power_instant;         /* power mode: the instant field (1) or nvmlDeviceGetPowerUsage (0) */
+    fn_fields fields;          /* optional: NULL on drivers without nvmlDeviceGetFieldValues */
     unsigned long long last_mj;
 } nvml_state;
 
@@ -130,7 +156,80 @@ static int load_library(ep_source *src, nvml_state *st, const char *lib_param)
             return EP_ERR_NOTFOUND;
         }
     }
+    /* Optional entry point (drivers before R450 lack it): the instant-power fallback. */
+    st->fields = (fn_fields)sym(st->lib, "nvmlDeviceGetFieldValues");
     return EP_OK;
+}
+
+/* The instantaneous power (mW) through the field-values API; an NVML code otherwise
+ * (NOT_SUPPORTED where the driver has no such field). */
+static nvml_return nvml_read_instant_mw(nvml_state *st, unsigned int *mw)
+{
+    nvml_field_value fv;
+    if (!st->fields)
+        return NVML_ERR_NOT_SUPPORTED;
+    memset(&fv, 0, sizeof fv);
+    fv.field_id = NVML_FI_DEV_POWER_INSTANT;
+    nvml_return r = st->fields(st->dev, 1, &fv);
+    if (r != NVML_OK)
+        return r;
+    if (fv.nvml_return != NVML_OK)
+        return fv.nvml_return;
+    *mw = fv.value.ui;
+    return NVML_OK;
+}
+
+/* The power mode's one read: instant field or nvmlDeviceGetPowerUsage, as chosen at start. */
+static nvml_return nvml_read_power_mw(nvml_state *st, unsigned int *mw)
+{
+    return st->power_instant ? nvml_read_instant_mw(st, mw) : st->power(st->dev, mw);
+}
+
+/* A counter read that found the counter where the last one left it: no sample, t_last kept
+ * (the next moving read spans both), and the unchanged span noted.  Returns 1 when stale. */
+static int nvml_stale_read(ep_source *src, nvml_state *st, unsigned long long mj, int64_t t_now_ns)
+{
+    if (mj != st->last_mj)
+        return 0;
+    int64_t still = t_now_ns - st->counter.t_last_ns;
+    if (still > src->counter_still_ns)
+        src->counter_still_ns = still;
+    return 1;
+}
+
+/* Wait (sleeping 1 ms at a time, at most cap_ns) for the counter to move past st->last_mj.
+ * On a move *mj is the new reading and *t_now_ns is pushed on by the real time waited; 0.
+ * -1 when it never moved. */
+static int nvml_wait_move(nvml_state *st, int64_t cap, unsigned long long *mj, int64_t *t_now_ns)
+{
+    struct timespec a, b, nap = {0, 1000000L};
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (;;) {
+        nanosleep(&nap, NULL);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        int64_t waited = (int64_t)(b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
+        unsigned long long now_mj = 0;
+        if (st->energy(st->dev, &now_mj) == NVML_OK && now_mj > st->last_mj) {
+            *mj = now_mj;
+            *t_now_ns += waited;
+            return 0;
+        }
+        if (waited >= cap)
+            return -1;
+    }
+}
+
+/* The final flush found the counter stale: wait for it to move, at most twice the longest
+ * unchanged span seen (at least 50 ms, at most 300 ms), so the last interval ends on a real
+ * reading rather than on a 0 W one. */
+static int nvml_final_wait(ep_source *src, nvml_state *st, unsigned long long *mj, int64_t *t_now_ns)
+{
+    int64_t cap = 2 * src->counter_still_ns;
+    if (cap < 50000000LL)
+        cap = 50000000LL;
+    if (cap > 300000000LL)
+        cap = 300000000LL;
+    return nvml_wait_move(st, cap, mj, t_now_ns);
 }
 
 /* Keep what the device reports JSON-safe: drop quotes, backslashes and controls. */
@@ -186,12 +285,25 @@ static int nvml_start(ep_source *src, int64_t t_now_ns)
     if (r == NVML_OK) {
         st->use_counter = 1;
         st->last_mj = mj;
+        /* The first reading is as old as the counter's last update (up to 100 ms): start the
+         * first interval at the counter's next move instead, so it does not take a whole
+         * update's energy over a fraction of its time (at most 300 ms of waiting; a counter
+         * that does not move by then starts where it is).  ENERGYPROF_NVML_ALIGN=0 skips it
+         * (tests whose scripted counter moves on every read, not with time). */
+        unsigned long long moved = 0;
+        const char *align = getenv("ENERGYPROF_NVML_ALIGN");
+        if (!(align && strcmp(align, "0") == 0) && nvml_wait_move(st, 300000000LL, &moved, &t_now_ns) == 0)
+            st->last_mj = moved;
     } else if (r == NVML_ERR_NOT_SUPPORTED) {
-        /* Pre-Volta GPUs: no energy counter, sample instantaneous power instead. */
-        r = st->power(st->dev, &mw);
-        if (r != NVML_OK)
-            return nvml_fail(src, st, "nvmlDeviceGetPowerUsage (energy counter not supported)", r);
+        /* Pre-Volta GPUs: no energy counter, sample instantaneous power instead: the
+         * instant field first (nvmlDeviceGetPowerUsage averages over 1 s on Ampere+). */
         st->use_counter = 0;
+        st->power_instant = nvml_read_instant_mw(st, &mw) == NVML_OK;
+        if (!st->power_instant) {
+            r = st->power(st->dev, &mw);
+            if (r != NVML_OK)
+                return nvml_fail(src, st, "nvmlDeviceGetPowerUsage (energy counter not supported)", r);
+        }
     } else {
         return nvml_fail(src, st, "nvmlDeviceGetTotalEnergyConsumption", r);
     }
@@ -199,7 +311,7 @@ static int nvml_start(ep_source *src, int64_t t_now_ns)
     size_t k = strlen(src->meta_json);
     if (k > 0 && k + 40 < sizeof src->meta_json)
         snprintf(src->meta_json + k - 1, sizeof src->meta_json - (k - 1), ",\"mode\":\"%s\"}",
-                 st->use_counter ? "energy_counter" : "power_usage");
+                 st->use_counter ? "energy_counter" : st->power_instant ? "power_instant" : "power_usage");
     ep_source_counter_begin(&st->counter, t_now_ns);
     return EP_OK;
 }
@@ -229,16 +341,21 @@ static int nvml_emit(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, ep_
             st->counter.t_last_ns = t_now_ns;
             return EP_OK;
         }
+        if (nvml_stale_read(src, st, mj, t_now_ns)) {
+            if (!(extra_flags & EP_SFLAG_FINAL) || nvml_final_wait(src, st, &mj, &t_now_ns) != 0)
+                return EP_OK; /* no 0 W sample: the next moving read (or none) covers it */
+        }
         ep_sample_init(s, st->counter.t_last_ns, t_now_ns, EP_KIND_INTERVAL, extra_flags);
         s->power_w[EP_DOM_GPU] =
             (double)(mj - st->last_mj) * 1e-3 / ((double)(t_now_ns - st->counter.t_last_ns) * 1e-9);
         st->last_mj = mj;
     } else {
         unsigned int mw = 0;
-        nvml_return r = st->power(st->dev, &mw);
+        nvml_return r = nvml_read_power_mw(st, &mw);
         if (r != NVML_OK) {
             src->faults++;
-            nvml_fail(src, st, "nvmlDeviceGetPowerUsage", r);
+            nvml_fail(src, st, st->power_instant ? "nvmlDeviceGetFieldValues (instant power)" : "nvmlDeviceGetPowerUsage",
+                      r);
             return EP_OK;
         }
         ep_sample_init(s, t_now_ns, t_now_ns, EP_KIND_INSTANT, extra_flags);
@@ -296,6 +413,7 @@ int ep_src_nvml_create(ep_source *src, const char *const *keys, const char *cons
     st->counter.emit = nvml_emit;
     src->start = nvml_start;
     src->poll = ep_source_counter_poll;
+    src->boundary = ep_source_counter_boundary;
     src->stop = ep_source_counter_stop;
     rc = load_library(src, st, ep_source_param(keys, values, n, "lib"));
     if (rc != EP_OK)

@@ -417,6 +417,7 @@ int ep_src_rapl_create(ep_source *src, const char *const *keys, const char *cons
     src->state = st;
     src->start = rapl_start;
     src->poll = ep_source_counter_poll;
+    src->boundary = ep_source_counter_boundary;
     src->stop = ep_source_counter_stop;
     src->destroy = ep_source_free_state;
     rc = scan_tree(src, st);

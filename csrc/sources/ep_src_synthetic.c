@@ -4,6 +4,8 @@
  *   P(t) = power_w + ramp_w_per_s * s
  *        + square_w   during the first half of each square period (from t0)
  *        + active_w   while the activity level (ep_activity.h) is > 0
+ *        + attn_w     while the innermost running hooked call is attention-kind
+ *        + mlp_w      while it is MLP-kind (the component stack of ep_activity.h)
  * Each poll emits ONE interval sample [previous end, now) whose power is the exact
  * average of P over that interval, plus noise_w * N(0, 1) per sample from a
  * seeded generator.
@@ -17,6 +19,7 @@
  *   square: twice the high time up to u = t - t0 is 2H(u) = k*P + min(2r, P), with
  *           k = u / P, r = u % P (integers: exact even for odd P)
  *   active: the cumulative active time A(t) kept by ep_activity: (A(b) - A(a)) / (b - a)
+ *   attn, mlp: likewise with the cumulative innermost-kind times C_attn(t), C_mlp(t)
  * Noise: splitmix64 gives two 64-bit words, their top 53 bits give u1 in (0, 1] and
  * u2 in [0, 1), and z = sqrt(-2 ln u1) cos(2 pi u2) (Box-Muller, cosine branch only,
  * so sample k always uses words 2k and 2k+1 of the stream).
@@ -37,7 +40,7 @@
 #endif
 
 typedef struct {
-    double power_w, noise_w, square_w, ramp_w_per_s, active_w;
+    double power_w, noise_w, square_w, ramp_w_per_s, active_w, attn_w, mlp_w;
     int64_t square_period_ns;
     int64_t gap_at_ns, gap_ns; /* the hole [t0 + gap_at_ns, t0 + gap_at_ns + gap_ns); gap_ns 0: none */
     uint64_t seed;
@@ -47,11 +50,12 @@ typedef struct {
     int64_t t0_ns;            /* source start */
     int64_t t_prev_ns;        /* end of the last emitted sample */
     int64_t active_prev_ns;   /* A(t_prev_ns), carried so per-sample shares telescope */
+    int64_t attn_prev_ns, mlp_prev_ns; /* C_attn(t_prev_ns), C_mlp(t_prev_ns), likewise */
 } synth_state;
 
 static const char *const known_keys[] = {"power_w", "period_ms", "noise_w", "seed", "square_w",
                                          "square_period_ms", "ramp_w_per_s", "active_w", "domain", "gap_at_ms",
-                                         "gap_ms", NULL};
+                                         "gap_ms", "attn_w", "mlp_w", NULL};
 
 static uint64_t splitmix64(uint64_t *state)
 {
@@ -79,8 +83,10 @@ static int64_t square_high2(int64_t u_ns, int64_t period_ns)
     return k * period_ns + tail;
 }
 
-/* Average power over [a, b), b > a, without noise.  active_ns = A(b) - A(a). */
-static double average_power_w(const synth_state *st, int64_t a, int64_t b, int64_t active_ns)
+/* Average power over [a, b), b > a, without noise.  active_ns = A(b) - A(a);
+ * attn_ns, mlp_ns likewise for the innermost-kind times. */
+static double average_power_w(const synth_state *st, int64_t a, int64_t b, int64_t active_ns, int64_t attn_ns,
+                              int64_t mlp_ns)
 {
     double dur = (double)(b - a);
     double p = st->power_w;
@@ -93,6 +99,10 @@ static double average_power_w(const synth_state *st, int64_t a, int64_t b, int64
     }
     if (st->active_w != 0.0)
         p += st->active_w * ((double)active_ns / dur);
+    if (st->attn_w != 0.0)
+        p += st->attn_w * ((double)attn_ns / dur);
+    if (st->mlp_w != 0.0)
+        p += st->mlp_w * ((double)mlp_ns / dur);
     return p;
 }
 
@@ -107,6 +117,8 @@ static size_t emit(synth_state *st, int64_t t_ns, ep_sample *out, uint32_t extra
                 return 0; /* inside the hole: the sensor says nothing */
             st->t_prev_ns = hole_b;
             st->active_prev_ns = ep_activity_active_ns_at(hole_b);
+            st->attn_prev_ns = ep_activity_comp_ns_at(EP_COMP_ATTN, hole_b);
+            st->mlp_prev_ns = ep_activity_comp_ns_at(EP_COMP_MLP, hole_b);
         } else if (st->t_prev_ns < hole_a && t_ns > hole_a) {
             t_ns = hole_a; /* the last sample before the hole ends where the hole starts */
         }
@@ -114,14 +126,19 @@ static size_t emit(synth_state *st, int64_t t_ns, ep_sample *out, uint32_t extra
     if (t_ns <= st->t_prev_ns)
         return 0; /* a frozen (test) clock or a repeated poll: no interval yet */
     int64_t active_now = ep_activity_active_ns_at(t_ns);
+    int64_t attn_now = ep_activity_comp_ns_at(EP_COMP_ATTN, t_ns);
+    int64_t mlp_now = ep_activity_comp_ns_at(EP_COMP_MLP, t_ns);
     ep_sample *s = &out[0];
     ep_sample_init(s, st->t_prev_ns, t_ns, EP_KIND_INTERVAL, EP_SFLAG_SIMULATED | extra_flags);
-    double p = average_power_w(st, st->t_prev_ns, t_ns, active_now - st->active_prev_ns);
+    double p = average_power_w(st, st->t_prev_ns, t_ns, active_now - st->active_prev_ns, attn_now - st->attn_prev_ns,
+                               mlp_now - st->mlp_prev_ns);
     if (st->noise_w != 0.0)
         p += st->noise_w * gaussian(&st->prng);
     s->power_w[st->domain] = p;
     st->t_prev_ns = t_ns;
     st->active_prev_ns = active_now;
+    st->attn_prev_ns = attn_now;
+    st->mlp_prev_ns = mlp_now;
     return 1;
 }
 
@@ -132,6 +149,8 @@ static int synth_start(ep_source *src, int64_t t_now_ns)
     st->t0_ns = t_now_ns;
     st->t_prev_ns = t_now_ns;
     st->active_prev_ns = ep_activity_active_ns_at(t_now_ns);
+    st->attn_prev_ns = ep_activity_comp_ns_at(EP_COMP_ATTN, t_now_ns);
+    st->mlp_prev_ns = ep_activity_comp_ns_at(EP_COMP_MLP, t_now_ns);
     st->prng = st->seed;
     return EP_OK;
 }
@@ -139,6 +158,12 @@ static int synth_start(ep_source *src, int64_t t_now_ns)
 static int synth_poll(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out)
 {
     *n_out = cap ? emit(src->state, t_now_ns, out, 0) : 0;
+    return EP_OK;
+}
+
+static int synth_boundary(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out)
+{
+    *n_out = cap ? emit(src->state, t_now_ns, out, EP_SFLAG_BOUNDARY) : 0;
     return EP_OK;
 }
 
@@ -173,7 +198,8 @@ int ep_src_synthetic_create(ep_source *src, const char *const *keys, const char 
                 {"noise_w", &st->noise_w},   {"square_w", &st->square_w},
                 {"square_period_ms", &square_period_ms}, {"ramp_w_per_s", &st->ramp_w_per_s},
                 {"active_w", &st->active_w},   {"gap_at_ms", &gap_at_ms},
-                {"gap_ms", &gap_ms}};
+                {"gap_ms", &gap_ms},           {"attn_w", &st->attn_w},
+                {"mlp_w", &st->mlp_w}};
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
         const char *v = ep_source_param(keys, values, n, nums[i].key);
         if (v && ep_source_parse_double(v, nums[i].dst) != EP_OK) {
@@ -239,14 +265,16 @@ int ep_src_synthetic_create(ep_source *src, const char *const *keys, const char 
     src->start = synth_start;
     src->poll = synth_poll;
     src->stop = synth_stop;
+    src->boundary = synth_boundary;
     src->destroy = ep_source_free_state;
     snprintf(src->meta_json, sizeof src->meta_json,
              "{\"power_w\": %.17g, \"period_ns\": %lld, \"noise_w\": %.17g, \"seed\": %llu, "
              "\"square_w\": %.17g, \"square_period_ns\": %lld, \"ramp_w_per_s\": %.17g, "
-             "\"active_w\": %.17g, \"domain\": \"%s\", \"gap_at_ns\": %lld, \"gap_ns\": %lld}",
+             "\"active_w\": %.17g, \"domain\": \"%s\", \"gap_at_ns\": %lld, \"gap_ns\": %lld, "
+             "\"attn_w\": %.17g, \"mlp_w\": %.17g}",
              st->power_w, (long long)src->period_ns, st->noise_w, (unsigned long long)st->seed, st->square_w,
              (long long)st->square_period_ns, st->ramp_w_per_s, st->active_w, ep_domain_names[st->domain],
-             (long long)st->gap_at_ns, (long long)st->gap_ns);
+             (long long)st->gap_at_ns, (long long)st->gap_ns, st->attn_w, st->mlp_w);
     return EP_OK;
 error:
     free(st);

@@ -2,7 +2,9 @@
  *
  * Lock order: the sampler lock is never held while calling the source or pushing
  * to the ring (the ring has its own lock), so a slow source never blocks drain or
- * the getters, and no two locks are ever held together.
+ * the getters.  Every source call and its push happen under src_lock (the thread's
+ * polls and the boundary reads of the hooks), so readings reach the ring in time
+ * order; the locks nest only as boundary_lock > src_lock > the ring's lock.
  */
 #include "ep_sampler.h"
 
@@ -34,6 +36,10 @@ struct ep_sampler {
     ep_source *src;           /* owned */
     ep_ring *ring;            /* owned */
     int64_t interval_ns;
+    pthread_mutex_t src_lock; /* every source call + its push */
+    int src_live;             /* under src_lock: started and not yet stopped */
+    int64_t boundary_reads;   /* under src_lock */
+    ep_sample bbuf[4];        /* under src_lock: the boundary read's buffer */
 
     /* Under lock. */
     int state;                /* ST_*: who may start/stop/join */
@@ -53,6 +59,10 @@ struct ep_sampler {
     /* Only the sampler thread touches this: the poll buffer. */
     ep_sample buf[POLL_CAP];
 };
+
+/* The process-wide boundary target (ep_sampler_set_boundary_target). */
+static pthread_mutex_t boundary_lock = PTHREAD_MUTEX_INITIALIZER;
+static ep_sampler *boundary_target; /* borrowed; under boundary_lock */
 
 /* The real monotonic clock, for deadlines: ep_now_ns() may be frozen by tests,
  * and a frozen clock must not stop the thread from waking up. */
@@ -140,7 +150,10 @@ static void *sampler_main(void *arg)
     ep_thread_set_name("ep-sampler");
     ep_source *src = s->src;
     int64_t cpu0 = thread_cpu_ns();
+    pthread_mutex_lock(&s->src_lock);
     int rc = src->start ? src->start(src, ep_now_ns()) : EP_OK;
+    s->src_live = rc == EP_OK;
+    pthread_mutex_unlock(&s->src_lock);
 
     pthread_mutex_lock(&s->lock);
     note_source_locked(s, "start", rc);
@@ -164,7 +177,8 @@ static void *sampler_main(void *arg)
         pthread_mutex_unlock(&s->lock);
 
         int64_t produced = 0, polls = 0;
-        int64_t t_ns = ep_now_ns();
+        pthread_mutex_lock(&s->src_lock);
+        int64_t t_ns = ep_now_ns(); /* under src_lock: after every boundary read so far */
         for (int round = 0; round < POLL_ROUNDS; round++) {
             size_t n = 0;
             rc = src->poll(src, t_ns, s->buf, POLL_CAP, &n);
@@ -173,6 +187,7 @@ static void *sampler_main(void *arg)
             if (rc != EP_OK || n < POLL_CAP)
                 break;
         }
+        pthread_mutex_unlock(&s->src_lock);
         int64_t cpu = thread_cpu_ns() - cpu0;
 
         pthread_mutex_lock(&s->lock);
@@ -196,8 +211,11 @@ static void *sampler_main(void *arg)
     {
         size_t n = 0;
         int64_t produced = 0;
+        pthread_mutex_lock(&s->src_lock);
+        s->src_live = 0;
         rc = src->stop ? src->stop(src, ep_now_ns(), s->buf, POLL_CAP, &n) : EP_OK;
         push_samples(s, n, &produced);
+        pthread_mutex_unlock(&s->src_lock);
         pthread_mutex_lock(&s->lock);
         s->samples += produced;
         note_source_locked(s, "stop", rc == EP_ERR_EOF ? EP_OK : rc);
@@ -250,6 +268,11 @@ int ep_sampler_create(ep_source *src, int64_t interval_ns, size_t capacity, ep_s
         snprintf(err, errlen, "pthread_mutex_init failed");
         goto error;
     }
+    if (pthread_mutex_init(&s->src_lock, NULL) != 0) {
+        pthread_mutex_destroy(&s->lock);
+        snprintf(err, errlen, "pthread_mutex_init failed");
+        goto error;
+    }
     lock_ok = 1;
     if (pthread_condattr_init(&attr) != 0) {
         snprintf(err, errlen, "pthread_condattr_init failed");
@@ -273,8 +296,10 @@ int ep_sampler_create(ep_source *src, int64_t interval_ns, size_t capacity, ep_s
 error:
     if (attr_ok)
         pthread_condattr_destroy(&attr);
-    if (lock_ok)
+    if (lock_ok) {
         pthread_mutex_destroy(&s->lock);
+        pthread_mutex_destroy(&s->src_lock);
+    }
     if (s) {
         ep_ring_destroy(s->ring);
         ep_source_destroy(s->src);
@@ -288,9 +313,14 @@ void ep_sampler_destroy(ep_sampler *s)
 {
     if (!s)
         return;
+    pthread_mutex_lock(&boundary_lock);
+    if (boundary_target == s)
+        boundary_target = NULL;
+    pthread_mutex_unlock(&boundary_lock);
     ep_sampler_stop(s);
     pthread_cond_destroy(&s->cond);
     pthread_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->src_lock);
     ep_ring_destroy(s->ring);
     ep_source_destroy(s->src);
     free(s);
@@ -417,4 +447,70 @@ size_t ep_sampler_messages(ep_sampler *s, char (*out)[EP_SOURCE_MSG_LEN], size_t
 const ep_source *ep_sampler_source(const ep_sampler *s)
 {
     return s->src;
+}
+
+int ep_sampler_boundary_read(ep_sampler *s, int64_t t_ns)
+{
+    int rc = EP_OK;
+    size_t n = 0;
+    int64_t produced = 0;
+    if (!s->src->boundary)
+        return EP_ERR_UNSUPPORTED;
+    pthread_mutex_lock(&s->src_lock);
+    if (!s->src_live) {
+        rc = EP_ERR_STATE;
+        goto error;
+    }
+    rc = s->src->boundary(s->src, t_ns, s->bbuf, sizeof s->bbuf / sizeof s->bbuf[0], &n);
+    if (n > sizeof s->bbuf / sizeof s->bbuf[0])
+        n = sizeof s->bbuf / sizeof s->bbuf[0];
+    if (n) {
+        ep_ring_push(s->ring, s->bbuf, n);
+        produced = (int64_t)n;
+        s->boundary_reads++;
+    }
+    pthread_mutex_unlock(&s->src_lock);
+    if (produced) {
+        pthread_mutex_lock(&s->lock);
+        s->samples += produced;
+        pthread_mutex_unlock(&s->lock);
+    }
+    return rc;
+error:
+    pthread_mutex_unlock(&s->src_lock);
+    return rc;
+}
+
+int ep_sampler_set_boundary_target(ep_sampler *s)
+{
+    if (s && !s->src->boundary)
+        return EP_ERR_UNSUPPORTED;
+    pthread_mutex_lock(&boundary_lock);
+    boundary_target = s;
+    pthread_mutex_unlock(&boundary_lock);
+    return EP_OK;
+}
+
+void ep_boundary_fire(int64_t t_ns)
+{
+    pthread_mutex_lock(&boundary_lock);
+    if (boundary_target)
+        (void)ep_sampler_boundary_read(boundary_target, t_ns); /* not started / too late: no sample */
+    pthread_mutex_unlock(&boundary_lock);
+}
+
+int64_t ep_sampler_boundary_reads(ep_sampler *s)
+{
+    pthread_mutex_lock(&s->src_lock);
+    int64_t n = s->boundary_reads;
+    pthread_mutex_unlock(&s->src_lock);
+    return n;
+}
+
+int64_t ep_sampler_counter_still_ns(ep_sampler *s)
+{
+    pthread_mutex_lock(&s->src_lock);
+    int64_t n = s->src->counter_still_ns;
+    pthread_mutex_unlock(&s->src_lock);
+    return n;
 }

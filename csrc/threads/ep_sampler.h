@@ -77,6 +77,24 @@ void ep_sampler_last_message(ep_sampler *s, char *buf, size_t len);
  * (caller-owned array of cap buffers).  Returns how many were copied. */
 size_t ep_sampler_messages(ep_sampler *s, char (*out)[EP_SOURCE_MSG_LEN], size_t cap);
 
+/* Boundary reads: a reading of the source at t_ns taken from the calling thread (a
+ * forward hook), pushed to the ring like a poll's, so windows that start or end there
+ * are integrated from readings at their edges.  Never touches Python.
+ * ep_sampler_boundary_read: EP_OK (a sample pushed, or none when the sampler read at or
+ * after t_ns already), EP_ERR_UNSUPPORTED (the source has no boundary read),
+ * EP_ERR_STATE (not started).  Serialised with the sampler thread's source calls. */
+int ep_sampler_boundary_read(ep_sampler *s, int64_t t_ns);
+/* The one process-wide target of ep_boundary_fire: s (NULL clears).  A sampler being
+ * destroyed clears itself.  Returns EP_ERR_UNSUPPORTED (and sets nothing) when s's
+ * source has no boundary read. */
+int ep_sampler_set_boundary_target(ep_sampler *s);
+/* A boundary read of the current target at t_ns (nothing when there is none). */
+void ep_boundary_fire(int64_t t_ns);
+/* Boundary reads that pushed a sample, since creation. */
+int64_t ep_sampler_boundary_reads(ep_sampler *s);
+/* The source's counter_still_ns (ep_source.h), read under the source lock. */
+int64_t ep_sampler_counter_still_ns(ep_sampler *s);
+
 /* The source (borrowed; owned by the sampler).  kind, flags, period_ns are fixed
  * at create; meta_json may be completed by src->start: read it after start. */
 const ep_source *ep_sampler_source(const ep_sampler *s);

@@ -24,7 +24,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import EXTRAS, MissingExtraError, UserError
-from . import carbon as _carbon, predict as _predict, serve as _serve, sweep as _sweep
+from . import carbon as _carbon, predict as _predict, resolve as _resolve, serve as _serve, sweep as _sweep
 from .common import add_db
 from .doctor import cmd_doctor
 from .monitor import add_monitor_parser
@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("carbon", help="CO2 and cost of runs, per run and per 1M tokens")
     _carbon.add_arguments(sp)
     sp.set_defaults(func=_carbon.cli_main)
+    sp = sub.add_parser("resolve", help="power per component / layer / step by regression over runs' samples")
+    _resolve.add_arguments(sp)
+    sp.set_defaults(func=_resolve.cli_main)
     sp = sub.add_parser("serve", help="web dashboard over the stored runs: history, run detail, compare, live")
     _serve.add_arguments(sp)
     sp.set_defaults(func=_serve.cli_main)

@@ -24,6 +24,7 @@ import inspect
 from typing import Any, Callable, List, Optional, Tuple
 
 from .. import _core
+from .._dtypes import component_group
 
 __all__ = ["HookSet", "load_shim", "SYNC_MODES", "METHODS"]
 
@@ -31,6 +32,14 @@ SYNC_MODES = ("none", "device")
 METHODS = ("hooks", "wrap")
 
 _MISSING = object()
+
+
+def component_code(component: Optional[str]) -> int:
+    """The ``_core.COMP_*`` code of a canonical component name (``None``: inherit)."""
+    if component is None:
+        return _core.COMP_INHERIT
+    group = component_group(component)
+    return {"attn": _core.COMP_ATTN, "mlp": _core.COMP_MLP}.get(group, _core.COMP_OTHER)
 
 
 def _set_forward(module: Any, forward: Any) -> Any:
@@ -156,14 +165,21 @@ class HookSet:
                     load_shim()
         return self._plan
 
-    def add(self, module: Any, span_id: int) -> None:
-        """Record ``span_id`` begin/end events around every call of ``module``."""
+    def add(self, module: Any, span_id: int, component: Optional[str] = None, boundary: bool = False) -> None:
+        """Record ``span_id`` begin/end events around every call of ``module``.
+
+        ``component``: the module's canonical name (``"q_proj"``, ``"mlp"``, ``"layer"``, ...);
+        with ``activity`` its group goes on the component stack that the synthetic source's
+        ``attn_w`` / ``mlp_w`` follow (``None``: the enclosing call's kind).  ``boundary``: read the
+        boundary target's source (``_core.Sampler.set_boundary_target``) at each begin and end, in C.
+        """
         import torch
 
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"HookSet.add: expected a torch.nn.Module, got {type(module).__name__}")
         kind, index, fallback = self._sync_args(module)
-        common = dict(activity=self.activity, sync=kind, sync_index=index, sync_fallback=fallback)
+        common = dict(activity=self.activity, sync=kind, sync_index=index, sync_fallback=fallback,
+                      component=component_code(component), boundary=bool(boundary))
         if self.method == "hooks":
             if self._always_call is None:
                 self._always_call = _supports_always_call()

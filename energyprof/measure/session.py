@@ -96,6 +96,7 @@ class Session(RunData):
         sparse_below: Optional[float] = None,
         kill_below: Optional[float] = None,
         power_limit_w: Any = None,
+        boundary_reads: Optional[bool] = None,
     ) -> None:
         super().__init__()
         try:
@@ -155,6 +156,8 @@ class Session(RunData):
         self._token_texts: List[tuple] = []        # (seq, step, text) given to mark_token
         self._mark_generations = 0                 # generations begun by marks (ep.run(None))
         self._marks_lock = threading.Lock()
+        self.boundary_reads = boundary_reads
+        self._boundary = False
         self._user_sections: List[UserSection] = []
         self._section_stack: List[int] = []
         self._forward_meta: List[dict] = []
@@ -274,13 +277,17 @@ class Session(RunData):
                 self._install_deep(qual_to_span, sync)   # before the C wrappers, which wrap its forwards
             # The shape hook runs before the C begin hook; it reads the input shapes only.
             self._handles.append(top.register_forward_pre_hook(self._shape_hook, with_kwargs=True))
-            self._hookset.add(top, 0)
+            # Boundary reads: the source read at each top-level forward's start and end (in C).
+            self._boundary = self.boundary_reads is not False and self._sampler._core.supports_boundary
+            if self._boundary:
+                self._sampler._core.set_boundary_target(True)
+            self._hookset.add(top, 0, component="model", boundary=self._boundary)
             if self._encoder_span >= 0:
                 enc = self._amap.encoder.module
                 self._handles.append(enc.register_forward_pre_hook(self._encoder_shape_hook, with_kwargs=True))
                 self._hookset.add(enc, self._encoder_span)
             for ref in targets:
-                self._hookset.add(ref.module, qual_to_span[ref.qualname])
+                self._hookset.add(ref.module, qual_to_span[ref.qualname], component=ref.component)
             if self.mode == "deep":
                 self._add_deep_hooks(targets, qual_to_span)
             if self.mode != "minimal":
@@ -866,6 +873,8 @@ class Session(RunData):
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self._boundary:
+            self._sampler._core.set_boundary_target(False)
         _core.set_activity(0)
 
     def _finish(self, t_end_ns: int, status: str) -> None:
@@ -889,6 +898,8 @@ class Session(RunData):
                         self._baseline, post_baseline=getattr(self, "_post_baseline", None),
                         nominal_period_s=self._sampler.interval_ns * 1e-9)
         calls = att.calls
+        if self._boundary:
+            self._judge_boundary(samples, att, calls)
         deep_summary = None
         if self.mode == "deep" and len(calls):
             from .attribution import pair_events
@@ -912,6 +923,9 @@ class Session(RunData):
         if self._buffer.dropped:
             summary["hook_events_dropped"] = int(self._buffer.dropped)
         summary["samples_dropped"] = int(self._sampler.dropped)
+        summary["boundary_reads"] = {"enabled": bool(self._boundary),
+                                     "reads": int(self._sampler._core.boundary_reads),
+                                     "counter_update_period_s": getattr(self, "_counter_update_period_s", None)}
         summary["source_faults"] = int(self._sampler.faults)
         if deep_summary is not None:
             summary["deep"] = deep_summary
@@ -965,6 +979,28 @@ class Session(RunData):
                 warnings.warn(
                     f"energyprof: the run could not be saved ({self._save_error}); its data is still available on "
                     "this session object", RuntimeWarning)
+
+    def _judge_boundary(self, samples: np.ndarray, att: Any, calls: np.ndarray) -> None:
+        """Rows shorter than the counter's own update period (measured from this run's
+        readings) are not resolved, whatever the boundary reads put inside them."""
+        from ..store.quality import resolution_summary
+        from .boundary import counter_update_period_s, judge_resolved
+
+        period_s = max(counter_update_period_s(samples), self._sampler._core.counter_still_ns * 1e-9)
+        self._counter_update_period_s = period_s
+        for rows in (att.sections, att.tokens, calls):
+            judge_resolved(rows, period_s)
+        # The note names the poll period (boundary pieces would make the median sample look
+        # short) and says that readings were also taken at the forwards' edges.
+        old = att.summary["resolution"]
+        phases = att.sections["resolved"][att.sections["kind"] == "phase"]
+        new = resolution_summary(self._sampler.interval_ns * 1e-9, phases, att.tokens["resolved"],
+                                 calls["resolved"] if len(calls) else None, gaps=old.get("gaps"))
+        new["baseline"] = old.get("baseline")
+        new["note"] += "; plus readings at every forward's start and end"
+        if period_s > 0:
+            new["note"] += f" (the counter updates every {period_s * 1e3:.3g} ms or slower)"
+        att.summary["resolution"] = new
 
     def _add_limits(self, summary: Dict[str, Any]) -> None:
         """Power limits the source knows (or were stated) and each peak as a share of its limit."""
@@ -1222,6 +1258,7 @@ def run(
     sparse_below: Optional[float] = None,
     kill_below: Optional[float] = None,
     power_limit_w: Any = None,
+    boundary_reads: Optional[bool] = None,
 ) -> Session:
     """Profile the energy of everything a model does inside a ``with`` block.
 
@@ -1267,6 +1304,10 @@ def run(
         MLP's activation function below ``kill_below`` as killed; stored in ``summary()["deep"]``.
     power_limit_w: a stated power limit (W) of the run total, or ``{domain: W}``; peaks are shown
         as a share of it (``summary()["peaks"]``), beside the limits the source knows itself.
+    boundary_reads: read the source also at each top-level forward's start and end (from the C
+        hook, without the GIL), so phases and decode steps are integrated from readings at their
+        edges.  ``None`` (default) or ``True``: where the source supports it (counter sources:
+        rapl, nvml, ioreport, estimate; and synthetic); ``False``: the periodic poll only.
 
     Returns a :class:`Session`; use it as a context manager.
     """
@@ -1274,4 +1315,4 @@ def run(
                    db=db, save=save, name=name, tags=tags, hook_method=hook_method, engine=engine,
                    distributed=distributed, post_baseline_s=post_baseline_s, stats_every=stats_every,
                    store_text=store_text, tokenizer=tokenizer, sparse_below=sparse_below, kill_below=kill_below,
-                   power_limit_w=power_limit_w)
+                   power_limit_w=power_limit_w, boundary_reads=boundary_reads)

@@ -237,9 +237,11 @@ KINDS: Dict[str, KindSpec] = {
             "domain": _domain,
             "gap_at_ms": _gap_ms,
             "gap_ms": _gap_ms,
+            "attn_w": _num,
+            "mlp_w": _num,
         },
         doc="synthetic[:power_w=W,period_ms=MS,noise_w=W,seed=N,square_w=W,square_period_ms=MS,"
-            "ramp_w_per_s=W,active_w=W,domain=cpu|gpu|ane|dram|package,gap_at_ms=MS,gap_ms=MS]",
+            "ramp_w_per_s=W,active_w=W,attn_w=W,mlp_w=W,domain=cpu|gpu|ane|dram|package,gap_at_ms=MS,gap_ms=MS]",
     ),
     "plist": KindSpec(keys={"path": _existing_file, "speed": _speed}, positional="path", whole=_plist_whole,
                       doc="plist:PATH[,speed=1.0|max]"),

@@ -514,6 +514,26 @@ def _moe_section(run: Any, s: Dict[str, Any], figs: List[str], res: Optional[Dic
     return ("<h2 id=\"moe\">Mixture of experts</h2>" + _fig_block(run, "moe", "Routing", True, figs, res=res)
             + _table(["layer", "tokens per expert", "max / mean", "experts (J)", "per expert (J)", "how",
                       "resolved share"], rows))
+def _resolved_table(run: Any) -> str:
+    """``ep.resolve([run], by="component")`` as a table labelled "estimated by regression"
+    ("" when the run has no component rows or interval samples)."""
+    from ..analysis.resolve import RESOLVE_LABEL, resolve
+
+    try:
+        t = resolve([run], by="component")
+    except (ValueError, AttributeError):
+        return ""
+    rows = [[str(r["group"]), r["power_w"], r["ci_low_w"], r["ci_high_w"], r["energy_j"],
+             "yes" if r["identifiable"] else "no"] for r in t]
+    cond = float(t["condition_number"][0]) if len(t) else float("nan")
+    return (f'<h3 id="resolved">Power per component, {RESOLVE_LABEL}</h3><p class=note>{RESOLVE_LABEL}: '
+            "every sample is one equation (its power = the time-weighted mix of the power of the groups that "
+            "ran innermost inside it); the powers are its non-negative least-squares solution with 95 % "
+            f"confidence intervals (condition number {cond:.3g}). Groups marked 'no' cannot be told apart "
+            "with this run's samples; pool runs (ep.repeat, energyprof resolve RUN...) for more mixes. "
+            "See docs/methodology.md.</p>"
+            + _table(["group", "power (W)", "95% CI low (W)", "95% CI high (W)", "J per call", "identifiable"],
+                     rows))
 
 
 def _kv_table(d: Dict[str, Any]) -> str:
@@ -683,7 +703,7 @@ def report_body(run: Any, *, co2_g_per_kwh: Optional[float] = None,
         "<h2>Phases and domains</h2>", _phase_tables(run, s),
         _rank_table(run, s),
         "<h2>Tokens (decode steps)</h2>", _token_table(run, res),
-        "<h2>Layers and components</h2>", _module_tables(run, s, res),
+        "<h2>Layers and components</h2>", _module_tables(run, s, res), _resolved_table(run),
         "<h2>Environment</h2>", _environment(s),
     ])
     return body, figs, cc

@@ -32,3 +32,39 @@ EP_TEST(activity_accumulates)
     EP_CHECK(ep_activity_level() == 0);
     EP_CHECK(ep_activity_active_ns_at(600) - base == 200);
 }
+
+/* Hand-worked: model [0, 1000) > layer [100, 900) > attn [200, 500) > q_proj [250, 300),
+ * an inheriting op [320, 340) inside attn, then norm [500, 520), mlp [600, 800). */
+EP_TEST(component_stack_innermost_kind)
+{
+    ep_activity_set(0, 0);
+    int64_t a0 = ep_activity_comp_ns_at(EP_COMP_ATTN, 0), m0 = ep_activity_comp_ns_at(EP_COMP_MLP, 0);
+    int64_t o0 = ep_activity_comp_ns_at(EP_COMP_OTHER, 0);
+    ep_activity_comp_begin(EP_COMP_OTHER, 0);     /* model */
+    ep_activity_comp_begin(EP_COMP_OTHER, 100);   /* layer */
+    ep_activity_comp_begin(EP_COMP_ATTN, 200);    /* attn */
+    ep_activity_comp_begin(EP_COMP_ATTN, 250);    /* q_proj */
+    ep_activity_comp_end(300);
+    ep_activity_comp_begin(EP_COMP_INHERIT, 320); /* a deep op: attention still */
+    EP_CHECK(ep_activity_comp_current() == EP_COMP_ATTN);
+    ep_activity_comp_end(340);
+    ep_activity_comp_end(500);                    /* attn ends */
+    ep_activity_comp_begin(EP_COMP_OTHER, 500);   /* norm */
+    ep_activity_comp_end(520);
+    ep_activity_comp_begin(EP_COMP_MLP, 600);
+    EP_CHECK(ep_activity_comp_ns_at(EP_COMP_MLP, 700) - m0 == 100); /* mid-call */
+    ep_activity_comp_end(800);
+    ep_activity_comp_end(900);                    /* layer */
+    ep_activity_comp_end(1000);                   /* model */
+    ep_activity_comp_end(1100);                   /* nothing runs: ignored */
+    EP_CHECK(ep_activity_comp_ns_at(EP_COMP_ATTN, 2000) - a0 == 300);
+    EP_CHECK(ep_activity_comp_ns_at(EP_COMP_MLP, 2000) - m0 == 200);
+    EP_CHECK(ep_activity_comp_ns_at(EP_COMP_OTHER, 2000) - o0 == 500);  /* 1000 running - 300 - 200 */
+    EP_CHECK(ep_activity_comp_current() == EP_COMP_OTHER);
+    EP_CHECK(ep_activity_comp_ns_at(7, 2000) == 0);
+    /* A reset ends every running call. */
+    ep_activity_set(1, 3000);
+    ep_activity_comp_begin(EP_COMP_MLP, 3000);
+    ep_activity_set(0, 3050);
+    EP_CHECK(ep_activity_comp_ns_at(EP_COMP_MLP, 4000) - m0 == 250);
+}

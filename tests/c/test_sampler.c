@@ -335,3 +335,52 @@ EP_TEST(sampler_rejects_bad_args)
     EP_CHECK(ep_sampler_create(NULL, 0, 10, &s, err, sizeof err) == EP_ERR_ARG);
     EP_CHECK(s == NULL);
 }
+
+/* Boundary reads from another thread than the sampler's: every reading reaches the ring in
+ * time order, the samples still tile time, each boundary reading ends exactly at the time
+ * asked for, and a reading at or before the sampler's last one gives no sample. */
+EP_TEST(sampler_boundary_reads_tile_time)
+{
+    const char *k[] = {"period_ms", "power_w"};
+    const char *v[] = {"0.5", "7"};
+    ep_sampler *s = NULL;
+    char err[256];
+    EP_CHECK(ep_sampler_create(synth(k, v, 2), 0, 1 << 16, &s, err, sizeof err) == EP_OK);
+    if (!s)
+        return;
+    EP_CHECK(ep_sampler_boundary_read(s, ep_now_ns()) == EP_ERR_STATE); /* not started */
+    EP_CHECK(ep_sampler_start(s, err, sizeof err) == EP_OK);
+    EP_CHECK(ep_sampler_set_boundary_target(s) == EP_OK);
+    int64_t asked[200];
+    for (int i = 0; i < 200; i++) {
+        asked[i] = ep_now_ns();
+        ep_boundary_fire(asked[i]);
+        struct timespec nap = {0, 100000L};
+        nanosleep(&nap, NULL);
+    }
+    EP_CHECK(ep_sampler_boundary_read(s, 1) == EP_OK);  /* long past: no sample */
+    ep_sampler_set_boundary_target(NULL);
+    ep_boundary_fire(ep_now_ns());                       /* no target: nothing */
+    ep_sampler_stop(s);
+    static ep_sample out[1 << 16];
+    size_t n = ep_sampler_drain(s, out, 1 << 16);
+    int64_t reads = ep_sampler_boundary_reads(s);
+    EP_CHECK(n > 200 && reads > 100 && reads <= 200);
+    int ordered = 1, flagged = 0, exact = 1;
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i && out[i].t_start_ns != out[i - 1].t_end_ns)
+            ordered = 0;
+        if (out[i].flags & EP_SFLAG_BOUNDARY) {
+            flagged++;
+            while (j < 200 && asked[j] < out[i].t_end_ns)
+                j++;
+            if (j >= 200 || asked[j] != out[i].t_end_ns)
+                exact = 0;
+        }
+        if (out[i].power_w[EP_DOM_CPU] != 7.0)
+            exact = 0;
+    }
+    EP_CHECK(ordered && exact && flagged == reads);
+    ep_sampler_destroy(s);
+}

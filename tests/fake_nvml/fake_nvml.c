@@ -15,13 +15,87 @@
  *                     sampler thread knows exactly which values were served.
  *   FAKE_NVML_INIT    optional NVML code returned by nvmlInit_v2 (e.g. 9).
  *   FAKE_NVML_COUNT   optional device count (default 1).
+ * A real card instead of a script (FAKE_NVML_WAVE set; the script is then ignored):
+ *   FAKE_NVML_WAVE    "LOW_W,HIGH_W,PERIOD_MS": the true power, HIGH_W during the first half
+ *                     of each period from FAKE_NVML_T0_NS (CLOCK_MONOTONIC ns; default: the
+ *                     first nvmlInit_v2), LOW_W in the second.
+ *   FAKE_NVML_UPDATE_MS  the energy counter advances only every N ms (default 100): a read
+ *                     returns the exact energy up to the last update tick, in whole mJ.
+ *   nvmlDeviceGetPowerUsage returns the power averaged over the last 1 s (Ampere and later);
+ *   nvmlDeviceGetFieldValues with NVML_FI_DEV_POWER_INSTANT (186) the instant power (mW).
+ *   FAKE_NVML_NO_COUNTER=1  the energy counter is NOT_SUPPORTED (pre-Volta).
+ *   FAKE_NVML_NO_FIELDS=1   field values are NOT_SUPPORTED (an old driver).
  * Device: name "Fake GPU 80GB", driver "999.01", power limit 350000 mW.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_LINES 4096
+#define FI_DEV_POWER_INSTANT 186
+
+/* nvmlFieldValue_t, declared from NVML's documentation (40 bytes). */
+typedef struct {
+    unsigned int fieldId, scopeId;
+    long long timestamp, latencyUsec;
+    int valueType, nvmlReturn;
+    union {
+        double dVal;
+        unsigned int uiVal;
+        unsigned long ulVal;
+        unsigned long long ullVal;
+        long long sllVal;
+    } value;
+} fake_field_value;
+
+static int wave, no_counter, no_fields;
+static double wave_low_w, wave_high_w;
+static long long wave_period_ns, update_ns = 100000000LL, wave_t0_ns = -1;
+
+static long long mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Exact mJ of the wave over [t0, t). */
+static double wave_mj(long long t)
+{
+    long long u = t - wave_t0_ns;
+    if (u <= 0)
+        return 0.0;
+    long long k = u / wave_period_ns, r = u % wave_period_ns, half = wave_period_ns / 2;
+    long long high = k * half + (r < half ? r : half);
+    return (wave_low_w * (double)u + (wave_high_w - wave_low_w) * (double)high) * 1e-6;
+}
+
+static double wave_power_w(long long t)
+{
+    long long u = t - wave_t0_ns;
+    if (u < 0)
+        return wave_low_w;
+    return (u % wave_period_ns) < wave_period_ns / 2 ? wave_high_w : wave_low_w;
+}
+
+static void load_wave(void)
+{
+    const char *w = getenv("FAKE_NVML_WAVE");
+    double period_ms = 0;
+    wave = w && sscanf(w, "%lf,%lf,%lf", &wave_low_w, &wave_high_w, &period_ms) == 3 && period_ms > 0;
+    if (!wave)
+        return;
+    wave_period_ns = (long long)(period_ms * 1e6);
+    const char *u = getenv("FAKE_NVML_UPDATE_MS");
+    if (u && atof(u) > 0)
+        update_ns = (long long)(atof(u) * 1e6);
+    const char *t0 = getenv("FAKE_NVML_T0_NS");
+    if (wave_t0_ns < 0)
+        wave_t0_ns = t0 ? atoll(t0) : mono_ns();
+    no_counter = getenv("FAKE_NVML_NO_COUNTER") && atoi(getenv("FAKE_NVML_NO_COUNTER"));
+    no_fields = getenv("FAKE_NVML_NO_FIELDS") && atoi(getenv("FAKE_NVML_NO_FIELDS"));
+}
 
 typedef struct {
     int code;                /* 0 = value, else NVML error code */
@@ -95,6 +169,7 @@ int nvmlInit_v2(void)
     if (c && atoi(c) != 0)
         return atoi(c);
     load_script();
+    load_wave();
     inited = 1;
     field marker = {0, 0};
     log_call("init", marker);
@@ -128,6 +203,16 @@ int nvmlDeviceGetHandleByIndex_v2(unsigned int index, void **device)
 
 int nvmlDeviceGetTotalEnergyConsumption(void *device, unsigned long long *energy_mj)
 {
+    if (wave) {
+        if (no_counter)
+            return 3;
+        long long t = mono_ns(), u = t - wave_t0_ns;
+        long long tick = u > 0 ? wave_t0_ns + (u / update_ns) * update_ns : wave_t0_ns;
+        *energy_mj = (unsigned long long)wave_mj(tick);
+        field served = {0, *energy_mj};
+        log_call("energy", served);
+        return 0;
+    }
     field f = next_field(energy_f, &energy_pos);
     log_call("energy", f);
     if (f.code)
@@ -138,11 +223,36 @@ int nvmlDeviceGetTotalEnergyConsumption(void *device, unsigned long long *energy
 
 int nvmlDeviceGetPowerUsage(void *device, unsigned int *power_mw)
 {
+    if (wave) { /* the mean over the last second, as Ampere and later report */
+        long long t = mono_ns();
+        *power_mw = (unsigned int)((wave_mj(t) - wave_mj(t - 1000000000LL)) + 0.5);
+        return 0;
+    }
     field f = next_field(power_f, &power_pos);
     log_call("power", f);
     if (f.code)
         return f.code;
     *power_mw = (unsigned int)f.value;
+    return 0;
+}
+
+int nvmlDeviceGetFieldValues(void *device, int count, fake_field_value *values)
+{
+    if (!values || count < 0)
+        return 2;
+    for (int i = 0; i < count; i++) {
+        fake_field_value *v = &values[i];
+        if (wave && !no_fields && v->fieldId == FI_DEV_POWER_INSTANT) {
+            long long t = mono_ns();
+            v->timestamp = t / 1000;
+            v->latencyUsec = 0;
+            v->valueType = 1; /* NVML_VALUE_TYPE_UNSIGNED_INT */
+            v->nvmlReturn = 0;
+            v->value.uiVal = (unsigned int)(wave_power_w(t) * 1000.0 + 0.5);
+        } else {
+            v->nvmlReturn = 3; /* NOT_SUPPORTED */
+        }
+    }
     return 0;
 }
 
