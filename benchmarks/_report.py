@@ -30,6 +30,7 @@ medians, giving a percentile interval.
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -111,3 +112,15 @@ def fmt_ci(r: Tuple[float, float, float], digits: int = 2, unit: str = "") -> st
 
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
+
+
+def emit(lines: Sequence[str], doc: Optional[str] = None, write: bool = False) -> str:
+    """Print the benchmark's output (its lines joined) and, with ``write``, save it to ``doc``
+    (docs/benchmarks/<name>.md, which benchmarks/collect.py folds into docs/benchmarks.md)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if write and doc:
+        os.makedirs(os.path.dirname(os.fspath(doc)) or ".", exist_ok=True)
+        with open(doc, "w") as f:
+            f.write(text)
+    return text

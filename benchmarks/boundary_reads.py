@@ -33,7 +33,7 @@ from energyprof.tiny import tiny_model
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "fake_rapl"))
-from _report import headline, ratio_of_medians  # noqa: E402
+from _report import headline, ratio_of_medians, emit  # noqa: E402
 from square_writer import energy_uj  # noqa: E402
 
 DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks", "boundary_reads.md")
@@ -154,11 +154,7 @@ def main(argv=None) -> int:
         "the last 0.25 ms tick, up to 40 W x 0.25 ms = 10 mJ per edge) plus the writer process falling behind on "
         "this shared 2-core machine; the time split's is the square wave's swing inside a 100 ms sample.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(DOC, "w") as f:
-            f.write(text)
+    emit(lines, DOC, args.write)
     return 0
 
 

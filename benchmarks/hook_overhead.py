@@ -46,7 +46,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from energyprof import _core  # noqa: E402
 from energyprof.measure.hooks import HookSet  # noqa: E402
-from _report import fmt_ci, headline, ratio_of_medians, verdict, verdict_text  # noqa: E402
+from _report import fmt_ci, headline, ratio_of_medians, verdict, verdict_text, emit  # noqa: E402
 
 VARIANTS = ("none", "py_wrap", "c_wrap", "py_pair", "c_hooks", "empty_pair")
 GOAL = 0.2
@@ -378,12 +378,7 @@ def main(argv=None) -> int:
                   "÷ the baseline: what the hooks alone cost, free of the run-to-run noise of generate() "
                   "(a few % on this shared machine)."]
 
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        os.makedirs(os.path.dirname(DOC), exist_ok=True)
-        with open(DOC, "w") as f:
-            f.write(text)
+    emit(lines, DOC, args.write)
     return 0
 
 

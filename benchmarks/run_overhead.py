@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import bootstrap_ci, fmt_ci, headline, verdict, verdict_text  # noqa: E402
+from _report import bootstrap_ci, fmt_ci, headline, verdict, verdict_text, emit  # noqa: E402
 
 import energyprof as ep
 from energyprof.tiny import tiny_model
@@ -123,11 +123,7 @@ def main(argv=None) -> int:
                                   "baseline_s=0 (no deliberate settle/baseline wait)", "<= 5 ms",
                                   fmt_ci(ms, unit=" ms"), v))
     lines += ["", *notes, "", *heads]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(DOC, "w") as f:
-            f.write(text)
+    emit(lines, DOC, args.write)
     return 0
 
 

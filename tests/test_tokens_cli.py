@@ -29,11 +29,13 @@ N_NEW = 6
 
 @pytest.fixture(scope="module")
 def text_run():
-    """tiny-llama, greedy, 6 new tokens, text stored; samples of 50 ms so every step is unresolved."""
+    """tiny-llama, greedy, 6 new tokens, text stored; samples of 50 ms and no boundary reads
+    (the synthetic source would resolve every step with them), so the steps are unresolved."""
     model = tiny_model("tiny-llama")
     tok = ByteTokenizer(model.config.vocab_size)
     inp = tok(["per token energy"], return_tensors="pt")
-    with ep.run(model, source="synthetic:power_w=9,period_ms=50", baseline_s=0, save=False, tokenizer=tok) as s, \
+    with ep.run(model, source="synthetic:power_w=9,period_ms=50", baseline_s=0, save=False, tokenizer=tok,
+                boundary_reads=False) as s, \
             torch.no_grad():
         out = model.generate(**inp, max_new_tokens=N_NEW, min_new_tokens=N_NEW, do_sample=False)
     gen = out[0, inp["input_ids"].shape[1]:].tolist()

@@ -278,7 +278,9 @@ class Session(RunData):
             # The shape hook runs before the C begin hook; it reads the input shapes only.
             self._handles.append(top.register_forward_pre_hook(self._shape_hook, with_kwargs=True))
             # Boundary reads: the source read at each top-level forward's start and end (in C).
-            self._boundary = self.boundary_reads is not False and self._sampler._core.supports_boundary
+            # (a rank that samples nothing, distributed.NoSampler, has no C sampler to read)
+            core = getattr(self._sampler, "_core", None)
+            self._boundary = self.boundary_reads is not False and bool(getattr(core, "supports_boundary", False))
             if self._boundary:
                 self._sampler._core.set_boundary_target(True)
             self._hookset.add(top, 0, component="model", boundary=self._boundary)
@@ -924,7 +926,7 @@ class Session(RunData):
             summary["hook_events_dropped"] = int(self._buffer.dropped)
         summary["samples_dropped"] = int(self._sampler.dropped)
         summary["boundary_reads"] = {"enabled": bool(self._boundary),
-                                     "reads": int(self._sampler._core.boundary_reads),
+                                     "reads": int(getattr(getattr(self._sampler, "_core", None), "boundary_reads", 0)),
                                      "counter_update_period_s": getattr(self, "_counter_update_period_s", None)}
         summary["source_faults"] = int(self._sampler.faults)
         if deep_summary is not None:
