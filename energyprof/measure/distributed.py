@@ -233,6 +233,7 @@ class NoSampler:
         self.interval_ns = int(getattr(source, "period_ns", 0) or 100_000_000)
         self.meta_json = getattr(source, "meta_json", "")
         self.dropped = self.faults = self.n_samples = 0
+        self.supports_boundary, self.boundary_reads = False, 0   # nothing to read at forward edges
         self.samples = np.zeros(0, dtype=_sample_dtype())
 
     def start(self) -> None:

@@ -186,6 +186,26 @@ class Sampler:
         return int(self._core.faults)
 
     @property
+    def supports_boundary(self) -> bool:
+        """Whether the source can be read at forward boundaries from the C hook path
+        (counter sources and synthetic; ``ep.run(boundary_reads=...)``)."""
+        return bool(self._core.supports_boundary)
+
+    @property
+    def boundary_reads(self) -> int:
+        """Boundary readings taken so far (besides the periodic polls)."""
+        return int(self._core.boundary_reads)
+
+    @property
+    def counter_still_ns(self) -> int:
+        """The longest stretch (ns) the counter was seen not to move: a floor on its update period."""
+        return int(self._core.counter_still_ns)
+
+    def set_boundary_target(self, on: bool) -> None:
+        """Make this sampler's source the one the C hooks read at forward boundaries (or stop it)."""
+        self._core.set_boundary_target(bool(on))
+
+    @property
     def message(self) -> str:
         """The most recent source or sampler message ('' if none)."""
         return self._core.message

@@ -278,11 +278,9 @@ class Session(RunData):
             # The shape hook runs before the C begin hook; it reads the input shapes only.
             self._handles.append(top.register_forward_pre_hook(self._shape_hook, with_kwargs=True))
             # Boundary reads: the source read at each top-level forward's start and end (in C).
-            # (a rank that samples nothing, distributed.NoSampler, has no C sampler to read)
-            core = getattr(self._sampler, "_core", None)
-            self._boundary = self.boundary_reads is not False and bool(getattr(core, "supports_boundary", False))
+            self._boundary = self.boundary_reads is not False and self._sampler.supports_boundary
             if self._boundary:
-                self._sampler._core.set_boundary_target(True)
+                self._sampler.set_boundary_target(True)
             self._hookset.add(top, 0, component="model", boundary=self._boundary)
             if self._encoder_span >= 0:
                 enc = self._amap.encoder.module
@@ -876,7 +874,7 @@ class Session(RunData):
             h.remove()
         self._handles = []
         if self._boundary:
-            self._sampler._core.set_boundary_target(False)
+            self._sampler.set_boundary_target(False)
         _core.set_activity(0)
 
     def _finish(self, t_end_ns: int, status: str) -> None:
@@ -926,7 +924,7 @@ class Session(RunData):
             summary["hook_events_dropped"] = int(self._buffer.dropped)
         summary["samples_dropped"] = int(self._sampler.dropped)
         summary["boundary_reads"] = {"enabled": bool(self._boundary),
-                                     "reads": int(getattr(getattr(self._sampler, "_core", None), "boundary_reads", 0)),
+                                     "reads": int(self._sampler.boundary_reads),
                                      "counter_update_period_s": getattr(self, "_counter_update_period_s", None)}
         summary["source_faults"] = int(self._sampler.faults)
         if deep_summary is not None:
@@ -988,7 +986,7 @@ class Session(RunData):
         from ..store.quality import resolution_summary
         from .boundary import counter_update_period_s, judge_resolved
 
-        period_s = max(counter_update_period_s(samples), self._sampler._core.counter_still_ns * 1e-9)
+        period_s = max(counter_update_period_s(samples), self._sampler.counter_still_ns * 1e-9)
         self._counter_update_period_s = period_s
         for rows in (att.sections, att.tokens, calls):
             judge_resolved(rows, period_s)
