@@ -216,7 +216,8 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "SFLAG_SUSPECT", EP_SFLAG_SUSPECT) < 0 ||
         PyModule_AddIntConstant(m, "SFLAG_WRAPPED", EP_SFLAG_WRAPPED) < 0 ||
         PyModule_AddIntConstant(m, "SFLAG_NAN_FIELD", EP_SFLAG_NAN_FIELD) < 0 ||
-        PyModule_AddIntConstant(m, "SFLAG_BOUNDARY", EP_SFLAG_BOUNDARY) < 0)
+        PyModule_AddIntConstant(m, "SFLAG_BOUNDARY", EP_SFLAG_BOUNDARY) < 0 ||
+        PyModule_AddIntConstant(m, "SFLAG_SYNCED", EP_SFLAG_SYNCED) < 0)
         goto error;
     if (ep_module_add_integrate(m) < 0 || ep_module_add_sampler(m) < 0 || ep_module_add_plist(m) < 0 ||
         ep_module_add_hooks(m) < 0 || ep_module_add_store(m) < 0 ||

@@ -7,7 +7,8 @@ A *spec* is one string, ``KIND[:PARAMS]``, where PARAMS are comma-separated
     plist:capture.plist,speed=max           replay of a captured powermetrics stream
     powermetrics:interval_ms=100,samplers=cpu_power+gpu_power
     nvml:index=0                            NVIDIA GPU energy counter
-    rapl:root=/sys/class/powercap           Linux powercap (Intel/AMD RAPL)
+    rapl:root=/sys/class/powercap           Linux powercap (Intel/AMD RAPL); update_ms=1: how
+                                            often the hardware advances the counter
     ioreport                                macOS IOReport energy counters, no sudo
     estimate:watts_per_core=4               CPU power modelled from CPU time (estimated)
     auto                                    the best source that works here (energyprof doctor)
@@ -108,6 +109,13 @@ def _num(key: str, value: str) -> str:
 def _positive(key: str, value: str) -> str:
     if _number(key, value) <= 0:
         raise ValueError(f"{key!r} must be > 0, got {value!r}")
+    return value
+
+
+def _counter_update_ms(key: str, value: str) -> str:
+    # As the C source: (0, 1000] ms.
+    if not 0 < _number(key, value) <= 1000:
+        raise ValueError(f"{key!r} must be a number of milliseconds in (0, 1000], got {value!r}")
     return value
 
 
@@ -251,7 +259,7 @@ KINDS: Dict[str, KindSpec] = {
     ),
     "nvml": KindSpec(keys={"index": lambda k, v: _uint(k, v, 31), "lib": _existing_file},
                      doc="nvml[:index=N,lib=PATH]"),
-    "rapl": KindSpec(keys={"root": _existing_dir}, doc="rapl[:root=PATH]"),
+    "rapl": KindSpec(keys={"root": _existing_dir, "update_ms": _counter_update_ms}, doc="rapl[:root=PATH,update_ms=1]"),
     "ioreport": KindSpec(keys={}, doc="ioreport"),
     "estimate": KindSpec(
         keys={"watts_per_core": _positive, "tdp_w": _positive, "idle_w": _non_negative},

@@ -95,6 +95,9 @@ int main(int argc, char **argv)
         if (i % checks_every == 0 && access(stop, F_OK) == 0)
             break;
         int64_t due = t0 + k * update_ns;
+        /* The value for the coming update is known ahead: write it aside, wake a little
+         * early, spin to the due time and only then rename it into place, so it shows at
+         * its update time (a rename takes microseconds; a wake-up can take a hundred). */
         FILE *f = fopen(tmp, "w");
         if (!f) {
             perror("square_writer: energy_uj.tmp");
@@ -103,6 +106,9 @@ int main(int argc, char **argv)
         }
         fprintf(f, "%lld\n", (long long)energy_uj(due, t0, low, high, period_ns));
         fclose(f);
+        sleep_until(due - (update_ns / 4 < 200000 ? update_ns / 4 : 200000));
+        while (now_ns() < due)
+            ;
         if (rename(tmp, path) != 0) {
             perror("square_writer: rename");
             fclose(late);
@@ -115,12 +121,11 @@ int main(int argc, char **argv)
             fprintf(late, "%lld %lld\n", (long long)due, (long long)shown);
             fflush(late);
         }
-        /* The next tick on the grid; a writer that fell behind skips to the latest one due. */
+        /* The next update on the grid; a writer that fell behind skips to the latest one due. */
         k++;
         int64_t behind = (shown - t0) / update_ns;
-        if (behind > k)
-            k = behind;
-        sleep_until(t0 + k * update_ns);
+        if (behind >= k)
+            k = behind + 1;
     }
     fclose(late);
     char lat_path[PATH_MAX];
