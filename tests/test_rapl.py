@@ -161,6 +161,52 @@ def test_writer_thread_with_wraps_through_the_sampler(tmp_path):
     assert s.label == "measured" and s.faults == 0
 
 
+def test_synchronised_boundary_read_waits_for_the_counter_to_move(tmp_path):
+    # The counter moves once, 10 ms after the read begins: the synchronised read returns the
+    # time it saw the move (not before the write), and its sample ends there, flagged SYNCED,
+    # holding the written energy.  With no move it gives up after 2 updates + 1 ms (41 ms at
+    # update_ms=20) and is a plain read (counted as a timeout).
+    t = Tree(tmp_path)
+    t.zone("intel-rapl:0", "package-0", 1_000)
+    s = ep.Sampler(f"rapl:root={tmp_path},update_ms=20", interval_ms=10_000)
+    assert s.supports_sync
+    s.start()
+    try:
+        wrote = {}
+
+        def write_later():
+            time.sleep(0.01)
+            wrote["before_ns"] = _core.now_ns()
+            t.set("intel-rapl:0", 1_000 + 3_000_000)       # 3 J
+
+        th = threading.Thread(target=write_later)
+        t_ask = _core.now_ns()
+        th.start()
+        t_read = s._core.boundary_sync(t_ask)
+        th.join()
+        assert t_read >= wrote["before_ns"] > t_ask
+        t_ask2 = _core.now_ns()
+        t_read2 = s._core.boundary_sync(t_ask2)            # nothing moves now
+        waited_ns = t_read2 - t_ask2
+        assert 41_000_000 <= waited_ns < 400_000_000
+        st = s.sync_stats
+        assert st["starts"] == 2 and st["timeouts"] == 1 and st["update_ns"] == 20_000_000
+        assert st["waited_ns"] >= 10_000_000 + 41_000_000
+    finally:
+        s.stop()
+    x = s.samples
+    i = int(np.flatnonzero(x["t_end_ns"] == t_read)[0])
+    assert x["flags"][i] & _core.SFLAG_SYNCED and x["flags"][i] & _core.SFLAG_BOUNDARY
+    assert x["package_w"][i] * (x["t_end_ns"][i] - x["t_start_ns"][i]) * 1e-9 == pytest.approx(3.0, rel=1e-9)
+    j = int(np.flatnonzero(x["t_end_ns"] == t_read2)[0])
+    assert not x["flags"][j] & _core.SFLAG_SYNCED and x["package_w"][j] == 0.0
+    # A source without a counter to wait on says so.
+    syn = ep.Sampler("synthetic:power_w=5")
+    assert not syn.supports_sync
+    with pytest.raises(NotImplementedError):
+        syn.arm_sync(2)
+
+
 def test_ep_run_tiny_model_exact(tmp_path):
     import torch
     from energyprof.tiny import tiny_model

@@ -354,13 +354,17 @@ EP_TEST(sampler_boundary_reads_tile_time)
     int64_t asked[200];
     for (int i = 0; i < 200; i++) {
         asked[i] = ep_now_ns();
-        ep_boundary_fire(asked[i]);
+        int64_t t = asked[i];
+        ep_boundary_fire(&t, i % 2);
+        EP_CHECK(t == asked[i]); /* a plain read (nothing armed) leaves the time as given */
         struct timespec nap = {0, 100000L};
         nanosleep(&nap, NULL);
     }
     EP_CHECK(ep_sampler_boundary_read(s, 1) == EP_OK);  /* long past: no sample */
     ep_sampler_set_boundary_target(NULL);
-    ep_boundary_fire(ep_now_ns());                       /* no target: nothing */
+    int64_t t_none = ep_now_ns();
+    ep_boundary_fire(&t_none, 0);                        /* no target: nothing */
+    EP_CHECK(ep_sampler_arm_sync(s, 2) == EP_ERR_UNSUPPORTED); /* synthetic has no counter to wait on */
     ep_sampler_stop(s);
     static ep_sample out[1 << 16];
     size_t n = ep_sampler_drain(s, out, 1 << 16);
