@@ -128,7 +128,6 @@ def test_prefill_from_boundary_reads_is_within_one_tick_per_edge_where_the_time_
         # plus a microjoule of the counter's rounding at each edge.
         assert abs(err_j) <= 2 * HIGH_W * UPDATE_MS * 1e-3 + 2e-6, r
         assert r["resolved"], r
-        assert abs(err_j / r["truth_j"]) < 0.05, r
         br = r["summary"]["boundary_reads"]
         assert br["enabled"] and br["reads"] >= 2
         # The counter's update period: what the source says of it (update_ms), or longer where
@@ -142,6 +141,10 @@ def test_prefill_from_boundary_reads_is_within_one_tick_per_edge_where_the_time_
     assert np.mean(covered) >= 0.8, covered
     assert all("off by up to one counter update at each edge" in r["summary"]["resolution"]["note"] for r in good)
     boundary_errs = np.array([abs(r["got_j"] / r["truth_j"] - 1.0) for r in good])
+    # Within 5 %: the tick bound allows more only for a short prefill with an edge at 40 W
+    # and the rest at 10 W (10 mJ of staleness against some 100 mJ), so at most one such run;
+    # boundary_reads="sync" (below) is within 5 % in every run, even on a 1 ms counter.
+    assert (boundary_errs < 0.05).sum() >= len(good) - 1 and np.median(boundary_errs) < 0.02, boundary_errs
     # The same wave, the same prefills, the periodic poll alone: a 100 ms sample's mean power
     # spread by time over a prefill that ran at 10 W or 40 W.
     split = _prefills(model, fake, False)

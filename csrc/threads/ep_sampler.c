@@ -450,19 +450,24 @@ const ep_source *ep_sampler_source(const ep_sampler *s)
     return s->src;
 }
 
-int ep_sampler_boundary_read(ep_sampler *s, int64_t t_ns)
+/* One boundary reading under the source lock, plain (sync == 0: src->boundary at *t_ns) or
+ * synchronised (src->sync, which may move *t_ns on), pushed to the ring and counted. */
+static int sampler_boundary(ep_sampler *s, int64_t *t_ns, int sync)
 {
     int rc = EP_OK;
     size_t n = 0;
     int64_t produced = 0;
-    if (!s->src->boundary)
+    if (!(sync ? (void *)s->src->sync : (void *)s->src->boundary))
         return EP_ERR_UNSUPPORTED;
     pthread_mutex_lock(&s->src_lock);
     if (!s->src_live) {
         rc = EP_ERR_STATE;
         goto error;
     }
-    rc = s->src->boundary(s->src, t_ns, s->bbuf, sizeof s->bbuf / sizeof s->bbuf[0], &n);
+    if (sync)
+        rc = s->src->sync(s->src, t_ns, s->bbuf, sizeof s->bbuf / sizeof s->bbuf[0], &n);
+    else
+        rc = s->src->boundary(s->src, *t_ns, s->bbuf, sizeof s->bbuf / sizeof s->bbuf[0], &n);
     if (n > sizeof s->bbuf / sizeof s->bbuf[0])
         n = sizeof s->bbuf / sizeof s->bbuf[0];
     if (n) {
@@ -482,36 +487,14 @@ error:
     return rc;
 }
 
+int ep_sampler_boundary_read(ep_sampler *s, int64_t t_ns)
+{
+    return sampler_boundary(s, &t_ns, 0);
+}
+
 int ep_sampler_boundary_sync(ep_sampler *s, int64_t *t_ns)
 {
-    int rc = EP_OK;
-    size_t n = 0;
-    int64_t produced = 0;
-    if (!s->src->sync)
-        return EP_ERR_UNSUPPORTED;
-    pthread_mutex_lock(&s->src_lock);
-    if (!s->src_live) {
-        rc = EP_ERR_STATE;
-        goto error;
-    }
-    rc = s->src->sync(s->src, t_ns, s->bbuf, sizeof s->bbuf / sizeof s->bbuf[0], &n);
-    if (n > sizeof s->bbuf / sizeof s->bbuf[0])
-        n = sizeof s->bbuf / sizeof s->bbuf[0];
-    if (n) {
-        ep_ring_push(s->ring, s->bbuf, n);
-        produced = (int64_t)n;
-        s->boundary_reads++;
-    }
-    pthread_mutex_unlock(&s->src_lock);
-    if (produced) {
-        pthread_mutex_lock(&s->lock);
-        s->samples += produced;
-        pthread_mutex_unlock(&s->lock);
-    }
-    return rc;
-error:
-    pthread_mutex_unlock(&s->src_lock);
-    return rc;
+    return sampler_boundary(s, t_ns, 1);
 }
 
 int ep_sampler_arm_sync(ep_sampler *s, int64_t n_starts)
