@@ -938,6 +938,7 @@ class Session(RunData):
         self._texts = self._text_rows()
         summary["text_stored"] = bool(len(self._texts))
         self._add_limits(summary)
+        self._add_devices(summary, samples, t_end_ns)
         self._summary = summary
         self._samples = with_rank(samples, sample_row_dtype(), 0)
         self._sections = att.sections
@@ -963,7 +964,8 @@ class Session(RunData):
                                        texts=self._texts, all_samples=None if multi else samples,
                                        ranks=self._ranks if multi else None,
                                        rank_sections=self._rank_sections if multi else None,
-                                       rank_tokens=self._rank_tokens if multi else None)
+                                       rank_tokens=self._rank_tokens if multi else None,
+                                       device_samples=self._device_samples if len(self._device_samples) else None)
             except Exception as e:
                 self._save_error = self._save_error or e
             finally:
@@ -1001,6 +1003,19 @@ class Session(RunData):
         if period_s > 0:
             new["note"] += f" (the counter updates every {period_s * 1e3:.3g} ms or slower)"
         att.summary["resolution"] = new
+
+    def _add_devices(self, summary: Dict[str, Any], samples: np.ndarray, t_end_ns: int) -> None:
+        """``summary["devices"]``: each GPU's energy over the run window when the source names
+        its devices (nvml), from its own series (several GPUs) or the gpu domain (one); the
+        series goes to ``device_samples``.  A breakdown: no run figure adds these."""
+        from .devices import breakdown
+
+        per_device = getattr(self._sampler, "device_samples", None)
+        self._device_samples = per_device if per_device is not None and len(per_device) else self._device_samples
+        rows = breakdown(samples, self._device_samples, summary.get("source_meta"), self._t_start_ns, t_end_ns,
+                         self._source.label)
+        if rows:
+            summary["devices"] = rows
 
     def _add_limits(self, summary: Dict[str, Any]) -> None:
         """Power limits the source knows (or were stated) and each peak as a share of its limit."""
