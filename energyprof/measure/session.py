@@ -323,7 +323,7 @@ class Session(RunData):
         if not use:
             return None
         info = setup(self._source.kind, group)
-        if self._source.kind == "nvml" and "index" not in self._source.params:
+        if self._source.kind == "nvml" and "index" not in self._source.params and "devices" not in self._source.params:
             self._source = open_source(format_spec("nvml", {**self._source.params, "index": str(info.local_rank)}))
         return info
 
@@ -1007,9 +1007,13 @@ class Session(RunData):
     def _add_devices(self, summary: Dict[str, Any], samples: np.ndarray, t_end_ns: int) -> None:
         """``summary["devices"]``: each GPU's energy over the run window when the source names
         its devices (nvml), from its own series (several GPUs) or the gpu domain (one); the
-        series goes to ``device_samples``.  A breakdown: no run figure adds these."""
+        series goes to ``device_samples``.  A breakdown: no run figure adds these.  Not in a
+        multi-rank run: the ranks do not send their device rows to rank 0 (yet), and rank 0's
+        alone would be part of the run's GPUs passed off as all of them."""
         from .devices import breakdown
 
+        if self._dist is not None:
+            return
         per_device = getattr(self._sampler, "device_samples", None)
         self._device_samples = per_device if per_device is not None and len(per_device) else self._device_samples
         rows = breakdown(samples, self._device_samples, summary.get("source_meta"), self._t_start_ns, t_end_ns,
