@@ -211,6 +211,14 @@ def test_two_devices_at_known_watts_round_trip_through_store_and_report(fake, tm
     assert "Fake GPU 80GB</td>" in table and "Fake GPU 80GB #1</td>" in table
     for d in devs.values():
         assert f"{d['energy_j']:.6g}" in table and f"{d['peak_power_w']:.6g}" in table
+    # the dashboard's run page shows the same table (it renders the report's body)
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+    from fastapi.testclient import TestClient
+
+    from energyprof.views.dashboard import create_app
+
+    page = TestClient(create_app(db), base_url="http://127.0.0.1").get(f"/runs/{s.run_id}").text
+    assert 'id="devices"' in page and "Fake GPU 80GB #1</td>" in page
 
 
 def test_the_device_without_a_counter_reads_instant_power_beside_a_counter(fake, tmp_path):
