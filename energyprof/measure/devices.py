@@ -70,15 +70,14 @@ def as_samples(device_samples: np.ndarray, device: int) -> np.ndarray:
     return out
 
 
+#: How finely each reading kind resolves a GPU's power, in words ({every}: its sample period).
+_RESOLUTION = {"energy_counter": "energy counter differenced into {every} intervals",
+               "power_instant": "instant power every {every}, trapezoid between readings",
+               "power_usage": "1-s average power every {every}: changes faster than 1 s are smoothed out"}
+
+
 def _resolution(mode: str, period_s: float) -> str:
-    every = period_text(period_s)
-    if mode == "energy_counter":
-        return f"energy counter differenced into {every} intervals"
-    if mode == "power_instant":
-        return f"instant power every {every}, trapezoid between readings"
-    if mode == "power_usage":
-        return f"1-s average power every {every}: changes faster than 1 s are smoothed out"
-    return f"{every} samples"
+    return _RESOLUTION.get(mode, "{every} samples").format(every=period_text(period_s))
 
 
 def _period_s(series: np.ndarray) -> float:
