@@ -1625,6 +1625,9 @@ def test_a_version_7_store_migrates_to_devices_and_keeps_every_row(dbpath):
                                                                       schema.TABLE_COLUMNS["device_samples"]]
         assert s.conn.execute("SELECT COUNT(*) FROM device_samples").fetchone()[0] == 0
         assert len(s.load(ids[0]).device_samples) == 0
+        assert schema.table_columns(s.conn, "sample_levels")[1:] == [c for c, _ in
+                                                                     schema.TABLE_COLUMNS["sample_levels"]]
+        assert schema.table_columns(s.conn, "sample_levels")[-1] == "rank"
         run = make_run(6)
         assert len(run.device_samples) == 50
         rid = s.save(run)

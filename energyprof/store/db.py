@@ -549,8 +549,9 @@ class Store:
         w.flush()
 
     def write_levels(self, run_id: int, samples: np.ndarray) -> None:
-        """Replace run ``run_id``'s downsampling levels with those of ``samples`` (queued)."""
-        rows = _levels.compute(np.asarray(samples))
+        """Replace run ``run_id``'s downsampling levels with those of ``samples`` (queued);
+        samples of several ranks (a merged multi-rank run) give one set of levels per rank."""
+        rows = _levels.compute_per_rank(np.asarray(samples))
         self.writer.execute("DELETE FROM sample_levels WHERE run_id = ?", (int(run_id),))
         if len(rows):
             self.writer.insert("sample_levels", rows, {"run_id": int(run_id)})

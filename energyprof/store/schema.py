@@ -29,8 +29,10 @@ Versions
    :func:`_migrate_to_ranks` adds only these, so it chains after any step before it.
 :data:`DEVICES_VERSION` = 8 (currently the newest). several GPUs in one process
    (``nvml:devices=0,1``): the device_samples table, each GPU's own series beside the
-   power_samples whose gpu domain is their sum (``energyprof._dtypes.DEVICE_SAMPLE_DTYPE``).
-   :func:`_migrate_to_devices` adds only that table: runs saved before have none.
+   power_samples whose gpu domain is their sum (``energyprof._dtypes.DEVICE_SAMPLE_DTYPE``);
+   and ``rank`` on sample_levels (a multi-rank run's levels, one set per rank).
+   :func:`_migrate_to_devices` adds only these: runs saved before have no device rows, and
+   their levels are rank 0's.
 
 Every version number lives in the constants below (TEXTS_VERSION, RANKS_VERSION,
 DEVICES_VERSION, SCHEMA_VERSION): renumbering a step is changing its constant.
@@ -248,7 +250,8 @@ _DEVICE_SAMPLE_COLS = [("t_start_ns", "INTEGER"), ("t_end_ns", "INTEGER"), ("kin
                        ("device", "INTEGER"), ("power_w", "REAL")] + _RANK_COL
 
 #: Columns of each table in the current version (excluding run_id / id where noted).
-TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {**_with_ranks(_V6_COLUMNS), "device_samples": _DEVICE_SAMPLE_COLS}
+TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {**_with_ranks(_V6_COLUMNS), "device_samples": _DEVICE_SAMPLE_COLS,
+                                                   "sample_levels": _LEVEL_COLS + _RANK_COL}
 
 #: Sort keys accepted by energyprof.store.db.runs (name -> runs column).
 SORT_KEYS: Dict[str, str] = {
@@ -294,9 +297,10 @@ def _head_table_ddl() -> List[str]:
     return _run_table_ddl("head_metrics", _HEAD_COLS, "idx_head_metrics_run_layer", "run_id, layer")
 
 
-def _levels_table_ddl() -> List[str]:
+def _levels_table_ddl(with_rank: bool = False) -> List[str]:
     # Read one level of one run in time order; run_id first serves the cascade delete.
-    return _run_table_ddl("sample_levels", _LEVEL_COLS, "idx_sample_levels_run_level", "run_id, level, bucket")
+    cols = _LEVEL_COLS + (_RANK_COL if with_rank else [])
+    return _run_table_ddl("sample_levels", cols, "idx_sample_levels_run_level", "run_id, level, bucket")
 
 
 def _text_table_ddl() -> List[str]:
@@ -341,7 +345,7 @@ def ddl(version: int = SCHEMA_VERSION) -> List[str]:
         if version >= 3:
             stmts += _head_table_ddl()
         if version >= 4:
-            stmts += _levels_table_ddl()
+            stmts += _levels_table_ddl(with_rank=version >= DEVICES_VERSION)
         if version >= TEXTS_VERSION:
             stmts += _text_table_ddl()
         if version >= RANKS_VERSION:
@@ -455,10 +459,12 @@ def _migrate_to_ranks(conn: sqlite3.Connection) -> None:
 
 
 def _migrate_to_devices(conn: sqlite3.Connection) -> None:
-    """DEVICES_VERSION - 1 -> DEVICES_VERSION: the device_samples table only (runs saved
-    before read one GPU, or summed several without keeping each one's series)."""
+    """DEVICES_VERSION - 1 -> DEVICES_VERSION: the device_samples table (runs saved before
+    read one GPU, or summed several without keeping each one's series) and the rank of each
+    sample_levels row (existing levels are of one process, or absent for a multi-rank run: 0)."""
     for s in _array_table_ddl("device_samples", _DEVICE_SAMPLE_COLS):
         conn.execute(s)
+    conn.execute(f"ALTER TABLE sample_levels ADD COLUMN {_q('rank')} {_RANK_COL[0][1]}")
 
 
 def _num(v):
