@@ -60,6 +60,7 @@ def extension() -> Extension:
     return Extension(
         "energyprof._core",
         sources=sources,
+        depends=sorted(glob.glob("csrc/*/ep_*.h")),   # a header change rebuilds the extension
         include_dirs=[*C_ROOMS, numpy.get_include()],
         extra_compile_args=extra,
         extra_link_args=libs + ["-lpthread", "-ldl", "-lstdc++"],  # -lstdc++: the C++ libtorch shim (try/catch)

@@ -116,7 +116,8 @@ def test_estimate_supports_boundary_reads_and_plist_does_not():
 def test_boundary_read_off_by_request(model):
     with ep.run(model, source="synthetic:power_w=5", baseline_s=0, save=False, boundary_reads=False) as s:
         _gen(model, 2)
-    assert s.summary()["boundary_reads"] == {"enabled": False, "reads": 0, "counter_update_period_s": None}
+    assert s.summary()["boundary_reads"] == {"enabled": False, "reads": 0, "counter_update_period_s": None,
+                                             "edge_bound": None}
 
 
 def _samples(dt_ms, watts):

@@ -207,6 +207,23 @@ def test_missing_tree_is_a_clear_error(tmp_path):
         _core.SourceDriver("rapl", {"x": "1"})
 
 
+def test_update_period_is_stated_in_the_metadata_and_checked(tmp_path):
+    import json
+
+    from energyprof.measure.sources import parse_spec
+
+    standard_tree(tmp_path)
+    # Real RAPL advances its counters about every millisecond: the default.
+    assert json.loads(_core.SourceDriver("rapl", {"root": str(tmp_path)}).meta_json)["counter_update_ms"] == 1.0
+    meta = json.loads(_core.SourceDriver("rapl", {"root": str(tmp_path), "update_ms": "0.25"}).meta_json)
+    assert meta["counter_update_ms"] == 0.25
+    for bad in ("0", "-1", "abc", "1001"):
+        with pytest.raises(ValueError, match="update_ms"):
+            _core.SourceDriver("rapl", {"root": str(tmp_path), "update_ms": bad})
+        with pytest.raises(ValueError, match="update_ms"):
+            parse_spec(f"rapl:root={tmp_path},update_ms={bad}")
+
+
 def test_env_var_sets_the_default_root(tmp_path, monkeypatch):
     standard_tree(tmp_path)
     monkeypatch.setenv("ENERGYPROF_RAPL_ROOT", str(tmp_path))

@@ -218,6 +218,7 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "SFLAG_WRAPPED", EP_SFLAG_WRAPPED) < 0 ||
         PyModule_AddIntConstant(m, "SFLAG_NAN_FIELD", EP_SFLAG_NAN_FIELD) < 0 ||
         PyModule_AddIntConstant(m, "SFLAG_BOUNDARY", EP_SFLAG_BOUNDARY) < 0 ||
+        PyModule_AddIntConstant(m, "SFLAG_SYNCED", EP_SFLAG_SYNCED) < 0 ||
         PyModule_AddIntConstant(m, "SFLAG_DEVICE", EP_SFLAG_DEVICE) < 0 ||
         PyModule_AddIntConstant(m, "SFLAG_DEVICE_SHIFT", EP_SFLAG_DEVICE_SHIFT) < 0 ||
         PyModule_AddIntConstant(m, "SOURCE_READ_MAX", EP_SOURCE_READ_MAX) < 0)

@@ -329,6 +329,15 @@ static void probe_fire(PyObject *owner, probe *p, int32_t kind)
             probe_sync(owner, p);
     }
     int64_t t_ns = ep_now_ns();
+    /* A counter read can take microseconds (sysfs, a driver call), a synchronised one up to
+     * two counter updates: other threads run.  A synchronised start moves t_ns on to the
+     * reading, so the forward (and its activity) begins where the reading is: at a start
+     * the read comes first, at an end after the activity has ended. */
+    if (p->boundary && kind == EP_SPAN_BEGIN) {
+        Py_BEGIN_ALLOW_THREADS
+        ep_boundary_fire(&t_ns, 0);
+        Py_END_ALLOW_THREADS
+    }
     if (p->activity) {
         ep_activity_add(kind == EP_SPAN_BEGIN ? 1 : -1, t_ns);
         if (kind == EP_SPAN_BEGIN)
@@ -336,10 +345,9 @@ static void probe_fire(PyObject *owner, probe *p, int32_t kind)
         else
             ep_activity_comp_end(t_ns);
     }
-    if (p->boundary) {
-        /* A counter read can take microseconds (sysfs, a driver call): other threads run. */
+    if (p->boundary && kind == EP_SPAN_END) {
         Py_BEGIN_ALLOW_THREADS
-        ep_boundary_fire(t_ns);
+        ep_boundary_fire(&t_ns, 1);
         Py_END_ALLOW_THREADS
     }
     int rc = ep_spanbuf_append(p->buffer->buf, t_ns, p->span_id, kind);

@@ -284,6 +284,45 @@ static PyObject *Sampler_boundary_read(SamplerObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static PyObject *Sampler_get_supports_sync(SamplerObject *self, void *c)
+{
+    return PyBool_FromLong(ep_sampler_source(self->sampler)->sync != NULL);
+}
+
+static PyObject *Sampler_arm_sync(SamplerObject *self, PyObject *arg)
+{
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    int rc = ep_sampler_arm_sync(self->sampler, (int64_t)n);
+    if (rc != EP_OK)
+        return ep_module_raise(rc, "arm_sync: this source has no synchronised read");
+    Py_RETURN_NONE;
+}
+
+static PyObject *Sampler_boundary_sync(SamplerObject *self, PyObject *arg)
+{
+    long long t = PyLong_AsLongLong(arg);
+    if (t == -1 && PyErr_Occurred())
+        return NULL;
+    int64_t t_ns = (int64_t)t;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ep_sampler_boundary_sync(self->sampler, &t_ns);
+    Py_END_ALLOW_THREADS
+    if (rc != EP_OK)
+        return ep_module_raise(rc, "boundary_sync");
+    return PyLong_FromLongLong(t_ns);
+}
+
+static PyObject *Sampler_get_sync_stats(SamplerObject *self, void *c)
+{
+    int64_t v[4];
+    ep_sampler_sync_stats(self->sampler, v);
+    return Py_BuildValue("{s:L,s:L,s:L,s:L}", "update_ns", (long long)v[0], "starts", (long long)v[1],
+                         "timeouts", (long long)v[2], "waited_ns", (long long)v[3]);
+}
+
 static PyObject *Sampler_get_meta_json(SamplerObject *self, void *c)
 {
     const char *meta = ep_sampler_source(self->sampler)->meta_json;
@@ -306,6 +345,12 @@ static PyMethodDef Sampler_methods[] = {
      "(False clears it); NotImplementedError when the source has no boundary read."},
     {"boundary_read", (PyCFunction)Sampler_boundary_read, METH_O,
      "boundary_read(t_ns): read the source at t_ns now, from this thread (tests; the hooks do it in C)."},
+    {"arm_sync", (PyCFunction)Sampler_arm_sync, METH_O,
+     "arm_sync(n_starts): synchronise the boundary reads of the next n_starts forward starts (2 = a "
+     "generate()'s prefill edges); 0 disarms; NotImplementedError when the source has no synchronised read."},
+    {"boundary_sync", (PyCFunction)Sampler_boundary_sync, METH_O,
+     "boundary_sync(t_ns) -> t_ns: a synchronised boundary read from this thread (tests; the hooks do it in C): "
+     "waits for the counter to move and returns the reading's time."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -328,6 +373,10 @@ static PyGetSetDef Sampler_getset[] = {
     {"supports_boundary", (getter)Sampler_get_supports_boundary, NULL,
      "True when the source can be read at forward boundaries (counter sources, synthetic).", NULL},
     {"boundary_reads", (getter)Sampler_get_boundary_reads, NULL, "Boundary reads that gave a sample.", NULL},
+    {"supports_sync", (getter)Sampler_get_supports_sync, NULL,
+     "True when boundary reads can be synchronised with the counter's updates (rapl).", NULL},
+    {"sync_stats", (getter)Sampler_get_sync_stats, NULL,
+     "dict: update_ns (the counter's update period in use), starts (synchronised), timeouts, waited_ns.", NULL},
     {"counter_still_ns", (getter)Sampler_get_counter_still_ns, NULL,
      "Longest span (ns) a source that skips stale reads saw its counter unchanged (0: never).", NULL},
     {"meta_json", (getter)Sampler_get_meta_json, NULL, "JSON text: facts about the source for run metadata.", NULL},

@@ -16,7 +16,9 @@
 #define EP_SOURCE_H
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
+#include "ep_clock.h"
 #include "ep_errors.h"
 #include "ep_sample.h"
 
@@ -56,6 +58,12 @@ struct ep_source {
      * lock; the sample it writes is flagged EP_SFLAG_BOUNDARY.  Counter sources use
      * ep_source_counter_boundary. */
     int (*boundary)(ep_source *src, int64_t t_now_ns, ep_sample *out, size_t cap, size_t *n_out);
+    /* Synchronised boundary read (NULL: unsupported), for counters that move in updates
+     * (rapl), at a forward's start: called like boundary, under the same lock, it waits
+     * for the counter to move and reads it then, moving *t_now_ns on to that instant (the
+     * forward starts there), so the reading is fresh rather than up to one update stale.
+     * Counter sources use ep_source_counter_sync. */
+    int (*sync)(ep_source *src, int64_t *t_now_ns, ep_sample *out, size_t cap, size_t *n_out);
 
     /* Faults the source recovered from (skipped malformed documents, read errors);
      * written by the sampler thread only, read after join or under the sampler lock. */
@@ -69,6 +77,15 @@ struct ep_source {
      * bound on the counter's update period.  Written by the source calls (serialised by
      * the sampler's source lock); 0 when never seen. */
     int64_t counter_still_ns;
+    /* Synchronised reads (src->sync), written under the sampler's source lock:
+     * the counter's update period in use (ns: the source's nominal one, refined from the
+     * moves seen), edges synchronised, waits that timed out (the counter did not move
+     * within twice its period: that edge is a plain read), and the total time spent
+     * waiting (ns). */
+    int64_t sync_update_ns;
+    int64_t sync_edges;
+    int64_t sync_timeouts;
+    int64_t sync_waited_ns;
 };
 
 /* Create a source of the given kind.  keys/values: n parameter pairs (borrowed,
@@ -118,6 +135,12 @@ typedef struct {
     ep_source_emit_fn emit;
     int64_t t_last_ns; /* end of the last emitted interval (start time before the first) */
     int started;       /* set by ep_source_counter_begin, cleared by ep_source_counter_stop */
+    /* For ep_source_counter_sync (NULL where unsupported): the raw counter now, one number
+     * that changes whenever the counter moves (rapl: its first zone's uJ); EP_OK or an
+     * EP_ERR_*. */
+    int (*raw)(ep_source *src, int64_t *value);
+    /* Moves seen by sync: the last one's time, and sums that refine the update period. */
+    int64_t tick_last_ns, tick_sum_ns, tick_count;
 } ep_source_counter;
 
 /* The poll and stop below live here, static inline, rather than in ep_source.c so a
@@ -156,6 +179,84 @@ static inline int ep_source_counter_boundary(ep_source *src, int64_t t_now_ns, e
                                              size_t *n_out)
 {
     return ep_source_counter_step(src, t_now_ns, EP_SFLAG_BOUNDARY, out, cap, n_out);
+}
+
+/* Note a move of the counter seen at t_ns; refine src->sync_update_ns from the gaps between
+ * moves: a gap of k periods (k = the gap / the period in use, rounded, within a quarter
+ * period of a whole number) adds gap / k to a running mean, once at least 4 periods are in. */
+static inline void ep_source_counter_tick(ep_source *src, ep_source_counter *c, int64_t t_ns)
+{
+    if (c->tick_last_ns > 0 && src->sync_update_ns > 0) {
+        int64_t gap = t_ns - c->tick_last_ns;
+        int64_t k = (gap + src->sync_update_ns / 2) / src->sync_update_ns;
+        int64_t off = gap - k * src->sync_update_ns;
+        if (off < 0)
+            off = -off;
+        if (k >= 1 && k <= 100000 && off < src->sync_update_ns / 4) {
+            c->tick_sum_ns += gap;
+            c->tick_count += k;
+            if (c->tick_count >= 4)
+                src->sync_update_ns = c->tick_sum_ns / c->tick_count;
+        }
+    }
+    c->tick_last_ns = t_ns;
+}
+
+/* Monotonic wall time for the wait's own deadline (ep_now_ns may be frozen by a test). */
+static inline int64_t ep_source_wall_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Wait (reading c->raw, GIL already released by the caller) until the counter differs from
+ * `from`, at most 2 update periods + 1 ms.  Returns 1 and *t_ns = the time it was seen to
+ * move, or 0 (timeout or a read error) with *t_ns = now. */
+static inline int ep_source_counter_wait_move(ep_source *src, ep_source_counter *c, int64_t from, int64_t *t_ns)
+{
+    int64_t w0 = ep_source_wall_ns(), t0 = ep_now_ns(), t = t0, v = from;
+    int64_t cap = 2 * src->sync_update_ns + 1000000;
+    int moved = 0;
+    while (ep_source_wall_ns() - w0 < cap) {
+        if (c->raw(src, &v) != EP_OK)
+            break;
+        t = ep_now_ns();
+        if (v != from) {
+            moved = 1;
+            break;
+        }
+    }
+    if (!moved)
+        t = ep_now_ns();
+    src->sync_waited_ns += ep_source_wall_ns() - w0;
+    if (moved)
+        ep_source_counter_tick(src, c, t);
+    else
+        src->sync_timeouts++;
+    *t_ns = t;
+    return moved;
+}
+
+/* src->sync of a counter source with c->raw (see ep_source.sync): wait for the counter to
+ * move, then read it there and move *t_now_ns on to that instant.  A wait that times out
+ * (the counter did not move) is a plain boundary read at the time it gave up. */
+static inline int ep_source_counter_sync(ep_source *src, int64_t *t_now_ns, ep_sample *out, size_t cap,
+                                         size_t *n_out)
+{
+    ep_source_counter *c = (ep_source_counter *)src->state;
+    int64_t v = 0, t_move = 0;
+    *n_out = 0;
+    if (!c->started)
+        return EP_ERR_STATE;
+    if (!c->raw)
+        return EP_ERR_ARG;
+    src->sync_edges++;
+    if (c->raw(src, &v) != EP_OK)
+        return ep_source_counter_step(src, *t_now_ns, EP_SFLAG_BOUNDARY, out, cap, n_out);
+    int moved = ep_source_counter_wait_move(src, c, v, &t_move);
+    *t_now_ns = t_move;
+    return ep_source_counter_step(src, t_move, EP_SFLAG_BOUNDARY | (moved ? EP_SFLAG_SYNCED : 0), out, cap, n_out);
 }
 
 /* src->stop of a counter source: emit a final sample flagged EP_SFLAG_FINAL, then mark it stopped. */

@@ -1,6 +1,13 @@
 /* ep_src_rapl.c: the 'rapl' power source (Intel RAPL / AMD Zen through Linux powercap).
  *
- * Spec: rapl[:root=/sys/class/powercap]   (else $ENERGYPROF_RAPL_ROOT, else /sys/class/powercap)
+ * Spec: rapl[:root=/sys/class/powercap,update_ms=1]
+ *       (root: else $ENERGYPROF_RAPL_ROOT, else /sys/class/powercap)
+ *
+ * update_ms is how often the hardware advances the counters: about 1 ms on Intel (the
+ * SDM's "approximately 1 ms" update of the energy status MSRs) and AMD Zen.  A read sees
+ * the value of the last update, so a reading taken at a forward's edge is stale by up to
+ * that long; the source does not use it to read, it reports it in meta_json
+ * ("counter_update_ms") so that the run judges and bounds its boundary reads by it.
  *
  * The powercap tree has one top-level zone per CPU package, intel-rapl:N, whose
  * `name` file reads package-N, and subzones intel-rapl:N:M named core, uncore,
@@ -55,6 +62,7 @@ typedef struct {
     size_t n_zones;
     int n_packages;
     int n_per_domain[EP_NDOMAINS];
+    double update_ms;        /* the counters' update period (update_ms=, default 1 ms) */
 } rapl_state;
 
 /* printf into src->message; truncation of long paths is acceptable there. */
@@ -322,8 +330,10 @@ static void write_meta(ep_source *src, rapl_state *st)
     char *m = src->meta_json;
     esc[0] = '\0'; /* ep_source_json_escape appends */
     ep_source_json_escape(esc, sizeof esc, st->root);
-    k += (size_t)snprintf(m + k, cap - k, "{\"source\":\"rapl\",\"root\":\"%.400s\",\"packages\":%d,\"zones\":[", esc,
-                          st->n_packages);
+    k += (size_t)snprintf(m + k, cap - k,
+                          "{\"source\":\"rapl\",\"root\":\"%.400s\",\"packages\":%d,\"counter_update_ms\":%.6g,"
+                          "\"zones\":[",
+                          esc, st->n_packages, st->update_ms);
     for (size_t i = 0; i < st->n_zones && k + 80 < cap; i++)
         k += (size_t)snprintf(m + k, cap - k, "%s\"%s -> %s\"", i ? "," : "", st->zones[i].label,
                               ep_domain_names[st->zones[i].domain]);
@@ -372,6 +382,14 @@ static int rapl_sample(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, e
     return EP_OK;
 }
 
+/* The counter's raw value for synchronised reads: the first zone's uJ (a package zone: it
+ * moves at every update), one file read. */
+static int rapl_raw(ep_source *src, int64_t *value)
+{
+    rapl_state *st = src->state;
+    return read_zone(src, &st->zones[0], value);
+}
+
 static int rapl_start(ep_source *src, int64_t t_now_ns)
 {
     rapl_state *st = src->state;
@@ -392,10 +410,18 @@ int ep_src_rapl_create(ep_source *src, const char *const *keys, const char *cons
         set_msg(src, "rapl: no memory");
         goto error;
     }
-    static const char *const known[] = {"root", NULL};
+    static const char *const known[] = {"root", "update_ms", NULL};
     const char *unknown = ep_source_unknown_key(keys, n, known);
     if (unknown) {
-        set_msg(src, "rapl: unknown parameter '%s' (known: root)", unknown);
+        set_msg(src, "rapl: unknown parameter '%s' (known: root, update_ms)", unknown);
+        rc = EP_ERR_ARG;
+        goto error;
+    }
+    st->update_ms = 1.0;
+    const char *update = ep_source_param(keys, values, n, "update_ms");
+    if (update && (ep_source_parse_double(update, &st->update_ms) != EP_OK || !(st->update_ms > 0) ||
+                   st->update_ms > 1000)) {
+        set_msg(src, "rapl: update_ms must be a number of milliseconds in (0, 1000], got '%s'", update);
         rc = EP_ERR_ARG;
         goto error;
     }
@@ -418,6 +444,9 @@ int ep_src_rapl_create(ep_source *src, const char *const *keys, const char *cons
     src->start = rapl_start;
     src->poll = ep_source_counter_poll;
     src->boundary = ep_source_counter_boundary;
+    src->sync = ep_source_counter_sync;
+    st->counter.raw = rapl_raw;
+    src->sync_update_ns = (int64_t)(st->update_ms * 1e6);
     src->stop = ep_source_counter_stop;
     src->destroy = ep_source_free_state;
     rc = scan_tree(src, st);

@@ -63,6 +63,7 @@ struct ep_sampler {
 /* The process-wide boundary target (ep_sampler_set_boundary_target). */
 static pthread_mutex_t boundary_lock = PTHREAD_MUTEX_INITIALIZER;
 static ep_sampler *boundary_target; /* borrowed; under boundary_lock */
+static int64_t sync_left;           /* forward starts still to synchronise (ep_sampler_arm_sync); under boundary_lock */
 
 /* The real monotonic clock, for deadlines: ep_now_ns() may be frozen by tests,
  * and a frozen clock must not stop the thread from waking up. */
@@ -481,21 +482,81 @@ error:
     return rc;
 }
 
+int ep_sampler_boundary_sync(ep_sampler *s, int64_t *t_ns)
+{
+    int rc = EP_OK;
+    size_t n = 0;
+    int64_t produced = 0;
+    if (!s->src->sync)
+        return EP_ERR_UNSUPPORTED;
+    pthread_mutex_lock(&s->src_lock);
+    if (!s->src_live) {
+        rc = EP_ERR_STATE;
+        goto error;
+    }
+    rc = s->src->sync(s->src, t_ns, s->bbuf, sizeof s->bbuf / sizeof s->bbuf[0], &n);
+    if (n > sizeof s->bbuf / sizeof s->bbuf[0])
+        n = sizeof s->bbuf / sizeof s->bbuf[0];
+    if (n) {
+        ep_ring_push(s->ring, s->bbuf, n);
+        produced = (int64_t)n;
+        s->boundary_reads++;
+    }
+    pthread_mutex_unlock(&s->src_lock);
+    if (produced) {
+        pthread_mutex_lock(&s->lock);
+        s->samples += produced;
+        pthread_mutex_unlock(&s->lock);
+    }
+    return rc;
+error:
+    pthread_mutex_unlock(&s->src_lock);
+    return rc;
+}
+
+int ep_sampler_arm_sync(ep_sampler *s, int64_t n_starts)
+{
+    if (!s->src->sync)
+        return EP_ERR_UNSUPPORTED;
+    pthread_mutex_lock(&boundary_lock);
+    sync_left = n_starts > 0 ? n_starts : 0;
+    pthread_mutex_unlock(&boundary_lock);
+    return EP_OK;
+}
+
+void ep_sampler_sync_stats(ep_sampler *s, int64_t out[4])
+{
+    pthread_mutex_lock(&s->src_lock);
+    out[0] = s->src->sync_update_ns;
+    out[1] = s->src->sync_edges;
+    out[2] = s->src->sync_timeouts;
+    out[3] = s->src->sync_waited_ns;
+    pthread_mutex_unlock(&s->src_lock);
+}
+
 int ep_sampler_set_boundary_target(ep_sampler *s)
 {
     if (s && !s->src->boundary)
         return EP_ERR_UNSUPPORTED;
     pthread_mutex_lock(&boundary_lock);
     boundary_target = s;
+    sync_left = 0;
     pthread_mutex_unlock(&boundary_lock);
     return EP_OK;
 }
 
-void ep_boundary_fire(int64_t t_ns)
+void ep_boundary_fire(int64_t *t_ns, int end)
 {
     pthread_mutex_lock(&boundary_lock);
-    if (boundary_target)
-        (void)ep_sampler_boundary_read(boundary_target, t_ns); /* not started / too late: no sample */
+    if (boundary_target) {
+        /* not started / too late: no sample */
+        if (!end && sync_left > 0 && boundary_target->src->sync) {
+            sync_left--;
+            (void)ep_sampler_boundary_sync(boundary_target, t_ns);
+        } else {
+            (void)ep_sampler_boundary_read(boundary_target, *t_ns);
+        }
+    }
     pthread_mutex_unlock(&boundary_lock);
 }
 

@@ -88,8 +88,23 @@ int ep_sampler_boundary_read(ep_sampler *s, int64_t t_ns);
  * destroyed clears itself.  Returns EP_ERR_UNSUPPORTED (and sets nothing) when s's
  * source has no boundary read. */
 int ep_sampler_set_boundary_target(ep_sampler *s);
-/* A boundary read of the current target at t_ns (nothing when there is none). */
-void ep_boundary_fire(int64_t t_ns);
+/* A boundary read of the current target at *t_ns (nothing when there is none); end: 0 at a
+ * forward's start, 1 at its end.  While forward starts are armed (ep_sampler_arm_sync) and
+ * the source can, a start's read is synchronised instead (ep_sampler_boundary_sync) and
+ * *t_ns moves on to the reading's time: the caller starts the forward there. */
+void ep_boundary_fire(int64_t *t_ns, int end);
+/* A synchronised boundary read (ep_source.sync): wait for the counter to move and read it
+ * then; *t_ns moves on to that time.  EP_ERR_UNSUPPORTED without src->sync, EP_ERR_STATE
+ * when not started.  Waits with the calling thread only (the GIL released by the caller),
+ * at most two update periods and a millisecond. */
+int ep_sampler_boundary_sync(ep_sampler *s, int64_t *t_ns);
+/* Synchronise the boundary reads of the next n_starts forward starts (2 = a generate()'s
+ * prefill: the first forward's start and the second's); 0 disarms.  Setting a new target
+ * disarms.  EP_ERR_UNSUPPORTED when s's source has no synchronised read. */
+int ep_sampler_arm_sync(ep_sampler *s, int64_t n_starts);
+/* The source's sync_* figures under the source lock: out = {update period in use (ns),
+ * starts synchronised, timeouts, total wait (ns)}. */
+void ep_sampler_sync_stats(ep_sampler *s, int64_t out[4]);
 /* Boundary reads that pushed a sample, since creation. */
 int64_t ep_sampler_boundary_reads(ep_sampler *s);
 /* The source's counter_still_ns (ep_source.h), read under the source lock. */

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._dtypes import FLAG_UNRESOLVED
+from .. import _core
+from .._dtypes import FLAG_UNRESOLVED, measured_domains, total_of
 
-__all__ = ["counter_update_period_s", "judge_resolved"]
+__all__ = ["counter_update_period_s", "judge_resolved", "edge_bound_j"]
 
 _W = ("cpu_w", "gpu_w", "ane_w", "dram_w", "package_w")
 
@@ -62,3 +63,65 @@ def judge_resolved(rows: np.ndarray, update_period_s: float) -> int:
     rows["resolved"][hit] = False
     rows["flags"][hit] |= FLAG_UNRESOLVED
     return int(hit.sum())
+
+
+def edge_bound_j(rows: np.ndarray, samples: np.ndarray, update_period_s: float) -> np.ndarray:
+    """How far a resolved row's energy can be off because each of its two edge readings is
+    stale by up to one counter update: update_period_s x (power at the start edge + power at
+    the end edge), the power at an edge being the highest total sampled power among the
+    samples that overlap the update before it.  NaN for unresolved rows (their figure is a
+    time share, not bounded by this); 0 where the counter updates faster than it is read.
+    An edge that lies on a synchronised reading (flag ``SFLAG_SYNCED``: taken as the counter
+    was seen to move, ``ep.run(boundary_reads="sync")``) adds nothing: it is as fresh as one
+    counter read.
+
+    The power is what the samples measured around the edge, and update_period_s is the
+    run's measured lower bound on the counter's update period, so the bound is an estimate
+    of the worst case, not a guarantee.
+
+    >>> import numpy as np
+    >>> from energyprof import _core
+    >>> x = np.zeros(2, dtype=np.dtype(_core.SAMPLE_DTYPE))
+    >>> x["t_start_ns"], x["t_end_ns"], x["kind"] = [0, 10_000_000], [10_000_000, 20_000_000], 1
+    >>> for d in ("cpu_w", "gpu_w", "ane_w", "dram_w"): x[d] = np.nan
+    >>> x["package_w"] = [10.0, 40.0]
+    >>> r = np.zeros(1, dtype=[("t_start_ns", "<i8"), ("t_end_ns", "<i8"), ("resolved", "?")])
+    >>> r["t_start_ns"], r["t_end_ns"], r["resolved"] = 5_000_000, 15_000_000, True
+    >>> edge_bound_j(r, x, 0.001)      # 1 ms x (10 W + 40 W)
+    array([0.05])
+    """
+    out = np.full(len(rows), np.nan)
+    if len(rows) == 0:
+        return out
+    ok = np.asarray(rows["resolved"], dtype=bool)
+    if not update_period_s > 0 or len(samples) == 0:
+        out[ok] = 0.0
+        return out
+    measured = measured_domains(samples)
+    pw = np.stack([np.asarray(samples[c], dtype=np.float64) for c in _W], axis=1)
+    total_w = np.nan_to_num(total_of(pw, measured), nan=0.0)
+    u_ns = int(update_period_s * 1e9)
+    ends = samples["t_end_ns"]
+    starts = samples["t_start_ns"]
+
+    def edge_w(t: np.ndarray) -> np.ndarray:
+        # Samples overlapping [t - u, t]: from the first ending after t - u to the last starting before t.
+        n = len(total_w)
+        lo = np.minimum(np.searchsorted(ends, t - u_ns, side="right"), n - 1)
+        hi = np.clip(np.searchsorted(starts, t, side="left"), lo + 1, n)
+        # max over total_w[lo:hi] per edge: reduceat over the pairs, every other result.
+        pairs = np.stack([lo, hi], axis=1).ravel()
+        w = np.maximum.reduceat(np.append(total_w, 0.0), pairs)[::2]
+        return w
+
+    # An edge on a synchronised reading (boundary_reads="sync": taken as the counter was seen
+    # to move) is as fresh as one counter read: no staleness there.
+    synced_ends = ends[(np.asarray(samples["flags"]) & _core.SFLAG_SYNCED) != 0]
+
+    def fresh(t: np.ndarray) -> np.ndarray:
+        return np.isin(t, synced_ends)
+
+    a = np.asarray(rows["t_start_ns"][ok], dtype=np.int64)
+    b = np.asarray(rows["t_end_ns"][ok], dtype=np.int64)
+    out[ok] = update_period_s * (np.where(fresh(a), 0.0, edge_w(a)) + np.where(fresh(b), 0.0, edge_w(b)))
+    return out

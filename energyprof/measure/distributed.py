@@ -234,6 +234,7 @@ class NoSampler:
         self.meta_json = getattr(source, "meta_json", "")
         self.dropped = self.faults = self.n_samples = 0
         self.supports_boundary, self.boundary_reads = False, 0   # nothing to read at forward edges
+        self.supports_sync = False
         self.samples = np.zeros(0, dtype=_sample_dtype())
 
     def start(self) -> None:

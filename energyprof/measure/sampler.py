@@ -223,6 +223,23 @@ class Sampler:
         """The longest stretch (ns) the counter was seen not to move: a floor on its update period."""
         return int(self._core.counter_still_ns)
 
+    @property
+    def supports_sync(self) -> bool:
+        """Whether boundary reads can be synchronised with the counter's updates (rapl:
+        ``ep.run(boundary_reads="sync")``)."""
+        return bool(self._core.supports_sync)
+
+    def arm_sync(self, n_starts: int) -> None:
+        """Synchronise the boundary reads of the next ``n_starts`` forward starts (2: a
+        generate()'s prefill, from the first forward's start to the second's)."""
+        self._core.arm_sync(int(n_starts))
+
+    @property
+    def sync_stats(self) -> dict:
+        """The synchronised reads so far: ``update_ns`` (the counter's update period in use,
+        refined from the moves seen), ``starts``, ``timeouts``, ``waited_ns``."""
+        return dict(self._core.sync_stats)
+
     def set_boundary_target(self, on: bool) -> None:
         """Make this sampler's source the one the C hooks read at forward boundaries (or stop it)."""
         self._core.set_boundary_target(bool(on))

@@ -96,7 +96,7 @@ class Session(RunData):
         sparse_below: Optional[float] = None,
         kill_below: Optional[float] = None,
         power_limit_w: Any = None,
-        boundary_reads: Optional[bool] = None,
+        boundary_reads: Optional[Union[bool, str]] = None,
     ) -> None:
         super().__init__()
         try:
@@ -116,6 +116,8 @@ class Session(RunData):
             raise ValueError(f"post_baseline_s must be >= 0 seconds; got {post_baseline_s!r}")
         if interval_ms is not None and not (interval_ms > 0):
             raise ValueError(f"interval_ms must be > 0; got {interval_ms!r}")
+        if boundary_reads not in (None, True, False, "sync"):
+            raise ValueError(f"boundary_reads must be None, True, False or 'sync'; got {boundary_reads!r}")
         if isinstance(stats_every, bool) or not isinstance(stats_every, int) or stats_every < 1:
             raise ValueError(f"stats_every must be an integer >= 1 (statistics on every Nth call); got {stats_every!r}")
         self.stats_every = stats_every
@@ -158,6 +160,7 @@ class Session(RunData):
         self._marks_lock = threading.Lock()
         self.boundary_reads = boundary_reads
         self._boundary = False
+        self._boundary_sync = False
         self._user_sections: List[UserSection] = []
         self._section_stack: List[int] = []
         self._forward_meta: List[dict] = []
@@ -233,6 +236,11 @@ class Session(RunData):
             self._sampler = NoSampler(self._source)   # a host-wide source: its host leader samples it
         else:
             self._sampler = Sampler(self._source, interval_ms=self.interval_ms)
+        samples_here = self._dist is None or self._dist.samples    # a rank that samples nothing reads nothing
+        if self.boundary_reads == "sync" and self.model is not None and samples_here and not (
+                self._sampler.supports_boundary and self._sampler.supports_sync):
+            raise ValueError(f"boundary_reads='sync' needs a counter that moves in updates and can be waited on "
+                             f"(rapl); the source {self._source.kind!r} has none: use boundary_reads=True")
         self._sampler.start()
         if self._dist is not None:
             from .distributed import exchange_clocks
@@ -279,6 +287,7 @@ class Session(RunData):
             self._handles.append(top.register_forward_pre_hook(self._shape_hook, with_kwargs=True))
             # Boundary reads: the source read at each top-level forward's start and end (in C).
             self._boundary = self.boundary_reads is not False and self._sampler.supports_boundary
+            self._boundary_sync = self.boundary_reads == "sync" and self._boundary
             if self._boundary:
                 self._sampler.set_boundary_target(True)
             self._hookset.add(top, 0, component="model", boundary=self._boundary)
@@ -534,6 +543,8 @@ class Session(RunData):
             return
 
         def generate(*args, **kwargs):
+            if getattr(self, "_boundary_sync", False):
+                self._sampler.arm_sync(2)   # the prefill's edges: the first forward's start and the second's
             out = gen(*args, **kwargs)
             try:
                 self._record_generate(args, kwargs, out)
@@ -925,7 +936,13 @@ class Session(RunData):
         summary["samples_dropped"] = int(self._sampler.dropped)
         summary["boundary_reads"] = {"enabled": bool(self._boundary),
                                      "reads": int(self._sampler.boundary_reads),
-                                     "counter_update_period_s": getattr(self, "_counter_update_period_s", None)}
+                                     "counter_update_period_s": getattr(self, "_counter_update_period_s", None),
+                                     "edge_bound": getattr(self, "_edge_bound", None)}
+        if getattr(self, "_boundary_sync", False):
+            st = self._sampler.sync_stats
+            summary["boundary_reads"]["sync"] = {
+                "starts": st["starts"], "timeouts": st["timeouts"], "waited_s": st["waited_ns"] * 1e-9,
+                "update_period_s": st["update_ns"] * 1e-9}
         summary["source_faults"] = int(self._sampler.faults)
         if deep_summary is not None:
             summary["deep"] = deep_summary
@@ -986,12 +1003,17 @@ class Session(RunData):
         """Rows shorter than the counter's own update period (measured from this run's
         readings) are not resolved, whatever the boundary reads put inside them."""
         from ..store.quality import resolution_summary
-        from .boundary import counter_update_period_s, judge_resolved
+        from .boundary import counter_update_period_s, edge_bound_j, judge_resolved
 
-        period_s = max(counter_update_period_s(samples), self._sampler.counter_still_ns * 1e-9)
+        # The longest the counter was seen standing still, or what the source says of its
+        # hardware (rapl's update_ms) where that is longer: a counter read more seldom than
+        # it updates never shows its period.
+        nominal_s = float(_json_or_empty(getattr(self._sampler, "meta_json", "")).get("counter_update_ms") or 0) * 1e-3
+        period_s = max(counter_update_period_s(samples), self._sampler.counter_still_ns * 1e-9, nominal_s)
         self._counter_update_period_s = period_s
         for rows in (att.sections, att.tokens, calls):
             judge_resolved(rows, period_s)
+        self._edge_bound = self._edge_bound_summary(samples, att, period_s)
         # The note names the poll period (boundary pieces would make the median sample look
         # short) and says that readings were also taken at the forwards' edges.
         old = att.summary["resolution"]
@@ -1002,6 +1024,18 @@ class Session(RunData):
         new["note"] += "; plus readings at every forward's start and end"
         if period_s > 0:
             new["note"] += f" (the counter updates every {period_s * 1e3:.3g} ms or slower)"
+            eb = self._edge_bound
+            parts = [f"{k} ±{100 * eb[k + '_share']:.2g} %" for k in ("prefill", "decode")
+                     if eb.get(k + "_share") is not None]
+            if eb.get("tokens_median_share") is not None:
+                parts.append(f"tokens median ±{100 * eb['tokens_median_share']:.2g} %")
+            if parts:
+                new["note"] += ("; a resolved row can be off by up to one counter update at each edge ("
+                                + ", ".join(parts) + ")")
+            if self._boundary_sync:
+                st = self._sampler.sync_stats
+                new["note"] += (f"; {st['starts'] - st['timeouts']} of {st['starts']} prefill edges were read as "
+                                "the counter moved (boundary_reads='sync'), so those are not stale")
         att.summary["resolution"] = new
 
     def _add_devices(self, summary: Dict[str, Any], samples: np.ndarray, t_end_ns: int) -> None:
@@ -1020,6 +1054,29 @@ class Session(RunData):
                          self._source.label)
         if rows:
             summary["devices"] = rows
+
+    @staticmethod
+    def _edge_bound_summary(samples: np.ndarray, att: Any, period_s: float) -> Dict[str, Any]:
+        """``summary()["boundary_reads"]["edge_bound"]``: how far the resolved phases and tokens
+        can be off because each edge reading is stale by up to one counter update (see
+        :func:`energyprof.measure.boundary.edge_bound_j`), in joules and as a share of the row."""
+        from .boundary import edge_bound_j
+
+        out: Dict[str, Any] = {"update_period_s": period_s}
+        sec = att.sections
+        bound = edge_bound_j(sec, samples, period_s)
+        for name in ("prefill", "decode"):
+            idx = np.flatnonzero((sec["name"] == name) & (sec["kind"] == "phase"))
+            ok = idx[np.isfinite(bound[idx])] if len(idx) else idx
+            if len(ok):
+                j = float(bound[ok].sum())
+                e = float(np.nansum(sec["energy_j"][ok]))
+                out[name + "_j"] = j
+                out[name + "_share"] = j / e if e > 0 else None
+        tb = edge_bound_j(att.tokens, samples, period_s)
+        ok = np.isfinite(tb) & (att.tokens["energy_j"] > 0)
+        out["tokens_median_share"] = float(np.median(tb[ok] / att.tokens["energy_j"][ok])) if ok.any() else None
+        return out
 
     def _add_limits(self, summary: Dict[str, Any]) -> None:
         """Power limits the source knows (or were stated) and each peak as a share of its limit."""
@@ -1277,7 +1334,7 @@ def run(
     sparse_below: Optional[float] = None,
     kill_below: Optional[float] = None,
     power_limit_w: Any = None,
-    boundary_reads: Optional[bool] = None,
+    boundary_reads: Optional[Union[bool, str]] = None,
 ) -> Session:
     """Profile the energy of everything a model does inside a ``with`` block.
 
@@ -1327,6 +1384,11 @@ def run(
         hook, without the GIL), so phases and decode steps are integrated from readings at their
         edges.  ``None`` (default) or ``True``: where the source supports it (counter sources:
         rapl, nvml, ioreport, estimate; and synthetic); ``False``: the periodic poll only.
+        ``"sync"`` (rapl): also, at each ``generate()``'s prefill edges (its first forward's start
+        and the second's), wait for the counter to move before the forward starts, so those
+        readings are fresh rather than up to one counter update stale; costs up to one update
+        (about 1 ms on RAPL) per edge, stated in ``summary()["boundary_reads"]["sync"]``.
+        ValueError on a source whose counter cannot be waited on.
 
     Returns a :class:`Session`; use it as a context manager.
     """

@@ -8,7 +8,8 @@ A *spec* is one string, ``KIND[:PARAMS]``, where PARAMS are comma-separated
     powermetrics:interval_ms=100,samplers=cpu_power+gpu_power
     nvml:index=0                            NVIDIA GPU energy counter
     nvml:devices=0,1                        several GPUs of this process (or devices=all)
-    rapl:root=/sys/class/powercap           Linux powercap (Intel/AMD RAPL)
+    rapl:root=/sys/class/powercap           Linux powercap (Intel/AMD RAPL); update_ms=1: how
+                                            often the hardware advances the counter
     ioreport                                macOS IOReport energy counters, no sudo
     estimate:watts_per_core=4               CPU power modelled from CPU time (estimated)
     auto                                    the best source that works here (energyprof doctor)
@@ -111,6 +112,13 @@ def _num(key: str, value: str) -> str:
 def _positive(key: str, value: str) -> str:
     if _number(key, value) <= 0:
         raise ValueError(f"{key!r} must be > 0, got {value!r}")
+    return value
+
+
+def _counter_update_ms(key: str, value: str) -> str:
+    # As the C source: (0, 1000] ms.
+    if not 0 < _number(key, value) <= 1000:
+        raise ValueError(f"{key!r} must be a number of milliseconds in (0, 1000], got {value!r}")
     return value
 
 
@@ -281,7 +289,7 @@ KINDS: Dict[str, KindSpec] = {
     "nvml": KindSpec(keys={"devices": _devices, "index": lambda k, v: _uint(k, v, 31), "lib": _existing_file},
                      whole=_nvml_whole, lists=("devices",),
                      doc="nvml[:devices=0,1|all,lib=PATH] (index=N: one GPU, the same as devices=N)"),
-    "rapl": KindSpec(keys={"root": _existing_dir}, doc="rapl[:root=PATH]"),
+    "rapl": KindSpec(keys={"root": _existing_dir, "update_ms": _counter_update_ms}, doc="rapl[:root=PATH,update_ms=1]"),
     "ioreport": KindSpec(keys={}, doc="ioreport"),
     "estimate": KindSpec(
         keys={"watts_per_core": _positive, "tdp_w": _positive, "idle_w": _non_negative},
