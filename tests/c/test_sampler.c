@@ -354,13 +354,15 @@ EP_TEST(sampler_boundary_reads_tile_time)
     int64_t asked[200];
     for (int i = 0; i < 200; i++) {
         asked[i] = ep_now_ns();
-        ep_boundary_fire(asked[i]);
+        int64_t t = asked[i];
+        ep_boundary_fire(&t, 1); /* a forward's end: a plain read (no sync armed) */
         struct timespec nap = {0, 100000L};
         nanosleep(&nap, NULL);
     }
     EP_CHECK(ep_sampler_boundary_read(s, 1) == EP_OK);  /* long past: no sample */
     ep_sampler_set_boundary_target(NULL);
-    ep_boundary_fire(ep_now_ns());                       /* no target: nothing */
+    int64_t t_none = ep_now_ns();
+    ep_boundary_fire(&t_none, 1);                         /* no target: nothing */
     ep_sampler_stop(s);
     static ep_sample out[1 << 16];
     size_t n = ep_sampler_drain(s, out, 1 << 16);
