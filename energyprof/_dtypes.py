@@ -261,6 +261,23 @@ RANK_DTYPE = np.dtype(
     ]
 )
 
+#: One GPU's share of a power sample, for a source reading several GPUs in one process
+#: (``nvml:devices=0,1`` / ``all``; energyprof.measure.devices).  Each row has the times,
+#: kind and flags of the run's sample it is a share of (whose ``gpu_w`` is the sum of its
+#: devices' ``power_w``); ``device`` is the GPU's NVML index.  These rows are a breakdown,
+#: never added to a run's energy: the gpu domain already holds them.
+DEVICE_SAMPLE_DTYPE = np.dtype(
+    [
+        ("t_start_ns", "<i8"),
+        ("t_end_ns", "<i8"),
+        ("kind", "<i4"),             # as the sample's: INSTANT or INTERVAL
+        ("flags", "<u4"),            # the sample's SFLAG_* bits (final, boundary, suspect)
+        ("device", "<i4"),           # the GPU's index (nvmlDeviceGetHandleByIndex)
+        ("power_w", "<f8"),          # this GPU's power over the sample
+        ("rank", "<i4"),             # the rank whose process read it (0 in a one-process run)
+    ]
+)
+
 LAYER_DTYPE = CALL_DTYPE
 COMPONENT_DTYPE = CALL_DTYPE
 
@@ -269,5 +286,5 @@ EVENT_DTYPE = np.dtype([("t_ns", "<i8"), ("span_id", "<i4"), ("kind", "<i4")])  
 
 __all__ = ["FLAG_OUTSIDE", "FLAG_GAP", "FLAG_NAN", "FLAG_UNRESOLVED", "FLAG_BRIDGED", "FLAG_NAMES", "flag_names",
            "DOMAINS", "SECTION_DTYPE", "TOKEN_DTYPE", "CALL_DTYPE", "LAYER_DTYPE", "COMPONENT_DTYPE", "EVENT_DTYPE",
-           "HEAD_DTYPE", "TEXT_DTYPE", "text_dtype", "RANK_DTYPE", "measured_domains", "total_rule", "total_columns",
+           "HEAD_DTYPE", "TEXT_DTYPE", "text_dtype", "RANK_DTYPE", "DEVICE_SAMPLE_DTYPE", "measured_domains", "total_rule", "total_columns",
            "total_of"]

@@ -4,12 +4,13 @@
   the ``energyprof`` command prints it in one line and exits with status 2.
 * :class:`MissingExtraError`: an optional package is not installed; names the extra that
   brings it (``pip install 'energyprof[torch]'``).
+* :class:`DeviceError`: a source's device list names a device that is malformed or absent.
 * :class:`NoDataError`: a run holds nothing for the figure asked for.
 * :class:`SchemaError`: a database whose schema this version cannot read.
 """
 from __future__ import annotations
 
-__all__ = ["UserError", "MissingExtraError", "NoDataError", "SchemaError", "require"]
+__all__ = ["UserError", "MissingExtraError", "NoDataError", "SchemaError", "DeviceError", "require"]
 
 #: Which extra of the package brings which importable module.
 EXTRAS = {"torch": "torch", "transformers": "torch", "matplotlib": "plot", "plotly": "plot", "rich": "cli",
@@ -30,6 +31,12 @@ class MissingExtraError(UserError, ImportError):
         self.extra = EXTRAS.get(root)
         how = f"pip install 'energyprof[{self.extra}]'" if self.extra else f"pip install {root}"
         super().__init__(f"{what} needs {module}, which is not installed: {how}")
+
+
+class DeviceError(UserError, ValueError):
+    """A source was asked for a device it cannot read: a malformed device list
+    (``nvml:devices=0,x``) or a device that is not there (the message names the entry and
+    how many devices there are)."""
 
 
 class NoDataError(ValueError):

@@ -13,6 +13,8 @@ Scenarios
   group (all_reduce inside forward); replica group = rank // 2; rank r draws 5 * (r + 1) W.
 - ``die``: like ``dp``, but the last rank dies (os._exit) inside the block.
 - ``sources``: an ``estimate`` run (host-wide), then an ``nvml`` run without ``index=``.
+- ``long``: rank r draws 10 * (r + 1) W sampled every 0.25 ms for about a second (enough
+  samples per rank for downsampling levels), around one forward of a small linear model.
 """
 from __future__ import annotations
 
@@ -95,6 +97,14 @@ elif scenario == "sources":
     with ep.run(model, source="nvml", distributed="auto", db=db, baseline_s=0, name="nvml") as s:
         model(torch.zeros(2, 4))
     result["nvml_spec"] = s._source.spec
+elif scenario == "long":
+    import time
+
+    model = torch.nn.Linear(4, 4)
+    with ep.run(model, source=f"synthetic:power_w={10 * (rank + 1)},period_ms=0.25", distributed="auto", db=db,
+                baseline_s=0) as s:
+        model(torch.zeros(2, 4))
+        time.sleep(1.0)
 else:
     raise SystemExit(f"unknown scenario {scenario}")
 

@@ -212,3 +212,33 @@ def test_host_wide_source_on_one_rank_per_host_and_nvml_on_the_local_device(tmp_
     assert mine[1]["nvml_spec"] == "nvml:index=1"
     assert nv.ranks["source"].tolist() == ["nvml:index=0", "nvml:index=1"]
     assert sorted(set(nv.samples["rank"].tolist())) == [0, 1]
+
+
+def test_a_merged_run_has_downsampling_levels_for_each_rank(tmp_path):
+    """The merged run keeps sample_levels (what the dashboard's timelines read) per rank: each
+    rank's level-1 buckets are its own 16 consecutive samples, re-computed here by brute force
+    from the stored raw samples of that rank (mean weighted by duration, min, max)."""
+    db, _ = spawn(tmp_path, 2, "long")
+    run = _one_run(db)
+    conn = sqlite3.connect(db)
+    lv = conn.execute("SELECT rank, bucket, t_start_ns, t_end_ns, n, cpu_mean_w, cpu_min_w, cpu_max_w "
+                      "FROM sample_levels WHERE run_id = ? AND level = 1 ORDER BY rank, bucket",
+                      (run.run_id,)).fetchall()
+    conn.close()
+    assert sorted({r[0] for r in lv}) == [0, 1]
+    for rank in (0, 1):
+        mine = run.samples[run.samples["rank"] == rank]
+        mine = mine[np.argsort(mine["t_start_ns"], kind="stable")]
+        rows = [r for r in lv if r[0] == rank]
+        assert len(mine) >= 1024 and len(rows) == -(-len(mine) // 16)
+        assert sum(r[4] for r in rows) == len(mine)
+        for r in rows:
+            k = r[1]
+            chunk = mine[16 * k:16 * k + 16]
+            dt = (chunk["t_end_ns"] - chunk["t_start_ns"]).astype(float)
+            p = chunk["cpu_w"]
+            assert (r[2], r[3], r[4]) == (int(chunk["t_start_ns"][0]), int(chunk["t_end_ns"][-1]), len(chunk))
+            assert r[5] == pytest.approx(float((p * dt).sum() / dt.sum()), rel=1e-12)
+            assert (r[6], r[7]) == (float(p.min()), float(p.max()))
+        # each rank's own power (its ground truth) comes through its levels
+        assert np.mean([r[5] for r in rows]) == pytest.approx(10.0 * (rank + 1), rel=1e-9)

@@ -147,7 +147,7 @@ def test_driver_not_loaded_and_bad_index(fake, monkeypatch):
     with pytest.raises(FileNotFoundError, match="Driver Not Loaded"):
         _core.SourceDriver("nvml", {})
     monkeypatch.delenv("FAKE_NVML_INIT")
-    with pytest.raises(ValueError, match="GPU index 3 does not exist \\(1 GPU found\\)"):
+    with pytest.raises(ValueError, match="GPU index 3 does not exist \\(1 GPU found; valid: 0\\)"):
         _core.SourceDriver("nvml", {"index": "3"})
     monkeypatch.setenv("FAKE_NVML_COUNT", "0")
     with pytest.raises(FileNotFoundError, match="0 GPUs found"):

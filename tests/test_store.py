@@ -23,7 +23,8 @@ import energyprof as ep
 from energyprof import _core
 from energyprof import _reference
 from energyprof.store import schema
-from energyprof._dtypes import CALL_DTYPE, HEAD_DTYPE, RANK_DTYPE, SECTION_DTYPE, TEXT_DTYPE, TOKEN_DTYPE, text_dtype
+from energyprof._dtypes import (CALL_DTYPE, DEVICE_SAMPLE_DTYPE, HEAD_DTYPE, RANK_DTYPE, SECTION_DTYPE, TEXT_DTYPE,
+                               TOKEN_DTYPE, text_dtype)
 from energyprof.store.db import Store
 from energyprof.store.rundata import AGG_DTYPE, ARRAY_NAMES, RunData, sample_row_dtype
 from fakeclock import wait_until
@@ -191,8 +192,18 @@ def make_arrays(seed: int = 0, n_samples: int = 300, n_layers: int = 3, n_steps:
     rank_sections["rank"] = np.repeat([0, 1], len(sections))
     rank_tokens = np.concatenate([tokens, tokens])
     rank_tokens["rank"] = np.repeat([0, 1], n_steps)
+    # two GPUs' own series (nvml:devices=0,1): one row per device per sample, NaN kept
+    shared = samples[:25]
+    device_samples = np.zeros(2 * len(shared), DEVICE_SAMPLE_DTYPE)
+    for f in ("t_start_ns", "t_end_ns", "kind", "flags"):
+        device_samples[f] = np.repeat(shared[f], 2)
+    device_samples["device"] = np.tile([0, 3], len(shared))
+    device_samples["power_w"] = np.where(rng.random(len(device_samples)) < 0.1, np.nan,
+                                         rng.uniform(0, 700, len(device_samples)))
+    device_samples["rank"] = rng.integers(0, 2, len(device_samples))
     return dict(samples=samples, sections=sections, tokens=tokens, layers=layers, components=components, ops=ops,
-                heads=heads, texts=texts, ranks=ranks, rank_sections=rank_sections, rank_tokens=rank_tokens)
+                heads=heads, texts=texts, ranks=ranks, rank_sections=rank_sections, rank_tokens=rank_tokens,
+                device_samples=device_samples)
 
 
 def make_run(i: int = 0, **kw) -> RunData:
@@ -398,7 +409,7 @@ def test_schema_has_a_column_for_every_dtype_field(dbpath):
             cols = set(schema.table_columns(s.conn, table))
             dt_ = RunData().array(name).dtype   # samples: SAMPLE_DTYPE + rank
             assert set(dt_.names) | {"run_id"} == cols, (table, set(dt_.names) ^ (cols - {"run_id"}))
-        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == schema.RANKS_VERSION
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == schema.DEVICES_VERSION
         idx = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         for table in schema.ARRAY_TABLES.values():
             if table not in ("head_metrics", "texts", "run_ranks"):
@@ -737,7 +748,8 @@ def test_round_trip_every_array_field_by_field(dbpath):
         assert len(s.load(rid).samples) == len(run.samples)
         s.finish_run(rid, run.summary(), run.sections, run.tokens, run.layers, run.components, "completed",
                      ops=run.ops, heads=run.heads, texts=run.texts, ranks=run.ranks,
-                     rank_sections=run.rank_sections, rank_tokens=run.rank_tokens)
+                     rank_sections=run.rank_sections, rank_tokens=run.rank_tokens,
+                     device_samples=run.device_samples)
     back = ep.load(rid, db=dbpath)
     assert_same_arrays(back, run)
     want = run.summary()
@@ -1452,7 +1464,7 @@ def test_many_processes_open_a_fresh_database_at_once(tmp_path):
         procs = [subprocess.Popen([sys.executable, "-c", code, path]) for _ in range(4)]
         assert [p.wait() for p in procs] == [0] * 4
         with Store(path) as s:
-            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == schema.RANKS_VERSION
+            assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == schema.DEVICES_VERSION
             assert "head_metrics" in schema.tables(s.conn)
             assert len(ep.runs(db=s, limit=None)) == 4 + (0 if kind == "fresh" else 2)
 
@@ -1589,3 +1601,38 @@ def test_migrate_to_ranks_step_alone_adds_ranks_and_keeps_every_row(dbpath):
         ep.delete(rid, db=s)
         for t in ("run_ranks", "rank_sections", "rank_tokens"):
             assert s.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] == 0
+
+
+def test_a_version_7_store_migrates_to_devices_and_keeps_every_row(dbpath):
+    """The several-GPU step (schema._migrate_to_devices, from DEVICES_VERSION - 1): a real file
+    of schema 7 (written with the v7 DDL, rank columns and rank tables filled) opens at the
+    current version with an empty device_samples table and every old row unchanged; the
+    migrated store then keeps a run's per-device series field by field."""
+    prev = schema.DEVICES_VERSION - 1
+    assert prev == schema.RANKS_VERSION
+    arrays = _V3_ARRAYS + ("texts", "ranks", "rank_sections", "rank_tokens")
+    ids, tables = _fill_old(dbpath, prev, arrays, 2)
+    assert "device_samples" not in tables
+    conn = sqlite3.connect(dbpath)
+    old_tables = ["runs"] + [schema.ARRAY_TABLES[n] for n in arrays]
+    before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in old_tables}
+    conn.close()
+    with Store(dbpath) as s:
+        assert schema.user_version(s.conn) == schema.SCHEMA_VERSION == schema.DEVICES_VERSION
+        for t in old_tables:
+            assert [tuple(r) for r in s.conn.execute(f"SELECT * FROM {t} ORDER BY rowid")] == before[t], t
+        assert schema.table_columns(s.conn, "device_samples")[1:] == [c for c, _ in
+                                                                      schema.TABLE_COLUMNS["device_samples"]]
+        assert s.conn.execute("SELECT COUNT(*) FROM device_samples").fetchone()[0] == 0
+        assert len(s.load(ids[0]).device_samples) == 0
+        assert schema.table_columns(s.conn, "sample_levels")[1:] == [c for c, _ in
+                                                                     schema.TABLE_COLUMNS["sample_levels"]]
+        assert schema.table_columns(s.conn, "sample_levels")[-1] == "rank"
+        run = make_run(6)
+        assert len(run.device_samples) == 50
+        rid = s.save(run)
+        back = s.load(rid)
+        for f in DEVICE_SAMPLE_DTYPE.names:
+            np.testing.assert_array_equal(back.device_samples[f], run.device_samples[f], err_msg=f)
+        ep.delete(rid, db=s)
+        assert s.conn.execute("SELECT COUNT(*) FROM device_samples").fetchone()[0] == 0

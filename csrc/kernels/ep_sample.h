@@ -31,7 +31,14 @@ enum {
     EP_SFLAG_NAN_FIELD = 1u << 5,  /* the raw document had a NaN field                 */
     EP_SFLAG_BOUNDARY  = 1u << 6,  /* ends at a boundary read (a forward's start or end) */
     EP_SFLAG_SYNCED    = 1u << 7,  /* ends on a reading taken as the counter was seen to move */
+    /* One device's share of the sample just before it (nvml:devices=0,1): its power in the
+     * gpu domain, the device's index in bits EP_SFLAG_DEVICE_SHIFT.. (8 bits).  Never part of
+     * the run's energy: energyprof.measure.sampler moves such samples to their own series
+     * before anything integrates, so the gpu domain (their sum) is counted once. */
+    EP_SFLAG_DEVICE    = 1u << 15,
 };
+#define EP_SFLAG_DEVICE_SHIFT 16
+#define EP_SFLAG_DEVICE_MASK 0xffu
 
 typedef struct {
     int64_t t_start_ns;              /* interval start (== t_end_ns for INSTANT)     */

@@ -11,6 +11,7 @@
 #include "ep_clock.h"
 #include "ep_errors.h"
 #include "ep_sample.h"
+#include "ep_source.h"
 
 PyObject *ep_module_raise(int code, const char *detail)
 {
@@ -217,7 +218,10 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "SFLAG_WRAPPED", EP_SFLAG_WRAPPED) < 0 ||
         PyModule_AddIntConstant(m, "SFLAG_NAN_FIELD", EP_SFLAG_NAN_FIELD) < 0 ||
         PyModule_AddIntConstant(m, "SFLAG_BOUNDARY", EP_SFLAG_BOUNDARY) < 0 ||
-        PyModule_AddIntConstant(m, "SFLAG_SYNCED", EP_SFLAG_SYNCED) < 0)
+        PyModule_AddIntConstant(m, "SFLAG_SYNCED", EP_SFLAG_SYNCED) < 0 ||
+        PyModule_AddIntConstant(m, "SFLAG_DEVICE", EP_SFLAG_DEVICE) < 0 ||
+        PyModule_AddIntConstant(m, "SFLAG_DEVICE_SHIFT", EP_SFLAG_DEVICE_SHIFT) < 0 ||
+        PyModule_AddIntConstant(m, "SOURCE_READ_MAX", EP_SOURCE_READ_MAX) < 0)
         goto error;
     if (ep_module_add_integrate(m) < 0 || ep_module_add_sampler(m) < 0 || ep_module_add_plist(m) < 0 ||
         ep_module_add_hooks(m) < 0 || ep_module_add_store(m) < 0 ||

@@ -248,7 +248,7 @@ static PyObject *driver_start(DriverObject *self, PyObject *args)
 static PyObject *driver_step(DriverObject *self, PyObject *args, int is_stop)
 {
     long long t_ns;
-    Py_ssize_t cap = 16;
+    Py_ssize_t cap = EP_SOURCE_READ_MAX;
     size_t n_out = 0;
     int rc;
     if (!PyArg_ParseTuple(args, "L|n", &t_ns, &cap) || !driver_ready(self))
@@ -304,9 +304,9 @@ static PyObject *driver_get(DriverObject *self, void *which)
 static PyMethodDef driver_methods[] = {
     {"start", (PyCFunction)driver_start, METH_VARARGS, "start(t_ns): the source's start at time t_ns."},
     {"poll", (PyCFunction)driver_poll, METH_VARARGS,
-     "poll(t_ns, cap=16) -> ndarray[SAMPLE_DTYPE]: one poll at time t_ns."},
+     "poll(t_ns, cap=32) -> ndarray[SAMPLE_DTYPE]: one poll at time t_ns."},
     {"stop", (PyCFunction)driver_stop, METH_VARARGS,
-     "stop(t_ns, cap=16) -> ndarray[SAMPLE_DTYPE]: the final flush at time t_ns."},
+     "stop(t_ns, cap=32) -> ndarray[SAMPLE_DTYPE]: the final flush at time t_ns."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -30,7 +30,10 @@ enum {
 };
 
 #define EP_SOURCE_MSG_LEN 256
-#define EP_SOURCE_META_LEN 1024
+#define EP_SOURCE_META_LEN 4096
+/* The most samples one poll / boundary / stop call of any source writes (nvml: the sum and
+ * one per device); callers give at least this much room. */
+#define EP_SOURCE_READ_MAX 32
 
 typedef struct ep_source ep_source;
 struct ep_source {

@@ -39,7 +39,7 @@ struct ep_sampler {
     pthread_mutex_t src_lock; /* every source call + its push */
     int src_live;             /* under src_lock: started and not yet stopped */
     int64_t boundary_reads;   /* under src_lock */
-    ep_sample bbuf[4];        /* under src_lock: the boundary read's buffer */
+    ep_sample bbuf[EP_SOURCE_READ_MAX]; /* under src_lock: the boundary read's buffer */
 
     /* Under lock. */
     int state;                /* ST_*: who may start/stop/join */

@@ -122,6 +122,15 @@ def print_summary(summary: dict, resolution: Optional[dict] = None) -> None:
     measured = [(k, _fmt(v, "J")) for k, v in doms.items() if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if measured:
         _table("domains", ["domain", "energy"], measured)
+    from ..views.report import DEVICE_HEADERS, device_rows
+
+    devices = device_rows(summary)
+    if len(devices) > 1:   # several GPUs: each one's share of the gpu domain (a breakdown, not added again)
+        _table("GPUs (their sum is the gpu domain)", DEVICE_HEADERS[:8],
+               [[r[0], r[1], r[2], _fmt(r[3], "J"), _fmt(r[4]), _fmt(r[5], "W"), _fmt(r[6], "W"), r[7]]
+                for r in devices])
+        for r in devices:
+            print(f"  GPU {r[0]} ({r[9]}): {r[8]}")
 
 
 def load_model(name: str, dtype: Optional[str] = None):

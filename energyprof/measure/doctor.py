@@ -127,8 +127,11 @@ def _nvml_row() -> Dict[str, object]:
     ok, meta, err = _probe("nvml", {"index": "0"})
     if ok:
         mode = "energy counter" if meta.get("mode") == "energy_counter" else "instantaneous power"
+        n = meta.get("device_count")
+        more = f"; {n} GPUs here: nvml:devices=all reads every one" if isinstance(n, int) and n > 1 else ""
         return _row("nvml", "nvml:index=0", True, "measured",
-                    f"GPU 0: {meta.get('name', '?')}, driver {meta.get('driver_version', '?')}, {mode}", detail=meta)
+                    f"GPU 0: {meta.get('name', '?')}, driver {meta.get('driver_version', '?')}, {mode}{more}",
+                    detail=meta)
     if isinstance(err, FileNotFoundError):
         fix = ("install the NVIDIA driver (it provides libnvidia-ml.so.1), or point ENERGYPROF_NVML_LIB at it; "
                "`nvidia-smi` must work")

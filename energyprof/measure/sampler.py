@@ -22,6 +22,8 @@ from typing import List, Optional, Union
 import numpy as np
 
 from .. import _core
+from .._dtypes import DEVICE_SAMPLE_DTYPE
+from . import devices as _devices
 from . import sources as _sources
 
 __all__ = ["Sampler", "DRAIN_EVERY_S"]
@@ -55,6 +57,7 @@ class Sampler:
         self._chunks: List[np.ndarray] = []    # drained since the last compaction into _all
         self._all: np.ndarray = np.zeros(0, _core.SAMPLE_DTYPE)
         self._n = 0                            # len(_all) + sum of len(_chunks)
+        self._device_chunks: List[np.ndarray] = []   # per-device rows (nvml:devices=0,1), split off at drain
         self._drainer: Optional[threading.Thread] = None
         self._drainer_stop = threading.Event()
         self._warned_faults = 0
@@ -85,9 +88,17 @@ class Sampler:
         return self.samples
 
     def drain(self) -> np.ndarray:
-        """Move the samples waiting in the C ring to ``.samples``; return just those."""
+        """Move the samples waiting in the C ring to ``.samples``; return just those.
+
+        A source reading several GPUs (``nvml:devices=0,1``) also writes one row per device
+        after each sample: those go to :attr:`device_samples` here, so ``.samples`` holds
+        the sum only (its ``gpu_w``) and nothing downstream counts a device twice."""
         with self._lock:
-            chunk = self._core.drain()
+            chunk, per_device = _devices.split(self._core.drain())
+            if len(per_device):
+                self._device_chunks.append(per_device)
+                if len(self._device_chunks) >= 256:
+                    self._device_chunks = [np.concatenate(self._device_chunks)]
             if len(chunk):
                 self._chunks.append(chunk)
                 self._n += len(chunk)
@@ -137,6 +148,17 @@ class Sampler:
             if self._chunks:
                 self._join_chunks()
             return self._all
+
+    @property
+    def device_samples(self) -> np.ndarray:
+        """Each GPU's own series when the source reads several (``DEVICE_SAMPLE_DTYPE``, in
+        drain order; empty otherwise): a breakdown of ``samples["gpu_w"]``, never added to it."""
+        with self._lock:
+            if not self._device_chunks:
+                return np.zeros(0, DEVICE_SAMPLE_DTYPE)
+            if len(self._device_chunks) > 1:
+                self._device_chunks = [np.concatenate(self._device_chunks)]
+            return self._device_chunks[0]
 
     @property
     def n_samples(self) -> int:

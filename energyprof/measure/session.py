@@ -332,7 +332,7 @@ class Session(RunData):
         if not use:
             return None
         info = setup(self._source.kind, group)
-        if self._source.kind == "nvml" and "index" not in self._source.params:
+        if self._source.kind == "nvml" and "index" not in self._source.params and "devices" not in self._source.params:
             self._source = open_source(format_spec("nvml", {**self._source.params, "index": str(info.local_rank)}))
         return info
 
@@ -955,6 +955,7 @@ class Session(RunData):
         self._texts = self._text_rows()
         summary["text_stored"] = bool(len(self._texts))
         self._add_limits(summary)
+        self._add_devices(summary, samples, t_end_ns)
         self._summary = summary
         self._samples = with_rank(samples, sample_row_dtype(), 0)
         self._sections = att.sections
@@ -977,10 +978,11 @@ class Session(RunData):
                     self._store.write_array(self.run_id_, "samples", self._samples[self._samples["rank"] != 0])
                 self._store.finish_run(self.run_id_, summary, self._sections, self._tokens, self._layers,
                                        self._components, status, ops=self._ops, heads=self._heads,
-                                       texts=self._texts, all_samples=None if multi else samples,
+                                       texts=self._texts, all_samples=self._samples if multi else samples,
                                        ranks=self._ranks if multi else None,
                                        rank_sections=self._rank_sections if multi else None,
-                                       rank_tokens=self._rank_tokens if multi else None)
+                                       rank_tokens=self._rank_tokens if multi else None,
+                                       device_samples=self._device_samples if len(self._device_samples) else None)
             except Exception as e:
                 self._save_error = self._save_error or e
             finally:
@@ -1035,6 +1037,23 @@ class Session(RunData):
                 new["note"] += (f"; {st['starts'] - st['timeouts']} of {st['starts']} prefill edges were read as "
                                 "the counter moved (boundary_reads='sync'), so those are not stale")
         att.summary["resolution"] = new
+
+    def _add_devices(self, summary: Dict[str, Any], samples: np.ndarray, t_end_ns: int) -> None:
+        """``summary["devices"]``: each GPU's energy over the run window when the source names
+        its devices (nvml), from its own series (several GPUs) or the gpu domain (one); the
+        series goes to ``device_samples``.  A breakdown: no run figure adds these.  Not in a
+        multi-rank run: the ranks do not send their device rows to rank 0 (yet), and rank 0's
+        alone would be part of the run's GPUs passed off as all of them."""
+        from .devices import breakdown
+
+        if self._dist is not None:
+            return
+        per_device = getattr(self._sampler, "device_samples", None)
+        self._device_samples = per_device if per_device is not None and len(per_device) else self._device_samples
+        rows = breakdown(samples, self._device_samples, summary.get("source_meta"), self._t_start_ns, t_end_ns,
+                         self._source.label)
+        if rows:
+            summary["devices"] = rows
 
     @staticmethod
     def _edge_bound_summary(samples: np.ndarray, att: Any, period_s: float) -> Dict[str, Any]:

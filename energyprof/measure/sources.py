@@ -7,6 +7,7 @@ A *spec* is one string, ``KIND[:PARAMS]``, where PARAMS are comma-separated
     plist:capture.plist,speed=max           replay of a captured powermetrics stream
     powermetrics:interval_ms=100,samplers=cpu_power+gpu_power
     nvml:index=0                            NVIDIA GPU energy counter
+    nvml:devices=0,1                        several GPUs of this process (or devices=all)
     rapl:root=/sys/class/powercap           Linux powercap (Intel/AMD RAPL); update_ms=1: how
                                             often the hardware advances the counter
     ioreport                                macOS IOReport energy counters, no sudo
@@ -26,6 +27,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Tuple
+
+from ..errors import DeviceError
 
 __all__ = ["Source", "parse_spec", "open", "KINDS", "LABELS", "format_spec", "SYSTEMATIC", "systematic_uncertainty"]
 
@@ -163,6 +166,29 @@ def _positive_int(key: str, value: str) -> str:
     return value
 
 
+def _devices(key: str, value: str) -> str:
+    """``all`` or GPU numbers joined by ',' (each once): the nvml source's device list."""
+    if value == "all":
+        return value
+    seen = set()
+    for entry in value.split(","):
+        e = entry.strip()
+        if not _INT.fullmatch(e) or int(e) > 1024:
+            raise DeviceError(f"{key!r}: {entry!r} is not a GPU number 0..1024 (devices=0,1 or devices=all), "
+                              f"in {key}={value}")
+        if int(e) in seen:
+            raise DeviceError(f"{key!r}: GPU {e} is listed twice, in {key}={value}")
+        seen.add(int(e))
+    if len(seen) > 16:
+        raise DeviceError(f"{key!r}: {len(seen)} GPUs listed; one nvml source reads at most 16")
+    return ",".join(str(int(e)) for e in value.split(","))
+
+
+def _nvml_whole(params: Dict[str, str]) -> None:
+    if "devices" in params and "index" in params:
+        raise DeviceError("give devices= or index=, not both (index=N is devices=N)")
+
+
 def _domain(key: str, value: str) -> str:
     if value not in DOMAINS:
         raise ValueError(f"{key!r} must be one of {', '.join(DOMAINS)}, got {value!r}")
@@ -223,6 +249,9 @@ class KindSpec:
     #: checks over the whole parameter dict after each key passed (raise ValueError)
     whole: Optional[Callable[[Dict[str, str]], None]] = None
     doc: str = ""
+    #: keys whose value is a comma-separated list: the pieces after ``key=`` that are no
+    #: ``key=value`` belong to it (``nvml:devices=0,1,lib=PATH``)
+    lists: Tuple[str, ...] = ()
 
 
 def _plist_whole(params: Dict[str, str]) -> None:
@@ -257,8 +286,9 @@ KINDS: Dict[str, KindSpec] = {
         keys={"interval_ms": _positive_int, "samplers": _samplers, "binary": _executable},
         doc="powermetrics[:interval_ms=N,samplers=cpu_power+gpu_power,binary=PATH]",
     ),
-    "nvml": KindSpec(keys={"index": lambda k, v: _uint(k, v, 31), "lib": _existing_file},
-                     doc="nvml[:index=N,lib=PATH]"),
+    "nvml": KindSpec(keys={"devices": _devices, "index": lambda k, v: _uint(k, v, 31), "lib": _existing_file},
+                     whole=_nvml_whole, lists=("devices",),
+                     doc="nvml[:devices=0,1|all,lib=PATH] (index=N: one GPU, the same as devices=N)"),
     "rapl": KindSpec(keys={"root": _existing_dir, "update_ms": _counter_update_ms}, doc="rapl[:root=PATH,update_ms=1]"),
     "ioreport": KindSpec(keys={}, doc="ioreport"),
     "estimate": KindSpec(
@@ -306,11 +336,15 @@ def parse_spec(spec: str) -> Tuple[str, Dict[str, str]]:
         split = len(pieces) - n_opts
         params[ks.positional] = ",".join(pieces[:split])
         pieces = pieces[split:]
+    last = None
     for piece in pieces:
         if not piece.strip():
             raise ValueError(f"{spec}: empty parameter (stray ',')")
         key, eq, value = piece.partition("=")
         key, value = key.strip(), value.strip()
+        if not eq and last in ks.lists:
+            params[last] += "," + key   # the next entry of a list value (devices=0,1)
+            continue
         if not eq:
             raise ValueError(f"{spec}: {piece!r} is not key=value; {kind} takes {ks.doc}")
         if key not in ks.keys or key == ks.positional:
@@ -319,12 +353,13 @@ def parse_spec(spec: str) -> Tuple[str, Dict[str, str]]:
         if key in params:
             raise ValueError(f"{spec}: {key!r} given twice")
         params[key] = value
+        last = key
     try:
         checked = {key: ks.keys[key](key, value) for key, value in params.items()}
         if ks.whole is not None:
             ks.whole(checked)
     except ValueError as e:
-        raise ValueError(f"{spec}: {e}") from None
+        raise (DeviceError if isinstance(e, DeviceError) else ValueError)(f"{spec}: {e}") from None
     return kind, checked
 
 
@@ -411,7 +446,12 @@ def open(spec: "str | Source") -> Source:  # noqa: A001  (energyprof.measure.sou
     from .. import _core
 
     # A sampler with a one-sample ring is the cheapest way to run the C constructor.
-    probe = _core.Sampler(kind, dict(params), None, 1)
+    try:
+        probe = _core.Sampler(kind, dict(params), None, 1)
+    except ValueError as e:
+        if kind == "nvml":   # the list was well formed; the machine lacks a device it names
+            raise DeviceError(str(e).replace("invalid argument: ", "", 1)) from None
+        raise
     flags = int(probe.source_flags)
     if flags & _core.SRC_SIMULATED:
         label = "simulated"

@@ -503,7 +503,8 @@ class Store:
                    heads: Optional[np.ndarray] = None, texts: Optional[np.ndarray] = None,
                    all_samples: Optional[np.ndarray] = None,
                    ranks: Optional[np.ndarray] = None, rank_sections: Optional[np.ndarray] = None,
-                   rank_tokens: Optional[np.ndarray] = None) -> None:
+                   rank_tokens: Optional[np.ndarray] = None,
+                   device_samples: Optional[np.ndarray] = None) -> None:
         """Write the run's arrays and final summary, then set ``status``; waits until committed.
 
         ``texts`` are the prompt, output and token texts (``TEXT_DTYPE``, table texts).
@@ -512,6 +513,8 @@ class Store:
         levels (:mod:`energyprof.store.levels`, table sample_levels) that plots of long
         runs read instead of the raw samples.
         ``ranks``, ``rank_sections``, ``rank_tokens`` are the per-rank rows of a multi-rank run.
+        ``device_samples`` are each GPU's own series (``DEVICE_SAMPLE_DTYPE``, table
+        device_samples) when the source read several in one process.
         Rows written earlier for sections/tokens/layers/components/ops/heads of this run are
         replaced (finishing twice is harmless); ``samples`` (optional) are *appended*
         to those written with :meth:`write_samples`.  The runs row is updated last,
@@ -524,7 +527,7 @@ class Store:
         w = self.writer
         arrays = {"sections": sections, "tokens": tokens, "layers": layers, "components": components, "ops": ops,
                   "heads": heads, "texts": texts, "ranks": ranks, "rank_sections": rank_sections,
-                  "rank_tokens": rank_tokens}
+                  "rank_tokens": rank_tokens, "device_samples": device_samples}
         for name, arr in arrays.items():
             if arr is not None:
                 w.execute(f"DELETE FROM {ARRAY_TABLES[name]} WHERE run_id = ?", (rid,))
@@ -546,8 +549,9 @@ class Store:
         w.flush()
 
     def write_levels(self, run_id: int, samples: np.ndarray) -> None:
-        """Replace run ``run_id``'s downsampling levels with those of ``samples`` (queued)."""
-        rows = _levels.compute(np.asarray(samples))
+        """Replace run ``run_id``'s downsampling levels with those of ``samples`` (queued);
+        samples of several ranks (a merged multi-rank run) give one set of levels per rank."""
+        rows = _levels.compute_per_rank(np.asarray(samples))
         self.writer.execute("DELETE FROM sample_levels WHERE run_id = ?", (int(run_id),))
         if len(rows):
             self.writer.insert("sample_levels", rows, {"run_id": int(run_id)})
@@ -574,7 +578,8 @@ class Store:
         self.finish_run(rid, s, run.sections, run.tokens, run.layers, run.components,
                         status=status or s.get("status") or "completed", ops=run.ops, samples=run.samples,
                         heads=run.heads, texts=run.texts, all_samples=run.samples, ranks=run.ranks,
-                        rank_sections=run.rank_sections, rank_tokens=run.rank_tokens)
+                        rank_sections=run.rank_sections, rank_tokens=run.rank_tokens,
+                        device_samples=run.device_samples)
         return rid
 
     def mark_stale_running(self) -> List[int]:

@@ -49,7 +49,8 @@ SERIES = DOMAINS + ("total",)
 _STATS = _schema._LEVEL_STATS
 
 #: One row per (level, bucket): the columns of table sample_levels (without run_id).
-LEVEL_DTYPE = np.dtype([(c, "<i8" if t == "INTEGER" else "<f8") for c, t in _schema.TABLE_COLUMNS["sample_levels"]])
+LEVEL_DTYPE = np.dtype([(c, "<i8" if t.startswith("INTEGER") else "<f8")
+                        for c, t in _schema.TABLE_COLUMNS["sample_levels"]])
 
 
 def from_samples(samples: np.ndarray) -> np.ndarray:
@@ -180,6 +181,22 @@ def compute(samples: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
+def compute_per_rank(samples: np.ndarray) -> np.ndarray:
+    """:func:`compute` of each rank's own samples (a multi-rank run interleaves the ranks'
+    streams: each one is folded alone, in its own time order), with ``rank`` set; samples
+    without a ``rank`` field are rank 0's."""
+    names = samples.dtype.names or ()
+    if "rank" not in names:
+        return compute(samples)
+    out = []
+    for r in np.unique(samples["rank"]):
+        mine = samples[samples["rank"] == r]
+        rows = compute(mine[np.argsort(mine["t_start_ns"], kind="stable")])
+        rows["rank"] = int(r)
+        out.append(rows)
+    return np.concatenate(out) if out else np.zeros(0, dtype=LEVEL_DTYPE)
+
+
 def as_samples(rows: np.ndarray, sample_dtype: np.dtype) -> np.ndarray:
     """Bucket rows as samples (``sample_dtype``) with each domain's mean power: interval
     samples over each bucket's time span (instantaneous where every bucket is one
@@ -202,8 +219,9 @@ _RAW_SELECT = "t_start_ns, t_end_ns, kind, flags, " + ", ".join(f"{d}_w" for d i
 
 
 def _read_level(conn: sqlite3.Connection, run_id: int, level: int) -> np.ndarray:
-    cur = conn.execute(f"SELECT {_LEVEL_SELECT} FROM sample_levels WHERE run_id = ? AND level = ? ORDER BY bucket",
-                       (int(run_id), int(level)))
+    # in time order; a multi-rank run's ranks interleaved in time, as its raw samples are read
+    cur = conn.execute(f"SELECT {_LEVEL_SELECT} FROM sample_levels WHERE run_id = ? AND level = ? "
+                       f"ORDER BY t_start_ns, \"rank\", bucket", (int(run_id), int(level)))
     cur.row_factory = None
     rows = cur.fetchall()
     return np.array(rows, dtype=LEVEL_DTYPE) if rows else np.zeros(0, LEVEL_DTYPE)
@@ -258,4 +276,4 @@ def read_downsampled(conn: sqlite3.Connection, run_id: int, max_points: int,
 
 
 __all__ = ["LEVEL_DTYPE", "LEVEL_FACTOR", "MIN_BUCKETS", "READ_ROWS", "MAX_POINTS", "SERIES", "from_samples", "fold",
-           "compute", "read_downsampled", "levels_of", "as_samples"]
+           "compute", "compute_per_rank", "read_downsampled", "levels_of", "as_samples"]

@@ -23,13 +23,14 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .._dtypes import CALL_DTYPE, DOMAINS, HEAD_DTYPE, RANK_DTYPE, SECTION_DTYPE, TEXT_DTYPE, TOKEN_DTYPE
+from .._dtypes import (CALL_DTYPE, DEVICE_SAMPLE_DTYPE, DOMAINS, HEAD_DTYPE, RANK_DTYPE, SECTION_DTYPE, TEXT_DTYPE,
+                       TOKEN_DTYPE)
 from ..errors import MissingExtraError
 from .quality import grouped_block_stats, sample_blocks
 
 #: Names accepted by :meth:`RunData.to_pandas` and the store's array tables.
 ARRAY_NAMES = ("samples", "sections", "tokens", "layers", "components", "ops", "heads", "texts", "ranks",
-               "rank_sections", "rank_tokens")
+               "rank_sections", "rank_tokens", "device_samples")
 
 _DOMAIN_J = [(f"{d}_j", "<f8") for d in DOMAINS]
 
@@ -114,6 +115,8 @@ def _default_dtype(name: str) -> np.dtype:
         return TEXT_DTYPE
     if name == "ranks":
         return RANK_DTYPE
+    if name == "device_samples":
+        return DEVICE_SAMPLE_DTYPE
     return CALL_DTYPE  # layers, components, ops
 
 
@@ -218,6 +221,9 @@ class RunData:
         A multi-rank run (docs/distributed.md): one ``RANK_DTYPE`` row per rank, and each
         rank's own sections and tokens (``SECTION_DTYPE`` / ``TOKEN_DTYPE`` with their
         ``rank``); empty for a one-process run.
+    device_samples:
+        A source reading several GPUs (``nvml:devices=0,1``): each GPU's own series
+        (``DEVICE_SAMPLE_DTYPE``), a breakdown of ``samples["gpu_w"]``; empty otherwise.
     """
 
     def __init__(
@@ -235,6 +241,7 @@ class RunData:
         rank_sections: Optional[np.ndarray] = None,
         rank_tokens: Optional[np.ndarray] = None,
         sample_starts_ns: Optional[np.ndarray] = None,
+        device_samples: Optional[np.ndarray] = None,
     ) -> None:
         self._summary: Dict[str, Any] = copy.deepcopy(dict(summary or {}))
         # the raw samples' start times when ``samples`` holds a downsampled view (the
@@ -251,6 +258,7 @@ class RunData:
         self._ranks = _as_array("ranks", ranks)
         self._rank_sections = _as_array("rank_sections", rank_sections)
         self._rank_tokens = _as_array("rank_tokens", rank_tokens)
+        self._device_samples = _as_array("device_samples", device_samples)
 
     # -- accessors -------------------------------------------------------------------
     @property
@@ -356,6 +364,14 @@ class RunData:
         """A multi-rank run: every rank's own decode-step rows (``TOKEN_DTYPE``).  :attr:`tokens`
         counts each replica group's tokens once."""
         return self._rank_tokens
+
+    @property
+    def device_samples(self) -> np.ndarray:
+        """Each GPU's own series when the source read several in one process
+        (``DEVICE_SAMPLE_DTYPE``: the times, kind and flags of the sample it is a share of, the
+        GPU's index, its power); empty otherwise.  A breakdown of ``samples["gpu_w"]``: the
+        run's energy never adds these (``summary()["devices"]`` has each GPU's energy)."""
+        return self._device_samples
 
     def array(self, name: str) -> np.ndarray:
         """The array called ``name`` (one of :data:`ARRAY_NAMES`)."""

@@ -22,14 +22,20 @@ Versions
 6. adds the texts table (the prompt, the generated text and each token's text),
    the runs column attention_kind (MHA / GQA / MQA, backfilled from model_config) and
    act_abs_mean (mean |x| of a deep-mode call's output) to the three call tables.
-:data:`RANKS_VERSION` = 7 (currently the newest). multi-rank runs (energyprof.measure.distributed):
+:data:`RANKS_VERSION` = 7. multi-rank runs (energyprof.measure.distributed):
    a ``rank`` column on power_samples, sections, tokens and the three call tables; the
    per-rank tables rank_sections and rank_tokens; run_ranks (one row per rank: host, local
    rank, clock offset and its uncertainty, energy); and runs.world_size.
    :func:`_migrate_to_ranks` adds only these, so it chains after any step before it.
+:data:`DEVICES_VERSION` = 8 (currently the newest). several GPUs in one process
+   (``nvml:devices=0,1``): the device_samples table, each GPU's own series beside the
+   power_samples whose gpu domain is their sum (``energyprof._dtypes.DEVICE_SAMPLE_DTYPE``);
+   and ``rank`` on sample_levels (a multi-rank run's levels, one set per rank).
+   :func:`_migrate_to_devices` adds only these: runs saved before have no device rows, and
+   their levels are rank 0's.
 
 Every version number lives in the constants below (TEXTS_VERSION, RANKS_VERSION,
-SCHEMA_VERSION): renumbering a step is changing its constant.
+DEVICES_VERSION, SCHEMA_VERSION): renumbering a step is changing its constant.
 
 Array tables hold one column per field of the shared numpy dtypes
 (:mod:`energyprof._dtypes`, ``_core.SAMPLE_DTYPE``) plus ``run_id``; NaN is stored
@@ -50,7 +56,10 @@ TEXTS_VERSION = 6
 #: The version that adds multi-rank runs (rank columns, run_ranks, rank_sections,
 #: rank_tokens, runs.world_size); its step is _migrate_to_ranks, from RANKS_VERSION - 1.
 RANKS_VERSION = 7
-SCHEMA_VERSION = RANKS_VERSION
+#: The version that adds the device_samples table (one GPU's series of a several-GPU
+#: source); its step is _migrate_to_devices, from DEVICES_VERSION - 1.
+DEVICES_VERSION = 8
+SCHEMA_VERSION = DEVICES_VERSION
 
 #: Store table per RunData array name.
 ARRAY_TABLES: Dict[str, str] = {
@@ -65,6 +74,7 @@ ARRAY_TABLES: Dict[str, str] = {
     "ranks": "run_ranks",
     "rank_sections": "rank_sections",
     "rank_tokens": "rank_tokens",
+    "device_samples": "device_samples",
 }
 
 STATUSES = ("running", "completed", "interrupted", "failed")
@@ -235,8 +245,13 @@ def _with_ranks(cols: Dict[str, List[Tuple[str, str]]]) -> Dict[str, List[Tuple[
     return out
 
 
+# DEVICES_VERSION: each GPU's own series (DEVICE_SAMPLE_DTYPE), a breakdown of power_samples.gpu_w.
+_DEVICE_SAMPLE_COLS = [("t_start_ns", "INTEGER"), ("t_end_ns", "INTEGER"), ("kind", "INTEGER"), ("flags", "INTEGER"),
+                       ("device", "INTEGER"), ("power_w", "REAL")] + _RANK_COL
+
 #: Columns of each table in the current version (excluding run_id / id where noted).
-TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = _with_ranks(_V6_COLUMNS)
+TABLE_COLUMNS: Dict[str, List[Tuple[str, str]]] = {**_with_ranks(_V6_COLUMNS), "device_samples": _DEVICE_SAMPLE_COLS,
+                                                   "sample_levels": _LEVEL_COLS + _RANK_COL}
 
 #: Sort keys accepted by energyprof.store.db.runs (name -> runs column).
 SORT_KEYS: Dict[str, str] = {
@@ -282,9 +297,10 @@ def _head_table_ddl() -> List[str]:
     return _run_table_ddl("head_metrics", _HEAD_COLS, "idx_head_metrics_run_layer", "run_id, layer")
 
 
-def _levels_table_ddl() -> List[str]:
+def _levels_table_ddl(with_rank: bool = False) -> List[str]:
     # Read one level of one run in time order; run_id first serves the cascade delete.
-    return _run_table_ddl("sample_levels", _LEVEL_COLS, "idx_sample_levels_run_level", "run_id, level, bucket")
+    cols = _LEVEL_COLS + (_RANK_COL if with_rank else [])
+    return _run_table_ddl("sample_levels", cols, "idx_sample_levels_run_level", "run_id, level, bucket")
 
 
 def _text_table_ddl() -> List[str]:
@@ -329,11 +345,13 @@ def ddl(version: int = SCHEMA_VERSION) -> List[str]:
         if version >= 3:
             stmts += _head_table_ddl()
         if version >= 4:
-            stmts += _levels_table_ddl()
+            stmts += _levels_table_ddl(with_rank=version >= DEVICES_VERSION)
         if version >= TEXTS_VERSION:
             stmts += _text_table_ddl()
         if version >= RANKS_VERSION:
             stmts += _rank_tables_ddl()
+        if version >= DEVICES_VERSION:
+            stmts += _array_table_ddl("device_samples", _DEVICE_SAMPLE_COLS)
         return stmts
     raise ValueError(f"no schema version {version}; known versions: 1..{SCHEMA_VERSION}")
 
@@ -440,13 +458,23 @@ def _migrate_to_ranks(conn: sqlite3.Connection) -> None:
         conn.execute(s)
 
 
+def _migrate_to_devices(conn: sqlite3.Connection) -> None:
+    """DEVICES_VERSION - 1 -> DEVICES_VERSION: the device_samples table (runs saved before
+    read one GPU, or summed several without keeping each one's series) and the rank of each
+    sample_levels row (existing levels are of one process, or absent for a multi-rank run: 0)."""
+    for s in _array_table_ddl("device_samples", _DEVICE_SAMPLE_COLS):
+        conn.execute(s)
+    conn.execute(f"ALTER TABLE sample_levels ADD COLUMN {_q('rank')} {_RANK_COL[0][1]}")
+
+
 def _num(v):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 #: MIGRATIONS[v] turns a version-v database into version v+1.
 MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5,
-              TEXTS_VERSION - 1: _migrate_to_6, RANKS_VERSION - 1: _migrate_to_ranks}
+              TEXTS_VERSION - 1: _migrate_to_6, RANKS_VERSION - 1: _migrate_to_ranks,
+              DEVICES_VERSION - 1: _migrate_to_devices}
 
 
 def user_version(conn: sqlite3.Connection) -> int:
@@ -518,4 +546,4 @@ def migrate(conn: sqlite3.Connection, path: str) -> Tuple[int, int]:
 
 
 __all__ = ["SCHEMA_VERSION", "ARRAY_TABLES", "TABLE_COLUMNS", "SORT_KEYS", "STATUSES", "SchemaError", "ddl",
-           "create", "migrate", "check", "MIGRATIONS", "RANKS_VERSION", "user_version", "tables", "table_columns"]
+           "create", "migrate", "check", "MIGRATIONS", "RANKS_VERSION", "DEVICES_VERSION", "user_version", "tables", "table_columns"]

@@ -339,6 +339,35 @@ def _rank_table(run: Any, s: Dict[str, Any]) -> str:
             "per replica group.</p>" + _table(h, rows) + _table(["host", "energy (J)"], hosts))
 
 
+#: Columns of :func:`device_rows`.
+DEVICE_HEADERS = ["GPU", "name", "reading", "energy (J)", "share of gpu", "mean power (W)", "peak power (W)",
+                  "samples", "resolution", "label"]
+
+
+def device_rows(s: Dict[str, Any]) -> List[List[Any]]:
+    """The per-GPU breakdown of a summary (``summary["devices"]``, a source reading GPUs by
+    index: nvml) as rows under :data:`DEVICE_HEADERS`; ``[]`` when it has none.  The HTML
+    report and the terminal summary (``energyprof profile`` / ``show``) print these."""
+    rows = []
+    for d in s.get("devices") or []:
+        if not isinstance(d, dict):
+            continue
+        rows.append([d.get("device"), d.get("name"), d.get("reading"), _float(d.get("energy_j")),
+                     _float(d.get("share")), _float(d.get("mean_power_w")), _float(d.get("peak_power_w")),
+                     d.get("n_samples"), d.get("resolution"), d.get("label")])
+    return rows
+
+
+def _device_table(s: Dict[str, Any]) -> str:
+    """Several GPUs in one process (docs/sources.md, nvml): each GPU's share of the gpu domain."""
+    rows = device_rows(s)
+    if len(rows) < 2:
+        return ""
+    return ("<h2 id=\"devices\">GPUs</h2><p class=note>The gpu domain above (and every phase, token and layer "
+            "figure) is the sum over these GPUs; each row is one GPU's own reading over the run window, a "
+            "breakdown that is not added again.</p>" + _table(DEVICE_HEADERS, rows))
+
+
 def _aggregate(calls: Optional[np.ndarray], by_component: bool, energy: float) -> Optional[np.ndarray]:
     """Per layer (or per (layer, component)) totals when the run object has no summaries."""
     if calls is None or len(calls) == 0:
@@ -701,6 +730,7 @@ def report_body(run: Any, *, co2_g_per_kwh: Optional[float] = None,
         deep_html, moe_html,
         "<h2 id=\"peaks\">Peaks and limits</h2>", _peaks_section(s),
         "<h2>Phases and domains</h2>", _phase_tables(run, s),
+        _device_table(s),
         _rank_table(run, s),
         "<h2>Tokens (decode steps)</h2>", _token_table(run, res),
         "<h2>Layers and components</h2>", _module_tables(run, s, res), _resolved_table(run),

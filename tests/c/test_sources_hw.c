@@ -198,6 +198,15 @@ EP_TEST(nvml_library_missing)
     EP_CHECK(strstr(err, "libnvidia-ml.so.1") != NULL);
     EP_CHECK(strstr(err, "driver") != NULL);
     EP_CHECK(create("nvml", "index", "x", &src, err) == EP_ERR_ARG);
+    /* a device list is checked before the library is loaded, each error naming its entry */
+    EP_CHECK(create("nvml", "devices", "0,x", &src, err) == EP_ERR_ARG);
+    EP_CHECK(strstr(err, "'x'") != NULL);
+    EP_CHECK(create("nvml", "devices", "1,1", &src, err) == EP_ERR_ARG);
+    EP_CHECK(strstr(err, "GPU 1 twice") != NULL);
+    EP_CHECK(create("nvml", "devices", "0,", &src, err) == EP_ERR_ARG);
+    EP_CHECK(create("nvml", "index", "0,1", &src, err) == EP_ERR_ARG);
+    EP_CHECK(strstr(err, "devices=0,1") != NULL);
+    EP_CHECK(create("nvml", "devices", "all", &src, err) == EP_ERR_NOTFOUND); /* well formed: the library is missing */
     if (saved) {
         setenv("ENERGYPROF_NVML_LIB", saved, 1);
         free(saved);

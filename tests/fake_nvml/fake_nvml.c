@@ -14,7 +14,10 @@
  *                     "power VALUE" (or the code) so a test driven by a real
  *                     sampler thread knows exactly which values were served.
  *   FAKE_NVML_INIT    optional NVML code returned by nvmlInit_v2 (e.g. 9).
- *   FAKE_NVML_COUNT   optional device count (default 1).
+ *   FAKE_NVML_COUNT   optional device count (default 1).  Several devices: a script line may
+ *                     hold one "ENERGY POWER" pair per device ("E0 P0 E1 P1 ..."; a device
+ *                     without its own pair takes the first), each device with its own
+ *                     cursors; the log names device d > 0 "energy@d" / "power@d".
  * A real card instead of a script (FAKE_NVML_WAVE set; the script is then ignored):
  *   FAKE_NVML_WAVE    "LOW_W,HIGH_W,PERIOD_MS": the true power, HIGH_W during the first half
  *                     of each period from FAKE_NVML_T0_NS (CLOCK_MONOTONIC ns; default: the
@@ -25,7 +28,13 @@
  *   nvmlDeviceGetFieldValues with NVML_FI_DEV_POWER_INSTANT (186) the instant power (mW).
  *   FAKE_NVML_NO_COUNTER=1  the energy counter is NOT_SUPPORTED (pre-Volta).
  *   FAKE_NVML_NO_FIELDS=1   field values are NOT_SUPPORTED (an old driver).
- * Device: name "Fake GPU 80GB", driver "999.01", power limit 350000 mW.
+ *   FAKE_NVML_DEVICE_W "W0,W1,...": device d draws the constant power Wd (watts) instead of
+ *                     the wave (sets the real-card mode without FAKE_NVML_WAVE; a device
+ *                     past the list draws the wave, or 0 W).  Device d's counter updates on
+ *                     its own phase: d * UPDATE_MS / 2 after T0, then every UPDATE_MS.
+ *   FAKE_NVML_NO_COUNTER_ON "d,e,...": those devices have no energy counter (NOT_SUPPORTED).
+ * Device d: name "Fake GPU 80GB" (d = 0) or "Fake GPU 80GB #d", driver "999.01", power
+ * limit 350000 mW.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +42,7 @@
 #include <time.h>
 
 #define MAX_LINES 4096
+#define MAX_DEV 16
 #define FI_DEV_POWER_INSTANT 186
 
 /* nvmlFieldValue_t, declared from NVML's documentation (40 bytes). */
@@ -52,6 +62,15 @@ typedef struct {
 static int wave, no_counter, no_fields;
 static double wave_low_w, wave_high_w;
 static long long wave_period_ns, update_ns = 100000000LL, wave_t0_ns = -1;
+static int n_const, const_set[MAX_DEV], no_counter_on[MAX_DEV];
+static double const_w[MAX_DEV];
+static int device_tokens[MAX_DEV]; /* the address of device_tokens[d] is device d's handle */
+
+static int device_of(void *device)
+{
+    long d = (int *)device - device_tokens;
+    return d >= 0 && d < MAX_DEV ? (int)d : 0;
+}
 
 static long long mono_ns(void)
 {
@@ -64,6 +83,8 @@ static long long mono_ns(void)
 static double wave_mj(long long t)
 {
     long long u = t - wave_t0_ns;
+    if (!wave_period_ns)
+        return 0.0;
     if (u <= 0)
         return 0.0;
     long long k = u / wave_period_ns, r = u % wave_period_ns, half = wave_period_ns / 2;
@@ -74,18 +95,55 @@ static double wave_mj(long long t)
 static double wave_power_w(long long t)
 {
     long long u = t - wave_t0_ns;
+    if (!wave_period_ns)
+        return 0.0;
     if (u < 0)
         return wave_low_w;
     return (u % wave_period_ns) < wave_period_ns / 2 ? wave_high_w : wave_low_w;
 }
 
+/* Device d's exact mJ over [t0, t) and its power at t. */
+static double dev_mj(int d, long long t)
+{
+    if (d < MAX_DEV && const_set[d])
+        return t > wave_t0_ns ? const_w[d] * (double)(t - wave_t0_ns) * 1e-6 : 0.0;
+    return wave_mj(t);
+}
+
+static double dev_power_w(int d, long long t)
+{
+    return d < MAX_DEV && const_set[d] ? const_w[d] : wave_power_w(t);
+}
+
+/* "a,b,c" of numbers into out (at most MAX_DEV); returns how many. */
+static int parse_list(const char *text, double *out)
+{
+    int n = 0;
+    char *end = NULL;
+    while (text && *text && n < MAX_DEV) {
+        out[n++] = strtod(text, &end);
+        if (end == text || *end != ',')
+            break;
+        text = end + 1;
+    }
+    return n;
+}
+
 static void load_wave(void)
 {
     const char *w = getenv("FAKE_NVML_WAVE");
-    double period_ms = 0;
+    double period_ms = 0, list[MAX_DEV];
+    n_const = parse_list(getenv("FAKE_NVML_DEVICE_W"), const_w);
+    for (int d = 0; d < MAX_DEV; d++)
+        const_set[d] = d < n_const, no_counter_on[d] = 0;
+    int n_off = parse_list(getenv("FAKE_NVML_NO_COUNTER_ON"), list);
+    for (int i = 0; i < n_off; i++)
+        if (list[i] >= 0 && list[i] < MAX_DEV)
+            no_counter_on[(int)list[i]] = 1;
     wave = w && sscanf(w, "%lf,%lf,%lf", &wave_low_w, &wave_high_w, &period_ms) == 3 && period_ms > 0;
-    if (!wave)
+    if (!wave && n_const == 0)
         return;
+    wave = 1;
     wave_period_ns = (long long)(period_ms * 1e6);
     const char *u = getenv("FAKE_NVML_UPDATE_MS");
     if (u && atof(u) > 0)
@@ -102,9 +160,8 @@ typedef struct {
     unsigned long long value;
 } field;
 
-static field energy_f[MAX_LINES], power_f[MAX_LINES];
-static int n_lines, energy_pos, power_pos, loaded, inited;
-static int fake_device_token; /* the address is the device handle */
+static field energy_f[MAX_DEV][MAX_LINES], power_f[MAX_DEV][MAX_LINES];
+static int n_lines, energy_pos[MAX_DEV], power_pos[MAX_DEV], loaded, inited;
 
 static field parse_field(const char *t)
 {
@@ -125,32 +182,49 @@ static void load_script(void)
     loaded = 1;
     const char *path = getenv("FAKE_NVML_SCRIPT");
     FILE *f = path ? fopen(path, "r") : NULL;
-    char line[256], a[64], b[64];
+    char line[1024];
     if (!f)
         return;
     while (n_lines < MAX_LINES && fgets(line, sizeof line, f)) {
+        char *tok[2 * MAX_DEV], *save = NULL;
+        int k = 0;
         if (line[0] == '#')
             continue;
-        if (sscanf(line, "%63s %63s", a, b) != 2)
+        for (char *t = strtok_r(line, " \t\r\n", &save); t && k < 2 * MAX_DEV; t = strtok_r(NULL, " \t\r\n", &save))
+            tok[k++] = t;
+        if (k < 2)
             continue;
-        energy_f[n_lines] = parse_field(a);
-        power_f[n_lines] = parse_field(b);
+        for (int d = 0; d < MAX_DEV; d++) {
+            int at = 2 * d + 1 < k ? 2 * d : 0; /* a device without its own pair takes the first */
+            energy_f[d][n_lines] = parse_field(tok[at]);
+            power_f[d][n_lines] = parse_field(tok[at + 1]);
+        }
         n_lines++;
     }
     fclose(f);
 }
 
-static void log_call(const char *what, field fl)
+static void log_dev(const char *what, int d, field fl)
 {
     const char *path = getenv("FAKE_NVML_LOG");
     FILE *f = path ? fopen(path, "a") : NULL;
+    char name[64];
     if (!f)
         return;
-    if (fl.code)
-        fprintf(f, "%s E%d\n", what, fl.code);
+    if (d > 0)
+        snprintf(name, sizeof name, "%s@%d", what, d);
     else
-        fprintf(f, "%s %llu\n", what, fl.value);
+        snprintf(name, sizeof name, "%s", what);
+    if (fl.code)
+        fprintf(f, "%s E%d\n", name, fl.code);
+    else
+        fprintf(f, "%s %llu\n", name, fl.value);
     fclose(f);
+}
+
+static void log_call(const char *what, field fl)
+{
+    log_dev(what, 0, fl);
 }
 
 static field next_field(field *arr, int *pos)
@@ -197,24 +271,28 @@ int nvmlDeviceGetHandleByIndex_v2(unsigned int index, void **device)
     nvmlDeviceGetCount_v2(&count);
     if (index >= count)
         return 2; /* INVALID_ARGUMENT */
-    *device = &fake_device_token;
+    if (index >= MAX_DEV)
+        return 2;
+    *device = &device_tokens[index];
     return 0;
 }
 
 int nvmlDeviceGetTotalEnergyConsumption(void *device, unsigned long long *energy_mj)
 {
+    int d = device_of(device);
     if (wave) {
-        if (no_counter)
+        if (no_counter || no_counter_on[d])
             return 3;
-        long long t = mono_ns(), u = t - wave_t0_ns;
-        long long tick = u > 0 ? wave_t0_ns + (u / update_ns) * update_ns : wave_t0_ns;
-        *energy_mj = (unsigned long long)wave_mj(tick);
+        long long phase = (d * update_ns) / 2 % update_ns;
+        long long t = mono_ns(), u = t - wave_t0_ns - phase;
+        long long tick = u > 0 ? wave_t0_ns + phase + (u / update_ns) * update_ns : wave_t0_ns;
+        *energy_mj = (unsigned long long)dev_mj(d, tick);
         field served = {0, *energy_mj};
-        log_call("energy", served);
+        log_dev("energy", d, served);
         return 0;
     }
-    field f = next_field(energy_f, &energy_pos);
-    log_call("energy", f);
+    field f = next_field(energy_f[d], &energy_pos[d]);
+    log_dev("energy", d, f);
     if (f.code)
         return f.code;
     *energy_mj = f.value;
@@ -223,13 +301,14 @@ int nvmlDeviceGetTotalEnergyConsumption(void *device, unsigned long long *energy
 
 int nvmlDeviceGetPowerUsage(void *device, unsigned int *power_mw)
 {
+    int d = device_of(device);
     if (wave) { /* the mean over the last second, as Ampere and later report */
         long long t = mono_ns();
-        *power_mw = (unsigned int)((wave_mj(t) - wave_mj(t - 1000000000LL)) + 0.5);
+        *power_mw = (unsigned int)((dev_mj(d, t) - dev_mj(d, t - 1000000000LL)) + 0.5);
         return 0;
     }
-    field f = next_field(power_f, &power_pos);
-    log_call("power", f);
+    field f = next_field(power_f[d], &power_pos[d]);
+    log_dev("power", d, f);
     if (f.code)
         return f.code;
     *power_mw = (unsigned int)f.value;
@@ -248,7 +327,7 @@ int nvmlDeviceGetFieldValues(void *device, int count, fake_field_value *values)
             v->latencyUsec = 0;
             v->valueType = 1; /* NVML_VALUE_TYPE_UNSIGNED_INT */
             v->nvmlReturn = 0;
-            v->value.uiVal = (unsigned int)(wave_power_w(t) * 1000.0 + 0.5);
+            v->value.uiVal = (unsigned int)(dev_power_w(device_of(device), t) * 1000.0 + 0.5);
         } else {
             v->nvmlReturn = 3; /* NOT_SUPPORTED */
         }
@@ -264,7 +343,11 @@ int nvmlDeviceGetPowerManagementLimit(void *device, unsigned int *limit_mw)
 
 int nvmlDeviceGetName(void *device, char *name, unsigned int length)
 {
-    snprintf(name, length, "Fake GPU 80GB");
+    int d = device_of(device);
+    if (d == 0)
+        snprintf(name, length, "Fake GPU 80GB");
+    else
+        snprintf(name, length, "Fake GPU 80GB #%d", d);
     return 0;
 }
 
