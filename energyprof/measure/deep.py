@@ -56,7 +56,7 @@ from .._dtypes import HEAD_DTYPE
 from .hooks import _restore_forward, _set_forward
 
 __all__ = ["ATTN_IMPLEMENTATION", "SPARSE_BELOW", "KILL_BELOW", "DeepOps", "attention_forward", "op_summary",
-           "tensor_stats", "fast_stats", "stats_rows", "OP_SUMMARY_DTYPE",
+           "tensor_stats", "fast_stats", "stats_rows", "ActivationStats", "OP_SUMMARY_DTYPE",
            "register_attention", "supports_attention", "head_summary"]
 
 #: Name under which energyprof's attention function and mask are registered with transformers.
@@ -133,12 +133,85 @@ def _cpu_view(x: Any) -> Optional[np.ndarray]:
 
 def fast_stats(x: Any, small_below: float = 1e-3) -> Any:
     """:func:`tensor_stats` in one pass: a tuple of 5 floats from the C kernel
-    (``_core.tensor_stats``) for CPU float32/float64 tensors, else :func:`tensor_stats`'s
-    device tensor (no host sync on accelerators)."""
+    (``_core.tensor_stats_of`` reads a contiguous CPU float32/float64 tensor in place, a strided
+    one is copied first), else :func:`tensor_stats`'s device tensor (no host sync on accelerators)."""
+    r = _core.tensor_stats_of(x, small_below)
+    if r is not None:
+        return r
     v = _cpu_view(x)
     if v is not None:
         return _core.tensor_stats(v, small_below)
     return tensor_stats(x, small_below)
+
+
+_NAN5 = (float("nan"),) * 5
+
+
+class ActivationStats:
+    """mode="deep": the activation statistics of each hooked module's output (mean, std,
+    max |x|, share of |x| < ``small_below``, mean |x|; of the first element of a tuple output)
+    on the 1st, (N+1)-th ... call of each module, N = ``every``.
+
+    With ``hook_method="wrap"`` the C forward wrapper takes them itself after the call's end
+    event (:meth:`wrap_options` go to :meth:`HookSet.add <energyprof.measure.hooks.HookSet.add>`):
+    one pass in C over a contiguous CPU float32/float64 output, no forward hook, so torch keeps
+    its fast call path; any other output goes to :meth:`fallback` (torch on its device, no
+    sync).  With ``hook_method="hooks"`` a Python forward hook (:meth:`forward_hook`) does the
+    same.  :meth:`collect` gathers both into float64 rows per span id.
+    """
+
+    def __init__(self, every: int, small_below: float) -> None:
+        self.every = int(every)
+        self.small_below = float(small_below)
+        self._py: Dict[int, list] = {}          # span id -> records of the forward-hook path
+
+    def fallback(self, out: Any) -> Any:
+        """The record of an output the C path cannot read (a tensor of another device or dtype,
+        strided, requiring grad): :func:`fast_stats`, NaN for a non-float or empty tensor."""
+        if out.is_floating_point() and out.numel():
+            return fast_stats(out, self.small_below)
+        return _NAN5
+
+    def wrap_options(self) -> dict:
+        """The ``stats=`` of :meth:`HookSet.add` (``_core.wrap_forward``'s statistics options)."""
+        import torch
+
+        return dict(stats_every=self.every, small_below=self.small_below, tensor_type=torch.Tensor,
+                    stats_fallback=self.fallback)
+
+    def forward_hook(self, span_id: int) -> Callable:
+        """A ``register_forward_hook`` callable recording ``span_id``'s statistics in Python."""
+        import torch
+
+        every, fallback = self.every, self.fallback
+        lst = self._py.setdefault(span_id, [])
+        seen = [0]
+
+        def hook(module, args, output):
+            k = seen[0]
+            seen[0] = k + 1
+            if k % every:
+                return
+            out = output[0] if isinstance(output, (tuple, list)) and len(output) else output
+            lst.append(fallback(out) if isinstance(out, torch.Tensor) else _NAN5)
+
+        return hook
+
+    def collect(self, callables: Sequence[Any]) -> Dict[int, np.ndarray]:
+        """span id -> float64 rows (records, 5), in call order: the forward hooks' records and
+        those of every ``_core.ForwardWrapper`` among ``callables`` that took any."""
+        out = {sid: stats_rows(lst) for sid, lst in self._py.items() if lst}
+        for w in callables:
+            if not isinstance(w, _core.ForwardWrapper):
+                continue
+            rows, deferred = w.act_stats()
+            if not len(rows):
+                continue
+            if deferred:
+                idx = np.array([i for i, _ in deferred], dtype=np.intp)
+                rows[idx] = stats_rows([r for _, r in deferred])
+            out[w.span_id] = rows
+        return out
 
 
 def stats_rows(lst: Sequence[Any], width: int = 5) -> np.ndarray:
@@ -734,6 +807,10 @@ class DeepOps:
         import torch
 
         if not self._due(marks):
+            return
+        r = _core.variance_ratio_of(x, out)
+        if r is not None:
+            self._ratio_raw.setdefault(marks.stats_key, []).append(r)
             return
         vx, vo = _cpu_view(x), _cpu_view(out)
         if vx is not None and vo is not None:
