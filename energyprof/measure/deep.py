@@ -724,11 +724,6 @@ class DeepOps:
             raise errors[0]
 
     # ------------------------------------------------------------------ statistics (one pass in C on CPU; device tensors, no sync, elsewhere)
-    def _due(self, marks: _Marks) -> bool:
-        k = marks.calls_seen
-        marks.calls_seen = k + 1
-        return k % self.stats_every == 0
-
     def _allowed(self, attention_mask: Any) -> Any:
         """Where the mask lets a key through (bool tensor), or None."""
         import torch
@@ -759,18 +754,21 @@ class DeepOps:
         return a
 
     def _attn_stats(self, marks: _Marks, w: Any, attention_mask: Any) -> None:
+        """Head statistics from the probabilities ``w`` the attention computed (no softmax of its own)."""
+        k = marks.calls_seen
+        marks.calls_seen = k + 1
+        if k % self.stats_every:
+            return
+        v = _cpu_view(w)
+        if v is not None and v.dtype == np.float32 and v.ndim == 4 and v.size:   # one C pass, in place
+            a = self._allowed_np(attention_mask, v.shape)
+            heads, all5 = _core.attention_stats(v, a, self.sparse_below)
+            self._head_raw.setdefault(marks.stats_key, []).append(heads)
+            self._act_raw.setdefault(marks.stats_key, []).append(all5)
+            return
         import torch
 
-        if not self._due(marks):
-            return
         with torch.no_grad():
-            v = _cpu_view(w) if w.dtype == torch.float32 else None
-            if v is not None and v.ndim == 4 and v.size:
-                a = self._allowed_np(attention_mask, v.shape)
-                heads, all5 = _core.attention_stats(v, a, self.sparse_below)
-                self._head_raw.setdefault(marks.stats_key, []).append(heads)
-                self._act_raw.setdefault(marks.stats_key, []).append(all5)
-                return
             p = w.detach()
             if p.dtype != torch.float32:
                 p = p.float()                                        # (B, H, Q, K)
@@ -793,25 +791,31 @@ class DeepOps:
             self._act_raw.setdefault(marks.stats_key, []).append(tensor_stats(p, self.sparse_below))
 
     def _kill_stats(self, marks: _Marks, a: Any) -> None:
-        import torch
-
-        if not self._due(marks):
+        k = marks.calls_seen
+        marks.calls_seen = k + 1
+        if k % self.stats_every:
             return
-        with torch.no_grad():
-            st = fast_stats(a, self.kill_below)
-            sid = marks.ops["act"][0].span_id
-            self._act_raw.setdefault(sid, []).append(st)
-            self._ratio_raw.setdefault(marks.stats_key, []).append(st[3])
+        st = _core.tensor_stats_of(a, self.kill_below)      # a contiguous CPU float tensor, in place
+        if st is None:
+            import torch
+
+            with torch.no_grad():
+                st = fast_stats(a, self.kill_below)
+        sid = marks.ops["act"][0].span_id
+        self._act_raw.setdefault(sid, []).append(st)
+        self._ratio_raw.setdefault(marks.stats_key, []).append(st[3])
 
     def _variance_stats(self, marks: _Marks, x: Any, out: Any) -> None:
-        import torch
-
-        if not self._due(marks):
+        k = marks.calls_seen
+        marks.calls_seen = k + 1
+        if k % self.stats_every:
             return
-        r = _core.variance_ratio_of(x, out)
+        r = _core.variance_ratio_of(x, out)                 # both contiguous CPU float tensors, in place
         if r is not None:
             self._ratio_raw.setdefault(marks.stats_key, []).append(r)
             return
+        import torch
+
         vx, vo = _cpu_view(x), _cpu_view(out)
         if vx is not None and vo is not None:
             self._ratio_raw.setdefault(marks.stats_key, []).append(_core.token_variance(vo) / _core.token_variance(vx))
@@ -826,14 +830,14 @@ class DeepOps:
         """Turn the recorded tensors into numbers.
 
         ``calls`` and ``span_ids`` are the run's calls and the span id of each row (same
-        order).  Adds the op activation statistics to ``act_stats`` (span id -> list of
-        (mean, std, max, sparsity, mean |x|) per call, the session's format) and returns the
+        order).  Adds the op activation statistics to ``act_stats`` (span id -> float64 rows
+        (mean, std, max, sparsity, mean |x|), one per sampled call, the session's format) and returns the
         per-head rows (:data:`HEAD_DTYPE`) and the ``summary["deep"]`` dict.
         """
         import torch
 
         for sid, lst in self._act_raw.items():
-            act_stats[sid] = [tuple(r) for r in stats_rows(lst).tolist()]
+            act_stats[sid] = stats_rows(lst)
         # per-head rows: the (k * stats_every)-th softmax call of a layer <- its k-th stats record
         rows = []
         for sid, lst in self._head_raw.items():
@@ -844,14 +848,15 @@ class DeepOps:
             idx = np.flatnonzero(span_ids == sid)[::self.stats_every]
             n = min(len(idx), len(st))
             h = st.shape[2]
-            for k in range(n):
-                c = calls[idx[k]]
-                r = np.zeros(h, HEAD_DTYPE)
-                r["call_id"], r["layer"], r["step"] = c["call_id"], c["layer"], c["step"]
-                r["head"] = np.arange(h)
-                r["entropy"], r["max_weight"], r["sparsity"] = st[k, 0], st[k, 1], st[k, 2]
-                r["n_queries"] = st[k, 3].astype(np.int64)
-                rows.append(r)
+            c = calls[idx[:n]]
+            r = np.zeros(n * h, HEAD_DTYPE)                 # record-major, heads within a record
+            for f in ("call_id", "layer", "step"):
+                r[f] = np.repeat(c[f], h)
+            r["head"] = np.tile(np.arange(h), n)
+            for j, f in enumerate(("entropy", "max_weight", "sparsity")):
+                r[f] = st[:n, j].reshape(-1)
+            r["n_queries"] = st[:n, 3].reshape(-1).astype(np.int64)
+            rows.append(r)
         heads = np.concatenate(rows) if rows else np.zeros(0, HEAD_DTYPE)
         ratios: Dict[int, np.ndarray] = {}
         for sid, lst in self._ratio_raw.items():
