@@ -215,3 +215,12 @@ def test_wrap_and_forward_hook_paths_record_the_same_statistics(llama):
         assert len(x) == len(y) and np.isfinite(x["act_mean"]).all()
         for c in cols:
             np.testing.assert_array_equal(x[c][kx], y[c][ky], err_msg=f"{name}.{c}")
+
+
+def test_activation_statistics_can_be_switched_off(llama, monkeypatch):
+    monkeypatch.setattr(deep, "ACTIVATION_STATISTICS", False)
+    s = _run(llama, "wrap")
+    table = np.concatenate([s.layers, s.components])
+    assert len(table) and np.isnan(table["act_mean"]).all() and np.isnan(table["act_abs_mean"]).all()
+    assert len(s.heads)                                     # the head statistics are a separate switch
+    assert all(getattr(c, "stats_every", 0) == 0 for c in s._hookset.callables)

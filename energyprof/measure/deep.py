@@ -69,6 +69,10 @@ KILL_BELOW = 1e-3
 #: Compute the head / kill-ratio / variance-ratio statistics (and their ``*.stats`` op
 #: spans).  False leaves only the op timings; read when a deep run starts.
 STATISTICS = True
+#: Take the activation statistics of each hooked module's output (the ``act_*`` columns of
+#: ``s.layers`` / ``s.components``; :class:`ActivationStats`).  False leaves them NaN; read when a
+#: deep run starts.
+ACTIVATION_STATISTICS = True
 #: Time attention per key/value head group (``attn.g<k>.qk`` ... ``attn.g<k>.av``) instead of
 #: per layer.  Off by default: one span per op per group multiplies the hook calls.
 HEAD_GROUPS = False

@@ -497,11 +497,11 @@ class Session(RunData):
 
     def _activation_stats(self):
         """mode="deep": the :class:`~energyprof.measure.deep.ActivationStats` of the run, else None."""
-        if self.mode != "deep":
-            return None
-        from .deep import ActivationStats
+        from . import deep
 
-        self._act = ActivationStats(self.stats_every, self.sparse_below)
+        if self.mode != "deep" or not deep.ACTIVATION_STATISTICS:
+            return None
+        self._act = deep.ActivationStats(self.stats_every, self.sparse_below)
         return self._act
 
     def _add_deep_hooks(self, targets, qual_to_span) -> None:
@@ -1080,13 +1080,18 @@ class Session(RunData):
         order = np.argsort(span_ids, kind="stable")
         sorted_ids = span_ids[order]
         cols = ("act_mean", "act_std", "act_max", "act_sparsity", "act_abs_mean")
+        at, got = [], []
         for sid, lst in act_stats.items():   # rows, or tensors / tuples -> rows (one transfer per span)
             lo, hi = np.searchsorted(sorted_ids, [sid, sid + 1])
             idx = order[lo:hi][::self.stats_every]
             rows = lst if isinstance(lst, np.ndarray) else stats_rows(lst)
             n = min(len(idx), len(rows))
+            at.append(idx[:n])
+            got.append(rows[:n])
+        if at:                               # one assignment per column for every span
+            at_all, got_all = np.concatenate(at), np.concatenate(got)
             for c, col in enumerate(cols):
-                calls[col][idx[:n]] = rows[:n, c]
+                calls[col][at_all] = got_all[:, c]
 
     # ------------------------------------------------------------------ metadata
     def _run_meta(self) -> Dict[str, Any]:
