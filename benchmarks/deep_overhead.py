@@ -8,15 +8,18 @@ Variants, each timed in every round (order shuffled per round, medians over roun
               the part of deep's cost that is op-by-op attention instead of sdpa
   deep        inside ep.run(mode="deep"): energyprof's attention function through
               transformers' AttentionInterface, MLP/norm op spans, head statistics
-  deep_nostats  mode="deep" with ``energyprof.measure.deep.STATISTICS = False``: op spans only
+  deep_nostats  mode="deep" with ``energyprof.measure.deep.STATISTICS = False``: op spans and the
+              activation statistics of the hooked modules (no head / kill / variance statistics)
+  deep_spans  mode="deep" with ``STATISTICS = False`` and ``ACTIVATION_STATISTICS = False``: op spans only
   deep_patch  mode="deep", but attention reached the monkey-patch way: the config set to
               "eager" and the modeling module's ``eager_attention_forward`` global replaced
               by the same function (docs/methodology.md compares the two approaches)
   deep_every4 mode="deep", stats_every=4: statistics on every 4th call of each module
 
 The remaining cost of deep over standard is split into parts by differences of medians:
-eager attention (standard_eager - standard), the op spans (deep_nostats - standard_eager),
-the statistics (deep - deep_nostats).  The headline is deep / standard on the 8x512
+eager attention (standard_eager - standard), the op spans (deep_spans - standard_eager),
+the activation statistics (deep_nostats - deep_spans), the head / kill / variance statistics
+(deep - deep_nostats).  The headline is deep / standard on the 8x512
 Llama, a ratio of medians with its 95 % bootstrap interval over the rounds (goal <= 1.25).
 
 Reported per model: median wall time and median CPU time of the calling thread (on a
@@ -50,7 +53,7 @@ from energyprof.measure import deep  # noqa: E402
 from energyprof.tiny import tiny_model  # noqa: E402
 
 DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "deep_overhead.md")
-VARIANTS = ("none", "standard", "standard_eager", "deep", "deep_nostats", "deep_patch", "deep_every4")
+VARIANTS = ("none", "standard", "standard_eager", "deep", "deep_nostats", "deep_spans", "deep_patch", "deep_every4")
 JUDGED = "llama 8x512"
 GOAL = 1.25
 SOURCE = "synthetic:power_w=10,period_ms=10"
@@ -89,14 +92,15 @@ def _time_variant(model, variant: str, ids, n_new: int):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     model.set_attn_implementation("sdpa")
-    elif variant == "deep_nostats":
+    elif variant in ("deep_nostats", "deep_spans"):
         deep.STATISTICS = False
+        deep.ACTIVATION_STATISTICS = variant == "deep_nostats"
         try:
             with ep.run(model, source=SOURCE, mode="deep", baseline_s=0, save=False) as s:
                 with torch.no_grad():
                     model.generate(ids, **kw)
         finally:
-            deep.STATISTICS = True
+            deep.STATISTICS = deep.ACTIVATION_STATISTICS = True
     else:
         import transformers.models.llama.modeling_llama as ml
 
@@ -116,6 +120,7 @@ def _time_variant(model, variant: str, ids, n_new: int):
 
 def run(rounds: int, n_new: int, prompt_len: int) -> str:
     torch.set_num_threads(1)
+    load_start = os.getloadavg()[0]
     lines = [
         "# generate() slowdown of mode=\"deep\" vs \"standard\"",
         "",
@@ -170,14 +175,16 @@ def run(rounds: int, n_new: int, prompt_len: int) -> str:
         cstd = mc["standard"]
         cparts = {
             "eager attention": mc["standard_eager"] - cstd,
-            "op spans and component hooks": mc["deep_nostats"] - mc["standard_eager"],
-            "statistics": mc["deep"] - mc["deep_nostats"],
+            "op spans": mc["deep_spans"] - mc["standard_eager"],
+            "activation statistics": mc["deep_nostats"] - mc["deep_spans"],
+            "head / kill / variance statistics": mc["deep"] - mc["deep_nostats"],
         }
         std = mw["standard"]
         parts = {
             "eager attention (standard_eager - standard)": mw["standard_eager"] - std,
-            "op spans (deep_nostats - standard_eager)": mw["deep_nostats"] - mw["standard_eager"],
-            "statistics (deep - deep_nostats)": mw["deep"] - mw["deep_nostats"],
+            "op spans (deep_spans - standard_eager)": mw["deep_spans"] - mw["standard_eager"],
+            "activation statistics (deep_nostats - deep_spans)": mw["deep_nostats"] - mw["deep_spans"],
+            "head / kill / variance statistics (deep - deep_nostats)": mw["deep"] - mw["deep_nostats"],
         }
         notes.append(f"- {label}: **deep / standard wall {fmt_ci(r)}**; with stats_every=4 {fmt_ci(r4)}. "
                      "Remaining cost per part, % of standard's wall time: " +
@@ -201,6 +208,9 @@ def run(rounds: int, n_new: int, prompt_len: int) -> str:
                      f"{mc['deep_nostats'] / mc['standard']:.3f}. Statistics ops (`*.stats`) take "
                      f"{share * 100:.1f}% of the op time; `attn.stats` is {attn_stats / attn * 100:.1f}% of the "
                      f"attention time.")
+    notes.append(f"- machine load (1-minute load average, {os.cpu_count()} CPUs): {load_start:.2f} at the start, "
+                 f"{os.getloadavg()[0]:.2f} at the end; other work on a shared machine lengthens the wall times, so "
+                 "the CPU-time ratios are given beside them.")
     lines += ["", *notes, "", *heads, ""]
     return "\n".join(lines)
 

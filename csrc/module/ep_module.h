@@ -40,6 +40,12 @@ int ep_module_add_store(PyObject *m);
 int ep_module_add_ioreport(PyObject *m);
 int ep_module_add_stats(PyObject *m);
 
+/* ep_module_stats.c: the EP_TENSOR_STATS statistics of a torch tensor (or numpy array),
+ * read in place through its numpy view; 0 with out (caller-owned, 5 doubles) filled, or 1
+ * (no exception set) when it has no aligned C-contiguous float32/float64 view (another
+ * device or dtype, a strided view, requires grad).  tensor is borrowed. */
+int ep_module_stats_of(PyObject *tensor, double small_below, double *out);
+
 /* Helper: add a PyMethodDef table (terminated by {NULL}) to module m. */
 int ep_module_add_functions(PyObject *m, PyMethodDef *defs);
 

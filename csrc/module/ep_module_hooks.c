@@ -9,7 +9,10 @@
  */
 #include "ep_module.h"
 
+#include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
 #include <structmember.h>
 
 #include "ep_activity.h"
@@ -17,6 +20,7 @@
 #include "ep_errors.h"
 #include "ep_hooks.h"
 #include "ep_sampler.h"
+#include "ep_stats.h"
 #include "ep_torchshim.h"
 
 /* ---------------------------------------------------------------- SpanBuffer */
@@ -540,14 +544,74 @@ static PyTypeObject HookType = {
 
 /* ---------------------------------------------------------------- wrap_forward */
 
+/* mode="deep" activation statistics of the wrapped forward's output, taken by the wrapper
+ * itself after the end event (no forward hook, so torch keeps its fast call path). */
+typedef struct {
+    int64_t every;           /* statistics on the 1st, (every+1)-th ... successful call; 0: none */
+    int64_t seen;            /* successful calls so far */
+    double small_below;
+    PyTypeObject *tensor_type; /* strong reference (torch.Tensor) or NULL */
+    PyObject *fallback;      /* strong reference or NULL: fallback(output) -> a record, where C has no path */
+    PyObject *deferred;      /* strong reference or NULL: list of (row index, what fallback returned) */
+    double *rows;            /* owned: n x EP_TENSOR_STATS, NaN where deferred or not a tensor */
+    size_t n, cap;
+    int warned;
+} wstats;
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     probe p;
     PyObject *forward; /* strong reference: the wrapped callable */
+    wstats st;
 } WrapperObject;
 
 static PyTypeObject WrapperType;
+
+/* One statistics record of a successful call's output (its first element for a tuple or
+ * list).  Never raises: a failure warns once and leaves NaN. */
+static void wrapper_stats(WrapperObject *self, PyObject *res)
+{
+    wstats *st = &self->st;
+    int64_t k = st->seen++;
+    if (k % st->every)
+        return;
+    if (st->n == st->cap) {
+        size_t cap = st->cap ? 2 * st->cap : 64;
+        double *rows = realloc(st->rows, cap * EP_TENSOR_STATS * sizeof(double));
+        if (!rows) {
+            st->every = 0;
+            probe_warn((PyObject *)self, "energyprof: activation statistics stopped (%s)", "out of memory");
+            return;
+        }
+        st->rows = rows;
+        st->cap = cap;
+    }
+    size_t idx = st->n++;
+    double *row = st->rows + idx * EP_TENSOR_STATS;
+    for (int i = 0; i < EP_TENSOR_STATS; i++)
+        row[i] = NAN;
+    PyObject *out = res; /* borrowed */
+    if (PyTuple_Check(out))
+        out = PyTuple_GET_SIZE(out) ? PyTuple_GET_ITEM(out, 0) : NULL;
+    else if (PyList_Check(out))
+        out = PyList_GET_SIZE(out) ? PyList_GET_ITEM(out, 0) : NULL;
+    if (!out || !PyObject_TypeCheck(out, st->tensor_type))
+        return;
+    if (ep_module_stats_of(out, st->small_below, row) == 0)
+        return;
+    PyObject *r = PyObject_CallOneArg(st->fallback, out); /* owned */
+    PyObject *item = r ? Py_BuildValue("(nN)", (Py_ssize_t)idx, r) : NULL; /* steals r */
+    if (!item || PyList_Append(st->deferred, item) < 0) {
+        PyErr_Clear();
+        if (!st->warned) {
+            st->warned = 1;
+            probe_warn((PyObject *)self, "energyprof: activation statistics of a call failed (%s); left NaN",
+                       "stats_fallback");
+        }
+    }
+    Py_XDECREF(item);
+}
 
 static PyObject *wrapper_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -558,12 +622,17 @@ static PyObject *wrapper_vectorcall(PyObject *op, PyObject *const *args, size_t 
             PyErr_SetString(PyExc_RuntimeError, "energyprof forward wrapper was cleared");
             return NULL;
         }
-        return PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
+        PyObject *res = PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
+        if (res && self->st.every)
+            wrapper_stats(self, res);
+        return res;
     }
     probe_fire(op, &self->p, EP_SPAN_BEGIN);
     PyObject *res = PyObject_Vectorcall(self->forward, args, nargsf, kwnames);
     if (res) {
         probe_fire(op, &self->p, EP_SPAN_END);
+        if (self->st.every)
+            wrapper_stats(self, res);
     } else {
         /* Record the end (and lower the activity level) also when forward raised,
          * then let its exception through unchanged. */
@@ -579,16 +648,29 @@ static PyObject *wrapper_vectorcall(PyObject *op, PyObject *const *args, size_t 
 static PyObject *py_wrap_forward(PyObject *module, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"buffer", "span_id", "forward", "activity", "sync", "sync_index", "sync_fallback",
-                             "component", "boundary", NULL};
-    PyObject *buffer, *forward, *fallback = NULL;
+                             "component", "boundary", "stats_every", "small_below", "tensor_type", "stats_fallback",
+                             NULL};
+    PyObject *buffer, *forward, *fallback = NULL, *tensor_type = Py_None, *stats_fallback = Py_None;
     int span_id, activity = 1, sync = EP_SYNC_NONE, comp = EP_COMP_INHERIT, boundary = 0;
-    long long sync_index = 0;
+    long long sync_index = 0, stats_every = 0;
+    double small_below = 1e-3;
     WrapperObject *self = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiO|piLOip:wrap_forward", kwlist, &buffer, &span_id, &forward,
-                                     &activity, &sync, &sync_index, &fallback, &comp, &boundary))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiO|piLOipLdOO:wrap_forward", kwlist, &buffer, &span_id, &forward,
+                                     &activity, &sync, &sync_index, &fallback, &comp, &boundary, &stats_every,
+                                     &small_below, &tensor_type, &stats_fallback))
         goto error;
     if (!PyCallable_Check(forward)) {
         PyErr_Format(PyExc_TypeError, "wrap_forward: forward must be callable, not %.100s", Py_TYPE(forward)->tp_name);
+        goto error;
+    }
+    if (stats_every < 0) {
+        PyErr_Format(PyExc_ValueError, "wrap_forward: stats_every must be >= 0 (0: no statistics), got %lld",
+                     stats_every);
+        goto error;
+    }
+    if (stats_every > 0 && (!PyType_Check(tensor_type) || !PyCallable_Check(stats_fallback))) {
+        PyErr_SetString(PyExc_TypeError, "wrap_forward: stats_every > 0 needs tensor_type (a type, torch.Tensor) and "
+                                         "stats_fallback (a callable)");
         goto error;
     }
     self = PyObject_GC_New(WrapperObject, &WrapperType);
@@ -596,12 +678,24 @@ static PyObject *py_wrap_forward(PyObject *module, PyObject *args, PyObject *kwd
         goto error;
     self->vectorcall = wrapper_vectorcall;
     memset(&self->p, 0, sizeof self->p);
+    memset(&self->st, 0, sizeof self->st);
     Py_INCREF(forward);
     self->forward = forward;
     PyObject_GC_Track(self);
     if (probe_init(&self->p, buffer, span_id, activity, comp, sync, sync_index, fallback) < 0)
         goto error;
     self->p.boundary = boundary;
+    if (stats_every > 0) {
+        self->st.deferred = PyList_New(0);
+        if (!self->st.deferred)
+            goto error;
+        Py_INCREF(tensor_type);
+        self->st.tensor_type = (PyTypeObject *)tensor_type;
+        Py_INCREF(stats_fallback);
+        self->st.fallback = stats_fallback;
+        self->st.small_below = small_below;
+        self->st.every = (int64_t)stats_every;
+    }
     return (PyObject *)self;
 error:
     Py_XDECREF(self);
@@ -611,12 +705,19 @@ error:
 static int wrapper_traverse(WrapperObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->forward);
+    Py_VISIT((PyObject *)self->st.tensor_type);
+    Py_VISIT(self->st.fallback);
+    Py_VISIT(self->st.deferred);
     return probe_traverse(&self->p, visit, arg);
 }
 
 static int wrapper_clear(WrapperObject *self)
 {
+    self->st.every = 0; /* no statistics without the fallback and the list */
     Py_CLEAR(self->forward);
+    Py_CLEAR(self->st.tensor_type);
+    Py_CLEAR(self->st.fallback);
+    Py_CLEAR(self->st.deferred);
     probe_clear(&self->p);
     return 0;
 }
@@ -625,8 +726,43 @@ static void wrapper_dealloc(WrapperObject *self)
 {
     PyObject_GC_UnTrack(self);
     wrapper_clear(self);
+    free(self->st.rows);
     PyObject_GC_Del(self);
 }
+
+static PyObject *wrapper_act_stats(WrapperObject *self, PyObject *noargs)
+{
+    /* A copy: the wrapper goes on recording into its own rows. */
+    PyObject *arr = NULL, *deferred = NULL, *res = NULL;
+    npy_intp dims[2] = {(npy_intp)self->st.n, EP_TENSOR_STATS};
+    arr = PyArray_SimpleNew(2, dims, NPY_FLOAT64); /* owned until returned */
+    if (!arr)
+        goto error;
+    if (self->st.n)
+        memcpy(PyArray_DATA((PyArrayObject *)arr), self->st.rows, self->st.n * EP_TENSOR_STATS * sizeof(double));
+    deferred = self->st.deferred ? PyList_GetSlice(self->st.deferred, 0, PY_SSIZE_T_MAX) : PyList_New(0);
+    if (!deferred)
+        goto error;
+    res = PyTuple_Pack(2, arr, deferred);
+error:
+    Py_XDECREF(arr);
+    Py_XDECREF(deferred);
+    return res;
+}
+
+static PyObject *wrapper_get_stats_every(WrapperObject *self, void *closure)
+{
+    return PyLong_FromLongLong(self->st.every);
+}
+
+static PyMethodDef wrapper_methods[] = {
+    {"act_stats", (PyCFunction)wrapper_act_stats, METH_NOARGS,
+     "act_stats() -> (rows, deferred): the activation statistics taken so far (stats_every > 0).\n"
+     "rows: float64 (records, 5) (mean, std, max |x|, share of |x| < small_below, mean |x|) of the\n"
+     "output of the 1st, (stats_every+1)-th ... successful call; NaN where the output is not a tensor\n"
+     "and where C had no path: for those, deferred lists (row index, stats_fallback(output))."},
+    {NULL, NULL, 0, NULL},
+};
 
 static PyObject *wrapper_repr(WrapperObject *self)
 {
@@ -645,6 +781,8 @@ static PyGetSetDef wrapper_getset[] = {
     OWNER_GETSET,
     /* inspect.signature() follows __wrapped__, and transformers inspects forward's signature. */
     {"__wrapped__", (getter)wrapper_get_wrapped, NULL, "The wrapped forward callable.", NULL},
+    {"stats_every", (getter)wrapper_get_stats_every, NULL,
+     "Activation statistics on every stats_every-th call (0: none, or stopped).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -661,6 +799,7 @@ static PyTypeObject WrapperType = {
     .tp_call = PyVectorcall_Call,
     .tp_repr = (reprfunc)wrapper_repr,
     .tp_getset = wrapper_getset,
+    .tp_methods = wrapper_methods,
 };
 
 /* ---------------------------------------------------------------- the shim */
@@ -732,9 +871,13 @@ static PyObject *py_device_sync(PyObject *module, PyObject *args, PyObject *kwds
 
 static PyMethodDef hooks_methods[] = {
     {"wrap_forward", (PyCFunction)(void (*)(void))py_wrap_forward, METH_VARARGS | METH_KEYWORDS,
-     "wrap_forward(buffer, span_id, forward, activity=True, sync=0, sync_index=0, sync_fallback=None, component=-1, boundary=False)\n"
+     "wrap_forward(buffer, span_id, forward, activity=True, sync=0, sync_index=0, sync_fallback=None, component=-1, boundary=False,\n"
+     "             stats_every=0, small_below=1e-3, tensor_type=None, stats_fallback=None)\n"
      "-> a C callable that records begin, calls forward(*args, **kwargs), records end (also when forward "
-     "raises; the exception propagates).  Install it as module.forward (instance attribute)."},
+     "raises; the exception propagates).  Install it as module.forward (instance attribute).\n"
+     "stats_every=N > 0 (mode=\"deep\"): after every N-th successful call, the statistics of the output\n"
+     "(its first element for a tuple) in C when it is a CPU float32/float64 C-contiguous tensor_type,\n"
+     "else stats_fallback(output) kept as is; read them with act_stats()."},
     {"torchshim_load", (PyCFunction)(void (*)(void))py_torchshim_load, METH_VARARGS | METH_KEYWORDS,
      "torchshim_load(path=None, search=True) -> dict {'cuda': origin|None, 'mps': origin|None}: resolve "
      "torch::cuda::synchronize / torch::mps::synchronize (path first when given, then -- when search -- the "

@@ -32,19 +32,46 @@ static int check_float_array(PyObject *obj, const char *what, int f32_only)
     return 0;
 }
 
-static PyObject *py_tensor_stats(PyObject *self, PyObject *args)
+/* ---------------------------------------------------------------- torch tensors
+ * A CPU tensor is read through its numpy view (Tensor.numpy(): no copy, no PyTorch
+ * headers); anything else (another device, bfloat16/float16, a strided view, a tensor
+ * that requires grad) has no C path here and goes back to the caller's Python fallback. */
+
+static PyObject *str_numpy; /* interned "numpy", module lifetime */
+
+/* New reference to an aligned, C-contiguous, native float32/float64 numpy view of obj (a
+ * torch tensor or a numpy array), or NULL with no exception set when there is none. */
+static PyArrayObject *float_view(PyObject *obj)
 {
-    PyObject *obj;
-    double small_below;
-    if (!PyArg_ParseTuple(args, "Od:tensor_stats", &obj, &small_below))
-        return NULL;
-    if (check_float_array(obj, "x", 0) < 0)
-        return NULL;
-    PyArrayObject *a = (PyArrayObject *)obj;
-    const void *x = PyArray_DATA(a); /* borrowed from a for this call */
+    PyObject *v = NULL;
+    if (PyArray_Check(obj)) {
+        Py_INCREF(obj);
+        v = obj;
+    } else {
+        v = PyObject_CallMethodNoArgs(obj, str_numpy); /* owned */
+        if (!v) {
+            PyErr_Clear();
+            goto error;
+        }
+        if (!PyArray_Check(v))
+            goto error;
+    }
+    PyArrayObject *a = (PyArrayObject *)v;
+    int t = PyArray_TYPE(a);
+    if ((t != NPY_FLOAT32 && t != NPY_FLOAT64) || !PyArray_ISNOTSWAPPED(a) || !PyArray_IS_C_CONTIGUOUS(a) ||
+        !PyArray_ISALIGNED(a))
+        goto error;
+    return a;
+error:
+    Py_XDECREF(v);
+    return NULL;
+}
+
+static void stats_of_array(PyArrayObject *a, double small_below, double out[EP_TENSOR_STATS])
+{
+    const void *x = PyArray_DATA(a); /* borrowed from a, which the caller holds */
     int64_t n = (int64_t)PyArray_SIZE(a);
     int f32 = PyArray_TYPE(a) == NPY_FLOAT32;
-    double out[EP_TENSOR_STATS];
     if (n > NOGIL_ABOVE) {
         Py_BEGIN_ALLOW_THREADS
         if (f32)
@@ -57,6 +84,68 @@ static PyObject *py_tensor_stats(PyObject *self, PyObject *args)
     } else {
         ep_tensor_stats_f64((const double *)x, n, small_below, out);
     }
+}
+
+int ep_module_stats_of(PyObject *tensor, double small_below, double *out)
+{
+    PyArrayObject *a = float_view(tensor); /* owned */
+    if (!a)
+        return 1;
+    stats_of_array(a, small_below, out);
+    Py_DECREF(a);
+    return 0;
+}
+
+static PyObject *py_tensor_stats_of(PyObject *self, PyObject *args)
+{
+    PyObject *obj;
+    double small_below, out[EP_TENSOR_STATS];
+    if (!PyArg_ParseTuple(args, "Od:tensor_stats_of", &obj, &small_below))
+        return NULL;
+    if (ep_module_stats_of(obj, small_below, out) != 0)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(ddddd)", out[0], out[1], out[2], out[3], out[4]);
+}
+
+static double token_variance_of_array(PyArrayObject *a)
+{
+    int nd = PyArray_NDIM(a);
+    int64_t dim = nd ? (int64_t)PyArray_DIM(a, nd - 1) : 1;
+    int64_t rows = dim ? (int64_t)PyArray_SIZE(a) / dim : 0;
+    if (PyArray_TYPE(a) == NPY_FLOAT32)
+        return ep_token_variance_f32((const float *)PyArray_DATA(a), rows, dim);
+    return ep_token_variance_f64((const double *)PyArray_DATA(a), rows, dim);
+}
+
+static PyObject *py_variance_ratio_of(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *oo, *res = NULL;
+    PyArrayObject *x = NULL, *o = NULL; /* owned */
+    if (!PyArg_ParseTuple(args, "OO:variance_ratio_of", &xo, &oo))
+        goto error;
+    x = float_view(xo);
+    o = x ? float_view(oo) : NULL;
+    if (!x || !o) {
+        Py_INCREF(Py_None);
+        res = Py_None;
+        goto error;
+    }
+    res = PyFloat_FromDouble(token_variance_of_array(o) / token_variance_of_array(x));
+error:
+    Py_XDECREF(x);
+    Py_XDECREF(o);
+    return res;
+}
+
+static PyObject *py_tensor_stats(PyObject *self, PyObject *args)
+{
+    PyObject *obj;
+    double small_below, out[EP_TENSOR_STATS];
+    if (!PyArg_ParseTuple(args, "Od:tensor_stats", &obj, &small_below))
+        return NULL;
+    if (check_float_array(obj, "x", 0) < 0)
+        return NULL;
+    stats_of_array((PyArrayObject *)obj, small_below, out);
     return Py_BuildValue("(ddddd)", out[0], out[1], out[2], out[3], out[4]);
 }
 
@@ -64,16 +153,7 @@ static PyObject *py_token_variance(PyObject *self, PyObject *obj)
 {
     if (check_float_array(obj, "x", 0) < 0)
         return NULL;
-    PyArrayObject *a = (PyArrayObject *)obj;
-    int nd = PyArray_NDIM(a);
-    int64_t dim = nd ? (int64_t)PyArray_DIM(a, nd - 1) : 1;
-    int64_t rows = dim ? (int64_t)PyArray_SIZE(a) / dim : 0;
-    double v;
-    if (PyArray_TYPE(a) == NPY_FLOAT32)
-        v = ep_token_variance_f32((const float *)PyArray_DATA(a), rows, dim);
-    else
-        v = ep_token_variance_f64((const double *)PyArray_DATA(a), rows, dim);
-    return PyFloat_FromDouble(v);
+    return PyFloat_FromDouble(token_variance_of_array((PyArrayObject *)obj));
 }
 
 static PyObject *py_attention_stats(PyObject *self, PyObject *args)
@@ -139,10 +219,23 @@ static PyMethodDef stats_methods[] = {
      "attention_stats(p, allowed, small_below) -> (heads (4, H) float64, (mean, std, max_abs, small_share, abs_mean))\n\n"
      "p: float32 (B, H, Q, K) attention probabilities; allowed: None or bool (B, 1|H, Q, K).\n"
      "heads rows: mean row entropy, mean row max, share of allowed weights < small_below, B*Q."},
+    {"tensor_stats_of", py_tensor_stats_of, METH_VARARGS,
+     "tensor_stats_of(t, small_below) -> (mean, std, max_abs, small_share, abs_mean) or None\n\n"
+     "tensor_stats of a CPU torch tensor (or numpy array) read in place through its numpy view;\n"
+     "None when it has no C-contiguous float32/float64 view (another device or dtype, a strided\n"
+     "view, requires grad): the caller computes those itself."},
+    {"variance_ratio_of", py_variance_ratio_of, METH_VARARGS,
+     "variance_ratio_of(x, out) -> token_variance(out) / token_variance(x), or None\n\n"
+     "Both read in place as tensor_stats_of does; None when either has no such view."},
     {NULL, NULL, 0, NULL},
 };
 
 int ep_module_add_stats(PyObject *m)
 {
+    if (!str_numpy) {
+        str_numpy = PyUnicode_InternFromString("numpy");
+        if (!str_numpy)
+            return -1;
+    }
     return ep_module_add_functions(m, stats_methods);
 }

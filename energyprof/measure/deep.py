@@ -56,7 +56,7 @@ from .._dtypes import HEAD_DTYPE
 from .hooks import _restore_forward, _set_forward
 
 __all__ = ["ATTN_IMPLEMENTATION", "SPARSE_BELOW", "KILL_BELOW", "DeepOps", "attention_forward", "op_summary",
-           "tensor_stats", "fast_stats", "stats_rows", "OP_SUMMARY_DTYPE",
+           "tensor_stats", "fast_stats", "stats_rows", "ActivationStats", "OP_SUMMARY_DTYPE",
            "register_attention", "supports_attention", "head_summary"]
 
 #: Name under which energyprof's attention function and mask are registered with transformers.
@@ -69,6 +69,10 @@ KILL_BELOW = 1e-3
 #: Compute the head / kill-ratio / variance-ratio statistics (and their ``*.stats`` op
 #: spans).  False leaves only the op timings; read when a deep run starts.
 STATISTICS = True
+#: Take the activation statistics of each hooked module's output (the ``act_*`` columns of
+#: ``s.layers`` / ``s.components``; :class:`ActivationStats`).  False leaves them NaN; read when a
+#: deep run starts.
+ACTIVATION_STATISTICS = True
 #: Time attention per key/value head group (``attn.g<k>.qk`` ... ``attn.g<k>.av``) instead of
 #: per layer.  Off by default: one span per op per group multiplies the hook calls.
 HEAD_GROUPS = False
@@ -133,12 +137,85 @@ def _cpu_view(x: Any) -> Optional[np.ndarray]:
 
 def fast_stats(x: Any, small_below: float = 1e-3) -> Any:
     """:func:`tensor_stats` in one pass: a tuple of 5 floats from the C kernel
-    (``_core.tensor_stats``) for CPU float32/float64 tensors, else :func:`tensor_stats`'s
-    device tensor (no host sync on accelerators)."""
+    (``_core.tensor_stats_of`` reads a contiguous CPU float32/float64 tensor in place, a strided
+    one is copied first), else :func:`tensor_stats`'s device tensor (no host sync on accelerators)."""
+    r = _core.tensor_stats_of(x, small_below)
+    if r is not None:
+        return r
     v = _cpu_view(x)
     if v is not None:
         return _core.tensor_stats(v, small_below)
     return tensor_stats(x, small_below)
+
+
+_NAN5 = (float("nan"),) * 5
+
+
+class ActivationStats:
+    """mode="deep": the activation statistics of each hooked module's output (mean, std,
+    max |x|, share of |x| < ``small_below``, mean |x|; of the first element of a tuple output)
+    on the 1st, (N+1)-th ... call of each module, N = ``every``.
+
+    With ``hook_method="wrap"`` the C forward wrapper takes them itself after the call's end
+    event (:meth:`wrap_options` go to :meth:`HookSet.add <energyprof.measure.hooks.HookSet.add>`):
+    one pass in C over a contiguous CPU float32/float64 output, no forward hook, so torch keeps
+    its fast call path; any other output goes to :meth:`fallback` (torch on its device, no
+    sync).  With ``hook_method="hooks"`` a Python forward hook (:meth:`forward_hook`) does the
+    same.  :meth:`collect` gathers both into float64 rows per span id.
+    """
+
+    def __init__(self, every: int, small_below: float) -> None:
+        self.every = int(every)
+        self.small_below = float(small_below)
+        self._py: Dict[int, list] = {}          # span id -> records of the forward-hook path
+
+    def fallback(self, out: Any) -> Any:
+        """The record of an output the C path cannot read (a tensor of another device or dtype,
+        strided, requiring grad): :func:`fast_stats`, NaN for a non-float or empty tensor."""
+        if out.is_floating_point() and out.numel():
+            return fast_stats(out, self.small_below)
+        return _NAN5
+
+    def wrap_options(self) -> dict:
+        """The ``stats=`` of :meth:`HookSet.add` (``_core.wrap_forward``'s statistics options)."""
+        import torch
+
+        return dict(stats_every=self.every, small_below=self.small_below, tensor_type=torch.Tensor,
+                    stats_fallback=self.fallback)
+
+    def forward_hook(self, span_id: int) -> Callable:
+        """A ``register_forward_hook`` callable recording ``span_id``'s statistics in Python."""
+        import torch
+
+        every, fallback = self.every, self.fallback
+        lst = self._py.setdefault(span_id, [])
+        seen = [0]
+
+        def hook(module, args, output):
+            k = seen[0]
+            seen[0] = k + 1
+            if k % every:
+                return
+            out = output[0] if isinstance(output, (tuple, list)) and len(output) else output
+            lst.append(fallback(out) if isinstance(out, torch.Tensor) else _NAN5)
+
+        return hook
+
+    def collect(self, callables: Sequence[Any]) -> Dict[int, np.ndarray]:
+        """span id -> float64 rows (records, 5), in call order: the forward hooks' records and
+        those of every ``_core.ForwardWrapper`` among ``callables`` that took any."""
+        out = {sid: stats_rows(lst) for sid, lst in self._py.items() if lst}
+        for w in callables:
+            if not isinstance(w, _core.ForwardWrapper):
+                continue
+            rows, deferred = w.act_stats()
+            if not len(rows):
+                continue
+            if deferred:
+                idx = np.array([i for i, _ in deferred], dtype=np.intp)
+                rows[idx] = stats_rows([r for _, r in deferred])
+            out[w.span_id] = rows
+        return out
 
 
 def stats_rows(lst: Sequence[Any], width: int = 5) -> np.ndarray:
@@ -651,11 +728,6 @@ class DeepOps:
             raise errors[0]
 
     # ------------------------------------------------------------------ statistics (one pass in C on CPU; device tensors, no sync, elsewhere)
-    def _due(self, marks: _Marks) -> bool:
-        k = marks.calls_seen
-        marks.calls_seen = k + 1
-        return k % self.stats_every == 0
-
     def _allowed(self, attention_mask: Any) -> Any:
         """Where the mask lets a key through (bool tensor), or None."""
         import torch
@@ -686,18 +758,21 @@ class DeepOps:
         return a
 
     def _attn_stats(self, marks: _Marks, w: Any, attention_mask: Any) -> None:
+        """Head statistics from the probabilities ``w`` the attention computed (no softmax of its own)."""
+        k = marks.calls_seen
+        marks.calls_seen = k + 1
+        if k % self.stats_every:
+            return
+        v = _cpu_view(w)
+        if v is not None and v.dtype == np.float32 and v.ndim == 4 and v.size:   # one C pass, in place
+            a = self._allowed_np(attention_mask, v.shape)
+            heads, all5 = _core.attention_stats(v, a, self.sparse_below)
+            self._head_raw.setdefault(marks.stats_key, []).append(heads)
+            self._act_raw.setdefault(marks.stats_key, []).append(all5)
+            return
         import torch
 
-        if not self._due(marks):
-            return
         with torch.no_grad():
-            v = _cpu_view(w) if w.dtype == torch.float32 else None
-            if v is not None and v.ndim == 4 and v.size:
-                a = self._allowed_np(attention_mask, v.shape)
-                heads, all5 = _core.attention_stats(v, a, self.sparse_below)
-                self._head_raw.setdefault(marks.stats_key, []).append(heads)
-                self._act_raw.setdefault(marks.stats_key, []).append(all5)
-                return
             p = w.detach()
             if p.dtype != torch.float32:
                 p = p.float()                                        # (B, H, Q, K)
@@ -720,21 +795,31 @@ class DeepOps:
             self._act_raw.setdefault(marks.stats_key, []).append(tensor_stats(p, self.sparse_below))
 
     def _kill_stats(self, marks: _Marks, a: Any) -> None:
-        import torch
-
-        if not self._due(marks):
+        k = marks.calls_seen
+        marks.calls_seen = k + 1
+        if k % self.stats_every:
             return
-        with torch.no_grad():
-            st = fast_stats(a, self.kill_below)
-            sid = marks.ops["act"][0].span_id
-            self._act_raw.setdefault(sid, []).append(st)
-            self._ratio_raw.setdefault(marks.stats_key, []).append(st[3])
+        st = _core.tensor_stats_of(a, self.kill_below)      # a contiguous CPU float tensor, in place
+        if st is None:
+            import torch
+
+            with torch.no_grad():
+                st = fast_stats(a, self.kill_below)
+        sid = marks.ops["act"][0].span_id
+        self._act_raw.setdefault(sid, []).append(st)
+        self._ratio_raw.setdefault(marks.stats_key, []).append(st[3])
 
     def _variance_stats(self, marks: _Marks, x: Any, out: Any) -> None:
+        k = marks.calls_seen
+        marks.calls_seen = k + 1
+        if k % self.stats_every:
+            return
+        r = _core.variance_ratio_of(x, out)                 # both contiguous CPU float tensors, in place
+        if r is not None:
+            self._ratio_raw.setdefault(marks.stats_key, []).append(r)
+            return
         import torch
 
-        if not self._due(marks):
-            return
         vx, vo = _cpu_view(x), _cpu_view(out)
         if vx is not None and vo is not None:
             self._ratio_raw.setdefault(marks.stats_key, []).append(_core.token_variance(vo) / _core.token_variance(vx))
@@ -749,14 +834,14 @@ class DeepOps:
         """Turn the recorded tensors into numbers.
 
         ``calls`` and ``span_ids`` are the run's calls and the span id of each row (same
-        order).  Adds the op activation statistics to ``act_stats`` (span id -> list of
-        (mean, std, max, sparsity, mean |x|) per call, the session's format) and returns the
+        order).  Adds the op activation statistics to ``act_stats`` (span id -> float64 rows
+        (mean, std, max, sparsity, mean |x|), one per sampled call, the session's format) and returns the
         per-head rows (:data:`HEAD_DTYPE`) and the ``summary["deep"]`` dict.
         """
         import torch
 
         for sid, lst in self._act_raw.items():
-            act_stats[sid] = [tuple(r) for r in stats_rows(lst).tolist()]
+            act_stats[sid] = stats_rows(lst)
         # per-head rows: the (k * stats_every)-th softmax call of a layer <- its k-th stats record
         rows = []
         for sid, lst in self._head_raw.items():
@@ -767,14 +852,15 @@ class DeepOps:
             idx = np.flatnonzero(span_ids == sid)[::self.stats_every]
             n = min(len(idx), len(st))
             h = st.shape[2]
-            for k in range(n):
-                c = calls[idx[k]]
-                r = np.zeros(h, HEAD_DTYPE)
-                r["call_id"], r["layer"], r["step"] = c["call_id"], c["layer"], c["step"]
-                r["head"] = np.arange(h)
-                r["entropy"], r["max_weight"], r["sparsity"] = st[k, 0], st[k, 1], st[k, 2]
-                r["n_queries"] = st[k, 3].astype(np.int64)
-                rows.append(r)
+            c = calls[idx[:n]]
+            r = np.zeros(n * h, HEAD_DTYPE)                 # record-major, heads within a record
+            for f in ("call_id", "layer", "step"):
+                r[f] = np.repeat(c[f], h)
+            r["head"] = np.tile(np.arange(h), n)
+            for j, f in enumerate(("entropy", "max_weight", "sparsity")):
+                r[f] = st[:n, j].reshape(-1)
+            r["n_queries"] = st[:n, 3].reshape(-1).astype(np.int64)
+            rows.append(r)
         heads = np.concatenate(rows) if rows else np.zeros(0, HEAD_DTYPE)
         ratios: Dict[int, np.ndarray] = {}
         for sid, lst in self._ratio_raw.items():

@@ -165,13 +165,17 @@ class HookSet:
                     load_shim()
         return self._plan
 
-    def add(self, module: Any, span_id: int, component: Optional[str] = None, boundary: bool = False) -> None:
+    def add(self, module: Any, span_id: int, component: Optional[str] = None, boundary: bool = False,
+            stats: Optional[dict] = None) -> None:
         """Record ``span_id`` begin/end events around every call of ``module``.
 
         ``component``: the module's canonical name (``"q_proj"``, ``"mlp"``, ``"layer"``, ...);
         with ``activity`` its group goes on the component stack that the synthetic source's
         ``attn_w`` / ``mlp_w`` follow (``None``: the enclosing call's kind).  ``boundary``: read the
         boundary target's source (``_core.Sampler.set_boundary_target``) at each begin and end, in C.
+        ``stats`` (``method="wrap"`` only): ``_core.wrap_forward``'s statistics options
+        (``stats_every``, ``small_below``, ``tensor_type``, ``stats_fallback``), so the wrapper takes the
+        output's activation statistics itself (mode="deep", :class:`energyprof.measure.deep.ActivationStats`).
         """
         import torch
 
@@ -180,6 +184,8 @@ class HookSet:
         kind, index, fallback = self._sync_args(module)
         common = dict(activity=self.activity, sync=kind, sync_index=index, sync_fallback=fallback,
                       component=component_code(component), boundary=bool(boundary))
+        if stats is not None and self.method != "wrap":
+            raise ValueError("HookSet.add: stats= needs method='wrap' (forward hooks take them in Python)")
         if self.method == "hooks":
             if self._always_call is None:
                 self._always_call = _supports_always_call()
@@ -195,7 +201,7 @@ class HookSet:
             self._handles += [h1, h2]
             self._callables += [pre, post]
         else:
-            wrapper = _core.wrap_forward(self.buffer, span_id, module.forward, **common)
+            wrapper = _core.wrap_forward(self.buffer, span_id, module.forward, **common, **(stats or {}))
             # Instance attribute: shadows the class's forward for this module only.
             self._wrapped.append((module, _set_forward(module, wrapper)))
             self._callables.append(wrapper)

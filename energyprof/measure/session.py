@@ -179,6 +179,7 @@ class Session(RunData):
         self._handles: list = []
         # mode="deep" ops (energyprof.measure.deep) and live callbacks (energyprof.live)
         self._deep = None
+        self._act = None            # mode="deep": activation statistics (deep.ActivationStats)
         self._heads = None
         self._live = None
         self._live_callbacks: Dict[str, list] = {"sample": [], "token": [], "section": [], "layer": []}
@@ -295,9 +296,11 @@ class Session(RunData):
                 enc = self._amap.encoder.module
                 self._handles.append(enc.register_forward_pre_hook(self._encoder_shape_hook, with_kwargs=True))
                 self._hookset.add(enc, self._encoder_span)
+            act = self._activation_stats()
+            wrap_stats = act.wrap_options() if act is not None and self.hook_method == "wrap" else None
             for ref in targets:
-                self._hookset.add(ref.module, qual_to_span[ref.qualname], component=ref.component)
-            if self.mode == "deep":
+                self._hookset.add(ref.module, qual_to_span[ref.qualname], component=ref.component, stats=wrap_stats)
+            if act is not None and wrap_stats is None:
                 self._add_deep_hooks(targets, qual_to_span)
             if self.mode != "minimal":
                 from .moe import RouterRecorder
@@ -501,37 +504,20 @@ class Session(RunData):
             warnings.warn(f"energyprof: could not read the encoder's input shape ({e})", RuntimeWarning)
         return None
 
+    def _activation_stats(self):
+        """mode="deep": the :class:`~energyprof.measure.deep.ActivationStats` of the run, else None."""
+        from . import deep
+
+        if self.mode != "deep" or not deep.ACTIVATION_STATISTICS:
+            return None
+        self._act = deep.ActivationStats(self.stats_every, self.sparse_below)
+        return self._act
+
     def _add_deep_hooks(self, targets, qual_to_span) -> None:
-        """mode="deep": activation statistics of each hooked module's output (every
-        ``stats_every``-th call; one pass in C on CPU, torch on accelerators)."""
-        import torch
-
-        self._act_stats: Dict[int, list] = {}
-
-        from .deep import fast_stats
-
-        every = self.stats_every
-
-        def make(sid):
-            seen = [0]
-
-            def hook(module, args, output):
-                k = seen[0]
-                seen[0] = k + 1
-                if k % every:
-                    return
-                out = output[0] if isinstance(output, (tuple, list)) else output
-                if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel():
-                    st = fast_stats(out, self.sparse_below)   # a tuple (CPU) or a device tensor (no sync per call; converted in _finish)
-                else:
-                    st = (np.nan,) * 5
-                self._act_stats.setdefault(sid, []).append(st)
-
-            return hook
-
+        """mode="deep" with hook_method="hooks": the activation statistics through Python forward
+        hooks (with "wrap" the C wrappers take them, see :meth:`_activation_stats`)."""
         for ref in targets:
-            sid = qual_to_span[ref.qualname]
-            self._handles.append(ref.module.register_forward_hook(make(sid)))
+            self._handles.append(ref.module.register_forward_hook(self._act.forward_hook(qual_to_span[ref.qualname])))
 
     # ------------------------------------------------------------------ text and generation options
     def _wrap_generate(self) -> None:
@@ -916,9 +902,11 @@ class Session(RunData):
             from .attribution import pair_events
 
             span_ids, _, _ = pair_events(rest, len(self._spans))   # the calls' span ids, in the calls' order
+            act_stats = (self._act.collect(self._hookset.callables if self._hookset is not None else ())
+                         if self._act is not None else {})
             if self._deep is not None:
-                self._heads, deep_summary = self._deep.finish(calls, span_ids, self._act_stats)
-            self._fill_act_stats(calls, span_ids)
+                self._heads, deep_summary = self._deep.finish(calls, span_ids, act_stats)
+            self._fill_act_stats(calls, span_ids, act_stats)
         is_layer = calls["component"] == "layer"
         is_op = (np.isin(calls["component"], sorted(self._deep.op_components)) if self._deep is not None
                  else np.zeros(len(calls), dtype=bool))
@@ -1158,7 +1146,7 @@ class Session(RunData):
         self._forward_meta = []                    # drop the kept tensors
         return out
 
-    def _fill_act_stats(self, calls: np.ndarray, span_ids: np.ndarray) -> None:
+    def _fill_act_stats(self, calls: np.ndarray, span_ids: np.ndarray, act_stats: Dict[int, Any]) -> None:
         # Calls come sorted by begin (span_ids: each call's span id, same order); the stats
         # hooks fire in end order per span.  Match per span id in call order (end order ==
         # begin order for non-recursive modules).  With stats_every = N the k-th record of
@@ -1168,13 +1156,18 @@ class Session(RunData):
         order = np.argsort(span_ids, kind="stable")
         sorted_ids = span_ids[order]
         cols = ("act_mean", "act_std", "act_max", "act_sparsity", "act_abs_mean")
-        for sid, lst in self._act_stats.items():   # tensors / tuples -> rows, one transfer per span
+        at, got = [], []
+        for sid, lst in act_stats.items():   # rows, or tensors / tuples -> rows (one transfer per span)
             lo, hi = np.searchsorted(sorted_ids, [sid, sid + 1])
             idx = order[lo:hi][::self.stats_every]
-            rows = stats_rows(lst)
+            rows = lst if isinstance(lst, np.ndarray) else stats_rows(lst)
             n = min(len(idx), len(rows))
+            at.append(idx[:n])
+            got.append(rows[:n])
+        if at:                               # one assignment per column for every span
+            at_all, got_all = np.concatenate(at), np.concatenate(got)
             for c, col in enumerate(cols):
-                calls[col][idx[:n]] = rows[:n, c]
+                calls[col][at_all] = got_all[:, c]
 
     # ------------------------------------------------------------------ metadata
     def _run_meta(self) -> Dict[str, Any]:
