@@ -93,6 +93,8 @@ def test_two_gloo_ranks_save_one_run_with_both_ranks_energy(tmp_path):
     ph = run.sections[run.sections["kind"] == "phase"]
     np.testing.assert_allclose(ph["energy_j"], 20.0 * ph["duration_s"], rtol=0.01)
     assert s["resolution"] is not None and s["source_label"] == "simulated" and "uncertainty" in s
+    # the peak of the summed power: two constant 10 W ranks add up to 20 W at every instant
+    assert s["peak_power_w"] == pytest.approx(20.0, rel=0.01) and "added up over time" in s["peak_power_rule"]
     # the store's runs row says how many ranks
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT world_size FROM runs").fetchone()[0] == 2
@@ -242,3 +244,49 @@ def test_a_merged_run_has_downsampling_levels_for_each_rank(tmp_path):
             assert (r[6], r[7]) == (float(p.min()), float(p.max()))
         # each rank's own power (its ground truth) comes through its levels
         assert np.mean([r[5] for r in rows]) == pytest.approx(10.0 * (rank + 1), rel=1e-9)
+
+
+def _steps(rng, t0, t1, n):
+    from energyprof import _core
+
+    edges = np.unique(np.concatenate([[t0, t1], rng.integers(t0 + 1, t1, n)]))
+    x = np.zeros(len(edges) - 1, dtype=np.dtype(_core.SAMPLE_DTYPE))
+    x["t_start_ns"], x["t_end_ns"], x["kind"] = edges[:-1], edges[1:], 1
+    for d in ("cpu_w", "ane_w", "dram_w", "package_w"):
+        x[d] = np.nan
+    x["gpu_w"] = rng.uniform(0, 100, len(x))
+    return x
+
+
+def test_peak_of_the_summed_power_against_every_overlapping_pair():
+    # Brute force, written apart: the sum of two step functions takes the value P_i + P_j on
+    # every overlap of a sample i of one with a sample j of the other; its peak over the
+    # window is the largest such sum over the overlapping pairs that lie in the window.
+    from energyprof.measure.distributed import peak_of_sum
+
+    rng = np.random.default_rng(7)
+    for trial in range(30):
+        a = _steps(rng, 0, 1_000_000, int(rng.integers(1, 40)))
+        b = _steps(rng, 200_000 * (trial % 2), 1_200_000, int(rng.integers(1, 40)))
+        w0, w1 = int(rng.integers(0, 400_000)), int(rng.integers(600_000, 1_100_000))
+        best = -1.0
+        for i in range(len(a)):
+            for j in range(len(b)):
+                lo = max(a["t_start_ns"][i], b["t_start_ns"][j], w0)
+                hi = min(a["t_end_ns"][i], b["t_end_ns"][j], w1)
+                if lo < hi and a["gpu_w"][i] + b["gpu_w"][j] > best:
+                    best = a["gpu_w"][i] + b["gpu_w"][j]
+        # and where only one of them has a sample (b may start late), that one alone
+        for x, y in ((a, b), (b, a)):
+            for i in range(len(x)):
+                lo, hi = max(x["t_start_ns"][i], w0), min(x["t_end_ns"][i], w1)
+                if lo >= hi:
+                    continue
+                covered = np.sum(np.clip(np.minimum(y["t_end_ns"], hi) - np.maximum(y["t_start_ns"], lo), 0, None))
+                if covered < hi - lo and x["gpu_w"][i] > best:
+                    best = x["gpu_w"][i]
+        got, t = peak_of_sum([a, b], w0, w1)
+        assert got == pytest.approx(best, rel=1e-12), trial
+        assert got <= a["gpu_w"].max() + b["gpu_w"].max()
+    nothing = peak_of_sum([], 0, 10)
+    assert np.isnan(nothing[0]) and nothing[1] == -1

@@ -417,7 +417,7 @@ def merge(payloads: Sequence[Optional[Dict[str, Any]]], errors: Sequence[str] = 
 
     complete = len(present) == world and all(payloads[r]["status"] == "completed" for r in present)
     summary = _merged_summary(over0[0].summary, sections, tokens, over0, sampling, payloads, ranks, in_tok,
-                              out_tok, nominal, list(errors) + [f"rank {r} (a replica group's first rank) is "
+                              out_tok, nominal, samp, list(errors) + [f"rank {r} (a replica group's first rank) is "
                                                                 f"missing: its tokens are not counted"
                                                                 for r in missing_leaders])
     return {"summary": summary, "samples": all_samples, "sections": sections, "tokens": tokens,
@@ -426,9 +426,61 @@ def merge(payloads: Sequence[Optional[Dict[str, Any]]], errors: Sequence[str] = 
             "status": "completed" if complete else "interrupted"}
 
 
+def peak_of_sum(parts: Sequence[np.ndarray], t_start_ns: int, t_end_ns: int) -> Tuple[float, int]:
+    """The highest total power of several ranks' samples added up over time, and when.
+
+    Each part is one rank's interval samples (on one clock): its total power is a step
+    function, constant over each sample.  Their sum is a step function that changes only at
+    the parts' sample edges, so its highest value over [t_start_ns, t_end_ns) is the highest
+    sum over the pieces between consecutive edges.  Returns ``(power_w, t_ns)``, the start
+    of the first piece that reaches it; ``(nan, -1)`` when no part has a measured sample there.
+
+    >>> import numpy as np
+    >>> from energyprof import _core
+    >>> def part(edges, watts):
+    ...     x = np.zeros(len(watts), dtype=np.dtype(_core.SAMPLE_DTYPE))
+    ...     x["t_start_ns"], x["t_end_ns"], x["kind"] = edges[:-1], edges[1:], 1
+    ...     for d in ("cpu_w", "ane_w", "dram_w", "package_w"): x[d] = np.nan
+    ...     x["gpu_w"] = watts
+    ...     return x
+    >>> # rank 0 peaks at 50 W over [10, 20), rank 1 at 45 W over [20, 30): the sum is 20, 60,
+    >>> # then 65 W (not 95, the sum of the peaks)
+    >>> peak_of_sum([part([0, 10, 20, 30], [10, 50, 20]), part([0, 20, 30], [10, 45])], 0, 30)
+    (65.0, 20)
+    """
+    from .._dtypes import measured_domains, total_of
+
+    edges = [np.array([t_start_ns, t_end_ns], dtype=np.int64)]
+    series = []
+    for x in parts:
+        x = x[(x["kind"] == 1) & (x["t_end_ns"] > t_start_ns) & (x["t_start_ns"] < t_end_ns)]
+        if not len(x):
+            continue
+        cols = [np.asarray(x[c], dtype=np.float64) for c in ("cpu_w", "gpu_w", "ane_w", "dram_w", "package_w")]
+        series.append((x["t_start_ns"], x["t_end_ns"], total_of(np.stack(cols, axis=1), measured_domains(x))))
+        edges += [x["t_start_ns"], x["t_end_ns"]]
+    if not series:
+        return float("nan"), -1
+    t = np.unique(np.clip(np.concatenate(edges), t_start_ns, t_end_ns))
+    a = t[:-1]                                  # each piece [a, next edge)
+    total = np.zeros(len(a))
+    seen = np.zeros(len(a), dtype=bool)
+    for starts, ends, watts in series:
+        k = np.searchsorted(starts, a, side="right") - 1          # the sample that starts at or before a
+        inside = (k >= 0) & (ends[np.maximum(k, 0)] > a)
+        w = np.where(inside, watts[np.maximum(k, 0)], np.nan)
+        seen |= ~np.isnan(w)
+        total += np.nan_to_num(w, nan=0.0)
+    if not seen.any():
+        return float("nan"), -1
+    total[~seen] = -np.inf
+    i = int(np.argmax(total))
+    return float(total[i]), int(a[i])
+
+
 def _merged_summary(base: Dict[str, Any], sections: np.ndarray, tokens: np.ndarray, over0: Dict[int, Any],
                     sampling: List[int], payloads, ranks: np.ndarray, in_tok: int, out_tok: int,
-                    nominal: Dict[int, float], messages: List[str]) -> Dict[str, Any]:
+                    nominal: Dict[int, float], samp: Dict[int, np.ndarray], messages: List[str]) -> Dict[str, Any]:
     """The figures of the summary that change when every rank's energy is counted."""
     s = dict(base)
     run = sections[0]
@@ -439,9 +491,18 @@ def _merged_summary(base: Dict[str, Any], sections: np.ndarray, tokens: np.ndarr
     s["baseline_power_w"] = float(sum(over0[r].summary["baseline_power_w"] for r in sampling))
     s["baseline_domains_w"] = {d: float(np.nansum([over0[r].summary["baseline_domains_w"][d] for r in sampling]))
                                for d in DOMAINS}
-    peaks = [over0[r].summary["peak_power_w"] for r in sampling]
-    s["peak_power_w"] = float(np.nansum(peaks)) if not all(np.isnan(peaks)) else float("nan")
-    s["peak_power_rule"] = "sum of the ranks' peaks (an upper bound: they need not coincide)"
+    peak_w, peak_t = peak_of_sum([samp[r] for r in sampling], int(run["t_start_ns"]), int(run["t_end_ns"]))
+    instants = any(np.any(samp[r]["kind"] != 1) for r in sampling)
+    if instants or not np.isfinite(peak_w):
+        # Instant readings (NVML power mode) are not steps: fall back to an upper bound.
+        peaks = [over0[r].summary["peak_power_w"] for r in sampling]
+        s["peak_power_w"] = float(np.nansum(peaks)) if not all(np.isnan(peaks)) else float("nan")
+        s["peak_power_rule"] = "sum of the ranks' peaks (an upper bound: they need not coincide)"
+    else:
+        s["peak_power_w"] = peak_w
+        s["peak_power_rule"] = ("the highest total power of the ranks' samples added up over time (on rank 0's "
+                                "clock)")
+        s["peak_power_t_s"] = (peak_t - int(run["t_start_ns"])) * 1e-9
     phases: Dict[str, dict] = {}
     for r in sections[1:]:
         if r["kind"] != "phase":
