@@ -114,6 +114,7 @@ result.update({"run_id": s.run_id, "energy_j": summ["energy_j"], "duration_s": s
                "status": summ["status"], "distributed": summ.get("distributed")})
 if rank != 0:   # this rank's own view (its Session keeps its own rows)
     result["clock"] = [s._dist.clock_offset_ns, s._dist.clock_uncertainty_ns]
+    result["clock_end"] = list(s._dist.clock_end) if s._dist.clock_end else None
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
     json.dump(result, f)
 dist.destroy_process_group()

@@ -78,6 +78,11 @@ def test_two_gloo_ranks_save_one_run_with_both_ranks_energy(tmp_path):
     off, unc = mine[1]["clock"]
     assert ranks["clock_offset_ns"][1] == off and ranks["clock_uncertainty_ns"][1] == unc
     assert abs(off) <= unc and unc > 0
+    # measured again at exit, later on rank 1's clock, and again 0 within its bound: no drift
+    # that the two measurements can tell from their error, so the start offset is used
+    off1, unc1, at1 = mine[1]["clock_end"]
+    assert abs(off1) <= unc1 and unc1 > 0 and at1 > 0
+    assert s["distributed"]["clock_drift_ppm"] == {"0": None, "1": None}   # JSON keys, as stored
     # tokens: every rank is its own replica group (data parallel): the ranks' own counts add up
     # (rank 0's session holds the merged run; its own count is the 6 tokens it was asked for)
     assert mine[1]["output_tokens"] == 6 and ranks["output_tokens"].tolist() == [6, 6]
@@ -290,3 +295,24 @@ def test_peak_of_the_summed_power_against_every_overlapping_pair():
         assert got <= a["gpu_w"].max() + b["gpu_w"].max()
     nothing = peak_of_sum([], 0, 10)
     assert np.isnan(nothing[0]) and nothing[1] == -1
+
+
+def test_clock_drift_moves_a_rank_s_rows_linearly_onto_rank_0_s_clock():
+    # Hand-worked: rank 1's clock reads 1 us behind rank 0's at its time 0 and 3 us behind at
+    # its time 1 s (2 ppm), each measured to 100 ns: a row at 0.25 s .. 0.75 s moves by
+    # 1.5 us and 2.5 us.  Offsets within their uncertainties of each other mean no drift.
+    from energyprof import _core
+    from energyprof.measure.distributed import _shift, clock_drift
+
+    p = {"rank": 1, "clock_offset_ns": 1000, "clock_uncertainty_ns": 100, "clock_at_ns": 0,
+         "clock_end": (3000, 100, 1_000_000_000)}
+    assert clock_drift(p) == pytest.approx(2e-6)
+    x = np.zeros(1, dtype=np.dtype(_core.SAMPLE_DTYPE))
+    x["t_start_ns"], x["t_end_ns"] = 250_000_000, 750_000_000
+    y = _shift(x, p)
+    assert int(y["t_start_ns"][0]) == 250_000_000 + 1500 and int(y["t_end_ns"][0]) == 750_000_000 + 2500
+    p["clock_end"] = (1150, 100, 1_000_000_000)              # 150 ns apart, 200 ns of uncertainty
+    assert clock_drift(p) is None
+    y = _shift(x, p)
+    assert int(y["t_start_ns"][0]) == 250_000_000 + 1000 and int(y["t_end_ns"][0]) == 750_000_000 + 1000
+    assert clock_drift({**p, "clock_end": None}) is None and clock_drift({**p, "rank": 0}) is None

@@ -14,7 +14,8 @@ than one rank (torchrun, accelerate, ``mp.spawn``):
    over several rounds the one with the shortest round trip gives
    ``offset = t2 - (t1 + t3) / 2`` (add it to r's monotonic clock to get rank 0's) and
    ``uncertainty = (t3 - t1) / 2``: the true offset is within that bound whatever the delay
-   split between the two directions.
+   split between the two directions.  It is measured again at exit (:func:`wait_for_ranks`);
+   a difference beyond both uncertainties is a drift, corrected linearly (:func:`offset_at`).
 3. **Exit** (:func:`wait_for_ranks`, then :func:`send_to_rank0` / :func:`receive_on_rank0`):
    every rank keeps sampling until all have left their block, integrates its own
    run, then sends its samples, forwards, sections, tokens and calls to rank 0
@@ -45,7 +46,8 @@ from ..store.quality import resolution_summary
 from ..store.rundata import sample_row_dtype, with_rank
 
 __all__ = ["RankInfo", "HOST_WIDE_KINDS", "setup", "exchange_clocks", "send_to_rank0", "receive_on_rank0",
-           "merge", "NoSampler", "resolve_mode", "wait_for_ranks", "payload"]
+           "merge", "NoSampler", "resolve_mode", "wait_for_ranks", "payload", "offset_at", "clock_drift",
+           "peak_of_sum"]
 
 #: Source kinds that measure a whole host (one reading for every process on it): sampled
 #: on one rank per host only.
@@ -71,6 +73,8 @@ class RankInfo:
     samples: bool = True                                # whether this rank samples its source
     clock_offset_ns: int = 0
     clock_uncertainty_ns: int = 0
+    clock_at_ns: int = 0                                # this rank's time of that measurement
+    clock_end: Optional[Tuple[int, int, int]] = None    # (offset, uncertainty, at) measured again at exit
 
 
 def resolve_mode(distributed: Any) -> Tuple[bool, Optional[int]]:
@@ -132,46 +136,66 @@ def setup(source_kind: str, replica_group: Optional[int]) -> RankInfo:
     return info
 
 
+def _answer_clock(r: int, now_ns, rounds: int) -> None:
+    """Rank 0's half of a clock measurement with rank r: answer each of its pings with the time."""
+    import torch
+    import torch.distributed as dist
+
+    buf = torch.zeros(1, dtype=torch.int64)
+    for _ in range(rounds):
+        dist.recv(buf, src=r)
+        buf[0] = now_ns()
+        dist.send(buf, dst=r)
+
+
+def _ping_rank0(now_ns, rounds: int) -> Tuple[int, int, int]:
+    """A rank's half: ``rounds`` pings to rank 0; the one with the shortest round trip gives
+    ``(offset, uncertainty, at)``: rank 0's clock minus this one's, half the round trip (the
+    true offset is within it whatever the split of the delay), and this rank's time then."""
+    import torch
+    import torch.distributed as dist
+
+    buf = torch.zeros(1, dtype=torch.int64)
+    best = None
+    for _ in range(rounds):
+        t1 = now_ns()
+        buf[0] = t1
+        dist.send(buf, dst=0)
+        dist.recv(buf, src=0)
+        t3 = now_ns()
+        t2 = int(buf[0])
+        if best is None or t3 - t1 < best[1] - best[0]:
+            best = (t1, t3, t2)
+    t1, t3, t2 = best
+    return int(t2 - (t1 + t3) // 2), int((t3 - t1 + 1) // 2), int((t1 + t3) // 2)
+
+
 def exchange_clocks(info: RankInfo, now_ns, rounds: int = CLOCK_ROUNDS) -> None:
     """Collective: align every rank's monotonic clock to rank 0's (sets the offset fields).
 
     ``now_ns`` is the clock to align (``energyprof._core.now_ns``).  Rank 0 answers each
     other rank in turn; ends with a barrier so every rank leaves at about the same time.
     """
-    import torch
     import torch.distributed as dist
 
-    buf = torch.zeros(1, dtype=torch.int64)
     if info.rank == 0:
         for r in range(1, info.world_size):
-            for _ in range(rounds):
-                dist.recv(buf, src=r)
-                buf[0] = now_ns()
-                dist.send(buf, dst=r)
+            _answer_clock(r, now_ns, rounds)
     else:
-        best = None
-        for _ in range(rounds):
-            t1 = now_ns()
-            buf[0] = t1
-            dist.send(buf, dst=0)
-            dist.recv(buf, src=0)
-            t3 = now_ns()
-            t2 = int(buf[0])
-            if best is None or t3 - t1 < best[1] - best[0]:
-                best = (t1, t3, t2)
-        t1, t3, t2 = best
-        info.clock_offset_ns = int(t2 - (t1 + t3) // 2)
-        info.clock_uncertainty_ns = int((t3 - t1 + 1) // 2)
+        info.clock_offset_ns, info.clock_uncertainty_ns, info.clock_at_ns = _ping_rank0(now_ns, rounds)
     dist.barrier()
 
 
-def wait_for_ranks(info: RankInfo) -> List[str]:
+def wait_for_ranks(info: RankInfo, now_ns=None, rounds: int = CLOCK_ROUNDS) -> List[str]:
     """At exit, before the samplers stop: every rank keeps sampling until every rank has
     left its block, so every rank's samples cover every other rank's windows.
 
     Point to point, so a dead rank does not cut the wait short for the others: each rank
     tells rank 0 it is done and waits for rank 0's answer; rank 0 waits for every rank's
     word (a dead rank's closed connection ends its wait), then answers the living ones.
+    With ``now_ns``, each living rank then measures its clock offset to rank 0 again
+    (``info.clock_end``), so that a drift between hosts over the run can be corrected
+    (:func:`offset_at`); a rank lost there keeps its start offset only.
     Returns one message per rank that could not be reached."""
     import torch
     import torch.distributed as dist
@@ -187,18 +211,66 @@ def wait_for_ranks(info: RankInfo) -> List[str]:
             except Exception as e:
                 problems.append(f"rank {r} did not finish its block ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0][:120]})")
+        answered = []
         for r in alive:
             try:
                 dist.send(flag, dst=r)
+                answered.append(r)
             except Exception as e:  # it died since
                 problems.append(f"rank {r} is gone ({type(e).__name__})")
+        for r in answered if now_ns is not None else ():
+            try:
+                _answer_clock(r, now_ns, rounds)
+            except Exception as e:  # it died since: its start offset stands alone
+                problems.append(f"rank {r}: no clock measurement at exit ({type(e).__name__})")
     else:
         try:
             dist.send(flag, dst=0)
             dist.recv(flag, src=0)
         except Exception as e:
             problems.append(f"rank 0 did not answer ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+            return problems
+        if now_ns is not None:
+            try:
+                info.clock_end = _ping_rank0(now_ns, rounds)
+            except Exception as e:
+                problems.append(f"no clock measurement at exit ({type(e).__name__})")
     return problems
+
+
+def offset_at(p: Dict[str, Any]):
+    """The offset (ns) to add to rank p's clock at its times ``t`` (int or int64 array) to get
+    rank 0's: the start offset, drifting linearly to the offset measured at exit where that
+    differs from the start one by more than their uncertainties together (a drift the two
+    measurements can tell from their own error); the start offset alone otherwise.
+
+    >>> p = {"clock_offset_ns": 1000, "clock_uncertainty_ns": 10, "clock_at_ns": 0,
+    ...      "clock_end": (3000, 10, 1_000_000)}
+    >>> int(offset_at(p)(500_000))       # half way: 1000 + (3000 - 1000) / 2
+    2000
+    >>> p["clock_end"] = (1015, 10, 1_000_000)   # within 10 + 10 ns of the start: no drift seen
+    >>> int(offset_at(p)(500_000))
+    1000
+    """
+    off0 = int(p["clock_offset_ns"])
+    slope = clock_drift(p)
+    if slope is None:
+        return lambda t: np.asarray(t, dtype=np.int64) * 0 + off0
+    at0 = int(p.get("clock_at_ns", 0))
+    return lambda t: off0 + np.rint(slope * (np.asarray(t, dtype=np.float64) - at0)).astype(np.int64)
+
+
+def clock_drift(p: Dict[str, Any]) -> Optional[float]:
+    """Rank p's clock drift against rank 0's (ns per ns: 1e-6 is 1 ppm) from its start and
+    exit offsets, or None where none was measured or it lies within their uncertainties."""
+    end = p.get("clock_end")
+    if not end or p.get("rank") == 0:
+        return None
+    off1, unc1, at1 = (int(v) for v in end)
+    off0, unc0, at0 = int(p["clock_offset_ns"]), int(p["clock_uncertainty_ns"]), int(p.get("clock_at_ns", 0))
+    if at1 <= at0 or abs(off1 - off0) <= unc0 + unc1:
+        return None
+    return (off1 - off0) / (at1 - at0)
 
 
 def send_to_rank0(payload: Dict[str, Any]) -> None:
@@ -258,11 +330,13 @@ def _sample_dtype() -> np.dtype:
 
 
 # ----------------------------------------------------------------------------- merge (pure numpy)
-def _shift(a: np.ndarray, off: int) -> np.ndarray:
+def _shift(a: np.ndarray, p: Dict[str, Any]) -> np.ndarray:
+    """Rows of rank p with their times moved onto rank 0's clock (:func:`offset_at`)."""
     a = a.copy()
-    if len(a) and off:
-        a["t_start_ns"] += off
-        a["t_end_ns"] += off
+    if len(a):
+        off = offset_at(p)
+        a["t_start_ns"] += off(a["t_start_ns"])
+        a["t_end_ns"] += off(a["t_end_ns"])
     return a
 
 
@@ -297,12 +371,13 @@ def _attribute_over(samples: np.ndarray, windows: Dict[str, Any], nominal_s: flo
 
 
 def _windows_on_rank0(p: Dict[str, Any]) -> Dict[str, Any]:
-    off = int(p["clock_offset_ns"])
-    sh = (lambda w: None if w is None else (int(w[0]) + off, int(w[1]) + off))
+    off = offset_at(p)
+    at = (lambda t: int(t) + int(off(int(t))))
+    sh = (lambda w: None if w is None else (at(w[0]), at(w[1])))
     return {
-        "t_start_ns": int(p["t_start_ns"]) + off, "t_end_ns": int(p["t_end_ns"]) + off,
-        "forwards": [(f[0] + off, f[1] + off) + tuple(f[2:]) for f in p["forwards"]],
-        "user_sections": [(u[0], u[1] + off, u[2] + off if u[2] >= 0 else u[2], u[3]) for u in p["user_sections"]],
+        "t_start_ns": at(p["t_start_ns"]), "t_end_ns": at(p["t_end_ns"]),
+        "forwards": [(at(f[0]), at(f[1])) + tuple(f[2:]) for f in p["forwards"]],
+        "user_sections": [(u[0], at(u[1]), at(u[2]) if u[2] >= 0 else u[2], u[3]) for u in p["user_sections"]],
         "baseline": sh(p["baseline"]), "post_baseline": sh(p["post_baseline"]),
     }
 
@@ -320,7 +395,7 @@ def merge(payloads: Sequence[Optional[Dict[str, Any]]], errors: Sequence[str] = 
     world = int(p0["world_size"])
     present = [r for r in range(world) if r < len(payloads) and payloads[r] is not None]
     win = {r: _windows_on_rank0(payloads[r]) for r in present}
-    samp = {r: _shift(payloads[r]["samples"], int(payloads[r]["clock_offset_ns"])) for r in present}
+    samp = {r: _shift(payloads[r]["samples"], payloads[r]) for r in present}
     nominal = {r: float(payloads[r]["nominal_period_s"]) for r in present}
     sampling = [r for r in present if payloads[r]["samples_source"]]
 
@@ -364,14 +439,14 @@ def merge(payloads: Sequence[Optional[Dict[str, Any]]], errors: Sequence[str] = 
     rank_sections, rank_tokens, calls = [], [], {"layers": [], "components": [], "ops": []}
     next_id = 0
     for r in present:
-        p, off = payloads[r], int(payloads[r]["clock_offset_ns"])
-        rank_sections.append(with_rank(_shift(p["sections"], off), SECTION_DTYPE, r))
+        p = payloads[r]
+        rank_sections.append(with_rank(_shift(p["sections"], p), SECTION_DTYPE, r))
         rank_sections[-1]["rank"] = r
-        rank_tokens.append(with_rank(_shift(p["tokens"], off), TOKEN_DTYPE, r))
+        rank_tokens.append(with_rank(_shift(p["tokens"], p), TOKEN_DTYPE, r))
         rank_tokens[-1]["rank"] = r
         top = -1
         for name in calls:
-            a = _shift(p[name], off)
+            a = _shift(p[name], p)
             a["rank"] = r
             if len(a):
                 top = max(top, int(a["call_id"].max()))
@@ -555,6 +630,11 @@ def _merged_summary(base: Dict[str, Any], sections: np.ndarray, tokens: np.ndarr
         "total_j": run_j,
         "missing_ranks": [int(r["rank"]) for r in ranks if r["status"] == "missing"],
         "clock_uncertainty_ns": int(ranks["clock_uncertainty_ns"].max()) if len(ranks) else 0,
+        # per rank: the drift of its clock against rank 0's over the run (ppm), measured from
+        # its offsets at the start and at exit; None where none was measurable (within their
+        # uncertainties: then the start offset is used throughout)
+        "clock_drift_ppm": {str(r): (None if d is None else d * 1e6) for r, d in
+                            ((r, clock_drift(payloads[r])) for r in range(len(payloads)) if payloads[r] is not None)},
         "window": "rank 0's run, phases and sections, on rank 0's clock; tokens per replica group leader",
     }
     s["warnings"] = list(base.get("warnings", [])) + messages
@@ -569,6 +649,7 @@ def payload(session: Any, info: RankInfo, att: Any, forwards: Sequence[Any], sta
         "groups": info.groups, "device": str(session._device), "source": session._source.spec,
         "source_label": session._source.label, "samples_source": info.samples, "status": status,
         "clock_offset_ns": info.clock_offset_ns, "clock_uncertainty_ns": info.clock_uncertainty_ns,
+        "clock_at_ns": info.clock_at_ns, "clock_end": info.clock_end,
         "t_start_ns": int(session._t_start_ns), "t_end_ns": int(t_end_ns),
         "forwards": [(f.t_start_ns, f.t_end_ns, f.batch, f.new_positions, f.input_tokens, f.prefill) for f in forwards],
         "user_sections": [(u.name, u.t_start_ns, u.t_end_ns, u.parent) for u in session._user_sections],

@@ -844,7 +844,8 @@ class Session(RunData):
             if self._dist is not None:
                 from .distributed import wait_for_ranks
 
-                self._dist_wait_problems = wait_for_ranks(self._dist)   # sample until every rank is done
+                # sample until every rank is done; then each rank's clock offset is measured again
+                self._dist_wait_problems = wait_for_ranks(self._dist, _core.now_ns)
             self._sampler.stop()
             if self._live is not None:
                 self._live.stop()   # delivers what is left from its own thread, then joins
