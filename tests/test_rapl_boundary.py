@@ -140,6 +140,11 @@ def test_prefill_from_boundary_reads_is_within_one_tick_per_edge_where_the_time_
                for r in good]
     assert np.mean(covered) >= 0.8, covered
     assert all("off by up to one counter update at each edge" in r["summary"]["resolution"]["note"] for r in good)
+    # and every page says it: the report, the CLI and the dashboard print resolution_lines
+    from energyprof.store.quality import resolution_lines
+
+    lines = resolution_lines(good[0]["summary"]["resolution"])
+    assert any(line.startswith("boundary reads: ") and "0.25 ms" in line and "prefill ±" in line for line in lines)
     boundary_errs = np.array([abs(r["got_j"] / r["truth_j"] - 1.0) for r in good])
     # Within 5 %: the tick bound allows more only for a short prefill with an edge at 40 W
     # and the rest at 10 W (10 mJ of staleness against some 100 mJ), so at most one such run;

@@ -1010,21 +1010,22 @@ class Session(RunData):
         new = resolution_summary(self._sampler.interval_ns * 1e-9, phases, att.tokens["resolved"],
                                  calls["resolved"] if len(calls) else None, gaps=old.get("gaps"))
         new["baseline"] = old.get("baseline")
-        new["note"] += "; plus readings at every forward's start and end"
+        text = "readings also at every forward's start and end"
         if period_s > 0:
-            new["note"] += f" (the counter updates every {period_s * 1e3:.3g} ms or slower)"
+            text += f" (the counter updates every {period_s * 1e3:.3g} ms or slower)"
             eb = self._edge_bound
             parts = [f"{k} ±{100 * eb[k + '_share']:.2g} %" for k in ("prefill", "decode")
                      if eb.get(k + "_share") is not None]
             if eb.get("tokens_median_share") is not None:
                 parts.append(f"tokens median ±{100 * eb['tokens_median_share']:.2g} %")
             if parts:
-                new["note"] += ("; a resolved row can be off by up to one counter update at each edge ("
-                                + ", ".join(parts) + ")")
+                text += "; a resolved row can be off by up to one counter update at each edge (" + ", ".join(parts) + ")"
             if self._boundary_sync:
                 st = self._sampler.sync_stats
-                new["note"] += (f"; {st['starts'] - st['timeouts']} of {st['starts']} prefill edges were read as "
-                                "the counter moved (boundary_reads='sync'), so those are not stale")
+                text += (f"; {st['starts'] - st['timeouts']} of {st['starts']} prefill edges were read as the counter "
+                         "moved (boundary_reads='sync'), so those are not stale")
+        new["boundary"] = text     # shown by store.quality.resolution_lines (report, CLI, dashboard)
+        new["note"] += "; plus " + text
         att.summary["resolution"] = new
 
     def _add_devices(self, summary: Dict[str, Any], samples: np.ndarray, t_end_ns: int) -> None:

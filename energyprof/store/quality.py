@@ -65,7 +65,8 @@ _WHAT = {"phases": "phase", "tokens": "per-token", "calls": "per-call"}
 
 def resolution_lines(res: Dict[str, Any]) -> List[str]:
     """One line per kind of row, e.g. ``"tokens: 2 % resolved (100 ms samples; per-token energy
-    is split by time)"``, plus one for gaps when the run had any."""
+    is split by time)"``, plus one for boundary reads (what they resolve and how far a resolved
+    row can be off, ``res["boundary"]``) and one for gaps when the run had any."""
     period = period_text(res.get("sample_period_s"))
     out = []
     for key in ("phases", "tokens", "calls"):
@@ -77,6 +78,8 @@ def resolution_lines(res: Dict[str, Any]) -> List[str]:
         if not (share >= 1.0):
             line += f" ({period} samples; {_WHAT[key]} energy is split by time within a sample)"
         out.append(line)
+    if res.get("boundary"):
+        out.append(f"boundary reads: {res['boundary']}")
     gaps = res.get("gaps") or {}
     if gaps.get("n"):
         out.append(f"gaps: {gaps['n']} in the run, {_f(gaps.get('bridged_s')):.3g} s bridged by interpolation, "
