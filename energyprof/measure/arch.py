@@ -16,8 +16,10 @@ model-level modules. Anything else falls back to a generic search (the largest
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -748,6 +750,31 @@ def describe(model: nn.Module, *, use_tables: bool = True) -> ArchMap:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"describe() needs a torch.nn.Module, got {type(model).__name__}")
+    # The module tree (names and objects) and the config object decide the mapping: a
+    # model described before with the same tree gets the same map without the search
+    # (ep.run's enter); the config summary (parameter count, dtype) is read afresh.
+    key = (use_tables, id(getattr(model, "config", None)), tuple((n, id(m)) for n, m in model.named_modules()))
+    hit = _DESCRIBED.get(model)
+    if hit is not None and hit[0] == key:
+        found = hit[1]
+        for note in found.warnings:
+            warnings.warn(note, UserWarning, stacklevel=2)
+        return dataclasses.replace(found, top=model, warnings=list(found.warnings),
+                                   config=_config_summary(model, len(found.layers), found.model_level, found.kind,
+                                                          found.stacks))
+    amap = _describe(model, use_tables)
+    refs = [*amap.layers, *amap.components, *amap.model_level, *([amap.encoder] if amap.encoder else [])]
+    if all(r.module is not model for r in refs):   # the cache must not keep the model alive
+        _DESCRIBED[model] = (key, dataclasses.replace(amap, top=None, config={}))
+    return amap
+
+
+#: describe()'s last map per model (weak: it goes with the model), with the key it was made for.
+_DESCRIBED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _describe(model: nn.Module, use_tables: bool) -> ArchMap:
+    """describe() without its cache."""
     model_type = _model_type(model)
     arch = _detect_arch(model, model_type) if use_tables else None
     notes: list[str] = []
@@ -825,7 +852,7 @@ def describe(model: nn.Module, *, use_tables: bool = True) -> ArchMap:
         stacks = {"encoder" if kind == "encoder" else "decoder": (0, len(layers))}
 
     for note in notes:
-        warnings.warn(note, UserWarning, stacklevel=2)
+        warnings.warn(note, UserWarning, stacklevel=3)
     return ArchMap(
         arch="generic" if generic else arch,  # type: ignore[arg-type]
         model_type=model_type,
