@@ -39,6 +39,7 @@ int ep_module_add_hooks(PyObject *m);
 int ep_module_add_store(PyObject *m);
 int ep_module_add_ioreport(PyObject *m);
 int ep_module_add_stats(PyObject *m);
+int ep_module_add_calls(PyObject *m);
 
 /* Helper: add a PyMethodDef table (terminated by {NULL}) to module m. */
 int ep_module_add_functions(PyObject *m, PyMethodDef *defs);
