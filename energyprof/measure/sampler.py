@@ -74,6 +74,17 @@ class _DrainService:
 _DRAINS = _DrainService()
 
 
+def drain_in_background(obj) -> None:
+    """Have the shared drain thread call ``obj.drain()`` every ``DRAIN_EVERY_S`` until
+    :func:`end_background_drain` (``obj.drain`` must be safe against a concurrent call of its own)."""
+    _DRAINS.join(obj)
+
+
+def end_background_drain(obj) -> None:
+    """Stop draining ``obj`` in the background (a drain already under way may still finish)."""
+    _DRAINS.leave(obj)
+
+
 class Sampler:
     """Sample a power source on a native thread.
 
