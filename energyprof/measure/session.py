@@ -975,7 +975,8 @@ class Session(RunData):
         summary["source_faults"] = int(self._sampler.faults)
         if deep_summary is not None:
             summary["deep"] = deep_summary
-        moe = self._router.finish(calls[~is_layer & ~is_op]) if self._router is not None else None
+        components = calls[~is_layer & ~is_op]   # one copy: read by the router, kept as self._components
+        moe = self._router.finish(components) if self._router is not None else None
         if moe is not None:
             summary["moe"] = moe
         gen = self._generation_summary()
@@ -989,7 +990,7 @@ class Session(RunData):
         self._sections = att.sections
         self._tokens = att.tokens
         self._layers = calls[is_layer]
-        self._components = calls[~is_layer & ~is_op]
+        self._components = components
         self._ops = calls[is_op]
         if self._dist is not None:
             status = self._merge_ranks(att, forwards, status, samples, t_end_ns)
