@@ -142,6 +142,7 @@ def main(argv=None) -> int:
         att = attribute(samples, t0, t1, forwards, events, spans, nominal_period_s=1e-3)
         att_s.append(time.perf_counter() - t)
     rss_att = rss_mb()
+    att_b_per_call = (rss_att - rss_input) * 2**20 / n_calls
     calls = att.calls
     assert len(calls) == n_calls, (len(calls), n_calls)
     per_m = np.asarray(att_s) / (n_calls / 1e6)
@@ -215,14 +216,21 @@ def main(argv=None) -> int:
         f"| report HTML | {html_mb:.2f} MB | | figures downsampled: size does not grow with samples; the tables "
         f"grow with the layers, not the steps | < 10 MB | {'met' if v_html else 'NOT met'} |",
         f"| peak RSS after input / attribution / store / report | {rss_input:,.0f} / {rss_att:,.0f} / "
-        f"{rss_store:,.0f} / {rss_report:,.0f} MB (process start {rss_start:,.0f} MB) | | about "
-        f"{(rss_report - rss_start) * full / 1e3:,.1f} GB above the start, linear: everything is held at once "
+        f"{rss_store:,.0f} / {rss_report:,.0f} MB (process start {rss_start:,.0f} MB) | "
+        f"attribution {att_b_per_call:,.0f} bytes per call above the input | about "
+        f"{(rss_report - rss_start) * full / 1e3:,.1f} GB above the start, linear: the call rows are held at once "
         "(not streamed) | stated and bounded | stated; bounded NOT done |",
         "",
         "Extrapolation is linear in the rows: every stage is one pass (or a sort) over the rows, so the "
         "hour costs the scaled figure times the factor, not measured. Memory is dominated by the call "
-        f"rows ({calls.dtype.itemsize} bytes each in memory): the hour's {n_calls * full / 1e6:,.1f} M calls "
-        f"take about {n_calls * full * calls.dtype.itemsize / 1e9:,.1f} GB held at once.",
+        f"rows ({calls.dtype.itemsize} bytes each in memory, {calls.dtype['component'].itemsize} of them the "
+        f"component name): the hour's {n_calls * full / 1e6:,.1f} M calls take about "
+        f"{n_calls * full * calls.dtype.itemsize / 1e9:,.1f} GB held at once; attribution's peak is "
+        f"{att_b_per_call:,.0f} bytes per call above its input ({att_b_per_call * n_calls * full / 1e9:,.1f} GB for "
+        "the hour).  During the run itself ep.run now drains the hook span buffer (4 M events) into numpy "
+        f"chunks every 200 ms, 16 bytes per event ({2 * n_calls * full * 16 / 1e9:,.1f} GB of events for the hour): "
+        "before, every event past the buffer's 4 M was dropped.  Not bounded: a bound needs the call rows "
+        "attributed and written to the store in pieces while the run goes, which is not built.",
         "",
         headline(f"long run (scaled {a.scale:g} of 1 h at 1 kHz, extrapolated): attribution after the block per "
                  "million calls", "<= 1 s", fmt_ci(per_m_ci, unit=" s"), v_att),
