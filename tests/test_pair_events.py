@@ -1,6 +1,8 @@
-"""attribution.pair_events (vectorised) against the stack-per-span loop it replaced, on
-random nested event streams with ties, begins that never end (a forward raised) and
-ends with nothing open; and a hand-worked case."""
+"""attribution.pair_events (the C pass _core.pair_spans, sorted when needed) against the
+stack-per-span loop it replaced (_reference.pair_events), and _core.pair_spans /
+_core.fill_rows against their twins, on random nested event streams with ties, begins
+that never end (a forward raised), ends with nothing open and clocks stepping back; and
+hand-worked cases."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,23 +21,28 @@ def test_hand_worked_recursion_and_a_begin_without_end():
     assert sid.tolist() == [0, 0, 1] and b.tolist() == [0, 1, 4] and e.tolist() == [5, 2, 6]
 
 
+def _random_stream(rng, n_events, n_spans, ties, stray, backwards=False):
+    ev, t, open_ = [], 0, {}
+    for _ in range(n_events):
+        sid = int(rng.integers(0, n_spans))
+        t += int(rng.integers(0, 3 if ties else 1000))
+        if backwards and rng.random() < 0.05:
+            t -= int(rng.integers(1, 50))      # a clock that steps back
+        r = rng.random()
+        if r < 0.5:
+            ev.append((t, sid, 0))
+            open_[sid] = open_.get(sid, 0) + 1
+        elif open_.get(sid, 0) > 0 or (stray and r < 0.6):
+            ev.append((t, sid, 1))
+            open_[sid] = max(0, open_.get(sid, 0) - 1)
+    return np.array(ev, EVENT_DTYPE).reshape(-1)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_equals_the_loop_on_random_streams(seed):
     rng = np.random.default_rng(seed)
     for trial in range(60):
-        ev, t, open_ = [], 0, {}
-        stray = trial % 3 == 0
-        for _ in range(int(rng.integers(0, 150))):
-            sid = int(rng.integers(0, 4))
-            t += int(rng.integers(0, 3))          # ties on purpose
-            r = rng.random()
-            if r < 0.5:
-                ev.append((t, sid, 0))
-                open_[sid] = open_.get(sid, 0) + 1
-            elif open_.get(sid, 0) > 0 or (stray and r < 0.55):
-                ev.append((t, sid, 1))
-                open_[sid] = max(0, open_.get(sid, 0) - 1)
-        e = np.array(ev, EVENT_DTYPE)
+        e = _random_stream(rng, int(rng.integers(0, 150)), 4, ties=True, stray=trial % 3 == 0)
         for got, want in zip(pair_events(e, 4), _pair_events_loop(e)):
             np.testing.assert_array_equal(got, want)
             assert got.dtype == want.dtype
@@ -122,23 +129,6 @@ def test_parents_equal_the_per_span_loop(seed):
     got = _parents(sid, b, e, spans)
     np.testing.assert_array_equal(got, _parents_loop(sid, b, e, spans))
     assert (got >= 0).sum() > 0
-
-
-def _random_stream(rng, n_events, n_spans, ties, stray, backwards=False):
-    ev, t, open_ = [], 0, {}
-    for _ in range(n_events):
-        sid = int(rng.integers(0, n_spans))
-        t += int(rng.integers(0, 3 if ties else 1000))
-        if backwards and rng.random() < 0.05:
-            t -= int(rng.integers(1, 50))      # a clock that steps back
-        r = rng.random()
-        if r < 0.5:
-            ev.append((t, sid, 0))
-            open_[sid] = open_.get(sid, 0) + 1
-        elif open_.get(sid, 0) > 0 or (stray and r < 0.6):
-            ev.append((t, sid, 1))
-            open_[sid] = max(0, open_.get(sid, 0) - 1)
-    return np.array(ev, EVENT_DTYPE).reshape(-1)
 
 
 @pytest.mark.parametrize("seed", range(8))
