@@ -197,3 +197,30 @@ def test_c_fill_rows_equals_its_twin():
         _core.fill_rows(rows, [(dt.itemsize - 4, np.zeros(4, np.int64))])
     with pytest.raises(ValueError, match="3 values for 4 rows"):
         _core.fill_rows(rows, [(0, np.zeros(3, np.int32))])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_c_call_parents_equals_its_twin(seed):
+    """_core.call_parents against the numpy key search attribution used before
+    (_reference.call_parents), on random nested calls with equal begins, spans never
+    called (their children look further up) and calls outside their parent's call."""
+    rng = np.random.default_rng(200 + seed)
+    for trial in range(40):
+        n_spans = int(rng.integers(1, 8))
+        parent_span = np.array([int(rng.integers(-1, k)) if k else -1 for k in range(n_spans)], np.int64)
+        e = _random_stream(rng, int(rng.integers(0, 200)), n_spans, ties=trial % 2 == 0, stray=False)
+        sid, b, en = pair_events(e, n_spans)
+        got = _core.call_parents(sid, b, en, parent_span)
+        want = _reference.call_parents(sid, b, en, parent_span)
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == want.dtype == np.int32
+    # hand-worked: layer (span 0) holds attn (1) holds q (2); span 3's parent 4 is never called -> up to 0
+    spans = np.array([-1, 0, 1, 4, 0], np.int64)
+    sid = np.array([0, 1, 2, 3, 0, 2], np.int32)
+    b = np.array([0, 1, 1, 5, 10, 20], np.int64)
+    en = np.array([9, 4, 2, 6, 12, 21], np.int64)
+    assert _core.call_parents(sid, b, en, spans).tolist() == [-1, 0, 1, 0, -1, -1]
+    with pytest.raises(ValueError, match="before the previous"):
+        _core.call_parents(sid[::-1].copy(), b[::-1].copy(), en[::-1].copy(), spans)
+    with pytest.raises(ValueError, match="outside"):
+        _core.call_parents(np.array([5], np.int32), b[:1], en[:1], spans)

@@ -101,6 +101,70 @@ error:
     return rc;
 }
 
+int ep_call_parents(const int32_t *span_ids, const int64_t *begin_ns, const int64_t *end_ns, int64_t n,
+                    const int64_t *parent_span, int64_t n_spans, int32_t *parent_out, char *detail,
+                    size_t detail_len)
+{
+    int rc = EP_OK;
+    int64_t *up = NULL;   /* per span: the nearest ancestor span with calls, -1 none (owned here) */
+    int64_t *last = NULL; /* per span: its last call beginning at or before the current time (owned here) */
+    if (detail && detail_len)
+        detail[0] = '\0';
+    if (n < 0 || n_spans < 0 || (n > 0 && (!span_ids || !begin_ns || !end_ns || !parent_out || !parent_span))) {
+        ep_err_format(detail, detail_len, "negative count or NULL buffer");
+        rc = EP_ERR_ARG;
+        goto error;
+    }
+    for (int64_t q = 0; q < n; q++) {
+        if (span_ids[q] < 0 || span_ids[q] >= n_spans) {
+            ep_err_format(detail, detail_len, "calls[%lld]: span id %d outside [0, %lld)", (long long)q,
+                          (int)span_ids[q], (long long)n_spans);
+            rc = EP_ERR_ARG;
+            goto error;
+        }
+        if (q > 0 && begin_ns[q] < begin_ns[q - 1]) {
+            ep_err_format(detail, detail_len, "calls[%lld]: begin %lld before the previous call's", (long long)q,
+                          (long long)begin_ns[q]);
+            rc = EP_ERR_UNSORTED;
+            goto error;
+        }
+    }
+    if (n == 0)
+        goto error;
+    up = malloc(sizeof(int64_t) * (size_t)n_spans);
+    last = malloc(sizeof(int64_t) * (size_t)n_spans);
+    if (!up || !last) {
+        rc = EP_ERR_NOMEM;
+        goto error;
+    }
+    for (int64_t k = 0; k < n_spans; k++)
+        last[k] = -1;
+    for (int64_t q = 0; q < n; q++)
+        last[span_ids[q]] = 0; /* present (reset below) */
+    for (int64_t k = 0; k < n_spans; k++) {
+        int64_t p = parent_span[k];
+        for (int64_t hops = 0; p >= 0 && p < n_spans && last[p] < 0 && hops < n_spans; hops++)
+            p = parent_span[p]; /* an ancestor never called: look further up */
+        up[k] = (p >= 0 && p < n_spans && last[p] >= 0) ? p : -1;
+    }
+    for (int64_t k = 0; k < n_spans; k++)
+        last[k] = -1;
+    for (int64_t g = 0; g < n;) {
+        int64_t h = g; /* calls g .. h-1 begin at the same time: all of them count as "at or before" */
+        for (; h < n && begin_ns[h] == begin_ns[g]; h++)
+            last[span_ids[h]] = h;
+        for (int64_t q = g; q < h; q++) {
+            int64_t ps = up[span_ids[q]], c = ps >= 0 ? last[ps] : -1;
+            parent_out[q] = (c >= 0 && end_ns[c] >= end_ns[q]) ? (int32_t)c : -1;
+        }
+        g = h;
+    }
+error:
+    free(up);
+    free(last);
+    return rc;
+}
+
 void ep_fill_rows(void *rows, int64_t n_rows, size_t row_size, const ep_column *cols, int n_cols)
 {
     unsigned char *base = rows;

@@ -27,6 +27,16 @@ int ep_pair_spans(const void *events, int64_t n, size_t stride, size_t t_off, si
                   int32_t *span_out, int64_t *begin_ns_out, int64_t *end_ns_out, int64_t *end_pos_out,
                   int64_t *n_out, int *sorted_out, char *detail, size_t detail_len);
 
+/* The enclosing call of each of n calls (sorted by begin_ns, non-decreasing, else EP_ERR_UNSORTED):
+ * call q's parent span is the nearest ancestor of its span (parent_span[], n_spans entries,
+ * -1 = none; borrowed) that has calls in this run; its parent is the last call of that
+ * span (in call order) beginning at or before q, if that call also ends at or after q;
+ * else -1.  span_ids, begin_ns, end_ns: n each (borrowed); parent_out: n (caller-owned).
+ * EP_OK, EP_ERR_ARG (a span id outside [0, n_spans)), EP_ERR_UNSORTED or EP_ERR_NOMEM. */
+int ep_call_parents(const int32_t *span_ids, const int64_t *begin_ns, const int64_t *end_ns, int64_t n,
+                    const int64_t *parent_span, int64_t n_spans, int32_t *parent_out, char *detail,
+                    size_t detail_len);
+
 /* One column for ep_fill_rows: n_values values of `size` bytes (borrowed; n_values 1 is
  * broadcast to every row) copied to byte `offset` of each row. */
 typedef struct {

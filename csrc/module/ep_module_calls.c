@@ -75,6 +75,56 @@ error:
     return res;
 }
 
+/* A 1-D C-contiguous array of type_num (converted when it is not), or NULL with an exception. */
+static PyArrayObject *as_vector(PyObject *obj, int type_num, const char *what)
+{
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, type_num, 1, 1, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
+    if (!a && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s must be a 1-D array", what);
+    }
+    return a;
+}
+
+static PyObject *py_call_parents(PyObject *self, PyObject *args)
+{
+    PyObject *sid_o, *beg_o, *end_o, *par_o, *res = NULL;
+    PyArrayObject *sid = NULL, *beg = NULL, *end = NULL, *par = NULL, *out = NULL;
+    char detail[256];
+    if (!PyArg_ParseTuple(args, "OOOO:call_parents", &sid_o, &beg_o, &end_o, &par_o))
+        return NULL;
+    sid = as_vector(sid_o, NPY_INT32, "span_ids");
+    beg = sid ? as_vector(beg_o, NPY_INT64, "begin_ns") : NULL;
+    end = beg ? as_vector(end_o, NPY_INT64, "end_ns") : NULL;
+    par = end ? as_vector(par_o, NPY_INT64, "parent_span") : NULL;
+    if (!par)
+        goto error;
+    npy_intp n = PyArray_DIM(sid, 0);
+    if (PyArray_DIM(beg, 0) != n || PyArray_DIM(end, 0) != n) {
+        PyErr_SetString(PyExc_ValueError, "span_ids, begin_ns and end_ns must have the same length");
+        goto error;
+    }
+    out = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT32);
+    if (!out)
+        goto error;
+    int rc = ep_call_parents((const int32_t *)PyArray_DATA(sid), (const int64_t *)PyArray_DATA(beg),
+                             (const int64_t *)PyArray_DATA(end), (int64_t)n, (const int64_t *)PyArray_DATA(par),
+                             (int64_t)PyArray_DIM(par, 0), (int32_t *)PyArray_DATA(out), detail, sizeof detail);
+    if (rc != EP_OK) {
+        ep_module_raise(rc, detail);
+        goto error;
+    }
+    res = (PyObject *)out;
+    out = NULL;
+error:
+    Py_XDECREF(sid);
+    Py_XDECREF(beg);
+    Py_XDECREF(end);
+    Py_XDECREF(par);
+    Py_XDECREF(out);
+    return res;
+}
+
 #define MAX_COLS 64
 
 static PyObject *py_fill_rows(PyObject *self, PyObject *args)
@@ -148,6 +198,11 @@ static PyMethodDef calls_methods[] = {
      "Pair EVENT_DTYPE begin/end events per span id into calls (a stack per span id; an end with\n"
      "nothing open is ignored, a begin never closed gives no call), in the order of the begin\n"
      "events; sorted says whether that order is already (begin asc, end desc, end_pos asc)."},
+    {"call_parents", (PyCFunction)py_call_parents, METH_VARARGS,
+     "call_parents(span_ids, begin_ns, end_ns, parent_span) -> int32 parent call index per call (-1 none)\n\n"
+     "Calls sorted by begin; parent_span: per span id its hooked ancestor span (-1 none).  The parent\n"
+     "is the last call of the nearest ancestor span with calls that begins at or before the call\n"
+     "and ends at or after it (energyprof.measure.attribution)."},
     {"fill_rows", (PyCFunction)py_fill_rows, METH_VARARGS,
      "fill_rows(rows, [(offset, values), ...]) -> None\n\n"
      "Copy each column's values (one per row, or one for all) to byte `offset` of every row of\n"

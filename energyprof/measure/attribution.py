@@ -478,34 +478,8 @@ def _parents(span_ids: np.ndarray, begins: np.ndarray, ends: np.ndarray, spans: 
 
     The parent span is the nearest ancestor span that was called.  Calls come sorted by
     begin; a call's parent is the last call of the parent span that begins at or before
-    it, if that one also ends at or after it.  One search over keys (span, begin rank)
-    for every call at once (no loop over spans or calls).
+    it, if that one also ends at or after it.  One pass in C (``_core.call_parents``; twin
+    ``_reference.call_parents``).
     """
-    n = len(span_ids)
-    parent = np.full(n, -1, dtype=np.int32)
-    if n == 0:
-        return parent
-    present = np.bincount(span_ids, minlength=len(spans))[:len(spans)] > 0
-    up = np.full(len(spans), -1, dtype=np.int64)
-    for sid in range(len(spans)):
-        psid = spans[sid].parent_span
-        while psid >= 0 and not present[psid]:
-            psid = spans[psid].parent_span   # ancestor never called: look further up
-        up[sid] = psid
-    sid64 = span_ids.astype(np.int64)
-    if n < 2 or np.all(begins[1:] >= begins[:-1]):           # sorted (as attribute passes them): a running count
-        rank = np.r_[0, np.cumsum(begins[1:] != begins[:-1])]
-    else:
-        rank = np.searchsorted(np.unique(begins), begins)      # equal begins, equal rank
-    width = int(rank.max()) + 1
-    key = sid64 * width + rank
-    order = np.argsort(key, kind="stable")
-    keys = key[order]
-    ps = up[sid64]
-    q = np.flatnonzero(ps >= 0)
-    pos = np.searchsorted(keys, ps[q] * width + rank[q], side="right") - 1
-    ok = pos >= 0
-    cand = order[np.maximum(pos, 0)]
-    ok &= (sid64[cand] == ps[q]) & (ends[cand] >= ends[q])
-    parent[q[ok]] = cand[ok]
-    return parent
+    parent_span = np.asarray([sp.parent_span for sp in spans], dtype=np.int64)
+    return _core.call_parents(span_ids, begins, ends, parent_span)
