@@ -33,6 +33,14 @@ here it is, twin by twin (docs/testing.md has the same table with the tests):
   ``-p log p`` with ``np.where``), written from the definitions, not from the C loops;
   tests/test_deep_stats.py also holds both to the torch computation deep mode used before.
 
+* ``pair_spans`` / ``pair_events`` / ``call_parents`` (csrc/kernels/ep_calls.c): a
+  Python stack per span id, one event at a time (the C threads its stacks through one
+  index array); ``pair_events`` is the loop attribution used before, with its final sort.
+  ``call_parents``: the numpy search over (span, begin rank) keys attribution used before
+  (the C keeps the last call per span in one pass).  ``fill_rows``: a byte copy per column
+  through a uint8 view of the rows.
+  tests/test_pair_events.py holds the C kernel, and attribution's pairing, to them.
+
 Every part appends its own twin in its own clearly delimited section below; do not edit
 another part's section.
 """
@@ -771,3 +779,105 @@ def attention_stats(p: np.ndarray, allowed: "np.ndarray | None", small_below: fl
     heads = np.stack([ent_h, max_h, sparse_h, np.full(h, float(b * q))])
     return heads, tensor_stats(p, small_below)
 
+
+
+# ---------------------------------------------------------------------------
+# calls: twins of csrc/kernels/ep_calls.c (_core.pair_spans, _core.fill_rows).  Owner: attribution part.
+# ---------------------------------------------------------------------------
+
+
+def pair_spans(events: np.ndarray) -> tuple:
+    """Twin of ``_core.pair_spans``: (span_id, begin_ns, end_ns, end_pos, sorted) of the calls
+    in the order of their begin events; a stack per span id, one event at a time."""
+    t = events["t_ns"].tolist()
+    sid = events["span_id"].tolist()
+    kind = events["kind"].tolist()
+    if any(x < 0 for x in sid):
+        raise ValueError("span_id is negative")
+    stacks: dict = {}
+    closed: dict = {}   # begin index -> end index
+    for i, (s, k) in enumerate(zip(sid, kind)):
+        if k == 0:
+            stacks.setdefault(s, []).append(i)
+        elif stacks.get(s):
+            closed[stacks[s].pop()] = i
+    begins = sorted(closed)
+    out_sid = np.asarray([sid[i] for i in begins], dtype=np.int32)
+    out_b = np.asarray([t[i] for i in begins], dtype=np.int64)
+    out_e = np.asarray([t[closed[i]] for i in begins], dtype=np.int64)
+    out_pos = np.asarray([closed[i] for i in begins], dtype=np.int64)
+    order = np.lexsort((out_pos, -out_e, out_b))
+    return out_sid, out_b, out_e, out_pos, bool(np.array_equal(order, np.arange(len(order))))
+
+
+def pair_events(events: np.ndarray) -> tuple:
+    """Calls of ``events`` as (span_id, begin_ns, end_ns), sorted by begin, then the longer
+    first, then in the recorded order of the ends: what attribution.pair_events returns."""
+    spans, begins, ends = [], [], []
+    open_stack: dict = {}
+    for t, sid, kind in zip(events["t_ns"].tolist(), events["span_id"].tolist(), events["kind"].tolist()):
+        if kind == 0:
+            open_stack.setdefault(sid, []).append(t)
+        else:
+            st = open_stack.get(sid)
+            if st:
+                spans.append(sid)
+                begins.append(st.pop())
+                ends.append(t)
+    order = np.lexsort((-np.asarray(ends, dtype=np.int64), np.asarray(begins, dtype=np.int64)))
+    return (np.asarray(spans, dtype=np.int32)[order], np.asarray(begins, dtype=np.int64)[order],
+            np.asarray(ends, dtype=np.int64)[order])
+
+
+def call_parents(span_ids: np.ndarray, begins: np.ndarray, ends: np.ndarray, parent_span) -> np.ndarray:
+    """Twin of ``_core.call_parents`` (the numpy version attribution used before): the call
+    index of each call's enclosing call of its parent span (-1 when none); ``parent_span[s]``
+    is span s's hooked ancestor span (-1 none).
+
+    The parent span is the nearest ancestor span that was called.  Calls come sorted by
+    begin; a call's parent is the last call of the parent span that begins at or before
+    it, if that one also ends at or after it.  One search over keys (span, begin rank)
+    for every call at once (no loop over spans or calls).
+    """
+    n = len(span_ids)
+    parent = np.full(n, -1, dtype=np.int32)
+    if n == 0:
+        return parent
+    present = np.bincount(span_ids, minlength=len(parent_span))[:len(parent_span)] > 0
+    up = np.full(len(parent_span), -1, dtype=np.int64)
+    for sid in range(len(parent_span)):
+        psid = int(parent_span[sid])
+        while psid >= 0 and not present[psid]:
+            psid = int(parent_span[psid])   # ancestor never called: look further up
+        up[sid] = psid
+    sid64 = span_ids.astype(np.int64)
+    if n < 2 or np.all(begins[1:] >= begins[:-1]):           # sorted (as attribute passes them): a running count
+        rank = np.r_[0, np.cumsum(begins[1:] != begins[:-1])]
+    else:
+        rank = np.searchsorted(np.unique(begins), begins)      # equal begins, equal rank
+    width = int(rank.max()) + 1
+    key = sid64 * width + rank
+    order = np.argsort(key, kind="stable")
+    keys = key[order]
+    ps = up[sid64]
+    q = np.flatnonzero(ps >= 0)
+    pos = np.searchsorted(keys, ps[q] * width + rank[q], side="right") - 1
+    ok = pos >= 0
+    cand = order[np.maximum(pos, 0)]
+    ok &= (sid64[cand] == ps[q]) & (ends[cand] >= ends[q])
+    parent[q[ok]] = cand[ok]
+    return parent
+
+
+def fill_rows(rows: np.ndarray, columns) -> None:
+    """Twin of ``_core.fill_rows``: each (offset, values) column copied, byte for byte, to
+    ``offset`` of every row (one value broadcast to all rows)."""
+    raw = rows.view(np.uint8).reshape(len(rows), rows.dtype.itemsize)
+    for offset, values in columns:
+        v = np.ascontiguousarray(values)
+        size = v.dtype.itemsize
+        if offset < 0 or offset + size > rows.dtype.itemsize:
+            raise ValueError("column does not fit the row")
+        if v.size not in (1, len(rows)):
+            raise ValueError("need one value or one per row")
+        raw[:, offset:offset + size] = v.reshape(-1).view(np.uint8).reshape(-1, size)

@@ -408,3 +408,32 @@ def test_generic_fallback_on_real_untabled_architectures(kind):
     for h in hs:
         h.remove()
     assert all(calls[r.qualname] >= 3 for r in targets if not r.component.startswith("expert."))
+
+
+def test_describe_again_follows_changes_to_the_model():
+    """describe() remembers its map per model (ep.run's enter): a second call on the same
+    tree gives the same map, a changed tree or dtype is seen, and the memory never keeps
+    the model alive.  Oracle: a fresh describe() of an identical model built apart."""
+    import gc
+    import weakref
+
+    model = tiny_model("tiny-llama")
+    first = describe(model)
+    again = describe(model)
+    assert again.top is model
+    assert [(r.qualname, r.component, r.module) for r in again.components] == \
+        [(r.qualname, r.component, r.module) for r in first.components]
+    assert again.config == describe(tiny_model("tiny-llama")).config
+    # a replaced module is mapped, not the old one
+    old_mlp = model.model.layers[0].mlp
+    model.model.layers[0].mlp = type(old_mlp)(model.config)
+    after = describe(model)
+    mlp0 = next(r.module for r in after.components if r.layer == 0 and r.component == "mlp")
+    assert mlp0 is model.model.layers[0].mlp and mlp0 is not old_mlp
+    # the config summary is read afresh: same tree, new dtype
+    model.to(torch.float64)
+    assert describe(model).config["dtype"] == "float64"
+    ref = weakref.ref(model)
+    del model, first, again, after, mlp0
+    gc.collect()
+    assert ref() is None

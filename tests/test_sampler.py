@@ -394,3 +394,30 @@ def test_samples_since_returns_exactly_the_new_samples():
     assert len(s.samples_since(len(s.samples))) == 0
     with pytest.raises(ValueError):
         s.samples_since(-1)
+
+
+def test_one_background_drain_serves_every_running_sampler():
+    """Samples move from each C ring to .samples while the samplers run, without drain()
+    from the test: the shared drain thread serves both; after stop() neither is drained
+    again (its samples stay exactly what stop() returned)."""
+    import time
+
+    from energyprof.measure import sampler as sampler_mod
+
+    a = ep.Sampler("synthetic:power_w=1,period_ms=1")
+    b = ep.Sampler("synthetic:power_w=2,period_ms=1")
+    a.start()
+    b.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (a._n == 0 or b._n == 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert a._n > 0 and b._n > 0   # drained in the background
+        assert {a, b} <= sampler_mod._DRAINS._running
+    finally:
+        sa = a.stop().copy()
+        sb = b.stop().copy()
+    assert a not in sampler_mod._DRAINS._running and b not in sampler_mod._DRAINS._running
+    time.sleep(2 * sampler_mod.DRAIN_EVERY_S)
+    assert a.samples.tobytes() == sa.tobytes() and b.samples.tobytes() == sb.tobytes()
+    assert np.all(sa["cpu_w"] == 1.0) and np.all(sb["cpu_w"] == 2.0)

@@ -326,3 +326,28 @@ def test_two_generations_in_one_run(llama):
     assert names == ["pre_inference", "prefill", "decode", "between", "prefill", "decode", "post_inference"]
     assert sm["phases"]["between"]["duration_s"] == 0.01 and sm["duration_s"] == 0.01
     assert_conservation(s)
+
+
+def test_a_run_with_more_hook_events_than_the_span_buffer_holds_keeps_them_all(llama, monkeypatch):
+    """The span buffer is drained in the background while the run goes: with a buffer of
+    room for a bit more than one forward's events, 6 forwards (waiting between them until
+    the background drain has emptied it) lose nothing.  Oracle: every layer and every
+    component call of every forward is there, as in a run with the default buffer."""
+    from energyprof.measure import session as session_mod
+
+    amap = arch.describe(llama)
+    per_forward = 2 * (1 + len(amap.layers) + len(amap.components) + len(amap.model_level))
+    monkeypatch.setattr(session_mod, "SPAN_BUFFER_EVENTS", per_forward + 8)
+    n_forwards = 6
+    with torch.inference_mode():
+        with ep.run(llama, source="synthetic:power_w=3", baseline_s=0, save=False) as s:
+            for _ in range(n_forwards):
+                llama(PROMPT)
+                deadline = time.monotonic() + 30
+                while len(s._buffer) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+    assert s._buffer.capacity == per_forward + 8
+    assert "hook_events_dropped" not in s.summary()
+    for i in range(amap.config["n_layers"]):
+        assert np.sum(s.layers["layer"] == i) == n_forwards
+    assert len(s.components) == n_forwards * (len(amap.components) + len(amap.model_level))

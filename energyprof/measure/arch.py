@@ -16,8 +16,10 @@ model-level modules. Anything else falls back to a generic search (the largest
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -686,7 +688,8 @@ def _generic_model_level(model: nn.Module, layers_qual: str) -> list[ModuleRef]:
 
 
 def _config_summary(model: nn.Module, n_layers: int, model_level: list[ModuleRef], kind: str = "decoder",
-                    stacks: Optional[dict[str, tuple[int, int]]] = None) -> dict[str, Any]:
+                    stacks: Optional[dict[str, tuple[int, int]]] = None,
+                    n_params: Optional[int] = None) -> dict[str, Any]:
     cfg = getattr(model, "config", None)
     hidden = config_value(cfg, "hidden_size")
     n_heads = config_value(cfg, "n_heads")
@@ -718,7 +721,7 @@ def _config_summary(model: nn.Module, n_layers: int, model_level: list[ModuleRef
         "n_kv_heads": int(n_kv) if n_kv is not None else None,
         "intermediate_size": int(inter) if inter is not None else None,
         "vocab_size": int(vocab) if vocab is not None else None,
-        "n_params": _n_params(model),
+        "n_params": _n_params(model) if n_params is None else int(n_params),
         "n_experts": int(n_experts),
         "experts_per_token": int(per_token),
         "dtype": dtype,
@@ -748,6 +751,39 @@ def describe(model: nn.Module, *, use_tables: bool = True) -> ArchMap:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"describe() needs a torch.nn.Module, got {type(model).__name__}")
+    # The module tree (names and objects) and the config object decide the mapping: a
+    # model described before with the same tree gets the same map without the search
+    # (ep.run's enter); the config summary (parameter count, dtype) is read afresh.
+    mods = list(model.named_modules())
+    key = (use_tables, id(getattr(model, "config", None)), tuple((n, id(m)) for n, m in mods))
+    hit = _DESCRIBED.get(model)
+    if hit is not None and hit[0] == key:
+        found = hit[1]
+        for note in found.warnings:
+            warnings.warn(note, UserWarning, stacklevel=2)
+        seen: set = set()
+        n_params = 0
+        for _, m in mods:   # model.parameters() without walking the tree again
+            for p in m._parameters.values():
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
+                    n_params += p.numel()
+        return dataclasses.replace(found, top=model, warnings=list(found.warnings),
+                                   config=_config_summary(model, len(found.layers), found.model_level, found.kind,
+                                                          found.stacks, n_params=n_params))
+    amap = _describe(model, use_tables)
+    refs = [*amap.layers, *amap.components, *amap.model_level, *([amap.encoder] if amap.encoder else [])]
+    if all(r.module is not model for r in refs):   # the cache must not keep the model alive
+        _DESCRIBED[model] = (key, dataclasses.replace(amap, top=None, config={}))
+    return amap
+
+
+#: describe()'s last map per model (weak: it goes with the model), with the key it was made for.
+_DESCRIBED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _describe(model: nn.Module, use_tables: bool) -> ArchMap:
+    """describe() without its cache."""
     model_type = _model_type(model)
     arch = _detect_arch(model, model_type) if use_tables else None
     notes: list[str] = []
@@ -825,7 +861,7 @@ def describe(model: nn.Module, *, use_tables: bool = True) -> ArchMap:
         stacks = {"encoder" if kind == "encoder" else "decoder": (0, len(layers))}
 
     for note in notes:
-        warnings.warn(note, UserWarning, stacklevel=2)
+        warnings.warn(note, UserWarning, stacklevel=3)
     return ArchMap(
         arch="generic" if generic else arch,  # type: ignore[arg-type]
         model_type=model_type,

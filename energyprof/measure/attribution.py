@@ -36,7 +36,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import _core
-from .._dtypes import (CALL_DTYPE, DOMAINS, SECTION_DTYPE, TOKEN_DTYPE, flag_names, measured_domains, total_of,
+from .._dtypes import (CALL_DTYPE, DOMAINS, EVENT_DTYPE, SECTION_DTYPE, TOKEN_DTYPE, flag_names, measured_domains, total_of,
                        total_rule)
 from ..store.quality import period_text, resolution_summary
 from .integrate import MAX_BRIDGE_PERIODS, _period_s, integrate_bridged
@@ -96,58 +96,32 @@ def sample_period_s(samples: np.ndarray, nominal_s: Optional[float] = None) -> f
 
 
 def pair_events(events: np.ndarray, n_spans: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pair begin/end events per span id -> (span_id, t_begin_ns, t_end_ns), sorted by begin.
+    """Pair begin/end events per span id -> (span_id, t_begin_ns, t_end_ns), sorted by begin
+    (then the longer call first, then in the recorded order of the ends).
 
     A span entered again before it ended (recursion) nests like a stack.  A begin
-    without an end (the forward raised) is dropped: its window is unknown.
-
-    Vectorised: per span id the nesting depth is a running sum of +1 / -1, and a begin
-    that takes the depth to d pairs with the next end at depth d (a stack, without one);
-    an end with nothing open (depth below 0) sends the events to :func:`_pair_events_loop`.
+    without an end (the forward raised) is dropped: its window is unknown; an end with
+    nothing open is ignored.  One pass in C (``_core.pair_spans``); the calls come out in
+    the order of their begins, which is already the sorted order unless timestamps tie
+    or go backwards, and only then are they sorted here.  ``n_spans`` is not needed by the
+    pairing (kept for the callers).
     """
-    n = len(events)
-    if n == 0:
-        return _pair_events_loop(events, n_spans)
-    sid = events["span_id"].astype(np.int64)
-    is_end = events["kind"] != 0
-    order = np.argsort(sid, kind="stable")                  # per span id, in recorded order
-    s_sid = sid[order]
-    step = np.where(is_end[order], -1, 1)
-    cs = np.cumsum(step)
-    first = np.flatnonzero(np.r_[True, s_sid[1:] != s_sid[:-1]])
-    base = np.repeat(cs[first] - step[first], np.diff(np.r_[first, n]))
-    depth = cs - base                                       # depth after each event
-    if depth.min() < 0:
-        return _pair_events_loop(events, n_spans)
-    level = np.empty(n, np.int64)
-    level[order] = depth + is_end[order]                    # a begin's depth after, an end's depth before
-    o2 = np.lexsort((np.arange(n), level, sid))             # per (span, level), in recorded order
-    k2, sid2, lev2 = is_end[o2], sid[o2], level[o2]
-    same = (sid2[1:] == sid2[:-1]) & (lev2[1:] == lev2[:-1])
-    b = np.flatnonzero(~k2[:-1] & k2[1:] & same)            # a begin followed by its end
-    t = events["t_ns"].astype(np.int64)
-    spans, begins, ends, end_pos = sid[o2][b], t[o2][b], t[o2][b + 1], o2[b + 1]
-    out = np.lexsort((end_pos, -ends, begins))              # ties in the recorded order of the ends
-    return spans[out].astype(np.int32), begins[out], ends[out]
+    if len(events) == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    spans, begins, ends, end_pos, in_order = _core.pair_spans(np.ascontiguousarray(events, dtype=EVENT_DTYPE))
+    if not in_order:
+        order = np.lexsort((end_pos, -ends, begins))
+        spans, begins, ends = spans[order], begins[order], ends[order]
+    return spans, begins, ends
 
 
-def _pair_events_loop(events: np.ndarray, n_spans: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`pair_events` one event at a time with a stack per span id (ends with nothing
-    open are ignored); the vectorised version's fallback and its oracle in the tests."""
-    spans, begins, ends = [], [], []
-    open_stack: dict[int, list[int]] = {}
-    for t, sid, kind in zip(events["t_ns"].tolist(), events["span_id"].tolist(), events["kind"].tolist()):
-        if kind == 0:
-            open_stack.setdefault(sid, []).append(t)
-        else:
-            st = open_stack.get(sid)
-            if st:
-                spans.append(sid)
-                begins.append(st.pop())
-                ends.append(t)
-    order = np.lexsort((-np.asarray(ends, dtype=np.int64), np.asarray(begins, dtype=np.int64)))
-    return (np.asarray(spans, dtype=np.int32)[order], np.asarray(begins, dtype=np.int64)[order],
-            np.asarray(ends, dtype=np.int64)[order])
+def _put(rows: np.ndarray, cols: dict) -> None:
+    """``rows[name] = values`` for every column (a value, or one per row), cast to the
+    field's dtype as numpy's assignment casts, in one pass over the rows (``_core.fill_rows``;
+    numpy walks wide rows once per field)."""
+    fields = rows.dtype.fields
+    _core.fill_rows(rows, [(fields[name][1], np.ascontiguousarray(v, dtype=fields[name][0]))
+                           for name, v in cols.items()])
 
 
 def _phase_windows(forwards: list[Forward], t_start_ns: int, t_end_ns: int):
@@ -256,16 +230,17 @@ def attribute(
         base_dom_w = dom_j[i_base] / bdur
     net_j = tot_j - base_power_w * dur_s
 
-    def fill(rows: np.ndarray, idx: np.ndarray) -> None:
-        rows["t_start_ns"] = windows[idx, 0]
-        rows["t_end_ns"] = windows[idx, 1]
-        rows["duration_s"] = dur_s[idx]
-        rows["energy_j"] = tot_j[idx]
+    def window_cols(idx) -> dict:
+        cols = {"t_start_ns": windows[idx, 0], "t_end_ns": windows[idx, 1], "duration_s": dur_s[idx],
+                "energy_j": tot_j[idx]}
+        d = dom_j[idx]
         for k, c in enumerate(_DOMAIN_COLS):
-            rows[c] = dom_j[idx, k]
-        rows["samples_in_window"] = n_in[idx]
-        rows["resolved"] = n_in[idx] > 0
-        rows["flags"] = win_flags[idx]
+            cols[c] = d[:, k]
+        cols.update(samples_in_window=n_in[idx], resolved=n_in[idx] > 0, flags=win_flags[idx])
+        return cols
+
+    def fill(rows: np.ndarray, idx) -> None:
+        _put(rows, window_cols(idx))
 
     # ---- sections: run (0), phases, user sections, baseline, post-run baseline
     n_user = len(user_sections)
@@ -302,46 +277,44 @@ def attribute(
         tokens["n_tokens"] = [s[3] for s in decode_slots]
         tokens["j_per_token"] = tokens["energy_j"] / np.maximum(tokens["n_tokens"], 1)
 
-    # ---- calls
+    # ---- calls: every column computed first, then written in one pass over the rows
     calls = np.zeros(len(span_ids), CALL_DTYPE)
     if len(calls):
-        fill(calls, np.arange(i_call, i_call + len(calls)))
-        calls["call_id"] = np.arange(len(calls))
-        calls["layer"] = np.asarray([sp.layer for sp in spans], dtype=np.int32)[span_ids]
-        calls["component"] = np.asarray([sp.component for sp in spans], dtype=calls.dtype["component"])[span_ids]
-        for c in ("act_mean", "act_std", "act_max", "act_sparsity", "act_abs_mean"):
-            calls[c] = np.nan
+        n_calls = len(calls)
+        call_energy = tot_j[i_call:]
         # step: the forward slot containing the call's begin
         slot_starts = np.asarray([s[0] for s in slots], dtype=np.int64)
         slot_steps = np.asarray([s[2] for s in slots], dtype=np.int32)
-        pos = np.searchsorted(slot_starts, c_begin, side="right") - 1 if len(slots) else np.full(len(calls), -1)
-        calls["step"] = np.where(pos >= 0, slot_steps[np.maximum(pos, 0)] if len(slots) else -1, -1)
+        pos = np.searchsorted(slot_starts, c_begin, side="right") - 1 if len(slots) else np.full(n_calls, -1)
+        steps = np.where(pos >= 0, slot_steps[np.maximum(pos, 0)] if len(slots) else -1, -1).astype(np.int32)
         # call index within (span, step)
         # (the k-th call of its span in its step, in begin order: rank within the (span, step) group)
-        steps = calls["step"]
-        grp = np.lexsort((np.arange(len(calls)), steps, span_ids))
+        grp = np.lexsort((np.arange(n_calls), steps, span_ids))
         new_grp = np.r_[True, (span_ids[grp][1:] != span_ids[grp][:-1]) | (steps[grp][1:] != steps[grp][:-1])]
         starts = np.flatnonzero(new_grp)
-        rank = np.arange(len(calls)) - np.repeat(starts, np.diff(np.r_[starts, len(calls)]))
-        call_no = np.empty(len(calls), np.int32)
+        rank = np.arange(n_calls) - np.repeat(starts, np.diff(np.r_[starts, n_calls]))
+        call_no = np.empty(n_calls, np.int32)
         call_no[grp] = rank
-        calls["call"] = call_no
-        calls["parent_id"] = _parents(span_ids, c_begin, c_end, spans)
-
-    # ---- unattributed: parent energy minus its direct children
-    calls_unattr = calls["energy_j"].copy()
-    if len(calls):
-        has_parent = calls["parent_id"] >= 0
-        np.subtract.at(calls_unattr, calls["parent_id"][has_parent], calls["energy_j"][has_parent])
-    calls["unattributed_j"] = calls_unattr
+        parent = _parents(span_ids, c_begin, c_end, spans)
+        # unattributed: the call's energy minus its direct children's
+        calls_unattr = call_energy.copy()
+        has_parent = parent >= 0
+        np.subtract.at(calls_unattr, parent[has_parent], call_energy[has_parent])
+        cols = window_cols(slice(i_call, None))
+        cols.update(call_id=np.arange(n_calls), parent_id=parent, step=steps, call=call_no,
+                    layer=np.asarray([sp.layer for sp in spans], dtype=np.int32)[span_ids],
+                    component=np.asarray([sp.component for sp in spans], dtype=calls.dtype["component"])[span_ids],
+                    unattributed_j=calls_unattr,
+                    **{c: np.nan for c in ("act_mean", "act_std", "act_max", "act_sparsity", "act_abs_mean")})
+        _put(calls, cols)
     phase_rows = np.arange(1, 1 + len(segs))
     sections["unattributed_j"] = sections["energy_j"]
     sections["unattributed_j"][0] -= sections["energy_j"][phase_rows].sum()
     if len(calls):
-        top = calls[calls["parent_id"] < 0]
+        is_top = parent < 0
         seg_starts = np.asarray([s for _, s, _, _ in segs], dtype=np.int64)
-        seg_of = np.searchsorted(seg_starts, top["t_start_ns"], side="right") - 1
-        np.subtract.at(sections["unattributed_j"], 1 + seg_of, top["energy_j"])
+        seg_of = np.searchsorted(seg_starts, c_begin[is_top], side="right") - 1
+        np.subtract.at(sections["unattributed_j"], 1 + seg_of, call_energy[is_top])
     for k, u in enumerate(user_sections):
         parent_row = 0 if u.parent < 0 else first_user + u.parent
         if parent_row != 0:
@@ -505,34 +478,8 @@ def _parents(span_ids: np.ndarray, begins: np.ndarray, ends: np.ndarray, spans: 
 
     The parent span is the nearest ancestor span that was called.  Calls come sorted by
     begin; a call's parent is the last call of the parent span that begins at or before
-    it, if that one also ends at or after it.  One search over keys (span, begin rank)
-    for every call at once (no loop over spans or calls).
+    it, if that one also ends at or after it.  One pass in C (``_core.call_parents``; twin
+    ``_reference.call_parents``).
     """
-    n = len(span_ids)
-    parent = np.full(n, -1, dtype=np.int32)
-    if n == 0:
-        return parent
-    present = np.bincount(span_ids, minlength=len(spans))[:len(spans)] > 0
-    up = np.full(len(spans), -1, dtype=np.int64)
-    for sid in range(len(spans)):
-        psid = spans[sid].parent_span
-        while psid >= 0 and not present[psid]:
-            psid = spans[psid].parent_span   # ancestor never called: look further up
-        up[sid] = psid
-    sid64 = span_ids.astype(np.int64)
-    if n < 2 or np.all(begins[1:] >= begins[:-1]):           # sorted (as attribute passes them): a running count
-        rank = np.r_[0, np.cumsum(begins[1:] != begins[:-1])]
-    else:
-        rank = np.searchsorted(np.unique(begins), begins)      # equal begins, equal rank
-    width = int(rank.max()) + 1
-    key = sid64 * width + rank
-    order = np.argsort(key, kind="stable")
-    keys = key[order]
-    ps = up[sid64]
-    q = np.flatnonzero(ps >= 0)
-    pos = np.searchsorted(keys, ps[q] * width + rank[q], side="right") - 1
-    ok = pos >= 0
-    cand = order[np.maximum(pos, 0)]
-    ok &= (sid64[cand] == ps[q]) & (ends[cand] >= ends[q])
-    parent[q[ok]] = cand[ok]
-    return parent
+    parent_span = np.asarray([sp.parent_span for sp in spans], dtype=np.int64)
+    return _core.call_parents(span_ids, begins, ends, parent_span)

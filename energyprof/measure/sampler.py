@@ -7,15 +7,17 @@
 array([20.])
 
 The polling runs in C (``_core.Sampler``, csrc/threads/ep_sampler.c) and never takes the
-GIL.  Samples wait in a bounded C ring; while the sampler runs, a Python daemon
-thread drains that ring every ``DRAIN_EVERY_S`` (200 ms) so a long run never
-fills it (at 1 kHz the default 262144-sample ring would last 4 minutes undrained).
+GIL.  Samples wait in a bounded C ring; while the sampler runs, one Python daemon
+thread shared by every running sampler (started once per process, so starting and
+stopping a sampler creates and joins no thread) drains that ring every
+``DRAIN_EVERY_S`` (200 ms) so a long run never fills it (at 1 kHz the default 262144-sample ring would last 4 minutes undrained).
 Drained samples accumulate in Python (``.samples``): 64 bytes each, about 230 MB
 per hour at 1 kHz, 2.3 MB per hour at the 10 ms default period.
 """
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from typing import List, Optional, Union
 
@@ -30,6 +32,59 @@ __all__ = ["Sampler", "DRAIN_EVERY_S"]
 
 #: Period of the background drain while running (s).
 DRAIN_EVERY_S = 0.2
+
+
+class _DrainService:
+    """The one daemon thread that drains every running :class:`Sampler` each ``DRAIN_EVERY_S``.
+
+    A sampler joins on start and leaves on stop; its own lock makes a drain from here and
+    the final drain of its stop() safe against each other, so stop() never waits for this
+    thread (a drain that comes after it finds the ring empty)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()   # notified when a sampler joins (the thread idles without any)
+        self._running: set = set()
+        self._thread: Optional[threading.Thread] = None
+
+    def join(self, sampler: "Sampler") -> None:
+        with self._lock:
+            self._running.add(sampler)
+            self._lock.notify()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="energyprof-drain", daemon=True)
+                self._thread.start()
+
+    def leave(self, sampler: "Sampler") -> None:
+        with self._lock:
+            self._running.discard(sampler)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._running:
+                    self._lock.wait()
+            time.sleep(DRAIN_EVERY_S)
+            with self._lock:
+                running = list(self._running)
+            for sampler in running:
+                try:
+                    sampler.drain()
+                except Exception:   # a sampler closed meanwhile: its own stop() reports its problems
+                    pass
+
+
+_DRAINS = _DrainService()
+
+
+def drain_in_background(obj) -> None:
+    """Have the shared drain thread call ``obj.drain()`` every ``DRAIN_EVERY_S`` until
+    :func:`end_background_drain` (``obj.drain`` must be safe against a concurrent call of its own)."""
+    _DRAINS.join(obj)
+
+
+def end_background_drain(obj) -> None:
+    """Stop draining ``obj`` in the background (a drain already under way may still finish)."""
+    _DRAINS.leave(obj)
 
 
 class Sampler:
@@ -58,8 +113,6 @@ class Sampler:
         self._all: np.ndarray = np.zeros(0, _core.SAMPLE_DTYPE)
         self._n = 0                            # len(_all) + sum of len(_chunks)
         self._device_chunks: List[np.ndarray] = []   # per-device rows (nvml:devices=0,1), split off at drain
-        self._drainer: Optional[threading.Thread] = None
-        self._drainer_stop = threading.Event()
         self._warned_faults = 0
         self._warned_dropped = 0
 
@@ -67,9 +120,7 @@ class Sampler:
     def start(self) -> "Sampler":
         """Start the sampler thread (the source's start runs there; its errors raise here)."""
         self._core.start()
-        self._drainer_stop.clear()
-        self._drainer = threading.Thread(target=self._drain_loop, name="energyprof-drain", daemon=True)
-        self._drainer.start()
+        _DRAINS.join(self)
         return self
 
     def stop(self) -> np.ndarray:
@@ -79,10 +130,7 @@ class Sampler:
         samples were dropped; nothing recorded is lost by any of these.
         """
         self._core.stop()  # joins with the GIL released
-        if self._drainer is not None:
-            self._drainer_stop.set()
-            self._drainer.join()
-            self._drainer = None
+        _DRAINS.leave(self)
         self.drain()
         self._warn_problems()
         return self.samples
@@ -110,10 +158,6 @@ class Sampler:
         """Fold the drained chunks into ``_all`` (the caller holds ``_lock``)."""
         self._all = np.concatenate([self._all, *self._chunks])
         self._chunks = []
-
-    def _drain_loop(self) -> None:
-        while not self._drainer_stop.wait(DRAIN_EVERY_S):
-            self.drain()
 
     def _warn_problems(self) -> None:
         st = self._core.stats()

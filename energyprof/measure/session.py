@@ -49,6 +49,8 @@ _ACTIVE_LOCK = threading.Lock()
 SAVE_EVERY_S = 0.5
 #: The longest the source is left to settle between the sampler's start and the baseline.
 SETTLE_MAX_S = 0.5
+#: Hook events the C span buffer holds between two background drains (16 bytes each).
+SPAN_BUFFER_EVENTS = 1 << 22
 
 
 def _input_shape(args, kwargs, first: Optional[str] = None) -> tuple:
@@ -63,6 +65,33 @@ def _input_shape(args, kwargs, first: Optional[str] = None) -> tuple:
     if ids is None:
         ids = kwargs.get("inputs_embeds")
     return tuple(ids.shape) if ids is not None and hasattr(ids, "shape") else (1, 1)
+
+
+class _EventDrain:
+    """Moves the hook events from the C span buffer (which holds at most
+    SPAN_BUFFER_EVENTS) into numpy chunks while the run goes, from the shared background
+    drain thread: a long run keeps every event (16 bytes each) instead of filling the
+    buffer and dropping the rest."""
+
+    def __init__(self, buffer: "_core.SpanBuffer", chunks: List[np.ndarray]) -> None:
+        self.buffer = buffer
+        self.chunks = chunks          # the session's list: appended in order, under the lock
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def drain(self) -> None:
+        with self.lock:
+            if not self.closed:
+                ev = self.buffer.drain()
+                if len(ev):
+                    self.chunks.append(ev)
+
+    def close(self) -> None:
+        """The last drain; later calls (one the background thread had started) do nothing,
+        so whoever drains the buffer next appends after every chunk moved here."""
+        self.drain()
+        with self.lock:
+            self.closed = True
 
 
 class Session(RunData):
@@ -186,6 +215,7 @@ class Session(RunData):
         self._complete_callbacks: list = []
         self.layer_max_per_s = 10.0
         self._event_chunks: List[np.ndarray] = []
+        self._event_drain: Optional[_EventDrain] = None
         self.live_interval_ms = 100.0
 
     # ------------------------------------------------------------------ enter
@@ -277,7 +307,12 @@ class Session(RunData):
         if self._amap is not None and self._amap.encoder is not None:   # its calls are the `encode` phase
             self._encoder_span = len(self._spans)
             self._spans.append(SpanInfo(layer=-1, component="encoder"))
-        self._buffer = _core.SpanBuffer()
+        self._buffer = _core.SpanBuffer(capacity=SPAN_BUFFER_EVENTS)
+        if not any(self._live_callbacks.values()):   # (the live feed drains the buffer itself)
+            from .sampler import drain_in_background
+
+            self._event_drain = _EventDrain(self._buffer, self._event_chunks)
+            drain_in_background(self._event_drain)
         if self._amap is not None:
             self._hookset = HookSet(self._buffer, sync=sync, device=self._device, activity=True,
                                     method=self.hook_method)
@@ -400,6 +435,11 @@ class Session(RunData):
         from .live import LiveFeed
 
         if self._live is None:
+            if self._event_drain is not None:   # the live feed drains the span buffer from now on
+                from .sampler import end_background_drain
+
+                end_background_drain(self._event_drain)
+                self._event_drain.close()
             self._live = LiveFeed(self, interval_ms=self.live_interval_ms)
             self._live.start()
 
@@ -861,6 +901,10 @@ class Session(RunData):
         return False  # never swallow the block's exception
 
     def _teardown_hooks(self) -> None:
+        if self._event_drain is not None:
+            from .sampler import end_background_drain
+
+            end_background_drain(self._event_drain)
         self._unwrap_generate()
         if self._router is not None:
             self._router.remove()
@@ -877,6 +921,8 @@ class Session(RunData):
 
     def _finish(self, t_end_ns: int, status: str) -> None:
         samples = self._sampler.samples
+        if self._event_drain is not None:
+            self._event_drain.close()   # the last events, after any background drain in flight
         events = self._buffer.drain()
         if self._event_chunks:   # drained earlier by the live feed
             events = np.concatenate(self._event_chunks + [events])
@@ -935,7 +981,8 @@ class Session(RunData):
         summary["source_faults"] = int(self._sampler.faults)
         if deep_summary is not None:
             summary["deep"] = deep_summary
-        moe = self._router.finish(calls[~is_layer & ~is_op]) if self._router is not None else None
+        components = calls[~is_layer & ~is_op]   # one copy: read by the router, kept as self._components
+        moe = self._router.finish(components) if self._router is not None else None
         if moe is not None:
             summary["moe"] = moe
         gen = self._generation_summary()
@@ -950,7 +997,7 @@ class Session(RunData):
         self._sections = att.sections
         self._tokens = att.tokens
         self._layers = calls[is_layer]
-        self._components = calls[~is_layer & ~is_op]
+        self._components = components
         self._ops = calls[is_op]
         if self._dist is not None:
             status = self._merge_ranks(att, forwards, status, samples, t_end_ns)
