@@ -270,17 +270,29 @@ static PyObject *Sampler_set_boundary_target(SamplerObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-static PyObject *Sampler_boundary_read(SamplerObject *self, PyObject *arg)
+/* boundary_read / boundary_sync: one reading at the time in arg (ns), plain or synchronised,
+ * with the GIL released; returns the reading's time (moved on by a synchronised one). */
+static PyObject *sampler_boundary(SamplerObject *self, PyObject *arg, int sync)
 {
     long long t = PyLong_AsLongLong(arg);
     if (t == -1 && PyErr_Occurred())
         return NULL;
+    int64_t t_ns = (int64_t)t;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = ep_sampler_boundary_read(self->sampler, (int64_t)t);
+    rc = sync ? ep_sampler_boundary_sync(self->sampler, &t_ns) : ep_sampler_boundary_read(self->sampler, t_ns);
     Py_END_ALLOW_THREADS
     if (rc != EP_OK)
-        return ep_module_raise(rc, "boundary_read");
+        return ep_module_raise(rc, sync ? "boundary_sync" : "boundary_read");
+    return PyLong_FromLongLong(t_ns);
+}
+
+static PyObject *Sampler_boundary_read(SamplerObject *self, PyObject *arg)
+{
+    PyObject *t = sampler_boundary(self, arg, 0);
+    if (!t)
+        return NULL;
+    Py_DECREF(t);
     Py_RETURN_NONE;
 }
 
@@ -302,17 +314,7 @@ static PyObject *Sampler_arm_sync(SamplerObject *self, PyObject *arg)
 
 static PyObject *Sampler_boundary_sync(SamplerObject *self, PyObject *arg)
 {
-    long long t = PyLong_AsLongLong(arg);
-    if (t == -1 && PyErr_Occurred())
-        return NULL;
-    int64_t t_ns = (int64_t)t;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = ep_sampler_boundary_sync(self->sampler, &t_ns);
-    Py_END_ALLOW_THREADS
-    if (rc != EP_OK)
-        return ep_module_raise(rc, "boundary_sync");
-    return PyLong_FromLongLong(t_ns);
+    return sampler_boundary(self, arg, 1);
 }
 
 static PyObject *Sampler_get_sync_stats(SamplerObject *self, void *c)
