@@ -1045,7 +1045,7 @@ class Session(RunData):
                 if multi and len(self._samples):   # the other ranks' samples (rank 0's are written above)
                     self._store.write_array(self.run_id_, "samples", self._samples[self._samples["rank"] != 0])
                 self._store.finish_run(self.run_id_, summary, self._sections, self._tokens, self._layers,
-                                       self._components, status, ops=self._ops,   # None: streamed already heads=self._heads,
+                                       self._components, status, ops=self._ops, heads=self._heads,   # layers/components None: streamed already
                                        texts=self._texts, all_samples=self._samples if multi else samples,
                                        ranks=self._ranks if multi else None,
                                        rank_sections=self._rank_sections if multi else None,
