@@ -193,3 +193,16 @@ def test_memory_above_the_input_follows_the_piece_not_the_run():
     # (forwards, phase slots: ~100 bytes per step, not per call)
     assert s4 < 1.3 * s1 + 300 * 2_000, (s1, s4)
     assert s4 < h4 / 4
+
+
+def test_span_ids_come_with_the_held_calls():
+    s, t0, t1, fw, ev, spans = awkward_run()
+    from energyprof.measure.attribution import pair_events
+
+    want, _, _ = pair_events(ev, len(spans))   # the whole run paired at once: the order of the calls
+    for piece in (1, 3, 10**9):
+        att = attribute(s, t0, t1, fw, ev, spans, piece_calls=piece)
+        assert att.span_ids.tolist() == want.tolist()
+        comp = np.asarray([spans[k].component for k in att.span_ids])
+        assert (comp == att.calls["component"]).all()
+    assert attribute(s, t0, t1, fw, ev, spans, calls_sink=lambda p: None).span_ids is None

@@ -82,6 +82,7 @@ class Attribution:
     calls: np.ndarray           #: empty when a ``calls_sink`` took them
     summary: dict = field(default_factory=dict)
     n_calls: int = 0            #: calls built (held in ``calls``, or handed to the sink)
+    span_ids: Optional[np.ndarray] = None   #: hook span id of each row of ``calls`` (int32; None with a sink)
     n_pieces: int = 0           #: pieces they were built in
 
 
@@ -271,7 +272,7 @@ def attribute(
 
     # ---- calls, in pieces (each handed to the sink, or kept and joined)
     builder = _CallBuilder(spans, slots, segs, integ, measured)
-    kept = []
+    kept, kept_spans = [], []
     for ev in event_pieces(events, PIECE_CALLS if piece_calls is None else piece_calls):
         piece = builder.piece(ev)
         if piece is None:
@@ -280,7 +281,11 @@ def attribute(
             calls_sink(piece)
         else:
             kept.append(piece)
+            kept_spans.append(builder.last_span_ids)
     calls = np.concatenate(kept) if len(kept) > 1 else (kept[0] if kept else np.zeros(0, CALL_DTYPE))
+    span_ids = (None if calls_sink is not None else
+                np.concatenate(kept_spans) if len(kept_spans) > 1 else (kept_spans[0] if kept_spans else
+                                                                         np.zeros(0, np.int32)))
     phase_rows = np.arange(1, 1 + len(segs))
     sections["unattributed_j"] = sections["energy_j"]
     sections["unattributed_j"][0] -= sections["energy_j"][phase_rows].sum()
@@ -356,7 +361,7 @@ def attribute(
         summary["baseline_drift_w"] = post_w - base_power_w if baseline is not None else float("nan")
     summary["warnings"] = _warnings(summary, sections, base_idx, baseline)
     return Attribution(sections=sections, tokens=tokens, calls=calls, summary=summary, n_calls=builder.n_calls,
-                       n_pieces=builder.n_pieces)
+                       span_ids=span_ids, n_pieces=builder.n_pieces)
 
 
 def _integrated(integ: Optional[PieceIntegrator], windows: np.ndarray, unknown_from: int = 0):
@@ -439,6 +444,7 @@ class _CallBuilder:
         self.top_j_per_seg = np.zeros(1 + len(segs))   # [0]: the run (a call before the first segment)
         self.integ, self.measured = integ, measured
         self.n_calls = self.n_pieces = self.n_resolved = 0
+        self.last_span_ids = np.zeros(0, np.int32)    # the span id of each call of the last piece
         self._carry_step = None                        # the step the last piece ended in,
         self._carry_counts = np.zeros(len(spans), np.int64)   # and its calls per span so far
 
@@ -449,6 +455,7 @@ class _CallBuilder:
 
     def piece(self, events: np.ndarray) -> Optional[np.ndarray]:
         span_ids, c_begin, c_end = pair_events(events, len(self.span_layer))
+        self.last_span_ids = span_ids
         n = len(span_ids)
         if n == 0:
             return None

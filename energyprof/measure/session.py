@@ -971,9 +971,7 @@ class Session(RunData):
                                  (calls["resolved"] if len(calls) else None))
         deep_summary = None
         if self.mode == "deep" and len(calls):
-            from .attribution import pair_events
-
-            span_ids, _, _ = pair_events(rest, len(self._spans))   # the calls' span ids, in the calls' order
+            span_ids = att.span_ids   # the calls' span ids, in the calls' order (deep runs hold their calls)
             act_stats = (self._act.collect(self._hookset.callables if self._hookset is not None else ())
                          if self._act is not None else {})
             if self._deep is not None:
