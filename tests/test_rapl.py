@@ -136,9 +136,15 @@ def test_writer_thread_with_wraps_through_the_sampler(tmp_path):
             t.set("intel-rapl:0/intel-rapl:0:0", written["core"] % rng_uj)
             if wrapped:
                 # One wrap per poll interval at most (two would be invisible to any
-                # reader): let the sampler poll after this wrap before going on.
+                # reader): let the sampler poll after this wrap before going on, the
+                # counters still creeping on as real ones do (a read that finds no counter
+                # moved gives no sample, so a frozen counter would hold the sampler still).
                 n0 = len(s.samples) + len(s.drain())
                 while len(s.samples) < n0 + 2 and not stop.is_set():
+                    written["pkg"] += 10
+                    written["core"] += 5
+                    t.set("intel-rapl:0", written["pkg"] % rng_uj)
+                    t.set("intel-rapl:0/intel-rapl:0:0", written["core"] % rng_uj)
                     s.drain()
                     time.sleep(0.001)
             time.sleep(0.0003)
@@ -198,8 +204,11 @@ def test_synchronised_boundary_read_waits_for_the_counter_to_move(tmp_path):
     i = int(np.flatnonzero(x["t_end_ns"] == t_read)[0])
     assert x["flags"][i] & _core.SFLAG_SYNCED and x["flags"][i] & _core.SFLAG_BOUNDARY
     assert x["package_w"][i] * (x["t_end_ns"][i] - x["t_start_ns"][i]) * 1e-9 == pytest.approx(3.0, rel=1e-9)
-    j = int(np.flatnonzero(x["t_end_ns"] == t_read2)[0])
-    assert not x["flags"][j] & _core.SFLAG_SYNCED and x["package_w"][j] == 0.0
+    # the read that timed out found the counter where it was: a stale read gives no sample
+    # (no 0 W sliver); the final one at stop covers that stretch, and nothing was written in it
+    assert not np.any(x["t_end_ns"] == t_read2) and len(x) == i + 2
+    assert x["t_start_ns"][i + 1] == t_read and x["flags"][i + 1] & _core.SFLAG_FINAL
+    assert x["package_w"][i + 1] == 0.0
     # A source without a counter to wait on says so.
     syn = ep.Sampler("synthetic:power_w=5")
     assert not syn.supports_sync
@@ -323,3 +332,31 @@ def test_permission_denied_shows_the_fix():
         assert str(root / "intel-rapl:0" / "energy_uj") in msg
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_stale_read_gives_no_zero_watt_sliver(tmp_path):
+    """Two reads inside one counter update: the second finds no zone moved and gives no
+    sample, so the next read that moves covers both stretches with their mean power (worked
+    by hand: 6 J over the whole span), never 0 W then twice that; the span the counter stood
+    still is the source's counter_still_ns."""
+    t = Tree(tmp_path)
+    t.zone("intel-rapl:0", "package-0", 1_000)
+    s = ep.Sampler(f"rapl:root={tmp_path}", interval_ms=10_000)
+    s.start()
+    try:
+        t0 = _core.now_ns()
+        t.set("intel-rapl:0", 1_000 + 2_000_000)          # 2 J
+        s._core.boundary_read(t0 + 10_000_000)             # moved: a sample
+        s._core.boundary_read(t0 + 30_000_000)             # stale: none
+        s._core.boundary_read(t0 + 50_000_000)             # stale: none
+        t.set("intel-rapl:0", 1_000 + 8_000_000)          # 6 J more
+        s._core.boundary_read(t0 + 70_000_000)             # moved: covers 10..70 ms
+    finally:
+        s.stop()
+    x = s.samples
+    x = x[x["flags"] & _core.SFLAG_BOUNDARY != 0]
+    assert x["t_end_ns"].tolist() == [t0 + 10_000_000, t0 + 70_000_000]
+    dt = (x["t_end_ns"] - x["t_start_ns"]) * 1e-9
+    assert x["package_w"][1] == pytest.approx(6.0 / 0.060, rel=1e-9) and (x["package_w"] > 0).all()
+    assert (x["package_w"] * dt).sum() == pytest.approx(8.0, rel=1e-9)
+    assert s._core.counter_still_ns >= 40_000_000

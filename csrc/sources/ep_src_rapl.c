@@ -27,6 +27,14 @@
  * 262 kJ range takes about 17 minutes, far longer than any poll period).
  * Counters are differenced into INTERVAL samples [t_last, t_now).
  *
+ * A read that finds no zone moved since the last sample (a stale read: two reads inside
+ * one counter update, e.g. a forward's boundary read just after a poll) gives no sample
+ * and keeps t_last, so the next read that moves covers both stretches with their true
+ * mean: never a 0 W sliver then twice the power.  The longest span the counter was seen
+ * unchanged goes to src->counter_still_ns.  The final read at stop, when stale, waits for
+ * the next update (at most two update periods + 1 ms) so the run's last stretch ends on a
+ * real reading; if none comes the final sample is written as read.
+ *
  * Since Linux 5.10 (CVE-2020-8694, "Platypus") energy_uj is readable by root only:
  * a permission error returns EP_ERR_PERM with the command that grants read access.
  */
@@ -63,6 +71,8 @@ typedef struct {
     int n_packages;
     int n_per_domain[EP_NDOMAINS];
     double update_ms;        /* the counters' update period (update_ms=, default 1 ms) */
+    int64_t seen_uj;         /* the first zone's value when last seen to change, */
+    int64_t t_seen_ns;       /* and when (for counter_still_ns) */
 } rapl_state;
 
 /* printf into src->message; truncation of long paths is acceptable there. */
@@ -341,23 +351,74 @@ static void write_meta(ep_source *src, rapl_state *st)
         snprintf(m + k, cap - k, "]}");
 }
 
+/* Read every zone's counter into now_uj; EP_OK or the first failing zone's error. */
+static int rapl_read_all(ep_source *src, rapl_state *st, int64_t *now_uj)
+{
+    for (size_t i = 0; i < st->n_zones; i++) {
+        int rc = read_zone(src, &st->zones[i], &now_uj[i]);
+        if (rc != EP_OK)
+            return rc;
+    }
+    return EP_OK;
+}
+
+/* Has any zone moved since the last sample?  Also notes how long the first zone's value
+ * has stood still (the longest span goes to src->counter_still_ns). */
+static int rapl_moved(ep_source *src, rapl_state *st, const int64_t *now_uj, int64_t t_now_ns)
+{
+    int moved = 0;
+    if (now_uj[0] != st->seen_uj) {
+        st->seen_uj = now_uj[0];
+        st->t_seen_ns = t_now_ns;
+    } else if (st->t_seen_ns > 0 && t_now_ns - st->t_seen_ns > src->counter_still_ns) {
+        src->counter_still_ns = t_now_ns - st->t_seen_ns;
+    }
+    for (size_t i = 0; i < st->n_zones; i++)
+        if (now_uj[i] != st->zones[i].last_uj)
+            moved = 1;
+    return moved;
+}
+
+/* The final read found every counter stale: read again (at most two update periods +
+ * 1 ms of wall time) until one moves; on a move now_uj and *t_now_ns are that reading. */
+static void rapl_final_wait(ep_source *src, rapl_state *st, int64_t *now_uj, int64_t *t_now_ns)
+{
+    int64_t cap = (int64_t)(2.0 * st->update_ms * 1e6) + 1000000, w0 = ep_source_wall_ns();
+    int64_t again[RAPL_MAX_ZONES];
+    while (ep_source_wall_ns() - w0 < cap) {
+        if (rapl_read_all(src, st, again) != EP_OK)
+            return;
+        int64_t t = ep_now_ns();
+        for (size_t i = 0; i < st->n_zones; i++) {
+            if (again[i] != st->zones[i].last_uj) {
+                memcpy(now_uj, again, st->n_zones * sizeof *now_uj);
+                *t_now_ns = t;
+                return;
+            }
+        }
+    }
+}
+
 /* Difference every zone's counter into one sample over [t_last, t_now) (the counter's emit). */
 static int rapl_sample(ep_source *src, int64_t t_now_ns, uint32_t extra_flags, ep_sample *out, size_t cap,
                        size_t *n_out)
 {
     rapl_state *st = src->state;
-    int64_t now_uj[RAPL_MAX_ZONES];
+    int64_t now_uj[RAPL_MAX_ZONES] = {0};
     double energy_j[EP_NDOMAINS] = {0};
     uint32_t flags = extra_flags;
     if (t_now_ns <= st->counter.t_last_ns)
         return EP_OK;
-    for (size_t i = 0; i < st->n_zones; i++) {
-        if (read_zone(src, &st->zones[i], &now_uj[i]) != EP_OK) {
-            /* A transient read failure: skip this poll and keep t_last, so the next good
-             * read covers the gap and no energy is lost. */
-            src->faults++;
-            return EP_OK;
-        }
+    if (rapl_read_all(src, st, now_uj) != EP_OK) {
+        /* A transient read failure: skip this poll and keep t_last, so the next good
+         * read covers the gap and no energy is lost. */
+        src->faults++;
+        return EP_OK;
+    }
+    if (!rapl_moved(src, st, now_uj, t_now_ns)) {
+        if (!(extra_flags & EP_SFLAG_FINAL))
+            return EP_OK; /* stale: no 0 W sample; the next read that moves covers this stretch */
+        rapl_final_wait(src, st, now_uj, &t_now_ns);
     }
     for (size_t i = 0; i < st->n_zones; i++) {
         rapl_zone *z = &st->zones[i];
@@ -398,6 +459,8 @@ static int rapl_start(ep_source *src, int64_t t_now_ns)
         if (rc != EP_OK)
             return rc;
     }
+    st->seen_uj = st->zones[0].last_uj;
+    st->t_seen_ns = t_now_ns;
     ep_source_counter_begin(&st->counter, t_now_ns);
     return EP_OK;
 }
