@@ -800,30 +800,50 @@ static void sort_level(win *x, win *y, int64_t n, digit d, int64_t (*count)[SORT
     insertion_sort(x, n);
 }
 
+/* Sorted rows off .. off + m - 1 of the whole (sort_windows): note whether their ends
+ * keep in order after *last_b, and each row's place at its window (row_of, when not
+ * NULL), while they are in cache. */
+static void finish_rows(const win *r, int64_t m, int64_t off, int64_t *last_b, int *ends_in_order, int32_t *row_of)
+{
+    int in_order = *ends_in_order;
+    int64_t b = *last_b;
+    for (int64_t i = 0; i < m; i++) {
+        in_order &= r[i].b_ns >= b;
+        b = r[i].b_ns;
+        if (row_of)
+            row_of[r[i].w] = (int32_t)(off + i);
+    }
+    *ends_in_order = in_order;
+    *last_b = b;
+}
+
 /* The caller's in-range windows into rows, sorted by (start, end), or (ends != 0) as
  * rows {end, end, w} sorted by end.  The first level reads the caller's rows directly;
  * lo/hi: least and greatest start and end of the in-range windows.  rows, x (scratch):
- * n_in rows each, count: SORT_LEVELS histograms (all borrowed). */
-static void sort_windows(const events *q, int64_t n_windows, int ends, int64_t n_in, int64_t lo_a, int64_t hi_a,
-                         int64_t lo_b, int64_t hi_b, win *rows, win *x, int64_t (*count)[SORT_SIZE])
+ * n_in rows each, count: SORT_LEVELS histograms, row_of: NULL or n_windows places, where
+ * row_of[w] becomes window w's row (n_in <= INT32_MAX) (all borrowed).  Returns whether
+ * the ends of the sorted rows are in order. */
+static int sort_windows(const events *q, int64_t n_windows, int ends, int64_t n_in, int64_t lo_a, int64_t hi_a,
+                        int64_t lo_b, int64_t hi_b, win *rows, win *x, int64_t (*count)[SORT_SIZE], int32_t *row_of)
 {
-    win *y = rows;
     const int64_t *wn = q->windows_ns;
     int oa = ends ? 1 : 0; /* where a row's first time comes from */
+    int64_t last_b = INT64_MIN;
+    int in_order = 1;
     if (ends) {
         lo_a = lo_b;
         hi_a = hi_b;
     }
-    int by_end = lo_a == hi_a;
-    digit d = by_end ? level_digit(n_in, 1, lo_b, bits_of((uint64_t)hi_b - (uint64_t)lo_b))
-                     : level_digit(n_in, 0, lo_a, bits_of((uint64_t)hi_a - (uint64_t)lo_a));
+    digit d = lo_a == hi_a ? level_digit(n_in, 1, lo_b, bits_of((uint64_t)hi_b - (uint64_t)lo_b))
+                           : level_digit(n_in, 0, lo_a, bits_of((uint64_t)hi_a - (uint64_t)lo_a));
     if (d.width == 0 || n_in <= SORT_SMALL) {
         int64_t j = 0;
         for (int64_t w = 0; w < n_windows; w++)
             if (!window_outside(q, w))
-                y[j++] = (win){wn[2 * w + oa], wn[2 * w + 1], w};
-        insertion_sort(y, n_in);
-        return;
+                rows[j++] = (win){wn[2 * w + oa], wn[2 * w + 1], w};
+        insertion_sort(rows, n_in);
+        finish_rows(rows, n_in, 0, &last_b, &in_order, row_of);
+        return in_order;
     }
     int64_t size = (int64_t)1 << d.width, *c = count[0];
     memset(c, 0, sizeof(int64_t) * (size_t)size);
@@ -836,15 +856,18 @@ static void sort_windows(const events *q, int64_t n_windows, int ends, int64_t n
     for (int64_t w = 0; w < n_windows; w++)
         if (!window_outside(q, w)) {
             win r = {wn[2 * w + oa], wn[2 * w + 1], w};
-            y[c[digit_of(&d, &r)]++] = r;
+            rows[c[digit_of(&d, &r)]++] = r;
         }
     for (int64_t k = 0, off = 0; k < size; off = c[k++]) {
         int64_t m = c[k] - off;
         if (m > SORT_SMALL)
-            sort_rows(y + off, x + off, m, level_digit(m, d.by_end, d.lo + (int64_t)((uint64_t)k << d.shift), d.shift),
+            sort_rows(rows + off, x + off, m, level_digit(m, d.by_end, d.lo + (int64_t)((uint64_t)k << d.shift), d.shift),
                       count, 1);
+        else
+            insertion_sort(rows + off, m);
+        finish_rows(rows + off, m, off, &last_b, &in_order, row_of);
     }
-    insertion_sort(y, n_in);
+    return in_order;
 }
 
 /* Sort keys (n) by bits [shift, shift + bits) with an LSD radix sort (stable; the bits
@@ -960,6 +983,7 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
      * order whose ends are out of order only within runs of equal starts are sorted too:
      * in (start, end) order their ends come in order. */
     int sort_starts = !sorted_a || (!sorted_b && ties_only);
+    int32_t *row_of = NULL; /* each window's sorted row, in samples_in_window (borrowed) */
     if (sort_starts) {
         /* buf[0]: the sort's scratch, then the staging rows or the ends' keys; buf[1]: the rows */
         for (int k = 0; k < 2; k++) {
@@ -974,13 +998,12 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
             rc = EP_ERR_NOMEM;
             goto error;
         }
-        sort_windows(&q, n_windows, 0, n_in, min_a, max_a, min_b, max_b, buf[1], buf[0], count);
+        /* each window's row goes where its count will (read back if the rows are staged) */
+        row_of = n_in <= INT32_MAX ? samples_in_window : NULL;
+        sorted_b = sort_windows(&q, n_windows, 0, n_in, min_a, max_a, min_b, max_b, buf[1], buf[0], count, row_of);
         q.copy = buf[1];
         q.mode = ROWS_COPY;
         q.n = n_in;
-        sorted_b = 1;
-        for (int64_t k = 1; k < n_in && sorted_b; k++)
-            sorted_b = q.copy[k].b_ns >= q.copy[k - 1].b_ns;
     }
     q.ordered = sorted_b;
     if (q.ordered && sort_starts)
@@ -1027,7 +1050,7 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
                 rc = EP_ERR_NOMEM;
                 goto error;
             }
-            sort_windows(&q, n_windows, 1, n_in, min_a, max_a, min_b, max_b, buf[2], spare ? spare : buf[3], count);
+            sort_windows(&q, n_windows, 1, n_in, min_a, max_a, min_b, max_b, buf[2], spare ? spare : buf[3], count, NULL);
             q.end_copy = buf[2];
             q.ends_mode = ROWS_COPY;
         }
@@ -1065,30 +1088,29 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
             break;
     }
     if (stage) {
-        /* The staging row of each window, written where its count goes (int32 rows) or
-         * apart, then every window's results read from its row: reads from random places
-         * cost less than writes to them. */
-        int32_t *row32 = n_in <= INT32_MAX ? samples_in_window : NULL;
+        /* Every window's results read from its staging row (the sort left the row where
+         * the count goes, or it is found now): reads from random places cost less than
+         * writes to them. */
         int64_t *row64 = NULL;
-        if (!row32 && !(row64 = buf[2] = big_alloc(sizeof(int64_t) * (size_t)n_windows))) {
-            rc = EP_ERR_NOMEM;
-            goto error;
-        }
-        for (int64_t k = 0; k < n_in; k++) {
-            if (row32)
-                row32[q.copy[k].w] = (int32_t)k;
-            else
+        if (!row_of) {
+            if (!(row64 = buf[2] = big_alloc(sizeof(int64_t) * (size_t)n_windows))) {
+                rc = EP_ERR_NOMEM;
+                goto error;
+            }
+            memset(row64, 0, sizeof(int64_t) * (size_t)n_windows); /* outside windows: row 0, as row_of */
+            for (int64_t k = 0; k < n_in; k++)
                 row64[q.copy[k].w] = k;
         }
+        int all_in = n_in == n_windows;
         for (int64_t w = 0; w < n_windows; w++) {
             if (w + PREFETCH_AHEAD < n_windows) { /* an outside window's row is 0 (its count) */
-                int64_t kn = row32 ? row32[w + PREFETCH_AHEAD] : row64[w + PREFETCH_AHEAD];
+                int64_t kn = row_of ? row_of[w + PREFETCH_AHEAD] : row64[w + PREFETCH_AHEAD];
                 __builtin_prefetch(&stage[kn], 0);
                 __builtin_prefetch((const char *)(&stage[kn] + 1) - 1, 0);
             }
-            if (window_outside(&q, w))
+            if (!all_in && window_outside(&q, w))
                 continue;
-            int64_t k = row32 ? row32[w] : row64[w];
+            int64_t k = row_of ? row_of[w] : row64[w];
             memcpy(energy_j + w * EP_NDOMAINS, stage[k].energy_j, sizeof(double) * EP_NDOMAINS);
             flags[w] = stage[k].flags;
             samples_in_window[w] = stage[k].samples_in_window;
