@@ -25,6 +25,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "ep_errors.h"
 
@@ -423,6 +426,26 @@ static inline int64_t count_lt(walk *g, int64_t t, int64_t le)
     return k;
 }
 
+/* A staging record written past the caches where the processor offers it (SSE2): the
+ * records are read back only after the walk, from random places, so reading each line
+ * before writing it would only add traffic.  16-byte aligned (big_alloc). */
+static inline void stage_store(staged *r, fvec e, uint32_t fl, int32_t n_in)
+{
+#if defined(__SSE2__)
+    _Static_assert(sizeof(staged) == 48, "three 16-byte stores");
+    double *x = r->energy_j;
+    _mm_stream_pd(x, (__m128d)e.d01);
+    _mm_stream_pd(x + 2, (__m128d)e.d23);
+    int64_t e4;
+    memcpy(&e4, &e.d4, sizeof e4);
+    _mm_stream_si128((__m128i *)(x + 4), _mm_set_epi32(n_in, (int)fl, (int)(e4 >> 32), (int)e4));
+#else
+    fvec_store(r->energy_j, e);
+    r->flags = fl;
+    r->samples_in_window = n_in;
+#endif
+}
+
 /* The end of a window: energy, count and flags from its start's F, le, lt and its own. */
 static void answer_end(walk *g, fvec fa, int64_t le_a, int64_t lt_a, int64_t w, fvec fb, int64_t le_b,
                        int64_t lt_b)
@@ -432,12 +455,14 @@ static void answer_end(walk *g, fvec fa, int64_t le_a, int64_t lt_a, int64_t w, 
     e.d01 = (fb.d01 - fa.d01) / ns2;
     e.d23 = (fb.d23 - fa.d23) / ns2;
     e.d4 = (fb.d4 - fa.d4) / NS_PER_S;
-    double *e_j = g->stage ? g->stage[w].energy_j : g->energy_j + w * EP_NDOMAINS;
-    fvec_store(e_j, e);
-    if (g->measured != ALL_DOMAINS)
+    if (g->measured != ALL_DOMAINS) {
+        double e_j[EP_NDOMAINS];
+        fvec_store(e_j, e);
         for (int d = 0; d < EP_NDOMAINS; d++)
             if (!(g->measured >> d & 1u))
                 e_j[d] = NAN;
+        e = fvec_load(e_j);
+    }
     uint32_t fl = 0;
     int64_t count;
     if (g->interval) {
@@ -458,9 +483,9 @@ static void answer_end(walk *g, fvec fa, int64_t le_a, int64_t lt_a, int64_t w, 
     }
     int32_t n_in = count > INT32_MAX ? INT32_MAX : (int32_t)count;
     if (g->stage) {
-        g->stage[w].flags = fl;
-        g->stage[w].samples_in_window = n_in;
+        stage_store(&g->stage[w], e, fl, n_in);
     } else {
+        fvec_store(g->energy_j + w * EP_NDOMAINS, e);
         g->flags[w] = fl;
         g->samples_in_window[w] = n_in;
     }
@@ -1087,6 +1112,10 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
         if (!g.redo)
             break;
     }
+#if defined(__SSE2__)
+    if (stage)
+        _mm_sfence(); /* the streamed records are complete before they are read */
+#endif
     if (stage) {
         /* Every window's results read from its staging row (the sort left the row where
          * the count goes, or it is found now): reads from random places cost less than
