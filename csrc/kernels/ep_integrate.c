@@ -843,13 +843,15 @@ static void finish_rows(const win *r, int64_t m, int64_t off, int64_t *last_b, i
 }
 
 /* The caller's in-range windows into rows, sorted by (start, end), or (ends != 0) as
- * rows {end, end, w} sorted by end.  The first level reads the caller's rows directly;
- * lo/hi: least and greatest start and end of the in-range windows.  rows, x (scratch):
- * n_in rows each, count: SORT_LEVELS histograms, row_of: NULL or n_windows places, where
- * row_of[w] becomes window w's row (n_in <= INT32_MAX) (all borrowed).  Returns whether
- * the ends of the sorted rows are in order. */
+ * rows {end, end, w} sorted by end.  The first level reads the caller's rows directly
+ * into their buckets; each bucket is then sorted with a scratch as large as the largest
+ * (owned here: a few KB when the times spread, so it stays in cache).  lo/hi: least and
+ * greatest start and end of the in-range windows.  rows: n_in rows, count: SORT_LEVELS
+ * histograms, row_of: NULL or n_windows places, where row_of[w] becomes window w's row
+ * (n_in <= INT32_MAX) (all borrowed).  Returns whether the ends of the sorted rows are in
+ * order (1 or 0), or -1 (EP_ERR_NOMEM). */
 static int sort_windows(const events *q, int64_t n_windows, int ends, int64_t n_in, int64_t lo_a, int64_t hi_a,
-                        int64_t lo_b, int64_t hi_b, win *rows, win *x, int64_t (*count)[SORT_SIZE], int32_t *row_of)
+                        int64_t lo_b, int64_t hi_b, win *rows, int64_t (*count)[SORT_SIZE], int32_t *row_of)
 {
     const int64_t *wn = q->windows_ns;
     int oa = ends ? 1 : 0; /* where a row's first time comes from */
@@ -877,6 +879,12 @@ static int sort_windows(const events *q, int64_t n_windows, int ends, int64_t n_
             win r = {wn[2 * w + oa], wn[2 * w + 1], w};
             c[digit_of(&d, &r)]++;
         }
+    int64_t most = 0;
+    for (int64_t k = 0; k < size; k++)
+        most = c[k] > most ? c[k] : most;
+    win *x = big_alloc(sizeof(win) * (size_t)most);
+    if (!x)
+        return -1;
     bucket_starts(c, size);
     for (int64_t w = 0; w < n_windows; w++)
         if (!window_outside(q, w)) {
@@ -886,12 +894,13 @@ static int sort_windows(const events *q, int64_t n_windows, int ends, int64_t n_
     for (int64_t k = 0, off = 0; k < size; off = c[k++]) {
         int64_t m = c[k] - off;
         if (m > SORT_SMALL)
-            sort_rows(rows + off, x + off, m, level_digit(m, d.by_end, d.lo + (int64_t)((uint64_t)k << d.shift), d.shift),
+            sort_rows(rows + off, x, m, level_digit(m, d.by_end, d.lo + (int64_t)((uint64_t)k << d.shift), d.shift),
                       count, 1);
         else
             insertion_sort(rows + off, m);
         finish_rows(rows + off, m, off, &last_b, &in_order, row_of);
     }
+    free(x);
     return in_order;
 }
 
@@ -935,7 +944,7 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
     int rc = EP_OK;
     walk g;
     events q;
-    void *buf[4] = {NULL, NULL, NULL, NULL}; /* sorted rows and their scratch (owned here) */
+    void *buf[3] = {NULL, NULL, NULL}; /* staging rows, sorted start rows, sorted ends (owned here) */
     int64_t (*count)[SORT_SIZE] = NULL;      /* sort histograms (owned here) */
     staged *stage = NULL;                    /* staging rows of sorted ordered windows (in buf[0]) */
     memset(&g, 0, sizeof g);
@@ -1010,29 +1019,32 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
     int sort_starts = !sorted_a || (!sorted_b && ties_only);
     int32_t *row_of = NULL; /* each window's sorted row, in samples_in_window (borrowed) */
     if (sort_starts) {
-        /* buf[0]: the sort's scratch, then the staging rows or the ends' keys; buf[1]: the rows */
-        for (int k = 0; k < 2; k++) {
-            buf[k] = big_alloc((k ? sizeof(win) : sizeof(staged)) * (size_t)n_in);
-            if (!buf[k]) {
-                rc = EP_ERR_NOMEM;
-                goto error;
-            }
-        }
+        /* buf[1]: the sorted rows */
+        buf[1] = big_alloc(sizeof(win) * (size_t)n_in);
         count = malloc(sizeof(int64_t) * SORT_LEVELS * SORT_SIZE);
-        if (!count) {
+        if (!buf[1] || !count) {
             rc = EP_ERR_NOMEM;
             goto error;
         }
         /* each window's row goes where its count will (read back if the rows are staged) */
         row_of = n_in <= INT32_MAX ? samples_in_window : NULL;
-        sorted_b = sort_windows(&q, n_windows, 0, n_in, min_a, max_a, min_b, max_b, buf[1], buf[0], count, row_of);
+        sorted_b = sort_windows(&q, n_windows, 0, n_in, min_a, max_a, min_b, max_b, buf[1], count, row_of);
+        if (sorted_b < 0) {
+            rc = EP_ERR_NOMEM;
+            goto error;
+        }
         q.copy = buf[1];
         q.mode = ROWS_COPY;
         q.n = n_in;
     }
     q.ordered = sorted_b;
-    if (q.ordered && sort_starts)
-        stage = buf[0]; /* the sort's scratch, free again (fresh pages cost as much as the moves) */
+    if (q.ordered && sort_starts) {
+        stage = buf[0] = big_alloc(sizeof(staged) * (size_t)n_in);
+        if (!stage) {
+            rc = EP_ERR_NOMEM;
+            goto error;
+        }
+    }
     if (q.ordered) {
         q.ring = malloc(sizeof(open_start) * 64);
         if (!q.ring) {
@@ -1042,15 +1054,14 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
         q.ring_mask = 63;
     } else {
         /* ends sorted apart, as packed keys (end offset, window index) when both fit 64
-         * bits, else as rows; the rows the start sort left free are reused.  Each start
-         * leaves its F in the energy row and (le, lt) here. */
-        void *spare = sort_starts ? buf[0] : NULL;
+         * bits, else as rows.  Each start leaves its F in the energy row and (le, lt) here. */
         q.wbits = bits_of((uint64_t)(n_windows - 1));
         q.wmask = q.wbits ? (~0ull >> (64 - q.wbits)) : 0;
         q.t0_b = min_b;
         int bits_b = bits_of((uint64_t)max_b - (uint64_t)min_b);
         if (bits_b + q.wbits <= 64) {
-            if (!spare && !(spare = buf[2] = big_alloc(2 * sizeof(uint64_t) * (size_t)n_in))) {
+            uint64_t *keys = buf[2] = big_alloc(2 * sizeof(uint64_t) * (size_t)n_in);
+            if (!keys) {
                 rc = EP_ERR_NOMEM;
                 goto error;
             }
@@ -1058,24 +1069,21 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
                 rc = EP_ERR_NOMEM;
                 goto error;
             }
-            uint64_t *keys = spare, *tmp = keys + n_in; /* 16 bytes a row fit in a win row's 24 */
             int64_t j = 0;
             for (int64_t w = 0; w < n_windows; w++)
                 if (!window_outside(&q, w))
                     keys[j++] = ((uint64_t)windows_ns[2 * w + 1] - (uint64_t)min_b) << q.wbits | (uint64_t)w;
-            q.end_keys = radix_sort_keys(keys, tmp, n_in, q.wbits, bits_b, (int64_t(*)[RADIX_SIZE])count);
+            q.end_keys = radix_sort_keys(keys, keys + n_in, n_in, q.wbits, bits_b, (int64_t(*)[RADIX_SIZE])count);
             q.ends_mode = ROWS_KEYS;
         } else {
-            for (int k = 2; k < (spare ? 3 : 4); k++)
-                if (!(buf[k] = big_alloc(sizeof(win) * (size_t)n_in))) {
-                    rc = EP_ERR_NOMEM;
-                    goto error;
-                }
-            if (!count && !(count = malloc(sizeof(int64_t) * SORT_LEVELS * SORT_SIZE))) {
+            buf[2] = big_alloc(sizeof(win) * (size_t)n_in);
+            if (!count)
+                count = malloc(sizeof(int64_t) * SORT_LEVELS * SORT_SIZE);
+            if (!buf[2] || !count ||
+                sort_windows(&q, n_windows, 1, n_in, min_a, max_a, min_b, max_b, buf[2], count, NULL) < 0) {
                 rc = EP_ERR_NOMEM;
                 goto error;
             }
-            sort_windows(&q, n_windows, 1, n_in, min_a, max_a, min_b, max_b, buf[2], spare ? spare : buf[3], count, NULL);
             q.end_copy = buf[2];
             q.ends_mode = ROWS_COPY;
         }
@@ -1157,7 +1165,7 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
         }
     }
 error:
-    for (int k = 0; k < 4; k++)
+    for (int k = 0; k < 3; k++)
         free(buf[k]);
     free(count);
     free(q.ring);
