@@ -107,12 +107,13 @@ typedef struct {
     int64_t *start_le_lt;      /* !ordered: le and lt of each window's start, by window (owned) */
 } events;
 
-/* A window's results, staged in sorted-row order: one record, so moving it to the
- * window's rows reads one or two cache lines. */
+/* A window's results, staged in sorted-row order: one record of one cache line (64
+ * bytes, padded), so moving it to the window's rows reads one line. */
 typedef struct {
     double energy_j[EP_NDOMAINS];
     uint32_t flags;
     int32_t samples_in_window;
+    int64_t pad[2];
 } staged;
 
 /* What the walk knows: the running sum, the measured domains, the NaN/gap ranks. */
@@ -135,7 +136,7 @@ typedef struct {
     staged *stage;           /* when not NULL, ends answer here instead */
 } walk;
 
-/* A scratch buffer of n bytes (free() releases it).  Large ones are asked for as huge
+/* A scratch buffer of n bytes, 64-byte aligned (free() releases it).  Large ones are asked for as huge
  * pages where the system offers them: a fresh 4 KiB page costs a fault on first touch,
  * which for tens of MB of scratch costs more than the sort that fills it. */
 static void *big_alloc(size_t n)
@@ -150,7 +151,8 @@ static void *big_alloc(size_t n)
         return p;
     }
 #endif
-    return malloc(n ? n : 1);
+    void *p = NULL; /* cache-line aligned: a staging record is one line */
+    return posix_memalign(&p, 64, n ? n : 1) == 0 ? p : NULL;
 }
 
 /* hi - lo for hi >= lo, as a double, with no signed overflow whatever the values (the
@@ -431,17 +433,18 @@ static inline int64_t count_lt(walk *g, int64_t t, int64_t le)
 
 /* A staging record written past the caches where the processor offers it (SSE2): the
  * records are read back only after the walk, from random places, so reading each line
- * before writing it would only add traffic.  16-byte aligned (big_alloc). */
+ * before writing it would only add traffic.  Line-aligned (big_alloc). */
 static inline void stage_store(staged *r, fvec e, uint32_t fl, int32_t n_in)
 {
 #if defined(__SSE2__)
-    _Static_assert(sizeof(staged) == 48, "three 16-byte stores");
+    _Static_assert(sizeof(staged) == 64, "four 16-byte stores: one whole line");
     double *x = r->energy_j;
     _mm_stream_pd(x, (__m128d)e.d01);
     _mm_stream_pd(x + 2, (__m128d)e.d23);
     int64_t e4;
     memcpy(&e4, &e.d4, sizeof e4);
     _mm_stream_si128((__m128i *)(x + 4), _mm_set_epi32(n_in, (int)fl, (int)(e4 >> 32), (int)e4));
+    _mm_stream_si128((__m128i *)r->pad, _mm_setzero_si128());
 #else
     fvec_store(r->energy_j, e);
     r->flags = fl;
@@ -1146,7 +1149,6 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
             if (w + PULL_AHEAD < n_windows) { /* an outside window's row is 0 (its count) */
                 int64_t kn = row_of ? row_of[w + PULL_AHEAD] : row64[w + PULL_AHEAD];
                 __builtin_prefetch(&stage[kn], 0);
-                __builtin_prefetch((const char *)(&stage[kn] + 1) - 1, 0);
             }
             if (!all_in && window_outside(&q, w))
                 continue;
