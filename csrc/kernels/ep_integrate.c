@@ -14,7 +14,11 @@
  * current piece before t.  A start stores F(a) in the window's energy row and (le, lt)
  * in a scratch row; the end turns them into the energy, the count and the flags.
  * Windows sorted by start and by end (adjacent tokens, non-overlapping calls) are
- * streamed in place; any other order is radix-sorted first (two sorted index arrays).
+ * streamed in place; any other order is radix-sorted by (start, end) first.  When the
+ * ends then come in order too (shuffled adjacent windows, equal starts) the walk stages
+ * each result as one cache line in sorted order and a last pass reads each window's line
+ * into its rows (reads from random places cost less than writes to them); else the ends
+ * are sorted apart and each start leaves F in its window's row.
  */
 #include "ep_integrate.h"
 
@@ -736,15 +740,14 @@ static int bits_of(uint64_t x)
  * (at most SORT_BITS), moves the rows into their buckets and sorts each bucket the same
  * way; a bucket of SORT_SMALL rows or fewer is insertion-sorted where it lies.  So the
  * rows are moved about twice, the second time within a bucket that fits in cache, and
- * windows with equal starts come out in end order.  A level with n > SORT_SMALL rows
- * takes at least 6 bits, or every bit left of its time: at most 12 levels per time. */
+ * windows with equal starts come out in end order.  A level below the first knows its
+ * rows' range from its bucket (no pass to find it).  A level with n > SORT_SMALL rows
+ * takes at least 5 bits (bits_of(17)), or every bit left of its time: at most 13 levels
+ * for the starts and 13 for the ends, levels 0 .. 25. */
 #define SORT_BITS 11
 #define SORT_SIZE (1 << SORT_BITS)
 #define SORT_SMALL 16
 #define SORT_LEVELS 26
-#ifndef WIDTH_ADJ
-#define WIDTH_ADJ 0
-#endif
 
 static inline int win_before(const win *x, const win *y)
 {
