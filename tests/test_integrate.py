@@ -465,6 +465,19 @@ def test_large_random_unsorted_windows_match_twin_and_brute_force(kind):
 # oracles.
 
 
+def _samples_with_gaps_and_nans(rng, kind, base_ns, unmeasured=None, n=4000):
+    """n samples from base_ns, a few NaNs; INTERVAL ones leave gaps between them; the
+    domain `unmeasured` is NaN throughout."""
+    step = rng.integers(1, 3_000, n)
+    starts = base_ns + np.cumsum(step) - step
+    ends = starts + (step // 2 if kind == INTERVAL else 0)   # gaps between interval samples
+    p = rng.random((n, ND)) * 20
+    p[rng.random((n, ND)) < 0.005] = np.nan
+    if unmeasured is not None:
+        p[:, unmeasured] = np.nan
+    return make_samples(kind, starts, ends, p)
+
+
 def _adjacent_and_nested(rng, lo, hi, m):
     cuts = np.sort(rng.integers(lo, hi + 1, m + 1))
     adjacent = np.stack([cuts[:-1], cuts[1:]], axis=1)
@@ -475,15 +488,8 @@ def _adjacent_and_nested(rng, lo, hi, m):
 @pytest.mark.parametrize("kind", [INSTANT, INTERVAL])
 def test_every_window_order_gives_the_same_numbers(kind):
     rng = np.random.default_rng(21 + kind)
-    n = 4000
-    step = rng.integers(1, 3_000, n)
-    starts = 5 * 10**17 + np.cumsum(step) - step
-    ends = starts + (step // 2 if kind == INTERVAL else 0)   # gaps between interval samples
-    p = rng.random((n, ND)) * 20
-    p[rng.random((n, ND)) < 0.005] = np.nan
-    p[:, 4] = np.nan
-    s = make_samples(kind, starts, ends, p)
-    adjacent, nested = _adjacent_and_nested(rng, int(starts[0]), int(ends[-1]), 3000)
+    s = _samples_with_gaps_and_nans(rng, kind, 5 * 10**17, unmeasured=4)
+    adjacent, nested = _adjacent_and_nested(rng, int(s["t_start_ns"][0]), int(s["t_end_ns"][-1]), 3000)
     for wins in (adjacent, nested):
         want = _reference.integrate(s, wins)
         got = _core.integrate(s, wins)
@@ -519,14 +525,8 @@ def test_windows_with_equal_starts_in_any_order_match_twin(kind):
     # ends out of order only among equal starts), and reversed: every order gives the
     # twin's numbers, and the same numbers bit for bit.
     rng = np.random.default_rng(31 + kind)
-    n = 4000
-    step = rng.integers(1, 3_000, n)
-    starts = 2 * 10**17 + np.cumsum(step) - step
-    ends = starts + (step // 2 if kind == INTERVAL else 0)
-    p = rng.random((n, ND)) * 20
-    p[rng.random((n, ND)) < 0.005] = np.nan
-    s = make_samples(kind, starts, ends, p)
-    for name, wins in _equal_start_sets(rng, int(starts[0]), int(ends[-1])).items():
+    s = _samples_with_gaps_and_nans(rng, kind, 2 * 10**17)
+    for name, wins in _equal_start_sets(rng, int(s["t_start_ns"][0]), int(s["t_end_ns"][-1])).items():
         wins = np.ascontiguousarray(wins, dtype=np.int64)
         ordered = np.lexsort((wins[:, 1], wins[:, 0]))                  # by start, then end
         want = _reference.integrate(s, wins)
