@@ -458,10 +458,24 @@ def test_large_random_unsorted_windows_match_twin_and_brute_force(kind):
 
 # --------------------------------------------------------------------------- the kernel's ways through the windows
 # The kernel answers windows by one walk over the samples and streams the windows in
-# one of three ways: in place (sorted by start and by end), sorted by start as packed
-# keys (or as copies when times and indices do not fit 64 bits) with the ends then in
-# order, or starts and ends sorted apart (nested windows).  Each way must give the same
-# numbers as the oracles.
+# one of three ways: in place (sorted by start and by end), sorted by (start, end) as
+# copies with the ends then in order (results staged and moved to the windows' rows), or
+# starts and ends sorted apart (nested windows; ends as packed keys, or as copies when
+# times and indices do not fit 64 bits).  Each way must give the same numbers as the
+# oracles.
+
+
+def _samples_with_gaps_and_nans(rng, kind, base_ns, unmeasured=None, n=4000):
+    """n samples from base_ns, a few NaNs; INTERVAL ones leave gaps between them; the
+    domain `unmeasured` is NaN throughout."""
+    step = rng.integers(1, 3_000, n)
+    starts = base_ns + np.cumsum(step) - step
+    ends = starts + (step // 2 if kind == INTERVAL else 0)   # gaps between interval samples
+    p = rng.random((n, ND)) * 20
+    p[rng.random((n, ND)) < 0.005] = np.nan
+    if unmeasured is not None:
+        p[:, unmeasured] = np.nan
+    return make_samples(kind, starts, ends, p)
 
 
 def _adjacent_and_nested(rng, lo, hi, m):
@@ -474,15 +488,8 @@ def _adjacent_and_nested(rng, lo, hi, m):
 @pytest.mark.parametrize("kind", [INSTANT, INTERVAL])
 def test_every_window_order_gives_the_same_numbers(kind):
     rng = np.random.default_rng(21 + kind)
-    n = 4000
-    step = rng.integers(1, 3_000, n)
-    starts = 5 * 10**17 + np.cumsum(step) - step
-    ends = starts + (step // 2 if kind == INTERVAL else 0)   # gaps between interval samples
-    p = rng.random((n, ND)) * 20
-    p[rng.random((n, ND)) < 0.005] = np.nan
-    p[:, 4] = np.nan
-    s = make_samples(kind, starts, ends, p)
-    adjacent, nested = _adjacent_and_nested(rng, int(starts[0]), int(ends[-1]), 3000)
+    s = _samples_with_gaps_and_nans(rng, kind, 5 * 10**17, unmeasured=4)
+    adjacent, nested = _adjacent_and_nested(rng, int(s["t_start_ns"][0]), int(s["t_end_ns"][-1]), 3000)
     for wins in (adjacent, nested):
         want = _reference.integrate(s, wins)
         got = _core.integrate(s, wins)
@@ -494,6 +501,41 @@ def test_every_window_order_gives_the_same_numbers(kind):
         rev = np.ascontiguousarray(wins[::-1])
         for a, b in zip(_core.integrate(s, rev), got):
             np.testing.assert_array_equal(a, b[::-1])
+
+
+def _equal_start_sets(rng, lo, hi):
+    """Window sets where many windows share a start (each in (start, end) order has its
+    ends in order, so the kernel streams it in order once sorted)."""
+    cuts = np.sort(rng.integers(lo, hi + 1, 1201))
+    pairs = np.concatenate([np.stack([cuts[:-1:2], cuts[1::2]], axis=1),       # [c0, c1), [c0, c2), ...
+                            np.stack([cuts[:-2:2], cuts[2::2]], axis=1)])
+    one_start = np.stack([np.full(1500, lo + 7), np.sort(rng.integers(lo + 7, hi + 1, 1500))], axis=1)
+    dup = np.repeat(np.stack([cuts[:-1], cuts[1:]], axis=1)[::3], 3, axis=0)     # each window three times
+    span = (hi - lo) // 100                                                    # most in 1 % of the span
+    tight = np.sort(rng.integers(lo + span, lo + 2 * span, 2001))
+    clustered = np.concatenate([np.stack([tight[:-1], tight[1:]], axis=1), np.stack([tight[:-2], tight[2:]], axis=1),
+                                [[lo, lo + 3], [hi - 5, hi]]])
+    outside = np.concatenate([pairs, [[lo - 10, lo + 5], [hi - 5, hi + 10]]])
+    return {"pairs": pairs, "one_start": one_start, "dup": dup, "clustered": clustered, "outside": outside}
+
+
+@pytest.mark.parametrize("kind", [INSTANT, INTERVAL])
+def test_windows_with_equal_starts_in_any_order_match_twin(kind):
+    # Windows that share starts, shuffled, sorted by start with the longer ones first (the
+    # ends out of order only among equal starts), and reversed: every order gives the
+    # twin's numbers, and the same numbers bit for bit.
+    rng = np.random.default_rng(31 + kind)
+    s = _samples_with_gaps_and_nans(rng, kind, 2 * 10**17)
+    for name, wins in _equal_start_sets(rng, int(s["t_start_ns"][0]), int(s["t_end_ns"][-1])).items():
+        wins = np.ascontiguousarray(wins, dtype=np.int64)
+        ordered = np.lexsort((wins[:, 1], wins[:, 0]))                  # by start, then end
+        want = _reference.integrate(s, wins)
+        got = _core.integrate(s, wins)
+        assert_same(got, want, energy_scale_j(s))
+        for order in (rng.permutation(len(wins)), np.lexsort((-wins[:, 1], wins[:, 0])), ordered, ordered[::-1]):
+            got_o = _core.integrate(s, np.ascontiguousarray(wins[order]))
+            for a, b in zip(got_o, got):
+                np.testing.assert_array_equal(a, b[order], err_msg=name)
 
 
 def test_windows_whose_times_and_indices_do_not_fit_one_key():

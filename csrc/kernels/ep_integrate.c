@@ -14,7 +14,11 @@
  * current piece before t.  A start stores F(a) in the window's energy row and (le, lt)
  * in a scratch row; the end turns them into the energy, the count and the flags.
  * Windows sorted by start and by end (adjacent tokens, non-overlapping calls) are
- * streamed in place; any other order is radix-sorted first (two sorted index arrays).
+ * streamed in place; any other order is radix-sorted by (start, end) first.  When the
+ * ends then come in order too (shuffled adjacent windows, equal starts) the walk stages
+ * each result as one cache line in sorted order and a last pass reads each window's line
+ * into its rows (reads from random places cost less than writes to them); else the ends
+ * are sorted apart and each start leaves F in its window's row.
  */
 #include "ep_integrate.h"
 
@@ -25,6 +29,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "ep_errors.h"
 
@@ -32,6 +39,9 @@
 #define ALL_DOMAINS ((1u << EP_NDOMAINS) - 1u)
 /* How many events ahead the unsorted path prefetches the rows it will touch. */
 #define PREFETCH_AHEAD 16
+/* How many windows ahead moving the staged results fetches their records (the loop does
+ * little else, so more reads in flight pay). */
+#define PULL_AHEAD 64
 /* Radix sort digit width (bits): 512 buckets, so the scatter of a pass writes to few enough
  * places at once to stay in cache (measured fastest of 8..11 on 1M keys). */
 #define RADIX_BITS 9
@@ -61,7 +71,8 @@ typedef struct {
 
 _Static_assert(EP_NDOMAINS == 5, "fvec holds five domains");
 
-/* A window in start order: its times and the row its results go to. */
+/* A window in start order: its times and the row its results go to (ends sorted apart
+ * as copies: a_ns = b_ns = the end). */
 typedef struct {
     int64_t a_ns, b_ns, w;
 } win;
@@ -75,8 +86,8 @@ typedef struct {
 /* How a stream's rows are stored. */
 enum {
     ROWS_CALLER, /* the caller's windows, row k = window k (already in start order) */
-    ROWS_KEYS,   /* packed keys (t - t0) << wbits | window, sorted: 8 bytes a row */
-    ROWS_COPY,   /* win copies, sorted (when the times and indices do not fit one key) */
+    ROWS_KEYS,   /* ends sorted apart as packed keys (t - t0) << wbits | window: 8 bytes a row */
+    ROWS_COPY,   /* win copies sorted by start then end (ends apart: when keys do not fit 64 bits) */
 };
 
 /* The window endpoints as two streams merged by time: starts in start order, ends either
@@ -86,20 +97,28 @@ enum {
 typedef struct {
     const int64_t *windows_ns; /* the caller's (M, 2) windows (borrowed) */
     int64_t first, last;       /* covered range: caller rows outside it are skipped */
-    int mode, ends_mode;       /* ROWS_* of the starts and (!ordered) of the ends */
+    int mode, ends_mode;       /* ROWS_CALLER or ROWS_COPY (starts); ROWS_KEYS or ROWS_COPY (!ordered ends) */
     int64_t n, n_ends;         /* rows of each stream */
-    const uint64_t *keys, *end_keys; /* ROWS_KEYS (borrowed) */
-    const win *copy, *end_copy;      /* ROWS_COPY (borrowed) */
-    int64_t *row_end;          /* ROWS_KEYS: end of each start row, gathered once (owned by ep_integrate) */
-    int wbits;                 /* bits of the window index in a key */
+    const uint64_t *end_keys;  /* ROWS_KEYS (borrowed) */
+    const win *copy, *end_copy; /* ROWS_COPY (borrowed) */
+    int wbits;                 /* bits of the window index in an end key */
     uint64_t wmask;
-    int64_t t0_a, t0_b;        /* time origin of the start / end keys */
+    int64_t t0_b;              /* time origin of the end keys */
     int ordered;
     int64_t ia, ib;            /* next start row; next end row (ordered: a start row; else an end row) */
     open_start *ring;          /* ordered: start data of rows ib .. ia-1 at row & ring_mask (owned) */
     int64_t ring_mask;
     int64_t *start_le_lt;      /* !ordered: le and lt of each window's start, by window (owned) */
 } events;
+
+/* A window's results, staged in sorted-row order: one record of one cache line (64
+ * bytes, padded), so moving it to the window's rows reads one line. */
+typedef struct {
+    double energy_j[EP_NDOMAINS];
+    uint32_t flags;
+    int32_t samples_in_window;
+    int64_t pad[2];
+} staged;
 
 /* What the walk knows: the running sum, the measured domains, the NaN/gap ranks. */
 typedef struct {
@@ -114,13 +133,14 @@ typedef struct {
     int memo_ok;
     bitrank nan_units;       /* units touching a NaN of a measured domain */
     bitrank gap_after;       /* INTERVAL: a gap follows sample j */
-    /* outputs (borrowed) */
-    double *energy_j;        /* the caller's, or staging rows in row order (sorted ordered rows) */
+    /* outputs (borrowed): the caller's, or (sorted ordered rows) staging rows in row order */
+    double *energy_j;
     uint32_t *flags;
     int32_t *samples_in_window;
+    staged *stage;           /* when not NULL, ends answer here instead */
 } walk;
 
-/* A scratch buffer of n bytes (free() releases it).  Large ones are asked for as huge
+/* A scratch buffer of n bytes, 64-byte aligned (free() releases it).  Large ones are asked for as huge
  * pages where the system offers them: a fresh 4 KiB page costs a fault on first touch,
  * which for tens of MB of scratch costs more than the sort that fills it. */
 static void *big_alloc(size_t n)
@@ -135,7 +155,8 @@ static void *big_alloc(size_t n)
         return p;
     }
 #endif
-    return malloc(n ? n : 1);
+    void *p = NULL; /* cache-line aligned: a staging record is one line */
+    return posix_memalign(&p, 64, n ? n : 1) == 0 ? p : NULL;
 }
 
 /* hi - lo for hi >= lo, as a double, with no signed overflow whatever the values (the
@@ -269,40 +290,19 @@ static inline int64_t key_time(int64_t t0, uint64_t key, int wbits)
 /* Window of start row k. */
 static inline int64_t row_w(const events *q, int64_t k)
 {
-    switch (q->mode) {
-    case ROWS_KEYS:
-        return (int64_t)(q->keys[k] & q->wmask);
-    case ROWS_COPY:
-        return q->copy[k].w;
-    default:
-        return k;
-    }
+    return q->mode == ROWS_COPY ? q->copy[k].w : k;
 }
 
 /* Start of start row k. */
 static inline int64_t row_a(const events *q, int64_t k)
 {
-    switch (q->mode) {
-    case ROWS_KEYS:
-        return key_time(q->t0_a, q->keys[k], q->wbits);
-    case ROWS_COPY:
-        return q->copy[k].a_ns;
-    default:
-        return q->windows_ns[2 * k];
-    }
+    return q->mode == ROWS_COPY ? q->copy[k].a_ns : q->windows_ns[2 * k];
 }
 
 /* End of start row k (ordered streams end in start-row order). */
 static inline int64_t row_b(const events *q, int64_t k)
 {
-    switch (q->mode) {
-    case ROWS_KEYS:
-        return q->row_end[k];
-    case ROWS_COPY:
-        return q->copy[k].b_ns;
-    default:
-        return q->windows_ns[2 * k + 1];
-    }
+    return q->mode == ROWS_COPY ? q->copy[k].b_ns : q->windows_ns[2 * k + 1];
 }
 
 /* End time and window of end row j of a stream sorted apart. */
@@ -435,6 +435,27 @@ static inline int64_t count_lt(walk *g, int64_t t, int64_t le)
     return k;
 }
 
+/* A staging record written past the caches where the processor offers it (SSE2): the
+ * records are read back only after the walk, from random places, so reading each line
+ * before writing it would only add traffic.  Line-aligned (big_alloc). */
+static inline void stage_store(staged *r, fvec e, uint32_t fl, int32_t n_in)
+{
+#if defined(__SSE2__)
+    _Static_assert(sizeof(staged) == 64, "four 16-byte stores: one whole line");
+    double *x = r->energy_j;
+    _mm_stream_pd(x, (__m128d)e.d01);
+    _mm_stream_pd(x + 2, (__m128d)e.d23);
+    int64_t e4;
+    memcpy(&e4, &e.d4, sizeof e4);
+    _mm_stream_si128((__m128i *)(x + 4), _mm_set_epi32(n_in, (int)fl, (int)(e4 >> 32), (int)e4));
+    _mm_stream_si128((__m128i *)r->pad, _mm_setzero_si128());
+#else
+    fvec_store(r->energy_j, e);
+    r->flags = fl;
+    r->samples_in_window = n_in;
+#endif
+}
+
 /* The end of a window: energy, count and flags from its start's F, le, lt and its own. */
 static void answer_end(walk *g, fvec fa, int64_t le_a, int64_t lt_a, int64_t w, fvec fb, int64_t le_b,
                        int64_t lt_b)
@@ -444,12 +465,14 @@ static void answer_end(walk *g, fvec fa, int64_t le_a, int64_t lt_a, int64_t w, 
     e.d01 = (fb.d01 - fa.d01) / ns2;
     e.d23 = (fb.d23 - fa.d23) / ns2;
     e.d4 = (fb.d4 - fa.d4) / NS_PER_S;
-    double *e_j = g->energy_j + w * EP_NDOMAINS;
-    fvec_store(e_j, e);
-    if (g->measured != ALL_DOMAINS)
+    if (g->measured != ALL_DOMAINS) {
+        double e_j[EP_NDOMAINS];
+        fvec_store(e_j, e);
         for (int d = 0; d < EP_NDOMAINS; d++)
             if (!(g->measured >> d & 1u))
                 e_j[d] = NAN;
+        e = fvec_load(e_j);
+    }
     uint32_t fl = 0;
     int64_t count;
     if (g->interval) {
@@ -468,8 +491,14 @@ static void answer_end(walk *g, fvec fa, int64_t le_a, int64_t lt_a, int64_t w, 
         count = 0;
         fl |= EP_WIN_UNRESOLVED;
     }
-    g->flags[w] = fl;
-    g->samples_in_window[w] = count > INT32_MAX ? INT32_MAX : (int32_t)count;
+    int32_t n_in = count > INT32_MAX ? INT32_MAX : (int32_t)count;
+    if (g->stage) {
+        stage_store(&g->stage[w], e, fl, n_in);
+    } else {
+        fvec_store(g->energy_j + w * EP_NDOMAINS, e);
+        g->flags[w] = fl;
+        g->samples_in_window[w] = n_in;
+    }
     g->ends_done++;
 }
 
@@ -533,7 +562,7 @@ static int drain(walk *g, events *q, const partial *p, int64_t le, int64_t befor
             int64_t k = q->ib;
             const open_start *o = &q->ring[k & q->ring_mask];
             /* sorted rows answer into staging rows in row order (moved to the windows' rows
-             * after the walk: one tight scatter instead of random writes in the walk) */
+             * after the walk: random writes in the walk cost more than one move after it) */
             answer_end(g, o->f_wns, o->le, o->lt, k, f_t, le, lt);
             q->ib = skip_outside(q, k + 1);
         } else {
@@ -689,53 +718,199 @@ static int walk_samples(walk *g, events *q, char *detail, size_t detail_len)
 
 #define RADIX_PASSES ((64 + RADIX_BITS - 1) / RADIX_BITS)
 
-/* Sort a (n windows) by a_ns with an LSD radix sort over the bits where the times differ
- * (stable); tmp is scratch of n, count scratch of RADIX_PASSES * RADIX_SIZE (both
- * borrowed).  Returns whichever of a / tmp holds the result. */
 /* A radix pass's histogram turned into the first output slot of each bucket. */
-static void bucket_starts(int64_t *count)
+static void bucket_starts(int64_t *count, int64_t size)
 {
     int64_t acc = 0;
-    for (int b = 0; b < RADIX_SIZE; b++) {
+    for (int64_t b = 0; b < size; b++) {
         int64_t c = count[b];
         count[b] = acc;
         acc += c;
     }
 }
 
-static win *radix_sort(win *a, win *tmp, int64_t n, int64_t (*count)[RADIX_SIZE])
+static int bits_of(uint64_t x)
 {
-    if (n < 2)
-        return a;
-    int64_t lo = a[0].a_ns, hi = a[0].a_ns;
+    return x ? 64 - __builtin_clzll(x) : 0;
+}
+
+/* Windows are sorted by start, then end, with a most-significant-digit radix sort of win
+ * rows: each level takes the highest bits where the rows' times still differ (the starts;
+ * rows whose starts are all equal, the ends), as many as make about one row per bucket
+ * (at most SORT_BITS), moves the rows into their buckets and sorts each bucket the same
+ * way; a bucket of SORT_SMALL rows or fewer is insertion-sorted where it lies.  So the
+ * rows are moved about twice, the second time within a bucket that fits in cache, and
+ * windows with equal starts come out in end order.  A level below the first knows its
+ * rows' range from its bucket (no pass to find it).  A level with n > SORT_SMALL rows
+ * takes at least 5 bits (bits_of(17)), or every bit left of its time: at most 13 levels
+ * for the starts and 13 for the ends, levels 0 .. 25. */
+#define SORT_BITS 11
+#define SORT_SIZE (1 << SORT_BITS)
+#define SORT_SMALL 16
+#define SORT_LEVELS 26
+
+static inline int win_before(const win *x, const win *y)
+{
+    return x->a_ns < y->a_ns || (x->a_ns == y->a_ns && x->b_ns < y->b_ns);
+}
+
+static void insertion_sort(win *x, int64_t n)
+{
     for (int64_t i = 1; i < n; i++) {
-        lo = a[i].a_ns < lo ? a[i].a_ns : lo;
-        hi = a[i].a_ns > hi ? a[i].a_ns : hi;
+        win v = x[i];
+        int64_t j = i;
+        for (; j > 0 && win_before(&v, &x[j - 1]); j--)
+            x[j] = x[j - 1];
+        x[j] = v;
     }
-    uint64_t range = (uint64_t)hi - (uint64_t)lo;
-    int bits = range ? 64 - __builtin_clzll(range) : 0;
-    int passes = (bits + RADIX_BITS - 1) / RADIX_BITS;
-    memset(count, 0, sizeof(int64_t) * RADIX_PASSES * RADIX_SIZE);
-    for (int64_t i = 0; i < n; i++) {
-        uint64_t key = (uint64_t)a[i].a_ns - (uint64_t)lo;
-        for (int p = 0; p < passes; p++)
-            count[p][(key >> (p * RADIX_BITS)) & (RADIX_SIZE - 1)]++;
+}
+
+/* The digit of a level: which time it reads (0: start, 1: end), the least value, the
+ * shift and width of the bits taken (width 0: every row has the same start and end). */
+typedef struct {
+    int by_end, shift, width;
+    int64_t lo;
+} digit;
+
+/* The digit for n rows whose times lie in lo + [0, 2^bits) (by_end: the ends; else the
+ * starts, which differ unless bits == 0). */
+static digit level_digit(int64_t n, int by_end, int64_t lo, int bits)
+{
+    int width = bits_of((uint64_t)n);
+    width = width > SORT_BITS ? SORT_BITS : width;
+    width = width > bits ? bits : width;
+    return (digit){by_end, bits - width, width, lo};
+}
+
+static inline int64_t digit_of(const digit *d, const win *x)
+{
+    return (int64_t)(((uint64_t)(d->by_end ? x->b_ns : x->a_ns) - (uint64_t)d->lo) >> d->shift);
+}
+
+/* The end digit of rows with one start: from their least and greatest end. */
+static digit end_digit(const win *x, int64_t n)
+{
+    int64_t lo = x[0].b_ns, hi = lo;
+    for (int64_t i = 1; i < n; i++) {
+        lo = x[i].b_ns < lo ? x[i].b_ns : lo;
+        hi = x[i].b_ns > hi ? x[i].b_ns : hi;
     }
-    win *src = a, *dst = tmp;
-    for (int p = 0; p < passes; p++) {
-        int shift = p * RADIX_BITS;
-        if (count[p][(((uint64_t)src[0].a_ns - (uint64_t)lo) >> shift) & (RADIX_SIZE - 1)] == n)
-            continue; /* every key has the same digit here */
-        bucket_starts(count[p]);
-        for (int64_t i = 0; i < n; i++) {
-            uint64_t key = (uint64_t)src[i].a_ns - (uint64_t)lo;
-            dst[count[p][(key >> shift) & (RADIX_SIZE - 1)]++] = src[i];
+    return level_digit(n, 1, lo, bits_of((uint64_t)hi - (uint64_t)lo));
+}
+
+/* Move the n rows of x into the buckets of digit d (y: scratch of n rows) and sort each
+ * bucket where it lies: large ones by the next level, the rest by one insertion pass over
+ * all n (rows only move within their bucket).  count[level]: this level's histogram. */
+static void sort_level(win *x, win *y, int64_t n, digit d, int64_t (*count)[SORT_SIZE], int level);
+
+/* Sort the n rows of x by (start, end) where they lie, given their times in lo + [0,
+ * 2^bits) of the time d says; y: scratch of n rows; count: SORT_LEVELS histograms (all
+ * borrowed). */
+static void sort_rows(win *x, win *y, int64_t n, digit d, int64_t (*count)[SORT_SIZE], int level)
+{
+    if (!d.by_end && d.width == 0)
+        d = end_digit(x, n); /* one start: by end */
+    if (d.width == 0)
+        return; /* all alike: any order is sorted */
+    sort_level(x, y, n, d, count, level);
+}
+
+static void sort_level(win *x, win *y, int64_t n, digit d, int64_t (*count)[SORT_SIZE], int level)
+{
+    int64_t size = (int64_t)1 << d.width, *c = count[level];
+    memset(c, 0, sizeof(int64_t) * (size_t)size);
+    for (int64_t i = 0; i < n; i++)
+        c[digit_of(&d, &x[i])]++;
+    bucket_starts(c, size);
+    for (int64_t i = 0; i < n; i++)
+        y[c[digit_of(&d, &x[i])]++] = x[i]; /* c[k] ends at bucket k's end */
+    memcpy(x, y, sizeof(win) * (size_t)n);
+    for (int64_t k = 0, off = 0; k < size; off = c[k++]) {
+        int64_t m = c[k] - off;
+        if (m > SORT_SMALL)
+            sort_rows(x + off, y + off, m, level_digit(m, d.by_end, d.lo + (int64_t)((uint64_t)k << d.shift), d.shift),
+                      count, level + 1);
+    }
+    insertion_sort(x, n);
+}
+
+/* Sorted rows off .. off + m - 1 of the whole (sort_windows): note whether their ends
+ * keep in order after *last_b, and each row's place at its window (row_of, when not
+ * NULL), while they are in cache. */
+static void finish_rows(const win *r, int64_t m, int64_t off, int64_t *last_b, int *ends_in_order, int32_t *row_of)
+{
+    int in_order = *ends_in_order;
+    int64_t b = *last_b;
+    for (int64_t i = 0; i < m; i++) {
+        in_order &= r[i].b_ns >= b;
+        b = r[i].b_ns;
+        if (row_of)
+            row_of[r[i].w] = (int32_t)(off + i);
+    }
+    *ends_in_order = in_order;
+    *last_b = b;
+}
+
+/* The caller's in-range windows into rows, sorted by (start, end), or (ends != 0) as
+ * rows {end, end, w} sorted by end.  The first level reads the caller's rows directly
+ * into their buckets; each bucket is then sorted with a scratch as large as the largest
+ * (owned here: a few KB when the times spread, so it stays in cache).  lo/hi: least and
+ * greatest start and end of the in-range windows.  rows: n_in rows, count: SORT_LEVELS
+ * histograms, row_of: NULL or n_windows places, where row_of[w] becomes window w's row
+ * (n_in <= INT32_MAX) (all borrowed).  Returns whether the ends of the sorted rows are in
+ * order (1 or 0), or -1 (EP_ERR_NOMEM). */
+static int sort_windows(const events *q, int64_t n_windows, int ends, int64_t n_in, int64_t lo_a, int64_t hi_a,
+                        int64_t lo_b, int64_t hi_b, win *rows, int64_t (*count)[SORT_SIZE], int32_t *row_of)
+{
+    const int64_t *wn = q->windows_ns;
+    int oa = ends ? 1 : 0; /* where a row's first time comes from */
+    int64_t last_b = INT64_MIN;
+    int in_order = 1;
+    if (ends) {
+        lo_a = lo_b;
+        hi_a = hi_b;
+    }
+    digit d = lo_a == hi_a ? level_digit(n_in, 1, lo_b, bits_of((uint64_t)hi_b - (uint64_t)lo_b))
+                           : level_digit(n_in, 0, lo_a, bits_of((uint64_t)hi_a - (uint64_t)lo_a));
+    if (d.width == 0 || n_in <= SORT_SMALL) {
+        int64_t j = 0;
+        for (int64_t w = 0; w < n_windows; w++)
+            if (!window_outside(q, w))
+                rows[j++] = (win){wn[2 * w + oa], wn[2 * w + 1], w};
+        insertion_sort(rows, n_in);
+        finish_rows(rows, n_in, 0, &last_b, &in_order, row_of);
+        return in_order;
+    }
+    int64_t size = (int64_t)1 << d.width, *c = count[0];
+    memset(c, 0, sizeof(int64_t) * (size_t)size);
+    for (int64_t w = 0; w < n_windows; w++)
+        if (!window_outside(q, w)) {
+            win r = {wn[2 * w + oa], wn[2 * w + 1], w};
+            c[digit_of(&d, &r)]++;
         }
-        win *sw = src;
-        src = dst;
-        dst = sw;
+    int64_t most = 0;
+    for (int64_t k = 0; k < size; k++)
+        most = c[k] > most ? c[k] : most;
+    win *x = big_alloc(sizeof(win) * (size_t)most);
+    if (!x)
+        return -1;
+    bucket_starts(c, size);
+    for (int64_t w = 0; w < n_windows; w++)
+        if (!window_outside(q, w)) {
+            win r = {wn[2 * w + oa], wn[2 * w + 1], w};
+            rows[c[digit_of(&d, &r)]++] = r;
+        }
+    for (int64_t k = 0, off = 0; k < size; off = c[k++]) {
+        int64_t m = c[k] - off;
+        if (m > SORT_SMALL)
+            sort_rows(rows + off, x, m, level_digit(m, d.by_end, d.lo + (int64_t)((uint64_t)k << d.shift), d.shift),
+                      count, 1);
+        else
+            insertion_sort(rows + off, m);
+        finish_rows(rows + off, m, off, &last_b, &in_order, row_of);
     }
-    return src;
+    free(x);
+    return in_order;
 }
 
 /* Sort keys (n) by bits [shift, shift + bits) with an LSD radix sort (stable; the bits
@@ -759,7 +934,7 @@ static uint64_t *radix_sort_keys(uint64_t *a, uint64_t *tmp, int64_t n, int shif
         int sh = shift + p * RADIX_BITS;
         if (count[p][(src[0] >> sh) & (RADIX_SIZE - 1)] == n)
             continue; /* every key has the same digit here */
-        bucket_starts(count[p]);
+        bucket_starts(count[p], RADIX_SIZE);
         for (int64_t i = 0; i < n; i++)
             dst[count[p][(src[i] >> sh) & (RADIX_SIZE - 1)]++] = src[i];
         uint64_t *sw = src;
@@ -767,11 +942,6 @@ static uint64_t *radix_sort_keys(uint64_t *a, uint64_t *tmp, int64_t n, int shif
         dst = sw;
     }
     return src;
-}
-
-static int bits_of(uint64_t x)
-{
-    return x ? 64 - __builtin_clzll(x) : 0;
 }
 
 /* ------------------------------------------------------------------ entry points */
@@ -783,9 +953,9 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
     int rc = EP_OK;
     walk g;
     events q;
-    void *buf[3] = {NULL, NULL, NULL};   /* sorted rows: starts, ends, radix scratch (owned here) */
-    int64_t (*count)[RADIX_SIZE] = NULL; /* radix histograms (owned here) */
-    void *stage = NULL;                  /* staging rows of sorted ordered windows (owned here) */
+    void *buf[3] = {NULL, NULL, NULL}; /* staging rows, sorted start rows, sorted ends (owned here) */
+    int64_t (*count)[SORT_SIZE] = NULL;      /* sort histograms (owned here) */
+    staged *stage = NULL;                    /* staging rows of sorted ordered windows (in buf[0]) */
     memset(&g, 0, sizeof g);
     memset(&q, 0, sizeof q);
     if (detail && detail_len)
@@ -821,12 +991,21 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
     /* Windows outside get their answer now; note the order and span of the others. */
     int64_t n_in = 0, prev_a = INT64_MIN, prev_b = INT64_MIN;
     int64_t min_a = INT64_MAX, max_a = INT64_MIN, min_b = INT64_MAX, max_b = INT64_MIN;
-    int sorted_a = 1, sorted_b = 1;
+    /* ties_only (read when the starts are in order): each end >= every end of the runs of
+     * equal starts before its own */
+    int64_t run_max_b = INT64_MIN, before_max_b = INT64_MIN;
+    int sorted_a = 1, sorted_b = 1, ties_only = 1;
     for (int64_t w = 0; w < n_windows; w++) {
         int64_t a = windows_ns[2 * w], b = windows_ns[2 * w + 1];
         if (!window_outside(&q, w)) {
             sorted_a &= a >= prev_a;
             sorted_b &= b >= prev_b;
+            if (a != prev_a) {
+                before_max_b = run_max_b > before_max_b ? run_max_b : before_max_b;
+                run_max_b = b;
+            }
+            run_max_b = b > run_max_b ? b : run_max_b;
+            ties_only &= b >= before_max_b;
             prev_a = a;
             prev_b = b;
             min_a = a < min_a ? a : min_a;
@@ -843,77 +1022,37 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
     }
     if (n_samples == 0)
         goto error; /* rc == EP_OK: every window is outside */
-    /* Windows not in order are sorted: as packed keys (time offset, window index) when
-     * both fit 64 bits, else as win copies. */
-    q.wbits = bits_of((uint64_t)(n_windows - 1));
-    q.wmask = q.wbits ? (~0ull >> (64 - q.wbits)) : 0;
-    int bits_a = bits_of((uint64_t)max_a - (uint64_t)min_a), bits_b = bits_of((uint64_t)max_b - (uint64_t)min_b);
-    int packed = bits_a + q.wbits <= 64 && bits_b + q.wbits <= 64;
-    q.t0_a = min_a;
-    q.t0_b = min_b;
-    if (!sorted_a || !sorted_b) {
-        size_t item = packed ? sizeof(uint64_t) : sizeof(win);
-        for (int k = 0; k < 3; k++) {
-            buf[k] = big_alloc(item * (size_t)n_in);
-            if (!buf[k]) {
-                rc = EP_ERR_NOMEM;
-                goto error;
-            }
-        }
-        count = malloc(sizeof(int64_t) * RADIX_PASSES * RADIX_SIZE);
-        if (!count) {
+    /* Windows not in order are sorted by start, then end (win rows).  Starts already in
+     * order whose ends are out of order only within runs of equal starts are sorted too:
+     * in (start, end) order their ends come in order. */
+    int sort_starts = !sorted_a || (!sorted_b && ties_only);
+    int32_t *row_of = NULL; /* each window's sorted row, in samples_in_window (borrowed) */
+    if (sort_starts) {
+        /* buf[1]: the sorted rows */
+        buf[1] = big_alloc(sizeof(win) * (size_t)n_in);
+        count = malloc(sizeof(int64_t) * SORT_LEVELS * SORT_SIZE);
+        if (!buf[1] || !count) {
             rc = EP_ERR_NOMEM;
             goto error;
         }
-    }
-    void *spare = buf[2];
-    if (!sorted_a) {
-        /* rows in start order; if the ends then come in order too, the stream is ordered */
-        int64_t j = 0;
-        if (packed) {
-            uint64_t *keys = buf[0];
-            for (int64_t w = 0; w < n_windows; w++)
-                if (!window_outside(&q, w))
-                    keys[j++] = ((uint64_t)windows_ns[2 * w] - (uint64_t)min_a) << q.wbits | (uint64_t)w;
-            q.keys = radix_sort_keys(keys, buf[2], n_in, q.wbits, bits_a, count);
-            spare = q.keys == buf[0] ? buf[2] : buf[0];
-            q.mode = ROWS_KEYS;
-        } else {
-            win *rows = buf[0];
-            for (int64_t w = 0; w < n_windows; w++)
-                if (!window_outside(&q, w))
-                    rows[j++] = (win){windows_ns[2 * w], windows_ns[2 * w + 1], w};
-            q.copy = radix_sort(rows, buf[2], n_in, count);
-            spare = q.copy == buf[0] ? buf[2] : buf[0];
-            q.mode = ROWS_COPY;
+        /* each window's row goes where its count will (read back if the rows are staged) */
+        row_of = n_in <= INT32_MAX ? samples_in_window : NULL;
+        sorted_b = sort_windows(&q, n_windows, 0, n_in, min_a, max_a, min_b, max_b, buf[1], count, row_of);
+        if (sorted_b < 0) {
+            rc = EP_ERR_NOMEM;
+            goto error;
         }
+        q.copy = buf[1];
+        q.mode = ROWS_COPY;
         q.n = n_in;
-        if (q.mode == ROWS_KEYS) {
-            /* the end of each row, gathered once (the walk then reads it in order) */
-            q.row_end = big_alloc(sizeof(int64_t) * (size_t)n_in);
-            if (!q.row_end) {
-                rc = EP_ERR_NOMEM;
-                goto error;
-            }
-            for (int64_t k = 0; k < n_in; k++) {
-                if (k + PREFETCH_AHEAD < n_in)
-                    __builtin_prefetch(windows_ns + 2 * row_w(&q, k + PREFETCH_AHEAD) + 1, 0);
-                q.row_end[k] = windows_ns[2 * row_w(&q, k) + 1];
-            }
-        }
-        sorted_b = 1;
-        for (int64_t k = 1; k < n_in && sorted_b; k++)
-            sorted_b = row_b(&q, k) >= row_b(&q, k - 1);
     }
     q.ordered = sorted_b;
-    double *stage_e = NULL; /* staging rows (owned here, inside stage) */
-    if (q.ordered && q.mode != ROWS_CALLER) {
-        stage = big_alloc((sizeof(double) * EP_NDOMAINS + sizeof(uint32_t) + sizeof(int32_t)) * (size_t)n_in);
+    if (q.ordered && sort_starts) {
+        stage = buf[0] = big_alloc(sizeof(staged) * (size_t)n_in);
         if (!stage) {
             rc = EP_ERR_NOMEM;
             goto error;
         }
-        stage_e = stage;
     }
     if (q.ordered) {
         q.ring = malloc(sizeof(open_start) * 64);
@@ -923,21 +1062,38 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
         }
         q.ring_mask = 63;
     } else {
-        /* ends sorted apart; each start leaves F in the energy row and (le, lt) here */
-        int64_t j = 0;
-        if (packed) {
-            uint64_t *keys = buf[1];
+        /* ends sorted apart, as packed keys (end offset, window index) when both fit 64
+         * bits, else as rows.  Each start leaves its F in the energy row and (le, lt) here. */
+        q.wbits = bits_of((uint64_t)(n_windows - 1));
+        q.wmask = q.wbits ? (~0ull >> (64 - q.wbits)) : 0;
+        q.t0_b = min_b;
+        int bits_b = bits_of((uint64_t)max_b - (uint64_t)min_b);
+        if (bits_b + q.wbits <= 64) {
+            uint64_t *keys = buf[2] = big_alloc(2 * sizeof(uint64_t) * (size_t)n_in);
+            if (!keys) {
+                rc = EP_ERR_NOMEM;
+                goto error;
+            }
+            if (!count && !(count = malloc(sizeof(int64_t) * SORT_LEVELS * SORT_SIZE))) { /* > RADIX_PASSES * RADIX_SIZE */
+                rc = EP_ERR_NOMEM;
+                goto error;
+            }
+            int64_t j = 0;
             for (int64_t w = 0; w < n_windows; w++)
                 if (!window_outside(&q, w))
                     keys[j++] = ((uint64_t)windows_ns[2 * w + 1] - (uint64_t)min_b) << q.wbits | (uint64_t)w;
-            q.end_keys = radix_sort_keys(keys, spare, n_in, q.wbits, bits_b, count);
+            q.end_keys = radix_sort_keys(keys, keys + n_in, n_in, q.wbits, bits_b, (int64_t(*)[RADIX_SIZE])count);
             q.ends_mode = ROWS_KEYS;
         } else {
-            win *rows = buf[1];
-            for (int64_t w = 0; w < n_windows; w++)
-                if (!window_outside(&q, w))
-                    rows[j++] = (win){windows_ns[2 * w + 1], windows_ns[2 * w + 1], w};
-            q.end_copy = radix_sort(rows, spare, n_in, count);
+            buf[2] = big_alloc(sizeof(win) * (size_t)n_in);
+            if (!count)
+                count = malloc(sizeof(int64_t) * SORT_LEVELS * SORT_SIZE);
+            if (!buf[2] || !count ||
+                sort_windows(&q, n_windows, 1, n_in, min_a, max_a, min_b, max_b, buf[2], count, NULL) < 0) {
+                rc = EP_ERR_NOMEM;
+                goto error;
+            }
+            q.end_copy = buf[2];
             q.ends_mode = ROWS_COPY;
         }
         q.n_ends = n_in;
@@ -949,9 +1105,10 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
     }
     g.s = samples;
     g.n = n_samples;
-    g.energy_j = stage_e ? stage_e : energy_j;
-    g.flags = stage_e ? (uint32_t *)(stage_e + EP_NDOMAINS * n_in) : flags;
-    g.samples_in_window = stage_e ? (int32_t *)(g.flags + n_in) : samples_in_window;
+    g.energy_j = energy_j;
+    g.flags = flags;
+    g.samples_in_window = samples_in_window;
+    g.stage = stage;
     g.nan_units.n_units = g.interval ? n_samples : n_samples - 1;
     g.gap_after.n_units = g.nan_units.n_units;
     unsigned measured = 0;
@@ -972,18 +1129,36 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
         if (!g.redo)
             break;
     }
-    if (stage_e) {
-        for (int64_t k = 0; k < n_in; k++) {
-            int64_t w = row_w(&q, k);
-            if (k + PREFETCH_AHEAD < n_in) {
-                int64_t wn = row_w(&q, k + PREFETCH_AHEAD);
-                __builtin_prefetch(energy_j + wn * EP_NDOMAINS, 1);
-                __builtin_prefetch(flags + wn, 1);
-                __builtin_prefetch(samples_in_window + wn, 1);
+#if defined(__SSE2__)
+    if (stage)
+        _mm_sfence(); /* the streamed records are complete before they are read */
+#endif
+    if (stage) {
+        /* Every window's results read from its staging row (the sort left the row where
+         * the count goes, or it is found now): reads from random places cost less than
+         * writes to them. */
+        int64_t *row64 = NULL;
+        if (!row_of) {
+            if (!(row64 = buf[2] = big_alloc(sizeof(int64_t) * (size_t)n_windows))) {
+                rc = EP_ERR_NOMEM;
+                goto error;
             }
-            memcpy(energy_j + w * EP_NDOMAINS, stage_e + k * EP_NDOMAINS, sizeof(double) * EP_NDOMAINS);
-            flags[w] = g.flags[k];
-            samples_in_window[w] = g.samples_in_window[k];
+            memset(row64, 0, sizeof(int64_t) * (size_t)n_windows); /* outside windows: row 0, as row_of */
+            for (int64_t k = 0; k < n_in; k++)
+                row64[q.copy[k].w] = k;
+        }
+        int all_in = n_in == n_windows;
+        for (int64_t w = 0; w < n_windows; w++) {
+            if (w + PULL_AHEAD < n_windows) { /* an outside window's row is 0 (its count) */
+                int64_t kn = row_of ? row_of[w + PULL_AHEAD] : row64[w + PULL_AHEAD];
+                __builtin_prefetch(&stage[kn], 0);
+            }
+            if (!all_in && window_outside(&q, w))
+                continue;
+            int64_t k = row_of ? row_of[w] : row64[w];
+            memcpy(energy_j + w * EP_NDOMAINS, stage[k].energy_j, sizeof(double) * EP_NDOMAINS);
+            flags[w] = stage[k].flags;
+            samples_in_window[w] = stage[k].samples_in_window;
         }
     }
     {
@@ -1001,9 +1176,7 @@ error:
     for (int k = 0; k < 3; k++)
         free(buf[k]);
     free(count);
-    free(stage);
     free(q.ring);
-    free(q.row_end);
     free(q.start_le_lt);
     bitrank_free(&g.nan_units);
     bitrank_free(&g.gap_after);

@@ -44,14 +44,17 @@
  * order (an endpoint when the walk reaches the first knot after it), so every sample
  * is read once and nothing per sample is kept.  Windows whose starts and ends are both
  * non-decreasing (adjacent or non-overlapping ones) are streamed in place: O(N + M),
- * scratch for the open windows only.  Any other order is first radix-sorted by start
- * (8-byte keys: time offset and window index; 24-byte copies when those do not fit 64
- * bits); if the ends then come in order the results are staged in that order and moved
- * to the windows' rows at the end (about 80 bytes of scratch per window), else the
- * ends are sorted too and each start leaves its F in the window's row (about 40 bytes
- * per window).  NaN/gap ranks take n/7 bytes, only when there are any.  Should a domain
- * first turn non-NaN after some window has ended, the walk is done a second time with
- * the measured domains known.  Results never depend on the order of the windows.
+ * scratch for the open windows only.  Any other order (and starts in order whose ends
+ * are out of order only among equal starts) is first sorted by (start, end) with an
+ * MSD radix sort of 24-byte window copies (the first level straight from the caller's
+ * rows, each bucket then in cache).  If the ends then come in order, the results are
+ * staged as one 64-byte line per window in sorted order and moved to the windows' rows
+ * after the walk, each window reading its line (about 90 bytes of scratch per window);
+ * else the ends are sorted too (8-byte keys: time offset and window index; copies when
+ * those do not fit 64 bits) and each start leaves its F in the window's row.  NaN/gap
+ * ranks take n/7 bytes, only when there are any.  Should a domain first turn non-NaN
+ * after some window has ended, the walk is done a second time with the measured domains
+ * known.  Results never depend on the order of the windows.
  */
 #ifndef EP_INTEGRATE_H
 #define EP_INTEGRATE_H
