@@ -24,7 +24,7 @@ from typing import List, Optional, Union
 import numpy as np
 
 from .. import _core
-from .._dtypes import DEVICE_SAMPLE_DTYPE
+from .._dtypes import DEVICE_SAMPLE_DTYPE, concat_records
 from . import devices as _devices
 from . import sources as _sources
 
@@ -146,7 +146,7 @@ class Sampler:
             if len(per_device):
                 self._device_chunks.append(per_device)
                 if len(self._device_chunks) >= 256:
-                    self._device_chunks = [np.concatenate(self._device_chunks)]
+                    self._device_chunks = [concat_records(self._device_chunks)]
             if len(chunk):
                 self._chunks.append(chunk)
                 self._n += len(chunk)
@@ -156,7 +156,7 @@ class Sampler:
 
     def _join_chunks(self) -> None:
         """Fold the drained chunks into ``_all`` (the caller holds ``_lock``)."""
-        self._all = np.concatenate([self._all, *self._chunks])
+        self._all = concat_records([self._all, *self._chunks])
         self._chunks = []
 
     def _warn_problems(self) -> None:
@@ -201,7 +201,7 @@ class Sampler:
             if not self._device_chunks:
                 return np.zeros(0, DEVICE_SAMPLE_DTYPE)
             if len(self._device_chunks) > 1:
-                self._device_chunks = [np.concatenate(self._device_chunks)]
+                self._device_chunks = [concat_records(self._device_chunks)]
             return self._device_chunks[0]
 
     @property
@@ -228,7 +228,7 @@ class Sampler:
                 start = end
             if not parts:
                 return np.zeros(0, _core.SAMPLE_DTYPE)
-            return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
+            return concat_records(parts)
 
     # ------------------------------------------------------------------ state
     @property
