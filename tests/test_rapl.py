@@ -244,6 +244,46 @@ def test_ep_run_tiny_model_exact(tmp_path):
     assert s.summary()["energy_j"] > 0
 
 
+def test_ep_run_reads_the_counter_update_period_from_the_metadata_parsed_once(tmp_path, monkeypatch):
+    """A counter stated to update every 40 ms (update_ms=40) but written every 0.5 ms: the run
+    judges its rows by the stated 40 ms (longer than any standstill it saw), read from the
+    source's meta_json, which the session parses once (into summary()["source_meta"]).
+    Oracle: the update_ms given."""
+    import torch
+
+    from energyprof.measure import session as session_mod
+    from energyprof.tiny import tiny_model
+
+    t = Tree(tmp_path)
+    t.zone("intel-rapl:0", "package-0", 0)
+    stop = threading.Event()
+    total = {"uj": 0}
+
+    def writer():
+        while not stop.is_set():
+            total["uj"] += 1234
+            t.set("intel-rapl:0", total["uj"])
+            time.sleep(0.0005)
+
+    parsed = []
+    real = session_mod._json_or_empty
+    monkeypatch.setattr(session_mod, "_json_or_empty", lambda text: parsed.append(text) or real(text))
+    model = tiny_model("tiny-llama")
+    th = threading.Thread(target=writer)
+    th.start()
+    try:
+        with ep.run(model, source=f"rapl:root={tmp_path},update_ms=40", baseline_s=0, save=False,
+                    interval_ms=5) as s:
+            model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
+    finally:
+        stop.set()
+        th.join()
+    summary = s.summary()
+    assert summary["source_meta"]["counter_update_ms"] == 40
+    assert summary["boundary_reads"]["counter_update_period_s"] == pytest.approx(0.040)
+    assert len(parsed) == 1
+
+
 def test_missing_tree_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no powercap tree at /no/such/powercap"):
         _core.SourceDriver("rapl", {"root": "/no/such/powercap"})

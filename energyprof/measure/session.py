@@ -1044,7 +1044,9 @@ class Session(RunData):
         # The longest the counter was seen standing still, or what the source says of its
         # hardware (rapl's update_ms) where that is longer: a counter read more seldom than
         # it updates never shows its period.
-        nominal_s = float(_json_or_empty(getattr(self._sampler, "meta_json", "")).get("counter_update_ms") or 0) * 1e-3
+        # (the source's meta_json, parsed once into the run's metadata on enter: the sources
+        # write it when created and started, never while they poll)
+        nominal_s = float(self._meta["source_meta"].get("counter_update_ms") or 0) * 1e-3
         period_s = max(counter_update_period_s(samples), self._sampler.counter_still_ns * 1e-9, nominal_s)
         self._counter_update_period_s = period_s
         for rows in (att.sections, att.tokens, calls):
