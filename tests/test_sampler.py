@@ -450,3 +450,27 @@ def test_concat_records_matches_numpy_concatenate():
         concat_records([])
     plain = [np.arange(3.0), np.arange(2.0)]
     np.testing.assert_array_equal(concat_records(plain), np.arange(3.0).tolist() + np.arange(2.0).tolist())
+
+
+def test_start_without_waiting_and_stop_asked_for_early():
+    """Sampler.start(wait=False) + wait_started() and request_stop() + stop() give the same
+    kind of series as start() / stop(): contiguous samples of the synthetic 7 W, the last one
+    final; a stop straight after start(wait=False) finishes the start itself and never hangs."""
+    s = ep.Sampler("synthetic:power_w=7,period_ms=1")
+    s.start(wait=False)
+    s.wait_started()
+    s.wait_started()                  # nothing left to wait for
+    assert s.running
+    deadline = time.monotonic() + 30
+    while s.n_samples + s._core.stats()["pending"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    s.request_stop()
+    x = s.stop()
+    assert len(x) >= 3 and (x["cpu_w"] == 7.0).all()
+    assert (x["t_start_ns"][1:] == x["t_end_ns"][:-1]).all()
+    final = (x["flags"] & _core.SFLAG_FINAL) != 0
+    assert final[-1] and not final[:-1].any()
+    for _ in range(50):
+        s.start(wait=False)
+        s.stop()
+    assert not s.running

@@ -272,7 +272,12 @@ class Session(RunData):
                 self._sampler.supports_boundary and self._sampler.supports_sync):
             raise ValueError(f"boundary_reads='sync' needs a counter that moves in updates and can be waited on "
                              f"(rapl); the source {self._source.kind!r} has none: use boundary_reads=True")
-        self._sampler.start()
+        # One process: the thread starts the source while the hooks go on (wait_started()
+        # below, before anything reads the source's metadata or the run's start time).
+        if self._dist is None:
+            self._sampler.start(wait=False)
+        else:
+            self._sampler.start()
         if self._dist is not None:
             from .distributed import exchange_clocks
 
@@ -281,6 +286,8 @@ class Session(RunData):
         self._baseline = None
         self._settle_s = 0.0
         if self.baseline_s > 0:
+            if self._dist is None:
+                self._sampler.wait_started()
             # Let the source settle for one sample period (at most SETTLE_MAX_S) before the
             # baseline: a sensor's first reading after it starts is often off.
             self._settle_s = min(self._sampler.interval_ns * 1e-9, SETTLE_MAX_S)
@@ -344,6 +351,8 @@ class Session(RunData):
                 self._router.install()
             self._wrap_generate()
 
+        if self._dist is None:
+            self._sampler.wait_started()   # the source's start errors raise here (the hooks come off again)
         if self.save and (self._dist is None or self._dist.rank == 0):   # rank 0 saves a multi-rank run
             from ..store.db import Store
 
@@ -875,6 +884,10 @@ class Session(RunData):
     def __exit__(self, exc_type, exc, tb) -> bool:
         t_end_ns = _core.now_ns()
         try:
+            if self._dist is None and not (self.post_baseline_s > 0 and exc_type is None):
+                # Nothing is sampled after the block but a drift check or the other ranks:
+                # the thread takes its final sample (after t_end_ns) while the hooks come off.
+                self._sampler.request_stop()
             self._teardown_hooks()
             self._post_baseline = None
             if self.post_baseline_s > 0 and exc_type is None:
