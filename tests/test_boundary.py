@@ -194,3 +194,14 @@ def test_module_doctest_runs():
     import energyprof.measure.boundary as mod
 
     assert doctest.testmod(mod).failed == 0
+
+
+def test_session_median_matches_numpy():
+    """session._median (the tokens' median edge-bound share) against np.median."""
+    from energyprof.measure.session import _median
+
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 3, 4, 17, 64):
+        x = rng.normal(size=n)
+        assert _median(x) == float(np.median(x))
+    assert _median(np.array([1.0, 3.0])) == 2.0 and _median(np.array([5.0, 1.0, 3.0])) == 3.0
