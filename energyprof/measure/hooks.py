@@ -266,8 +266,9 @@ class HookSet:
             except Exception as e:  # keep removing the others
                 errors.append(e)
         # Reverse order, so a module wrapped twice gets its original forward back.
-        while self._wrapped:
-            module, previous = self._wrapped.pop()
+        wrapped, self._wrapped = self._wrapped, []
+        for k in range(len(wrapped) - 1, -1, -1):
+            module, previous = wrapped[k]
             try:
                 _restore_forward(module, previous)
             except Exception as e:
