@@ -10,6 +10,17 @@ from energyprof.measure.attribution import Forward, SpanInfo, UserSection, attri
 MS = 1_000_000
 
 
+@pytest.fixture(autouse=True, params=[None, 1, 2], ids=["one-piece", "piece-1", "piece-2"])
+def piece_calls(request, monkeypatch):
+    """Every hand-worked case here also runs with the calls built in pieces of 1 and 2 calls
+    (attribution.PIECE_CALLS), so the pieces must not change a single figure."""
+    from energyprof.measure import attribution
+
+    if request.param is not None:
+        monkeypatch.setattr(attribution, "PIECE_CALLS", request.param)
+    return request.param
+
+
 def interval_samples(t0, t1, period, power_fn, domain="cpu_w"):
     """Contiguous interval samples whose power is the exact average of power_fn over each interval."""
     edges = np.arange(t0, t1 + period, period, dtype=np.int64)

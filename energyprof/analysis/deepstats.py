@@ -110,29 +110,46 @@ def layer_component_matrix(run: Any, metric: str = "energy_j") -> Dict[str, Any]
     if len(c) == 0 or not np.any(c["layer"] >= 0):
         raise ValueError("the run has no per-layer component calls (recorded with mode='minimal'?)")
     c = c[c["layer"] >= 0]
-    layers = sorted(int(v) for v in np.unique(c["layer"]))
-    comps = component_order(np.unique(c["component"]).tolist())
-    z = np.full((len(layers), len(comps)), np.nan)
-    rs = np.full_like(z, np.nan)
-    ratios = _ratio_lookup(run) if metric in ("kill_ratio", "variance_ratio") else {}
-    for i, layer in enumerate(layers):
-        for j, comp in enumerate(comps):
-            sel = c[(c["layer"] == layer) & (c["component"] == comp)]
-            if not len(sel):
-                continue
-            rs[i, j] = float(np.mean(sel["resolved"]))
-            if metric in ("energy_j", "duration_s"):
-                z[i, j] = float(sel[metric].sum())
-            elif metric == "power_w":
-                d = float(sel["duration_s"].sum())
-                z[i, j] = float(sel["energy_j"].sum()) / d if d > 0 else np.nan
-            elif metric in ratios or metric in ("kill_ratio", "variance_ratio"):
-                z[i, j] = ratios.get((layer, comp), {}).get(metric, np.nan)
+    layer_vals, li = np.unique(c["layer"], return_inverse=True)
+    names, ni = np.unique(c["component"], return_inverse=True)
+    layers = [int(v) for v in layer_vals]
+    comps = component_order(names.tolist())
+    col_of = np.asarray([comps.index(str(n)) for n in names], dtype=np.int64)
+    n_cells = len(layers) * len(comps)
+    cell = li.reshape(-1).astype(np.int64) * len(comps) + col_of[ni.reshape(-1)]   # one grouping, every metric
+    count = np.bincount(cell, minlength=n_cells).astype(np.float64)
+    has = count > 0
+
+    def per_cell(values: np.ndarray) -> np.ndarray:
+        return np.bincount(cell, weights=np.asarray(values, np.float64), minlength=n_cells)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rs = np.where(has, per_cell(c["resolved"]) / np.maximum(count, 1), np.nan)
+        if metric in ("energy_j", "duration_s"):
+            z = np.where(has, per_cell(c[metric]), np.nan)   # a NaN call makes its cell NaN, as a sum does
+        elif metric == "power_w":
+            d = per_cell(c["duration_s"])
+            z = np.where(has & (d > 0), per_cell(c["energy_j"]) / np.where(d > 0, d, 1.0), np.nan)
+        elif metric in ("kill_ratio", "variance_ratio"):
+            ratios = _ratio_lookup(run)
+            z = np.full(n_cells, np.nan)
+            for k in np.flatnonzero(has):
+                z[k] = ratios.get((layers[k // len(comps)], comps[k % len(comps)]), {}).get(metric, np.nan)
+        elif metric in c.dtype.names:
+            v = np.asarray(c[metric], float)
+            ok = np.isfinite(v)
+            if metric == "act_max":
+                z = np.full(n_cells, -np.inf)
+                np.maximum.at(z, cell[ok], v[ok])
+                z[np.isinf(z) & (z < 0)] = np.nan
             else:
-                v = np.asarray(sel[metric], float) if metric in sel.dtype.names else np.zeros(0)
-                v = v[np.isfinite(v)]
-                if len(v):
-                    z[i, j] = float(v.max()) if metric == "act_max" else float(v.mean())
+                n_ok = np.bincount(cell[ok], minlength=n_cells)
+                z = np.where(n_ok > 0, np.bincount(cell[ok], weights=v[ok], minlength=n_cells) / np.maximum(n_ok, 1),
+                             np.nan)
+        else:
+            z = np.full(n_cells, np.nan)
+    z = z.reshape(len(layers), len(comps))
+    rs = rs.reshape(len(layers), len(comps))
     unit, how = METRICS[metric]
     return {"layers": layers, "components": comps, "value": z, "resolved_share": rs, "metric": metric,
             "unit": unit, "how": how}

@@ -31,7 +31,7 @@ rows touching it NaN (``FLAG_GAP``) while sections keep the interpolated figure,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from .. import _core
 from .._dtypes import (CALL_DTYPE, DOMAINS, EVENT_DTYPE, SECTION_DTYPE, TOKEN_DTYPE, flag_names, measured_domains, total_of,
                        total_rule)
 from ..store.quality import period_text, resolution_summary
-from .integrate import MAX_BRIDGE_PERIODS, _period_s, integrate_bridged
+from .integrate import MAX_BRIDGE_PERIODS, PieceIntegrator, _period_s
 
 _DOMAIN_COLS = [f"{d}_j" for d in DOMAINS]
 _SAMPLE_COLS = [f"{d}_w" for d in DOMAINS]
@@ -79,8 +79,11 @@ class UserSection:
 class Attribution:
     sections: np.ndarray
     tokens: np.ndarray
-    calls: np.ndarray
+    calls: np.ndarray           #: empty when a ``calls_sink`` took them
     summary: dict = field(default_factory=dict)
+    n_calls: int = 0            #: calls built (held in ``calls``, or handed to the sink)
+    span_ids: Optional[np.ndarray] = None   #: hook span id of each row of ``calls`` (int32; None with a sink)
+    n_pieces: int = 0           #: pieces they were built in
 
 
 def sample_period_s(samples: np.ndarray, nominal_s: Optional[float] = None) -> float:
@@ -113,6 +116,10 @@ def pair_events(events: np.ndarray, n_spans: int) -> tuple[np.ndarray, np.ndarra
         order = np.lexsort((end_pos, -ends, begins))
         spans, begins, ends = spans[order], begins[order], ends[order]
     return spans, begins, ends
+
+
+#: Calls built at once by :func:`attribute` (about 80 MB of rows and work arrays).
+PIECE_CALLS: int = 1 << 17
 
 
 def _put(rows: np.ndarray, cols: dict) -> None:
@@ -171,8 +178,19 @@ def attribute(
     baseline: Optional[tuple[int, int]] = None,
     post_baseline: Optional[tuple[int, int]] = None,
     nominal_period_s: Optional[float] = None,
+    calls_sink: Optional[Callable[[np.ndarray], None]] = None,
+    piece_calls: Optional[int] = None,
 ) -> Attribution:
     """Integrate every window of a run and build its sections, tokens and calls.
+
+    The calls are built in pieces of about ``piece_calls`` (cut between hook events where no
+    call is open, so every call and its parent fall in one piece), each integrated against
+    only the samples around it: memory above the input follows the piece, not the run
+    (``piece_calls`` None: :data:`PIECE_CALLS`).
+    With ``calls_sink`` each piece (``CALL_DTYPE``, ``call_id`` numbering the whole run) is
+    handed to it in time order and ``Attribution.calls`` stays empty (a long run's calls go
+    to the store without being held at once); without, the pieces are joined into
+    ``Attribution.calls``.
 
     ``spans[i]`` describes hook span id ``i`` (span ids whose ``layer``/``component``
     are for the top-level forward are excluded by the caller).  ``baseline`` is the
@@ -183,10 +201,8 @@ def attribute(
     """
     measured = measured_domains(samples)
     segs, slots = _phase_windows(forwards, t_start_ns, t_end_ns)
-    span_ids, c_begin, c_end = pair_events(events, len(spans)) if len(events) else (
-        np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
-    # One integrate call for every window: run, baseline, phases, user sections, tokens, calls.
+    # One integrate call for the run's own windows: run, baseline, phases, user sections, tokens.
     wins = [(t_start_ns, t_end_ns)]
     i_base = len(wins)
     if baseline is not None:
@@ -201,24 +217,10 @@ def attribute(
     decode_slots = [s for s in slots if not s[4]]
     i_tok = len(wins)
     wins += [(s, e) for s, e, _, _, _ in decode_slots]
-    i_call = len(wins)
-    windows = np.empty((len(wins) + len(span_ids), 2), dtype=np.int64)
-    windows[:i_call] = np.asarray(wins, dtype=np.int64).reshape(-1, 2)
-    windows[i_call:, 0] = c_begin
-    windows[i_call:, 1] = c_end
-    bridged = None
-    if len(samples):
-        ig = integrate_bridged(samples, windows)
-        dom_j, win_flags, n_in, bridged = ig.energy_j, ig.flags, ig.samples_in_window, ig.bridged
-        # A token or call touching a long hole is unknown: the interpolation there is a
-        # guess at the scale of the whole gap, not of the row.  Sections keep it, flagged.
-        unknown = ig.long_gap.copy()
-        unknown[:i_tok] = False
-        dom_j[unknown] = np.nan
-    else:
-        dom_j = np.full((len(windows), len(DOMAINS)), np.nan)
-        n_in = np.zeros(len(windows), np.int32)
-        win_flags = np.full(len(windows), _core.WIN_OUTSIDE, np.uint32)
+    windows = np.asarray(wins, dtype=np.int64).reshape(-1, 2)
+    integ = PieceIntegrator(samples) if len(samples) else None
+    dom_j, win_flags, n_in = _integrated(integ, windows, unknown_from=i_tok)
+    bridged = integ.bridged if integ is not None else None
     tot_j = total_of(dom_j, measured)
     dur_s = (windows[:, 1] - windows[:, 0]) * 1e-9
 
@@ -230,17 +232,8 @@ def attribute(
         base_dom_w = dom_j[i_base] / bdur
     net_j = tot_j - base_power_w * dur_s
 
-    def window_cols(idx) -> dict:
-        cols = {"t_start_ns": windows[idx, 0], "t_end_ns": windows[idx, 1], "duration_s": dur_s[idx],
-                "energy_j": tot_j[idx]}
-        d = dom_j[idx]
-        for k, c in enumerate(_DOMAIN_COLS):
-            cols[c] = d[:, k]
-        cols.update(samples_in_window=n_in[idx], resolved=n_in[idx] > 0, flags=win_flags[idx])
-        return cols
-
     def fill(rows: np.ndarray, idx) -> None:
-        _put(rows, window_cols(idx))
+        _put(rows, _window_cols(windows[idx], dom_j[idx], tot_j[idx], n_in[idx], win_flags[idx]))
 
     # ---- sections: run (0), phases, user sections, baseline, post-run baseline
     n_user = len(user_sections)
@@ -277,44 +270,26 @@ def attribute(
         tokens["n_tokens"] = [s[3] for s in decode_slots]
         tokens["j_per_token"] = tokens["energy_j"] / np.maximum(tokens["n_tokens"], 1)
 
-    # ---- calls: every column computed first, then written in one pass over the rows
-    calls = np.zeros(len(span_ids), CALL_DTYPE)
-    if len(calls):
-        n_calls = len(calls)
-        call_energy = tot_j[i_call:]
-        # step: the forward slot containing the call's begin
-        slot_starts = np.asarray([s[0] for s in slots], dtype=np.int64)
-        slot_steps = np.asarray([s[2] for s in slots], dtype=np.int32)
-        pos = np.searchsorted(slot_starts, c_begin, side="right") - 1 if len(slots) else np.full(n_calls, -1)
-        steps = np.where(pos >= 0, slot_steps[np.maximum(pos, 0)] if len(slots) else -1, -1).astype(np.int32)
-        # call index within (span, step)
-        # (the k-th call of its span in its step, in begin order: rank within the (span, step) group)
-        grp = np.lexsort((np.arange(n_calls), steps, span_ids))
-        new_grp = np.r_[True, (span_ids[grp][1:] != span_ids[grp][:-1]) | (steps[grp][1:] != steps[grp][:-1])]
-        starts = np.flatnonzero(new_grp)
-        rank = np.arange(n_calls) - np.repeat(starts, np.diff(np.r_[starts, n_calls]))
-        call_no = np.empty(n_calls, np.int32)
-        call_no[grp] = rank
-        parent = _parents(span_ids, c_begin, c_end, spans)
-        # unattributed: the call's energy minus its direct children's
-        calls_unattr = call_energy.copy()
-        has_parent = parent >= 0
-        np.subtract.at(calls_unattr, parent[has_parent], call_energy[has_parent])
-        cols = window_cols(slice(i_call, None))
-        cols.update(call_id=np.arange(n_calls), parent_id=parent, step=steps, call=call_no,
-                    layer=np.asarray([sp.layer for sp in spans], dtype=np.int32)[span_ids],
-                    component=np.asarray([sp.component for sp in spans], dtype=calls.dtype["component"])[span_ids],
-                    unattributed_j=calls_unattr,
-                    **{c: np.nan for c in ("act_mean", "act_std", "act_max", "act_sparsity", "act_abs_mean")})
-        _put(calls, cols)
+    # ---- calls, in pieces (each handed to the sink, or kept and joined)
+    builder = _CallBuilder(spans, slots, segs, integ, measured)
+    kept, kept_spans = [], []
+    for ev in event_pieces(events, PIECE_CALLS if piece_calls is None else piece_calls):
+        piece = builder.piece(ev)
+        if piece is None:
+            continue
+        if calls_sink is not None:
+            calls_sink(piece)
+        else:
+            kept.append(piece)
+            kept_spans.append(builder.last_span_ids)
+    calls = np.concatenate(kept) if len(kept) > 1 else (kept[0] if kept else np.zeros(0, CALL_DTYPE))
+    span_ids = (None if calls_sink is not None else
+                np.concatenate(kept_spans) if len(kept_spans) > 1 else (kept_spans[0] if kept_spans else
+                                                                         np.zeros(0, np.int32)))
     phase_rows = np.arange(1, 1 + len(segs))
     sections["unattributed_j"] = sections["energy_j"]
     sections["unattributed_j"][0] -= sections["energy_j"][phase_rows].sum()
-    if len(calls):
-        is_top = parent < 0
-        seg_starts = np.asarray([s for _, s, _, _ in segs], dtype=np.int64)
-        seg_of = np.searchsorted(seg_starts, c_begin[is_top], side="right") - 1
-        np.subtract.at(sections["unattributed_j"], 1 + seg_of, call_energy[is_top])
+    sections["unattributed_j"][:1 + len(segs)] -= builder.top_j_per_seg
     for k, u in enumerate(user_sections):
         parent_row = 0 if u.parent < 0 else first_user + u.parent
         if parent_row != 0:
@@ -346,9 +321,8 @@ def attribute(
     peak_w = peaks["total"]["power_w"] if "total" in peaks else float("nan")
     period_s = sample_period_s(samples, nominal_period_s)
     gap_stats = _gap_stats(bridged, t_start_ns, t_end_ns)
-    all_calls_resolved = calls["resolved"] if len(calls) else None
     resolution = resolution_summary(period_s, sections["resolved"][phase_rows], tokens["resolved"],
-                                    all_calls_resolved, gaps=gap_stats)
+                                    builder.resolved_counts if builder.n_calls else None, gaps=gap_stats)
     base_idx = {name: row for row, name in base_rows}
     resolution["baseline"] = bool(sections["resolved"][base_idx["baseline"]]) if "baseline" in base_idx else None
     summary = {
@@ -386,7 +360,152 @@ def attribute(
         summary["post_baseline_power_w"] = post_w
         summary["baseline_drift_w"] = post_w - base_power_w if baseline is not None else float("nan")
     summary["warnings"] = _warnings(summary, sections, base_idx, baseline)
-    return Attribution(sections=sections, tokens=tokens, calls=calls, summary=summary)
+    return Attribution(sections=sections, tokens=tokens, calls=calls, summary=summary, n_calls=builder.n_calls,
+                       span_ids=span_ids, n_pieces=builder.n_pieces)
+
+
+def _integrated(integ: Optional[PieceIntegrator], windows: np.ndarray, unknown_from: int = 0):
+    """(energy per domain, flags, samples in window) of each window; rows from
+    ``unknown_from`` on that touch a long hole are NaN (a token's or call's share of a
+    guess at the scale of the whole gap is unknown; sections keep it, flagged)."""
+    if integ is None:
+        return (np.full((len(windows), len(DOMAINS)), np.nan), np.full(len(windows), _core.WIN_OUTSIDE, np.uint32),
+                np.zeros(len(windows), np.int32))
+    ig = integ.integrate(windows)
+    dom_j = ig.energy_j
+    if unknown_from < len(windows):
+        unknown = ig.long_gap
+        unknown[:unknown_from] = False
+        dom_j[unknown] = np.nan
+    return dom_j, ig.flags, ig.samples_in_window
+
+
+def _window_cols(windows: np.ndarray, dom_j: np.ndarray, tot_j: np.ndarray, n_in: np.ndarray,
+                 flags: np.ndarray) -> dict:
+    """The columns every row type shares: its window, energy per domain and how it was measured."""
+    cols = {"t_start_ns": windows[:, 0], "t_end_ns": windows[:, 1],
+            "duration_s": (windows[:, 1] - windows[:, 0]) * 1e-9, "energy_j": tot_j}
+    for k, c in enumerate(_DOMAIN_COLS):
+        cols[c] = dom_j[:, k]
+    cols.update(samples_in_window=n_in, resolved=n_in > 0, flags=flags)
+    return cols
+
+
+def event_pieces(events: np.ndarray, piece_calls: int = PIECE_CALLS) -> Iterator[np.ndarray]:
+    """Views of ``events`` (hook events in recorded order) in order, each about
+    ``2 * piece_calls`` events long and cut where no call is open, so each holds whole
+    calls and their parents.  Where no such point comes (a call left open: its forward
+    raised; an end with nothing open), the rest is one piece: pairing stays exact.
+
+    >>> ev = np.zeros(8, EVENT_DTYPE); ev["kind"] = [0, 0, 1, 1, 0, 1, 0, 1]
+    >>> [len(p) for p in event_pieces(ev, 1)]
+    [4, 2, 2]
+    """
+    n = len(events)
+    want = 2 * max(int(piece_calls), 1)
+    start = 0
+    while start < n:
+        if n - start <= want:
+            yield events[start:]
+            return
+        depth, pos, cut = 0, start, -1
+        while pos < n and cut < 0:
+            block = events["kind"][pos:pos + want]
+            d = depth + np.cumsum(1 - 2 * block.astype(np.int64))
+            if d.min() < 0:   # an end with nothing open: the depth no longer tells where calls close
+                pos = n
+                break
+            zeros = np.flatnonzero(d == 0)
+            if len(zeros):
+                # the last closing point of the first block, or the first one after it
+                cut = pos + int(zeros[-1] if pos == start else zeros[0]) + 1
+            depth = int(d[-1])
+            pos += len(block)
+        if cut < 0:
+            yield events[start:]
+            return
+        yield events[start:cut]
+        start = cut
+
+
+class _CallBuilder:
+    """Builds the call rows of one run piece by piece (:func:`attribute`), carrying across
+    pieces what spans them: the call numbering, the n-th call of a module in a step, the
+    top-level calls' energy per phase segment, the resolved count."""
+
+    def __init__(self, spans: Sequence[SpanInfo], slots: list, segs: list, integ: Optional[PieceIntegrator],
+                 measured: Sequence[bool]) -> None:
+        self.span_layer = np.asarray([sp.layer for sp in spans], dtype=np.int32)
+        self.span_component = np.asarray([sp.component for sp in spans], dtype=CALL_DTYPE["component"])
+        self.parent_span = np.asarray([sp.parent_span for sp in spans], dtype=np.int64)
+        self.slot_starts = np.asarray([s[0] for s in slots], dtype=np.int64)
+        self.slot_steps = np.asarray([s[2] for s in slots], dtype=np.int32)
+        self.seg_starts = np.asarray([s for _, s, _, _ in segs], dtype=np.int64)
+        self.top_j_per_seg = np.zeros(1 + len(segs))   # [0]: the run (a call before the first segment)
+        self.integ, self.measured = integ, measured
+        self.n_calls = self.n_pieces = self.n_resolved = 0
+        self.last_span_ids = np.zeros(0, np.int32)    # the span id of each call of the last piece
+        self._carry_step = None                        # the step the last piece ended in,
+        self._carry_counts = np.zeros(len(spans), np.int64)   # and its calls per span so far
+
+    @property
+    def resolved_counts(self) -> tuple:
+        """(resolved calls, calls) so far."""
+        return self.n_resolved, self.n_calls
+
+    def piece(self, events: np.ndarray) -> Optional[np.ndarray]:
+        span_ids, c_begin, c_end = pair_events(events, len(self.span_layer))
+        self.last_span_ids = span_ids
+        n = len(span_ids)
+        if n == 0:
+            return None
+        windows = np.empty((n, 2), dtype=np.int64)
+        windows[:, 0], windows[:, 1] = c_begin, c_end
+        dom_j, flags, n_in = _integrated(self.integ, windows)
+        call_energy = total_of(dom_j, self.measured)
+        # step: the forward slot containing the call's begin
+        if len(self.slot_starts):
+            pos = np.searchsorted(self.slot_starts, c_begin, side="right") - 1
+            steps = np.where(pos >= 0, self.slot_steps[np.maximum(pos, 0)], -1).astype(np.int32)
+        else:
+            steps = np.full(n, -1, np.int32)
+        # call index within (span, step): the k-th call of its span in its step, in begin order
+        grp = np.lexsort((np.arange(n), steps, span_ids))
+        new_grp = np.r_[True, (span_ids[grp][1:] != span_ids[grp][:-1]) | (steps[grp][1:] != steps[grp][:-1])]
+        starts = np.flatnonzero(new_grp)
+        rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+        call_no = np.empty(n, np.int64)
+        call_no[grp] = rank
+        if self._carry_step is not None:   # the step the previous piece ended in goes on here
+            cont = steps == self._carry_step
+            call_no[cont] += self._carry_counts[span_ids[cont]]
+        last = int(steps[-1])
+        in_last = steps == last
+        counts = np.bincount(span_ids[in_last], minlength=len(self._carry_counts)).astype(np.int64)
+        if self._carry_step == last:
+            counts += self._carry_counts
+        self._carry_step, self._carry_counts = last, counts
+        parent = _core.call_parents(span_ids, c_begin, c_end, self.parent_span)
+        # unattributed: the call's energy minus its direct children's
+        calls_unattr = call_energy.copy()
+        has_parent = parent >= 0
+        np.subtract.at(calls_unattr, parent[has_parent], call_energy[has_parent])
+        is_top = ~has_parent
+        if len(self.seg_starts) and is_top.any():
+            seg_of = np.searchsorted(self.seg_starts, c_begin[is_top], side="right") - 1
+            np.add.at(self.top_j_per_seg, 1 + seg_of, call_energy[is_top])
+        base = self.n_calls
+        cols = _window_cols(windows, dom_j, call_energy, n_in, flags)
+        cols.update(call_id=base + np.arange(n), parent_id=np.where(has_parent, parent + base, -1), step=steps,
+                    call=call_no, layer=self.span_layer[span_ids], component=self.span_component[span_ids],
+                    unattributed_j=calls_unattr,
+                    **{c: np.nan for c in ("act_mean", "act_std", "act_max", "act_sparsity", "act_abs_mean")})
+        calls = np.zeros(n, CALL_DTYPE)
+        _put(calls, cols)
+        self.n_calls += n
+        self.n_pieces += 1
+        self.n_resolved += int(np.count_nonzero(n_in))
+        return calls
 
 
 def _peaks(samples: np.ndarray, t_start_ns: int, t_end_ns: int, measured: Sequence[bool]) -> dict:

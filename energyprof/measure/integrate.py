@@ -319,23 +319,78 @@ def integrate_bridged(samples: np.ndarray, windows: WindowsLike,
     Without holes this is exactly :func:`integrate`.
     """
     w = _as_windows(windows)
-    br = bridge(samples, max_bridge_periods)
-    energy_j, flags, counts = integrate(br.samples, w)
-    if len(br.holes.t_start_ns) == 0:
-        return BridgedIntegrated(energy_j, flags, counts, np.zeros(len(w), bool), br)
-    if br.inserted.any():
-        ia = br.samples["t_start_ns"][br.inserted]
-        ib = br.samples["t_end_ns"][br.inserted]
-        n_ins = np.searchsorted(ib, w[:, 1], side="right") - np.searchsorted(ia, w[:, 0], side="left")
+    pi = PieceIntegrator(samples, max_bridge_periods)
+    energy_j, flags, counts = integrate(pi.bridged.samples, w)
+    if len(pi.bridged.holes.t_start_ns) == 0:
+        return BridgedIntegrated(energy_j, flags, counts, np.zeros(len(w), bool), pi.bridged)
+    return pi._hole_fix(w, energy_j, flags, counts)
+
+
+class PieceIntegrator:
+    """:func:`integrate_bridged` for many batches of windows over one run's samples, with the
+    bridge pre-pass done once: each batch is integrated against only the samples around it,
+    so a long run's calls can be attributed in pieces (energyprof.measure.attribution) at a
+    cost that follows the piece, not the run.
+
+    A batch's result equals :func:`integrate_bridged` of the same windows over all the
+    samples (up to float rounding: the cumulative sums start at the slice), because a
+    window's energy, flags and count depend only on the samples it overlaps and the one on
+    each side of it (INSTANT readings), which the slice keeps.
+
+    >>> import numpy as np
+    >>> from energyprof import _core
+    >>> s = np.zeros(3, _core.SAMPLE_DTYPE)
+    >>> s["kind"] = _core.KIND_INTERVAL
+    >>> s["t_start_ns"], s["t_end_ns"] = [0, 10, 20], [10, 20, 30]
+    >>> for d in _core.DOMAINS: s[f"{d}_w"] = np.nan
+    >>> s["cpu_w"] = [1e9, 2e9, 3e9]
+    >>> float(PieceIntegrator(s).integrate(np.array([[15, 25]])).energy_j[0, 0])
+    25.0
+    """
+
+    #: samples kept on each side of a batch's time range
+    MARGIN: int = 2
+
+    def __init__(self, samples: np.ndarray, max_bridge_periods: float = MAX_BRIDGE_PERIODS,
+                 bridged: Optional[Bridged] = None) -> None:
+        self.bridged = bridged if bridged is not None else bridge(samples, max_bridge_periods)
+        bs = self.bridged.samples
+        self._starts = np.ascontiguousarray(bs["t_start_ns"])
+        ins = self.bridged.inserted
+        self._ia = bs["t_start_ns"][ins] if ins.any() else None
+        self._ib = bs["t_end_ns"][ins] if ins.any() else None
+
+    def integrate(self, windows: WindowsLike) -> BridgedIntegrated:
+        """One batch of windows, as :func:`integrate_bridged` would answer it."""
+        w = _as_windows(windows)
+        bs = self.bridged.samples
+        if len(w) and len(bs):
+            lo = int(np.searchsorted(self._starts, w[:, 0].min(), side="right")) - 1 - self.MARGIN
+            hi = int(np.searchsorted(self._starts, w[:, 1].max(), side="left")) + self.MARGIN
+            part = bs[max(lo, 0):min(hi, len(bs))]
+        else:
+            part = bs
+        energy_j, flags, counts = integrate(part, w)
+        holes = self.bridged.holes
+        if len(holes.t_start_ns) == 0:
+            return BridgedIntegrated(energy_j, flags, counts, np.zeros(len(w), bool), self.bridged)
+        return self._hole_fix(w, energy_j, flags, counts)
+
+    def _hole_fix(self, w: np.ndarray, energy_j: np.ndarray, flags: np.ndarray,
+                  counts: np.ndarray) -> BridgedIntegrated:
+        """A bridge sample is not a measurement: it is not counted, and the hole flags of the
+        pre-pass replace the kernel's WIN_GAP / WIN_NAN."""
+        if self._ia is not None:
+            n_ins = np.searchsorted(self._ib, w[:, 1], side="right") - np.searchsorted(self._ia, w[:, 0], side="left")
+            inside = (flags & WIN_OUTSIDE) == 0
+            counts = np.where(inside, np.maximum(counts - np.maximum(n_ins, 0), 0), counts).astype(np.int32)
+            flags = np.where(inside & (counts == 0), flags | WIN_UNRESOLVED, flags).astype(np.uint32)
+        hf, long_touch = hole_flags(self.bridged.holes, w)
         inside = (flags & WIN_OUTSIDE) == 0
-        counts = np.where(inside, np.maximum(counts - np.maximum(n_ins, 0), 0), counts).astype(np.int32)
-        flags = np.where(inside & (counts == 0), flags | WIN_UNRESOLVED, flags).astype(np.uint32)
-    hf, long_touch = hole_flags(br.holes, w)
-    inside = (flags & WIN_OUTSIDE) == 0
-    flags = np.where(inside, (flags & ~np.uint32(WIN_GAP | WIN_NAN)) | hf, flags).astype(np.uint32)
-    return BridgedIntegrated(energy_j, flags, counts, long_touch & inside, br)
+        flags = np.where(inside, (flags & ~np.uint32(WIN_GAP | WIN_NAN)) | hf, flags).astype(np.uint32)
+        return BridgedIntegrated(energy_j, flags, counts, long_touch & inside, self.bridged)
 
 
-__all__ = ["integrate", "Integrated", "integrate_bridged", "BridgedIntegrated", "bridge", "Bridged", "Holes",
+__all__ = ["integrate", "Integrated", "integrate_bridged", "PieceIntegrator", "BridgedIntegrated", "bridge", "Bridged", "Holes",
            "hole_flags", "WIN_OUTSIDE", "WIN_GAP", "WIN_NAN", "WIN_UNRESOLVED", "WIN_BRIDGED",
            "MAX_BRIDGE_PERIODS", "INSTANT_GAP_PERIODS"]

@@ -36,7 +36,8 @@ from .._version import __version__
 from ..errors import MissingExtraError
 from ..store.quality import uncertainty_summary
 from ..store.rundata import RunData, sample_row_dtype, with_rank
-from .attribution import Forward, SpanInfo, UserSection, attribute
+from . import callstream as _callstream
+from .attribution import PIECE_CALLS, Forward, SpanInfo, UserSection, attribute
 from .sources import systematic_uncertainty
 
 MODES = ("minimal", "standard", "deep")
@@ -126,6 +127,7 @@ class Session(RunData):
         kill_below: Optional[float] = None,
         power_limit_w: Any = None,
         boundary_reads: Optional[Union[bool, str]] = None,
+        max_calls_in_memory: Optional[int] = _callstream.MAX_CALLS_IN_MEMORY,
     ) -> None:
         super().__init__()
         try:
@@ -188,6 +190,10 @@ class Session(RunData):
         self._mark_generations = 0                 # generations begun by marks (ep.run(None))
         self._marks_lock = threading.Lock()
         self.boundary_reads = boundary_reads
+        if max_calls_in_memory is not None:
+            _check_count("max_calls_in_memory", max_calls_in_memory, zero=True)
+        self.max_calls_in_memory = None if max_calls_in_memory is None else int(max_calls_in_memory)
+        self._calls_in_store = None        # (store or its path, run id): the call rows were streamed there
         self._boundary = False
         self._boundary_sync = False
         self._user_sections: List[UserSection] = []
@@ -951,17 +957,34 @@ class Session(RunData):
         for u in self._user_sections:
             if u.t_end_ns < 0:
                 u.t_end_ns = t_end_ns
-        att = attribute(samples, self._t_start_ns, t_end_ns, forwards, rest, self._spans, self._user_sections,
-                        self._baseline, post_baseline=getattr(self, "_post_baseline", None),
-                        nominal_period_s=self._sampler.interval_ns * 1e-9)
+        period_s = self._counter_period_s(samples) if self._boundary else None
+        stream = self._call_stream(int(np.count_nonzero(rest["kind"] == 1)), period_s)
+
+        def attribute_run(sink=None):
+            # streamed: no piece holds more than max_calls_in_memory calls either
+            piece = min(PIECE_CALLS, max(self.max_calls_in_memory, 1)) if sink is not None else None
+            return attribute(samples, self._t_start_ns, t_end_ns, forwards, rest, self._spans, self._user_sections,
+                             self._baseline, post_baseline=getattr(self, "_post_baseline", None),
+                             nominal_period_s=self._sampler.interval_ns * 1e-9, calls_sink=sink, piece_calls=piece)
+
+        att = attribute_run(stream)
+        if stream is not None:
+            stream.close()
+            if stream.error is not None:   # the store failed mid-way: every row in memory after all
+                self._save_error = self._save_error or stream.error
+                stream = None
+                att = attribute_run()
         calls = att.calls
         if self._boundary:
-            self._judge_boundary(samples, att, calls)
+            if stream is None:
+                from .boundary import judge_resolved
+
+                judge_resolved(calls, period_s)
+            self._judge_boundary(samples, att, period_s, stream.resolved_counts if stream is not None else
+                                 (calls["resolved"] if len(calls) else None))
         deep_summary = None
         if self.mode == "deep" and len(calls):
-            from .attribution import pair_events
-
-            span_ids, _, _ = pair_events(rest, len(self._spans))   # the calls' span ids, in the calls' order
+            span_ids = att.span_ids   # the calls' span ids, in the calls' order (deep runs hold their calls)
             act_stats = (self._act.collect(self._hookset.callables if self._hookset is not None else ())
                          if self._act is not None else {})
             if self._deep is not None:
@@ -994,6 +1017,9 @@ class Session(RunData):
         summary["source_faults"] = int(self._sampler.faults)
         if deep_summary is not None:
             summary["deep"] = deep_summary
+        if stream is not None:
+            summary["calls_streamed"] = {"calls": stream.n_calls, "layers": stream.n_layers,
+                                         "pieces": stream.n_pieces, "max_calls_in_memory": self.max_calls_in_memory}
         components = calls[~is_layer & ~is_op]   # one copy: read by the router, kept as self._components
         moe = self._router.finish(components) if self._router is not None else None
         if moe is not None:
@@ -1009,9 +1035,13 @@ class Session(RunData):
         self._samples = with_rank(samples, sample_row_dtype(), 0)
         self._sections = att.sections
         self._tokens = att.tokens
-        self._layers = calls[is_layer]
-        self._components = components
+        self._layers = calls[is_layer] if stream is None else None   # None: read from the store when asked
+        self._components = components if stream is None else None
         self._ops = calls[is_op]
+        if stream is not None:
+            from ..store.db import Store
+
+            self._calls_in_store = (self.db if isinstance(self.db, Store) else self._store.path, self.run_id_)
         if self._dist is not None:
             status = self._merge_ranks(att, forwards, status, samples, t_end_ns)
             summary = self._summary
@@ -1026,7 +1056,7 @@ class Session(RunData):
                 if multi and len(self._samples):   # the other ranks' samples (rank 0's are written above)
                     self._store.write_array(self.run_id_, "samples", self._samples[self._samples["rank"] != 0])
                 self._store.finish_run(self.run_id_, summary, self._sections, self._tokens, self._layers,
-                                       self._components, status, ops=self._ops, heads=self._heads,
+                                       self._components, status, ops=self._ops, heads=self._heads,   # layers/components None: streamed already
                                        texts=self._texts, all_samples=self._samples if multi else samples,
                                        ranks=self._ranks if multi else None,
                                        rank_sections=self._rank_sections if multi else None,
@@ -1048,21 +1078,66 @@ class Session(RunData):
                     f"energyprof: the run could not be saved ({self._save_error}); its data is still available on "
                     "this session object", RuntimeWarning)
 
-    def _judge_boundary(self, samples: np.ndarray, att: Any, calls: np.ndarray) -> None:
-        """Rows shorter than the counter's own update period (measured from this run's
-        readings) are not resolved, whatever the boundary reads put inside them."""
-        from ..store.quality import resolution_summary
-        from .boundary import counter_update_period_s, edge_bound_j, judge_resolved
+    def _counter_period_s(self, samples: np.ndarray) -> float:
+        """The counter's update period, by which boundary-read rows are judged: the longest
+        the counter was seen standing still, or what the source says of its hardware (rapl's
+        update_ms) where that is longer: a counter read more seldom than it updates never
+        shows its period."""
+        from .boundary import counter_update_period_s
 
-        # The longest the counter was seen standing still, or what the source says of its
-        # hardware (rapl's update_ms) where that is longer: a counter read more seldom than
-        # it updates never shows its period.
         # (the source's meta_json, parsed once into the run's metadata on enter: the sources
         # write it when created and started, never while they poll)
         nominal_s = float(self._meta["source_meta"].get("counter_update_ms") or 0) * 1e-3
         period_s = max(counter_update_period_s(samples), self._sampler.counter_still_ns * 1e-9, nominal_s)
         self._counter_update_period_s = period_s
-        for rows in (att.sections, att.tokens, calls):
+        return period_s
+
+    def _call_stream(self, n_calls: int, judge_period_s: Optional[float]) -> "Optional[_callstream.CallStream]":
+        """A CallStream when this run's calls go to the store piece by piece (ep.run's
+        ``max_calls_in_memory``), else None."""
+        if (self.max_calls_in_memory is None or n_calls <= self.max_calls_in_memory or self._store is None
+                or self._save_error is not None or self.mode == "deep" or (self._router is not None and self._router.active)
+                or self._dist is not None):
+            return None
+        stream = _callstream.CallStream(self._store, self.run_id_, judge_period_s)
+        return stream if stream.error is None else None
+
+    @property
+    def layers(self) -> np.ndarray:
+        """Decoder-layer calls (``CALL_DTYPE`` rows with ``component == "layer"``); a run whose
+        calls were streamed to the store (``max_calls_in_memory``) reads them from there."""
+        if self._layers is None:
+            self._read_streamed_calls()
+        return self._layers
+
+    @property
+    def components(self) -> np.ndarray:
+        """Component and model-level module calls (``CALL_DTYPE``); read from the store when the
+        run streamed its calls there (``max_calls_in_memory``)."""
+        if self._components is None:
+            self._read_streamed_calls()
+        return self._components
+
+    def _read_streamed_calls(self) -> None:
+        from ..store.db import Store
+
+        where, rid = self._calls_in_store
+        st = where if isinstance(where, Store) else Store(where, mark_stale=False)
+        try:
+            self._layers = st.read_array(rid, "layers")
+            self._components = st.read_array(rid, "components")
+        finally:
+            if st is not where:
+                st.close()
+
+    def _judge_boundary(self, samples: np.ndarray, att: Any, period_s: float, calls_resolved: Any) -> None:
+        """Rows shorter than the counter's own update period (measured from this run's
+        readings) are not resolved, whatever the boundary reads put inside them (the calls
+        are judged by the caller: in memory, or piece by piece as they are streamed)."""
+        from ..store.quality import resolution_summary
+        from .boundary import judge_resolved
+
+        for rows in (att.sections, att.tokens):
             judge_resolved(rows, period_s)
         self._edge_bound = self._edge_bound_summary(samples, att, period_s)
         # The note names the poll period (boundary pieces would make the median sample look
@@ -1070,7 +1145,7 @@ class Session(RunData):
         old = att.summary["resolution"]
         phases = att.sections["resolved"][att.sections["kind"] == "phase"]
         new = resolution_summary(self._sampler.interval_ns * 1e-9, phases, att.tokens["resolved"],
-                                 calls["resolved"] if len(calls) else None, gaps=old.get("gaps"))
+                                 calls_resolved, gaps=old.get("gaps"))
         new["baseline"] = old.get("baseline")
         text = "readings also at every forward's start and end"
         if period_s > 0:
@@ -1400,6 +1475,7 @@ def run(
     kill_below: Optional[float] = None,
     power_limit_w: Any = None,
     boundary_reads: Optional[Union[bool, str]] = None,
+    max_calls_in_memory: Optional[int] = _callstream.MAX_CALLS_IN_MEMORY,
 ) -> Session:
     """Profile the energy of everything a model does inside a ``with`` block.
 
@@ -1454,6 +1530,12 @@ def run(
         readings are fresh rather than up to one counter update stale; costs up to one update
         (about 1 ms on RAPL) per edge, stated in ``summary()["boundary_reads"]["sync"]``.
         ValueError on a source whose counter cannot be waited on.
+    max_calls_in_memory: a run with more hooked calls than this (default 1,000,000: about 280 MB
+        of rows) that is saved to a store writes its layer and component rows there piece by
+        piece as they are attributed, instead of holding them all; ``s.layers`` and
+        ``s.components`` then read them back from the store when first asked
+        (``summary()["calls_streamed"]``; docs/long-runs.md).  Not for ``mode="deep"``, MoE
+        routing or multi-rank runs, which need every row at once.  ``None``: always hold them.
 
     Returns a :class:`Session`; use it as a context manager.
     """
@@ -1461,4 +1543,5 @@ def run(
                    db=db, save=save, name=name, tags=tags, hook_method=hook_method, engine=engine,
                    distributed=distributed, post_baseline_s=post_baseline_s, stats_every=stats_every,
                    store_text=store_text, tokenizer=tokenizer, sparse_below=sparse_below, kill_below=kill_below,
-                   power_limit_w=power_limit_w, boundary_reads=boundary_reads)
+                   power_limit_w=power_limit_w, boundary_reads=boundary_reads,
+                   max_calls_in_memory=max_calls_in_memory)

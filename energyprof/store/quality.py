@@ -49,9 +49,13 @@ def period_text(period_s: Any) -> str:
     return f"{p * 1e9:.3g} ns"
 
 
-def _share(resolved: Optional[np.ndarray]) -> Tuple[float, int]:
+def _share(resolved: Any) -> Tuple[float, int]:
+    """(share resolved, rows) of a bool array, or of a ``(resolved, rows)`` count pair."""
     if resolved is None:
         return NAN, 0
+    if isinstance(resolved, tuple):
+        k, n = int(resolved[0]), int(resolved[1])
+        return (k / n if n else NAN), n
     r = np.asarray(resolved, dtype=bool)
     return (float(r.mean()) if len(r) else NAN), int(len(r))
 
@@ -92,7 +96,8 @@ def resolution_summary(sample_period_s: float, phases_resolved: Optional[np.ndar
                        tokens_resolved: Optional[np.ndarray] = None, calls_resolved: Optional[np.ndarray] = None,
                        gaps: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """``summary()["resolution"]``: the resolved share (mean of the rows' ``resolved``) of the
-    phases, tokens and calls, the sample period, gaps, and a one-line ``note``.
+    phases, tokens and calls, the sample period, gaps, and a one-line ``note``.  Each of the
+    three is a bool array or a ``(resolved, rows)`` count pair (calls built in pieces).
 
     A share is NaN where the run has no such rows (``n_<kind>`` is 0).
 

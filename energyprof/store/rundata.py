@@ -206,6 +206,11 @@ def _parent_energy(calls: np.ndarray, inverse: np.ndarray, g: int, run_energy_j:
         return np.bincount(pairs[:, 0], weights=pe, minlength=g)
 
 
+def _n_rows(arr: Optional[np.ndarray]) -> str:
+    """Rows of an array for a repr; a Session's streamed calls are not read for it."""
+    return "in the store" if arr is None else str(len(arr))
+
+
 class RunData:
     """One run's record: a summary dict plus numpy structured arrays.
 
@@ -395,7 +400,7 @@ class RunData:
         return _float(self._summary.get("energy_j"))
 
     def _all_calls(self) -> np.ndarray:
-        parts = [a for a in (self._layers, self._components, self._ops) if len(a)]
+        parts = [a for a in (self.layers, self.components, self.ops) if len(a)]
         if not parts:
             return np.zeros(0, CALL_DTYPE)
         common = [f for f in parts[0].dtype.names if all(f in p.dtype.names for p in parts)]
@@ -418,7 +423,7 @@ class RunData:
         are unresolved the mean is a time share of the samples' energy: its standard error
         says nothing about that bias.
         """
-        return _agg(self._layers, ("layer",), self._run_energy_j(), self._all_calls(), self._blocks(self._layers))
+        return _agg(self.layers, ("layer",), self._run_energy_j(), self._all_calls(), self._blocks(self.layers))
 
     def component_summary(self) -> np.ndarray:
         """Aggregate of :attr:`components` per (layer, component) (``AGG_DTYPE``).
@@ -428,14 +433,14 @@ class RunData:
         and ``self_share``: siblings' shares of their parent add up to at most 1, while
         ``share`` (of the run) double-counts a container and its children.
         """
-        return _agg(self._components, ("layer", "component"), self._run_energy_j(), self._all_calls(),
-                    self._blocks(self._components))
+        return _agg(self.components, ("layer", "component"), self._run_energy_j(), self._all_calls(),
+                    self._blocks(self.components))
 
     def __repr__(self) -> str:
         s = self._summary
         return (f"<RunData run_id={s.get('run_id')} status={s.get('status')} energy_j={s.get('energy_j')} "
-                f"samples={len(self._samples)} tokens={len(self._tokens)} layers={len(self._layers)} "
-                f"components={len(self._components)} texts={len(self._texts)}>")
+                f"samples={len(self._samples)} tokens={len(self._tokens)} layers={_n_rows(self._layers)} "
+                f"components={_n_rows(self._components)} texts={len(self._texts)}>")
 
 
 __all__ = ["RunData", "ARRAY_NAMES", "AGG_DTYPE", "sample_row_dtype", "sample_fields_only", "with_rank"]

@@ -397,30 +397,68 @@ def _call_tree(run: Any) -> Dict[str, np.ndarray]:
     names = calls.dtype.names
     if "call_id" in names and "parent_id" in names:
         ids = np.asarray(calls["call_id"], dtype=np.int64)
-        pos = {int(c): i for i, c in enumerate(ids)}
-        parent = np.array([pos.get(int(p), -1) for p in calls["parent_id"]], dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        want = np.asarray(calls["parent_id"], dtype=np.int64)
+        k = np.searchsorted(sorted_ids, want, side="right") - 1   # the last call with that id
+        found = (k >= 0) & (sorted_ids[np.maximum(k, 0)] == want)
+        parent = np.where(found, order[np.maximum(k, 0)], -1).astype(np.int64)
     else:  # no tree recorded: every call is its own top level
         parent = np.full(n, -1, dtype=np.int64)
     self_j = e.copy()
     has = parent >= 0
     np.subtract.at(self_j, parent[has], e[has])
-    root = np.where(has, parent, np.arange(n))
-    for _ in range(64):  # module trees are a few levels deep; 64 bounds a cyclic bad input
-        nxt = np.where(parent[root] >= 0, parent[root], root)
-        if np.array_equal(nxt, root):
+    # ancestors level by level (64 bounds a cyclic bad input; module trees are a few levels deep)
+    up = np.append(parent, -1)          # up[-1] = -1: "no call" stays "no call"
+    chain = [np.arange(n, dtype=np.int64)]
+    while len(chain) < 64:
+        nxt = up[chain[-1]]
+        if not np.any(nxt >= 0):
             break
-        root = nxt
-    depth_path = []
-    for i in range(n):  # the component names from the top-level call down, for the sunburst
-        path, j, guard = [], i, 0
-        while j >= 0 and guard < 64:
-            path.append(_node_name(calls[j]))
-            j, guard = int(parent[j]), guard + 1
-        depth_path.append(tuple(reversed(path)))
+        chain.append(nxt)
+    root = chain[0].copy()
+    for level in chain[1:]:
+        root = np.where(level >= 0, level, root)
+    # the component names from the top-level call down (for the sunburst), one tuple per distinct path
+    node_names, node_of = _node_names(calls)
+    keys = np.stack([np.where(c >= 0, np.append(node_of, -1)[c], -1) for c in chain], axis=1)
+    uniq, path_id = np.unique(keys, axis=0, return_inverse=True)
+    path_id = path_id.reshape(-1)
+    paths = [tuple(node_names[x] for x in row[::-1] if x >= 0) for row in uniq]
+    path_u = np.empty(len(paths), dtype=object)
+    for i, pth in enumerate(paths):
+        path_u[i] = pth
+    path = path_u[path_id]
     has_child = np.zeros(n, dtype=bool)
     has_child[parent[has]] = True
     return {"calls": calls, "energy_j": e, "self_j": self_j, "parent": parent, "root": root,
-            "path": np.array(depth_path, dtype=object), "has_child": has_child}
+            "path": path, "path_id": path_id, "paths": paths, "has_child": has_child,
+            "node_names": node_names, "node_of": node_of}
+
+
+def _node_names(calls: np.ndarray) -> Tuple[List[str], np.ndarray]:
+    """The distinct node names of the calls (``"layer 3"`` for a layer, else the component)
+    and each call's index into them."""
+    comp_u, comp_i = np.unique(calls["component"], return_inverse=True)
+    comp_i = comp_i.reshape(-1).astype(np.int64)
+    is_layer = np.asarray(calls["component"] == "layer")
+    layer = np.asarray(calls["layer"], dtype=np.int64)
+    key = np.where(is_layer, layer, np.iinfo(np.int64).min) if len(calls) else layer
+    pair = np.stack([comp_i, key], axis=1)
+    u, node_of = np.unique(pair, axis=0, return_inverse=True)
+    names = [f"layer {int(k)}" if str(comp_u[c]) == "layer" else str(comp_u[c]) for c, k in u]
+    return names, node_of.reshape(-1)
+
+
+def _group_sums(keys: np.ndarray, values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Distinct ``keys`` (ints) in the order they first occur, and the sum of ``values``
+    per key added in row order (as a loop over the rows adds them)."""
+    if len(keys) == 0:
+        return keys, np.zeros(0)
+    u, first, inv = np.unique(keys, return_index=True, return_inverse=True)
+    sums = np.bincount(inv.reshape(-1), weights=np.asarray(values, np.float64), minlength=len(u))
+    order = np.argsort(first, kind="stable")
+    return u[order], sums[order]
 
 
 def _node_name(r: np.void) -> str:
@@ -449,16 +487,17 @@ def _component_self_resolved(run: Any) -> Tuple[List[str], np.ndarray, np.ndarra
     calls, has_child = tree["calls"], tree["has_child"]
     res = (np.asarray(calls["resolved"], dtype=bool) if "resolved" in calls.dtype.names
            else np.ones(len(calls), dtype=bool))
-    agg: Dict[str, float] = {}
-    ok: Dict[str, List[int]] = {}
-    for i, r in enumerate(calls):
-        key = _own_name(str(r["component"]), has_child[i])
-        agg[key] = agg.get(key, 0.0) + float(tree["self_j"][i])
-        c = ok.setdefault(key, [0, 0])
-        c[0] += int(res[i])
-        c[1] += 1
-    names = sorted(agg, key=lambda k: -agg[k])
-    return names, np.array([agg[k] for k in names]), np.array([ok[k][0] / ok[k][1] for k in names])
+    comp_u, comp_i = np.unique(calls["component"], return_inverse=True)
+    own = has_child | (calls["component"] == "layer")
+    keys, self_sum = _group_sums(comp_i.reshape(-1).astype(np.int64) * 2 + own, tree["self_j"])
+    inv = np.searchsorted(np.sort(keys), comp_i.reshape(-1).astype(np.int64) * 2 + own)
+    by_sorted = np.argsort(keys)
+    n_ok = np.bincount(inv, weights=res.astype(np.float64), minlength=len(keys))[np.argsort(by_sorted)]
+    n_all = np.bincount(inv, minlength=len(keys))[np.argsort(by_sorted)]
+    names = [_own_name(str(comp_u[k // 2]), bool(k % 2)) for k in keys]
+    order = sorted(range(len(names)), key=lambda i: -self_sum[i])   # stable: ties in order of first call
+    return ([names[i] for i in order], np.array([self_sum[i] for i in order]),
+            np.array([n_ok[i] / n_all[i] for i in order]))
 
 
 def _phase_of_step(step: int) -> str:
@@ -490,24 +529,36 @@ def _sankey_data(run: Any) -> Dict[str, Any]:
     except NoDataError:
         tree = None
     if tree is not None:
-        calls = tree["calls"]
-        top = tree["parent"] < 0
-        in_phase: Dict[str, float] = {}
-        for i in np.flatnonzero(top):
-            p = _phase_of_step(int(calls["step"][i]))
-            if p not in phase_e:
-                continue
-            add(("phase", p), ("top", _node_name(calls[i])), float(tree["energy_j"][i]))
-            in_phase[p] = in_phase.get(p, 0.0) + float(tree["energy_j"][i])
-        for p, used in in_phase.items():
-            add(("phase", p), ("other", f"{p}: outside hooked modules"), float(phase_e[p]) - used)
+        # grouped sums, in the order of each group's first passing call: the same links, nodes
+        # and node order as adding call by call
+        calls, e_j, node_names, node_of = tree["calls"], tree["energy_j"], tree["node_names"], tree["node_of"]
+        top = np.flatnonzero(tree["parent"] < 0)
+        phase_i = (np.asarray(calls["step"])[top] != 0).astype(np.int64)   # 0 prefill, 1 decode
+        phases = ("prefill", "decode")
+        in_ph = np.isin(phase_i, [k for k, p in enumerate(phases) if p in phase_e])
+        top, phase_i = top[in_ph], phase_i[in_ph]
+        v = e_j[top]
+        ok = (v > 0.0) & np.isfinite(v)
+        n_nodes = max(len(node_names), 1)
+        keys, sums = _group_sums(phase_i[ok] * n_nodes + node_of[top][ok], v[ok])
+        for k, total in zip(keys.tolist(), sums.tolist()):
+            add(("phase", phases[k // n_nodes]), ("top", node_names[k % n_nodes]), total)
+        ph_keys, used = _group_sums(phase_i, v)   # every top call of the phase, passing or not
+        for k, u in zip(ph_keys.tolist(), used.tolist()):
+            p = phases[k]
+            add(("phase", p), ("other", f"{p}: outside hooked modules"), float(phase_e[p]) - u)
         has_child = tree["has_child"]
-        for i in range(len(calls)):
-            r = int(tree["root"][i])
-            if not has_child[r]:
-                continue  # a top-level leaf (embed, lm_head): its node is the end of the flow
-            name = _own_name(str(calls["component"][i]), has_child[i])
-            add(("top", _node_name(calls[r])), ("component", name), float(tree["self_j"][i]))
+        root = tree["root"]
+        comp_u, comp_i = np.unique(calls["component"], return_inverse=True)
+        own = (comp_i.reshape(-1).astype(np.int64) * 2 + (has_child | (calls["component"] == "layer")))
+        sj = tree["self_j"]
+        # a top-level leaf (embed, lm_head) is the end of its flow: only calls under a container go on
+        ok = has_child[root] & (sj > 0.0) & np.isfinite(sj)
+        n_own = 2 * max(len(comp_u), 1)
+        keys, sums = _group_sums(node_of[root][ok] * n_own + own[ok], sj[ok])
+        for k, total in zip(keys.tolist(), sums.tolist()):
+            o = k % n_own
+            add(("top", node_names[k // n_own]), ("component", _own_name(str(comp_u[o // 2]), bool(o % 2))), total)
     labels = [k[1] for k in node_order]
     index = {k: i for i, k in enumerate(node_order)}
     src = [index[a] for (a, _b) in links]
@@ -857,9 +908,9 @@ def _components_mpl(run, d, s):
 def _components_plotly(run, s):
     go = _need("plotly")
     tree = _call_tree(run)
-    agg: Dict[Tuple[str, ...], float] = {}
-    for path, v in zip(tree["path"], tree["self_j"]):
-        agg[path] = agg.get(path, 0.0) + max(float(v), 0.0)
+    paths, path_id = tree["paths"], tree["path_id"]
+    ids_in_order, sums = _group_sums(path_id, np.maximum(tree["self_j"], 0.0))
+    agg: Dict[Tuple[str, ...], float] = {paths[i]: float(v) for i, v in zip(ids_in_order.tolist(), sums.tolist())}
     # Every prefix of a path is a node too (its own energy is the remainder).
     for path in list(agg):
         for k in range(1, len(path)):
@@ -872,11 +923,15 @@ def _components_plotly(run, s):
     res = (np.asarray(calls["resolved"], dtype=float) if "resolved" in calls.dtype.names
            else np.ones(len(calls)))
     hits: Dict[Tuple[str, ...], List[float]] = {}
-    for path, r in zip(tree["path"], res):
+    n_res = np.bincount(path_id, weights=res, minlength=len(paths))
+    n_calls = np.bincount(path_id, minlength=len(paths))
+    for path, r, m in zip(paths, n_res.tolist(), n_calls.tolist()):
+        if not m:
+            continue
         for k in range(1, len(path) + 1):
             c = hits.setdefault(path[:k], [0.0, 0.0])
             c[0] += r
-            c[1] += 1
+            c[1] += m
     faded = [p in hits and hits[p][0] / hits[p][1] < RESOLVED_MIN_SHARE for p in agg]
     roots = list(dict.fromkeys(p[0] for p in agg))
     colors = []
