@@ -4,6 +4,7 @@ The tree mirrors /sys/class/powercap: intel-rapl:N (package-N) with subzones
 intel-rapl:N:M (core, uncore, dram) and a top-level psys zone.  Expected energies
 come from what the tests wrote (energyprof._reference.counter_delta for wraps).
 """
+import contextlib
 import os
 import shutil
 import subprocess
@@ -207,10 +208,10 @@ def test_synchronised_boundary_read_waits_for_the_counter_to_move(tmp_path):
         syn.arm_sync(2)
 
 
-def test_ep_run_tiny_model_exact(tmp_path):
-    import torch
-    from energyprof.tiny import tiny_model
-    t = Tree(tmp_path)
+@contextlib.contextmanager
+def _package_counter_moving(root):
+    """A one-package tree under ``root`` whose counter a thread advances by 1234 uJ every 0.5 ms."""
+    t = Tree(root)
     t.zone("intel-rapl:0", "package-0", 0)
     stop = threading.Event()
     total = {"uj": 0}
@@ -221,15 +222,23 @@ def test_ep_run_tiny_model_exact(tmp_path):
             t.set("intel-rapl:0", total["uj"])
             time.sleep(0.0005)
 
-    model = tiny_model("tiny-llama")
     th = threading.Thread(target=writer)
     th.start()
     try:
-        with ep.run(model, source=f"rapl:root={tmp_path}", baseline_s=0, save=False, interval_ms=5) as s:
-            model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
+        yield
     finally:
         stop.set()
         th.join()
+
+
+def test_ep_run_tiny_model_exact(tmp_path):
+    import torch
+    from energyprof.tiny import tiny_model
+
+    model = tiny_model("tiny-llama")
+    with _package_counter_moving(tmp_path):
+        with ep.run(model, source=f"rapl:root={tmp_path}", baseline_s=0, save=False, interval_ms=5) as s:
+            model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
     samples = s.samples
     # Each sample is one counter difference: energy is a whole number of uJ, the
     # samples tile time, and the run's package energy is their overlap with the run.
@@ -254,30 +263,14 @@ def test_ep_run_reads_the_counter_update_period_from_the_metadata_parsed_once(tm
     from energyprof.measure import session as session_mod
     from energyprof.tiny import tiny_model
 
-    t = Tree(tmp_path)
-    t.zone("intel-rapl:0", "package-0", 0)
-    stop = threading.Event()
-    total = {"uj": 0}
-
-    def writer():
-        while not stop.is_set():
-            total["uj"] += 1234
-            t.set("intel-rapl:0", total["uj"])
-            time.sleep(0.0005)
-
     parsed = []
     real = session_mod._json_or_empty
     monkeypatch.setattr(session_mod, "_json_or_empty", lambda text: parsed.append(text) or real(text))
     model = tiny_model("tiny-llama")
-    th = threading.Thread(target=writer)
-    th.start()
-    try:
+    with _package_counter_moving(tmp_path):
         with ep.run(model, source=f"rapl:root={tmp_path},update_ms=40", baseline_s=0, save=False,
                     interval_ms=5) as s:
             model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
-    finally:
-        stop.set()
-        th.join()
     summary = s.summary()
     assert summary["source_meta"]["counter_update_ms"] == 40
     assert summary["boundary_reads"]["counter_update_period_s"] == pytest.approx(0.040)

@@ -120,37 +120,33 @@ static void Sampler_dealloc(SamplerObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *Sampler_start(SamplerObject *self, PyObject *noargs)
+/* One step of a start (ep_sampler_start, _launch or _await_start) with the GIL released:
+ * None, or the step's error raised. */
+static PyObject *start_step(SamplerObject *self, int (*step)(ep_sampler *, char *, size_t))
 {
     char err[ERR_LEN] = "";
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = ep_sampler_start(self->sampler, err, sizeof err);
+    rc = step(self->sampler, err, sizeof err);
     Py_END_ALLOW_THREADS
     if (rc != EP_OK)
         return ep_module_raise(rc, err);
     Py_RETURN_NONE;
+}
+
+static PyObject *Sampler_start(SamplerObject *self, PyObject *noargs)
+{
+    return start_step(self, ep_sampler_start);
 }
 
 static PyObject *Sampler_launch(SamplerObject *self, PyObject *noargs)
 {
-    char err[ERR_LEN] = "";
-    int rc = ep_sampler_launch(self->sampler, err, sizeof err); /* creates the thread, never waits */
-    if (rc != EP_OK)
-        return ep_module_raise(rc, err);
-    Py_RETURN_NONE;
+    return start_step(self, ep_sampler_launch); /* creates the thread, never waits */
 }
 
 static PyObject *Sampler_await_start(SamplerObject *self, PyObject *noargs)
 {
-    char err[ERR_LEN] = "";
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = ep_sampler_await_start(self->sampler, err, sizeof err);
-    Py_END_ALLOW_THREADS
-    if (rc != EP_OK)
-        return ep_module_raise(rc, err);
-    Py_RETURN_NONE;
+    return start_step(self, ep_sampler_await_start);
 }
 
 static PyObject *Sampler_request_stop(SamplerObject *self, PyObject *noargs)
