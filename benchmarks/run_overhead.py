@@ -177,7 +177,9 @@ def main(argv=None) -> int:
     lines = ["# generate() slowdown under ep.run", "",
              f"`python benchmarks/run_overhead.py --rounds {args.rounds} --method {args.method}`; "
              f"torch threads = 1, {args.new_tokens} new tokens, prompt 16 tokens, synthetic source at 10 ms, "
-             "sync none. Medians over interleaved rounds; the slowdown is the ratio of medians measured in one run.",
+             "sync none. Medians over interleaved rounds; the slowdown is the ratio of medians measured in one run. "
+             f"Load average when it started: {os.getloadavg()[0]:.2f} (2 cores shared: the enter + exit figure moves "
+             "with it by a millisecond or more between runs).",
              "", "| model | mode | generate alone s (wall) | inside ep.run s (wall) | wall slowdown % | CPU-time slowdown % "
              "| attribution after the block s |",
              "|---|---|---|---|---|---|---|"]
