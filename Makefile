@@ -16,7 +16,7 @@ C_PARTS = $(wildcard csrc/kernels/*.c csrc/sources/*.c csrc/threads/*.c)
 # Python tests run against the sanitizer build of the extension (make sanitize).
 SANITIZE_TESTS := test_core_basics.py test_integrate.py test_sampler.py test_plist.py test_powermetrics.py \
   test_store.py test_hooks.py test_torchshim.py test_attribution.py test_session.py test_nvml.py test_nvml_devices.py test_rapl.py \
-  test_estimate.py test_ioreport.py
+  test_estimate.py test_ioreport.py test_arch.py
 
 .PHONY: all setup sysdeps venv build test demo ctest fuzz-replay sanitize valgrind fuzz bench clean
 

@@ -26,6 +26,7 @@ import os
 import random
 import statistics
 import time
+from typing import Dict, List
 
 import sys
 
@@ -90,6 +91,80 @@ def measure(model, ids, new_tokens: int, rounds: int, method: str):
     return rows, ee_ci, enter, cpu_ci
 
 
+#: The parts of ep.run's enter and exit timed by :func:`parts` (owner, attribute, label).
+_PARTS = (
+    ("session.Session", "__init__", "enter: ep.run() (argument checks, RunData)"),
+    ("sources", "open", "enter: sources.open (spec, the C source built once)"),
+    ("arch", "describe", "enter: arch.describe (remembered map, one C walk of the tree)"),
+    ("sampler.Sampler", "__init__", "enter: Sampler() (the C sampler)"),
+    ("sampler.Sampler", "start", "enter: Sampler.start (thread launched)"),
+    ("hooks.HookSet", "add", "enter: HookSet.add, every module"),
+    ("sampler.Sampler", "wait_started", "enter: Sampler.wait_started (the source started)"),
+    ("session.Session", "_run_meta", "enter: _run_meta"),
+    ("session.Session", "_teardown_hooks", "exit: hooks off (_teardown_hooks)"),
+    ("sampler.Sampler", "stop", "exit: Sampler.stop (join, drain)"),
+    ("session.Session", "_finish", "exit: _finish, all of it"),
+    ("session", "attribute", "exit:   of which attribution.attribute"),
+    ("session.Session", "_judge_boundary", "exit:   of which _judge_boundary"),
+    ("session.Session", "_forwards", "exit:   of which _forwards"),
+)
+
+
+def parts(model, ids, new_tokens: int, rounds: int, method: str) -> List[str]:
+    """Where enter and exit go, standard mode: each part timed (perf_counter_ns around the
+    function, summed per run) in runs of their own after the measured ones, so the timers
+    never touch the headline figure.  Medians over the runs; each timer adds ~0.3 µs a call."""
+    import functools
+    import importlib
+
+    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    per_run: Dict[str, List[int]] = {label: [] for _, _, label in _PARTS}
+    current: Dict[str, int] = {}
+    restore = []
+    for owner, attr, label in _PARTS:
+        mod_name, _, cls = owner.partition(".")
+        obj = importlib.import_module(f"energyprof.measure.{mod_name}")
+        if cls:
+            obj = getattr(obj, cls)
+        f = getattr(obj, attr)
+
+        def timed(*a, _f=f, _label=label, **k):
+            t = time.perf_counter_ns()
+            try:
+                return _f(*a, **k)
+            finally:
+                current[_label] = current.get(_label, 0) + time.perf_counter_ns() - t
+
+        restore.append((obj, attr, f))
+        setattr(obj, attr, functools.wraps(f)(timed))
+    totals = {"enter": [], "exit": []}
+    try:
+        with torch.inference_mode():
+            for _ in range(rounds):
+                current.clear()
+                t0 = time.perf_counter_ns()
+                s = ep.run(model, source="synthetic:power_w=10,period_ms=10", mode="standard", sync="none",
+                           baseline_s=0, save=False, hook_method=method)
+                s.__enter__()
+                totals["enter"].append(time.perf_counter_ns() - t0)
+                model.generate(ids, **kw)
+                t1 = time.perf_counter_ns()
+                s.__exit__(None, None, None)
+                totals["exit"].append(time.perf_counter_ns() - t1)
+                for label in per_run:
+                    per_run[label].append(current.get(label, 0))
+    finally:
+        for obj, attr, f in restore:
+            setattr(obj, attr, f)
+    lines = ["| part (12 x 768 Llama, standard, timed runs) | median ms per run |", "|---|---|",
+             f"| enter, all of it | {statistics.median(totals['enter']) * 1e-6:.3f} |"]
+    for _, _, label in _PARTS:
+        if label.startswith("exit") and not any(x.startswith("| exit, all") for x in lines):
+            lines.append(f"| exit, all of it | {statistics.median(totals['exit']) * 1e-6:.3f} |")
+        lines.append(f"| {label} | {statistics.median(per_run[label]) * 1e-6:.3f} |")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=9)
@@ -102,7 +177,9 @@ def main(argv=None) -> int:
     lines = ["# generate() slowdown under ep.run", "",
              f"`python benchmarks/run_overhead.py --rounds {args.rounds} --method {args.method}`; "
              f"torch threads = 1, {args.new_tokens} new tokens, prompt 16 tokens, synthetic source at 10 ms, "
-             "sync none. Medians over interleaved rounds; the slowdown is the ratio of medians measured in one run.",
+             "sync none. Medians over interleaved rounds; the slowdown is the ratio of medians measured in one run. "
+             f"Load average when it started: {os.getloadavg()[0]:.2f} (2 cores shared: the enter + exit figure moves "
+             "with it by a millisecond or more between runs).",
              "", "| model | mode | generate alone s (wall) | inside ep.run s (wall) | wall slowdown % | CPU-time slowdown % "
              "| attribution after the block s |",
              "|---|---|---|---|---|---|---|"]
@@ -124,13 +201,16 @@ def main(argv=None) -> int:
                          f"of the calling thread in enter + exit {fmt_ci(tuple(x * 1e3 for x in cpu_ci[mode]), unit=' ms')} "
                          "(the wall time less the waits for other threads and processes)")
         if label == "llama 12x768":
+            part_lines = parts(model, ids, args.new_tokens, rounds, args.method)
             ms = tuple(x * 1e3 for x in ee_ci["standard"])
             v = verdict(ms, 5.0, False)
             notes.append(f"- goal enter + exit <= 5 ms on the {label} Llama, standard: {verdict_text(v)}")
             heads.append(headline(f"ep.run enter + exit around generate(), {label} Llama, standard mode, "
                                   "baseline_s=0 (no deliberate settle/baseline wait)", "<= 5 ms",
                                   fmt_ci(ms, unit=" ms"), v))
-    lines += ["", *notes, "", *heads]
+    lines += ["", *notes, "", "Where enter and exit go (each part timed in runs of its own, after the measured ones; "
+              "the first run after generate() finds the caches cold, which is what the parts cost here):", "",
+              *part_lines, "", *heads]
     emit(lines, DOC, args.write)
     return 0
 

@@ -881,3 +881,37 @@ def fill_rows(rows: np.ndarray, columns) -> None:
         if v.size not in (1, len(rows)):
             raise ValueError("need one value or one per row")
         raw[:, offset:offset + size] = v.reshape(-1).view(np.uint8).reshape(-1, size)
+
+
+def module_tree(root) -> tuple:
+    """Twin of ``_core.module_tree``: one walk over a torch module tree, each module once,
+    in ``named_modules()`` order (depth first through ``_modules``; a module reached through
+    a second parent is not walked again).
+
+    Returns ``(key, n_params, pinned)``: ``key`` a tuple holding, for every module reached,
+    its class, then ``name, id(child)`` (``None`` for a ``None`` child) for each of its
+    children in order; ``n_params`` the ``numel()`` of every distinct parameter (by
+    identity); ``pinned`` every module reached but ``root``, in walk order.
+    """
+    key: list = []
+    pinned: list = []
+    seen: set = set()
+    seen_params: set = set()
+    n_params = 0
+    stack = [root]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:      # reached before through another parent
+            continue
+        seen.add(id(m))
+        if m is not root:
+            pinned.append(m)
+        key.append(type(m))
+        for name, child in m._modules.items():
+            key += [name, None if child is None else id(child)]
+        for p in m._parameters.values():
+            if p is not None and id(p) not in seen_params:
+                seen_params.add(id(p))
+                n_params += p.numel()
+        stack += [child for child in reversed(list(m._modules.values())) if child is not None]
+    return tuple(key), n_params, tuple(pinned)

@@ -437,3 +437,67 @@ def test_describe_again_follows_changes_to_the_model():
     del model, first, again, after, mlp0
     gc.collect()
     assert ref() is None
+
+
+def test_module_tree_against_a_hand_written_key_and_its_twin():
+    """_core.module_tree against the key written out by hand for a small tree (a module
+    shared by two parents is walked once, a None child is kept, a tied parameter counted
+    once), and against its pure-Python twin on every tiny model."""
+    from energyprof import _core, _reference
+
+    shared = nn.Linear(3, 2)                    # 6 + 2 parameters
+    inner = nn.Sequential(shared, nn.ReLU())
+    root = nn.Module()
+    root.a = inner
+    root.b = shared                             # reached again: not walked twice
+    root.register_module("c", None)         # a None child
+    root.d = nn.Linear(2, 2, bias=False)        # 4 parameters
+    root.d.weight = nn.Parameter(torch.zeros(2, 2))
+    root.e = nn.Linear(2, 2, bias=False)
+    root.e.weight = root.d.weight               # tied: counted once
+    key, n_params, pinned = _core.module_tree(root)
+    want = (nn.Module, "a", id(inner), "b", id(shared), "c", None, "d", id(root.d), "e", id(root.e),
+            nn.Sequential, "0", id(shared), "1", id(inner[1]),
+            nn.Linear,                          # shared, first reached through a.0
+            nn.ReLU,
+            nn.Linear,                          # d
+            nn.Linear)                          # e
+    assert key == want
+    assert n_params == 6 + 2 + 4
+    assert [id(m) for m in pinned] == [id(inner), id(shared), id(inner[1]), id(root.d), id(root.e)] == \
+        [id(m) for m in root.modules()][1:]
+    for name in TINY_MODELS:
+        model = tiny_model(name)
+        c, ref = _core.module_tree(model), _reference.module_tree(model)
+        assert c[0] == ref[0] and c[1] == ref[1] == sum(p.numel() for p in model.parameters())
+        assert [id(m) for m in c[2]] == [id(m) for m in ref[2]]
+        assert [id(m) for m in c[2]] == [id(m) for m in model.modules()][1:]   # named_modules() order
+    with pytest.raises(AttributeError):
+        _core.module_tree(object())
+
+
+def test_describe_again_sees_changes_that_skip_setattr():
+    """describe()'s memory is keyed on the tree walked afresh each time: a layer deleted from
+    the ModuleList (no registration hook sees that), a component swapped through
+    ``_modules`` directly, and a parameter resized in place (same object, new size) are all
+    seen.  Oracle: a fresh describe() of a model built apart with the same change, and the
+    parameter count summed by hand."""
+    model = tiny_model("tiny-llama")
+    n_layers = len(model.model.layers)
+    describe(model)
+    del model.model.layers[-1]
+    after = describe(model)
+    assert len(after.layers) == n_layers - 1
+    apart = tiny_model("tiny-llama")
+    del apart.model.layers[-1]
+    assert [(r.qualname, r.component) for r in after.components] == \
+        [(r.qualname, r.component) for r in describe(apart).components]
+    old_q = model.model.layers[0].self_attn.q_proj
+    new_q = nn.Linear(old_q.in_features, old_q.out_features, bias=False)
+    model.model.layers[0].self_attn._modules["q_proj"] = new_q
+    q0 = next(r.module for r in describe(model).components if r.layer == 0 and r.component == "q_proj")
+    assert q0 is new_q
+    w = model.model.norm.weight
+    before = describe(model).config["n_params"]
+    w.data = torch.ones(w.numel() + 5)
+    assert describe(model).config["n_params"] == before + 5 == sum(p.numel() for p in model.parameters())

@@ -130,6 +130,28 @@ def _samples(dt_ms, watts):
     return x
 
 
+def test_update_period_with_several_domains_against_a_loop():
+    """counter_update_period_s with several measured domains, a NaN reading inside one (a move,
+    not a standstill) and a domain NaN throughout (not measured), against a plain loop over the
+    readings written apart."""
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        n = int(rng.integers(1, 30))
+        x = _samples(rng.integers(1, 20, n), rng.choice([0.0, 0.0, 3.0], n))
+        x["cpu_w"] = rng.choice([0.0, 0.0, 0.0, 2.0, np.nan], n) if trial % 3 else np.nan
+        if trial % 4 == 0:
+            x["package_w"] = np.nan
+        cols = [c for c in ("cpu_w", "gpu_w", "ane_w", "dram_w", "package_w") if not np.isnan(x[c]).all()]
+        best = run = 0.0
+        for i in range(n):
+            if cols and all(x[c][i] == 0.0 for c in cols):   # NaN == 0.0 is False: a NaN reading moved
+                run += (x["t_end_ns"][i] - x["t_start_ns"][i]) * 1e-9
+                best = max(best, run)
+            else:
+                run = 0.0
+        assert counter_update_period_s(x) == pytest.approx(best, abs=1e-12)
+
+
 def test_update_period_and_the_resolved_judgement_hand_worked():
     # Readings 3 ms and 7 ms apart saw no change: the counter updates less often than every 7 ms.
     x = _samples([10, 3, 20, 7, 30], [5.0, 0.0, 6.0, 0.0, 5.0])
@@ -174,3 +196,14 @@ def test_module_doctest_runs():
     import energyprof.measure.boundary as mod
 
     assert doctest.testmod(mod).failed == 0
+
+
+def test_session_median_matches_numpy():
+    """session._median (the tokens' median edge-bound share) against np.median."""
+    from energyprof.measure.session import _median
+
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 3, 4, 17, 64):
+        x = rng.normal(size=n)
+        assert _median(x) == float(np.median(x))
+    assert _median(np.array([1.0, 3.0])) == 2.0 and _median(np.array([5.0, 1.0, 3.0])) == 3.0

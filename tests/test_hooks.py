@@ -244,6 +244,101 @@ def test_wrap_restores_a_previous_instance_forward():
     assert lin.__dict__["forward"] is custom
 
 
+class _SetattrSpy(torch.nn.Linear):
+    """A module whose own __setattr__ must still see the wrapper go on (and nothing else)."""
+    seen: list = []
+
+    def __setattr__(self, name, value):
+        type(self).seen.append(name)
+        super().__setattr__(name, value)
+
+
+class _ForwardProperty(torch.nn.Module):
+    """forward as a data descriptor: assigning to it must go through its setter."""
+
+    def __init__(self):
+        super().__init__()
+        self.set_to = []
+
+    def _fwd(self, x):
+        return x + 1
+
+    def _set(self, value):
+        self.set_to.append(value)
+
+    forward = property(lambda self: self.__dict__.get("_f", self._fwd), _set)
+
+
+def test_wrap_stores_the_forward_the_way_setattr_would():
+    """HookSet.add writes the wrapper into the instance __dict__ only where torch's
+    Module.__setattr__ would do no more; a class's own __setattr__ (also one patched on after
+    a first add), a forward property's setter, and a submodule named ``forward`` see the
+    assignment as before.  Oracle: what plain ``module.forward = w`` does in each case."""
+    buf = _core.SpanBuffer()
+    lin = torch.nn.Linear(2, 2)
+    with HookSet(buf, method="wrap") as hs:
+        hs.add(lin, 0)
+        assert "forward" in lin.__dict__ and lin.forward.__wrapped__ == torch.nn.Linear.forward.__get__(lin)
+    assert "forward" not in lin.__dict__
+    _SetattrSpy.seen = []
+    spy = _SetattrSpy(2, 2)
+    _SetattrSpy.seen = []
+    with HookSet(buf, method="wrap") as hs:
+        hs.add(spy, 0)
+    assert _SetattrSpy.seen == ["forward"]
+    # the class's __setattr__ is looked up every time: one patched on later is seen
+    calls = []
+
+    class Later(torch.nn.Linear):
+        pass
+
+    with HookSet(buf, method="wrap") as hs:
+        hs.add(Later(2, 2), 0)          # the plain path, remembered for the class
+    Later.__setattr__ = lambda self, name, value: (calls.append(name), torch.nn.Module.__setattr__(self, name, value))
+    later = Later(2, 2)
+    calls.clear()
+    with HookSet(buf, method="wrap") as hs:
+        hs.add(later, 0)
+    assert calls == ["forward"]
+    prop = _ForwardProperty()
+    with HookSet(buf, method="wrap") as hs:
+        hs.add(prop, 0)
+    assert len(prop.set_to) == 1 and "forward" not in prop.__dict__
+    # a submodule named "forward": torch refuses a non-module value there, so does add
+    odd = torch.nn.Module()
+    odd._modules["forward"] = torch.nn.Identity()
+    with HookSet(buf, method="wrap") as hs, pytest.raises(TypeError, match="child module 'forward'"):
+        hs.add(odd, 0)
+
+
+def test_plain_setattr_memory_goes_with_its_class():
+    """The per-class note of _plain_setattr is dropped when the class is freed (torch.fx makes
+    one class per GraphModule), so a later class at the same address is looked at afresh."""
+    import gc
+
+    from energyprof.measure import hooks
+
+    def make():
+        cls = type("Tmp", (torch.nn.Linear,), {})
+        with HookSet(_core.SpanBuffer(), method="wrap") as hs:
+            hs.add(cls(2, 2), 0)
+        return id(cls)
+
+    key = make()
+    gc.collect()
+    assert key not in hooks._PLAIN_SETATTR
+
+
+def test_component_codes_of_the_canonical_names():
+    """component_code (remembered per name) against the groups written out by hand."""
+    from energyprof.measure.hooks import component_code
+
+    want = {"q_proj": _core.COMP_ATTN, "attn": _core.COMP_ATTN, "mlp": _core.COMP_MLP, "down_proj": _core.COMP_MLP,
+            "expert.3": _core.COMP_MLP, "layer": _core.COMP_OTHER, "embed": _core.COMP_OTHER, None: _core.COMP_INHERIT}
+    for _ in range(2):   # the second round is answered from the memory
+        assert {c: component_code(c) for c in want} == want
+
+
 def test_wrap_keeps_the_forward_signature_visible():
     lin = torch.nn.Linear(2, 2)
     with HookSet(_core.SpanBuffer(), method="wrap") as hs:

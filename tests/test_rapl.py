@@ -4,6 +4,7 @@ The tree mirrors /sys/class/powercap: intel-rapl:N (package-N) with subzones
 intel-rapl:N:M (core, uncore, dram) and a top-level psys zone.  Expected energies
 come from what the tests wrote (energyprof._reference.counter_delta for wraps).
 """
+import contextlib
 import os
 import shutil
 import subprocess
@@ -216,10 +217,10 @@ def test_synchronised_boundary_read_waits_for_the_counter_to_move(tmp_path):
         syn.arm_sync(2)
 
 
-def test_ep_run_tiny_model_exact(tmp_path):
-    import torch
-    from energyprof.tiny import tiny_model
-    t = Tree(tmp_path)
+@contextlib.contextmanager
+def _package_counter_moving(root):
+    """A one-package tree under ``root`` whose counter a thread advances by 1234 uJ every 0.5 ms."""
+    t = Tree(root)
     t.zone("intel-rapl:0", "package-0", 0)
     stop = threading.Event()
     total = {"uj": 0}
@@ -230,15 +231,23 @@ def test_ep_run_tiny_model_exact(tmp_path):
             t.set("intel-rapl:0", total["uj"])
             time.sleep(0.0005)
 
-    model = tiny_model("tiny-llama")
     th = threading.Thread(target=writer)
     th.start()
     try:
-        with ep.run(model, source=f"rapl:root={tmp_path}", baseline_s=0, save=False, interval_ms=5) as s:
-            model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
+        yield
     finally:
         stop.set()
         th.join()
+
+
+def test_ep_run_tiny_model_exact(tmp_path):
+    import torch
+    from energyprof.tiny import tiny_model
+
+    model = tiny_model("tiny-llama")
+    with _package_counter_moving(tmp_path):
+        with ep.run(model, source=f"rapl:root={tmp_path}", baseline_s=0, save=False, interval_ms=5) as s:
+            model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
     samples = s.samples
     # Each sample is one counter difference: energy is a whole number of uJ, the
     # samples tile time, and the run's package energy is their overlap with the run.
@@ -251,6 +260,30 @@ def test_ep_run_tiny_model_exact(tmp_path):
     want = float((samples["package_w"] * np.clip(hi - lo, 0, None) * 1e-9).sum())
     assert run["package_j"] == pytest.approx(want, rel=1e-9)
     assert s.summary()["energy_j"] > 0
+
+
+def test_ep_run_reads_the_counter_update_period_from_the_metadata_parsed_once(tmp_path, monkeypatch):
+    """A counter stated to update every 40 ms (update_ms=40) but written every 0.5 ms: the run
+    judges its rows by the stated 40 ms (longer than any standstill it saw), read from the
+    source's meta_json, which the session parses once (into summary()["source_meta"]).
+    Oracle: the update_ms given."""
+    import torch
+
+    from energyprof.measure import session as session_mod
+    from energyprof.tiny import tiny_model
+
+    parsed = []
+    real = session_mod._json_or_empty
+    monkeypatch.setattr(session_mod, "_json_or_empty", lambda text: parsed.append(text) or real(text))
+    model = tiny_model("tiny-llama")
+    with _package_counter_moving(tmp_path):
+        with ep.run(model, source=f"rapl:root={tmp_path},update_ms=40", baseline_s=0, save=False,
+                    interval_ms=5) as s:
+            model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
+    summary = s.summary()
+    assert summary["source_meta"]["counter_update_ms"] == 40
+    assert summary["boundary_reads"]["counter_update_period_s"] == pytest.approx(0.040)
+    assert len(parsed) == 1
 
 
 def test_missing_tree_is_a_clear_error(tmp_path):

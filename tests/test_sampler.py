@@ -421,3 +421,56 @@ def test_one_background_drain_serves_every_running_sampler():
     time.sleep(2 * sampler_mod.DRAIN_EVERY_S)
     assert a.samples.tobytes() == sa.tobytes() and b.samples.tobytes() == sb.tobytes()
     assert np.all(sa["cpu_w"] == 1.0) and np.all(sb["cpu_w"] == 2.0)
+
+
+def test_concat_records_matches_numpy_concatenate():
+    """_dtypes.concat_records (what the sampler joins its drained chunks with) against
+    np.concatenate: same rows, a new array (never a view of a part), empty parts, a strided
+    part and mixed dtypes going to numpy's own path."""
+    from energyprof._dtypes import concat_records
+
+    rng = np.random.default_rng(3)
+    dt = _core.SAMPLE_DTYPE
+    parts = []
+    for n in (0, 5, 1, 0, 17):
+        a = np.zeros(n, dt)
+        for f in dt.names:
+            a[f] = rng.integers(0, 1000, n) if dt.fields[f][0].kind in "iu" else rng.normal(size=n)
+        parts.append(a)
+    got = concat_records(parts)
+    assert got.dtype == dt
+    np.testing.assert_array_equal(got, np.concatenate(parts))
+    one = concat_records([parts[1]])
+    np.testing.assert_array_equal(one, parts[1])
+    assert not np.shares_memory(one, parts[1])
+    strided = parts[4][::2]
+    np.testing.assert_array_equal(concat_records([parts[1], strided]), np.concatenate([parts[1], strided]))
+    assert len(concat_records([], dtype=dt)) == 0 and concat_records([], dtype=dt).dtype == dt
+    with pytest.raises(ValueError):
+        concat_records([])
+    plain = [np.arange(3.0), np.arange(2.0)]
+    np.testing.assert_array_equal(concat_records(plain), np.arange(3.0).tolist() + np.arange(2.0).tolist())
+
+
+def test_start_without_waiting_and_stop_asked_for_early():
+    """Sampler.start(wait=False) + wait_started() and request_stop() + stop() give the same
+    kind of series as start() / stop(): contiguous samples of the synthetic 7 W, the last one
+    final; a stop straight after start(wait=False) finishes the start itself and never hangs."""
+    s = ep.Sampler("synthetic:power_w=7,period_ms=1")
+    s.start(wait=False)
+    s.wait_started()
+    s.wait_started()                  # nothing left to wait for
+    assert s.running
+    deadline = time.monotonic() + 30
+    while s.n_samples + s._core.stats()["pending"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    s.request_stop()
+    x = s.stop()
+    assert len(x) >= 3 and (x["cpu_w"] == 7.0).all()
+    assert (x["t_start_ns"][1:] == x["t_end_ns"][:-1]).all()
+    final = (x["flags"] & _core.SFLAG_FINAL) != 0
+    assert final[-1] and not final[:-1].any()
+    for _ in range(50):
+        s.start(wait=False)
+        s.stop()
+    assert not s.running

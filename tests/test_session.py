@@ -351,3 +351,29 @@ def test_a_run_with_more_hook_events_than_the_span_buffer_holds_keeps_them_all(l
     for i in range(amap.config["n_layers"]):
         assert np.sum(s.layers["layer"] == i) == n_forwards
     assert len(s.components) == n_forwards * (len(amap.components) + len(amap.model_level))
+
+
+def test_a_source_failing_to_start_leaves_the_model_as_it_was(monkeypatch):
+    """The sampler thread starts the source while the hooks go on (Sampler.start(wait=False));
+    when that start fails, enter raises the source's error with every hook off again, the
+    thread gone and the model free for the next run.  Oracle: the model's own attributes
+    before the run, and a run after it measuring the synthetic 10 W."""
+    from energyprof.measure.sampler import Sampler
+
+    model = tiny_model("tiny-llama")
+
+    def fail(self):
+        self._core.stop()   # what a failed start leaves: no thread
+        raise RuntimeError("fake: device unplugged")
+
+    monkeypatch.setattr(Sampler, "wait_started", fail)
+    run = ep.run(model, source="synthetic:power_w=10", baseline_s=0, save=False)
+    with pytest.raises(RuntimeError, match="device unplugged"):
+        run.__enter__()
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert "generate" not in model.__dict__
+    assert not run._sampler.running
+    monkeypatch.undo()
+    with ep.run(model, source="synthetic:power_w=10", baseline_s=0, save=False) as s:
+        model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=2, do_sample=False)
+    assert s.summary()["energy_j"] / s.summary()["duration_s"] == pytest.approx(10.0, rel=1e-9)

@@ -1,6 +1,7 @@
 /* ep_module_hooks.c: the Python face of the span buffer (ep_hooks.c) and the
  * libtorch shim (ep_torchshim.cpp): _core.SpanBuffer, _core.Hook,
- * _core.wrap_forward, _core.torchshim_load/torchshim_info/device_sync.
+ * _core.wrap_forward, _core.torchshim_load/torchshim_info/device_sync, and _core.module_tree (the
+ * walk over a torch module tree that arch.describe's memory is keyed on).
  *
  * The hot path (Hook and the forward wrapper called by torch) creates no Python
  * object: it reads the clock, adjusts the activity level and appends 16 bytes to
@@ -869,6 +870,139 @@ static PyObject *py_device_sync(PyObject *module, PyObject *args, PyObject *kwds
     Py_RETURN_NONE;
 }
 
+/* ---------------------------------------------------------------- module_tree */
+
+/* Append obj to list (borrowed); 0, or -1 with an exception set. */
+static int append_borrowed(PyObject *list, PyObject *obj)
+{
+    return PyList_Append(list, obj);
+}
+
+/* Append a new reference to list and drop it; 0, or -1 (obj NULL or the append failed). */
+static int append_owned(PyObject *list, PyObject *obj)
+{
+    if (!obj)
+        return -1;
+    int rc = PyList_Append(list, obj);
+    Py_DECREF(obj);
+    return rc;
+}
+
+/* add(set, id(obj)): 1 when it was new, 0 when seen, -1 with an exception set. */
+static int add_id(PyObject *set, PyObject *obj)
+{
+    PyObject *id = PyLong_FromVoidPtr(obj); /* owned */
+    if (!id)
+        return -1;
+    int had = PySet_Contains(set, id);
+    int rc = had < 0 ? -1 : had ? 0 : (PySet_Add(set, id) < 0 ? -1 : 1);
+    Py_DECREF(id);
+    return rc;
+}
+
+/* The twin of energyprof._reference.module_tree (see its docstring).  root is borrowed;
+ * returns a new (key, n_params, pinned) tuple or NULL with an exception set. */
+static PyObject *str_modules, *str_parameters, *str_numel; /* interned, module lifetime */
+
+static PyObject *py_module_tree(PyObject *self, PyObject *root)
+{
+    PyObject *key = PyList_New(0), *pinned = PyList_New(0), *stack = PyList_New(0); /* owned */
+    PyObject *seen = PySet_New(NULL), *seen_params = PySet_New(NULL);              /* owned */
+    PyObject *subs = NULL, *params = NULL, *out = NULL, *key_t = NULL, *pin_t = NULL;
+    long long n_params = 0;
+    if (!key || !pinned || !stack || !seen || !seen_params)
+        goto error;
+    if (!str_modules && !(str_modules = PyUnicode_InternFromString("_modules")))
+        goto error;
+    if (!str_parameters && !(str_parameters = PyUnicode_InternFromString("_parameters")))
+        goto error;
+    if (!str_numel && !(str_numel = PyUnicode_InternFromString("numel")))
+        goto error;
+    if (append_borrowed(stack, root) < 0)
+        goto error;
+    while (PyList_GET_SIZE(stack)) {
+        Py_ssize_t top = PyList_GET_SIZE(stack) - 1;
+        PyObject *m = PyList_GET_ITEM(stack, top); /* borrowed from stack ... */
+        Py_INCREF(m);                              /* ... owned from here */
+        if (PyList_SetSlice(stack, top, top + 1, NULL) < 0) {
+            Py_DECREF(m);
+            goto error;
+        }
+        int fresh_m = add_id(seen, m); /* marked when walked, as named_modules() does */
+        if (fresh_m <= 0 || (m != root && append_borrowed(pinned, m) < 0)) {
+            Py_DECREF(m);
+            if (fresh_m == 0)
+                continue; /* reached before through another parent */
+            goto error;
+        }
+        subs = PyObject_GetAttr(m, str_modules);
+        params = subs ? PyObject_GetAttr(m, str_parameters) : NULL;
+        int rc = params ? append_borrowed(key, (PyObject *)Py_TYPE(m)) : -1;
+        Py_DECREF(m);
+        if (rc < 0)
+            goto error;
+        if (!PyDict_Check(subs) || !PyDict_Check(params)) {
+            PyErr_SetString(PyExc_TypeError, "module_tree: a module's _modules and _parameters must be dicts");
+            goto error;
+        }
+        PyObject *name, *child; /* borrowed */
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(subs, &pos, &name, &child)) {
+            if (append_borrowed(key, name) < 0)
+                goto error;
+            if (child == Py_None ? append_borrowed(key, Py_None) < 0 : append_owned(key, PyLong_FromVoidPtr(child)) < 0)
+                goto error;
+        }
+        PyObject *p; /* borrowed */
+        pos = 0;
+        while (PyDict_Next(params, &pos, &name, &p)) {
+            if (p == Py_None)
+                continue;
+            int fresh = add_id(seen_params, p);
+            if (fresh < 0)
+                goto error;
+            if (!fresh)
+                continue;
+            PyObject *numel = PyObject_CallMethodNoArgs(p, str_numel); /* owned */
+            long long v = numel ? PyLong_AsLongLong(numel) : -1;
+            Py_XDECREF(numel);
+            if (v == -1 && PyErr_Occurred())
+                goto error;
+            n_params += v;
+        }
+        /* children last to first onto the stack: the first child is walked next */
+        PyObject *children = PyDict_Values(subs); /* owned */
+        if (!children)
+            goto error;
+        for (Py_ssize_t i = PyList_GET_SIZE(children) - 1; i >= 0; i--) {
+            PyObject *c = PyList_GET_ITEM(children, i); /* borrowed */
+            if (c != Py_None && append_borrowed(stack, c) < 0) {
+                Py_DECREF(children);
+                goto error;
+            }
+        }
+        Py_DECREF(children);
+        Py_CLEAR(subs);
+        Py_CLEAR(params);
+    }
+    key_t = PyList_AsTuple(key);
+    pin_t = key_t ? PyList_AsTuple(pinned) : NULL;
+    if (!pin_t)
+        goto error;
+    out = Py_BuildValue("(OLO)", key_t, n_params, pin_t);
+error:
+    Py_XDECREF(key_t);
+    Py_XDECREF(pin_t);
+    Py_XDECREF(subs);
+    Py_XDECREF(params);
+    Py_XDECREF(key);
+    Py_XDECREF(pinned);
+    Py_XDECREF(stack);
+    Py_XDECREF(seen);
+    Py_XDECREF(seen_params);
+    return out;
+}
+
 static PyMethodDef hooks_methods[] = {
     {"wrap_forward", (PyCFunction)(void (*)(void))py_wrap_forward, METH_VARARGS | METH_KEYWORDS,
      "wrap_forward(buffer, span_id, forward, activity=True, sync=0, sync_index=0, sync_fallback=None, component=-1, boundary=False,\n"
@@ -878,6 +1012,11 @@ static PyMethodDef hooks_methods[] = {
      "stats_every=N > 0 (mode=\"deep\"): after every N-th successful call, the statistics of the output\n"
      "(its first element for a tuple) in C when it is a CPU float32/float64 C-contiguous tensor_type,\n"
      "else stats_fallback(output) kept as is; read them with act_stats()."},
+    {"module_tree", (PyCFunction)py_module_tree, METH_O,
+     "module_tree(module) -> (key, n_params, pinned): one walk over a torch module tree (each module once, "
+     "in named_modules() order): key = for every module its class, then (name, id(child) or None) per child; n_params = "
+     "the numel() of every distinct parameter; pinned = every module reached but the root.  Twin: "
+     "energyprof._reference.module_tree."},
     {"torchshim_load", (PyCFunction)(void (*)(void))py_torchshim_load, METH_VARARGS | METH_KEYWORDS,
      "torchshim_load(path=None, search=True) -> dict {'cuda': origin|None, 'mps': origin|None}: resolve "
      "torch::cuda::synchronize / torch::mps::synchronize (path first when given, then -- when search -- the "

@@ -120,15 +120,38 @@ static void Sampler_dealloc(SamplerObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *Sampler_start(SamplerObject *self, PyObject *noargs)
+/* One step of a start (ep_sampler_start, _launch or _await_start) with the GIL released:
+ * None, or the step's error raised. */
+static PyObject *start_step(SamplerObject *self, int (*step)(ep_sampler *, char *, size_t))
 {
     char err[ERR_LEN] = "";
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = ep_sampler_start(self->sampler, err, sizeof err);
+    rc = step(self->sampler, err, sizeof err);
     Py_END_ALLOW_THREADS
     if (rc != EP_OK)
         return ep_module_raise(rc, err);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Sampler_start(SamplerObject *self, PyObject *noargs)
+{
+    return start_step(self, ep_sampler_start);
+}
+
+static PyObject *Sampler_launch(SamplerObject *self, PyObject *noargs)
+{
+    return start_step(self, ep_sampler_launch); /* creates the thread, never waits */
+}
+
+static PyObject *Sampler_await_start(SamplerObject *self, PyObject *noargs)
+{
+    return start_step(self, ep_sampler_await_start);
+}
+
+static PyObject *Sampler_request_stop(SamplerObject *self, PyObject *noargs)
+{
+    ep_sampler_request_stop(self->sampler); /* takes the sampler's lock for a moment only */
     Py_RETURN_NONE;
 }
 
@@ -335,6 +358,15 @@ static PyMethodDef Sampler_methods[] = {
     {"start", (PyCFunction)Sampler_start, METH_NOARGS,
      "start(): start the sampler thread; it runs the source's start and returns once that did.\n"
      "Raises (and the thread is gone) when the source cannot start; RuntimeError if running."},
+    {"launch", (PyCFunction)Sampler_launch, METH_NOARGS,
+     "launch(): start() in two halves, first: create the sampler thread and return at once (it starts the\n"
+     "source meanwhile); RuntimeError if running."},
+    {"await_start", (PyCFunction)Sampler_await_start, METH_NOARGS,
+     "await_start(): the second half: wait until the source's start returned; raises what start() would.\n"
+     "A stop() before it finishes the start itself."},
+    {"request_stop", (PyCFunction)Sampler_request_stop, METH_NOARGS,
+     "request_stop(): ask the thread to take its final sample and exit, without waiting (stop() joins it).\n"
+     "No-op when not running."},
     {"stop", (PyCFunction)Sampler_stop, METH_NOARGS,
      "stop(): wake and join the thread (GIL released); the source's final sample is in the ring.\n"
      "No-op when not running."},

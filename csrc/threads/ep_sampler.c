@@ -46,6 +46,7 @@ struct ep_sampler {
     int stop_requested;
     int start_done;
     int start_rc;
+    int launched;             /* ep_sampler_launch ran and no ep_sampler_await_start has taken it up */
     int ended;                /* source hit EP_ERR_EOF */
     int64_t polls, late_ticks, samples;
     int64_t own_faults;       /* failed polls / starts / stops */
@@ -327,7 +328,7 @@ void ep_sampler_destroy(ep_sampler *s)
     free(s);
 }
 
-int ep_sampler_start(ep_sampler *s, char *err, size_t errlen)
+int ep_sampler_launch(ep_sampler *s, char *err, size_t errlen)
 {
     int rc = EP_ERR_STATE;
     pthread_mutex_lock(&s->lock);
@@ -341,6 +342,7 @@ int ep_sampler_start(ep_sampler *s, char *err, size_t errlen)
     s->start_done = 0;
     s->start_rc = EP_OK;
     s->ended = 0;
+    s->launched = 1;
     pthread_mutex_unlock(&s->lock);
 
     if (pthread_create(&s->thread, NULL, sampler_main, s) != 0) {
@@ -348,11 +350,30 @@ int ep_sampler_start(ep_sampler *s, char *err, size_t errlen)
         snprintf(err, errlen, "cannot create the sampler thread");
         pthread_mutex_lock(&s->lock);
         s->state = ST_IDLE;
+        s->launched = 0;
         pthread_cond_broadcast(&s->cond);
         pthread_mutex_unlock(&s->lock);
         goto error;
     }
+    return EP_OK;
+error:
+    return rc;
+}
+
+int ep_sampler_await_start(ep_sampler *s, char *err, size_t errlen)
+{
+    int rc = EP_ERR_STATE;
     pthread_mutex_lock(&s->lock);
+    if (!s->launched) { /* nothing to finish here: another caller finished it, or none was launched */
+        while (s->state == ST_STARTING)
+            pthread_cond_wait(&s->cond, &s->lock);
+        rc = s->state == ST_RUNNING ? EP_OK : EP_ERR_STATE;
+        pthread_mutex_unlock(&s->lock);
+        if (rc != EP_OK)
+            snprintf(err, errlen, "sampler was not started");
+        goto error;
+    }
+    s->launched = 0; /* this caller finishes the start */
     while (!s->start_done)
         pthread_cond_wait(&s->cond, &s->lock);
     rc = s->start_rc;
@@ -373,9 +394,31 @@ error:
     return rc;
 }
 
+int ep_sampler_start(ep_sampler *s, char *err, size_t errlen)
+{
+    int rc = ep_sampler_launch(s, err, errlen);
+    return rc == EP_OK ? ep_sampler_await_start(s, err, errlen) : rc;
+}
+
+void ep_sampler_request_stop(ep_sampler *s)
+{
+    pthread_mutex_lock(&s->lock);
+    if (s->state == ST_RUNNING) {
+        s->stop_requested = 1;
+        pthread_cond_broadcast(&s->cond);
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
 int ep_sampler_stop(ep_sampler *s)
 {
     pthread_mutex_lock(&s->lock);
+    if (s->launched) { /* a launched start nobody finished: finish it (its failure leaves it idle) */
+        char err[8];
+        pthread_mutex_unlock(&s->lock);
+        ep_sampler_await_start(s, err, sizeof err);
+        pthread_mutex_lock(&s->lock);
+    }
     /* Only one caller joins: others wait until the sampler is idle or running. */
     while (s->state == ST_STARTING || s->state == ST_STOPPING)
         pthread_cond_wait(&s->cond, &s->lock);

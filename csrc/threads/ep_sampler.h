@@ -54,6 +54,18 @@ void ep_sampler_destroy(ep_sampler *s);
  * already running.  A stopped sampler may be started again (same source). */
 int ep_sampler_start(ep_sampler *s, char *err, size_t errlen);
 
+/* ep_sampler_start in two halves, so the caller can work while the thread starts the
+ * source: launch creates the thread (EP_ERR_STATE when already running, EP_ERR_THREAD);
+ * await_start blocks until src->start has returned and gives what ep_sampler_start would
+ * (EP_ERR_STATE when nothing was launched).  A stop before the await finishes the start
+ * itself first. */
+int ep_sampler_launch(ep_sampler *s, char *err, size_t errlen);
+int ep_sampler_await_start(ep_sampler *s, char *err, size_t errlen);
+
+/* Ask a running thread to stop without waiting: it takes the final flush and exits on its
+ * own; ep_sampler_stop still joins it.  No-op unless running. */
+void ep_sampler_request_stop(ep_sampler *s);
+
 /* Signal the thread, join it; before exiting it calls src->stop(now) once and
  * pushes the final flush.  Blocks (release the GIL around it).  Idempotent:
  * EP_OK when not running.  A concurrent stop waits for the first one. */

@@ -26,6 +26,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from .. import _core
 from .._hfconfig import attention_kind, config_value, single_kv_head
 
 __all__ = [
@@ -751,30 +752,26 @@ def describe(model: nn.Module, *, use_tables: bool = True) -> ArchMap:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"describe() needs a torch.nn.Module, got {type(model).__name__}")
-    # The module tree (names and objects) and the config object decide the mapping: a
-    # model described before with the same tree gets the same map without the search
-    # (ep.run's enter); the config summary (parameter count, dtype) is read afresh.
-    mods = list(model.named_modules())
-    key = (use_tables, id(getattr(model, "config", None)), tuple((n, id(m)) for n, m in mods))
+    # The module tree (each module's class and its children by name and identity) and the
+    # config object decide the mapping: a model described before with the same tree gets
+    # the same map without the search (ep.run's enter); the config summary (parameter
+    # count, dtype) is read afresh.  One C walk gives the tree and the parameter count;
+    # the memory pins every module of the tree it was made for (never the model itself),
+    # so no identity in its key can be taken over by a new object while it is kept.
+    tree, n_params, pinned = _core.module_tree(model)
+    key = (use_tables, id(getattr(model, "config", None)), tree)
     hit = _DESCRIBED.get(model)
     if hit is not None and hit[0] == key:
         found = hit[1]
         for note in found.warnings:
             warnings.warn(note, UserWarning, stacklevel=2)
-        seen: set = set()
-        n_params = 0
-        for _, m in mods:   # model.parameters() without walking the tree again
-            for p in m._parameters.values():
-                if p is not None and id(p) not in seen:
-                    seen.add(id(p))
-                    n_params += p.numel()
         return dataclasses.replace(found, top=model, warnings=list(found.warnings),
                                    config=_config_summary(model, len(found.layers), found.model_level, found.kind,
                                                           found.stacks, n_params=n_params))
     amap = _describe(model, use_tables)
     refs = [*amap.layers, *amap.components, *amap.model_level, *([amap.encoder] if amap.encoder else [])]
-    if all(r.module is not model for r in refs):   # the cache must not keep the model alive
-        _DESCRIBED[model] = (key, dataclasses.replace(amap, top=None, config={}))
+    if all(r.module is not model for r in refs):   # the memory must not keep the model alive
+        _DESCRIBED[model] = (key, dataclasses.replace(amap, top=None, config={}), pinned)
     return amap
 
 

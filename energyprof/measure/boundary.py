@@ -36,13 +36,19 @@ def counter_update_period_s(samples: np.ndarray) -> float:
     its updates).  0.0 when every reading moved (it updates faster than it was read)."""
     if len(samples) == 0:
         return 0.0
-    p = np.stack([np.asarray(samples[c], dtype=np.float64) for c in _W], axis=1)
-    measured = ~np.all(np.isnan(p), axis=0)
-    if not measured.any():
-        return 0.0
-    pm = p[:, measured]
-    stale = np.all(np.nan_to_num(pm, nan=1.0) == 0.0, axis=1)
-    if not stale.any():
+    # A reading is stale when every measured domain (one not NaN throughout) reads exactly
+    # zero there (NaN counts as a move).  Column by column, on the fields' own views: a
+    # counter that moved at every reading is seen after the first measured domain.
+    stale = None
+    for c in _W:
+        col = samples[c]
+        if np.isnan(col).all():
+            continue
+        zero = col == 0.0
+        stale = zero if stale is None else stale & zero
+        if not stale.any():
+            return 0.0
+    if stale is None:
         return 0.0
     dt = (samples["t_end_ns"] - samples["t_start_ns"]).astype(np.float64) * 1e-9
     # Sum dt over each run of consecutive stale readings: cumulative sums reset at moves.

@@ -24,7 +24,7 @@ from typing import List, Optional, Union
 import numpy as np
 
 from .. import _core
-from .._dtypes import DEVICE_SAMPLE_DTYPE
+from .._dtypes import DEVICE_SAMPLE_DTYPE, concat_records
 from . import devices as _devices
 from . import sources as _sources
 
@@ -115,13 +115,35 @@ class Sampler:
         self._device_chunks: List[np.ndarray] = []   # per-device rows (nvml:devices=0,1), split off at drain
         self._warned_faults = 0
         self._warned_dropped = 0
+        self._launched = False                 # start(wait=False) not yet waited for
 
     # ------------------------------------------------------------------ control
-    def start(self) -> "Sampler":
-        """Start the sampler thread (the source's start runs there; its errors raise here)."""
-        self._core.start()
-        _DRAINS.join(self)
+    def start(self, wait: bool = True) -> "Sampler":
+        """Start the sampler thread (the source's start runs there; its errors raise here).
+
+        ``wait=False`` returns as soon as the thread exists, while it starts the source: call
+        :meth:`wait_started` before relying on samples (its errors raise there); a
+        :meth:`stop` before that finishes the start itself."""
+        if wait:
+            self._core.start()
+            _DRAINS.join(self)
+        else:
+            self._core.launch()
+            self._launched = True
         return self
+
+    def wait_started(self) -> None:
+        """After ``start(wait=False)``: block until the source has started (raising what
+        ``start()`` would); returns at once otherwise."""
+        if self._launched:
+            self._launched = False
+            self._core.await_start()
+            _DRAINS.join(self)
+
+    def request_stop(self) -> None:
+        """Ask the thread to take the source's final sample and exit, without waiting for it;
+        :meth:`stop` joins it (and drains) later.  What comes between is not sampled."""
+        self._core.request_stop()
 
     def stop(self) -> np.ndarray:
         """Stop the thread (the source flushes a final sample), drain, and return ``.samples``.
@@ -129,6 +151,7 @@ class Sampler:
         Warns (RuntimeWarning) when the source ended early, reported faults, or
         samples were dropped; nothing recorded is lost by any of these.
         """
+        self._launched = False   # (a start not waited for is finished by the C stop)
         self._core.stop()  # joins with the GIL released
         _DRAINS.leave(self)
         self.drain()
@@ -146,7 +169,7 @@ class Sampler:
             if len(per_device):
                 self._device_chunks.append(per_device)
                 if len(self._device_chunks) >= 256:
-                    self._device_chunks = [np.concatenate(self._device_chunks)]
+                    self._device_chunks = [concat_records(self._device_chunks)]
             if len(chunk):
                 self._chunks.append(chunk)
                 self._n += len(chunk)
@@ -156,7 +179,7 @@ class Sampler:
 
     def _join_chunks(self) -> None:
         """Fold the drained chunks into ``_all`` (the caller holds ``_lock``)."""
-        self._all = np.concatenate([self._all, *self._chunks])
+        self._all = concat_records([self._all, *self._chunks])
         self._chunks = []
 
     def _warn_problems(self) -> None:
@@ -201,7 +224,7 @@ class Sampler:
             if not self._device_chunks:
                 return np.zeros(0, DEVICE_SAMPLE_DTYPE)
             if len(self._device_chunks) > 1:
-                self._device_chunks = [np.concatenate(self._device_chunks)]
+                self._device_chunks = [concat_records(self._device_chunks)]
             return self._device_chunks[0]
 
     @property
@@ -228,7 +251,7 @@ class Sampler:
                 start = end
             if not parts:
                 return np.zeros(0, _core.SAMPLE_DTYPE)
-            return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
+            return concat_records(parts)
 
     # ------------------------------------------------------------------ state
     @property

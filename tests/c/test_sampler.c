@@ -325,6 +325,61 @@ EP_TEST(sampler_start_failure_reported)
     ep_sampler_destroy(s);
 }
 
+/* start in two halves (launch, await_start) and a stop asked for before the join: the
+ * same samples as start/stop (contiguous, the last one final), a stop right after a
+ * launch finishes the start itself, a failed start is reported by await_start, and an
+ * await with nothing launched is a state error. */
+EP_TEST(sampler_launch_await_and_request_stop)
+{
+    const char *k[] = {"power_w", "period_ms"};
+    const char *v[] = {"7", "1"};
+    ep_sampler *s = NULL;
+    char err[256] = "";
+    EP_CHECK(ep_sampler_create(synth(k, v, 2), 0, 4096, &s, err, sizeof err) == EP_OK);
+    if (!s)
+        return;
+    EP_CHECK(ep_sampler_await_start(s, err, sizeof err) == EP_ERR_STATE);
+    EP_CHECK(ep_sampler_launch(s, err, sizeof err) == EP_OK);
+    EP_CHECK(ep_sampler_launch(s, err, sizeof err) == EP_ERR_STATE);
+    EP_CHECK(ep_sampler_await_start(s, err, sizeof err) == EP_OK);
+    EP_CHECK(ep_sampler_await_start(s, err, sizeof err) == EP_OK); /* running: nothing left to finish */
+    EP_CHECK(wait_for_samples(s, 3));
+    ep_sampler_request_stop(s);
+    ep_sampler_request_stop(s);
+    EP_CHECK(ep_sampler_stop(s) == EP_OK);
+    ep_sampler_request_stop(s); /* not running: no-op */
+    static ep_sample out[4096];
+    size_t n = ep_sampler_drain(s, out, 4096);
+    EP_CHECK(n >= 3);
+    for (size_t i = 0; i < n; i++) {
+        EP_CHECK(out[i].power_w[0] == 7.0);
+        if (i)
+            EP_CHECK(out[i].t_start_ns == out[i - 1].t_end_ns);
+        EP_CHECK(((out[i].flags & EP_SFLAG_FINAL) != 0) == (i == n - 1));
+    }
+    for (int i = 0; i < 200; i++) { /* a stop (or a destroy) right after the launch */
+        EP_CHECK(ep_sampler_launch(s, err, sizeof err) == EP_OK);
+        EP_CHECK(ep_sampler_stop(s) == EP_OK);
+    }
+    ep_sampler_stats stats;
+    ep_sampler_get_stats(s, &stats);
+    EP_CHECK(!stats.running);
+    EP_CHECK(ep_sampler_launch(s, err, sizeof err) == EP_OK);
+    ep_sampler_destroy(s);
+
+    fake_state st = {5, 1, 0};
+    s = NULL;
+    EP_CHECK(ep_sampler_create(fake(&st), 0, 100, &s, err, sizeof err) == EP_OK);
+    EP_CHECK(ep_sampler_launch(s, err, sizeof err) == EP_OK);
+    EP_CHECK(ep_sampler_await_start(s, err, sizeof err) == EP_ERR_DEVICE);
+    EP_CHECK(strcmp(err, "fake: device unplugged") == 0);
+    EP_CHECK(ep_sampler_launch(s, err, sizeof err) == EP_OK); /* failed again, finished by the stop */
+    EP_CHECK(ep_sampler_stop(s) == EP_OK);
+    ep_sampler_get_stats(s, &stats);
+    EP_CHECK(!stats.running && st.stopped == 0);
+    ep_sampler_destroy(s);
+}
+
 EP_TEST(sampler_rejects_bad_args)
 {
     ep_sampler *s = NULL;
