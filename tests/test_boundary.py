@@ -198,9 +198,9 @@ def test_module_doctest_runs():
     assert doctest.testmod(mod).failed == 0
 
 
-def test_session_median_matches_numpy():
-    """session._median (the tokens' median edge-bound share) against np.median."""
-    from energyprof.measure.session import _median
+def test_median_matches_numpy():
+    """integrate.median (sample periods, the tokens' median edge-bound share) against np.median."""
+    from energyprof.measure.integrate import median as _median
 
     rng = np.random.default_rng(5)
     for n in (1, 2, 3, 4, 17, 64):

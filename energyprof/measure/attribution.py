@@ -86,16 +86,17 @@ class Attribution:
     n_pieces: int = 0           #: pieces they were built in
 
 
-def sample_period_s(samples: np.ndarray, nominal_s: Optional[float] = None) -> float:
+def sample_period_s(samples: np.ndarray, nominal_s: Optional[float] = None, measured_s: Optional[float] = None) -> float:
     """Median sample period in seconds (interval length, or spacing of instants), leaving
     out the FINAL sample cut short at stop; ``nominal_s`` (the sampler's period) when no
-    whole sample is there to measure it from (a run shorter than one period)."""
+    whole sample is there to measure it from (a run shorter than one period).  ``measured_s``:
+    that median already computed over these samples (the bridge pre-pass's), else computed."""
     only_final = len(samples) > 0 and samples["kind"][0] == _core.KIND_INTERVAL and \
         bool(np.all(samples["flags"] & _core.SFLAG_FINAL))
     if nominal_s is not None and (len(samples) == 0 or only_final or
                                   (samples["kind"][0] != _core.KIND_INTERVAL and len(samples) < 2)):
         return float(nominal_s)
-    return _period_s(samples)
+    return _period_s(samples) if measured_s is None else measured_s
 
 
 def pair_events(events: np.ndarray, n_spans: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -319,7 +320,8 @@ def attribute(
     out_tokens = int(sum(f.batch for f in forwards if not f.encode))
     peaks = _peaks(samples, t_start_ns, t_end_ns, measured)
     peak_w = peaks["total"]["power_w"] if "total" in peaks else float("nan")
-    period_s = sample_period_s(samples, nominal_period_s)
+    known = bridged.period_s if bridged is not None and bridged.period_s == bridged.period_s else None
+    period_s = sample_period_s(samples, nominal_period_s, known)
     gap_stats = _gap_stats(bridged, t_start_ns, t_end_ns)
     resolution = resolution_summary(period_s, sections["resolved"][phase_rows], tokens["resolved"],
                                     builder.resolved_counts if builder.n_calls else None, gaps=gap_stats)

@@ -133,6 +133,15 @@ class Bridged(NamedTuple):
     inserted: np.ndarray  #: bool per row of ``samples``: a bridge sample added over a gap (INTERVAL)
 
 
+def median(x: np.ndarray) -> float:
+    """``np.median`` of a non-empty 1-D array of finite values, without its general machinery
+    (about 40 µs a call on the short arrays of ep.run's exit): the middle value, or the mean
+    of the middle two."""
+    x = np.sort(x)
+    n = len(x)
+    return float(x[n // 2]) if n % 2 else float((x[n // 2 - 1] + x[n // 2]) / 2)
+
+
 def _period_s(samples: np.ndarray) -> float:
     """Median sample period in seconds; a FINAL sample (cut short at stop) counts only when
     it is the only one.  NaN for fewer than two INSTANT samples."""
@@ -144,7 +153,7 @@ def _period_s(samples: np.ndarray) -> float:
         d = d[(d > 0) & full] if np.any((d > 0) & full) else d[d > 0]
     else:
         d = np.diff(samples["t_start_ns"])
-    return float(np.median(d)) * 1e-9 if len(d) else float("nan")
+    return median(d) * 1e-9 if len(d) else float("nan")
 
 
 def _merge(a: np.ndarray, b: np.ndarray, nan: np.ndarray, gap: np.ndarray, max_ns: float,

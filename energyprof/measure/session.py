@@ -37,6 +37,7 @@ from ..errors import MissingExtraError
 from ..store.quality import uncertainty_summary
 from ..store.rundata import RunData, sample_row_dtype, with_rank
 from . import callstream as _callstream
+from .integrate import median as _integrate_median
 from .attribution import PIECE_CALLS, Forward, SpanInfo, UserSection, attribute
 from .sources import systematic_uncertainty
 
@@ -1202,7 +1203,7 @@ class Session(RunData):
                 out[name + "_share"] = j / e if e > 0 else None
         tb = edge_bound_j(att.tokens, samples, period_s)
         ok = np.isfinite(tb) & (att.tokens["energy_j"] > 0)
-        out["tokens_median_share"] = _median(tb[ok] / att.tokens["energy_j"][ok]) if ok.any() else None
+        out["tokens_median_share"] = _integrate_median(tb[ok] / att.tokens["energy_j"][ok]) if ok.any() else None
         return out
 
     def _add_limits(self, summary: Dict[str, Any]) -> None:
@@ -1425,14 +1426,6 @@ def _check_count(name: str, value: Any, zero: bool = False) -> None:
     """A token or sequence count given to a mark: an int >= 1 (>= 0 with ``zero``)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if zero else 1):
         raise ValueError(f"{name} must be an integer >= {0 if zero else 1}, got {value!r}")
-
-
-def _median(x: np.ndarray) -> float:
-    """``np.median`` of a non-empty 1-D array of finite values, without its general machinery
-    (about 40 µs on ep.run's exit): the middle value, or the mean of the middle two."""
-    x = np.sort(x)
-    n = len(x)
-    return float(x[n // 2]) if n % 2 else float((x[n // 2 - 1] + x[n // 2]) / 2)
 
 
 def _json_or_empty(text: str) -> dict:
