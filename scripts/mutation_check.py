@@ -4,10 +4,10 @@ purpose and count the tests that fail.
     .venv/bin/python scripts/mutation_check.py            # all mutations, then a summary
     .venv/bin/python scripts/mutation_check.py --only swap
 
-Each mutation replaces ``_core.integrate`` *as energyprof.measure.attribution calls
-it* (a proxy put in place of that module's ``_core`` name by this file, loaded as a
-pytest plugin with ``-p mutation_check``); the integrator itself, and every other
-caller of it, stay untouched:
+Each mutation replaces the integrator *as energyprof.measure.attribution calls it*
+(a proxy put in place of ``PieceIntegrator.kernel``, through which attribution integrates
+every batch of windows, by this file loaded as a pytest plugin with ``-p mutation_check``);
+the integrator itself, and every other caller of it, stay untouched:
 
   split   every window gets its length x the mean power of the whole sampled range
           (per domain): a time-proportional split, right only under constant power
@@ -62,20 +62,17 @@ def _swap(real, samples, windows):
     return out, flags, counts
 
 
-class _CoreProxy:
-    """Stands in for ``energyprof._core`` inside the attribution module only."""
+class _KernelProxy:
+    """Stands in for ``PieceIntegrator.kernel``, the integrator attribution calls."""
 
-    def __init__(self, core, mutate):
-        self._core = core
+    def __init__(self, kernel, mutate):
+        self._kernel = kernel
         self._mutate = mutate
         self.calls = 0
 
-    def integrate(self, samples, windows):
+    def __call__(self, samples, windows):
         self.calls += 1
-        return self._mutate(self._core.integrate, samples, windows)
-
-    def __getattr__(self, name):
-        return getattr(self._core, name)
+        return self._mutate(self._kernel, samples, windows)
 
 
 _PROXY = None
@@ -89,10 +86,12 @@ def pytest_configure(config):
         return
     from energyprof.measure import attribution
 
-    if not hasattr(attribution, "_core") or not hasattr(attribution._core, "integrate"):
-        raise RuntimeError("energyprof.measure.attribution no longer calls _core.integrate: move the patch point")
-    _PROXY = _CoreProxy(attribution._core, {"split": _split, "swap": _swap}[name])
-    attribution._core = _PROXY
+    pi = getattr(attribution, "PieceIntegrator", None)
+    if pi is None or not hasattr(pi, "kernel"):
+        raise RuntimeError("energyprof.measure.attribution no longer integrates through PieceIntegrator.kernel: "
+                           "move the patch point")
+    _PROXY = _KernelProxy(pi.kernel, {"split": _split, "swap": _swap}[name])
+    pi.kernel = staticmethod(_PROXY)
 
 
 def pytest_runtest_logreport(report):
