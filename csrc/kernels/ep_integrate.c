@@ -14,11 +14,14 @@
  * current piece before t.  A start stores F(a) in the window's energy row and (le, lt)
  * in a scratch row; the end turns them into the energy, the count and the flags.
  * Windows sorted by start and by end (adjacent tokens, non-overlapping calls) are
- * streamed in place; any other order is radix-sorted by (start, end) first.  When the
- * ends then come in order too (shuffled adjacent windows, equal starts) the walk stages
- * each result as one cache line in sorted order and a last pass reads each window's line
- * into its rows (reads from random places cost less than writes to them); else the ends
- * are sorted apart and each start leaves F in its window's row.
+ * streamed in place; any other order is radix-sorted by (start, end) first, into the
+ * caller's energy rows (free until the results go there: no fresh scratch to fault in).
+ * When the ends then come in order too (shuffled adjacent windows, equal starts) the walk
+ * writes each result as one whole cache line at its window's place in a staging array
+ * (a whole-line store past the caches reads nothing, where a write into the caller's rows
+ * would read three lines first) and a last pass copies them into the rows in window
+ * order; else the sorted rows move to scratch, the ends are sorted apart and each start
+ * leaves F in its window's row.
  */
 #include "ep_integrate.h"
 
@@ -39,9 +42,6 @@
 #define ALL_DOMAINS ((1u << EP_NDOMAINS) - 1u)
 /* How many events ahead the unsorted path prefetches the rows it will touch. */
 #define PREFETCH_AHEAD 16
-/* How many windows ahead moving the staged results fetches their records (the loop does
- * little else, so more reads in flight pay). */
-#define PULL_AHEAD 64
 /* Radix sort digit width (bits): 512 buckets, so the scatter of a pass writes to few enough
  * places at once to stay in cache (measured fastest of 8..11 on 1M keys). */
 #define RADIX_BITS 9
@@ -111,8 +111,8 @@ typedef struct {
     int64_t *start_le_lt;      /* !ordered: le and lt of each window's start, by window (owned) */
 } events;
 
-/* A window's results, staged in sorted-row order: one record of one cache line (64
- * bytes, padded), so moving it to the window's rows reads one line. */
+/* A window's results, staged at its window's place: one record of one cache line (64
+ * bytes, padded), written whole past the caches. */
 typedef struct {
     double energy_j[EP_NDOMAINS];
     uint32_t flags;
@@ -133,7 +133,7 @@ typedef struct {
     int memo_ok;
     bitrank nan_units;       /* units touching a NaN of a measured domain */
     bitrank gap_after;       /* INTERVAL: a gap follows sample j */
-    /* outputs (borrowed): the caller's, or (sorted ordered rows) staging rows in row order */
+    /* outputs (borrowed): the caller's, or (sorted ordered rows) staging records by window */
     double *energy_j;
     uint32_t *flags;
     int32_t *samples_in_window;
@@ -436,8 +436,8 @@ static inline int64_t count_lt(walk *g, int64_t t, int64_t le)
 }
 
 /* A staging record written past the caches where the processor offers it (SSE2): the
- * records are read back only after the walk, from random places, so reading each line
- * before writing it would only add traffic.  Line-aligned (big_alloc). */
+ * windows come in random order, and a whole line stored this way is not read first, so
+ * the walk writes each result once without waiting on memory.  Line-aligned (big_alloc). */
 static inline void stage_store(staged *r, fvec e, uint32_t fl, int32_t n_in)
 {
 #if defined(__SSE2__)
@@ -561,9 +561,9 @@ static int drain(walk *g, events *q, const partial *p, int64_t le, int64_t befor
         } else if (q->ordered) {
             int64_t k = q->ib;
             const open_start *o = &q->ring[k & q->ring_mask];
-            /* sorted rows answer into staging rows in row order (moved to the windows' rows
-             * after the walk: random writes in the walk cost more than one move after it) */
-            answer_end(g, o->f_wns, o->le, o->lt, k, f_t, le, lt);
+            /* sorted rows answer into their windows' staging records (copied to the
+             * windows' rows after the walk, in order) */
+            answer_end(g, o->f_wns, o->le, o->lt, g->stage ? row_w(q, k) : k, f_t, le, lt);
             q->ib = skip_outside(q, k + 1);
         } else {
             int64_t j = q->ib, w = end_w(q, j);
@@ -834,18 +834,15 @@ static void sort_level(win *x, win *y, int64_t n, digit d, int64_t (*count)[SORT
     insertion_sort(x, n);
 }
 
-/* Sorted rows off .. off + m - 1 of the whole (sort_windows): note whether their ends
- * keep in order after *last_b, and each row's place at its window (row_of, when not
- * NULL), while they are in cache. */
-static void finish_rows(const win *r, int64_t m, int64_t off, int64_t *last_b, int *ends_in_order, int32_t *row_of)
+/* Sorted rows r[0 .. m-1] of the whole (sort_windows): note whether their ends keep in
+ * order after *last_b, while they are in cache. */
+static void finish_rows(const win *r, int64_t m, int64_t *last_b, int *ends_in_order)
 {
     int in_order = *ends_in_order;
     int64_t b = *last_b;
     for (int64_t i = 0; i < m; i++) {
         in_order &= r[i].b_ns >= b;
         b = r[i].b_ns;
-        if (row_of)
-            row_of[r[i].w] = (int32_t)(off + i);
     }
     *ends_in_order = in_order;
     *last_b = b;
@@ -856,11 +853,10 @@ static void finish_rows(const win *r, int64_t m, int64_t off, int64_t *last_b, i
  * into their buckets; each bucket is then sorted with a scratch as large as the largest
  * (owned here: a few KB when the times spread, so it stays in cache).  lo/hi: least and
  * greatest start and end of the in-range windows.  rows: n_in rows, count: SORT_LEVELS
- * histograms, row_of: NULL or n_windows places, where row_of[w] becomes window w's row
- * (n_in <= INT32_MAX) (all borrowed).  Returns whether the ends of the sorted rows are in
- * order (1 or 0), or -1 (EP_ERR_NOMEM). */
+ * histograms (both borrowed).  Returns whether the ends of the sorted rows are in order
+ * (1 or 0), or -1 (EP_ERR_NOMEM). */
 static int sort_windows(const events *q, int64_t n_windows, int ends, int64_t n_in, int64_t lo_a, int64_t hi_a,
-                        int64_t lo_b, int64_t hi_b, win *rows, int64_t (*count)[SORT_SIZE], int32_t *row_of)
+                        int64_t lo_b, int64_t hi_b, win *rows, int64_t (*count)[SORT_SIZE])
 {
     const int64_t *wn = q->windows_ns;
     int oa = ends ? 1 : 0; /* where a row's first time comes from */
@@ -878,7 +874,7 @@ static int sort_windows(const events *q, int64_t n_windows, int ends, int64_t n_
             if (!window_outside(q, w))
                 rows[j++] = (win){wn[2 * w + oa], wn[2 * w + 1], w};
         insertion_sort(rows, n_in);
-        finish_rows(rows, n_in, 0, &last_b, &in_order, row_of);
+        finish_rows(rows, n_in, &last_b, &in_order);
         return in_order;
     }
     int64_t size = (int64_t)1 << d.width, *c = count[0];
@@ -907,7 +903,7 @@ static int sort_windows(const events *q, int64_t n_windows, int ends, int64_t n_
                       count, 1);
         else
             insertion_sort(rows + off, m);
-        finish_rows(rows + off, m, off, &last_b, &in_order, row_of);
+        finish_rows(rows + off, m, &last_b, &in_order);
     }
     free(x);
     return in_order;
@@ -953,9 +949,9 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
     int rc = EP_OK;
     walk g;
     events q;
-    void *buf[3] = {NULL, NULL, NULL}; /* staging rows, sorted start rows, sorted ends (owned here) */
+    void *buf[3] = {NULL, NULL, NULL}; /* staging records, sorted start rows, sorted ends (owned here) */
     int64_t (*count)[SORT_SIZE] = NULL;      /* sort histograms (owned here) */
-    staged *stage = NULL;                    /* staging rows of sorted ordered windows (in buf[0]) */
+    staged *stage = NULL;                    /* staging records of sorted ordered windows (in buf[0]) */
     memset(&g, 0, sizeof g);
     memset(&q, 0, sizeof q);
     if (detail && detail_len)
@@ -1026,29 +1022,43 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
      * order whose ends are out of order only within runs of equal starts are sorted too:
      * in (start, end) order their ends come in order. */
     int sort_starts = !sorted_a || (!sorted_b && ties_only);
-    int32_t *row_of = NULL; /* each window's sorted row, in samples_in_window (borrowed) */
     if (sort_starts) {
-        /* buf[1]: the sorted rows */
-        buf[1] = big_alloc(sizeof(win) * (size_t)n_in);
+        /* The sorted rows go in the caller's energy rows (n_in * 24 <= n_windows * 40
+         * bytes), written only after the walk when the results are staged.  The outside
+         * windows' NaN rows are written again then. */
+        win *rows = (win *)energy_j;
+        _Static_assert(sizeof(win) <= sizeof(double) * EP_NDOMAINS, "a window's rows hold its sorted row");
         count = malloc(sizeof(int64_t) * SORT_LEVELS * SORT_SIZE);
-        if (!buf[1] || !count) {
+        if (!count) {
             rc = EP_ERR_NOMEM;
             goto error;
         }
-        /* each window's row goes where its count will (read back if the rows are staged) */
-        row_of = n_in <= INT32_MAX ? samples_in_window : NULL;
-        sorted_b = sort_windows(&q, n_windows, 0, n_in, min_a, max_a, min_b, max_b, buf[1], count, row_of);
+        sorted_b = sort_windows(&q, n_windows, 0, n_in, min_a, max_a, min_b, max_b, rows, count);
         if (sorted_b < 0) {
             rc = EP_ERR_NOMEM;
             goto error;
         }
-        q.copy = buf[1];
+        if (!sorted_b) {
+            /* the starts will leave F in the energy rows: the sorted rows move out (buf[1]) */
+            if (!(buf[1] = big_alloc(sizeof(win) * (size_t)n_in))) {
+                rc = EP_ERR_NOMEM;
+                goto error;
+            }
+            memcpy(buf[1], rows, sizeof(win) * (size_t)n_in);
+            rows = buf[1];
+            if (n_in < n_windows)
+                for (int64_t w = 0; w < n_windows; w++)
+                    if (window_outside(&q, w))
+                        for (int d = 0; d < EP_NDOMAINS; d++)
+                            energy_j[w * EP_NDOMAINS + d] = NAN;
+        }
+        q.copy = rows;
         q.mode = ROWS_COPY;
         q.n = n_in;
     }
     q.ordered = sorted_b;
     if (q.ordered && sort_starts) {
-        stage = buf[0] = big_alloc(sizeof(staged) * (size_t)n_in);
+        stage = buf[0] = big_alloc(sizeof(staged) * (size_t)n_windows);
         if (!stage) {
             rc = EP_ERR_NOMEM;
             goto error;
@@ -1089,7 +1099,7 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
             if (!count)
                 count = malloc(sizeof(int64_t) * SORT_LEVELS * SORT_SIZE);
             if (!buf[2] || !count ||
-                sort_windows(&q, n_windows, 1, n_in, min_a, max_a, min_b, max_b, buf[2], count, NULL) < 0) {
+                sort_windows(&q, n_windows, 1, n_in, min_a, max_a, min_b, max_b, buf[2], count) < 0) {
                 rc = EP_ERR_NOMEM;
                 goto error;
             }
@@ -1134,31 +1144,20 @@ int ep_integrate(const ep_sample *samples, int64_t n_samples, const int64_t *win
         _mm_sfence(); /* the streamed records are complete before they are read */
 #endif
     if (stage) {
-        /* Every window's results read from its staging row (the sort left the row where
-         * the count goes, or it is found now): reads from random places cost less than
-         * writes to them. */
-        int64_t *row64 = NULL;
-        if (!row_of) {
-            if (!(row64 = buf[2] = big_alloc(sizeof(int64_t) * (size_t)n_windows))) {
-                rc = EP_ERR_NOMEM;
-                goto error;
-            }
-            memset(row64, 0, sizeof(int64_t) * (size_t)n_windows); /* outside windows: row 0, as row_of */
-            for (int64_t k = 0; k < n_in; k++)
-                row64[q.copy[k].w] = k;
-        }
+        /* Every window's results from its staging record, in window order (the sorted
+         * rows in the energy rows are done with); an outside window's record was never
+         * written: its energy is NaN again. */
         int all_in = n_in == n_windows;
         for (int64_t w = 0; w < n_windows; w++) {
-            if (w + PULL_AHEAD < n_windows) { /* an outside window's row is 0 (its count) */
-                int64_t kn = row_of ? row_of[w + PULL_AHEAD] : row64[w + PULL_AHEAD];
-                __builtin_prefetch(&stage[kn], 0);
-            }
-            if (!all_in && window_outside(&q, w))
+            double *e_j = energy_j + w * EP_NDOMAINS;
+            if (!all_in && window_outside(&q, w)) {
+                for (int d = 0; d < EP_NDOMAINS; d++)
+                    e_j[d] = NAN;
                 continue;
-            int64_t k = row_of ? row_of[w] : row64[w];
-            memcpy(energy_j + w * EP_NDOMAINS, stage[k].energy_j, sizeof(double) * EP_NDOMAINS);
-            flags[w] = stage[k].flags;
-            samples_in_window[w] = stage[k].samples_in_window;
+            }
+            memcpy(e_j, stage[w].energy_j, sizeof(double) * EP_NDOMAINS);
+            flags[w] = stage[w].flags;
+            samples_in_window[w] = stage[w].samples_in_window;
         }
     }
     {

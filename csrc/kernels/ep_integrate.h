@@ -75,8 +75,9 @@ enum {
  * samples: n_samples records (borrowed, read only; may be NULL when n_samples == 0).
  * windows_ns: n_windows x 2 int64 {start_ns, end_ns} row-major (borrowed).
  * Outputs are caller-owned buffers, complete on EP_OK (on a window error nothing is
- * written; on a sample error they may be partly written and must not be used):
- *   energy_j: n_windows x EP_NDOMAINS row-major; flags: n_windows;
+ * written; on any other error they may be partly written and must not be used):
+ *   energy_j: n_windows x EP_NDOMAINS row-major, contiguous (windows out of order are
+ *   sorted in it before the results go there); flags: n_windows;
  *   samples_in_window: n_windows.
  * detail: optional caller buffer (may be NULL) for a message naming the bad input.
  * Returns EP_OK, EP_ERR_ARG, EP_ERR_UNSORTED or EP_ERR_NOMEM.
