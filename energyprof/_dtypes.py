@@ -197,7 +197,7 @@ def measured_domains(samples: np.ndarray) -> list[bool]:
     """Which domains the source measured (not NaN in every sample)."""
     if len(samples) == 0:
         return [False] * len(DOMAINS)
-    return [bool(np.any(~np.isnan(samples[c]))) for c in _SAMPLE_W]
+    return [not np.isnan(samples[c]).all() for c in _SAMPLE_W]
 
 
 def total_rule(measured: Sequence[bool]) -> str:
@@ -232,7 +232,8 @@ def total_of(domain_j: np.ndarray, measured: Sequence[bool]) -> np.ndarray:
         return domain_j[:, cols[0]].copy()
     sub = domain_j[:, cols]
     # a row unknown in every domain is unknown, never 0 J (nansum of nothing is 0)
-    return np.where(np.all(np.isnan(sub), axis=1), np.nan, np.nansum(sub, axis=1))
+    unknown = np.isnan(sub)
+    return np.where(unknown.all(axis=1), np.nan, np.where(unknown, 0.0, sub).sum(axis=1))
 #: Text recorded with a run (``ep.run(..., store_text=True)``): the prompt and the generated
 #: text of each sequence, and the text of each generated token.  ``kind`` is ``"prompt"``,
 #: ``"output"`` or ``"token"``; ``step`` is the generation step of a token (0 = the token

@@ -36,8 +36,8 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from .. import _core
-from .._dtypes import (CALL_DTYPE, DOMAINS, EVENT_DTYPE, SECTION_DTYPE, TOKEN_DTYPE, flag_names, measured_domains, total_of,
-                       total_rule)
+from .._dtypes import (CALL_DTYPE, DOMAINS, EVENT_DTYPE, SECTION_DTYPE, TOKEN_DTYPE, concat_records, flag_names,
+                       measured_domains, total_of, total_rule)
 from ..store.quality import period_text, resolution_summary
 from .integrate import MAX_BRIDGE_PERIODS, PieceIntegrator, _period_s
 
@@ -92,7 +92,7 @@ def sample_period_s(samples: np.ndarray, nominal_s: Optional[float] = None, meas
     whole sample is there to measure it from (a run shorter than one period).  ``measured_s``:
     that median already computed over these samples (the bridge pre-pass's), else computed."""
     only_final = len(samples) > 0 and samples["kind"][0] == _core.KIND_INTERVAL and \
-        bool(np.all(samples["flags"] & _core.SFLAG_FINAL))
+        bool((samples["flags"] & _core.SFLAG_FINAL).all())
     if nominal_s is not None and (len(samples) == 0 or only_final or
                                   (samples["kind"][0] != _core.KIND_INTERVAL and len(samples) < 2)):
         return float(nominal_s)
@@ -283,7 +283,7 @@ def attribute(
         else:
             kept.append(piece)
             kept_spans.append(builder.last_span_ids)
-    calls = np.concatenate(kept) if len(kept) > 1 else (kept[0] if kept else np.zeros(0, CALL_DTYPE))
+    calls = concat_records(kept) if len(kept) > 1 else (kept[0] if kept else np.zeros(0, CALL_DTYPE))
     span_ids = (None if calls_sink is not None else
                 np.concatenate(kept_spans) if len(kept_spans) > 1 else (kept_spans[0] if kept_spans else
                                                                          np.zeros(0, np.int32)))
@@ -521,18 +521,24 @@ def _peaks(samples: np.ndarray, t_start_ns: int, t_end_ns: int, measured: Sequen
     if not len(samples):
         return out
     in_run = (samples["t_end_ns"] > t_start_ns) & (samples["t_start_ns"] < t_end_ns)
-    if not np.any(in_run):
+    if not in_run.any():
         return out
     sel = samples[in_run]
-    pw = np.stack([sel[c] for c in _SAMPLE_COLS], axis=1)
-    cols = {d: pw[:, k] for k, d in enumerate(DOMAINS) if measured[k]}
-    cols["total"] = total_of(pw, measured)
-    for name, v in cols.items():
-        if not np.any(~np.isnan(v)):
-            continue
-        i = int(np.nanargmax(v))
-        out[name] = {"power_w": float(v[i]), "t_s": max(int(sel["t_start_ns"][i]) - t_start_ns, 0) * 1e-9,
-                     "t_end_s": (int(sel["t_end_ns"][i]) - t_start_ns) * 1e-9}
+    names = [d for d, m in zip(DOMAINS, measured) if m] + ["total"]
+    pw = np.empty((len(sel), len(names)))
+    for k, d in enumerate(names[:-1]):
+        pw[:, k] = sel[f"{d}_w"]
+    pw[:, -1] = total_of(np.stack([sel[c] for c in _SAMPLE_COLS], axis=1), measured)
+    # every column at once: the first highest value (NaN never wins; a column all NaN has none)
+    nan = np.isnan(pw)
+    first_max = np.where(nan, -np.inf, pw).argmax(axis=0)
+    has = ~nan.all(axis=0)
+    t0_ns, t1_ns = sel["t_start_ns"], sel["t_end_ns"]
+    for k, name in enumerate(names):
+        if has[k]:
+            i = int(first_max[k])
+            out[name] = {"power_w": float(pw[i, k]), "t_s": max(int(t0_ns[i]) - t_start_ns, 0) * 1e-9,
+                         "t_end_s": (int(t1_ns[i]) - t_start_ns) * 1e-9}
     return out
 
 

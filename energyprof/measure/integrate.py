@@ -150,7 +150,8 @@ def _period_s(samples: np.ndarray) -> float:
     if samples["kind"][0] == _core.KIND_INTERVAL:
         d = samples["t_end_ns"] - samples["t_start_ns"]
         full = (samples["flags"] & _core.SFLAG_FINAL) == 0
-        d = d[(d > 0) & full] if np.any((d > 0) & full) else d[d > 0]
+        keep = (d > 0) & full
+        d = d[keep] if keep.any() else d[d > 0]
     else:
         d = np.diff(samples["t_start_ns"])
     return median(d) * 1e-9 if len(d) else float("nan")
@@ -184,12 +185,12 @@ def _merge(a: np.ndarray, b: np.ndarray, nan: np.ndarray, gap: np.ndarray, max_n
 def _consistent(samples: np.ndarray) -> bool:
     """One known kind, sorted (and, INTERVAL, not overlapping): else the C kernel raises."""
     kind = samples["kind"]
-    if kind[0] not in (_core.KIND_INSTANT, _core.KIND_INTERVAL) or np.any(kind != kind[0]):
+    if kind[0] not in (_core.KIND_INSTANT, _core.KIND_INTERVAL) or (kind != kind[0]).any():
         return False
     s, e = samples["t_start_ns"], samples["t_end_ns"]
     if kind[0] == _core.KIND_INTERVAL:
-        return bool(np.all(e >= s) and np.all(s[1:] >= e[:-1]))
-    return bool(np.all(e == s) and np.all(s[1:] >= s[:-1]))
+        return bool((e >= s).all() and (s[1:] >= e[:-1]).all())
+    return bool((e == s).all() and (s[1:] >= s[:-1]).all())
 
 
 def bridge(samples: np.ndarray, max_bridge_periods: float = MAX_BRIDGE_PERIODS) -> Bridged:
@@ -228,7 +229,7 @@ def bridge(samples: np.ndarray, max_bridge_periods: float = MAX_BRIDGE_PERIODS) 
     period_s = _period_s(samples)
     max_ns = max_bridge_periods * period_s * 1e9 if period_s == period_s else float("inf")
     cols = [f"{d}_w" for d in DOMAINS]
-    measured = [c for c in cols if not np.all(np.isnan(samples[c]))]
+    measured = [c for c in cols if not np.isnan(samples[c]).all()]
     interval = samples["kind"][0] == _core.KIND_INTERVAL
     s_ns, e_ns = samples["t_start_ns"], samples["t_end_ns"]
     row_nan = np.zeros(n, bool)

@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import _core
 from .._version import __version__
+from .._dtypes import concat_records
 from ..errors import MissingExtraError
 from ..store.quality import uncertainty_summary
 from ..store.rundata import RunData, sample_row_dtype, with_rank
@@ -945,11 +946,13 @@ class Session(RunData):
             self._event_drain.close()   # the last events, after any background drain in flight
         events = self._buffer.drain()
         if self._event_chunks:   # drained earlier by the live feed
-            events = np.concatenate(self._event_chunks + [events])
+            events = concat_records(self._event_chunks + [events])
             self._event_chunks = []
-        top = events[events["span_id"] == 0]
-        enc = events[events["span_id"] == self._encoder_span] if self._encoder_span >= 0 else events[:0]
-        rest = events[(events["span_id"] != 0) & (events["span_id"] != self._encoder_span)]
+        # (np.compress: a boolean index copies structured rows field by field, 5x slower)
+        span = events["span_id"]
+        top = np.compress(span == 0, events)
+        enc = np.compress(span == self._encoder_span, events) if self._encoder_span >= 0 else events[:0]
+        rest = np.compress((span != 0) & (span != self._encoder_span), events)
         forwards = self._forwards(top, enc)
         if not forwards and status == "completed":
             what = ("the model's forward was never called inside ep.run()" if self.model is not None else
@@ -1021,7 +1024,7 @@ class Session(RunData):
         if stream is not None:
             summary["calls_streamed"] = {"calls": stream.n_calls, "layers": stream.n_layers,
                                          "pieces": stream.n_pieces, "max_calls_in_memory": self.max_calls_in_memory}
-        components = calls[~is_layer & ~is_op]   # one copy: read by the router, kept as self._components
+        components = np.compress(~is_layer & ~is_op, calls)   # one copy: read by the router, kept as self._components
         moe = self._router.finish(components) if self._router is not None else None
         if moe is not None:
             summary["moe"] = moe
@@ -1036,9 +1039,9 @@ class Session(RunData):
         self._samples = with_rank(samples, sample_row_dtype(), 0)
         self._sections = att.sections
         self._tokens = att.tokens
-        self._layers = calls[is_layer] if stream is None else None   # None: read from the store when asked
+        self._layers = np.compress(is_layer, calls) if stream is None else None   # None: read from the store when asked
         self._components = components if stream is None else None
-        self._ops = calls[is_op]
+        self._ops = np.compress(is_op, calls)
         if stream is not None:
             from ..store.db import Store
 
