@@ -472,12 +472,16 @@ class _CallBuilder:
         else:
             steps = np.full(n, -1, np.int32)
         # call index within (span, step): the k-th call of its span in its step, in begin order
-        grp = np.lexsort((np.arange(n), steps, span_ids))
-        new_grp = np.r_[True, (span_ids[grp][1:] != span_ids[grp][:-1]) | (steps[grp][1:] != steps[grp][:-1])]
-        starts = np.flatnonzero(new_grp)
-        rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+        # one stable sort of the key (span, step): the calls of a group keep their begin order
+        key = span_ids.astype(np.int64) * (int(steps.max()) + 2) + (steps + 1)
+        grp = np.argsort(key, kind="stable")
+        key = key[grp]
+        at = np.arange(n)
+        first = np.empty(n, bool)
+        first[0] = True
+        np.not_equal(key[1:], key[:-1], out=first[1:])
         call_no = np.empty(n, np.int64)
-        call_no[grp] = rank
+        call_no[grp] = at - np.maximum.accumulate(np.where(first, at, 0))   # rank within the group
         if self._carry_step is not None:   # the step the previous piece ended in goes on here
             cont = steps == self._carry_step
             call_no[cont] += self._carry_counts[span_ids[cont]]
