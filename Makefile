@@ -98,9 +98,10 @@ fuzz: sysdeps
 	  $$(pkg-config --libs libplist-2.0)
 	build/fuzz/fuzz_plist -max_total_time=$${FUZZ_SECONDS:-60} -max_len=65536 build/fuzz/corpus $(FUZZ_CORPUS)
 
-# Every benchmark script (not the shared _report.py), then the summary page from their output.
+# Every benchmark script (not the shared _report.py), each saving its page in docs/benchmarks/
+# (--write), then the summary page docs/benchmarks.md from those pages.
 bench: build
-	for b in benchmarks/[!_]*.py; do [ "$$b" = benchmarks/collect.py ] && continue; echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in benchmarks/[!_]*.py; do [ "$$b" = benchmarks/collect.py ] && continue; echo "== $$b"; $(PY) $$b --write || exit 1; done
 	$(PY) benchmarks/collect.py
 
 clean:

@@ -4,7 +4,9 @@ docs/benchmarks.md.
 
 How a benchmark plugs into the summary table
 --------------------------------------------
-Print, and write into its ``docs/benchmarks/<name>.md``, one line per headline figure:
+Print one line per headline figure; with ``--write`` (:func:`add_write_arg`, the one
+output switch of every script, passed by ``make bench``) the output is also saved as
+``docs/benchmarks/<name>.md`` (:func:`save`):
 
     from _report import headline          # benchmarks/ is the script's own directory
     print(headline("what is compared", goal=">= 5x", result="4.4x (95 % CI 4.2-4.6)", met=False))
@@ -114,13 +116,37 @@ def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
 
-def emit(lines: Sequence[str], doc: Optional[str] = None, write: bool = False) -> str:
-    """Print the benchmark's output (its lines joined) and, with ``write``, save it to ``doc``
-    (docs/benchmarks/<name>.md, which benchmarks/collect.py folds into docs/benchmarks.md)."""
+DOCS_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks"))
+
+
+def doc_path(name: str) -> str:
+    """``docs/benchmarks/<name>.md``: where benchmark ``name`` keeps its latest output."""
+    return os.path.join(DOCS_DIR, name + ".md")
+
+
+def add_write_arg(ap, name: str) -> None:
+    """The one output switch every benchmark has: ``--write`` also saves the output as
+    ``docs/benchmarks/<name>.md`` (``make bench`` passes it); without it the script only prints."""
+    ap.add_argument("--write", action="store_true",
+                    help=f"also save the output as docs/benchmarks/{name}.md (make bench passes it); "
+                         "without it the script only prints")
+
+
+def save(name: str, text: str) -> str:
+    """Write ``text`` to :func:`doc_path` (``name``), which benchmarks/collect.py folds into
+    docs/benchmarks.md; returns the path."""
+    path = doc_path(name)
+    os.makedirs(DOCS_DIR, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+def emit(lines: Sequence[str], name: Optional[str] = None, write: bool = False) -> str:
+    """Print the benchmark's output (its lines joined) and, with ``write``, :func:`save` it
+    as benchmark ``name``'s page."""
     text = "\n".join(lines) + "\n"
     print(text)
-    if write and doc:
-        os.makedirs(os.path.dirname(os.fspath(doc)) or ".", exist_ok=True)
-        with open(doc, "w") as f:
-            f.write(text)
+    if write and name:
+        save(name, text)
     return text

@@ -33,11 +33,10 @@ from energyprof.tiny import tiny_model
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "fake_rapl"))
-from _report import headline, ratio_of_medians, emit  # noqa: E402
+from _report import add_write_arg, emit, headline, ratio_of_medians  # noqa: E402
 import square_writer  # noqa: E402
 from square_writer import energy_uj  # noqa: E402
 
-DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks", "boundary_reads.md")
 
 
 def make_tree(root: Path) -> Path:
@@ -140,7 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--write", action="store_true")
+    add_write_arg(ap, "boundary_reads")
     args = ap.parse_args(argv)
     random.seed(0)
     torch.set_num_threads(1)
@@ -234,7 +233,7 @@ def main(argv=None) -> int:
                  f"{sync_row[4][0]:.3f}x plain boundary reads (95 % CI {sync_row[4][1]:.3f}-{sync_row[4][2]:.3f})",
                  bool(np.max(sync_row[2]) < 0.05)),
     ]
-    emit(lines, DOC, args.write)
+    emit(lines, "boundary_reads", args.write)
     return 0
 
 

@@ -1,5 +1,6 @@
 """Assemble docs/benchmarks.md from the latest output of each benchmark
-(docs/benchmarks/<name>.md, written by each script's --write / default run).
+(docs/benchmarks/<name>.md, saved by each script run with --write, as `make bench` does;
+without --write a script only prints).
 
     python benchmarks/collect.py
 
@@ -9,7 +10,8 @@ The summary table is read from those pages, never typed here: every line of the 
 
 in a page becomes one row, in page order (benchmarks/_report.py makes such lines with
 ``headline(what, goal, result, met)``; see its docstring).  To plug a benchmark in:
-print that line into its docs/benchmarks/<name>.md and add <name> to PARTS below.  A page
+print that line, save the output with ``_report.save(<name>, text)`` under ``--write``
+(``_report.add_write_arg``) and add <name> to PARTS below.  A page
 without a headline line gets a row that says so; a goal missed on fair terms shows
 "NOT met" in the table.
 """
@@ -27,9 +29,10 @@ Every figure here is a **ratio measured side by side in one run** of a script in
 `benchmarks/` (this machine is shared and noisy; absolute times are not comparable
 between runs), with its spread over the rounds where the script reports one (a 95 %
 bootstrap interval of the ratio of medians, rounds resampled).  Each section below is the
-latest output of its script, kept in `docs/benchmarks/<name>.md`; the table is read from
-the `headline` lines of those pages by `python benchmarks/collect.py`, which rebuilds this
-page.  Where a goal is missed on fair terms the table says **NOT met**.
+latest output of its script, saved in `docs/benchmarks/<name>.md` by running it with
+`--write` (every script has that one switch; `make bench` runs them all so); the table is
+read from the `headline` lines of those pages by `python benchmarks/collect.py`, which
+rebuilds this page.  Where a goal is missed on fair terms the table says **NOT met**.
 All numbers were taken on the development machine: x86_64 Linux, 2 shared CPU cores,
 Python 3.11.7, torch 2.13.0+cpu, no GPU.
 

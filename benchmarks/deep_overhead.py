@@ -47,12 +47,11 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import fmt_ci, headline, ratio_of_medians, verdict, verdict_text  # noqa: E402
+from _report import add_write_arg, fmt_ci, headline, ratio_of_medians, save, verdict, verdict_text  # noqa: E402
 import energyprof as ep  # noqa: E402
 from energyprof.measure import deep  # noqa: E402
 from energyprof.tiny import tiny_model  # noqa: E402
 
-DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "deep_overhead.md")
 VARIANTS = ("none", "standard", "standard_eager", "deep", "deep_nostats", "deep_spans", "deep_patch", "deep_every4")
 JUDGED = "llama 8x512"
 GOAL = 1.25
@@ -220,13 +219,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--prompt", type=int, default=32)
-    ap.add_argument("--write", action="store_true", help="write docs/benchmarks/deep_overhead.md")
+    add_write_arg(ap, "deep_overhead")
     a = ap.parse_args()
     out = run(a.rounds, a.tokens, a.prompt)
     print(out)
     if a.write:
-        with open(DOC, "w") as f:
-            f.write(out)
+        save("deep_overhead", out)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from energyprof import _core  # noqa: E402
 from energyprof.measure.hooks import HookSet  # noqa: E402
-from _report import fmt_ci, headline, ratio_of_medians, verdict, verdict_text, emit  # noqa: E402
+from _report import add_write_arg, emit, fmt_ci, headline, ratio_of_medians, verdict, verdict_text  # noqa: E402
 
 VARIANTS = ("none", "py_wrap", "c_wrap", "py_pair", "c_hooks", "empty_pair")
 GOAL = 0.2
@@ -55,7 +55,6 @@ GOAL = 0.2
 # runs on this thread, and on a shared machine wall time also counts the time other
 # processes held the CPU, which swamps differences of a few percent.
 _clock_ns = time.thread_time_ns
-DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "hook_overhead.md")
 
 
 def _py_pre(module, args):
@@ -284,7 +283,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=101, help="rounds (medians over them): many short ones, "
                     "so that every variant is measured close in time to the others")
     ap.add_argument("--generate", action="store_true", help="also time generate() per hook mode")
-    ap.add_argument("--write", action="store_true", help=f"write the output to {os.path.relpath(DOC)}")
+    add_write_arg(ap, "hook_overhead")
     args = ap.parse_args(argv)
     random.seed(0)
     torch.set_num_threads(1)
@@ -378,7 +377,7 @@ def main(argv=None) -> int:
                   "÷ the baseline: what the hooks alone cost, free of the run-to-run noise of generate() "
                   "(a few % on this shared machine)."]
 
-    emit(lines, DOC, args.write)
+    emit(lines, "hook_overhead", args.write)
     return 0
 
 

@@ -13,9 +13,9 @@ Ratios of medians over the rounds with their 95 % bootstrap intervals (rounds
 resampled): C sorted / one pass (goal <= 3) and shuffled / sorted (goal <= 1.5).  The
 numpy twin (energyprof._reference.integrate) runs once on the same inputs: every
 window must agree (flags, counts and NaNs identical, energies to rounding).
-Prints the results and writes docs/benchmarks/integrate.md.
+Prints the results; with --write also saves them as docs/benchmarks/integrate.md.
 
-    .venv/bin/python benchmarks/integrate.py [--samples N] [--windows M] [--rounds R] [--no-write]
+    .venv/bin/python benchmarks/integrate.py [--samples N] [--windows M] [--rounds R] [--write]
 """
 from __future__ import annotations
 
@@ -30,13 +30,12 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import fmt_ci, headline, ratio_of_medians, verdict, verdict_text  # noqa: E402
+from _report import add_write_arg, fmt_ci, headline, ratio_of_medians, save, verdict, verdict_text  # noqa: E402
 
 from energyprof import _core
 from energyprof import _reference
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OUT_MD = os.path.join(HERE, "..", "docs", "benchmarks", "integrate.md")
 
 
 def make_inputs(n: int, m: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=10_000_000)
     ap.add_argument("--windows", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=25)  # 15 left intervals wider than the goal margin on this shared machine
-    ap.add_argument("--no-write", action="store_true", help="print only, do not write docs/benchmarks/integrate.md")
+    add_write_arg(ap, "integrate")
     args = ap.parse_args(argv)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -147,12 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for ln in lines:
         print(ln)
-    if not args.no_write:
-        with open(OUT_MD, "w") as fh:
-            fh.write("# Benchmark: integrator (`_core.integrate` vs one streaming pass)\n\n")
-            fh.write("Latest output of `.venv/bin/python benchmarks/integrate.py` (every variant timed in each "
-                     "round, same inputs; ratios of medians with 95 % bootstrap intervals over the rounds):\n\n```\n")
-            fh.write("\n".join(lines) + "\n```\n")
+    if args.write:
+        save("integrate", "# Benchmark: integrator (`_core.integrate` vs one streaming pass)\n\n"
+             "Latest output of `.venv/bin/python benchmarks/integrate.py --write` (every variant timed in each "
+             "round, same inputs; ratios of medians with 95 % bootstrap intervals over the rounds):\n\n```\n"
+             + "\n".join(lines) + "\n```\n")
     return 0 if (agree and same_order) else 1
 
 

@@ -24,7 +24,7 @@ fresh process per case, the peak above the input of attribution + store write wi
 rows held at once and streamed in pieces (what ep.run does past max_calls_in_memory),
 at two run lengths: bounded means the streamed peak does not grow with the run.
 
-    .venv/bin/python benchmarks/long_run.py [--scale 0.02] [--rounds 3] [--no-write]
+    .venv/bin/python benchmarks/long_run.py [--scale 0.02] [--rounds 3] [--write]
 """
 from __future__ import annotations
 
@@ -39,14 +39,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import bootstrap_ci, fmt_ci, headline, ratio_of_medians, verdict, verdict_text  # noqa: E402
+from _report import add_write_arg, bootstrap_ci, fmt_ci, headline, ratio_of_medians, save, verdict, verdict_text  # noqa: E402
 
 from energyprof import _core  # noqa: E402
 from energyprof._dtypes import EVENT_DTYPE  # noqa: E402
 from energyprof.measure.attribution import PIECE_CALLS, Forward, SpanInfo, attribute  # noqa: E402
 from energyprof.store.db import Store  # noqa: E402
 
-OUT_MD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks", "long_run.md")
 HOUR_S = 3600.0
 RATE_HZ = 1000
 STEPS_PER_HOUR = 100_000
@@ -200,7 +199,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=0.02, help="fraction of the hour to run (default 0.02)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--no-write", action="store_true")
+    add_write_arg(ap, "long_run")
     ap.add_argument("--memory-scales", default=None,
                     help="scales of the memory cases (default: --scale and 4x it)")
     ap.add_argument("--piece-calls", type=int, default=PIECE_CALLS, help="calls per piece when streamed")
@@ -390,11 +389,10 @@ def main(argv=None) -> int:
     ]
     for ln in lines:
         print(ln)
-    if not a.no_write:
-        with open(OUT_MD, "w") as fh:
-            fh.write("# Benchmark: a long run through attribution, store and report (scaled)\n\n")
-            fh.write(f"Latest output of `.venv/bin/python benchmarks/long_run.py --scale {a.scale:g}`:\n\n")
-            fh.write("\n".join(lines) + "\n")
+    if a.write:
+        save("long_run", "# Benchmark: a long run through attribution, store and report (scaled)\n\n"
+             f"Latest output of `.venv/bin/python benchmarks/long_run.py --scale {a.scale:g} --write`:\n\n"
+             + "\n".join(lines) + "\n")
     return 0
 
 

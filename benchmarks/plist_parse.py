@@ -42,10 +42,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from energyprof import _core  # noqa: E402
 from energyprof import _reference  # noqa: E402
-from _report import fmt_ci, headline, ratio_of_medians, verdict, verdict_text  # noqa: E402
+from _report import add_write_arg, fmt_ci, headline, ratio_of_medians, save, verdict, verdict_text  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "data" / "powermetrics"
-OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "plist_parse.md"
 
 
 # Sections none of the extracted fields comes from: the same list as the C cut
@@ -130,7 +129,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--min-s", type=float, default=0.15, help="seconds per variant per round")
-    ap.add_argument("--write", action="store_true", help="write docs/benchmarks/plist_parse.md")
+    add_write_arg(ap, "plist_parse")
     args = ap.parse_args()
 
     captures = {}
@@ -211,8 +210,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        OUT.write_text(text)
-        print(f"written to {OUT}")
+        print(f"written to {save('plist_parse', text)}")
 
 
 if __name__ == "__main__":

@@ -34,12 +34,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import bootstrap_ci, fmt_ci, headline, verdict, verdict_text, emit  # noqa: E402
+from _report import add_write_arg, bootstrap_ci, emit, fmt_ci, headline, verdict, verdict_text  # noqa: E402
 
 import energyprof as ep
 from energyprof.tiny import tiny_model
 
-DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks", "run_overhead.md")
 
 
 def measure(model, ids, new_tokens: int, rounds: int, method: str):
@@ -170,7 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--method", default="wrap", choices=["wrap", "hooks"])
-    ap.add_argument("--write", action="store_true")
+    add_write_arg(ap, "run_overhead")
     args = ap.parse_args(argv)
     random.seed(0)
     torch.set_num_threads(1)
@@ -211,7 +210,7 @@ def main(argv=None) -> int:
     lines += ["", *notes, "", "Where enter and exit go (each part timed in runs of its own, after the measured ones; "
               "the first run after generate() finds the caches cold, which is what the parts cost here):", "",
               *part_lines, "", *heads]
-    emit(lines, DOC, args.write)
+    emit(lines, "run_overhead", args.write)
     return 0
 
 

@@ -5,9 +5,9 @@ CPU use (as % of one core and as thread_cpu / wall), the interval jitter, and,
 side by side in the same run, the same 1 kHz polling done by a pure-Python thread
 (threading.Event.wait + a list append), whose CPU/wall ratio gives the RATIO.
 
-    .venv/bin/python benchmarks/sampler.py [--seconds 10] [--period-ms 1] [--no-write]
+    .venv/bin/python benchmarks/sampler.py [--seconds 10] [--period-ms 1] [--write]
 
-Writes its output to docs/benchmarks/sampler.md unless --no-write.
+With --write also saves its output as docs/benchmarks/sampler.md.
 """
 from __future__ import annotations
 
@@ -25,9 +25,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import energyprof as ep  # noqa: E402
 from energyprof import _core  # noqa: E402
-from _report import headline  # noqa: E402
+from _report import add_write_arg, headline, save  # noqa: E402
 
-DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks", "sampler.md")
 
 
 def bench_c(seconds: float, period_ms: float) -> dict:
@@ -87,7 +86,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--period-ms", type=float, default=1.0)
-    ap.add_argument("--no-write", action="store_true")
+    add_write_arg(ap, "sampler")
     args = ap.parse_args(argv)
 
     buf = io.StringIO()
@@ -125,20 +124,18 @@ def main(argv=None) -> int:
               f"contiguous: {c['contiguous']}")
     out = buf.getvalue()
     print(out, end="")
-    if not args.no_write:
-        os.makedirs(os.path.dirname(DOC), exist_ok=True)
-        with open(DOC, "w") as f:
-            f.write("# Sampler benchmark\n\n")
-            f.write("Output of `.venv/bin/python benchmarks/sampler.py` (latest run; both columns measured "
-                    "in the same run on the same machine).\n\n")
-            f.write(out)
-            f.write("\nThe C thread's CPU time is `CLOCK_THREAD_CPUTIME_ID` read by the thread itself "
-                    "(`Sampler.thread_cpu_ns`); the Python thread's is `time.thread_time()`.  A tick the thread "
-                    "wakes up for after the next one is due is skipped, not replayed: the source then reports "
-                    "one longer interval, so no energy is lost (`contiguous: True`).  On a loaded machine (see the load "
-                    "average above: this one is 2 cores shared with other jobs) the skipped ticks are the "
-                    "scheduler waking the thread late, not the sampler falling behind; the thread's CPU time is "
-                    "dominated by the kernel's wake-up cost per tick.\n" + head + "\n")
+    print(head)
+    if args.write:
+        save("sampler", "# Sampler benchmark\n\n"
+             "Output of `.venv/bin/python benchmarks/sampler.py --write` (latest run; both columns measured "
+             "in the same run on the same machine).\n\n" + out
+             + "\nThe C thread's CPU time is `CLOCK_THREAD_CPUTIME_ID` read by the thread itself "
+             "(`Sampler.thread_cpu_ns`); the Python thread's is `time.thread_time()`.  A tick the thread "
+             "wakes up for after the next one is due is skipped, not replayed: the source then reports "
+             "one longer interval, so no energy is lost (`contiguous: True`).  On a loaded machine (see the load "
+             "average above: this one is 2 cores shared with other jobs) the skipped ticks are the "
+             "scheduler waking the thread late, not the sampler falling behind; the thread's CPU time is "
+             "dominated by the kernel's wake-up cost per tick.\n" + head + "\n")
     return 0
 
 

@@ -10,7 +10,7 @@ of the same data in the same run.
 
 Median of ``--repeat`` alternating rounds.  Goals: list < 300 ms, samples < 1 s.
 
-    python benchmarks/serve.py [--runs 10000] [--samples 3600000] [--repeat 5] [--md docs/benchmarks/serve.md]
+    python benchmarks/serve.py [--runs 10000] [--samples 3600000] [--repeat 5] [--write]
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from _report import headline  # benchmarks/ is the script's own directory
+from _report import add_write_arg, headline, save  # benchmarks/ is the script's own directory
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10_000)
     ap.add_argument("--samples", type=int, default=3_600_000)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--md", default=os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks", "serve.md"))
+    add_write_arg(ap, "serve")
     a = ap.parse_args()
     from fastapi.testclient import TestClient
 
@@ -160,10 +160,8 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    if a.md:
-        os.makedirs(os.path.dirname(os.path.abspath(a.md)), exist_ok=True)
-        with open(a.md, "w", encoding="utf-8") as fh:
-            fh.write(text)
+    if a.write:
+        save("serve", text)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ includes the WAL checkpoint (the C writer runs it when its queue is idle, the
 Python connection has ``wal_autocheckpoint=0``).  Best of ``--repeat`` alternating
 rounds.  Goals: >= 500K rows/s and >= 3x executemany.
 
-    python benchmarks/sqlite_writer.py [--rows 1000000] [--repeat 3] [--md docs/benchmarks/sqlite_writer.md]
+    python benchmarks/sqlite_writer.py [--rows 1000000] [--repeat 3] [--write]
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from energyprof import _core  # noqa: E402
 from energyprof.store.db import Store  # noqa: E402
-from _report import fmt_ci, headline, ratio_of_medians, verdict  # noqa: E402
+from _report import add_write_arg, fmt_ci, headline, ratio_of_medians, save, verdict  # noqa: E402
 
 
 def make_samples(n: int) -> np.ndarray:
@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--batch", type=int, default=10_000, help="rows per transaction in the streaming case")
-    ap.add_argument("--md", default=None, help="also write the result as markdown to this file")
+    add_write_arg(ap, "sqlite_writer")
     args = ap.parse_args()
     samples = make_samples(args.rows)
     c_times, py_times, cs_times, pys_times = [], [], [], []
@@ -144,27 +144,25 @@ def main() -> None:
                     verdict(one, 3.0, True) if c_rate >= 500_000 else False)
     print("\n".join(lines))
     print(head)
-    if args.md:
-        os.makedirs(os.path.dirname(os.path.abspath(args.md)), exist_ok=True)
-        with open(args.md, "w") as fh:
-            fh.write("# Benchmark: the C store writer vs sqlite3.executemany\n\n")
-            fh.write("`python benchmarks/sqlite_writer.py --md docs/benchmarks/sqlite_writer.md` "
-                     "(latest output):\n\n```\n" + "\n".join(lines) + "\n```\n\n")
-            fh.write(
-                "Both sides write the same rows into the same schema (`power_samples` with its\n"
-                "`(run_id, t_start_ns)` index and the foreign key to `runs`), with WAL,\n"
-                "`synchronous=NORMAL` and `foreign_keys=ON`, in one transaction (then streamed\n"
-                "in batches, one transaction each).  The C time\n"
-                "includes copying the numpy array into the job, binding every field by offset\n"
-                "and the commit; the Python time includes `ndarray.tolist()` and `executemany`.\n"
-                "Both are timed to the durable commit (in the WAL): the C writer copies WAL pages\n"
-                "into the main file when its queue is idle, after `flush()` has returned, and the\n"
-                "Python connection runs with `wal_autocheckpoint=0`, so neither side's time holds a\n"
-                "checkpoint.  The main gain of the C side is that a job runs as one\n"
-                "`INSERT ... SELECT` over a virtual table of the job's rows instead of one\n"
-                "bind/step/reset round per row.\n"
-                "The machine is shared, so absolute rates move between runs; the ratio is\n"
-                "measured side by side in one process.\n" + head + "\n")
+    if args.write:
+        save("sqlite_writer",
+             "# Benchmark: the C store writer vs sqlite3.executemany\n\n"
+             "`python benchmarks/sqlite_writer.py --write` (latest output):\n\n```\n"
+             + "\n".join(lines) + "\n```\n\n" +
+             "Both sides write the same rows into the same schema (`power_samples` with its\n"
+             "`(run_id, t_start_ns)` index and the foreign key to `runs`), with WAL,\n"
+             "`synchronous=NORMAL` and `foreign_keys=ON`, in one transaction (then streamed\n"
+             "in batches, one transaction each).  The C time\n"
+             "includes copying the numpy array into the job, binding every field by offset\n"
+             "and the commit; the Python time includes `ndarray.tolist()` and `executemany`.\n"
+             "Both are timed to the durable commit (in the WAL): the C writer copies WAL pages\n"
+             "into the main file when its queue is idle, after `flush()` has returned, and the\n"
+             "Python connection runs with `wal_autocheckpoint=0`, so neither side's time holds a\n"
+             "checkpoint.  The main gain of the C side is that a job runs as one\n"
+             "`INSERT ... SELECT` over a virtual table of the job's rows instead of one\n"
+             "bind/step/reset round per row.\n"
+             "The machine is shared, so absolute rates move between runs; the ratio is\n"
+             "measured side by side in one process.\n" + head + "\n")
 
 
 if __name__ == "__main__":
