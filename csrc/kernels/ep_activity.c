@@ -79,9 +79,8 @@ int64_t ep_activity_active_ns_at(int64_t t_ns)
     return a;
 }
 
-void ep_activity_comp_begin(int comp, int64_t t_ns)
+static void comp_begin_locked(int comp, int64_t t_ns)
 {
-    pthread_mutex_lock(&lock);
     int below = comp_top_locked();
     if (comp < EP_COMP_OTHER || comp >= EP_NCOMP) /* EP_COMP_INHERIT (or out of range) */
         comp = below >= 0 ? below : EP_COMP_OTHER;
@@ -89,16 +88,45 @@ void ep_activity_comp_begin(int comp, int64_t t_ns)
     if (comp_depth < EP_COMP_STACK_MAX)
         comp_stack[comp_depth] = comp;
     comp_depth++;
+}
+
+static void comp_end_locked(int64_t t_ns)
+{
+    if (comp_depth > 0) {
+        comp_close_locked(t_ns);
+        comp_depth--;
+    }
+}
+
+void ep_activity_comp_begin(int comp, int64_t t_ns)
+{
+    pthread_mutex_lock(&lock);
+    comp_begin_locked(comp, t_ns);
     pthread_mutex_unlock(&lock);
 }
 
 void ep_activity_comp_end(int64_t t_ns)
 {
     pthread_mutex_lock(&lock);
-    if (comp_depth > 0) {
-        comp_close_locked(t_ns);
-        comp_depth--;
-    }
+    comp_end_locked(t_ns);
+    pthread_mutex_unlock(&lock);
+}
+
+/* A hook's begin / end: ep_activity_add(+1 / -1) and comp_begin / comp_end under one lock
+ * (one lock round instead of two on the hot path). */
+void ep_activity_call_begin(int comp, int64_t t_ns)
+{
+    pthread_mutex_lock(&lock);
+    set_locked(level + 1, t_ns);
+    comp_begin_locked(comp, t_ns);
+    pthread_mutex_unlock(&lock);
+}
+
+void ep_activity_call_end(int64_t t_ns)
+{
+    pthread_mutex_lock(&lock);
+    set_locked(level - 1, t_ns);
+    comp_end_locked(t_ns);
     pthread_mutex_unlock(&lock);
 }
 

@@ -37,6 +37,10 @@ enum {
  * with nothing running is ignored. */
 void ep_activity_comp_begin(int comp, int64_t t_ns);
 void ep_activity_comp_end(int64_t t_ns);
+/* The same as ep_activity_add(+1, t_ns) then ep_activity_comp_begin(comp, t_ns) (begin), or
+ * ep_activity_add(-1, t_ns) then ep_activity_comp_end(t_ns) (end), under one lock. */
+void ep_activity_call_begin(int comp, int64_t t_ns);
+void ep_activity_call_end(int64_t t_ns);
 /* Cumulative ns kind comp (EP_COMP_OTHER..EP_COMP_MLP) was the innermost kind up to t_ns
  * (OTHER counts only time with a call running).  0 for an unknown kind. */
 int64_t ep_activity_comp_ns_at(int comp, int64_t t_ns);

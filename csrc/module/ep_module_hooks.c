@@ -344,11 +344,10 @@ static void probe_fire(PyObject *owner, probe *p, int32_t kind)
         Py_END_ALLOW_THREADS
     }
     if (p->activity) {
-        ep_activity_add(kind == EP_SPAN_BEGIN ? 1 : -1, t_ns);
         if (kind == EP_SPAN_BEGIN)
-            ep_activity_comp_begin(p->comp, t_ns);
+            ep_activity_call_begin(p->comp, t_ns);
         else
-            ep_activity_comp_end(t_ns);
+            ep_activity_call_end(t_ns);
     }
     if (p->boundary && kind == EP_SPAN_END) {
         Py_BEGIN_ALLOW_THREADS

@@ -68,3 +68,25 @@ EP_TEST(component_stack_innermost_kind)
     ep_activity_set(0, 3050);
     EP_CHECK(ep_activity_comp_ns_at(EP_COMP_MLP, 4000) - m0 == 250);
 }
+
+/* Hand-worked: the hooks' one-lock begin / end keep level, active time and kinds as the
+ * separate calls do: model [1000, 1400) > attn [1100, 1300), then an end with nothing running. */
+EP_TEST(call_begin_end_level_and_kind)
+{
+    ep_activity_set(0, 0);
+    int64_t act0 = ep_activity_active_ns_at(1000);
+    int64_t a0 = ep_activity_comp_ns_at(EP_COMP_ATTN, 1000), o0 = ep_activity_comp_ns_at(EP_COMP_OTHER, 1000);
+    ep_activity_call_begin(EP_COMP_OTHER, 1000);
+    ep_activity_call_begin(EP_COMP_ATTN, 1100);
+    EP_CHECK(ep_activity_level() == 2);
+    EP_CHECK(ep_activity_comp_current() == EP_COMP_ATTN);
+    ep_activity_call_end(1300);
+    EP_CHECK(ep_activity_level() == 1);
+    EP_CHECK(ep_activity_comp_current() == EP_COMP_OTHER);
+    ep_activity_call_end(1400);
+    ep_activity_call_end(1500); /* nothing runs: level stays 0, no time counted */
+    EP_CHECK(ep_activity_level() == 0);
+    EP_CHECK(ep_activity_active_ns_at(2000) - act0 == 400);
+    EP_CHECK(ep_activity_comp_ns_at(EP_COMP_ATTN, 2000) - a0 == 200);
+    EP_CHECK(ep_activity_comp_ns_at(EP_COMP_OTHER, 2000) - o0 == 200);
+}
