@@ -40,6 +40,10 @@ here it is, twin by twin (docs/testing.md has the same table with the tests):
   (the C keeps the last call per span in one pass).  ``fill_rows``: a byte copy per column
   through a uint8 view of the rows.
   tests/test_pair_events.py holds the C kernel, and attribution's pairing, to them.
+* ``group_rows`` (csrc/kernels/ep_groups.c): ``np.unique`` over a byte view of the rows
+  (a sort, where the C hashes), its answers renumbered in first-seen order; independent of
+  the hash table.  tests/test_groups.py holds both, and energyprof.store.groups, to
+  ``np.unique`` on the values themselves and to a dict built row by row.
 
 Every part appends its own twin in its own clearly delimited section below; do not edit
 another part's section.
@@ -915,3 +919,24 @@ def module_tree(root) -> tuple:
                 n_params += p.numel()
         stack += [child for child in reversed(list(m._modules.values())) if child is not None]
     return tuple(key), n_params, tuple(pinned)
+
+
+# ---------------------------------------------------------------------------
+# groups: twin of csrc/kernels/ep_groups.c (_core.group_rows).  Owner: groups part.
+# ---------------------------------------------------------------------------
+
+def group_rows(a: np.ndarray) -> tuple:
+    """``(inverse, first)`` of ``_core.group_rows``: rows with equal bytes (1-D: the elements,
+    2-D: the rows) share a group; groups numbered in the order their first row occurs;
+    ``first`` the first row of each group.  Sorts a byte view of the rows (np.unique)."""
+    a = np.asarray(a)
+    n = len(a)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows = np.ascontiguousarray(a).reshape(n, -1).view(np.uint8).reshape(n, -1)
+    as_void = rows.view(np.dtype((np.void, rows.shape[1]))).reshape(n)
+    _, first_sorted, inv = np.unique(as_void, return_index=True, return_inverse=True)
+    order = np.argsort(first_sorted, kind="stable")        # sorted groups -> first-seen order
+    renumber = np.empty(len(order), np.int64)
+    renumber[order] = np.arange(len(order))
+    return renumber[inv.reshape(-1)], first_sorted[order].astype(np.int64)

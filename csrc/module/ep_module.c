@@ -225,7 +225,8 @@ PyMODINIT_FUNC PyInit__core(void)
         goto error;
     if (ep_module_add_integrate(m) < 0 || ep_module_add_sampler(m) < 0 || ep_module_add_plist(m) < 0 ||
         ep_module_add_hooks(m) < 0 || ep_module_add_store(m) < 0 ||
-        ep_module_add_ioreport(m) < 0 || ep_module_add_stats(m) < 0 || ep_module_add_calls(m) < 0)
+        ep_module_add_ioreport(m) < 0 || ep_module_add_stats(m) < 0 || ep_module_add_calls(m) < 0 ||
+        ep_module_add_groups(m) < 0)
         goto error;
     return m;
 error:

@@ -40,6 +40,7 @@ int ep_module_add_store(PyObject *m);
 int ep_module_add_ioreport(PyObject *m);
 int ep_module_add_stats(PyObject *m);
 int ep_module_add_calls(PyObject *m);
+int ep_module_add_groups(PyObject *m);
 
 /* ep_module_stats.c: the EP_TENSOR_STATS statistics of a torch tensor (or numpy array),
  * read in place through its numpy view; 0 with out (caller-owned, 5 doubles) filled, or 1
