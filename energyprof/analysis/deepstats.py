@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
+from ..store.groups import unique_inverse
+
 __all__ = ["activation_table", "layer_component_matrix", "component_order", "op_order", "METRICS", "ACT_FIELDS"]
 
 #: Metrics of :func:`layer_component_matrix`: name -> (unit, how the calls of a cell combine).
@@ -109,9 +111,11 @@ def layer_component_matrix(run: Any, metric: str = "energy_j") -> Dict[str, Any]
     c = _arr(run, "components")
     if len(c) == 0 or not np.any(c["layer"] >= 0):
         raise ValueError("the run has no per-layer component calls (recorded with mode='minimal'?)")
-    c = c[c["layer"] >= 0]
-    layer_vals, li = np.unique(c["layer"], return_inverse=True)
-    names, ni = np.unique(c["component"], return_inverse=True)
+    keep = c["layer"] >= 0
+    if not keep.all():              # a copy of the rows only when some are not per layer
+        c = c[keep]
+    layer_vals, li = unique_inverse(c["layer"])
+    names, ni = unique_inverse(c["component"])
     layers = [int(v) for v in layer_vals]
     comps = component_order(names.tolist())
     col_of = np.asarray([comps.index(str(n)) for n in names], dtype=np.int64)

@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .._dtypes import COMPONENT_GROUPS, component_group, measured_domains, total_columns
+from ..store.groups import index_of, map_distinct
 from .stats import _tcrit, mean_ci
 
 __all__ = ["resolve", "BYS", "RESOLVE_DTYPE", "RESOLVE_LABEL", "design", "phase_intervals"]
@@ -91,9 +92,8 @@ def _run_groups(run: Any, by: str) -> Tuple[List[Tuple[np.ndarray, np.ndarray, n
         calls = np.concatenate([run.layers, run.components])
         if len(calls) == 0:
             raise ValueError("resolve(by='component') needs runs with component rows (mode='standard' or 'deep')")
-        groups = np.array([component_group(c) for c in calls["component"]])
-        index = {int(cid): i for i, cid in enumerate(calls["call_id"])}
-        pidx = np.array([index.get(int(p), -1) for p in calls["parent_id"]])
+        groups = map_distinct(calls["component"], component_group, "U16")
+        pidx = index_of(calls["call_id"], calls["parent_id"])
         pgroup = np.where(pidx >= 0, groups[np.maximum(pidx, 0)], "")
         a, b = calls["t_start_ns"].astype(np.int64), calls["t_end_ns"].astype(np.int64)
         out: Dict[str, List] = {}

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..store.groups import map_distinct
 from .efficiency import summaries
 from .stats import figure, ols
 
@@ -75,17 +76,18 @@ def token_components(run: Any) -> Dict[str, Any]:
     res_k = np.zeros(len(steps))
     comps, layers = _arr(run, "components"), _arr(run, "layers")
     if len(comps) and len(layers):
-        layer_ids = set(np.asarray(layers["call_id"]).tolist())
-        direct = comps[np.isin(comps["parent_id"], list(layer_ids)) & (comps["layer"] >= 0)]
-        pos = {int(s): i for i, s in enumerate(steps)}
-        for r in direct:
-            i = pos.get(int(r["step"]))
-            g = component_group(r["component"])
-            if i is None or g == "other":
-                continue
-            out[g][i] += float(r["energy_j"])
-            res_n[i] += 1
-            res_k[i] += bool(r["resolved"])
+        direct = comps[np.isin(comps["parent_id"], layers["call_id"]) & (comps["layer"] >= 0)]
+        i = np.searchsorted(steps, direct["step"], side="right") - 1     # the last row of that step
+        ok = (i >= 0) & (steps[np.maximum(i, 0)] == direct["step"])
+        grp = map_distinct(direct["component"], component_group, "U16")
+        # summed in row order, as a loop over the rows adds them
+        e, res = np.asarray(direct["energy_j"], float), np.asarray(direct["resolved"], float)
+        n_steps = len(steps)
+        for g in GROUPS[:-1]:
+            sel = ok & (grp == g)
+            out[g] = out[g] + np.bincount(i[sel], weights=e[sel], minlength=n_steps)
+            res_n += np.bincount(i[sel], minlength=n_steps)
+            res_k += np.bincount(i[sel], weights=res[sel], minlength=n_steps)
     out["other"] = out["energy_j"] - sum(out[g] for g in GROUPS[:-1])
     with np.errstate(invalid="ignore", divide="ignore"):
         out["resolved_calls"] = np.where(res_n > 0, res_k / np.maximum(res_n, 1), np.nan)

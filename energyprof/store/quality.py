@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .groups import unique_inverse
+
 NAN = float("nan")
 
 __all__ = ["resolution_summary", "resolution_of", "resolution_lines", "period_text", "sample_blocks",
@@ -172,8 +174,7 @@ def block_ratio(e: np.ndarray, n: np.ndarray, blocks: np.ndarray) -> Tuple[float
     ok = np.isfinite(e) & (n > 0)
     if not ok.any():
         return NAN, NAN, 0
-    _, inv = np.unique(np.asarray(blocks)[ok], return_inverse=True)
-    inv = inv.reshape(-1)
+    _, inv = unique_inverse(np.asarray(blocks)[ok])
     eb = np.bincount(inv, weights=e[ok])
     nb = np.bincount(inv, weights=n[ok])
     k = len(eb)
@@ -197,8 +198,7 @@ def grouped_block_stats(e: np.ndarray, groups: np.ndarray, blocks: np.ndarray, n
     if not ok.any():
         return se, k
     key = np.stack([g[ok], np.asarray(blocks, dtype=np.int64)[ok]], axis=1)
-    uk, inv = np.unique(key, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
+    uk, inv = unique_inverse(key, axis=0)
     eb = np.bincount(inv, weights=e[ok])
     nb = np.bincount(inv).astype(np.float64)
     bg = uk[:, 0]                                 # the group of each (group, block) cell

@@ -26,6 +26,7 @@ import numpy as np
 from .._dtypes import (CALL_DTYPE, DEVICE_SAMPLE_DTYPE, DOMAINS, HEAD_DTYPE, RANK_DTYPE, SECTION_DTYPE, TEXT_DTYPE,
                        TOKEN_DTYPE)
 from ..errors import MissingExtraError
+from .groups import index_of, unique_index_inverse, unique_inverse
 from .quality import grouped_block_stats, sample_blocks
 
 #: Names accepted by :meth:`RunData.to_pandas` and the store's array tables.
@@ -147,12 +148,11 @@ def _agg(calls: np.ndarray, keys: tuple, run_energy_j: float, all_calls: Optiona
         return np.zeros(0, dtype=AGG_DTYPE)
     layer = np.asarray(calls["layer"], dtype=np.int64)
     comp = np.asarray(calls["component"]) if "component" in keys else np.full(len(calls), "", dtype="U32")
-    # np.unique on a structured key gives the groups sorted by (layer, component).
+    # the groups sorted by (layer, component), as np.unique on the structured key gives them
     key = np.zeros(len(calls), dtype=[("layer", "<i8"), ("component", "U32")])
     key["layer"] = layer
     key["component"] = comp
-    groups, inverse = np.unique(key, return_inverse=True)
-    inverse = inverse.reshape(-1)
+    groups, inverse = unique_inverse(key)
     g = len(groups)
     out = np.zeros(g, dtype=AGG_DTYPE)
     out["layer"] = groups["layer"]
@@ -195,13 +195,14 @@ def _parent_energy(calls: np.ndarray, inverse: np.ndarray, g: int, run_energy_j:
     """Per group: the energy of the distinct calls that contain its calls (the run, counted
     once, for calls without a parent), so sibling groups' shares of it add up to at most 1."""
     parent = np.asarray(calls["parent_id"], dtype=np.int64)
-    energy_of: Dict[int, float] = {}
+    parent_e = np.full(len(parent), np.nan)
+    at = np.full(len(parent), -1, dtype=np.int64)
     if all_calls is not None and len(all_calls):
-        energy_of = dict(zip(np.asarray(all_calls["call_id"]).tolist(),
-                             np.asarray(all_calls["energy_j"], dtype=np.float64).tolist()))
-    parent = np.array([p if p in energy_of else -1 for p in parent.tolist()], dtype=np.int64)
-    pairs = np.unique(np.stack([inverse.astype(np.int64), parent], axis=1), axis=0)
-    pe = np.array([energy_of[p] if p >= 0 else run_energy_j for p in pairs[:, 1].tolist()], dtype=np.float64)
+        at = index_of(all_calls["call_id"], parent)
+        parent_e = np.where(at >= 0, np.asarray(all_calls["energy_j"], dtype=np.float64)[np.maximum(at, 0)], np.nan)
+    parent = np.where(at >= 0, parent, -1)
+    pairs, first, _ = unique_index_inverse(np.stack([inverse.astype(np.int64), parent], axis=1), axis=0)
+    pe = np.where(pairs[:, 1] >= 0, parent_e[first], run_energy_j) if len(pairs) else np.zeros(0)
     with np.errstate(invalid="ignore"):
         return np.bincount(pairs[:, 0], weights=pe, minlength=g)
 

@@ -33,6 +33,7 @@ import numpy as np
 from .._dtypes import DOMAINS
 from ..analysis import deepstats as _ds
 from ..errors import MissingExtraError, NoDataError
+from ..store.groups import index_of, unique_index_inverse, unique_inverse
 from ..store.rundata import _float
 
 #: The kinds :func:`plot` draws for every run recorded with mode="standard".
@@ -288,7 +289,7 @@ def _named_matrix(calls: Optional[np.ndarray], missing: str, order: Callable[[Se
         raise NoDataError(missing)
     calls = calls[calls["layer"] >= 0]
     layers = sorted(int(v) for v in np.unique(calls["layer"]))
-    names = order(np.unique(calls["component"]))
+    names = order(unique_inverse(calls["component"])[0])
     z = _energy_matrix(calls, layers, names, "component", str, metric)
     if np.all(np.isnan(z)):
         raise _no_metric(metric)
@@ -396,13 +397,7 @@ def _call_tree(run: Any) -> Dict[str, np.ndarray]:
     e = np.asarray(calls["energy_j"], dtype=np.float64)
     names = calls.dtype.names
     if "call_id" in names and "parent_id" in names:
-        ids = np.asarray(calls["call_id"], dtype=np.int64)
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
-        want = np.asarray(calls["parent_id"], dtype=np.int64)
-        k = np.searchsorted(sorted_ids, want, side="right") - 1   # the last call with that id
-        found = (k >= 0) & (sorted_ids[np.maximum(k, 0)] == want)
-        parent = np.where(found, order[np.maximum(k, 0)], -1).astype(np.int64)
+        parent = index_of(calls["call_id"], calls["parent_id"])    # the last call with that id
     else:  # no tree recorded: every call is its own top level
         parent = np.full(n, -1, dtype=np.int64)
     self_j = e.copy()
@@ -422,8 +417,7 @@ def _call_tree(run: Any) -> Dict[str, np.ndarray]:
     # the component names from the top-level call down (for the sunburst), one tuple per distinct path
     node_names, node_of = _node_names(calls)
     keys = np.stack([np.where(c >= 0, np.append(node_of, -1)[c], -1) for c in chain], axis=1)
-    uniq, path_id = np.unique(keys, axis=0, return_inverse=True)
-    path_id = path_id.reshape(-1)
+    uniq, path_id = unique_inverse(keys, axis=0)
     paths = [tuple(node_names[x] for x in row[::-1] if x >= 0) for row in uniq]
     path_u = np.empty(len(paths), dtype=object)
     for i, pth in enumerate(paths):
@@ -439,13 +433,12 @@ def _call_tree(run: Any) -> Dict[str, np.ndarray]:
 def _node_names(calls: np.ndarray) -> Tuple[List[str], np.ndarray]:
     """The distinct node names of the calls (``"layer 3"`` for a layer, else the component)
     and each call's index into them."""
-    comp_u, comp_i = np.unique(calls["component"], return_inverse=True)
-    comp_i = comp_i.reshape(-1).astype(np.int64)
+    comp_u, comp_i = unique_inverse(calls["component"])
     is_layer = np.asarray(calls["component"] == "layer")
     layer = np.asarray(calls["layer"], dtype=np.int64)
     key = np.where(is_layer, layer, np.iinfo(np.int64).min) if len(calls) else layer
     pair = np.stack([comp_i, key], axis=1)
-    u, node_of = np.unique(pair, axis=0, return_inverse=True)
+    u, node_of = unique_inverse(pair, axis=0)
     names = [f"layer {int(k)}" if str(comp_u[c]) == "layer" else str(comp_u[c]) for c, k in u]
     return names, node_of.reshape(-1)
 
@@ -455,8 +448,8 @@ def _group_sums(keys: np.ndarray, values: np.ndarray) -> Tuple[np.ndarray, np.nd
     per key added in row order (as a loop over the rows adds them)."""
     if len(keys) == 0:
         return keys, np.zeros(0)
-    u, first, inv = np.unique(keys, return_index=True, return_inverse=True)
-    sums = np.bincount(inv.reshape(-1), weights=np.asarray(values, np.float64), minlength=len(u))
+    u, first, inv = unique_index_inverse(keys)
+    sums = np.bincount(inv, weights=np.asarray(values, np.float64), minlength=len(u))
     order = np.argsort(first, kind="stable")
     return u[order], sums[order]
 
@@ -487,7 +480,7 @@ def _component_self_resolved(run: Any) -> Tuple[List[str], np.ndarray, np.ndarra
     calls, has_child = tree["calls"], tree["has_child"]
     res = (np.asarray(calls["resolved"], dtype=bool) if "resolved" in calls.dtype.names
            else np.ones(len(calls), dtype=bool))
-    comp_u, comp_i = np.unique(calls["component"], return_inverse=True)
+    comp_u, comp_i = unique_inverse(calls["component"])
     own = has_child | (calls["component"] == "layer")
     keys, self_sum = _group_sums(comp_i.reshape(-1).astype(np.int64) * 2 + own, tree["self_j"])
     inv = np.searchsorted(np.sort(keys), comp_i.reshape(-1).astype(np.int64) * 2 + own)
@@ -549,8 +542,8 @@ def _sankey_data(run: Any) -> Dict[str, Any]:
             add(("phase", p), ("other", f"{p}: outside hooked modules"), float(phase_e[p]) - u)
         has_child = tree["has_child"]
         root = tree["root"]
-        comp_u, comp_i = np.unique(calls["component"], return_inverse=True)
-        own = (comp_i.reshape(-1).astype(np.int64) * 2 + (has_child | (calls["component"] == "layer")))
+        comp_u, comp_i = unique_inverse(calls["component"])
+        own = (comp_i * 2 + (has_child | (calls["component"] == "layer")))
         sj = tree["self_j"]
         # a top-level leaf (embed, lm_head) is the end of its flow: only calls under a container go on
         ok = has_child[root] & (sj > 0.0) & np.isfinite(sj)
