@@ -44,7 +44,7 @@ from _report import add_write_arg, bootstrap_ci, fmt_ci, headline, ratio_of_medi
 from energyprof import _core  # noqa: E402
 from energyprof._dtypes import EVENT_DTYPE  # noqa: E402
 from energyprof.measure.attribution import PIECE_CALLS, Forward, SpanInfo, attribute  # noqa: E402
-from energyprof.store.db import Store  # noqa: E402
+from energyprof.store.db import READ_PIECE_ROWS, Store  # noqa: E402
 
 HOUR_S = 3600.0
 RATE_HZ = 1000
@@ -180,6 +180,25 @@ def stage_memory(scale: float, streamed: bool, piece_calls: int) -> dict:
             "peak_above_input_mb": (peak_kb - base_kb) / 1024.0 if ok else float("nan"), "wall_s": wall_s}
 
 
+def report_memory(db_path: str, run_id: int) -> dict:
+    """Peak resident memory above this (fresh) process's start of loading the stored run, then
+    of writing its report: what `energyprof report` holds for a run of this length."""
+    from energyprof.store.db import load
+    from energyprof.views.report import write_report
+
+    ok = _reset_peak_rss()
+    base_kb = _vm_kb("VmRSS")
+    run = load(run_id, db=db_path)
+    load_kb = _vm_kb("VmHWM")
+    n_calls = len(run.layers) + len(run.components)
+    with tempfile.TemporaryDirectory() as d:
+        write_report(run, os.path.join(d, "report.html"))
+    report_kb = _vm_kb("VmHWM")
+    nan = float("nan")
+    return {"n_calls": n_calls, "load_mb": (load_kb - base_kb) / 1024.0 if ok else nan,
+            "report_mb": (report_kb - base_kb) / 1024.0 if ok else nan}
+
+
 def memory_cases(scales, piece_calls: int) -> list:
     """stage_memory for each (scale, streamed) in a fresh interpreter (peaks do not mix)."""
     import json
@@ -204,6 +223,7 @@ def main(argv=None) -> int:
                     help="scales of the memory cases (default: --scale and 4x it)")
     ap.add_argument("--piece-calls", type=int, default=PIECE_CALLS, help="calls per piece when streamed")
     ap.add_argument("--memory-case", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--report-case", nargs=2, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--streamed", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--held", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -211,6 +231,11 @@ def main(argv=None) -> int:
         import json
 
         print(json.dumps(stage_memory(a.memory_case, a.streamed, a.piece_calls)))
+        return 0
+    if a.report_case is not None:
+        import json
+
+        print(json.dumps(report_memory(a.report_case[0], int(a.report_case[1]))))
         return 0
     rss_start = rss_mb()
     t = time.perf_counter()
@@ -320,6 +345,11 @@ def main(argv=None) -> int:
         report_ci = ratio_of_medians(report_times[True], report_times[False])
         html_mb = os.path.getsize(html) / 1e6
         rss_report = rss_mb()
+        import json
+        import subprocess
+
+        rep_mem = json.loads(subprocess.run([sys.executable, os.path.abspath(__file__), "--report-case", path, str(rid)],
+                                            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
     full = 1.0 / a.scale
     mem_scales = [float(x) for x in a.memory_scales.split(",")] if a.memory_scales else [a.scale, 4 * a.scale]
     mem = memory_cases(mem_scales, a.piece_calls)
@@ -370,6 +400,11 @@ def main(argv=None) -> int:
         f"attribution {att_b_per_call:,.0f} bytes per call above the input | "
         f"{(rss_report - rss_start) * full / 1e3:,.1f} GB, linear (every row held, then loaded for the report) | "
         "stated | |",
+        f"| load + report in a fresh process: peak memory above its start (the rows are read {READ_PIECE_ROWS:,} at a "
+        f"time into arrays; the report holds them) | load {rep_mem['load_mb']:,.0f} MB, load + report "
+        f"{rep_mem['report_mb']:,.0f} MB | {rep_mem['load_mb'] * 2**20 / rep_mem['n_calls']:,.0f} and "
+        f"{rep_mem['report_mb'] * 2**20 / rep_mem['n_calls']:,.0f} bytes per call | "
+        f"{rep_mem['report_mb'] * full / 1e3:,.1f} GB, linear: the report needs the memory of the whole run | stated | |",
         f"| peak memory above the input, attribution + store write, rows held at once (fresh process each) | "
         f"{h_lo:,.0f} MB at {lo:g}, {h_hi:,.0f} MB at {hi:g} ({growth:g}x the calls) | {held_per_call_b:,.0f} bytes "
         f"per call | {held_per_call_b * n_calls * full / 1e9:,.1f} GB | stated | |",

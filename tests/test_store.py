@@ -736,6 +736,29 @@ def test_non_sqlite_and_foreign_files_are_refused_untouched(tmp_path):
 # ---------------------------------------------------------------------------------
 # the write API and the round trip
 # ---------------------------------------------------------------------------------
+def test_arrays_read_in_pieces_are_whole_and_in_order(dbpath, monkeypatch):
+    """Store.read_array fetches READ_PIECE_ROWS rows at a time into one array: with pieces of
+    7 rows (none of the arrays a multiple of it) every array comes back whole, in order."""
+    import energyprof.store.db as db_mod
+
+    run = make_run(4, n_samples=500)
+    with Store(dbpath) as s:
+        rid = s.create_run({k: v for k, v in run.summary().items() if k not in ("phases", "domains")})
+        s.write_samples(rid, run.samples)
+        s.finish_run(rid, run.summary(), run.sections, run.tokens, run.layers, run.components, "completed")
+    monkeypatch.setattr(db_mod, "READ_PIECE_ROWS", 7)
+    back = ep.load(rid, db=dbpath)
+    assert len(back.samples) == 500 and len(back.samples) % 7 and len(back.components) > 7
+    for name in ("samples", "sections", "tokens", "layers", "components"):
+        got, want = getattr(back, name), getattr(run, name)
+        assert len(got) == len(want), name
+        for f in want.dtype.names:
+            if f in got.dtype.names and want.dtype[f].kind != "f":
+                assert np.array_equal(got[f], want[f]), (name, f)
+            elif f in got.dtype.names:
+                assert np.allclose(got[f], want[f], equal_nan=True), (name, f)
+
+
 def test_round_trip_every_array_field_by_field(dbpath):
     run = make_run(3, n_samples=2000)
     with Store(dbpath) as s:

@@ -53,6 +53,9 @@ FILTERS = ("model", "arch", "source", "label", "status", "tag", "since", "until"
 LABELS = ("measured", "estimated", "simulated")
 EXPORT_FORMATS = ("json", "csv", "parquet")
 EXPORT_FORMAT_TAG = "energyprof-run"
+#: Rows fetched at a time by :meth:`Store.read_array` (the Python tuples of one piece are
+#: what a read holds beside the array it fills).
+READ_PIECE_ROWS = 8192
 
 # Summary keys that hold floats (NaN is stored as JSON null and revived on load).
 _FLOAT_KEYS = ("sample_period_s", "duration_s", "energy_j", "net_energy_j", "baseline_power_w", "peak_power_w",
@@ -632,13 +635,28 @@ class Store:
                 exprs.append(f'COALESCE("{f}", \'\')')
             else:
                 exprs.append(f'"{f}"')
+        # Read in pieces into one array sized by a count: a fetchall would hold every row as a
+        # tuple of Python objects (about 1.5 KB per call row) beside the array (281 B).
+        n = int(self.conn.execute(f"SELECT COUNT(*) FROM {table} WHERE run_id = ?", (int(run_id),)).fetchone()[0])
         cur = self.conn.execute(f"SELECT {', '.join(exprs)} FROM {table} WHERE run_id = ? ORDER BY rowid",
                                 (int(run_id),))
         cur.row_factory = None  # plain tuples: numpy builds the records directly
-        rows = cur.fetchall()
-        if not rows:
-            return np.zeros(0, dtype=dt)
-        return np.array(rows, dtype=dt)
+        out = np.zeros(n, dtype=dt)
+        more: List[np.ndarray] = []   # rows written after the count (a run still being written)
+        i = 0
+        while True:
+            rows = cur.fetchmany(READ_PIECE_ROWS)
+            if not rows:
+                break
+            piece = np.array(rows, dtype=dt)
+            fit = max(0, min(len(piece), n - i))
+            out[i:i + fit] = piece[:fit]
+            if fit < len(piece):
+                more.append(piece[fit:])
+            i += fit
+        if more:
+            return np.concatenate([out[:i]] + more)
+        return out if i == n else out[:i].copy()
 
     def sample_starts(self, run_id: int) -> np.ndarray:
         """``t_start_ns`` of every power sample of a run, in time order (int64; one column read)."""
