@@ -146,17 +146,19 @@ def _agg(calls: np.ndarray, keys: tuple, run_energy_j: float, all_calls: Optiona
     """
     if len(calls) == 0:
         return np.zeros(0, dtype=AGG_DTYPE)
-    layer = np.asarray(calls["layer"], dtype=np.int64)
-    comp = np.asarray(calls["component"]) if "component" in keys else np.full(len(calls), "", dtype="U32")
-    # the groups sorted by (layer, component), as np.unique on the structured key gives them
-    key = np.zeros(len(calls), dtype=[("layer", "<i8"), ("component", "U32")])
-    key["layer"] = layer
-    key["component"] = comp
-    groups, inverse = unique_inverse(key)
-    g = len(groups)
+    # the groups sorted by (layer, component), as np.unique on a (layer, component) record gives
+    # them: each column grouped on its own (the names in place, no copy of the rows), then
+    # the pairs of codes, whose order is that of the pairs of values
+    layer_u, layer_i = unique_inverse(np.asarray(calls["layer"], dtype=np.int64))
+    if "component" in keys:
+        comp_u, comp_i = unique_inverse(calls["component"])
+    else:
+        comp_u, comp_i = np.array(["layer"]), np.zeros(len(calls), dtype=np.int64)
+    pair_u, inverse = unique_inverse(layer_i * len(comp_u) + comp_i)
+    g = len(pair_u)
     out = np.zeros(g, dtype=AGG_DTYPE)
-    out["layer"] = groups["layer"]
-    out["component"] = groups["component"] if "component" in keys else "layer"
+    out["layer"] = layer_u[pair_u // len(comp_u)]
+    out["component"] = comp_u[pair_u % len(comp_u)]
     e = np.asarray(calls["energy_j"], dtype=np.float64)
     n = np.bincount(inverse, minlength=g)
     tot = np.bincount(inverse, weights=e, minlength=g)
@@ -401,11 +403,16 @@ class RunData:
         return _float(self._summary.get("energy_j"))
 
     def _all_calls(self) -> np.ndarray:
+        """``call_id`` and ``energy_j`` of every call (layers, components, ops): what the
+        shares of the parents read; 16 bytes a call, not a copy of the rows."""
         parts = [a for a in (self.layers, self.components, self.ops) if len(a)]
-        if not parts:
-            return np.zeros(0, CALL_DTYPE)
-        common = [f for f in parts[0].dtype.names if all(f in p.dtype.names for p in parts)]
-        return np.concatenate([p[common] for p in parts]) if len(parts) > 1 else parts[0]
+        out = np.zeros(sum(len(p) for p in parts), dtype=[("call_id", "<i8"), ("energy_j", "<f8")])
+        i = 0
+        for p in parts:
+            out["call_id"][i:i + len(p)] = p["call_id"]
+            out["energy_j"][i:i + len(p)] = p["energy_j"]
+            i += len(p)
+        return out
 
     def _blocks(self, calls: np.ndarray) -> np.ndarray:
         s = self._summary
