@@ -79,6 +79,52 @@ UNRESOLVED_TEXT = "unresolved: no whole power sample, energy split by time withi
 #: A heatmap cell or a component is drawn as unresolved when fewer than this share of its calls are resolved.
 RESOLVED_MIN_SHARE = 0.5
 
+#: A per-step series (kinds ``tokens``, ``token_components``, ``context``) draws at most this
+#: many points, the layer x step heatmap (``layer_steps``) at most :data:`MAX_STEP_COLUMNS`
+#: columns: a longer run's consecutive decode steps are binned, each bin drawn as the mean
+#: per step of its steps (resolved when at least :data:`RESOLVED_MIN_SHARE` of them are), and
+#: the figure's title says so.  The figures, and the report's HTML, then stay the same size
+#: however long the run; the rows themselves are all in the store.
+MAX_STEP_POINTS = 800
+MAX_STEP_COLUMNS = 400
+
+
+def step_bins(n: int, max_bins: int) -> Optional[np.ndarray]:
+    """The bin of each of ``n`` consecutive steps, ``max_bins`` bins of near-equal size in
+    order; None when ``n <= max_bins`` (nothing to bin).
+
+    >>> step_bins(5, 2).tolist(), step_bins(3, 5)
+    ([0, 0, 0, 1, 1], None)
+    """
+    if n <= max_bins:
+        return None
+    return (np.arange(n, dtype=np.int64) * int(max_bins)) // int(n)
+
+
+def bin_mean(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """Per bin, the mean of the finite ``values`` in it (NaN where none is finite)."""
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    n_bins = int(bins[-1]) + 1 if len(bins) else 0
+    n = np.bincount(bins[ok], minlength=n_bins)
+    tot = np.bincount(bins[ok], weights=v[ok], minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, tot / np.maximum(n, 1), np.nan)
+
+
+def bin_resolved(resolved: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """Per bin, whether at least :data:`RESOLVED_MIN_SHARE` of its steps are resolved."""
+    return bin_mean(np.asarray(resolved, dtype=np.float64), bins) >= RESOLVED_MIN_SHARE
+
+
+def binned_text(n_steps: int, bins: Optional[np.ndarray]) -> str:
+    """The title's note on binned steps ("" when not binned)."""
+    if bins is None or not len(bins):
+        return ""
+    n_bins = int(bins[-1]) + 1
+    return f" [{n_steps:,} steps in {n_bins:,} bins of ~{n_steps / n_bins:.0f}: mean per step]"
+
+
 
 
 
@@ -233,6 +279,18 @@ def _token_data(run: Any) -> Tuple[np.ndarray, np.ndarray]:
     return np.asarray(tok["step"][order]), np.asarray(tok["j_per_token"][order], dtype=np.float64)
 
 
+def _token_series(run: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """``(step, J/token, resolved, note)`` of the ``tokens`` figure: per decode step, or per
+    bin of steps past :data:`MAX_STEP_POINTS` (the bin's first step, its mean J/token)."""
+    steps, jpt = _token_data(run)
+    res = _token_resolved(run)
+    bins = step_bins(len(steps), MAX_STEP_POINTS)
+    if bins is None:
+        return steps, jpt, res, ""
+    first = np.flatnonzero(np.diff(bins, prepend=-1))
+    return steps[first], bin_mean(jpt, bins), bin_resolved(res, bins), binned_text(len(steps), bins)
+
+
 def _token_resolved(run: Any) -> np.ndarray:
     """Per decode step, in step order: whether its window spans a whole power sample."""
     tok = _arr(run, "tokens")
@@ -251,30 +309,46 @@ def _calls(run: Any) -> np.ndarray:
     return np.concatenate(parts) if len(parts) == 2 else parts[0]
 
 
+def _codes(values: np.ndarray, cols: Sequence[Any], col_type: Callable[[Any], Any]) -> np.ndarray:
+    """Each value's index in ``cols`` (``col_type`` of the value; KeyError for one not there),
+    looked up once per distinct value."""
+    u, inv = unique_inverse(values)
+    pos = {c: k for k, c in enumerate(cols)}
+    return np.array([pos[col_type(x)] for x in u.tolist()], dtype=np.int64)[inv] if len(u) else inv
+
+
+def _cell_sums(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any], col_field: str,
+               col_type: Callable[[Any], Any], metric: str) -> Tuple[np.ndarray, np.ndarray, str]:
+    """``(num, den, how)`` per (layer, ``col_field``) cell, as (len(layers), len(cols)) arrays:
+    the sum of the metric over the cell's calls where it is not NaN, and the summed duration
+    (power) or the count (every other metric) of those calls; summed in row order."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+    how = METRICS[metric][1]
+    n_cells = len(layers) * len(cols)
+    field = "energy_j" if how == "power" else metric
+    v = np.asarray(calls[field], dtype=np.float64)
+    ok = ~np.isnan(v)
+    cell = (_codes(calls["layer"], layers, int) * len(cols) + _codes(calls[col_field], cols, col_type))[ok]
+    w = np.asarray(calls["duration_s"], dtype=np.float64)[ok] if how == "power" else np.ones(int(ok.sum()))
+    num = np.bincount(cell, weights=v[ok], minlength=n_cells).reshape(len(layers), len(cols))
+    den = np.bincount(cell, weights=w, minlength=n_cells).reshape(len(layers), len(cols))
+    return num, den, how
+
+
+def _cell_values(num: np.ndarray, den: np.ndarray, how: str) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if how == "sum":
+            return np.where(den > 0, num, np.nan)
+        return np.where(den > 0, num / den, np.nan)
+
+
 def _energy_matrix(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any], col_field: str,
                    col_type: Callable[[Any], Any], metric: str = "energy_j") -> np.ndarray:
     """``metric`` (:data:`METRICS`) of ``calls`` per (layer, ``col_field``) cell: energy
     or time summed, power as summed energy over summed time, activation statistics
     averaged over the calls that have them; NaN where no call fell."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
-    how = METRICS[metric][1]
-    num = np.zeros((len(layers), len(cols)))
-    den = np.zeros((len(layers), len(cols)))
-    li = {v: i for i, v in enumerate(layers)}
-    ci = {v: i for i, v in enumerate(cols)}
-    field = "energy_j" if how == "power" else metric
-    for r in calls:
-        i, j = li[int(r["layer"])], ci[col_type(r[col_field])]
-        v = float(r[field])
-        if math.isnan(v):
-            continue
-        num[i, j] += v
-        den[i, j] += float(r["duration_s"]) if how == "power" else 1.0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if how == "sum":
-            return np.where(den > 0, num, np.nan)
-        return np.where(den > 0, num / den, np.nan)
+    return _cell_values(*_cell_sums(calls, layers, cols, col_field, col_type, metric))
 
 
 def _no_metric(metric: str) -> NoDataError:
@@ -343,26 +417,24 @@ def _head_matrix(run: Any, metric: str = "entropy") -> Tuple[List[int], List[int
 def _resolved_share(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any], col_field: str,
                     col_type: Callable[[Any], Any]) -> np.ndarray:
     """The share of each (layer, ``col_field``) cell's calls that are resolved; NaN where none fell."""
-    num = np.zeros((len(layers), len(cols)))
-    den = np.zeros((len(layers), len(cols)))
-    li = {v: i for i, v in enumerate(layers)}
-    ci = {v: i for i, v in enumerate(cols)}
-    for r in calls:
-        i, j = li[int(r["layer"])], ci[col_type(r[col_field])]
-        num[i, j] += float(r["resolved"])
-        den[i, j] += 1.0
+    num, den = _resolved_counts(calls, layers, cols, col_field, col_type)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / den, np.nan)
 
 
+def _resolved_counts(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any], col_field: str,
+                     col_type: Callable[[Any], Any]) -> Tuple[np.ndarray, np.ndarray]:
+    """Per (layer, ``col_field``) cell: the number of resolved calls and of calls."""
+    n_cells = len(layers) * len(cols)
+    cell = _codes(calls["layer"], layers, int) * len(cols) + _codes(calls[col_field], cols, col_type)
+    num = np.bincount(cell, weights=np.asarray(calls["resolved"], dtype=np.float64), minlength=n_cells)
+    den = np.bincount(cell, minlength=n_cells).astype(np.float64)
+    return num.reshape(len(layers), len(cols)), den.reshape(len(layers), len(cols))
+
+
 def _resolved_cells(run: Any) -> np.ndarray:
     """Per cell of the ``layer_steps`` heatmap: the share of its calls resolved."""
-    lay = _arr(run, "layers")
-    layers = sorted(int(v) for v in np.unique(lay["layer"]))
-    steps = sorted(int(v) for v in np.unique(lay["step"]))
-    if "resolved" not in lay.dtype.names:
-        return np.ones((len(layers), len(steps)))
-    return _resolved_share(lay, layers, steps, "step", int)
+    return _layer_step_cells(run)[3]
 
 
 def _ordered_components(names: Sequence[str]) -> List[str]:
@@ -375,12 +447,64 @@ def _layer_step_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[int], L
     lay = _arr(run, "layers")
     if lay is None or len(lay) == 0:
         raise NoDataError("the run has no decoder-layer calls (recorded with mode='minimal'?)")
-    layers = sorted(int(v) for v in np.unique(lay["layer"]))
-    steps = sorted(int(v) for v in np.unique(lay["step"]))
+    layers = [int(v) for v in unique_inverse(lay["layer"])[0]]
+    steps = [int(v) for v in unique_inverse(lay["step"])[0]]
     z = _energy_matrix(lay, layers, steps, "step", int, metric)
     if np.all(np.isnan(z)):
         raise _no_metric(metric)
     return layers, steps, z
+
+
+def _layer_step_cells(run: Any, metric: str = "energy_j",
+                      max_columns: Optional[int] = None) -> Tuple[List[int], List[str], np.ndarray, np.ndarray, str]:
+    """``(layers, column labels, value, resolved share, note)`` of the ``layer_steps`` heatmap:
+    one column per forward step, or, past ``max_columns`` (:data:`MAX_STEP_COLUMNS`) steps,
+    the prefill's column and the decode steps in bins of consecutive steps, each cell the mean
+    per step of the bin's steps that have a call there (energy, time), or the bin's summed
+    energy over its summed time (power) and mean over its calls (statistics)."""
+    lay = _arr(run, "layers")
+    if lay is None or len(lay) == 0:
+        raise NoDataError("the run has no decoder-layer calls (recorded with mode='minimal'?)")
+    layers = [int(v) for v in unique_inverse(lay["layer"])[0]]
+    steps = [int(v) for v in unique_inverse(lay["step"])[0]]
+    num, den, how = _cell_sums(lay, layers, steps, "step", int, metric)
+    if "resolved" in lay.dtype.names:
+        r_num, r_den = _resolved_counts(lay, layers, steps, "step", int)
+    else:
+        r_num = r_den = (den > 0).astype(np.float64)
+    max_columns = MAX_STEP_COLUMNS if max_columns is None else int(max_columns)
+    head = 1 if steps and steps[0] == 0 else 0         # the prefill keeps its own column
+    bins = step_bins(len(steps) - head, max(1, max_columns - head))
+    if bins is None:
+        z = _cell_values(num, den, how)
+        labels = [str(v) for v in steps]
+        note = ""
+    else:
+        col = np.concatenate([np.zeros(head, np.int64), bins + head])
+        n_cols = int(col[-1]) + 1
+
+        def by_bin(a: np.ndarray) -> np.ndarray:      # (layers, steps) -> (layers, bins): summed
+            out = np.zeros((a.shape[0], n_cols))
+            np.add.at(out.T, col, a.T)
+            return out
+
+        num_b, den_b = by_bin(num), by_bin(den)
+        if how == "sum":                               # the mean per step over the bin's steps with a call
+            n_steps = by_bin((den > 0).astype(np.float64))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                z = np.where(n_steps > 0, num_b / np.maximum(n_steps, 1), np.nan)
+        else:
+            z = _cell_values(num_b, den_b, how)
+        r_num, r_den = by_bin(r_num), by_bin(r_den)
+        first = np.flatnonzero(np.diff(col, prepend=-1))
+        last = np.append(first[1:] - 1, len(col) - 1)
+        labels = [str(steps[a]) if a == b else f"{steps[a]}-{steps[b]}" for a, b in zip(first, last)]
+        note = binned_text(len(steps) - head, bins)
+    if np.all(np.isnan(z)):
+        raise _no_metric(metric)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        res = np.where(r_den > 0, r_num / r_den, np.nan)
+    return layers, labels, z, res, note
 
 
 def _call_tree(run: Any) -> Dict[str, np.ndarray]:
@@ -701,8 +825,7 @@ def _phases_plotly(run, d, s):
 
 # ---- tokens
 def _tokens_mpl(run, d, s):
-    steps, jpt = d
-    res = _token_resolved(run)
+    steps, jpt, res, note = d
     fig = _mpl_fig(9, 4)
     ax = fig.add_subplot()
     ax.plot(steps, jpt, color=_DOMAIN_COLOR["gpu"], lw=1, alpha=0.5)
@@ -715,15 +838,14 @@ def _tokens_mpl(run, d, s):
     ax.axhline(mean, color="#555555", ls="--", lw=1, label=f"mean {mean:.3g} J")
     ax.set_xlabel("decode step")
     ax.set_ylabel("energy per token (J)")
-    ax.set_title(_title("Energy per token across the decode", s))
+    ax.set_title(_title("Energy per token across the decode" + note, s))
     ax.legend(fontsize=8)
     return fig
 
 
 def _tokens_plotly(run, d, s):
     go = _need("plotly")
-    steps, jpt = d
-    res = _token_resolved(run)
+    steps, jpt, res, note = d
     fig = go.Figure(go.Scatter(x=steps, y=jpt, mode="lines", name="J per token", showlegend=False,
                                line=dict(color=_DOMAIN_COLOR["gpu"], width=1), opacity=0.5))
     if res.any():
@@ -735,7 +857,7 @@ def _tokens_plotly(run, d, s):
                                  marker=dict(color=_DOMAIN_COLOR["gpu"], size=7, symbol="circle-open")))
     mean = float(np.nanmean(jpt))
     fig.add_hline(y=mean, line_dash="dash", line_color="#555555", annotation_text=f"mean {mean:.3g} J")
-    fig.update_layout(title=_title("Energy per token across the decode", s), xaxis_title="decode step",
+    fig.update_layout(title=_title("Energy per token across the decode" + note, s), xaxis_title="decode step",
                       yaxis_title="energy per token (J)", template="plotly_white",
                       legend=dict(orientation="h", y=-0.25))
     return fig
@@ -843,11 +965,10 @@ def _layers_fig(run, backend, s, metric="energy_j"):
 
 def _layer_steps_fig(run, backend, s, metric="energy_j"):
     """The token × layer heatmap (step 0 is the prefill); unresolved cells hatched."""
-    layers, steps, z = _layer_step_matrix(run, metric)
+    layers, labels, z, res, note = _layer_step_cells(run, metric)
     f = _heat_mpl if backend == "matplotlib" else _heat_plotly
-    return f(z, steps, layers, _title(f"{_metric_title(metric)} per layer and forward step (0 = prefill)", s),
-             "step", METRICS[metric][0],
-             resolved=_resolved_cells(run) if metric in _SAMPLED else None)
+    return f(z, labels, layers, _title(f"{_metric_title(metric)} per layer and forward step (0 = prefill){note}", s),
+             "step", METRICS[metric][0], resolved=res if metric in _SAMPLED else None)
 
 
 def _ops_fig(run, backend, s, metric="energy_j"):
@@ -1107,7 +1228,7 @@ def plot(run: Any, kind: str = "timeline", backend: str = "matplotlib", metric: 
         d = _phase_data(run)
         return _phases_mpl(run, d, s) if mpl else _phases_plotly(run, d, s)
     if kind == "tokens":
-        d = _token_data(run)
+        d = _token_series(run)
         return _tokens_mpl(run, d, s) if mpl else _tokens_plotly(run, d, s)
     if kind == "activations":
         from . import deep_plots as dp

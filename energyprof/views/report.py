@@ -302,22 +302,35 @@ def _flags_cell(r: np.void) -> str:
     return ", ".join(flag_names(int(r["flags"]))) if "flags" in names else ""
 
 
+#: The per-step table lists at most this many steps (the first and the last half of them):
+#: a longer run's rows are in the store and in ``energyprof export``, not in the page.
+MAX_TABLE_STEPS = 400
+
+
 def _token_table(run: Any, res: Dict[str, Any]) -> str:
     tok = _plot._arr(run, "tokens")
     if tok is None or len(tok) == 0:
         return "<p class=note>No decode steps in this run.</p>"
     texts = _token_texts(run)
+    n_all = len(tok)
+    resolved = float(np.mean(tok["resolved"])) * 100.0
+    tok = tok[np.argsort(tok["step"], kind="stable")]
+    left_out = ""
+    if n_all > MAX_TABLE_STEPS:
+        half = MAX_TABLE_STEPS // 2
+        left_out = (f"; the first and last {half} listed, {n_all - 2 * half:,} between them left out of the page "
+                    "(every row: <code>energyprof export RUN --format csv</code>)")
+        tok = np.concatenate([tok[:half], tok[-half:]])
     rows = [[int(r["step"]), int(r["n_tokens"]), float(r["duration_s"]) * 1e3, float(r["energy_j"]),
              float(r["j_per_token"]), *[float(r[f"{d}_j"]) for d in DOMAINS], int(r["samples_in_window"]),
              bool(r["resolved"]), _flags_cell(r)] + ([texts.get(int(r["step"]), "")] if texts else [])
-            for r in tok[np.argsort(tok["step"], kind="stable")]]
+            for r in tok]
     h, rows = _drop_nan_columns(["step", "tokens", "duration (ms)", "energy (J)", "J/token",
                                  *[f"{d} (J)" for d in DOMAINS], "samples", "resolved", "flags"]
                                 + (["token text"] if texts else []), rows)
-    resolved = float(np.mean(tok["resolved"])) * 100.0
     return (_res_note(res, "tokens", "tokens-resolution")
-            + f"<details><summary>{len(tok)} decode steps, one row each; "
-            f"{resolved:.0f}% span a whole power sample</summary>" + _table(h, rows) + "</details>")
+            + f"<details><summary>{n_all} decode steps, one row each; "
+            f"{resolved:.0f}% span a whole power sample{left_out}</summary>" + _table(h, rows) + "</details>")
 
 
 def _rank_table(run: Any, s: Dict[str, Any]) -> str:

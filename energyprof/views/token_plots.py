@@ -50,14 +50,23 @@ def token_components_fig(run: Any, backend: str, s: Dict[str, Any]):
     p = _p()
     d = _need_data(_tok.token_components, run)
     steps, res = d["step"], d["resolved"]
-    title = p._title(f"Energy per decode step by component ({_resolved_note(float(np.mean(res)))})", s)
+    share = float(np.mean(res))
+    bins = p.step_bins(len(steps), p.MAX_STEP_POINTS)
+    note, width = "", 0.8
+    if bins is not None:   # consecutive steps in bins: each bar the mean per step, the cumulative at its end
+        first = np.flatnonzero(np.diff(bins, prepend=-1))
+        last = np.append(first[1:] - 1, len(bins) - 1)
+        d = dict(d, **{g: p.bin_mean(d[g], bins) for g in d["groups"]}, cumulative_j=d["cumulative_j"][last])
+        note, width = p.binned_text(len(steps), bins), float(np.median(np.diff(steps[first]))) if len(first) > 1 else 0.8
+        steps, res = steps[first], p.bin_resolved(res, bins)
+    title = p._title(f"Energy per decode step by component ({_resolved_note(share)}){note}", s)
     if backend == "matplotlib":
         fig = p._mpl_fig(10, 4.5)
         ax = fig.add_subplot()
         bottom = np.zeros(len(steps))
         for g in d["groups"]:
             v = np.nan_to_num(d[g])
-            bars = ax.bar(steps, v, 0.8, bottom=bottom, color=GROUP_COLORS[g], label=g, edgecolor="#333333", lw=0.3)
+            bars = ax.bar(steps, v, width, bottom=bottom, align="edge" if note else "center", color=GROUP_COLORS[g], label=g, edgecolor="#333333", lw=0.3)
             for b, ok in zip(bars, res):
                 if not ok:
                     b.set_hatch("//")
@@ -127,9 +136,16 @@ def token_hist_fig(run: Any, backend: str, s: Dict[str, Any], bins: int = 20):
         return fig
     go = p._need("plotly")
     fig = go.Figure()
-    xb = dict(start=float(edges[0]), end=float(edges[-1]), size=float(edges[1] - edges[0])) if len(edges) > 1 else None
-    fig.add_trace(go.Histogram(x=jpt[ok & res], name="resolved", marker_color="#1f77b4", xbins=xb))
-    fig.add_trace(go.Histogram(x=jpt[ok & ~res], name=_UNRES, marker_color="#c9c9c9", xbins=xb))
+    series = ((ok & res, "resolved", "#1f77b4"), (ok & ~res, _UNRES, "#c9c9c9"))
+    if len(edges) > 1:   # the counts per bin, not every step's value: the figure's size does not grow with the run
+        centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+        for sel, name, color in series:
+            counts, _ = np.histogram(jpt[sel], bins=edges)
+            fig.add_trace(go.Bar(x=centers, y=counts, width=width, name=name, marker_color=color,
+                                 hovertemplate="%{x:.4g} J: %{y} steps<extra></extra>"))
+    else:
+        for sel, name, color in series:
+            fig.add_trace(go.Histogram(x=jpt[sel], name=name, marker_color=color))
     fig.add_annotation(text="<br>".join(p._esc(x) for x in lines), xref="paper", yref="paper", x=1.02, y=1.0,
                        showarrow=False, align="left", xanchor="left", yanchor="top", font=dict(size=10))
     fig.update_layout(title=title, barmode="stack", xaxis_title="energy per token (J)", yaxis_title="decode steps",
@@ -146,13 +162,18 @@ def context_fig(run: Any, backend: str, s: Dict[str, Any]):
     if not len(d["context"]):
         raise NoDataError("the run has no decode steps: nothing to draw against the context length")
     x, y, res = d["context"], d["j_per_token"], d["resolved"]
+    bins = p.step_bins(len(x), p.MAX_STEP_POINTS)
+    note = ""
+    if bins is not None:   # steps in bins (the fit above used every step): mean context, mean J/token
+        note = p.binned_text(len(x), bins)
+        x, y, res = p.bin_mean(x, bins), p.bin_mean(y, bins), p.bin_resolved(res, bins)
     if "slope" in d:
         sl = d["slope"]
         fit_txt = (f"slope {sl['value']:.3g} ± {sl['se']:.2g} J/token per context token, R² {d['r2']:.2f}, "
                    f"n={d['n']}{' (resolved steps)' if d['resolved_only'] else ''}")
     else:
         fit_txt = d["error"]
-    title = p._title("Decode energy per token against the context length", s)
+    title = p._title("Decode energy per token against the context length" + note, s)
     xs = np.array([np.nanmin(x), np.nanmax(x)]) if len(x) else np.zeros(0)
     line = (d["intercept"]["value"] + d["slope"]["value"] * xs) if "slope" in d else None
     if backend == "matplotlib":
