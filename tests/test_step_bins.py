@@ -114,3 +114,33 @@ def test_report_html_does_not_grow_with_the_steps():
     small = len(R.render_report(synthetic_run(n_layers=4, n_steps=1500, seed=2)))
     big = len(R.render_report(synthetic_run(n_layers=4, n_steps=6000, seed=2)))
     assert big <= 1.1 * small, (small, big)
+
+
+def test_one_render_builds_what_figures_share_once(monkeypatch):
+    """Inside views.plot.one_render (the report, the dashboard's run page) the call tree and
+    the (layer, component) grid are built once per run; outside, every figure builds its own."""
+    from energyprof.analysis import deepstats
+
+    built = {"tree": 0, "cells": 0}
+    real_tree, real_cells = P._build_call_tree, deepstats.layer_component_cells
+
+    def tree(run):
+        built["tree"] += 1
+        return real_tree(run)
+
+    def cells(run):
+        built["cells"] += 1
+        return real_cells(run)
+
+    monkeypatch.setattr(P, "_build_call_tree", tree)
+    monkeypatch.setattr(deepstats, "layer_component_cells", cells)
+    run, other = synthetic_run(n_layers=2, n_steps=4), synthetic_run(n_layers=2, n_steps=4, seed=1)
+    R.render_report(run)
+    assert built == {"tree": 1, "cells": 1}
+    for kind in ("components", "sankey"):
+        P.plot(run, kind=kind, backend="plotly")
+    assert built["tree"] == 3                                        # no block: built each time
+    with P.one_render():
+        a = P._call_tree(run)
+        assert P._call_tree(run) is a and P._call_tree(other) is not a
+    assert built["tree"] == 5

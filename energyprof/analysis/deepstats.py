@@ -10,13 +10,13 @@ metric over the layer × component grid, and the order of the ops inside a layer
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ..store.groups import unique_inverse
 
-__all__ = ["activation_table", "layer_component_matrix", "component_order", "op_order", "METRICS", "ACT_FIELDS"]
+__all__ = ["activation_table", "layer_component_matrix", "layer_component_cells", "component_order", "op_order", "METRICS", "ACT_FIELDS"]
 
 #: Metrics of :func:`layer_component_matrix`: name -> (unit, how the calls of a cell combine).
 METRICS: Dict[str, tuple] = {
@@ -101,13 +101,11 @@ def activation_table(run: Any) -> List[Dict[str, Any]]:
     return rows
 
 
-def layer_component_matrix(run: Any, metric: str = "energy_j") -> Dict[str, Any]:
-    """Any of :data:`METRICS` over the (decoder layer, component) grid of a run:
-    ``{"layers", "components", "value" (NaN where a pair has no call or no statistic),
-    "resolved_share" (share of the cell's calls that span a whole sample), "metric", "unit",
-    "how"}``."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+def layer_component_cells(run: Any) -> Dict[str, Any]:
+    """The (decoder layer, component) grid of a run's component calls, for
+    :func:`layer_component_matrix` (which builds it itself when not given one): ``{"calls"
+    (the per-layer component rows), "layers", "components" (in a layer's order), "cell" (each
+    row's cell, layer-major)}``.  ValueError when the run has no per-layer component calls."""
     c = _arr(run, "components")
     if len(c) == 0 or not np.any(c["layer"] >= 0):
         raise ValueError("the run has no per-layer component calls (recorded with mode='minimal'?)")
@@ -119,8 +117,23 @@ def layer_component_matrix(run: Any, metric: str = "energy_j") -> Dict[str, Any]
     layers = [int(v) for v in layer_vals]
     comps = component_order(names.tolist())
     col_of = np.asarray([comps.index(str(n)) for n in names], dtype=np.int64)
-    n_cells = len(layers) * len(comps)
     cell = li.reshape(-1).astype(np.int64) * len(comps) + col_of[ni.reshape(-1)]   # one grouping, every metric
+    return {"calls": c, "layers": layers, "components": comps, "cell": cell}
+
+
+def layer_component_matrix(run: Any, metric: str = "energy_j", cells: Optional[Dict[str, Any]] = None
+                           ) -> Dict[str, Any]:
+    """Any of :data:`METRICS` over the (decoder layer, component) grid of a run:
+    ``{"layers", "components", "value" (NaN where a pair has no call or no statistic),
+    "resolved_share" (share of the cell's calls that span a whole sample), "metric", "unit",
+    "how"}``.  ``cells``: the run's :func:`layer_component_cells`, when already built (one
+    grouping for every metric)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    if cells is None:
+        cells = layer_component_cells(run)
+    c, layers, comps, cell = cells["calls"], cells["layers"], cells["components"], cells["cell"]
+    n_cells = len(layers) * len(comps)
     count = np.bincount(cell, minlength=n_cells).astype(np.float64)
     has = count > 0
 

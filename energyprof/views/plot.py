@@ -24,6 +24,8 @@ run, ``tokens`` without a decode) raises :class:`NoDataError`, a ``ValueError``.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import html
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -378,7 +380,8 @@ def _layer_component_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[in
     if metric not in _ds.METRICS:
         raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(_ds.METRICS)}")
     try:
-        d = _ds.layer_component_matrix(run, metric)
+        cells = _kept("layer_component_cells", run, lambda: _ds.layer_component_cells(run))
+        d = _ds.layer_component_matrix(run, metric, cells=cells)
     except ValueError as e:
         raise NoDataError(str(e)) from e
     if np.all(np.isnan(d["value"])):
@@ -507,7 +510,41 @@ def _layer_step_cells(run: Any, metric: str = "energy_j",
     return layers, labels, z, res, note
 
 
+_TREES: "contextvars.ContextVar[Optional[Dict[Tuple[str, int], Tuple[Any, Any]]]]" = \
+    contextvars.ContextVar("energyprof_render_memo", default=None)
+
+
+@contextlib.contextmanager
+def one_render():
+    """Within the block, what several figures of one run share (its call tree, its
+    (layer, component) grid) is built once per run and reused (the report and the dashboard's
+    run page draw many figures from them); the rows are not expected to change meanwhile.
+    Outside a block nothing is kept."""
+    token = _TREES.set({})
+    try:
+        yield
+    finally:
+        _TREES.reset(token)
+
+
+def _kept(name: str, run: Any, build: Callable[[], Any]) -> Any:
+    """``build()``, kept per (name, run) for the block of :func:`one_render` (built anew outside one)."""
+    memo = _TREES.get()
+    if memo is None:
+        return build()
+    hit = memo.get((name, id(run)))
+    if hit is None or hit[0] is not run:
+        hit = memo[(name, id(run))] = (run, build())
+    return hit[1]
+
+
 def _call_tree(run: Any) -> Dict[str, np.ndarray]:
+    """Every hooked call with its own ("self") energy and its top-level ancestor
+    (kept for the block of :func:`one_render`)."""
+    return _kept("call_tree", run, lambda: _build_call_tree(run))
+
+
+def _build_call_tree(run: Any) -> Dict[str, np.ndarray]:
     """Every hooked call with its own ("self") energy and its top-level ancestor.
 
     ``self_j`` is the call's energy minus its direct children's, so the self energies

@@ -727,6 +727,12 @@ def report_body(run: Any, *, co2_g_per_kwh: Optional[float] = None,
     report and the dashboard's run page (:mod:`energyprof.views.dashboard`) both show it;
     ``deep_sections=False`` leaves out the deep-mode sections (ops, head entropy, activation
     statistics), which the dashboard draws itself with a metric selector."""
+    with _plot.one_render():
+        return _report_body(run, co2_g_per_kwh, price_per_kwh, deep_sections)
+
+
+def _report_body(run: Any, co2_g_per_kwh: Optional[float], price_per_kwh: Optional[float],
+                 deep_sections: bool) -> Tuple[str, List[str], Dict[str, Any]]:
     s = _plot._summary(run)
     cc = carbon_and_cost(_float(s.get("energy_j")), co2_g_per_kwh, price_per_kwh)
     res = resolution_of(run)
