@@ -14,6 +14,10 @@ shuffled per round) so that drift of the shared machine hits all of them alike:
   py_pair     a Python forward pre-hook + forward hook doing the same recording
   c_hooks     energyprof's C _core.Hook pair (HookSet(method="hooks"))
   empty_pair  an empty Python pre-hook + forward hook (records nothing; context only)
+  py_wrap_noact / c_wrap_noact
+              the two wrappers without the activity level: what a run pays with any source
+              but synthetic (only the synthetic source reads the level, so ep.run keeps it
+              for that source alone)
 
 The fair comparisons are like for like: c_wrap against py_wrap (both keep torch's fast
 path: a module with no hooks), c_hooks against py_pair (both go through torch's hook
@@ -48,7 +52,7 @@ from energyprof import _core  # noqa: E402
 from energyprof.measure.hooks import HookSet  # noqa: E402
 from _report import add_write_arg, emit, fmt_ci, headline, ratio_of_medians, verdict, verdict_text  # noqa: E402
 
-VARIANTS = ("none", "py_wrap", "c_wrap", "py_pair", "c_hooks", "empty_pair")
+VARIANTS = ("none", "py_wrap", "c_wrap", "py_pair", "c_hooks", "empty_pair", "py_wrap_noact", "c_wrap_noact")
 GOAL = 0.2
 
 # CPU time of the calling thread, not wall time: with torch at 1 thread all the work
@@ -77,8 +81,18 @@ class _PyRecorder:
         self.events.clear()
 
 
-def _py_wrapper(forward, span_id: int, rec: _PyRecorder):
+def _py_wrapper(forward, span_id: int, rec: _PyRecorder, activity: bool = True):
     clock, events = time.monotonic_ns, rec.events
+
+    if not activity:
+        def plain(*args, **kwargs):
+            events.append((clock(), span_id, 0))
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                events.append((clock(), span_id, 1))
+
+        return plain
 
     def wrapped(*args, **kwargs):
         events.append((clock(), span_id, 0))
@@ -110,9 +124,9 @@ def _instrument(variant: str, modules: List[torch.nn.Module], buf: "_core.SpanBu
     """Install one variant on modules; returns a function that removes it."""
     if variant == "none":
         return lambda: None
-    if variant == "py_wrap":
+    if variant in ("py_wrap", "py_wrap_noact"):
         for i, m in enumerate(modules):
-            m.forward = _py_wrapper(m.forward, i, rec)       # instance attribute, as HookSet does
+            m.forward = _py_wrapper(m.forward, i, rec, variant == "py_wrap")   # instance attribute, as HookSet does
         return lambda: [m.__dict__.pop("forward") for m in modules]
     if variant in ("py_pair", "empty_pair"):
         handles = []
@@ -121,7 +135,7 @@ def _instrument(variant: str, modules: List[torch.nn.Module], buf: "_core.SpanBu
             handles.append(m.register_forward_pre_hook(pre))
             handles.append(m.register_forward_hook(post))
         return lambda: [h.remove() for h in handles]
-    hs = HookSet(buf, method="hooks" if variant == "c_hooks" else "wrap")
+    hs = HookSet(buf, method="hooks" if variant == "c_hooks" else "wrap", activity=variant != "c_wrap_noact")
     for i, m in enumerate(modules):
         hs.add(m, i)
     return hs.remove
@@ -304,7 +318,7 @@ def main(argv=None) -> int:
         "",
     ]
     rows, ratio_rows = [], []
-    wrap_r, hooks_r, empty_r = {}, {}, {}
+    wrap_r, hooks_r, empty_r, noact_r = {}, {}, {}, {}
     med: Dict[str, Dict[str, float]] = {}
     for name, make in (("nn.Identity", _identity), ("nn.Linear(16,16)", _linear), ("chain of 64 Identity", _chain())):
         per = bench_workload(name, make, args.calls, args.rounds)
@@ -314,12 +328,15 @@ def main(argv=None) -> int:
         wrap_r[name] = ratio_of_medians(per["c_wrap"], per["py_wrap"], base=per["none"])
         hooks_r[name] = ratio_of_medians(per["c_hooks"], per["py_pair"], base=per["none"])
         empty_r[name] = ratio_of_medians(per["c_wrap"], per["empty_pair"], base=per["none"])
+        noact_r[name] = ratio_of_medians(per["c_wrap_noact"], per["py_wrap_noact"], base=per["none"])
         rows.append([name, f"{m['none']:.0f}"] + [f"{m[v]:.0f} (+{med[name][v]:.0f})" for v in VARIANTS[1:]])
-        ratio_rows.append([name, fmt_ci(wrap_r[name]), fmt_ci(hooks_r[name]), fmt_ci(empty_r[name])])
+        ratio_rows.append([name, fmt_ci(wrap_r[name]), fmt_ci(noact_r[name]), fmt_ci(hooks_r[name]),
+                           fmt_ci(empty_r[name])])
     lines.append(_fmt_table(["workload", "none", "Python wrapper", "C wrap", "Python hook pair", "C hooks",
-                             "empty hook pair"], rows))
+                             "empty hook pair", "Python wrapper, no activity", "C wrap, no activity"], rows))
     lines += ["", "Ratios of what is added per call (95 % CI over the rounds):", ""]
     lines.append(_fmt_table(["workload", "C wrap ÷ Python wrapper (fair, headline)",
+                             "the same without the activity level (every source but synthetic)",
                              "C hooks ÷ Python hook pair (fair)",
                              "C wrap ÷ empty hook pair (not the same work: the old figure)"], ratio_rows))
     raw = bench_raw_callables(args.calls * 5, args.rounds)
@@ -345,6 +362,7 @@ def main(argv=None) -> int:
     # own ~5 µs swamp a difference of ~100 ns, so its ratio is shown but not resolved.
     main_w = "chain of 64 Identity"
     ok_wrap = verdict(wrap_r[main_w], GOAL, False)
+    ok_noact = verdict(noact_r[main_w], GOAL, False)
     spread = f"{main_w} (judged): {fmt_ci(wrap_r[main_w])}; " + "; ".join(
         f"{n}: {fmt_ci(r)}" for n, r in wrap_r.items() if n != main_w)
     lines += ["",
@@ -355,6 +373,11 @@ def main(argv=None) -> int:
               f"looked far cheaper ({fmt_ci(empty_r[main_w])}); that compared different work.",
               headline("hooked module call: what energyprof's C forward wrapper adds ÷ what a Python forward "
                        "wrapper doing the same recording adds", f"<= {GOAL}", spread, ok_wrap),
+              f"Without the activity level, as a run with any source but synthetic hooks its modules: "
+              f"**{verdict_text(ok_noact)}** ({fmt_ci(noact_r[main_w])}).",
+              headline("the same for a run with any source but synthetic (no activity level kept: only the "
+                       "synthetic source reads it)", f"<= {GOAL}",
+                       "; ".join(f"{n}: {fmt_ci(r)}" for n, r in noact_r.items()), ok_noact),
               headline("hooked module call with torch hooks: C hook pair added ÷ Python hook pair doing the same "
                        "recording", "none (second line, context)",
                        "; ".join(f"{n}: {fmt_ci(r)}" for n, r in hooks_r.items()), None)]

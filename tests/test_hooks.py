@@ -599,3 +599,26 @@ def test_hot_path_allocates_no_python_memory():
     assert peak_bytes(_core.Hook(buf, 1, 1), None) == 0
     assert peak_bytes(_core.wrap_forward(buf, 2, len), "abc") == 0
     assert len(buf.drain()) == 3 * 4 * 5000  # three windows of 5000 calls; wrap_forward logs two events a call
+
+
+@pytest.mark.parametrize("source,raised", [("synthetic:power_w=10,active_w=5", True), ("estimate", False)])
+def test_hooks_keep_the_activity_level_only_for_the_source_that_reads_it(source, raised):
+    """The activity level (and component stack) is what the synthetic source's active_w /
+    attn_w / mlp_w read; with any other source the hooks leave it alone (a lock round less per
+    call).  Seen from inside a decoder layer's call: the model's hooked forward around it has
+    raised the level, or not."""
+    import torch
+
+    import energyprof as ep
+    from energyprof.tiny import tiny_model
+
+    model = tiny_model("tiny-llama")
+    seen = []
+    h = model.model.layers[0].register_forward_pre_hook(lambda m, a: seen.append(_core.activity()))
+    try:
+        with ep.run(model, source=source, baseline_s=0, save=False) as s:
+            model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=2, do_sample=False)
+    finally:
+        h.remove()
+    assert seen and len(s.layers) > 0
+    assert all(v >= 1 for v in seen) if raised else all(v == 0 for v in seen), seen

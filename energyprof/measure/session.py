@@ -256,6 +256,9 @@ class Session(RunData):
 
         self._source = open_source(self.source_spec)
         self._dist = self._setup_distributed()
+        # The activity level and component stack the hooks keep are read by the synthetic
+        # source alone (active_w, attn_w, mlp_w): with any other source the hooks skip them.
+        self._activity = self._source.kind == "synthetic"
         if self.model is None:
             import torch
 
@@ -329,7 +332,7 @@ class Session(RunData):
             self._event_drain = _EventDrain(self._buffer, self._event_chunks)
             drain_in_background(self._event_drain)
         if self._amap is not None:
-            self._hookset = HookSet(self._buffer, sync=sync, device=self._device, activity=True,
+            self._hookset = HookSet(self._buffer, sync=sync, device=self._device, activity=self._activity,
                                     method=self.hook_method)
             top = self._amap.top
             if self.mode == "deep":
@@ -442,7 +445,8 @@ class Session(RunData):
         buf = self._buffer
 
         def make_hook(sid: int, k: int):
-            return _core.Hook(buf, sid, k, activity=True, sync=kind, sync_index=index, sync_fallback=fallback)
+            return _core.Hook(buf, sid, k, activity=self._activity, sync=kind, sync_index=index,
+                              sync_fallback=fallback)
 
         self._deep = DeepOps(self._amap, self._spans, qual_to_span, make_hook, stats_every=self.stats_every,
                              sparse_below=self.sparse_below, kill_below=self.kill_below).plan()
