@@ -110,3 +110,39 @@ def test_bad_limits_are_refused_naming_what_was_wrong():
     got = peak_shares({"gpu": {"power_w": 150.0, "t_s": 0.2}}, {"gpu": 30.0}, 1.0,
                       {"gpu": {"limit_w": 300.0, "from": "nvml power limit"}})["gpu"]
     assert (got["share_of_limit"], got["mean_share_of_limit"]) == (0.5, 0.1)
+
+
+@pytest.mark.parametrize("piece", [3, 7, 65536])
+def test_peaks_read_in_pieces_are_the_first_highest_sample(monkeypatch, piece):
+    """_peaks reads the samples PEAK_PIECE_SAMPLES at a time: with pieces of 3 and 7 the answer
+    is a plain loop's over every sample (the first of equal highest values; NaN never wins;
+    samples outside the run left out)."""
+    from energyprof import _core
+    from energyprof.measure import attribution as A
+
+    rng = np.random.default_rng(3)
+    n = 50
+    s = np.zeros(n, _core.SAMPLE_DTYPE)
+    s["kind"] = _core.KIND_INTERVAL
+    s["t_start_ns"] = np.arange(n) * 10
+    s["t_end_ns"] = s["t_start_ns"] + 10
+    for d in DOMAINS:
+        s[f"{d}_w"] = np.nan
+    s["cpu_w"] = rng.integers(0, 5, n).astype(float)          # many ties
+    s["gpu_w"] = rng.integers(0, 5, n).astype(float)
+    s["gpu_w"][::4] = np.nan
+    s["cpu_w"][45] = 99.0                                      # highest, but outside the run below
+    measured = [not np.isnan(s[f"{d}_w"]).all() for d in DOMAINS]
+    monkeypatch.setattr(A, "PEAK_PIECE_SAMPLES", piece)
+    t0, t1 = 5, 440                                            # samples 0 .. 43 overlap the run
+    got = A._peaks(s, t0, t1, measured)
+    for d in ("cpu", "gpu"):
+        best, at = -math.inf, None
+        for i in range(n):
+            v = s[f"{d}_w"][i]
+            if s["t_end_ns"][i] > t0 and s["t_start_ns"][i] < t1 and not math.isnan(v) and v > best:
+                best, at = v, i
+        assert got[d]["power_w"] == best
+        assert got[d]["t_s"] == pytest.approx(max(int(s["t_start_ns"][at]) - t0, 0) * 1e-9)
+        assert got[d]["t_end_s"] == pytest.approx((int(s["t_end_ns"][at]) - t0) * 1e-9)
+    assert "ane" not in got and "total" in got

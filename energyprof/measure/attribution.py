@@ -524,26 +524,37 @@ def _peaks(samples: np.ndarray, t_start_ns: int, t_end_ns: int, measured: Sequen
     out: dict = {}
     if not len(samples):
         return out
-    in_run = (samples["t_end_ns"] > t_start_ns) & (samples["t_start_ns"] < t_end_ns)
-    if not in_run.any():
+    in_run = np.flatnonzero((samples["t_end_ns"] > t_start_ns) & (samples["t_start_ns"] < t_end_ns))
+    if not len(in_run):
         return out
-    sel = samples[in_run]
     names = [d for d, m in zip(DOMAINS, measured) if m] + ["total"]
-    pw = np.empty((len(sel), len(names)))
-    for k, d in enumerate(names[:-1]):
-        pw[:, k] = sel[f"{d}_w"]
-    pw[:, -1] = total_of(np.stack([sel[c] for c in _SAMPLE_COLS], axis=1), measured)
-    # every column at once: the first highest value (NaN never wins; a column all NaN has none)
-    nan = np.isnan(pw)
-    first_max = np.where(nan, -np.inf, pw).argmax(axis=0)
-    has = ~nan.all(axis=0)
-    t0_ns, t1_ns = sel["t_start_ns"], sel["t_end_ns"]
+    # every column at once, in pieces of the samples (a long run's arrays are not copied whole):
+    # the first highest value (NaN never wins; a column all NaN has none)
+    best_w = np.full(len(names), -np.inf)
+    best_i = np.full(len(names), -1, dtype=np.int64)
+    for lo in range(0, len(in_run), PEAK_PIECE_SAMPLES):
+        rows = in_run[lo:lo + PEAK_PIECE_SAMPLES]
+        sel = samples[rows]
+        pw = np.empty((len(sel), len(names)))
+        for k, d in enumerate(names[:-1]):
+            pw[:, k] = sel[f"{d}_w"]
+        pw[:, -1] = total_of(np.stack([sel[c] for c in _SAMPLE_COLS], axis=1), measured)
+        pw[np.isnan(pw)] = -np.inf
+        first_max = pw.argmax(axis=0)
+        top = pw[first_max, np.arange(len(names))]
+        better = top > best_w                      # strictly: an earlier piece's equal value stays first
+        best_w = np.where(better, top, best_w)
+        best_i = np.where(better, rows[first_max], best_i)
     for k, name in enumerate(names):
-        if has[k]:
-            i = int(first_max[k])
-            out[name] = {"power_w": float(pw[i, k]), "t_s": max(int(t0_ns[i]) - t_start_ns, 0) * 1e-9,
-                         "t_end_s": (int(t1_ns[i]) - t_start_ns) * 1e-9}
+        if best_i[k] >= 0:
+            i = int(best_i[k])
+            out[name] = {"power_w": float(best_w[k]), "t_s": max(int(samples["t_start_ns"][i]) - t_start_ns, 0) * 1e-9,
+                         "t_end_s": (int(samples["t_end_ns"][i]) - t_start_ns) * 1e-9}
     return out
+
+
+#: Samples :func:`_peaks` reads at a time.
+PEAK_PIECE_SAMPLES = 65536
 
 
 #: ``summary()["method"]``: how energy inside one sample is divided among the windows in it.
