@@ -132,3 +132,32 @@ def test_a_run_without_levels_is_read_raw(tmp_path):
         assert ds["rows"]["cpu_max_w"].max() == s["cpu_w"].max()
         back = levels.as_samples(ds["rows"], np.dtype(_core.SAMPLE_DTYPE))
         assert (back["kind"] == _core.KIND_INTERVAL).all() and back["t_end_ns"][-1] == s["t_end_ns"][-1]
+
+
+@pytest.mark.parametrize("kind", ["interval", "instant"])
+def test_levels_built_in_pieces_equal_levels_built_at_once(monkeypatch, kind):
+    """compute() builds level 1 a piece of the samples at a time: pieces of 3 buckets give
+    the same rows, bit for bit, as one piece of everything, also where a domain is NaN
+    throughout some pieces (measured is the run's, not the piece's)."""
+    from energyprof import _core
+    from energyprof.store import levels as L
+
+    rng = np.random.default_rng(9)
+    n = 16 * 64 * 3 + 37                                          # three levels' worth and a short last bucket
+    s = np.zeros(n, _core.SAMPLE_DTYPE)
+    s["t_start_ns"] = np.arange(n) * 1000
+    s["t_end_ns"] = s["t_start_ns"] + (1000 if kind == "interval" else 0)
+    s["kind"] = _core.KIND_INTERVAL if kind == "interval" else _core.KIND_INSTANT
+    for d in _core.DOMAINS:
+        s[f"{d}_w"] = np.nan
+    s["cpu_w"] = rng.random(n) * 30
+    s["gpu_w"] = rng.random(n) * 90
+    s["gpu_w"][:500] = np.nan                                     # not measured in the first pieces
+    s["cpu_w"][rng.integers(0, n, 40)] = np.nan
+    monkeypatch.setattr(L, "LEVEL_PIECE_BUCKETS", 10**9)
+    whole = L.compute(s)
+    monkeypatch.setattr(L, "LEVEL_PIECE_BUCKETS", 3)
+    pieces = L.compute(s)
+    assert len(whole) == len(pieces) > 0
+    for f in whole.dtype.names:
+        np.testing.assert_array_equal(pieces[f], whole[f], err_msg=f)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -39,6 +39,8 @@ from . import schema as _schema
 LEVEL_FACTOR = 16
 #: A level is kept only when it has at least this many buckets.
 MIN_BUCKETS = 64
+#: Level-1 buckets computed at a time from the raw samples (compute): 4,096 x 16 samples.
+LEVEL_PIECE_BUCKETS = 4096
 #: A read takes the finest source with at most max(2 * max_points, READ_ROWS) rows.
 READ_ROWS = 16384
 #: The most points :func:`read_downsampled` returns.
@@ -99,17 +101,23 @@ def fold(rows: np.ndarray, max_points: int) -> np.ndarray:
     return _fold_groups(rows, group)
 
 
-def _series_of_samples(samples: np.ndarray) -> Dict[str, np.ndarray]:
-    """Level 0 as contiguous columns (see :func:`from_samples`)."""
+def _series_of_samples(samples: np.ndarray, measured: Optional[List[bool]] = None,
+                       timed: Optional[bool] = None) -> Dict[str, np.ndarray]:
+    """Level 0 as contiguous columns (see :func:`from_samples`).  ``measured`` (per domain:
+    not NaN throughout) and ``timed`` (some sample lasts): those of the whole run when
+    ``samples`` is a piece of it, else read from ``samples``."""
     n = len(samples)
     dt = (samples["t_end_ns"] - samples["t_start_ns"]).astype(np.float64)
-    weight = dt if bool(np.any(dt > 0)) else np.ones(n)
+    if timed is None:
+        timed = bool(np.any(dt > 0))
+    weight = dt if timed else np.ones(n)
     cols: Dict[str, np.ndarray] = {"t_start_ns": np.ascontiguousarray(samples["t_start_ns"], dtype=np.int64),
                                    "t_end_ns": np.ascontiguousarray(samples["t_end_ns"], dtype=np.int64),
                                    "n": np.ones(n, dtype=np.int64)}
     power = {d: np.ascontiguousarray(samples[f"{d}_w"], dtype=np.float64) for d in DOMAINS}
     nan = {d: np.isnan(p) for d, p in power.items()}
-    measured = [not bool(m.all()) for m in nan.values()]
+    if measured is None:
+        measured = [not bool(m.all()) for m in nan.values()]
     # the total under the run's rule (energyprof._dtypes.total_of), from the columns already copied
     parts = [DOMAINS[i] for i in total_columns(measured)]
     if not parts:
@@ -162,7 +170,15 @@ def compute(samples: np.ndarray) -> np.ndarray:
     n = len(samples)
     if math.ceil(n / LEVEL_FACTOR) < MIN_BUCKETS:
         return np.zeros(0, dtype=LEVEL_DTYPE)
-    cols = _series_of_samples(samples)
+    # Level 1 from the samples a piece at a time (pieces of whole buckets, with the run's own
+    # measured domains and timing: the same buckets as from all at once), so a long run's
+    # level-0 columns are never built whole; the levels above fold level 1.
+    measured = [not bool(np.isnan(samples[f"{d}_w"]).all()) for d in DOMAINS]
+    timed = bool(np.any(samples["t_end_ns"] > samples["t_start_ns"]))
+    step = LEVEL_FACTOR * LEVEL_PIECE_BUCKETS
+    parts = [_fold_by(_series_of_samples(samples[i:i + step], measured, timed), LEVEL_FACTOR)
+             for i in range(0, n, step)]
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if len(parts) > 1 else parts[0]
     out: List[np.ndarray] = []
     level, per = 0, 1
     while True:
@@ -171,7 +187,8 @@ def compute(samples: np.ndarray) -> np.ndarray:
         if math.ceil(n / per) < MIN_BUCKETS:
             break
         # level k from level k-1: every 16 rows of the previous level make one bucket
-        cols = _fold_by(cols, LEVEL_FACTOR)
+        if level > 1:
+            cols = _fold_by(cols, LEVEL_FACTOR)
         rows = np.zeros(len(cols["n"]), dtype=LEVEL_DTYPE)
         for name, v in cols.items():
             rows[name] = v
