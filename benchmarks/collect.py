@@ -34,7 +34,10 @@ latest output of its script, saved in `docs/benchmarks/<name>.md` by running it 
 read from the `headline` lines of those pages by `python benchmarks/collect.py`, which
 rebuilds this page.  Where a goal is missed on fair terms the table says **NOT met**.
 All numbers were taken on the development machine: x86_64 Linux, 2 shared CPU cores,
-Python 3.11.7, torch 2.13.0+cpu, no GPU.
+Python 3.11.7, torch 2.13.0+cpu, no GPU.  That machine is not always the same one (the
+sessions of 2026-12-04 ran on an Intel Xeon, earlier ones on an AMD EPYC): a section's ratios
+were measured side by side in one run on one machine, and pages that print their machine say
+which.
 
 | what | script | goal | result | goal met |
 |---|---|---|---|---|
