@@ -548,7 +548,8 @@ def _peaks(samples: np.ndarray, t_start_ns: int, t_end_ns: int, measured: Sequen
     for k, name in enumerate(names):
         if best_i[k] >= 0:
             i = int(best_i[k])
-            out[name] = {"power_w": float(best_w[k]), "t_s": max(int(samples["t_start_ns"][i]) - t_start_ns, 0) * 1e-9,
+            out[name] = {"power_w": float(best_w[k]),
+                         "t_s": max(int(samples["t_start_ns"][i]) - t_start_ns, 0) * 1e-9,
                          "t_end_s": (int(samples["t_end_ns"][i]) - t_start_ns) * 1e-9}
     return out
 

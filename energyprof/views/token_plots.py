@@ -57,7 +57,8 @@ def token_components_fig(run: Any, backend: str, s: Dict[str, Any]):
         first = np.flatnonzero(np.diff(bins, prepend=-1))
         last = np.append(first[1:] - 1, len(bins) - 1)
         d = dict(d, **{g: p.bin_mean(d[g], bins) for g in d["groups"]}, cumulative_j=d["cumulative_j"][last])
-        note, width = p.binned_text(len(steps), bins), float(np.median(np.diff(steps[first]))) if len(first) > 1 else 0.8
+        note = p.binned_text(len(steps), bins)
+        width = float(np.median(np.diff(steps[first]))) if len(first) > 1 else 0.8
         steps, res = steps[first], p.bin_resolved(res, bins)
     title = p._title(f"Energy per decode step by component ({_resolved_note(share)}){note}", s)
     if backend == "matplotlib":
@@ -66,7 +67,8 @@ def token_components_fig(run: Any, backend: str, s: Dict[str, Any]):
         bottom = np.zeros(len(steps))
         for g in d["groups"]:
             v = np.nan_to_num(d[g])
-            bars = ax.bar(steps, v, width, bottom=bottom, align="edge" if note else "center", color=GROUP_COLORS[g], label=g, edgecolor="#333333", lw=0.3)
+            bars = ax.bar(steps, v, width, bottom=bottom, align="edge" if note else "center",
+                          color=GROUP_COLORS[g], label=g, edgecolor="#333333", lw=0.3)
             for b, ok in zip(bars, res):
                 if not ok:
                     b.set_hatch("//")
