@@ -89,14 +89,14 @@ def _run_groups(run: Any, by: str) -> Tuple[List[Tuple[np.ndarray, np.ndarray, n
     parts: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # (a, b, sign) per group name
     n_calls: Dict[str, int] = {}
     if by == "component":
-        parts = (run.layers, run.components)     # the columns it needs, not a copy of the rows
-        if sum(len(p) for p in parts) == 0:
+        tables = (run.layers, run.components)     # the columns it needs, not a copy of the rows
+        if sum(len(p) for p in tables) == 0:
             raise ValueError("resolve(by='component') needs runs with component rows (mode='standard' or 'deep')")
 
         def col(f: str, dtype: Any = np.int64) -> np.ndarray:
-            return np.concatenate([np.asarray(p[f], dtype=dtype) for p in parts])
+            return np.concatenate([np.asarray(p[f], dtype=dtype) for p in tables])
 
-        groups = np.concatenate([map_distinct(p["component"], component_group, "U16") for p in parts])
+        groups = np.concatenate([map_distinct(p["component"], component_group, "U16") for p in tables])
         pidx = index_of(col("call_id"), col("parent_id"))
         pgroup = np.where(pidx >= 0, groups[np.maximum(pidx, 0)], "")
         a, b = col("t_start_ns"), col("t_end_ns")

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..store.groups import map_distinct
+from ..store.groups import index_of, map_distinct
 from .efficiency import summaries
 from .stats import figure, ols
 
@@ -77,8 +77,8 @@ def token_components(run: Any) -> Dict[str, Any]:
     comps, layers = _arr(run, "components"), _arr(run, "layers")
     if len(comps) and len(layers):
         direct = comps[np.isin(comps["parent_id"], layers["call_id"]) & (comps["layer"] >= 0)]
-        i = np.searchsorted(steps, direct["step"], side="right") - 1     # the last row of that step
-        ok = (i >= 0) & (steps[np.maximum(i, 0)] == direct["step"])
+        i = index_of(steps, direct["step"])                             # the last row of that step
+        ok = i >= 0
         grp = map_distinct(direct["component"], component_group, "U16")
         # summed in row order, as a loop over the rows adds them
         e, res = np.asarray(direct["energy_j"], float), np.asarray(direct["resolved"], float)

@@ -53,45 +53,69 @@ def by_bytes(dtype: np.dtype) -> bool:
     return size == dtype.itemsize
 
 
+def _rows(values: np.ndarray, axis: Optional[int], who: str) -> np.ndarray:
+    """The rows grouped: ``values`` flattened (axis None, as ``np.unique`` does) or a 2-D array's rows."""
+    a = np.asarray(values)
+    if axis is None:
+        return a.reshape(-1)
+    if axis != 0 or a.ndim != 2:
+        raise ValueError(f"{who}: axis must be None or 0 with a 2-D array, got axis={axis!r}, ndim={a.ndim}")
+    return a
+
+
+def _for_c(a: np.ndarray) -> Optional[np.ndarray]:
+    """``a`` as ``_core.group_rows`` takes it (2-D rows made contiguous), or None where bytes
+    do not stand for values (:func:`by_bytes`), rows have no bytes, or :data:`USE_C` is off."""
+    if not (USE_C and by_bytes(a.dtype)):
+        return None
+    if a.ndim == 2:
+        if a.shape[1] == 0:
+            return None
+        if a.shape[1] > 1 and a.strides[1] != a.itemsize:
+            return np.ascontiguousarray(a)
+    return a
+
+
+def _np_unique(a: np.ndarray, axis: Optional[int]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    u, first, inv = np.unique(a, return_index=True, return_inverse=True, axis=axis)
+    return u, first.astype(np.int64), inv.reshape(-1).astype(np.int64)
+
+
+def _ranks(order: np.ndarray) -> np.ndarray:
+    """The inverse of the permutation ``order``: where each item went."""
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
 def first_seen(values: np.ndarray, axis: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """``(inverse, first)``: each row's group, groups numbered in the order their first row
     occurs, and that first row of each group.  ``axis=0`` groups the rows of a 2-D array;
     without it ``values`` is flattened (as ``np.unique`` does)."""
-    a = np.asarray(values)
-    if axis is None:
-        a = a.reshape(-1)
-    elif axis != 0 or a.ndim != 2:
-        raise ValueError(f"first_seen: axis must be None or 0 with a 2-D array, got axis={axis!r}, ndim={a.ndim}")
-    if USE_C and by_bytes(a.dtype):
-        if a.ndim == 2 and a.shape[1] > 1 and a.strides[1] != a.itemsize:
-            a = np.ascontiguousarray(a)
-        if a.ndim == 1 or a.shape[1] > 0:
-            return _core.group_rows(a)
-    # np.unique on the values: sorted groups, renumbered in first-seen order
-    if len(a) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    _, first_sorted, inv = np.unique(a, return_index=True, return_inverse=True, axis=axis)
+    a = _rows(values, axis, "first_seen")
+    c = _for_c(a)
+    if c is not None:
+        return _core.group_rows(c)
+    _, first_sorted, inv = _np_unique(a, axis)       # sorted groups, renumbered in first-seen order
     order = np.argsort(first_sorted, kind="stable")
-    renumber = np.empty(len(order), np.int64)
-    renumber[order] = np.arange(len(order))
-    return renumber[inv.reshape(-1)], first_sorted[order].astype(np.int64)
+    return _ranks(order)[inv], first_sorted[order]
 
 
 def unique_index_inverse(values: np.ndarray, axis: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``np.unique(values, return_index=True, return_inverse=True, axis=axis)`` with a 1-D
     inverse: the distinct values sorted, the first row of each, and each row's index into
     them."""
-    a = np.asarray(values)
-    flat = a.reshape(-1) if axis is None else a
-    inverse, first = first_seen(flat, axis)
-    keys = flat[first]
+    a = _rows(values, axis, "unique_index_inverse")
+    c = _for_c(a)
+    if c is None:
+        return _np_unique(a, axis)
+    inverse, first = _core.group_rows(c)
+    keys = a[first]                                   # the distinct rows only are sorted
     if axis is None:
         order = np.argsort(keys, kind="stable")
     else:
-        order = np.lexsort(keys.T[::-1]) if keys.shape[1] else np.arange(len(keys))
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order))
-    return keys[order], first[order], rank[inverse] if len(inverse) else inverse
+        order = np.lexsort(keys.T[::-1])
+    return keys[order], first[order], _ranks(order)[inverse]
 
 
 def unique_inverse(values: np.ndarray, axis: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:

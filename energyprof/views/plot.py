@@ -103,6 +103,16 @@ def step_bins(n: int, max_bins: int) -> Optional[np.ndarray]:
     return (np.arange(n, dtype=np.int64) * int(max_bins)) // int(n)
 
 
+def bin_ends(bins: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``(first, last)``: the first and the last item of each bin (``bins`` in order).
+
+    >>> [a.tolist() for a in bin_ends(np.array([0, 0, 0, 1, 1]))]
+    [[0, 3], [2, 4]]
+    """
+    first = np.flatnonzero(np.diff(bins, prepend=-1))
+    return first, np.append(first[1:] - 1, len(bins) - 1)
+
+
 def bin_mean(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
     """Per bin, the mean of the finite ``values`` in it (NaN where none is finite)."""
     v = np.asarray(values, dtype=np.float64)
@@ -289,7 +299,7 @@ def _token_series(run: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     bins = step_bins(len(steps), MAX_STEP_POINTS)
     if bins is None:
         return steps, jpt, res, ""
-    first = np.flatnonzero(np.diff(bins, prepend=-1))
+    first, _ = bin_ends(bins)
     return steps[first], bin_mean(jpt, bins), bin_resolved(res, bins), binned_text(len(steps), bins)
 
 
@@ -319,11 +329,19 @@ def _codes(values: np.ndarray, cols: Sequence[Any], col_type: Callable[[Any], An
     return np.array([pos[col_type(x)] for x in u.tolist()], dtype=np.int64)[inv] if len(u) else inv
 
 
+def _cell_of(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any], col_field: str,
+             col_type: Callable[[Any], Any]) -> np.ndarray:
+    """Each call's (layer, ``col_field``) cell, layer-major: ``layer index * len(cols) + column``."""
+    return _codes(calls["layer"], layers, int) * len(cols) + _codes(calls[col_field], cols, col_type)
+
+
 def _cell_sums(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any], col_field: str,
-               col_type: Callable[[Any], Any], metric: str) -> Tuple[np.ndarray, np.ndarray, str]:
+               col_type: Callable[[Any], Any], metric: str,
+               cell: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, str]:
     """``(num, den, how)`` per (layer, ``col_field``) cell, as (len(layers), len(cols)) arrays:
     the sum of the metric over the cell's calls where it is not NaN, and the summed duration
-    (power) or the count (every other metric) of those calls; summed in row order."""
+    (power) or the count (every other metric) of those calls; summed in row order.  ``cell``:
+    :func:`_cell_of` of the calls, when already known."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
     how = METRICS[metric][1]
@@ -331,7 +349,9 @@ def _cell_sums(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any], co
     field = "energy_j" if how == "power" else metric
     v = np.asarray(calls[field], dtype=np.float64)
     ok = ~np.isnan(v)
-    cell = (_codes(calls["layer"], layers, int) * len(cols) + _codes(calls[col_field], cols, col_type))[ok]
+    if cell is None:
+        cell = _cell_of(calls, layers, cols, col_field, col_type)
+    cell = cell[ok]
     w = np.asarray(calls["duration_s"], dtype=np.float64)[ok] if how == "power" else np.ones(int(ok.sum()))
     num = np.bincount(cell, weights=v[ok], minlength=n_cells).reshape(len(layers), len(cols))
     den = np.bincount(cell, weights=w, minlength=n_cells).reshape(len(layers), len(cols))
@@ -426,36 +446,21 @@ def _resolved_share(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any
 
 
 def _resolved_counts(calls: np.ndarray, layers: Sequence[int], cols: Sequence[Any], col_field: str,
-                     col_type: Callable[[Any], Any]) -> Tuple[np.ndarray, np.ndarray]:
-    """Per (layer, ``col_field``) cell: the number of resolved calls and of calls."""
+                     col_type: Callable[[Any], Any], cell: Optional[np.ndarray] = None
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+    """Per (layer, ``col_field``) cell: the number of resolved calls and of calls (``cell``:
+    :func:`_cell_of` of the calls, when already known)."""
     n_cells = len(layers) * len(cols)
-    cell = _codes(calls["layer"], layers, int) * len(cols) + _codes(calls[col_field], cols, col_type)
+    if cell is None:
+        cell = _cell_of(calls, layers, cols, col_field, col_type)
     num = np.bincount(cell, weights=np.asarray(calls["resolved"], dtype=np.float64), minlength=n_cells)
     den = np.bincount(cell, minlength=n_cells).astype(np.float64)
     return num.reshape(len(layers), len(cols)), den.reshape(len(layers), len(cols))
 
 
-def _resolved_cells(run: Any) -> np.ndarray:
-    """Per cell of the ``layer_steps`` heatmap: the share of its calls resolved."""
-    return _layer_step_cells(run)[3]
-
-
 def _ordered_components(names: Sequence[str]) -> List[str]:
     """Components in the order a layer runs them, unknown ones after, alphabetically."""
     return _ds.component_order(names)
-
-
-def _layer_step_matrix(run: Any, metric: str = "energy_j") -> Tuple[List[int], List[int], np.ndarray]:
-    """``metric`` (energy in J by default) of every (decoder layer, forward step) pair; step 0 is the prefill."""
-    lay = _arr(run, "layers")
-    if lay is None or len(lay) == 0:
-        raise NoDataError("the run has no decoder-layer calls (recorded with mode='minimal'?)")
-    layers = [int(v) for v in unique_inverse(lay["layer"])[0]]
-    steps = [int(v) for v in unique_inverse(lay["step"])[0]]
-    z = _energy_matrix(lay, layers, steps, "step", int, metric)
-    if np.all(np.isnan(z)):
-        raise _no_metric(metric)
-    return layers, steps, z
 
 
 def _layer_step_cells(run: Any, metric: str = "energy_j",
@@ -470,9 +475,10 @@ def _layer_step_cells(run: Any, metric: str = "energy_j",
         raise NoDataError("the run has no decoder-layer calls (recorded with mode='minimal'?)")
     layers = [int(v) for v in unique_inverse(lay["layer"])[0]]
     steps = [int(v) for v in unique_inverse(lay["step"])[0]]
-    num, den, how = _cell_sums(lay, layers, steps, "step", int, metric)
+    cell = _cell_of(lay, layers, steps, "step", int)
+    num, den, how = _cell_sums(lay, layers, steps, "step", int, metric, cell)
     if "resolved" in lay.dtype.names:
-        r_num, r_den = _resolved_counts(lay, layers, steps, "step", int)
+        r_num, r_den = _resolved_counts(lay, layers, steps, "step", int, cell)
     else:
         r_num = r_den = (den > 0).astype(np.float64)
     max_columns = MAX_STEP_COLUMNS if max_columns is None else int(max_columns)
@@ -499,8 +505,7 @@ def _layer_step_cells(run: Any, metric: str = "energy_j",
         else:
             z = _cell_values(num_b, den_b, how)
         r_num, r_den = by_bin(r_num), by_bin(r_den)
-        first = np.flatnonzero(np.diff(col, prepend=-1))
-        last = np.append(first[1:] - 1, len(col) - 1)
+        first, last = bin_ends(col)
         labels = [str(steps[a]) if a == b else f"{steps[a]}-{steps[b]}" for a, b in zip(first, last)]
         note = binned_text(len(steps) - head, bins)
     if np.all(np.isnan(z)):
@@ -510,7 +515,7 @@ def _layer_step_cells(run: Any, metric: str = "energy_j",
     return layers, labels, z, res, note
 
 
-_TREES: "contextvars.ContextVar[Optional[Dict[Tuple[str, int], Tuple[Any, Any]]]]" = \
+_RENDER_MEMO: "contextvars.ContextVar[Optional[Dict[Tuple[str, int], Tuple[Any, Any]]]]" = \
     contextvars.ContextVar("energyprof_render_memo", default=None)
 
 
@@ -520,16 +525,16 @@ def one_render():
     (layer, component) grid) is built once per run and reused (the report and the dashboard's
     run page draw many figures from them); the rows are not expected to change meanwhile.
     Outside a block nothing is kept."""
-    token = _TREES.set({})
+    token = _RENDER_MEMO.set({})
     try:
         yield
     finally:
-        _TREES.reset(token)
+        _RENDER_MEMO.reset(token)
 
 
 def _kept(name: str, run: Any, build: Callable[[], Any]) -> Any:
     """``build()``, kept per (name, run) for the block of :func:`one_render` (built anew outside one)."""
-    memo = _TREES.get()
+    memo = _RENDER_MEMO.get()
     if memo is None:
         return build()
     hit = memo.get((name, id(run)))

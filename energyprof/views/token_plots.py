@@ -54,8 +54,7 @@ def token_components_fig(run: Any, backend: str, s: Dict[str, Any]):
     bins = p.step_bins(len(steps), p.MAX_STEP_POINTS)
     note, width = "", 0.8
     if bins is not None:   # consecutive steps in bins: each bar the mean per step, the cumulative at its end
-        first = np.flatnonzero(np.diff(bins, prepend=-1))
-        last = np.append(first[1:] - 1, len(bins) - 1)
+        first, last = p.bin_ends(bins)
         d = dict(d, **{g: p.bin_mean(d[g], bins) for g in d["groups"]}, cumulative_j=d["cumulative_j"][last])
         note = p.binned_text(len(steps), bins)
         width = float(np.median(np.diff(steps[first]))) if len(first) > 1 else 0.8
